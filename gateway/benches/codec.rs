@@ -1,0 +1,134 @@
+//! Parse + rewrite + emit of a ~1 KB outbound `SendMessageRequest`, beside quick-xml alone.
+//!
+//! Run: `cargo bench -p ssp-gateway --bench codec`. Both numbers come from the same run, so
+//! their ratio is meaningful on a noisy machine; the absolute MB/s are indicative.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ssp_gateway::config::{DirectorySpec, IdStyle};
+use ssp_gateway::directory::Directory;
+use ssp_gateway::rewrite::{PeerView, Rewriter};
+use ssp_gateway::ssp::{Codec, NS_WV_SSP_13};
+
+/// A Baraza-style outbound message of about 1 KB.
+fn message() -> String {
+    let mut m = String::from(
+        r#"<?xml version='1.0'?>
+<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
+<Session sessionID="8@core.opx.example">
+<Transaction mode="Request" transactionID="0000000002-0">
+<SendMessageRequest deliveryReport="Yes">
+<MetaInfo clientOriginated="Yes">
+<Requestor serviceID="wv:@core.opx.example">
+<User userID="wv:usera@core.opx.example"/>
+</Requestor></MetaInfo>
+<MessageInfo messageID="8aee9981801716c039215f69def4ffad7" contentType="text/plain" contentSize="300" validity="600">
+<Recipient>
+<User userID="wv:+4915112345678"/>
+<User userID="wv:+4915112345679"/>
+</Recipient>
+<Sender>
+<User userID="wv:usera@core.opx.example" friendlyName="User A"/>
+</Sender>
+<DateTime format="iso8601">2026-11-25T12:27:59Z</DateTime>
+</MessageInfo>
+<ContentData contentType="text/plain" encoding="base64">
+"#,
+    );
+    // Base64 body with Baraza's CRLF line breaks, padding the message to ~1 KB.
+    for _ in 0..6 {
+        m.push_str("SGVsbG8gZnJvbSBvcGVyYXRvciBYLCB0aGlzIGlzIGEgdGVzdCBtZXNzYWdlIQ==\r\n");
+    }
+    m.push_str(
+        "</ContentData>\n</SendMessageRequest>\n</Transaction>\n</Session>\n</WV-SSP-Message>\n",
+    );
+    m
+}
+
+fn quick_xml_alone(body: &str) -> usize {
+    // The anchor: pull-parse every event and unescape every attribute, nothing else.
+    let mut r = quick_xml::Reader::from_str(body);
+    let mut n = 0;
+    loop {
+        match r.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(s) | quick_xml::events::Event::Empty(s)) => {
+                for a in s.attributes().flatten() {
+                    n += a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map(|v| v.len())
+                        .unwrap_or(0);
+                }
+            }
+            Ok(_) => n += 1,
+            Err(_) => break,
+        }
+    }
+    n
+}
+
+fn bench(c: &mut Criterion) {
+    let body = message();
+    let codec = Codec::default();
+    let rw = Rewriter::from_parts("opx.example", &["core.opx.example".into()], &[]);
+    let mut dir = Directory::load(&DirectorySpec::default()).expect("empty directory");
+    dir.load_csv(
+        Path::new("bench.csv"),
+        "+46701234567,wv:usera@core.opx.example\n",
+    )
+    .expect("bench directory");
+    let view = PeerView {
+        style: IdStyle::Msisdn,
+        domain: Some("opy.example"),
+    };
+
+    let mut g = c.benchmark_group("ssp_1kb_send_message");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("quick_xml_events_only", |b| {
+        b.iter(|| quick_xml_alone(black_box(&body)))
+    });
+    g.bench_function("parse", |b| {
+        b.iter(|| {
+            codec
+                .parse(black_box(body.as_bytes()))
+                .map(|m| m.as_session().is_some())
+        })
+    });
+    // The outbound relay path: parse, label the session with the gateway's own ID (the
+    // core's session ID never leaves), rewrite IDs, emit (with the topology-leak check).
+    g.bench_function("parse_rewrite_emit", |b| {
+        b.iter(|| {
+            let mut m = codec
+                .parse(black_box(body.as_bytes()))
+                .expect("bench message parses");
+            if let ssp_gateway::ssp::Body::Session(s) = &mut m.body {
+                s.session_id = "gw-17@opx.example".into();
+            }
+            rw.emit_outbound(&dir, &mut m, view, NS_WV_SSP_13)
+        })
+    });
+    let parsed = codec.parse(body.as_bytes()).expect("bench message parses");
+    g.bench_function("emit_only", |b| {
+        b.iter(|| black_box(&parsed).emit(NS_WV_SSP_13))
+    });
+    g.bench_function("clone_rewrite", |b| {
+        b.iter(|| {
+            let mut m = black_box(&parsed).clone();
+            rw.rewrite(
+                &dir,
+                &mut m,
+                ssp_gateway::rewrite::Direction::Outbound,
+                view,
+            );
+            m
+        })
+    });
+    g.bench_function("clone_only", |b| b.iter(|| black_box(&parsed).clone()));
+    g.finish();
+    eprintln!("message size: {} bytes", body.len());
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,3 @@
+//! Implementations of the command-line tools (the binary's `main.rs` only parses arguments).
+
+pub mod rewrite;

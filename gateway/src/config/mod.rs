@@ -1,0 +1,187 @@
+//! The gateway's configuration file (TOML; commented example in `routes/example.toml`).
+//!
+//! Loading is two steps: serde reads the file strictly (unknown keys are errors, so a typo
+//! never silently disables a setting), then [`validate`](Config::load) checks values and
+//! resolves paths relative to the file. Every error names the file, the line and the key.
+
+pub mod locate;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use schema::*;
+
+use locate::{Step, line_of, render};
+
+/// A configuration error: where, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{}: {}{}", file.display(), line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default(), message)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path (`peer[1].urls`), when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Collects validation errors with their key paths; turned into [`ConfigError`]s with lines.
+pub(crate) struct Check<'a> {
+    file: &'a Path,
+    src: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Check<'a> {
+    pub(crate) fn new(file: &'a Path, src: &'a str) -> Self {
+        Check {
+            file,
+            src,
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn err(&mut self, path: &[Step], message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line: line_of(self.src, path),
+            key: Some(render(path)),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Shorthand for building key paths.
+pub(crate) fn k(s: &str) -> Step {
+    Step::Key(s.to_owned())
+}
+
+/// Parse a duration like `1500ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    })
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_str(path, &src)
+    }
+
+    /// Parse and validate config text; `path` names it in errors and anchors relative paths.
+    pub fn from_str(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let line = e.span().map(|s| locate::line_at(src, s.start));
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                key: None,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        let mut check = Check::new(path, src);
+        let cfg = schema::validate(raw, &base, &mut check).map(|mut c| {
+            c.path = path.to_owned();
+            c
+        });
+        check.finish()?;
+        cfg.ok_or_else(|| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: "invalid configuration".into(),
+        })
+    }
+
+    /// Where the file was loaded from (relative paths in it are resolved against its folder).
+    pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str) -> Result<Config, ConfigError> {
+        Config::from_str(Path::new("routes/test.toml"), src)
+    }
+
+    const MIN: &str = "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n";
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = load(MIN).unwrap();
+        assert_eq!(c.gateway.public_domain, "opx.example");
+        assert_eq!(c.plan.country_code, "46");
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = load(&format!("{MIN}publik_domain = \"x\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("publik_domain"), "{e}");
+        assert!(e.to_string().starts_with("routes/test.toml:5: "), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let e = load(&MIN.replace("\"46\"", "\"4x6\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.country_code"));
+        assert_eq!(e.line, Some(4));
+        let e = load(&format!(
+            "{MIN}\n[[peer]]\ndomain = \"b.example\"\nurls = [\"ftp://x/\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("peer[0].urls[0]"));
+        assert_eq!(e.line, Some(8));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("x5s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

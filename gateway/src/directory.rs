@@ -1,0 +1,309 @@
+//! The subscriber directory: which MSISDNs are ours, and the core user ID of each.
+//!
+//! Two sources, consulted in this order:
+//! 1. explicit entries from a CSV file (`msisdn,core_id`; see `routes/directory.csv`), which
+//!    also carry ported-out numbers as `msisdn,-`;
+//! 2. templates such as `wv:{national}@core.opx.example` <-> `+46{national}`, optionally
+//!    restricted to number ranges.
+//!
+//! Both lookups are O(1) hash lookups (templates are a short list of string prefix tests).
+//! The directory is immutable once built; the gateway swaps in a new one on reload.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{DirectorySpec, TemplateSpec};
+use crate::ssp::ids::{E164, WvId};
+
+/// A directory load error naming the file and line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {message}", file.display())]
+pub struct DirectoryError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0 when the file could not be read).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A compiled template.
+#[derive(Debug, Clone)]
+struct Template {
+    /// Canonical core ID text before `{national}` (e.g. `wv:`).
+    core_prefix: String,
+    /// Canonical core ID text after `{national}` (e.g. `@core.opx.example`).
+    core_suffix: String,
+    /// Digits of the public form before `{national}` (the country code).
+    cc: String,
+    /// Covered ranges (digit prefixes); empty: all.
+    ranges: Vec<String>,
+}
+
+impl Template {
+    fn compile(spec: &TemplateSpec) -> Option<Template> {
+        let (pre, post) = spec.core.split_once("{national}")?;
+        // Canonicalise the fixed parts the same way IDs are canonicalised.
+        let sample = WvId::parse(&format!("{pre}1{post}")).ok()?.to_string();
+        let idx = sample.find('1')?;
+        let core_prefix = sample[..idx].to_owned();
+        let core_suffix = sample[idx + 1..].to_owned();
+        let public = spec
+            .public
+            .trim_start_matches("wv:")
+            .trim_start_matches("WV:");
+        let cc = public
+            .strip_prefix('+')?
+            .strip_suffix("{national}")?
+            .to_owned();
+        Some(Template {
+            core_prefix,
+            core_suffix,
+            cc,
+            ranges: spec
+                .ranges
+                .iter()
+                .map(|r| r.trim_start_matches('+').to_owned())
+                .collect(),
+        })
+    }
+
+    fn covers(&self, digits: &str) -> bool {
+        self.ranges.is_empty() || self.ranges.iter().any(|r| digits.starts_with(r.as_str()))
+    }
+
+    fn core_for(&self, n: E164) -> Option<String> {
+        let d = n.digits();
+        if !self.covers(&d) {
+            return None;
+        }
+        let national = d.strip_prefix(self.cc.as_str()).filter(|s| !s.is_empty())?;
+        Some(format!(
+            "{}{national}{}",
+            self.core_prefix, self.core_suffix
+        ))
+    }
+
+    fn msisdn_for(&self, canonical_core: &str) -> Option<E164> {
+        let national = canonical_core
+            .strip_prefix(self.core_prefix.as_str())?
+            .strip_suffix(self.core_suffix.as_str())?;
+        if national.is_empty() || !national.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = E164::from_digits(&format!("{}{national}", self.cc)).ok()?;
+        self.covers(&n.digits()).then_some(n)
+    }
+}
+
+/// The directory.
+#[derive(Debug, Default)]
+pub struct Directory {
+    by_msisdn: HashMap<u64, Arc<str>>,
+    by_core: HashMap<Arc<str>, u64>,
+    ported_out: HashSet<u64>,
+    templates: Vec<Template>,
+}
+
+impl Directory {
+    /// Build from the config's `[directory]` section (reads the CSV file if any).
+    pub fn load(spec: &DirectorySpec) -> Result<Directory, DirectoryError> {
+        let mut dir = Directory::default();
+        for (i, t) in spec.templates.iter().enumerate() {
+            let tpl = Template::compile(t).ok_or_else(|| DirectoryError {
+                file: PathBuf::from("[directory]"),
+                line: 0,
+                message: format!("template {i} ({:?} <-> {:?}) is invalid", t.core, t.public),
+            })?;
+            dir.templates.push(tpl);
+        }
+        if let Some(file) = &spec.file {
+            let text = std::fs::read_to_string(file).map_err(|e| DirectoryError {
+                file: file.clone(),
+                line: 0,
+                message: format!("cannot read: {e}"),
+            })?;
+            dir.load_csv(file, &text)?;
+        }
+        Ok(dir)
+    }
+
+    /// Add the entries of a CSV text (`msisdn,core_id` per line; `#` comments; `-` = ported out).
+    pub fn load_csv(&mut self, file: &Path, text: &str) -> Result<(), DirectoryError> {
+        let err = |line: usize, message: String| DirectoryError {
+            file: file.to_owned(),
+            line,
+            message,
+        };
+        // Pre-size from the line count: a reload of a large file then never rehashes.
+        let estimate = text.len() / 40;
+        self.by_msisdn.reserve(estimate);
+        self.by_core.reserve(estimate);
+        let mut first = true;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let l = raw.split('#').next().unwrap_or("").trim();
+            if l.is_empty() {
+                continue;
+            }
+            let (num, core) = l
+                .split_once(',')
+                .ok_or_else(|| err(line, format!("expected 'msisdn,core_id', got {l:?}")))?;
+            let (num, core) = (num.trim(), core.trim());
+            if std::mem::take(&mut first) && num.eq_ignore_ascii_case("msisdn") {
+                continue; // header row
+            }
+            let n = E164::parse(num).map_err(|e| err(line, format!("column msisdn: {e}")))?;
+            if core == "-" {
+                self.ported_out.insert(n.value());
+                continue;
+            }
+            let id = WvId::parse(core).map_err(|e| err(line, format!("column core_id: {e}")))?;
+            if !id.is_user() || id.e164().is_some() {
+                return Err(err(
+                    line,
+                    format!(
+                        "column core_id: {core:?} must be a plain user ID like wv:alice@core.example"
+                    ),
+                ));
+            }
+            let canon: Arc<str> = Arc::from(id.to_string());
+            if let Some(prev) = self.by_msisdn.get(&n.value()) {
+                return Err(err(line, format!("+{n} is listed twice (already {prev})")));
+            }
+            if self.by_core.contains_key(&canon) {
+                return Err(err(line, format!("{canon} is listed twice")));
+            }
+            self.by_msisdn.insert(n.value(), canon.clone());
+            self.by_core.insert(canon, n.value());
+        }
+        Ok(())
+    }
+
+    /// Number of explicit entries.
+    pub fn len(&self) -> usize {
+        self.by_msisdn.len()
+    }
+
+    /// No explicit entries.
+    pub fn is_empty(&self) -> bool {
+        self.by_msisdn.is_empty()
+    }
+
+    /// The core ID (canonical text) of one of our subscribers; `None` if the number is not ours.
+    pub fn core_id(&self, n: E164) -> Option<String> {
+        if let Some(id) = self.by_msisdn.get(&n.value()) {
+            return Some(id.to_string());
+        }
+        if self.ported_out.contains(&n.value()) {
+            return None;
+        }
+        self.templates.iter().find_map(|t| t.core_for(n))
+    }
+
+    /// Whether the number is one of ours (explicit entry, or template range and not ported out).
+    pub fn is_subscriber(&self, n: E164) -> bool {
+        self.by_msisdn.contains_key(&n.value())
+            || (!self.ported_out.contains(&n.value())
+                && self.templates.iter().any(|t| t.core_for(n).is_some()))
+    }
+
+    /// The MSISDN of a core user ID (canonical text as produced by [`WvId`]'s `Display`).
+    pub fn msisdn(&self, canonical_core: &str) -> Option<E164> {
+        if let Some(n) = self.by_core.get(canonical_core) {
+            return E164::from_value(*n);
+        }
+        self.templates
+            .iter()
+            .find_map(|t| t.msisdn_for(canonical_core))
+            .filter(|n| !self.ported_out.contains(&n.value()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DirectorySpec {
+        DirectorySpec {
+            file: None,
+            templates: vec![TemplateSpec {
+                core: "wv:{national}@Core.OPX.example".into(),
+                public: "wv:+46{national}".into(),
+                ranges: vec!["+4670".into()],
+            }],
+        }
+    }
+
+    fn n(s: &str) -> E164 {
+        E164::parse(s).unwrap()
+    }
+
+    #[test]
+    fn explicit_entries_both_ways() {
+        let mut d = Directory::load(&spec()).unwrap();
+        d.load_csv(
+            Path::new("dir.csv"),
+            "msisdn,core_id\n# comment\n+46701234567, wv:UserA@core.opx.example\n+4915100000001,wv:ported-in@core.opx.example # ported in\n+46701230000,-\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d.core_id(n("+46701234567")).as_deref(),
+            Some("wv:usera@core.opx.example")
+        );
+        assert_eq!(
+            d.msisdn("wv:usera@core.opx.example"),
+            Some(n("+46701234567"))
+        );
+        // A ported-in number from another country is ours.
+        assert!(d.is_subscriber(n("+4915100000001")));
+        // A ported-out number in our template range is not.
+        assert!(!d.is_subscriber(n("+46701230000")));
+        assert_eq!(d.msisdn("wv:701230000@core.opx.example"), None);
+    }
+
+    #[test]
+    fn templates_both_ways_within_ranges() {
+        let d = Directory::load(&spec()).unwrap();
+        assert_eq!(
+            d.core_id(n("+46705550001")).as_deref(),
+            Some("wv:705550001@core.opx.example")
+        );
+        assert_eq!(
+            d.msisdn("wv:705550001@core.opx.example"),
+            Some(n("+46705550001"))
+        );
+        assert_eq!(d.core_id(n("+46805550001")), None, "outside range");
+        assert_eq!(d.msisdn("wv:805550001@core.opx.example"), None);
+        assert_eq!(d.msisdn("wv:alice@core.opx.example"), None);
+    }
+
+    #[test]
+    fn csv_errors_name_line_and_column() {
+        let mut d = Directory::default();
+        let e = d
+            .load_csv(
+                Path::new("routes/dir.csv"),
+                "+46701234567,wv:a@x\n4670,wv:b@x\n",
+            )
+            .unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(
+            e.to_string().starts_with("routes/dir.csv:2: column msisdn"),
+            "{e}"
+        );
+        let e = d
+            .load_csv(Path::new("d.csv"), "+46701234568,wv:a@x\n")
+            .unwrap_err();
+        assert!(e.message.contains("listed twice"), "{e}");
+        let e = d
+            .load_csv(Path::new("d.csv"), "+46701234569 wv:c@x\n")
+            .unwrap_err();
+        assert!(e.message.contains("expected"), "{e}");
+        let e = d
+            .load_csv(Path::new("d.csv"), "+46701234569,wv:/room@x\n")
+            .unwrap_err();
+        assert!(e.message.contains("column core_id"), "{e}");
+    }
+}

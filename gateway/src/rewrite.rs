@@ -1,0 +1,431 @@
+//! ID rewriting in both directions, over every ID slot of every primitive.
+//!
+//! Outbound (core -> peers): our subscribers' core IDs become `wv:+MSISDN` (or
+//! `wv:+MSISDN@public` for peers that need a host part), core domains become the public domain,
+//! service IDs become `wv:@public`. Inbound (peers -> core): the reverse, and other operators'
+//! `wv:+MSISDN@their-domain` IDs lose the domain so the core keeps one stable ID per number.
+//!
+//! Topology hiding does not rely on the ID slots alone: [`Rewriter::emit_outbound`] checks the
+//! emitted bytes for any core domain or host name (free text such as a `StatusDescription` of
+//! "invalid userid: nobody@core…" included) and scrubs every string if one is found.
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, IdStyle};
+use crate::directory::Directory;
+use crate::ssp::Message;
+use crate::ssp::ids::WvId;
+use crate::ssp::walk::Slot;
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Core to peers.
+    Outbound,
+    /// Peers to core.
+    Inbound,
+}
+
+/// How the receiving peer wants IDs written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerView<'a> {
+    /// ID style.
+    pub style: IdStyle,
+    /// The peer's domain (host part for foreign MSISDN IDs in `MsisdnAtDomain` style).
+    pub domain: Option<&'a str>,
+}
+
+/// Rewrites IDs for one operator.
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    public_domain: String,
+    core_domains: Vec<String>,
+    /// Lowercase strings that must never appear outbound, longest first.
+    hidden: Vec<String>,
+}
+
+impl Rewriter {
+    /// From the validated config.
+    pub fn new(cfg: &Config) -> Rewriter {
+        Rewriter::from_parts(
+            &cfg.gateway.public_domain,
+            &cfg.gateway.core_domains,
+            &cfg.gateway.core_hosts,
+        )
+    }
+
+    /// From the parts (public domain, core domains, extra core host names).
+    pub fn from_parts(public: &str, core_domains: &[String], core_hosts: &[String]) -> Rewriter {
+        let mut hidden: Vec<String> = core_domains
+            .iter()
+            .chain(core_hosts)
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        hidden.dedup();
+        Rewriter {
+            public_domain: public.to_ascii_lowercase(),
+            core_domains: core_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            hidden,
+        }
+    }
+
+    /// The public domain.
+    pub fn public_domain(&self) -> &str {
+        &self.public_domain
+    }
+
+    /// The core domain inbound IDs are mapped to.
+    pub fn primary_core_domain(&self) -> &str {
+        self.core_domains
+            .first()
+            .map(String::as_str)
+            .unwrap_or(&self.public_domain)
+    }
+
+    /// Whether `domain` (or no domain) denotes this operator, from the core's point of view.
+    pub fn is_own_domain(&self, domain: Option<&str>) -> bool {
+        match domain {
+            None => true,
+            Some(d) => d == self.public_domain || self.core_domains.iter().any(|c| c == d),
+        }
+    }
+
+    /// Rewrite every ID in `msg` for `dir`ection.
+    pub fn rewrite(
+        &self,
+        dir: &Directory,
+        msg: &mut Message,
+        direction: Direction,
+        peer: PeerView<'_>,
+    ) {
+        match direction {
+            Direction::Outbound => {
+                msg.visit_ids(&mut |slot, s| self.outbound_slot(dir, slot, s, peer))
+            }
+            Direction::Inbound => msg.visit_ids(&mut |slot, s| self.inbound_slot(dir, slot, s)),
+        }
+    }
+
+    /// Rewrite one ID outbound; unparseable values are left alone (the scrub still applies).
+    pub fn outbound_id(&self, dir: &Directory, id: &str, peer: PeerView<'_>) -> String {
+        let mut s = id.to_owned();
+        self.outbound_slot(dir, Slot::User, &mut s, peer);
+        s
+    }
+
+    /// Rewrite one ID inbound.
+    pub fn inbound_id(&self, dir: &Directory, id: &str) -> String {
+        let mut s = id.to_owned();
+        self.inbound_slot(dir, Slot::User, &mut s);
+        s
+    }
+
+    fn msisdn_out(&self, n: crate::ssp::E164, own: bool, peer: PeerView<'_>) -> String {
+        let host = match peer.style {
+            IdStyle::Msisdn => None,
+            IdStyle::MsisdnAtDomain if own => Some(self.public_domain.as_str()),
+            IdStyle::MsisdnAtDomain => peer.domain,
+        };
+        // Built directly: this runs for most IDs of every message.
+        let mut s = String::with_capacity(20 + host.map_or(0, |h| h.len() + 1));
+        s.push_str("wv:+");
+        let _ = write!(s, "{}", n.value());
+        if let Some(h) = host {
+            s.push('@');
+            s.push_str(h);
+        }
+        s
+    }
+
+    fn outbound_slot(&self, dir: &Directory, slot: Slot, s: &mut String, peer: PeerView<'_>) {
+        if slot == Slot::Domain {
+            if self.core_domains.iter().any(|c| s.eq_ignore_ascii_case(c)) {
+                *s = self.public_domain.clone();
+            }
+            return;
+        }
+        let Ok(id) = WvId::parse(s) else { return };
+        if let Some(n) = id.e164() {
+            // A bare `wv:+MSISDN` is ours only if the directory says so.
+            let own = dir.is_subscriber(n)
+                || (id.domain.is_some() && self.is_own_domain(id.domain.as_deref()));
+            *s = self.msisdn_out(n, own, peer);
+            return;
+        }
+        if !self.is_own_domain(id.domain.as_deref()) {
+            return;
+        }
+        if id.is_user() {
+            // The core may write a subscriber under any of its domains (or the public one,
+            // or none); the directory holds one canonical core ID, so try each. One buffer
+            // serves all attempts.
+            let mut key = String::with_capacity(s.len() + 24);
+            let own_first = id.domain.as_deref().filter(|d| *d != self.public_domain);
+            let found = own_first
+                .into_iter()
+                .chain(self.core_domains.iter().map(String::as_str))
+                .find_map(|d| {
+                    key.clear();
+                    let _ = write!(key, "{}", id.with_domain_ref(d));
+                    dir.msisdn(&key)
+                });
+            if let Some(n) = found {
+                *s = self.msisdn_out(n, true, peer);
+                return;
+            }
+        }
+        *s = id.with_domain(Some(&self.public_domain)).to_string();
+    }
+
+    fn inbound_slot(&self, dir: &Directory, slot: Slot, s: &mut String) {
+        if slot == Slot::Domain {
+            if s.eq_ignore_ascii_case(&self.public_domain) {
+                *s = self.primary_core_domain().to_owned();
+            }
+            return;
+        }
+        let Ok(id) = WvId::parse(s) else { return };
+        if let Some(n) = id.e164() {
+            *s = match dir.core_id(n) {
+                Some(core) => core,
+                // Not ours (the originator, or a number we do not serve): one stable form.
+                None => WvId::msisdn(n, None).to_string(),
+            };
+            return;
+        }
+        if id.domain.as_deref() == Some(self.public_domain.as_str()) {
+            *s = id.with_domain(Some(self.primary_core_domain())).to_string();
+        }
+    }
+
+    /// Whether `text` contains any hidden name (case-insensitive).
+    pub fn leaks(&self, text: &str) -> Option<&str> {
+        // Fast path: the hidden names are ASCII; a lowercase copy is only made when a byte-wise
+        // case-insensitive search finds a candidate.
+        let hay = text.as_bytes();
+        self.hidden
+            .iter()
+            .find(|h| contains_ignore_ascii_case(hay, h.as_bytes()))
+            .map(String::as_str)
+    }
+
+    /// Rewrite outbound and serialise with `namespace`, scrubbing leftovers of core names.
+    pub fn emit_outbound(
+        &self,
+        dir: &Directory,
+        msg: &mut Message,
+        peer: PeerView<'_>,
+        namespace: &str,
+    ) -> String {
+        self.rewrite(dir, msg, Direction::Outbound, peer);
+        let out = msg.emit(namespace);
+        if self.leaks(&out).is_none() {
+            return out;
+        }
+        tracing::debug!("core names left in free text after ID rewriting; scrubbing");
+        msg.visit_strings(&mut |v| self.scrub(v));
+        msg.emit(namespace)
+    }
+
+    /// Replace every hidden name in `v` with the public domain.
+    fn scrub(&self, v: &mut String) {
+        for h in &self.hidden {
+            // Resume after each replacement: the public domain may itself end with a hidden
+            // name's suffix, and rescanning it would never terminate.
+            let mut from = 0;
+            while let Some(pos) = find_ignore_ascii_case(&v.as_bytes()[from..], h.as_bytes()) {
+                let at = from + pos;
+                v.replace_range(at..at + h.len(), &self.public_domain);
+                from = at + self.public_domain.len();
+            }
+        }
+    }
+}
+
+fn find_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    if hay.len() < needle.len() {
+        return None;
+    }
+    let last_start = hay.len() - needle.len();
+    // Candidates are found with SIMD on the first byte in both cases.
+    memchr::memchr2_iter(
+        first.to_ascii_lowercase(),
+        first.to_ascii_uppercase(),
+        &hay[..=last_start],
+    )
+    .find(|&i| hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest))
+}
+
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    find_ignore_ascii_case(hay, needle).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DirectorySpec, TemplateSpec};
+    use crate::ssp::{Codec, NS_WV_SSP_13};
+    use std::path::Path;
+
+    fn setup() -> (Rewriter, Directory) {
+        let rw = Rewriter::from_parts(
+            "opx.example",
+            &["core.opx.example".into(), "opx.internal".into()],
+            &["imps01.dc1.opx.internal".into()],
+        );
+        let mut dir = Directory::load(&DirectorySpec {
+            file: None,
+            templates: vec![TemplateSpec {
+                core: "wv:{national}@core.opx.example".into(),
+                public: "+46{national}".into(),
+                ranges: vec!["+46709".into()],
+            }],
+        })
+        .unwrap();
+        dir.load_csv(
+            Path::new("d.csv"),
+            "+46701234567,wv:usera@core.opx.example\n+46701234568,wv:userb@core.opx.example\n",
+        )
+        .unwrap();
+        (rw, dir)
+    }
+
+    const BARAZA: PeerView<'static> = PeerView {
+        style: IdStyle::MsisdnAtDomain,
+        domain: Some("opy.example"),
+    };
+
+    #[test]
+    fn outbound_ids() {
+        let (rw, dir) = setup();
+        let v = PeerView::default();
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:usera@core.opx.example", v),
+            "wv:+46701234567"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "USERA@Core.OPX.example", v),
+            "wv:+46701234567"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:usera", v),
+            "wv:+46701234567",
+            "domain-less = ours"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:709000001@core.opx.example", v),
+            "wv:+46709000001"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:nobody@core.opx.example", v),
+            "wv:nobody@opx.example"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:usera/friends@opx.internal", v),
+            "wv:usera/friends@opx.example"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:/room@core.opx.example", v),
+            "wv:/room@opx.example"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:@core.opx.example", v),
+            "wv:@opx.example"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:+4915112345678", v),
+            "wv:+4915112345678"
+        );
+        assert_eq!(rw.outbound_id(&dir, "wv:bob@b.test", v), "wv:bob@b.test");
+        // Baraza style: ours get the public domain, theirs the peer's domain.
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:usera@core.opx.example", BARAZA),
+            "wv:+46701234567@opx.example"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:+4915112345678", BARAZA),
+            "wv:+4915112345678@opy.example"
+        );
+        assert_eq!(
+            rw.outbound_id(&dir, "wv:+4915112345678@else.example", v),
+            "wv:+4915112345678"
+        );
+    }
+
+    #[test]
+    fn inbound_ids() {
+        let (rw, dir) = setup();
+        assert_eq!(
+            rw.inbound_id(&dir, "wv:+46701234567"),
+            "wv:usera@core.opx.example"
+        );
+        assert_eq!(
+            rw.inbound_id(&dir, "wv:+46701234567@opx.example"),
+            "wv:usera@core.opx.example"
+        );
+        assert_eq!(
+            rw.inbound_id(&dir, "wv:+46709000001"),
+            "wv:709000001@core.opx.example"
+        );
+        assert_eq!(
+            rw.inbound_id(&dir, "wv:+4915112345678@opy.example"),
+            "wv:+4915112345678"
+        );
+        assert_eq!(
+            rw.inbound_id(&dir, "wv:@opx.example"),
+            "wv:@core.opx.example"
+        );
+        assert_eq!(
+            rw.inbound_id(&dir, "wv:/room@opx.example"),
+            "wv:/room@core.opx.example"
+        );
+        assert_eq!(rw.inbound_id(&dir, "wv:bob@b.test"), "wv:bob@b.test");
+        assert_eq!(rw.inbound_id(&dir, "not an id"), "not an id");
+    }
+
+    #[test]
+    fn outbound_then_inbound_restores_subscribers() {
+        let (rw, dir) = setup();
+        for id in [
+            "wv:usera@core.opx.example",
+            "wv:709123456@core.opx.example",
+            "wv:/room@core.opx.example",
+        ] {
+            let out = rw.outbound_id(&dir, id, PeerView::default());
+            assert_eq!(rw.inbound_id(&dir, &out), id);
+        }
+    }
+
+    #[test]
+    fn whole_message_hides_topology() {
+        let (rw, dir) = setup();
+        let xml = r#"<?xml version='1.0'?>
+<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
+<Session sessionID="8@core.opx.example">
+<Transaction mode="Response" transactionID="t1">
+<SendMessageResponse messageID="m1">
+<Status code="900"><StatusDescription>Errors</StatusDescription>
+<DetailedResult code="427"><StatusDescription>invalid userid: nobody@CORE.opx.example via imps01.dc1.opx.internal</StatusDescription>
+<UserID userID="wv:usera@core.opx.example"/><Domain>core.opx.example</Domain></DetailedResult></Status>
+<Vendor note="from opx.internal" userID="wv:userb@opx.internal"/>
+</SendMessageResponse></Transaction></Session></WV-SSP-Message>"#;
+        let mut m = Codec::default().parse(xml.as_bytes()).unwrap();
+        let out = rw.emit_outbound(&dir, &mut m, PeerView::default(), NS_WV_SSP_13);
+        assert!(rw.leaks(&out).is_none(), "{out}");
+        assert!(out.contains(r#"userID="wv:+46701234567""#), "{out}");
+        assert!(
+            out.contains(r#"userID="wv:+46701234568""#),
+            "vendor userID rewritten: {out}"
+        );
+        assert!(
+            out.contains("invalid userid: nobody@opx.example via opx.example"),
+            "{out}"
+        );
+        assert!(out.contains("<Domain>opx.example</Domain>"), "{out}");
+    }
+}

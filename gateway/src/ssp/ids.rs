@@ -1,0 +1,514 @@
+//! Wireless Village user IDs (`wv:` URIs) and E.164 numbers.
+//!
+//! Input is liberal (profile section 6): the `wv:` scheme is optional and case-insensitive,
+//! `%XX` escapes are decoded, user, resource and domain compare case-insensitively, and a
+//! `+` is allowed only as the first user character followed by digits only (the rule shared
+//! by AOSP's `ImpsAddress` and the MTK client). Output is canonical: `wv:` prefix, lowercase,
+//! and `%XX` escapes for the characters that would change the ID's structure.
+
+use std::fmt;
+
+/// A parsed and normalised `wv:` ID.
+///
+/// Shapes: user `wv:alice@d`, resource `wv:alice/list@d`, group `wv:/room@d`,
+/// service `wv:@d`, MSISDN `wv:+4670...` (with or without `@d`), and domain-less `wv:alice`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WvId {
+    /// User part, lowercase; empty for groups and service IDs. `+digits` for MSISDN IDs.
+    pub user: String,
+    /// Resource after `/` (contact list or group name), lowercase.
+    pub resource: Option<String>,
+    /// Domain after `@`, lowercase.
+    pub domain: Option<String>,
+}
+
+/// Why a string is not a usable user ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Empty after removing the scheme.
+    #[error("empty user ID")]
+    Empty,
+    /// More than one `@`.
+    #[error("user ID {0:?} has more than one '@'")]
+    TwoAts(String),
+    /// Bad `%XX` escape or escapes that decode to invalid UTF-8.
+    #[error("user ID {0:?} has an invalid %-escape")]
+    Escape(String),
+    /// `+` followed by something other than 1-15 digits, or `+` not first.
+    #[error("user ID {0:?}: '+' must start the user part and be followed by 1 to 15 digits")]
+    Plus(String),
+    /// Control characters or spaces.
+    #[error("user ID {0:?} contains a space or control character")]
+    BadChar(String),
+    /// Empty domain after `@`.
+    #[error("user ID {0:?} has an empty domain")]
+    EmptyDomain(String),
+}
+
+impl WvId {
+    /// Parse and normalise.
+    pub fn parse(input: &str) -> Result<WvId, IdError> {
+        let s = input.trim();
+        let s = match s.get(..3) {
+            Some(p) if p.eq_ignore_ascii_case("wv:") => &s[3..],
+            _ => s,
+        };
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        // Raw spaces and control characters are refused; escaped ones (%20) are data.
+        if s.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(IdError::BadChar(input.to_owned()));
+        }
+        // Split on the raw '@' and '/' before decoding, so that an escaped %40 stays data.
+        let (local, domain) = match s.split_once('@') {
+            Some((l, d)) => {
+                if d.contains('@') {
+                    return Err(IdError::TwoAts(input.to_owned()));
+                }
+                if d.is_empty() {
+                    return Err(IdError::EmptyDomain(input.to_owned()));
+                }
+                (l, Some(d))
+            }
+            None => (s, None),
+        };
+        let (user, resource) = match local.split_once('/') {
+            Some((u, r)) => (u, Some(r)),
+            None => (local, None),
+        };
+        let user = decode(user, input)?;
+        let resource = resource.map(|r| decode(r, input)).transpose()?;
+        let domain = domain.map(|d| decode(d, input)).transpose()?;
+        if let Some(digits) = user.strip_prefix('+') {
+            if !valid_e164_digits(digits) {
+                return Err(IdError::Plus(input.to_owned()));
+            }
+        } else if user.contains('+') {
+            return Err(IdError::Plus(input.to_owned()));
+        }
+        Ok(WvId {
+            user,
+            resource,
+            domain,
+        })
+    }
+
+    /// A service ID `wv:@domain`.
+    pub fn service(domain: &str) -> WvId {
+        WvId {
+            user: String::new(),
+            resource: None,
+            domain: Some(domain.to_ascii_lowercase()),
+        }
+    }
+
+    /// An MSISDN ID `wv:+digits`, optionally with a domain.
+    pub fn msisdn(n: E164, domain: Option<&str>) -> WvId {
+        WvId {
+            user: format!("+{n}"),
+            resource: None,
+            domain: domain.map(str::to_ascii_lowercase),
+        }
+    }
+
+    /// `wv:@domain`.
+    pub fn is_service(&self) -> bool {
+        self.user.is_empty() && self.resource.is_none() && self.domain.is_some()
+    }
+
+    /// `wv:/room@domain`.
+    pub fn is_group(&self) -> bool {
+        self.user.is_empty() && self.resource.is_some()
+    }
+
+    /// A plain user (no resource), MSISDN users included.
+    pub fn is_user(&self) -> bool {
+        !self.user.is_empty() && self.resource.is_none()
+    }
+
+    /// The E.164 number if the user part is `+digits`.
+    pub fn e164(&self) -> Option<E164> {
+        self.user
+            .strip_prefix('+')
+            .and_then(|d| E164::from_digits(d).ok())
+    }
+
+    /// Display this ID with another domain, without copying it.
+    pub fn with_domain_ref<'a>(&'a self, domain: &'a str) -> impl fmt::Display + 'a {
+        DisplayWith { id: self, domain }
+    }
+
+    /// The same ID with another domain.
+    pub fn with_domain(&self, domain: Option<&str>) -> WvId {
+        WvId {
+            user: self.user.clone(),
+            resource: self.resource.clone(),
+            domain: domain.map(str::to_ascii_lowercase),
+        }
+    }
+}
+
+impl fmt::Display for WvId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_id(f, self, self.domain.as_deref())
+    }
+}
+
+struct DisplayWith<'a> {
+    id: &'a WvId,
+    domain: &'a str,
+}
+
+impl fmt::Display for DisplayWith<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_id(f, self.id, Some(self.domain))
+    }
+}
+
+fn write_id(f: &mut fmt::Formatter<'_>, id: &WvId, domain: Option<&str>) -> fmt::Result {
+    f.write_str("wv:")?;
+    encode(f, &id.user, true)?;
+    if let Some(r) = &id.resource {
+        f.write_str("/")?;
+        encode(f, r, false)?;
+    }
+    if let Some(d) = domain {
+        f.write_str("@")?;
+        encode(f, d, false)?;
+    }
+    Ok(())
+}
+
+/// Normalise an ID string to canonical form; unparseable input is returned unchanged.
+pub fn canonical(input: &str) -> String {
+    match WvId::parse(input) {
+        Ok(id) => id.to_string(),
+        Err(_) => input.to_owned(),
+    }
+}
+
+fn decode(part: &str, whole: &str) -> Result<String, IdError> {
+    if !part.contains('%') {
+        return Ok(lower(part));
+    }
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| IdError::Escape(whole.to_owned()))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(|s| lower(&s))
+        .map_err(|_| IdError::Escape(whole.to_owned()))
+}
+
+/// Lowercase, with the ASCII fast path IDs nearly always take.
+fn lower(s: &str) -> String {
+    if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        s.to_lowercase()
+    }
+}
+
+fn encode(f: &mut fmt::Formatter<'_>, s: &str, is_user: bool) -> fmt::Result {
+    // Fast path: printable ASCII without structural characters is written as is.
+    let plain = s.bytes().enumerate().all(|(i, b)| {
+        (0x21..0x7f).contains(&b)
+            && !matches!(b, b'@' | b'/' | b'%')
+            && (b != b'+' || (is_user && i == 0))
+    });
+    if plain {
+        return f.write_str(s);
+    }
+    let mut last = 0;
+    for (i, c) in s.char_indices() {
+        let keep = match c {
+            '+' => is_user && i == 0,
+            '@' | '/' | '%' | ' ' => false,
+            c => !c.is_control(),
+        };
+        if keep {
+            continue;
+        }
+        f.write_str(&s[last..i])?;
+        let mut buf = [0u8; 4];
+        for b in c.encode_utf8(&mut buf).bytes() {
+            write!(f, "%{b:02X}")?;
+        }
+        last = i + c.len_utf8();
+    }
+    f.write_str(&s[last..])
+}
+
+fn valid_e164_digits(d: &str) -> bool {
+    (1..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An E.164 number: 1 to 15 digits, stored as an integer (country codes never start with 0,
+/// so no leading zero is lost). Displays as the digits without `+`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct E164(u64);
+
+/// Why a string is not an E.164 number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    /// Not `+` and 1-15 digits.
+    #[error("{0:?} is not an E.164 number ('+' followed by 1 to 15 digits, not starting with 0)")]
+    Invalid(String),
+    /// Contains search wildcards.
+    #[error("{0:?} contains wildcard characters")]
+    Wildcard(String),
+    /// Too few digits to name one subscriber.
+    #[error("{0:?} is a partial number ({1} digits; at least {2} required)")]
+    Partial(String, usize, usize),
+}
+
+impl E164 {
+    /// From bare digits (no `+`).
+    pub fn from_digits(d: &str) -> Result<E164, NumberError> {
+        if !valid_e164_digits(d) || d.starts_with('0') {
+            return Err(NumberError::Invalid(d.to_owned()));
+        }
+        d.parse::<u64>()
+            .map(E164)
+            .map_err(|_| NumberError::Invalid(d.to_owned()))
+    }
+
+    /// From `+digits` exactly.
+    pub fn parse(s: &str) -> Result<E164, NumberError> {
+        match s.strip_prefix('+') {
+            Some(d) => E164::from_digits(d),
+            None => Err(NumberError::Invalid(s.to_owned())),
+        }
+    }
+
+    /// The number as an integer.
+    pub fn value(self) -> u64 {
+        self.0
+    }
+
+    /// From an integer (as stored by [`E164::value`]).
+    pub fn from_value(v: u64) -> Option<E164> {
+        (v > 0 && v < 1_000_000_000_000_000).then_some(E164(v))
+    }
+
+    /// The digits as a string, without `+`.
+    pub fn digits(self) -> String {
+        self.0.to_string()
+    }
+
+    /// Whether the digits start with `prefix` (digits only, `+` ignored).
+    pub fn has_prefix(self, prefix: &str) -> bool {
+        let p = prefix.trim_start_matches('+');
+        self.digits().starts_with(p)
+    }
+}
+
+impl fmt::Display for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The home numbering plan: converts national and international forms both ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberPlan {
+    /// Country calling code, digits only (e.g. `46`).
+    pub country_code: String,
+    /// National trunk prefix (usually `0`).
+    pub trunk_prefix: String,
+    /// International call prefix (usually `00`).
+    pub international_prefix: String,
+}
+
+impl NumberPlan {
+    /// A plan with the usual `0` trunk and `00` international prefixes.
+    pub fn new(country_code: &str) -> NumberPlan {
+        NumberPlan {
+            country_code: country_code.trim_start_matches('+').to_owned(),
+            trunk_prefix: "0".into(),
+            international_prefix: "00".into(),
+        }
+    }
+
+    /// Normalise a dialled or stored number to E.164.
+    ///
+    /// `+…` and `00…` are international; a leading trunk prefix means national; bare digits
+    /// are taken as an MSISDN in international format without `+` (the usual operator form).
+    /// Visual separators (space, `-`, `.`, `(`, `)`) are ignored.
+    pub fn normalise(&self, input: &str) -> Result<E164, NumberError> {
+        let raw = input.trim();
+        if raw.contains(['*', '%', '?', '_']) {
+            return Err(NumberError::Wildcard(raw.to_owned()));
+        }
+        let cleaned: String = raw
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}'))
+            .collect();
+        let digits = if let Some(d) = cleaned.strip_prefix('+') {
+            d.to_owned()
+        } else if !self.international_prefix.is_empty() {
+            if let Some(d) = cleaned.strip_prefix(self.international_prefix.as_str()) {
+                d.to_owned()
+            } else if let Some(nsn) = self.strip_trunk(&cleaned) {
+                format!("{}{}", self.country_code, nsn)
+            } else {
+                cleaned.clone()
+            }
+        } else {
+            cleaned.clone()
+        };
+        E164::from_digits(&digits).map_err(|_| NumberError::Invalid(raw.to_owned()))
+    }
+
+    fn strip_trunk<'a>(&self, s: &'a str) -> Option<&'a str> {
+        if self.trunk_prefix.is_empty() {
+            return None;
+        }
+        s.strip_prefix(self.trunk_prefix.as_str())
+    }
+
+    /// The national significant number of `n` if it is in this country, else `None`.
+    pub fn national(&self, n: E164) -> Option<String> {
+        n.digits()
+            .strip_prefix(self.country_code.as_str())
+            .filter(|nsn| !nsn.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// National dialling form (trunk prefix + NSN) if `n` is in this country.
+    pub fn national_dialled(&self, n: E164) -> Option<String> {
+        self.national(n)
+            .map(|nsn| format!("{}{nsn}", self.trunk_prefix))
+    }
+
+    /// The E.164 number for a national significant number.
+    pub fn from_national(&self, nsn: &str) -> Result<E164, NumberError> {
+        let nsn = self.strip_trunk(nsn).unwrap_or(nsn);
+        E164::from_digits(&format!("{}{nsn}", self.country_code))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_shape() {
+        let u = WvId::parse("wv:Alice@Core.OPX.example").unwrap();
+        assert_eq!(
+            (u.user.as_str(), u.domain.as_deref()),
+            ("alice", Some("core.opx.example"))
+        );
+        assert!(u.is_user());
+        let r = WvId::parse("WV:bob/~PEP1.0_privatelist@b.example").unwrap();
+        assert_eq!(r.resource.as_deref(), Some("~pep1.0_privatelist"));
+        let g = WvId::parse("wv:/room@b.example").unwrap();
+        assert!(g.is_group());
+        let s = WvId::parse("wv:@b.example").unwrap();
+        assert!(s.is_service());
+        let m = WvId::parse("wv:+4670123456").unwrap();
+        assert_eq!(m.e164(), Some(E164::parse("+4670123456").unwrap()));
+        assert_eq!(m.domain, None);
+        let md = WvId::parse("+4670123456@b.test").unwrap();
+        assert_eq!(md.to_string(), "wv:+4670123456@b.test");
+        let bare = WvId::parse("renge").unwrap();
+        assert_eq!(bare.to_string(), "wv:renge");
+    }
+
+    #[test]
+    fn decodes_and_reencodes_escapes() {
+        let id = WvId::parse("wv:John%20Doe%40home@x.example").unwrap();
+        assert_eq!(id.user, "john doe@home");
+        assert_eq!(id.to_string(), "wv:john%20doe%40home@x.example");
+        assert!(WvId::parse("wv:a%2@x").is_err());
+        assert!(WvId::parse("wv:a%ff@x").is_err());
+    }
+
+    #[test]
+    fn plus_rules() {
+        assert!(WvId::parse("wv:+").is_err());
+        assert!(WvId::parse("wv:+12a").is_err());
+        assert!(WvId::parse("wv:a+b@x").is_err());
+        assert!(WvId::parse("wv:+1234567890123456").is_err()); // 16 digits
+        assert!(WvId::parse("wv:+123456789012345").is_ok());
+        assert!(WvId::parse("wv:a@b@c").is_err());
+        assert!(WvId::parse("wv:a@").is_err());
+        assert!(WvId::parse("wv:").is_err());
+    }
+
+    #[test]
+    fn number_plan_both_ways() {
+        let plan = NumberPlan::new("46");
+        let n = plan.normalise("070-123 45 67").unwrap();
+        assert_eq!(n.to_string(), "46701234567");
+        assert_eq!(plan.national(n).as_deref(), Some("701234567"));
+        assert_eq!(plan.national_dialled(n).as_deref(), Some("0701234567"));
+        assert_eq!(plan.from_national("701234567").unwrap(), n);
+        assert_eq!(plan.from_national("0701234567").unwrap(), n);
+        assert_eq!(plan.normalise("+46 70 123 45 67").unwrap(), n);
+        assert_eq!(plan.normalise("0046701234567").unwrap(), n);
+        assert_eq!(plan.normalise("46701234567").unwrap(), n);
+        assert_eq!(plan.national(E164::parse("+4915112345678").unwrap()), None);
+        assert!(matches!(
+            plan.normalise("+49151*"),
+            Err(NumberError::Wildcard(_))
+        ));
+        assert!(matches!(
+            plan.normalise("+4915_"),
+            Err(NumberError::Wildcard(_))
+        ));
+        assert!(plan.normalise("+0123").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_is_idempotent(s in "(wv:|WV:)?[a-zA-Z0-9._~%+/-]{0,12}(@[a-zA-Z0-9.-]{1,12})?") {
+            if let Ok(id) = WvId::parse(&s) {
+                let c = id.to_string();
+                let again = WvId::parse(&c).expect("canonical form parses");
+                prop_assert_eq!(&again, &id);
+                prop_assert_eq!(again.to_string(), c);
+            }
+        }
+
+        #[test]
+        fn any_unicode_user_round_trips(user in "[^+@/]{1,10}", dom in "[a-z0-9.]{1,10}") {
+            let id = WvId { user: user.to_lowercase(), resource: None, domain: Some(dom) };
+            if let Ok(back) = WvId::parse(&id.to_string()) {
+                prop_assert_eq!(back, id);
+            }
+        }
+
+        #[test]
+        fn e164_round_trips(d in "[1-9][0-9]{0,14}") {
+            let n = E164::from_digits(&d).unwrap();
+            prop_assert_eq!(n.to_string(), d.clone());
+            prop_assert_eq!(E164::from_value(n.value()), Some(n));
+            let id = WvId::msisdn(n, None);
+            prop_assert_eq!(WvId::parse(&id.to_string()).unwrap().e164(), Some(n));
+        }
+
+        #[test]
+        fn national_international_round_trip(nsn in "[1-9][0-9]{5,11}") {
+            let plan = NumberPlan::new("46");
+            let n = plan.from_national(&nsn).unwrap();
+            prop_assert_eq!(plan.national(n), Some(nsn.clone()));
+            prop_assert_eq!(plan.normalise(&format!("0{nsn}")).unwrap(), n);
+        }
+    }
+}
