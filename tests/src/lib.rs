@@ -1,1 +1,8 @@
-//! testbed
+//! Test infrastructure for ssp-gateway (never part of the production binary):
+//!
+//! - [`core_sim`]: a small legacy IMPS server ("the core") speaking SSP to its gateway;
+//! - [`baraza_peer`]: a peer that behaves exactly as the real Baraza captures show.
+#![allow(clippy::unwrap_used)]
+
+pub mod baraza_peer;
+pub mod core_sim;

@@ -1,0 +1,1 @@
+//! ENUM DDDS and SRV ordering (being written).

@@ -1,0 +1,1 @@
+//! Baraza-like SSP peer (being written).

@@ -1,0 +1,1 @@
+//! Core simulator (being written).
