@@ -4,8 +4,14 @@
 //! IDs to `wv:+MSISDN`, finds peer operators through ENUM and DNS SRV, and enforces peer policy.
 //! See `README.md` for operation and `routes/example.toml` for configuration.
 
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod ops;
+pub mod relay;
+pub mod resolve;
 pub mod rewrite;
 pub mod ssp;
+pub mod tls;
+pub mod token;

@@ -19,6 +19,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the gateway. SIGTERM/SIGINT: stop accepting, drain, exit. SIGHUP: reload the
+    /// subscriber directory.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Certificate tools.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
     /// Validate a config file (and the directory it names) and exit.
     Check {
         /// The config file.
@@ -29,6 +44,19 @@ enum Cmd {
     Ssp {
         #[command(subcommand)]
         cmd: SspCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a development CA and one certificate per operator domain.
+    Dev {
+        /// Output directory (ca.pem, ca.key, <domain>/cert.pem, <domain>/key.pem).
+        #[arg(long)]
+        out: PathBuf,
+        /// Operator domains, e.g. --operator opx.example --operator opy.example.
+        #[arg(long = "operator", required = true)]
+        operators: Vec<String>,
     },
 }
 
@@ -68,8 +96,60 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let cfg = ssp_gateway::config::Config::load(&config)?;
+    let running = ssp_gateway::relay::start(cfg, Default::default()).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Err(e) = running.gateway.reload() {
+                    tracing::error!(error = %e, "reload failed; the previous directory stays in use");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: draining open requests");
+    running.shutdown().await;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Run { config, json_logs } => {
+            init_logs(json_logs);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Certs {
+            cmd: CertsCmd::Dev { out, operators },
+        } => {
+            for f in ssp_gateway::certs::write_dev(&out, &operators)? {
+                println!("wrote {f}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check { config } => {
             let cfg = ssp_gateway::config::Config::load(&config)?;
             let dir = ssp_gateway::directory::Directory::load(&cfg.directory)?;

@@ -14,6 +14,18 @@ pub(crate) struct RawConfig {
     gateway: RawGateway,
     #[serde(default)]
     directory: RawDirectory,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    core: Option<RawCore>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    policy: RawPolicy,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
     #[serde(default, rename = "route")]
@@ -34,6 +46,75 @@ struct RawGateway {
     core_hosts: Vec<String>,
     #[serde(default)]
     extra_namespaces: Vec<String>,
+    #[serde(default)]
+    hmac_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    peer: Option<String>,
+    core: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    trust: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCore {
+    url: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    trust: Vec<String>,
+    #[serde(default)]
+    pins: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<String>,
+    handshake: Option<String>,
+    request: Option<String>,
+    idle: Option<String>,
+    association: Option<String>,
+    drain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body: Option<usize>,
+    max_depth: Option<usize>,
+    max_attrs: Option<usize>,
+    max_attr_len: Option<usize>,
+    max_text_len: Option<usize>,
+    max_elements: Option<usize>,
+    max_transactions: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    originator_rate: Option<u32>,
+    originator_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +144,22 @@ struct RawPeer {
     id_style: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    trust: Vec<String>,
+    #[serde(default)]
+    pins: Vec<String>,
+    #[serde(default)]
+    client_cert: Option<bool>,
+    #[serde(default)]
+    tls_name: Option<String>,
+    #[serde(default)]
+    rate: Option<u32>,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +179,129 @@ pub enum IdStyle {
     MsisdnAtDomain,
 }
 
+/// How the far side of a link answers requests (profile section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResponseMode {
+    /// 200 with an empty body at once; the SSP response comes later as its own POST (Baraza).
+    #[default]
+    Async,
+    /// The SSP response is the HTTP response body.
+    Sync,
+}
+
+/// How a peer proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerAuth {
+    /// Client certificate naming the peer's domain (the default).
+    #[default]
+    Mtls,
+    /// SSP association (SetupTransaction), for peers without client certificates (Baraza).
+    Association,
+    /// Either.
+    Any,
+}
+
+/// How the core is authenticated on the core-facing listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreAuth {
+    /// Source address in `allow`.
+    Allowlist,
+    /// Client certificate chaining to `core.trust` (requires `core.tls = true`).
+    Mtls,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    /// Peer-facing TLS listener.
+    pub peer: Option<std::net::SocketAddr>,
+    /// Core-facing listener.
+    pub core: Option<std::net::SocketAddr>,
+    /// Admin listener (/metrics, /health, /ready, /reload).
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSpec {
+    /// Our certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Our private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Default trust anchors for peers.
+    pub trust: Vec<PathBuf>,
+}
+
+/// `[core]`: the link to the legacy IMPS server.
+#[derive(Debug, Clone)]
+pub struct CoreSpec {
+    /// Where the gateway POSTs to the core.
+    pub url: String,
+    /// How the core answers.
+    pub mode: ResponseMode,
+    /// How the core is authenticated when it POSTs to us.
+    pub auth: CoreAuth,
+    /// Allowed source networks (allowlist auth).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Serve TLS on the core listener.
+    pub tls: bool,
+    /// Anchors for the core's certificates (https URL, mtls auth).
+    pub trust: Vec<PathBuf>,
+    /// Pinned core server certificates (https URL).
+    pub pins: Vec<String>,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: std::time::Duration,
+    /// TLS handshake (both directions).
+    pub handshake: std::time::Duration,
+    /// Deadline for the far side's SSP answer to one request.
+    pub request: std::time::Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle: std::time::Duration,
+    /// Deadline for a whole SSP association.
+    pub association: std::time::Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        use std::time::Duration;
+        Timeouts {
+            connect: Duration::from_secs(2),
+            handshake: Duration::from_secs(5),
+            request: Duration::from_secs(10),
+            idle: Duration::from_secs(90),
+            association: Duration::from_secs(10),
+            drain: Duration::from_secs(15),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsSpec {
+    /// XML parsing limits.
+    pub xml: crate::ssp::xml::Limits,
+    /// Requests being relayed at once (beyond: 503).
+    pub max_in_flight: usize,
+    /// Open connections per listener (beyond: new ones wait).
+    pub max_connections: usize,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Requests per second per originating user ID (inbound).
+    pub originator_rate: u32,
+    /// Burst for the same.
+    pub originator_burst: u32,
+}
+
 /// `[gateway]`: identity of this operator.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -93,6 +313,8 @@ pub struct Gateway {
     pub core_hosts: Vec<String>,
     /// Namespaces accepted in addition to the built-in SSP ones.
     pub extra_namespaces: Vec<String>,
+    /// File of HMAC keys for transaction-ID tokens (one hex key per line, first signs).
+    pub hmac_key_file: Option<PathBuf>,
 }
 
 /// `[[directory.template]]`: `wv:{national}@core.opx.example` <-> `+46{national}`.
@@ -126,6 +348,22 @@ pub struct Peer {
     pub id_style: IdStyle,
     /// Namespace to emit.
     pub namespace: String,
+    /// How it answers our requests (and how it wants our answers).
+    pub mode: ResponseMode,
+    /// How it authenticates to us.
+    pub auth: PeerAuth,
+    /// Its own trust anchors (instead of `[tls] trust`).
+    pub trust: Vec<PathBuf>,
+    /// Pinned certificates (SHA-256 hex of the DER), instead of anchors.
+    pub pins: Vec<String>,
+    /// Present our certificate when connecting to it.
+    pub client_cert: bool,
+    /// Name its server certificate must carry (default: its domain).
+    pub tls_name: String,
+    /// Requests per second accepted from it.
+    pub rate: u32,
+    /// Burst for the same.
+    pub burst: u32,
 }
 
 /// `[[route]]`: a static number-prefix route.
@@ -152,6 +390,18 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// `[[route]]` entries.
     pub routes: Vec<Route>,
+    /// `[listen]`.
+    pub listen: Listen,
+    /// `[tls]`.
+    pub tls: TlsSpec,
+    /// `[core]`.
+    pub core: Option<CoreSpec>,
+    /// `[timeouts]`.
+    pub timeouts: Timeouts,
+    /// `[limits]`.
+    pub limits: LimitsSpec,
+    /// `[policy]`.
+    pub policy: Policy,
 }
 
 impl Config {
@@ -325,6 +575,28 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
                 IdStyle::Msisdn
             }
         };
+        let mode = response_mode(check, &path("mode"), p.mode.as_deref());
+        let auth = match p.auth.as_deref() {
+            None | Some("mtls") => PeerAuth::Mtls,
+            Some("association") => PeerAuth::Association,
+            Some("any") => PeerAuth::Any,
+            Some(other) => {
+                check.err(
+                    &path("auth"),
+                    format!("{other:?}: expected \"mtls\", \"association\" or \"any\""),
+                );
+                PeerAuth::Mtls
+            }
+        };
+        for (j, pin) in p.pins.iter().enumerate() {
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                check.err(
+                    &[k("peer"), Step::Index(i), k("pins"), Step::Index(j)],
+                    "a pin is the SHA-256 of the certificate DER as 64 hex digits",
+                );
+            }
+        }
+        let tls_name = p.tls_name.clone().unwrap_or_else(|| d.clone());
         peers.push(Peer {
             domain: d,
             urls: p.urls,
@@ -332,6 +604,18 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
             namespace: p
                 .namespace
                 .unwrap_or_else(|| crate::ssp::NS_WV_SSP_13.to_owned()),
+            mode,
+            auth,
+            trust: p
+                .trust
+                .iter()
+                .map(|t| Config::resolve_path(base, t))
+                .collect(),
+            pins: p.pins.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            client_cert: p.client_cert.unwrap_or(true),
+            tls_name,
+            rate: p.rate.unwrap_or(500),
+            burst: p.burst.unwrap_or(1000),
         });
     }
 
@@ -352,6 +636,154 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         routes.push(Route { prefix, peer });
     }
 
+    let addr = |check: &mut Check<'_>, key: &str, v: &Option<String>| {
+        v.as_deref()
+            .and_then(|a| match a.parse::<std::net::SocketAddr>() {
+                Ok(sa) => Some(sa),
+                Err(_) => {
+                    check.err(
+                        &[k("listen"), k(key)],
+                        format!("{a:?} is not an address:port"),
+                    );
+                    None
+                }
+            })
+    };
+    let listen = Listen {
+        peer: addr(check, "peer", &raw.listen.peer),
+        core: addr(check, "core", &raw.listen.core),
+        admin: addr(check, "admin", &raw.listen.admin),
+    };
+    let tls = TlsSpec {
+        cert: raw
+            .tls
+            .cert
+            .as_deref()
+            .map(|p| Config::resolve_path(base, p)),
+        key: raw
+            .tls
+            .key
+            .as_deref()
+            .map(|p| Config::resolve_path(base, p)),
+        trust: raw
+            .tls
+            .trust
+            .iter()
+            .map(|p| Config::resolve_path(base, p))
+            .collect(),
+    };
+    if listen.peer.is_some() && (tls.cert.is_none() || tls.key.is_none()) {
+        check.err(&[k("tls")], "the peer listener needs [tls] cert and key");
+    }
+    let core = raw.core.map(|c| {
+        let path = |key: &str| [k("core"), k(key)];
+        match c.url.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => check.err(
+                &path("url"),
+                format!("{:?} is not an http:// or https:// URL", c.url),
+            ),
+        }
+        let auth = match c.auth.as_deref() {
+            None | Some("allowlist") => CoreAuth::Allowlist,
+            Some("mtls") => CoreAuth::Mtls,
+            Some(other) => {
+                check.err(
+                    &path("auth"),
+                    format!("{other:?}: expected \"allowlist\" or \"mtls\""),
+                );
+                CoreAuth::Allowlist
+            }
+        };
+        if auth == CoreAuth::Mtls && (!c.tls || c.trust.is_empty()) {
+            check.err(
+                &path("auth"),
+                "mtls needs tls = true and trust anchors for the core",
+            );
+        }
+        let mut allow = Vec::new();
+        for (j, a) in c.allow.iter().enumerate() {
+            let net = a
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => allow.push(n),
+                Err(_) => check.err(
+                    &[k("core"), k("allow"), Step::Index(j)],
+                    format!("{a:?} is not an address or CIDR network"),
+                ),
+            }
+        }
+        if auth == CoreAuth::Allowlist && allow.is_empty() {
+            check.err(
+                &path("allow"),
+                "allowlist auth needs at least one allowed network",
+            );
+        }
+        CoreSpec {
+            url: c.url,
+            mode: response_mode(check, &path("mode"), c.mode.as_deref()),
+            auth,
+            allow,
+            tls: c.tls,
+            trust: c
+                .trust
+                .iter()
+                .map(|p| Config::resolve_path(base, p))
+                .collect(),
+            pins: c.pins.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        }
+    });
+    let mut timeouts = Timeouts::default();
+    let t = &raw.timeouts;
+    for (key, v, slot) in [
+        ("connect", &t.connect, &mut timeouts.connect),
+        ("handshake", &t.handshake, &mut timeouts.handshake),
+        ("request", &t.request, &mut timeouts.request),
+        ("idle", &t.idle, &mut timeouts.idle),
+        ("association", &t.association, &mut timeouts.association),
+        ("drain", &t.drain, &mut timeouts.drain),
+    ] {
+        if let Some(v) = v {
+            match super::parse_duration(v) {
+                Ok(d) if !d.is_zero() => *slot = d,
+                Ok(_) => check.err(&[k("timeouts"), k(key)], "must be more than zero"),
+                Err(e) => check.err(&[k("timeouts"), k(key)], e),
+            }
+        }
+    }
+    let mut xml = crate::ssp::xml::Limits::default();
+    let l = &raw.limits;
+    for (key, v, slot) in [
+        ("max_body", l.max_body, &mut xml.max_body),
+        ("max_depth", l.max_depth, &mut xml.max_depth),
+        ("max_attrs", l.max_attrs, &mut xml.max_attrs),
+        ("max_attr_len", l.max_attr_len, &mut xml.max_attr_len),
+        ("max_text_len", l.max_text_len, &mut xml.max_text_len),
+        ("max_elements", l.max_elements, &mut xml.max_elements),
+        (
+            "max_transactions",
+            l.max_transactions,
+            &mut xml.max_transactions,
+        ),
+    ] {
+        if let Some(v) = v {
+            if v == 0 {
+                check.err(&[k("limits"), k(key)], "must be more than zero");
+            }
+            *slot = v;
+        }
+    }
+    let limits = LimitsSpec {
+        xml,
+        max_in_flight: l.max_in_flight.unwrap_or(10_000),
+        max_connections: l.max_connections.unwrap_or(20_000),
+    };
+    let policy = Policy {
+        originator_rate: raw.policy.originator_rate.unwrap_or(20),
+        originator_burst: raw.policy.originator_burst.unwrap_or(50),
+    };
+
     Some(Config {
         path: PathBuf::new(),
         gateway: Gateway {
@@ -359,10 +791,31 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
             core_domains,
             core_hosts,
             extra_namespaces: g.extra_namespaces,
+            hmac_key_file: g
+                .hmac_key_file
+                .as_deref()
+                .map(|p| Config::resolve_path(base, p)),
         },
         plan,
         directory,
         peers,
         routes,
+        listen,
+        tls,
+        core,
+        timeouts,
+        limits,
+        policy,
     })
+}
+
+fn response_mode(check: &mut Check<'_>, path: &[Step], v: Option<&str>) -> ResponseMode {
+    match v {
+        None | Some("async") => ResponseMode::Async,
+        Some("sync") => ResponseMode::Sync,
+        Some(other) => {
+            check.err(path, format!("{other:?}: expected \"async\" or \"sync\""));
+            ResponseMode::Async
+        }
+    }
 }

@@ -1,0 +1,54 @@
+//! The admin listener: `GET /metrics` (Prometheus), `GET /health` (alive), `GET /ready`
+//! (serving), `POST /reload` (re-read the subscriber directory). Bind it to a management
+//! address only: it has no authentication of its own.
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+
+use crate::relay::Gateway;
+use crate::relay::http::HttpResponse;
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> HttpResponse {
+    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Handle one admin request.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            gw.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (&Method::GET, "/health") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        (&Method::GET, "/ready") => text(
+            StatusCode::OK,
+            format!(
+                "ready: {} directory entries, {} associations, {} pending\n",
+                gw.dir.load().len(),
+                gw.assoc.count(),
+                gw.pending.len()
+            ),
+            "text/plain",
+        ),
+        (&Method::POST, "/reload") => match gw.reload() {
+            Ok(n) => text(
+                StatusCode::OK,
+                format!("reloaded: {n} directory entries\n"),
+                "text/plain",
+            ),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload failed, previous directory kept: {e}\n"),
+                "text/plain",
+            ),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}

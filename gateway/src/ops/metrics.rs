@@ -1,0 +1,160 @@
+//! Prometheus metrics of the gateway, in one explicit registry (no process globals, so tests
+//! can run several gateways in one process and read each one's numbers).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// SSP requests accepted, by direction (`inbound` from peers, `outbound` from the core)
+    /// and primitive.
+    pub requests: IntCounterVec,
+    /// SSP answers produced, by direction and status code.
+    pub answers: IntCounterVec,
+    /// Time from accepting a request to having its answer, by direction.
+    pub latency: HistogramVec,
+    /// Requests being relayed now, by direction.
+    pub in_flight: IntGaugeVec,
+    /// Failed deliveries to a peer or the core, by destination and reason.
+    pub delivery_failures: IntCounterVec,
+    /// Requests refused by policy, by reason (`rate`, `spoof`, `relay`, `auth`).
+    pub refused: IntCounterVec,
+    /// Bodies refused before relaying, by reason (`parse`, `size`, `media`).
+    pub bad_messages: IntCounterVec,
+    /// TLS handshakes refused on the peer listener.
+    pub tls_failures: IntCounterVec,
+    /// Established SSP associations.
+    pub associations: IntGauge,
+    /// Answers that matched no pending request or carried a forged ID, by reason.
+    pub orphan_answers: IntCounterVec,
+    /// Directory entries loaded.
+    pub directory_entries: IntGauge,
+    /// DNS lookups, by record type and result.
+    pub dns_lookups: IntCounterVec,
+    /// Route cache lookups, by result (`hit`, `miss`, `stale`, `negative`).
+    pub route_cache: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+#[cold]
+fn unreachable_metric(name: &str, e: prometheus::Error) -> ! {
+    // Metric definitions are compile-time constants; an invalid one is a programming error.
+    panic!("invalid metric definition {name}: {e}")
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let r = Registry::new_custom(Some("ssp".into()), None).unwrap_or_default();
+        let latency = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time to answer an SSP request")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+            &["direction"],
+        )
+        .unwrap_or_else(|e| unreachable_metric("request_duration_seconds", e));
+        let _ = r.register(Box::new(latency.clone()));
+        let in_flight = IntGaugeVec::new(
+            Opts::new("in_flight", "Requests being relayed"),
+            &["direction"],
+        )
+        .unwrap_or_else(|e| unreachable_metric("in_flight", e));
+        let _ = r.register(Box::new(in_flight.clone()));
+        let associations = IntGauge::new("associations", "Established SSP associations")
+            .unwrap_or_else(|e| unreachable_metric("associations", e));
+        let _ = r.register(Box::new(associations.clone()));
+        let directory_entries =
+            IntGauge::new("directory_entries", "Explicit subscriber directory entries")
+                .unwrap_or_else(|e| unreachable_metric("directory_entries", e));
+        let _ = r.register(Box::new(directory_entries.clone()));
+        Metrics {
+            requests: counter(
+                &r,
+                "requests_total",
+                "SSP requests accepted",
+                &["direction", "primitive"],
+            ),
+            answers: counter(
+                &r,
+                "answers_total",
+                "SSP answers produced",
+                &["direction", "code"],
+            ),
+            latency,
+            in_flight,
+            delivery_failures: counter(
+                &r,
+                "delivery_failures_total",
+                "Failed deliveries",
+                &["destination", "reason"],
+            ),
+            refused: counter(
+                &r,
+                "refused_total",
+                "Requests refused by policy",
+                &["reason"],
+            ),
+            bad_messages: counter(
+                &r,
+                "bad_messages_total",
+                "Bodies refused before relaying",
+                &["reason"],
+            ),
+            tls_failures: counter(
+                &r,
+                "tls_failures_total",
+                "TLS handshakes refused",
+                &["listener"],
+            ),
+            associations,
+            orphan_answers: counter(
+                &r,
+                "orphan_answers_total",
+                "Answers matching no request",
+                &["reason"],
+            ),
+            directory_entries,
+            dns_lookups: counter(&r, "dns_lookups_total", "DNS lookups", &["type", "result"]),
+            route_cache: counter(&r, "route_cache_total", "Route cache lookups", &["result"]),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Read one counter value (for tests and the demo).
+    pub fn counter_value(c: &IntCounterVec, labels: &[&str]) -> u64 {
+        c.get_metric_with_label_values(labels)
+            .map(|m| m.get())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

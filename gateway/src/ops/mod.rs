@@ -1,0 +1,4 @@
+//! Operations: metrics and the admin listener.
+
+pub mod admin;
+pub mod metrics;

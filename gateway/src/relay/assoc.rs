@@ -1,0 +1,607 @@
+//! The SSP association between servers (profile section 3), both roles.
+//!
+//! A dialback-like exchange: each side sends a secret token to the other's *configured or
+//! DNS-found* address (so a claimed domain must be able to receive for that domain), then each
+//! proves knowledge of the other's token with base64(MD5(token)). Four login steps, as Baraza
+//! does them: LoginRequest (Request) -> LoginRequest (Response, carrying the responder's digest)
+//! -> LoginResponse (Request, initiator's session ID) -> LoginResponse (Response, ours).
+//!
+//! Baraza quirks handled: its SendSecretToken answer carries its own row ID as transactionID, so
+//! that step is matched by domain; tokens are plain hex unless an `encoding` attribute is
+//! present; digests may be wrapped with CRLF. This module is state only; the relay does the I/O.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use md5::{Digest, Md5};
+use tokio::sync::mpsc;
+
+use crate::ssp::ids::WvId;
+use crate::ssp::primitives::{LoginRequest, LoginResponse, SendSecretToken};
+use crate::ssp::{Message, Mode, SetupPrimitive, SetupTransaction, Status};
+
+/// Why an association step was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssocError {
+    /// The claimed domain has no peer entry allowing association.
+    #[error("domain {0} may not associate")]
+    NotAllowed(String),
+    /// A step arrived that matches no association in progress.
+    #[error("no association in progress matches this {0}")]
+    Unmatched(&'static str),
+    /// The digest did not prove knowledge of our token.
+    #[error("wrong password digest from {0}")]
+    BadDigest(String),
+    /// The primitive or its content is unusable.
+    #[error("{0}")]
+    Malformed(String),
+    /// The peer answered with an error status.
+    #[error("peer refused: status {0}")]
+    Refused(u16),
+}
+
+/// An established association.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Established {
+    /// Our session ID (written in `Session@sessionID` of what we send).
+    pub our_session: String,
+    /// The peer's session ID (what it writes in what it sends us).
+    pub peer_session: String,
+}
+
+#[derive(Debug)]
+struct Assoc {
+    tid: String,
+    our_token: String,
+    peer_token: Option<Vec<u8>>,
+    digest_ok: bool,
+    established: Option<Established>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    by_domain: HashMap<String, Assoc>,
+    by_peer_session: HashMap<String, String>,
+    /// Initiator attempts in progress: domain -> where Response-mode steps go.
+    initiators: HashMap<String, (String, mpsc::Sender<SetupTransaction>)>,
+}
+
+/// All associations of this gateway.
+pub struct Associations {
+    state: Mutex<State>,
+    public_domain: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Associations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Associations").finish_non_exhaustive()
+    }
+}
+
+/// A fresh 32-hex-digit token (what Baraza sends).
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The token bytes as the digest is computed over them: base64-decoded when the sender marked
+/// it with an `encoding` attribute, else the trimmed text.
+fn token_bytes(p: &SendSecretToken) -> Result<Vec<u8>, AssocError> {
+    let text = p.token.trim();
+    if text.is_empty() {
+        return Err(AssocError::Malformed("empty SecretToken".into()));
+    }
+    if p.token_encoding.is_some() {
+        let compact: String = text.split_ascii_whitespace().collect();
+        B64.decode(compact)
+            .map_err(|_| AssocError::Malformed("SecretToken is not valid base64".into()))
+    } else {
+        Ok(text.as_bytes().to_vec())
+    }
+}
+
+/// base64(MD5(token)).
+pub fn digest(token: &[u8]) -> String {
+    B64.encode(Md5::digest(token))
+}
+
+fn digest_matches(given: &str, token: &[u8]) -> bool {
+    let compact: String = given.split_ascii_whitespace().collect();
+    match B64.decode(compact) {
+        Ok(d) => d.as_slice() == Md5::digest(token).as_slice(),
+        Err(_) => false,
+    }
+}
+
+fn domain_of_service(service: Option<&str>) -> Result<String, AssocError> {
+    let id = WvId::parse(service.unwrap_or_default())
+        .map_err(|e| AssocError::Malformed(format!("serviceID: {e}")))?;
+    match (id.is_service(), id.domain) {
+        (true, Some(d)) => Ok(d),
+        _ => Err(AssocError::Malformed(format!(
+            "serviceID {:?} is not wv:@domain",
+            service.unwrap_or_default()
+        ))),
+    }
+}
+
+fn domain_of_session(session: &str) -> Option<String> {
+    session
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+}
+
+impl Associations {
+    /// No associations yet; sessions live `ttl` after their last use.
+    pub fn new(public_domain: &str, ttl: Duration) -> Associations {
+        Associations {
+            state: Mutex::new(State::default()),
+            public_domain: public_domain.to_owned(),
+            ttl,
+        }
+    }
+
+    fn service(&self) -> String {
+        format!("wv:@{}", self.public_domain)
+    }
+
+    fn new_session(&self) -> String {
+        format!("{}@{}", rand::random::<u32>() >> 1, self.public_domain)
+    }
+
+    /// Handle a Request-mode setup step from a peer (we are the responder). Returns the peer's
+    /// domain and the Response-mode message to POST back to it.
+    pub fn on_request(
+        &self,
+        t: &SetupTransaction,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<(String, Message), AssocError> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
+        let ttl = Some(self.ttl.as_secs().to_string());
+        match &t.primitive {
+            SetupPrimitive::SendSecretToken(p) => {
+                let domain = domain_of_service(p.service_id.as_deref())?;
+                if !allowed(&domain) {
+                    return Err(AssocError::NotAllowed(domain));
+                }
+                let our_token = new_token();
+                let a = Assoc {
+                    tid: t.transaction_id.clone(),
+                    our_token: our_token.clone(),
+                    peer_token: Some(token_bytes(p)?),
+                    digest_ok: false,
+                    established: None,
+                    last_used: Instant::now(),
+                };
+                // A new attempt replaces any previous association with that domain.
+                if let Some(old) = st.by_domain.insert(domain.clone(), a)
+                    && let Some(e) = old.established
+                {
+                    st.by_peer_session.remove(&e.peer_session);
+                }
+                let reply = SetupPrimitive::SendSecretToken(SendSecretToken {
+                    service_id: Some(self.service()),
+                    protocol: Some("WV-SSP".into()),
+                    protocol_version: Some("1.3".into()),
+                    token: our_token,
+                    ..Default::default()
+                });
+                Ok((
+                    domain,
+                    Message::setup(Mode::Response, t.transaction_id.clone(), reply),
+                ))
+            }
+            SetupPrimitive::LoginRequest(p) => {
+                let domain = domain_of_service(p.service_id.as_deref())?;
+                let a = st
+                    .by_domain
+                    .get_mut(&domain)
+                    .filter(|a| a.tid == t.transaction_id && a.established.is_none())
+                    .ok_or(AssocError::Unmatched("LoginRequest"))?;
+                if !digest_matches(&p.digest, a.our_token.as_bytes()) {
+                    st.by_domain.remove(&domain);
+                    return Err(AssocError::BadDigest(domain));
+                }
+                a.digest_ok = true;
+                let peer_token = a.peer_token.clone().unwrap_or_default();
+                let reply = SetupPrimitive::LoginRequest(LoginRequest {
+                    service_id: Some(self.service()),
+                    time_to_live: ttl,
+                    digest: digest(&peer_token),
+                    digest_encoding: Some("base64".into()),
+                    ..Default::default()
+                });
+                Ok((
+                    domain,
+                    Message::setup(Mode::Response, t.transaction_id.clone(), reply),
+                ))
+            }
+            SetupPrimitive::LoginResponse(p) => {
+                let peer_session = p
+                    .session_id
+                    .clone()
+                    .filter(|s| !s.trim().is_empty())
+                    .ok_or_else(|| {
+                        AssocError::Malformed("LoginResponse without sessionID".into())
+                    })?;
+                if p.status.as_ref().is_some_and(|s| !s.is_success()) {
+                    let code = p.status.as_ref().map(|s| s.code).unwrap_or(0);
+                    return Err(AssocError::Refused(code));
+                }
+                let domain = st
+                    .by_domain
+                    .iter()
+                    .find(|(_, a)| a.tid == t.transaction_id && a.established.is_none())
+                    .map(|(d, _)| d.clone())
+                    .ok_or(AssocError::Unmatched("LoginResponse"))?;
+                let our_session = self.new_session();
+                let a = st
+                    .by_domain
+                    .get_mut(&domain)
+                    .ok_or(AssocError::Unmatched("LoginResponse"))?;
+                if !a.digest_ok {
+                    st.by_domain.remove(&domain);
+                    return Err(AssocError::Unmatched(
+                        "LoginResponse before a verified digest",
+                    ));
+                }
+                a.established = Some(Established {
+                    our_session: our_session.clone(),
+                    peer_session: peer_session.clone(),
+                });
+                a.last_used = Instant::now();
+                st.by_peer_session.insert(peer_session, domain.clone());
+                let reply = SetupPrimitive::LoginResponse(LoginResponse {
+                    session_id: Some(our_session),
+                    time_to_live: ttl,
+                    status: Some(Status::new(200)),
+                    ..Default::default()
+                });
+                Ok((
+                    domain,
+                    Message::setup(Mode::Response, t.transaction_id.clone(), reply),
+                ))
+            }
+            SetupPrimitive::Other(e) => Err(AssocError::Malformed(format!(
+                "unknown setup primitive <{}>",
+                e.name
+            ))),
+        }
+    }
+
+    /// Route a Response-mode setup step to the initiator waiting for it (matched by domain,
+    /// since Baraza's first answer carries its own transaction ID).
+    pub fn on_response(&self, t: SetupTransaction) -> Result<(), AssocError> {
+        let domain = match &t.primitive {
+            SetupPrimitive::SendSecretToken(p) => domain_of_service(p.service_id.as_deref()).ok(),
+            SetupPrimitive::LoginRequest(p) => domain_of_service(p.service_id.as_deref()).ok(),
+            SetupPrimitive::LoginResponse(p) => p.session_id.as_deref().and_then(domain_of_session),
+            SetupPrimitive::Other(_) => None,
+        };
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
+        let tx = domain
+            .as_ref()
+            .and_then(|d| st.initiators.get(d))
+            .or_else(|| {
+                st.initiators
+                    .values()
+                    .find(|(tid, _)| *tid == t.transaction_id)
+            })
+            .map(|(_, tx)| tx.clone())
+            .ok_or(AssocError::Unmatched("setup response"))?;
+        drop(st);
+        tx.try_send(t)
+            .map_err(|_| AssocError::Unmatched("setup response"))
+    }
+
+    /// Start an initiator attempt towards `domain`: our transaction ID and token, the first
+    /// message to send, and where the answers will arrive.
+    pub fn begin(&self, domain: &str) -> (String, Message, mpsc::Receiver<SetupTransaction>) {
+        let tid = format!("{}", rand::random::<u32>() >> 1);
+        let token = new_token();
+        let (tx, rx) = mpsc::channel(4);
+        if let Ok(mut st) = self.state.lock() {
+            st.initiators.insert(domain.to_owned(), (tid.clone(), tx));
+            st.by_domain.insert(
+                domain.to_owned(),
+                Assoc {
+                    tid: tid.clone(),
+                    our_token: token.clone(),
+                    peer_token: None,
+                    digest_ok: false,
+                    established: None,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        let msg = Message::setup(
+            Mode::Request,
+            tid.clone(),
+            SetupPrimitive::SendSecretToken(SendSecretToken {
+                service_id: Some(self.service()),
+                protocol: Some("WV-SSP".into()),
+                protocol_version: Some("1.3".into()),
+                token,
+                ..Default::default()
+            }),
+        );
+        (tid, msg, rx)
+    }
+
+    /// Initiator: the peer's token arrived; the LoginRequest to send.
+    pub fn step_token(
+        &self,
+        domain: &str,
+        answer: &SetupTransaction,
+    ) -> Result<Message, AssocError> {
+        let SetupPrimitive::SendSecretToken(p) = &answer.primitive else {
+            return Err(AssocError::Malformed("expected SendSecretToken".into()));
+        };
+        let peer_token = token_bytes(p)?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
+        let a = st
+            .by_domain
+            .get_mut(domain)
+            .ok_or(AssocError::Unmatched("SendSecretToken"))?;
+        let msg = Message::setup(
+            Mode::Request,
+            a.tid.clone(),
+            SetupPrimitive::LoginRequest(LoginRequest {
+                service_id: Some(self.service()),
+                time_to_live: Some(self.ttl.as_secs().to_string()),
+                digest: digest(&peer_token),
+                digest_encoding: Some("base64".into()),
+                ..Default::default()
+            }),
+        );
+        a.peer_token = Some(peer_token);
+        Ok(msg)
+    }
+
+    /// Initiator: the peer's digest arrived; verify it and return the LoginResponse to send.
+    pub fn step_digest(
+        &self,
+        domain: &str,
+        answer: &SetupTransaction,
+    ) -> Result<Message, AssocError> {
+        let SetupPrimitive::LoginRequest(p) = &answer.primitive else {
+            return Err(AssocError::Malformed("expected LoginRequest".into()));
+        };
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
+        let a = st
+            .by_domain
+            .get_mut(domain)
+            .ok_or(AssocError::Unmatched("LoginRequest"))?;
+        if !digest_matches(&p.digest, a.our_token.as_bytes()) {
+            st.by_domain.remove(domain);
+            return Err(AssocError::BadDigest(domain.to_owned()));
+        }
+        a.digest_ok = true;
+        let tid = a.tid.clone();
+        let our_session = self.new_session();
+        a.established = Some(Established {
+            our_session: our_session.clone(),
+            peer_session: String::new(),
+        });
+        Ok(Message::setup(
+            Mode::Request,
+            tid,
+            SetupPrimitive::LoginResponse(LoginResponse {
+                session_id: Some(our_session),
+                time_to_live: Some(self.ttl.as_secs().to_string()),
+                status: Some(Status::new(200)),
+                ..Default::default()
+            }),
+        ))
+    }
+
+    /// Initiator: the peer's LoginResponse arrived; the association is up.
+    pub fn step_done(
+        &self,
+        domain: &str,
+        answer: &SetupTransaction,
+    ) -> Result<Established, AssocError> {
+        let SetupPrimitive::LoginResponse(p) = &answer.primitive else {
+            return Err(AssocError::Malformed("expected LoginResponse".into()));
+        };
+        if let Some(s) = p.status.as_ref().filter(|s| !s.is_success()) {
+            return Err(AssocError::Refused(s.code));
+        }
+        let peer_session = p
+            .session_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| AssocError::Malformed("LoginResponse without sessionID".into()))?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
+        st.initiators.remove(domain);
+        let a = st
+            .by_domain
+            .get_mut(domain)
+            .ok_or(AssocError::Unmatched("LoginResponse"))?;
+        let est = Established {
+            our_session: a
+                .established
+                .as_ref()
+                .map(|e| e.our_session.clone())
+                .unwrap_or_default(),
+            peer_session: peer_session.clone(),
+        };
+        if !a.digest_ok || est.our_session.is_empty() {
+            return Err(AssocError::Unmatched(
+                "LoginResponse before a verified digest",
+            ));
+        }
+        a.established = Some(est.clone());
+        a.last_used = Instant::now();
+        st.by_peer_session.insert(peer_session, domain.to_owned());
+        Ok(est)
+    }
+
+    /// Abandon an initiator attempt.
+    pub fn abort(&self, domain: &str) {
+        if let Ok(mut st) = self.state.lock() {
+            st.initiators.remove(domain);
+            if st.by_domain.get(domain).is_some_and(|a| {
+                a.established
+                    .as_ref()
+                    .is_none_or(|e| e.peer_session.is_empty())
+            }) {
+                st.by_domain.remove(domain);
+            }
+        }
+    }
+
+    /// The live association with `domain` (refreshing its lifetime).
+    pub fn established(&self, domain: &str) -> Option<Established> {
+        let mut st = self.state.lock().ok()?;
+        let ttl = self.ttl;
+        let a = st.by_domain.get_mut(domain)?;
+        let e = a
+            .established
+            .clone()
+            .filter(|e| !e.peer_session.is_empty())?;
+        if a.last_used.elapsed() > ttl {
+            st.by_peer_session.remove(&e.peer_session);
+            st.by_domain.remove(domain);
+            return None;
+        }
+        a.last_used = Instant::now();
+        Some(e)
+    }
+
+    /// The domain of the association whose peer writes `session_id` (refreshing it).
+    pub fn domain_of_session(&self, session_id: &str) -> Option<String> {
+        let domain = self
+            .state
+            .lock()
+            .ok()?
+            .by_peer_session
+            .get(session_id)
+            .cloned()?;
+        self.established(&domain).map(|_| domain)
+    }
+
+    /// Number of established associations.
+    pub fn count(&self) -> usize {
+        self.state
+            .lock()
+            .map(|s| s.by_peer_session.len())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssp::Body;
+
+    fn setup(m: &Message) -> &SetupTransaction {
+        match &m.body {
+            Body::Setup(t) => t,
+            Body::Session(_) => panic!("not setup"),
+        }
+    }
+
+    /// Two gateways associate with each other through this module alone.
+    #[test]
+    fn both_roles_complete_the_four_step_login() {
+        let a = Associations::new("a.example", Duration::from_secs(60));
+        let b = Associations::new("b.example", Duration::from_secs(60));
+        let (_tid, m1, mut rx) = a.begin("b.example");
+        let (d, m2) = b.on_request(setup(&m1), |d| d == "a.example").unwrap();
+        assert_eq!(d, "a.example");
+        a.on_response(setup(&m2).clone()).unwrap();
+        let got = rx.try_recv().unwrap();
+        let m3 = a.step_token("b.example", &got).unwrap();
+        let (_, m4) = b.on_request(setup(&m3), |_| true).unwrap();
+        a.on_response(setup(&m4).clone()).unwrap();
+        let m5 = a.step_digest("b.example", &rx.try_recv().unwrap()).unwrap();
+        let (_, m6) = b.on_request(setup(&m5), |_| true).unwrap();
+        a.on_response(setup(&m6).clone()).unwrap();
+        let est = a.step_done("b.example", &rx.try_recv().unwrap()).unwrap();
+        let b_est = b.established("a.example").unwrap();
+        assert_eq!(est.peer_session, b_est.our_session);
+        assert_eq!(b_est.peer_session, est.our_session);
+        assert_eq!(
+            b.domain_of_session(&est.our_session).as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(
+            a.domain_of_session(&b_est.our_session).as_deref(),
+            Some("b.example")
+        );
+    }
+
+    #[test]
+    fn wrong_digest_and_unmatched_steps_are_refused() {
+        let b = Associations::new("b.example", Duration::from_secs(60));
+        let a = Associations::new("a.example", Duration::from_secs(60));
+        let (_tid, m1, _rx) = a.begin("b.example");
+        b.on_request(setup(&m1), |_| true).unwrap();
+        let mut bad = setup(&m1).clone();
+        bad.primitive = SetupPrimitive::LoginRequest(LoginRequest {
+            service_id: Some("wv:@a.example".into()),
+            digest: digest(b"not the token"),
+            ..Default::default()
+        });
+        assert_eq!(
+            b.on_request(&bad, |_| true),
+            Err(AssocError::BadDigest("a.example".into()))
+        );
+        // The failed association is gone: its LoginResponse no longer matches.
+        let mut late = bad.clone();
+        late.primitive = SetupPrimitive::LoginResponse(LoginResponse {
+            session_id: Some("1@a.example".into()),
+            ..Default::default()
+        });
+        assert!(matches!(
+            b.on_request(&late, |_| true),
+            Err(AssocError::Unmatched(_))
+        ));
+        // Not allowed to associate.
+        assert!(matches!(
+            b.on_request(setup(&m1), |_| false),
+            Err(AssocError::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn baraza_token_and_digest_forms() {
+        // Captures 034/038: hex token padded with newlines; the digest is over the trimmed text.
+        let tok = SendSecretToken {
+            token: "\n29ca0687ecd71081f4064aae323d1823\n".into(),
+            ..Default::default()
+        };
+        let bytes = token_bytes(&tok).unwrap();
+        assert_eq!(bytes, b"29ca0687ecd71081f4064aae323d1823");
+        let d = digest(&bytes);
+        assert!(digest_matches(&format!("\n{d}\r\n\n"), &bytes));
+        // With an encoding attribute the token is base64.
+        let enc = SendSecretToken {
+            token: B64.encode(b"raw-secret"),
+            token_encoding: Some("base64".into()),
+            ..Default::default()
+        };
+        assert_eq!(token_bytes(&enc).unwrap(), b"raw-secret");
+    }
+}

@@ -1,0 +1,217 @@
+//! Sending an SSP request and getting its answer, whichever way the far side answers.
+//!
+//! Sync far sides put the answer in the HTTP body; async ones (Baraza) answer 200 empty and
+//! POST the answer later, which the listener hands to [`Pending`](super::pending::Pending) by
+//! the request ID inside our transaction-ID token. Either way the caller gets one answer or one
+//! SSP error before its deadline: connect failures and silent closes fail over to the next URL;
+//! nothing that was accepted is dropped.
+
+use std::time::Duration;
+
+use http::{StatusCode, Uri};
+use tokio::time::Instant;
+
+use super::Gateway;
+use super::http::{SendError, SspClient};
+use super::merge::status;
+use crate::ssp::{Body, Message, Mode, Status, Transaction, status as code};
+
+/// Where to send: a client and URLs in failover order.
+pub struct Target<'a> {
+    /// Label for logs and metrics (`core` or the peer domain).
+    pub label: &'a str,
+    /// The client (TLS profile and pool).
+    pub client: &'a SspClient,
+    /// URLs in order.
+    pub urls: &'a [Uri],
+}
+
+/// Headers Baraza sends and reads (informational; never relied on).
+fn wv_headers(msg: &Message) -> Vec<(&'static str, String)> {
+    match &msg.body {
+        Body::Session(s) => {
+            let mut h = vec![("x-wv-sessionid", s.session_id.clone())];
+            if let Some(t) = s.transactions.first() {
+                h.push(("x-wv-transactionid", t.transaction_id.clone()));
+            }
+            h
+        }
+        Body::Setup(t) => vec![("x-wv-transactionid", t.transaction_id.clone())],
+    }
+}
+
+impl Gateway {
+    /// Send one request transaction (already rewritten and carrying our token `tid`) and wait
+    /// for its answer until `deadline`.
+    pub(crate) async fn exchange(
+        &self,
+        target: &Target<'_>,
+        msg: &Message,
+        body: String,
+        request_id: u64,
+        tid: &str,
+        deadline: Instant,
+    ) -> Result<Transaction, Status> {
+        self.tap(super::TapDir::Out, target.label, &body);
+        // Register before sending: an async answer can overtake the HTTP ack.
+        let rx = self.pending.insert(request_id);
+        let result = self.send_with_failover(target, &body, msg, deadline).await;
+        let outcome = match result {
+            Ok((http_status, resp)) if http_status.is_success() => {
+                if let Some(t) = self.sync_answer(&resp, tid) {
+                    Ok(t)
+                } else {
+                    // Async: the answer arrives as its own POST.
+                    match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(t)) => return Ok(t),
+                        Ok(Err(_)) | Err(_) => {
+                            self.metrics
+                                .delivery_failures
+                                .with_label_values(&[target.label, "no-answer"])
+                                .inc();
+                            Err(status(
+                                code::TIMEOUT,
+                                format!("{} did not answer within the deadline", target.label),
+                            ))
+                        }
+                    }
+                }
+            }
+            Ok((http_status, resp)) => {
+                // An SSP error in an HTTP error body is still an answer for our transaction.
+                self.sync_answer(&resp, tid).ok_or_else(|| {
+                    status(
+                        code::UNAVAILABLE,
+                        format!(
+                            "{} refused the request with HTTP {}",
+                            target.label,
+                            http_status.as_u16()
+                        ),
+                    )
+                })
+            }
+            Err(st) => Err(st),
+        };
+        self.pending.remove(request_id);
+        outcome
+    }
+
+    /// If `body` holds an SSP answer for `tid`, that answer.
+    fn sync_answer(&self, body: &[u8], tid: &str) -> Option<Transaction> {
+        if body.is_empty() {
+            return None;
+        }
+        let msg = self.codec.parse(body).ok()?;
+        let Body::Session(s) = msg.body else {
+            return None;
+        };
+        let n = s.transactions.len();
+        s.transactions
+            .into_iter()
+            .find(|t| t.mode == Mode::Response && (t.transaction_id == tid || n == 1))
+    }
+
+    /// POST with failover across URLs. Returns the first HTTP answer that is not a 5xx.
+    pub(crate) async fn send_with_failover(
+        &self,
+        target: &Target<'_>,
+        body: &str,
+        msg: &Message,
+        deadline: Instant,
+    ) -> Result<(StatusCode, bytes::Bytes), Status> {
+        if target.urls.is_empty() {
+            return Err(status(
+                code::DOMAIN_NOT_SUPPORTED,
+                format!("no SSP address known for {}", target.label),
+            ));
+        }
+        let headers = wv_headers(msg);
+        let mut last = String::new();
+        for url in target.urls {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match target
+                .client
+                .post(url, body.to_owned(), &headers, left)
+                .await
+            {
+                Ok((s, _)) if s.is_server_error() => {
+                    last = format!("{url} answered HTTP {}", s.as_u16());
+                    self.delivery_failed(target.label, "http-5xx", &last);
+                }
+                Ok(r) => return Ok(r),
+                Err(SendError::Timeout) => {
+                    self.delivery_failed(target.label, "timeout", url);
+                    return Err(status(
+                        code::TIMEOUT,
+                        format!("{} did not answer within the deadline", target.label),
+                    ));
+                }
+                Err(e) => {
+                    // Connect failure, or a close without any HTTP response (Baraza does this
+                    // for unknown sessions and bad digests): a failed delivery, try the next.
+                    let reason = match e {
+                        SendError::Connect(_) => "connect",
+                        _ => "no-response",
+                    };
+                    last = format!("{url}: {e}");
+                    self.delivery_failed(target.label, reason, &last);
+                }
+            }
+        }
+        Err(status(
+            code::UNAVAILABLE,
+            format!("{} unreachable ({last})", target.label),
+        ))
+    }
+
+    fn delivery_failed(&self, label: &str, reason: &str, detail: &dyn std::fmt::Display) {
+        tracing::warn!(destination = label, reason, %detail, "delivery failed");
+        self.metrics
+            .delivery_failures
+            .with_label_values(&[label, reason])
+            .inc();
+    }
+
+    /// POST an answer (or any message that needs no SSP answer), retrying with backoff until
+    /// `within` has passed. Returns whether it was delivered.
+    pub(crate) async fn deliver(
+        &self,
+        target: &Target<'_>,
+        msg: &Message,
+        body: String,
+        within: Duration,
+    ) -> bool {
+        self.tap(super::TapDir::Out, target.label, &body);
+        let deadline = Instant::now() + within;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.send_with_failover(target, &body, msg, deadline).await {
+                Ok((s, _)) if s.is_success() => return true,
+                Ok((s, _)) => {
+                    // A 4xx will not get better by retrying.
+                    tracing::warn!(
+                        destination = target.label,
+                        status = s.as_u16(),
+                        "answer refused"
+                    );
+                    return false;
+                }
+                Err(_) if Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(st) => {
+                    tracing::error!(
+                        destination = target.label,
+                        reason = st.description.as_deref().unwrap_or(""),
+                        "answer could not be delivered before its deadline"
+                    );
+                    return false;
+                }
+            }
+        }
+    }
+}

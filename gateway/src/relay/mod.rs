@@ -1,0 +1,503 @@
+//! The relay: the gateway at run time.
+//!
+//! Two listeners share one [`Gateway`]: the peer-facing TLS listener (`inbound`: peers to our
+//! core) and the core-facing listener (`outbound`: our core to the world). Each accepted
+//! request gets exactly one SSP answer before its deadline: the far side's, or the gateway's
+//! own error (503 with `TryAgainTimeout`, 504, 516, 531, 901, ...).
+
+pub mod assoc;
+pub mod exchange;
+pub mod http;
+pub mod inbound;
+pub mod merge;
+pub mod outbound;
+pub mod peers;
+pub mod pending;
+pub mod route;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ResponseMode};
+use crate::directory::Directory;
+use crate::ops::metrics::Metrics;
+use crate::rewrite::Rewriter;
+use crate::ssp::Codec;
+use crate::tls::{self, TlsError};
+use crate::token::TokenKeys;
+use assoc::Associations;
+use http::{Connector, SspClient};
+use peers::{Identity, KeyedLimiter, PeerTable};
+use pending::Pending;
+
+/// Direction of a body seen by the wire tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapDir {
+    /// Sent by the gateway.
+    Out,
+    /// Received by the gateway.
+    In,
+}
+
+/// Observer of every SSP body exchanged with peers and the core: `(direction, party, body)`.
+/// Used by tests to assert what crossed the wire before encryption.
+pub type WireTap = Arc<dyn Fn(TapDir, &str, &str) + Send + Sync>;
+
+/// The link to the core.
+pub struct CoreLink {
+    /// Where to POST.
+    pub urls: Vec<::http::Uri>,
+    /// The client.
+    pub client: SspClient,
+    /// How the core answers.
+    pub mode: ResponseMode,
+}
+
+/// The running gateway's shared state.
+pub struct Gateway {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Subscriber directory (swapped on reload).
+    pub dir: ArcSwap<Directory>,
+    /// ID rewriter.
+    pub rw: Rewriter,
+    /// SSP parser.
+    pub codec: Codec,
+    /// Transaction-ID token keys.
+    pub keys: TokenKeys,
+    /// Requests waiting for async answers.
+    pub pending: Pending,
+    /// Peers.
+    pub peers: PeerTable,
+    /// Associations.
+    pub assoc: Associations,
+    /// The core.
+    pub core: Option<CoreLink>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Per-originator rate limiter.
+    pub originators: KeyedLimiter,
+    /// Destination resolution (ENUM/SRV).
+    pub resolver: Option<Arc<crate::resolve::Resolver>>,
+    /// Our session ID towards the core.
+    pub core_session: String,
+    assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tap: Option<WireTap>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("public_domain", &self.cfg.gateway.public_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Directory problem.
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
+    /// TLS problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding a listener failed.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Key file problem.
+    #[error("{0}")]
+    Keys(String),
+    /// Resolver problem.
+    #[error("{0}")]
+    Resolver(String),
+}
+
+/// Options the config file does not carry (tests, the demo).
+#[derive(Default)]
+pub struct StartOptions {
+    /// Observe every SSP body exchanged.
+    pub tap: Option<WireTap>,
+    /// Use this resolver instead of building one from the config.
+    pub resolver: Option<Arc<crate::resolve::Resolver>>,
+    /// Already-bound listeners to use instead of binding `[listen]` addresses (so a test can
+    /// know every port before writing any config).
+    pub listeners: PreBound,
+}
+
+/// Pre-bound listeners for [`StartOptions`].
+#[derive(Default)]
+pub struct PreBound {
+    /// Peer listener.
+    pub peer: Option<std::net::TcpListener>,
+    /// Core listener.
+    pub core: Option<std::net::TcpListener>,
+    /// Admin listener.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+fn adopt(l: std::net::TcpListener) -> Result<TcpListener, StartError> {
+    let addr = l
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    l.set_nonblocking(true)
+        .map_err(|e| StartError::Bind(addr, e))?;
+    TcpListener::from_std(l).map_err(|e| StartError::Bind(addr, e))
+}
+
+/// A started gateway: its addresses and a handle to stop it.
+pub struct Running {
+    /// The shared state.
+    pub gateway: Arc<Gateway>,
+    /// Bound peer listener.
+    pub peer_addr: Option<SocketAddr>,
+    /// Bound core listener.
+    pub core_addr: Option<SocketAddr>,
+    /// Bound admin listener.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("peer_addr", &self.peer_addr)
+            .field("core_addr", &self.core_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Stop accepting, drain open requests (bounded by `[timeouts] drain`), and return.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn load_keys(cfg: &Config) -> Result<TokenKeys, StartError> {
+    // Answers are accepted for a while after the request deadline; later ones are stale.
+    let max_age = (cfg.timeouts.request.as_secs() as u32)
+        .saturating_mul(6)
+        .max(60);
+    let Some(path) = &cfg.gateway.hmac_key_file else {
+        tracing::warn!(
+            "no [gateway] hmac_key_file: using a random key, so answers to requests sent before a \
+             restart, or by another replica, will be refused"
+        );
+        return Ok(TokenKeys::random(max_age));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Keys(format!("{}: {e}", path.display())))?;
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let bytes = (0..l.len())
+            .step_by(2)
+            .map(|j| l.get(j..j + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .filter(|b| b.len() >= 32)
+            .ok_or_else(|| {
+                StartError::Keys(format!(
+                    "{}:{}: a key is at least 64 hex digits (32 bytes)",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
+        keys.push(bytes);
+    }
+    if keys.is_empty() {
+        return Err(StartError::Keys(format!("{}: no key", path.display())));
+    }
+    Ok(TokenKeys::new(&keys, max_age))
+}
+
+impl Gateway {
+    /// Build the state (no sockets yet).
+    pub fn new(cfg: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
+        let cfg = Arc::new(cfg);
+        let dir = Directory::load(&cfg.directory)?;
+        let identity = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(c), Some(k)) => Some(Identity {
+                chain: tls::load_certs(c)?,
+                key: Arc::new(tls::load_key(k)?),
+            }),
+            _ => None,
+        };
+        let peers = PeerTable::new(cfg.clone(), identity.clone())?;
+        let core = match &cfg.core {
+            Some(c) => {
+                let trust = if !c.pins.is_empty() {
+                    Some(tls::ServerTrust::Pins(c.pins.clone()))
+                } else if !c.trust.is_empty() {
+                    Some(tls::ServerTrust::Roots(Arc::new(tls::load_roots(
+                        &c.trust,
+                    )?)))
+                } else {
+                    None
+                };
+                let uri: ::http::Uri = c.url.parse().map_err(|_| {
+                    StartError::Tls(TlsError::Verifier(format!("core url {:?}", c.url)))
+                })?;
+                let tls_cfg = match trust {
+                    Some(t) => {
+                        let ident = identity
+                            .as_ref()
+                            .map(|i| (i.chain.clone(), i.key.clone_key()));
+                        let name = uri.host().unwrap_or("localhost").to_owned();
+                        let name = rustls_pki_types::ServerName::try_from(name)
+                            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                        Some((Arc::new(tls::client_config(t, ident, false)?), name))
+                    }
+                    None => None,
+                };
+                let t = &cfg.timeouts;
+                Some(CoreLink {
+                    urls: vec![uri],
+                    client: SspClient::new(
+                        Connector::new(tls_cfg, t.connect, t.handshake),
+                        t.idle,
+                        cfg.limits.xml.max_body,
+                    ),
+                    mode: c.mode,
+                })
+            }
+            None => None,
+        };
+        let metrics = Metrics::new();
+        metrics.directory_entries.set(dir.len() as i64);
+        let resolver = match &opts.resolver {
+            Some(r) => Some(r.clone()),
+            None => crate::resolve::Resolver::from_config(&cfg, metrics.clone())
+                .map_err(|e| StartError::Resolver(e.to_string()))?
+                .map(Arc::new),
+        };
+        Ok(Gateway {
+            keys: load_keys(&cfg)?,
+            rw: Rewriter::new(&cfg),
+            codec: Codec {
+                limits: cfg.limits.xml,
+                extra_namespaces: cfg.gateway.extra_namespaces.clone(),
+            },
+            dir: ArcSwap::from_pointee(dir),
+            pending: Pending::new(),
+            peers,
+            assoc: Associations::new(
+                &cfg.gateway.public_domain,
+                std::time::Duration::from_secs(86_400),
+            ),
+            core,
+            originators: peers::keyed_limiter(
+                cfg.policy.originator_rate,
+                cfg.policy.originator_burst,
+            ),
+            core_session: format!("ssp-gateway@{}", cfg.gateway.public_domain),
+            assoc_locks: std::sync::Mutex::new(HashMap::new()),
+            tap: opts.tap.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
+            resolver,
+            metrics,
+            cfg,
+        })
+    }
+
+    pub(crate) fn tap(&self, dir: TapDir, party: &str, body: &str) {
+        if let Some(t) = &self.tap {
+            t(dir, party, body);
+        }
+    }
+
+    /// Reload the subscriber directory from its file (SIGHUP, `POST /reload`). The old one
+    /// stays in use if the new one does not load.
+    pub fn reload(&self) -> Result<usize, crate::directory::DirectoryError> {
+        let dir = Directory::load(&self.cfg.directory)?;
+        let n = dir.len();
+        self.dir.store(Arc::new(dir));
+        self.metrics.directory_entries.set(n as i64);
+        if let Some(r) = &self.resolver {
+            // Cached routes may point where a number no longer is.
+            r.clear();
+        }
+        tracing::info!(entries = n, "directory reloaded");
+        Ok(n)
+    }
+
+    /// The per-domain lock serialising association attempts.
+    pub(crate) fn assoc_lock(&self, domain: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = match self.assoc_locks.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(domain.to_owned()).or_default().clone()
+    }
+
+    /// A slot for one request in flight, if the limit allows.
+    pub(crate) fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+}
+
+fn unreachable_listener() -> Result<TcpListener, StartError> {
+    Err(StartError::Bind(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        std::io::Error::other("no listener"),
+    ))
+}
+
+/// Bind the listeners named in the config and start serving.
+pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, StartError> {
+    let gw = Arc::new(Gateway::new(cfg, &opts)?);
+    let cfg = gw.cfg.clone();
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Bind(addr, e))
+    };
+
+    let mut peer_addr = None;
+    let pre_peer = opts.listeners.peer.take().map(adopt).transpose()?;
+    if pre_peer.is_some() || cfg.listen.peer.is_some() {
+        let l = match (pre_peer, cfg.listen.peer) {
+            (Some(l), _) => l,
+            (None, Some(addr)) => bind(addr).await?,
+            (None, None) => unreachable_listener()?,
+        };
+        peer_addr = l.local_addr().ok();
+        let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+            return Err(StartError::Tls(TlsError::Verifier(
+                "peer listener without [tls] cert/key".into(),
+            )));
+        };
+        let roots = gw.peers.listener_roots()?;
+        let sc = tls::server_config(
+            tls::load_certs(cert)?,
+            tls::load_key(key)?,
+            Some(roots),
+            false,
+        )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+        let g = gw.clone();
+        let handler: http::Handler = Arc::new(move |req, info| {
+            let g = g.clone();
+            Box::pin(async move { g.on_peer(req, info).await })
+        });
+        let m = gw.metrics.clone();
+        let on_tls = Arc::new(move |_: &str| m.tls_failures.with_label_values(&["peer"]).inc());
+        tasks.push(tokio::spawn(http::serve(
+            l,
+            Some((acceptor, cfg.timeouts.handshake)),
+            handler,
+            rx.clone(),
+            cfg.limits.max_connections,
+            cfg.timeouts.drain,
+            on_tls,
+        )));
+    }
+
+    let mut core_addr = None;
+    let pre_core = opts.listeners.core.take().map(adopt).transpose()?;
+    if pre_core.is_some() || cfg.listen.core.is_some() {
+        let l = match (pre_core, cfg.listen.core) {
+            (Some(l), _) => l,
+            (None, Some(addr)) => bind(addr).await?,
+            (None, None) => unreachable_listener()?,
+        };
+        core_addr = l.local_addr().ok();
+        let tls = match &cfg.core {
+            Some(c) if c.tls => {
+                let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+                    return Err(StartError::Tls(TlsError::Verifier(
+                        "core TLS without [tls] cert/key".into(),
+                    )));
+                };
+                let roots = if c.trust.is_empty() {
+                    None
+                } else {
+                    Some(tls::load_roots(&c.trust)?)
+                };
+                let require = c.auth == crate::config::CoreAuth::Mtls;
+                let sc = tls::server_config(
+                    tls::load_certs(cert)?,
+                    tls::load_key(key)?,
+                    roots,
+                    require,
+                )?;
+                Some((
+                    tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+                    cfg.timeouts.handshake,
+                ))
+            }
+            _ => None,
+        };
+        let g = gw.clone();
+        let handler: http::Handler = Arc::new(move |req, info| {
+            let g = g.clone();
+            Box::pin(async move { g.on_core(req, info).await })
+        });
+        let m = gw.metrics.clone();
+        let on_tls = Arc::new(move |_: &str| m.tls_failures.with_label_values(&["core"]).inc());
+        tasks.push(tokio::spawn(http::serve(
+            l,
+            tls,
+            handler,
+            rx.clone(),
+            cfg.limits.max_connections,
+            cfg.timeouts.drain,
+            on_tls,
+        )));
+    }
+
+    let mut admin_addr = None;
+    let pre_admin = opts.listeners.admin.take().map(adopt).transpose()?;
+    if pre_admin.is_some() || cfg.listen.admin.is_some() {
+        let l = match (pre_admin, cfg.listen.admin) {
+            (Some(l), _) => l,
+            (None, Some(addr)) => bind(addr).await?,
+            (None, None) => unreachable_listener()?,
+        };
+        admin_addr = l.local_addr().ok();
+        let g = gw.clone();
+        let handler: http::Handler = Arc::new(move |req, _info| {
+            let g = g.clone();
+            Box::pin(async move { crate::ops::admin::handle(&g, req).await })
+        });
+        tasks.push(tokio::spawn(http::serve(
+            l,
+            None,
+            handler,
+            rx.clone(),
+            64,
+            cfg.timeouts.drain,
+            Arc::new(|_: &str| {}),
+        )));
+    }
+
+    tracing::info!(
+        public_domain = %cfg.gateway.public_domain,
+        peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr,
+        "gateway started"
+    );
+    Ok(Running {
+        gateway: gw,
+        peer_addr,
+        core_addr,
+        admin_addr,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,386 @@
+//! The core-facing listener: the core's requests to the world, and its answers to requests
+//! peers sent it.
+//!
+//! For each request: find a destination for every route-by ID, split the request per
+//! destination, rewrite each part for its peer, send the parts concurrently, merge the answers
+//! into one, map it back to the core's IDs and deliver it to the core.
+
+use std::sync::Arc;
+
+use http::{Request, StatusCode, Uri};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Gateway;
+use super::exchange::Target;
+use super::http::{ConnInfo, HttpResponse, respond};
+use super::inbound::{Parsed, join_all, status_body, view};
+use super::merge::{PartResult, error_answer, merge, split, status};
+use super::peers::PeerRt;
+use super::route::{Dest, Remote, no_route, route_static};
+use crate::config::{CoreAuth, PeerAuth, ResponseMode};
+use crate::rewrite::{Direction, PeerView};
+use crate::ssp::walk::RouteBy;
+use crate::ssp::{
+    Body, Message, Mode, NS_WV_SSP_13, Primitive, Status, Transaction, status as code,
+};
+use crate::token::Leg;
+
+impl Gateway {
+    /// `POST /` on the core listener.
+    pub(crate) async fn on_core(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        info: Arc<ConnInfo>,
+    ) -> HttpResponse {
+        if let Some(c) = &self.cfg.core {
+            let ok = match c.auth {
+                CoreAuth::Allowlist => c.allow.iter().any(|n| n.contains(&info.remote.ip())),
+                CoreAuth::Mtls => info.certs.as_ref().is_some_and(|c| !c.is_empty()),
+            };
+            if !ok {
+                self.metrics.refused.with_label_values(&["auth"]).inc();
+                tracing::warn!(remote = %info.remote, "refused a core connection that is not the core");
+                return respond(StatusCode::FORBIDDEN, None);
+            }
+        }
+        let msg = match self.read_message(req, "core").await {
+            Parsed::Ok(m) => m,
+            Parsed::Answer(a) => return a,
+        };
+        let s = match msg.body {
+            Body::Session(s) => s,
+            Body::Setup(_) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    Some(status_body(status(
+                        code::BAD_REQUEST,
+                        "the core is authenticated by address or certificate; no association is needed",
+                    ))),
+                );
+            }
+        };
+        let mut immediate: Vec<Transaction> = s
+            .rejected
+            .iter()
+            .filter(|r| r.mode != Some(Mode::Response))
+            .map(|r| {
+                Transaction::response(
+                    r.transaction_id.clone().unwrap_or_default(),
+                    Primitive::Status(status(code::BAD_REQUEST, r.reason.clone())),
+                )
+            })
+            .collect();
+        let mut requests = Vec::new();
+        for t in s.transactions {
+            match t.mode {
+                Mode::Response => {
+                    let tid = t.transaction_id.clone();
+                    if let Some(st) = self.accept_answer(t, Leg::ToCore, None).await {
+                        immediate.push(Transaction::response(tid, Primitive::Status(st)));
+                    }
+                }
+                Mode::Request => requests.push(t),
+            }
+        }
+        let mode = self.core.as_ref().map(|c| c.mode).unwrap_or_default();
+        match mode {
+            ResponseMode::Sync => {
+                let futs = requests.into_iter().map(|t| {
+                    let g = self.clone();
+                    Box::pin(async move { g.outbound_request(t).await })
+                });
+                immediate.extend(join_all(futs.collect()).await);
+                respond(StatusCode::OK, Some(self.core_body(immediate)))
+            }
+            ResponseMode::Async => {
+                for t in requests {
+                    let g = self.clone();
+                    tokio::spawn(async move {
+                        let answer = g.outbound_request(t).await;
+                        g.send_answers_to_core(vec![answer]).await;
+                    });
+                }
+                if immediate.is_empty() {
+                    respond(StatusCode::OK, None)
+                } else {
+                    respond(StatusCode::OK, Some(self.core_body(immediate)))
+                }
+            }
+        }
+    }
+
+    /// Serialise answers for the core (IDs mapped to the core's).
+    fn core_body(&self, answers: Vec<Transaction>) -> String {
+        let mut msg = Message::session(self.core_session.clone(), answers);
+        let dir = self.dir.load();
+        self.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, PeerView::default());
+        msg.emit(NS_WV_SSP_13)
+    }
+
+    /// POST answers to the core (async core).
+    pub(crate) async fn send_answers_to_core(&self, answers: Vec<Transaction>) {
+        let Some(core) = &self.core else { return };
+        let mut msg = Message::session(self.core_session.clone(), answers);
+        let dir = self.dir.load();
+        self.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, PeerView::default());
+        drop(dir);
+        let body = msg.emit(NS_WV_SSP_13);
+        let target = Target {
+            label: "core",
+            client: &core.client,
+            urls: &core.urls,
+        };
+        if !self
+            .deliver(&target, &msg, body, self.cfg.timeouts.request)
+            .await
+        {
+            self.metrics
+                .orphan_answers
+                .with_label_values(&["undeliverable"])
+                .inc();
+        }
+    }
+
+    /// One request from the core, start to answer.
+    pub(crate) async fn outbound_request(&self, t: Transaction) -> Transaction {
+        let started = Instant::now();
+        let prim = t.primitive.name().to_owned();
+        self.metrics
+            .requests
+            .with_label_values(&["outbound", &prim])
+            .inc();
+        let in_flight = self.metrics.in_flight.with_label_values(&["outbound"]);
+        in_flight.inc();
+        let answer = match self.admit() {
+            Some(_slot) => self.outbound_answer(&t).await,
+            None => error_answer(
+                &t.primitive,
+                status(code::UNAVAILABLE, "gateway overloaded"),
+            ),
+        };
+        in_flight.dec();
+        let code = super::merge::answer_status(&answer).code.to_string();
+        self.metrics
+            .answers
+            .with_label_values(&["outbound", &code])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&["outbound"])
+            .observe(started.elapsed().as_secs_f64());
+        Transaction::response(t.transaction_id, answer)
+    }
+
+    /// Where one route-by value goes.
+    pub(crate) async fn route(&self, rb: &RouteBy, req: &Primitive) -> Dest {
+        let dir = self.dir.load_full();
+        if let Some(d) = route_static(&self.cfg, &dir, &self.rw, rb) {
+            return d;
+        }
+        match &self.resolver {
+            Some(r) => r.route(&self.cfg, rb, req).await,
+            None => no_route(rb),
+        }
+    }
+
+    async fn outbound_answer(&self, t: &Transaction) -> Primitive {
+        let req = &t.primitive;
+        let route_by = req.route_by();
+        if route_by.is_empty() {
+            return error_answer(
+                req,
+                status(
+                    code::DOMAIN_NOT_SUPPORTED,
+                    format!("a {} names no destination to route by", req.name()),
+                ),
+            );
+        }
+        // Group route-by IDs by destination, keeping first-seen order.
+        let mut groups: Vec<(Dest, Vec<String>)> = Vec::new();
+        let mut failed: Vec<(String, Status)> = Vec::new();
+        for rb in &route_by {
+            match self.route(rb, req).await {
+                Dest::Fail(st) => failed.push((rb.as_str().to_owned(), st)),
+                d => match groups.iter_mut().find(|(g, _)| *g == d) {
+                    Some((_, ids)) => ids.push(rb.as_str().to_owned()),
+                    None => groups.push((d, vec![rb.as_str().to_owned()])),
+                },
+            }
+        }
+        let parts = groups.len();
+        let futs = groups.into_iter().enumerate().map(|(i, (dest, ids))| {
+            let keep: Vec<&str> = ids.iter().map(String::as_str).collect();
+            // One destination for everything: no need to copy the request apart.
+            let part = if parts == 1 && failed.is_empty() {
+                req.clone()
+            } else {
+                split(req, &keep)
+            };
+            let tid = t.transaction_id.clone();
+            Box::pin(async move {
+                let answer = match dest {
+                    Dest::Core => self.to_core(part, &tid, "").await,
+                    Dest::Remote(r) => self.to_peer(&r, part, &tid, i as u8, parts as u8).await,
+                    Dest::Fail(st) => Err(st),
+                };
+                PartResult {
+                    answer: answer.unwrap_or_else(|st| error_answer(req, st)),
+                    ids,
+                }
+            })
+        });
+        let results = join_all(futs.collect()).await;
+        merge(req, results, failed)
+    }
+
+    /// The URLs of a peer: configured ones first, then DNS-found ones.
+    pub(crate) async fn peer_urls(&self, peer: &PeerRt) -> Vec<Uri> {
+        if !peer.urls.is_empty() {
+            return peer.urls.clone();
+        }
+        match &self.resolver {
+            Some(r) => r.peer_urls(&peer.cfg.domain).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Send one part to a peer and return its answer primitive (IDs still in public form).
+    async fn to_peer(
+        &self,
+        r: &Remote,
+        part: Primitive,
+        core_tid: &str,
+        i: u8,
+        n: u8,
+    ) -> Result<Primitive, Status> {
+        let peer = self.peers.get(&r.domain).ok_or_else(|| {
+            status(
+                code::UNAVAILABLE,
+                format!("no TLS profile for {}", r.domain),
+            )
+        })?;
+        let urls: Vec<Uri> = if r.urls.is_empty() {
+            self.peer_urls(&peer).await
+        } else {
+            r.urls.iter().filter_map(|u| u.parse().ok()).collect()
+        };
+        let deadline = Instant::now() + self.cfg.timeouts.request;
+        let session = if peer.cfg.auth == PeerAuth::Association {
+            self.associate(&peer, &urls, deadline).await?.our_session
+        } else {
+            self.session_towards(&peer)
+        };
+        let rid = self.pending.next_id();
+        let tid = self
+            .keys
+            .issue(Leg::ToPeer, rid, i, n, core_tid, &peer.cfg.domain);
+        let mut msg = Message::session(session, vec![Transaction::request(tid.clone(), part)]);
+        let dir = self.dir.load();
+        let body = self
+            .rw
+            .emit_outbound(&dir, &mut msg, view(&peer), &peer.cfg.namespace);
+        drop(dir);
+        let target = Target {
+            label: &peer.cfg.domain,
+            client: &peer.client,
+            urls: &urls,
+        };
+        self.exchange(&target, &msg, body, rid, &tid, deadline)
+            .await
+            .map(|t| t.primitive)
+    }
+
+    /// Make sure an association with `peer` is up (initiator role), within `deadline`.
+    pub(crate) async fn associate(
+        &self,
+        peer: &PeerRt,
+        urls: &[Uri],
+        deadline: Instant,
+    ) -> Result<super::assoc::Established, Status> {
+        let domain = peer.cfg.domain.clone();
+        if let Some(e) = self.assoc.established(&domain) {
+            return Ok(e);
+        }
+        let lock = self.assoc_lock(&domain);
+        let _guard = tokio::time::timeout_at(deadline, lock.lock())
+            .await
+            .map_err(|_| {
+                status(
+                    code::UNAVAILABLE,
+                    format!("association with {domain} is still being set up"),
+                )
+            })?;
+        if let Some(e) = self.assoc.established(&domain) {
+            return Ok(e);
+        }
+        let deadline = deadline.min(Instant::now() + self.cfg.timeouts.association);
+        let result = self.run_association(peer, urls, deadline).await;
+        if result.is_err() {
+            self.assoc.abort(&domain);
+        }
+        self.metrics.associations.set(self.assoc.count() as i64);
+        result.map_err(|e| {
+            tracing::warn!(%domain, error = %e, "association failed");
+            status(
+                code::UNAVAILABLE,
+                format!("association with {domain} failed: {e}"),
+            )
+        })
+    }
+
+    async fn run_association(
+        &self,
+        peer: &PeerRt,
+        urls: &[Uri],
+        deadline: Instant,
+    ) -> Result<super::assoc::Established, String> {
+        let domain = &peer.cfg.domain;
+        let target = Target {
+            label: domain,
+            client: &peer.client,
+            urls,
+        };
+        let (_tid, first, mut rx) = self.assoc.begin(domain);
+        let send = |m: Message| {
+            let body = m.emit(&peer.cfg.namespace);
+            let target = &target;
+            async move {
+                self.tap(super::TapDir::Out, target.label, &body);
+                match self.send_with_failover(target, &body, &m, deadline).await {
+                    Ok((s, _)) if s.is_success() => Ok(()),
+                    Ok((s, _)) => Err(format!("HTTP {}", s.as_u16())),
+                    Err(st) => Err(st.description.unwrap_or_default()),
+                }
+            }
+        };
+        let mut next = async || {
+            tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| "no answer before the deadline".to_owned())?
+                .ok_or_else(|| "association abandoned".to_owned())
+        };
+        send(first).await?;
+        let a1 = next().await?;
+        let m2 = self
+            .assoc
+            .step_token(domain, &a1)
+            .map_err(|e| e.to_string())?;
+        send(m2).await?;
+        let a2 = next().await?;
+        let m3 = self
+            .assoc
+            .step_digest(domain, &a2)
+            .map_err(|e| e.to_string())?;
+        send(m3).await?;
+        let a3 = next().await?;
+        let est = self
+            .assoc
+            .step_done(domain, &a3)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%domain, session = %est.our_session, "association established");
+        Ok(est)
+    }
+}

@@ -1,0 +1,314 @@
+//! TLS configuration: rustls with the ring provider, PEM loading via rustls-pki-types,
+//! peer identity from certificates, and certificate pins.
+//!
+//! The peer-facing listener always offers mutual TLS but does not require it: Baraza-like
+//! peers present no certificate and send no SNI, and authenticate through the SSP association
+//! instead. A certificate that *is* presented must chain to a configured trust anchor, or the
+//! handshake fails. Which peer a certificate belongs to is decided after the handshake, by
+//! checking it against each peer's domain and that peer's own trust anchors or pins, so one
+//! peer's CA cannot vouch for another peer's domain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// TLS setup errors, naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{}: {msg}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// rustls refused the configuration (e.g. key does not match certificate).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Building a verifier failed (e.g. empty trust store).
+    #[error("TLS verifier: {0}")]
+    Verifier(String),
+}
+
+/// The one crypto provider of the process (ring; aws-lc is not compiled in).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Read every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |msg: String| TlsError::Pem {
+        path: path.to_owned(),
+        msg,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// Read the private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        msg: format!("cannot read private key: {e}"),
+    })
+}
+
+/// A root store from PEM files.
+pub fn load_roots(paths: &[PathBuf]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for p in paths {
+        for c in load_certs(p)? {
+            roots.add(c).map_err(|e| TlsError::Pem {
+                path: p.clone(),
+                msg: format!("not a usable trust anchor: {e}"),
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex: the pin format of the config.
+pub fn pin_of(cert: &CertificateDer<'_>) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Server-side TLS for a listener. `client_roots`: anchors a presented client certificate must
+/// chain to; `require_client_cert`: refuse clients without one.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: Option<RootCertStore>,
+    require_client_cert: bool,
+) -> Result<ServerConfig, TlsError> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_roots {
+        Some(roots) if !roots.is_empty() => {
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            if !require_client_cert {
+                v = v.allow_unauthenticated();
+            }
+            builder.with_client_cert_verifier(
+                v.build().map_err(|e| TlsError::Verifier(e.to_string()))?,
+            )
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// How a client verifies the server it connects to.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Chain to these anchors and match the expected name.
+    Roots(Arc<RootCertStore>),
+    /// The end-entity certificate's SHA-256 must be one of these (self-signed peers).
+    Pins(Vec<String>),
+}
+
+/// Client-side TLS towards one peer (or the core).
+pub fn client_config(
+    trust: ServerTrust,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn_h2: bool,
+) -> Result<ClientConfig, TlsError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match trust {
+        ServerTrust::Roots(roots) => builder.with_root_certificates(roots),
+        ServerTrust::Pins(pins) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pins,
+                provider: provider(),
+            })),
+    };
+    let mut cfg = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = if alpn_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(cfg)
+}
+
+/// Accepts exactly the pinned certificates (signatures still checked).
+#[derive(Debug)]
+struct PinVerifier {
+    pins: Vec<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pins
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&pin_of(end_entity)))
+        {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether `cert` names `domain` (SAN dNSName, wildcards per RFC 6125).
+pub fn cert_names_domain(cert: &CertificateDer<'_>, domain: &str) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(domain) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// Per-peer acceptance of a client certificate chain, applied after the handshake.
+#[derive(Debug, Clone)]
+pub enum PeerCertCheck {
+    /// The chain must verify against these anchors (the peer's own, or the default ones).
+    Roots(Arc<dyn ClientCertVerifier>),
+    /// The end-entity certificate must be pinned.
+    Pins(Vec<String>),
+}
+
+impl PeerCertCheck {
+    /// A check against a root store.
+    pub fn roots(roots: RootCertStore) -> Result<PeerCertCheck, TlsError> {
+        let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(PeerCertCheck::Roots(v))
+    }
+
+    /// Whether `chain` (end entity first) passes.
+    pub fn accepts(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((ee, rest)) = chain.split_first() else {
+            return false;
+        };
+        match self {
+            PeerCertCheck::Roots(v) => v.verify_client_cert(ee, rest, UnixTime::now()).is_ok(),
+            PeerCertCheck::Pins(pins) => {
+                let pin = pin_of(ee);
+                pins.iter().any(|p| p.eq_ignore_ascii_case(&pin))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::DevCa;
+
+    #[test]
+    fn identity_and_pins() {
+        let ca = DevCa::new("Test CA").unwrap();
+        let a = ca.issue("opx.example").unwrap();
+        let other_ca = DevCa::new("Other CA").unwrap();
+        let rogue = other_ca.issue("opx.example").unwrap();
+        assert!(cert_names_domain(&a.der, "opx.example"));
+        assert!(cert_names_domain(&a.der, "gw1.opx.example"), "wildcard SAN");
+        assert!(!cert_names_domain(&a.der, "opy.example"));
+
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        let check = PeerCertCheck::roots(roots).unwrap();
+        assert!(check.accepts(std::slice::from_ref(&a.der)));
+        assert!(
+            !check.accepts(std::slice::from_ref(&rogue.der)),
+            "another CA's cert"
+        );
+        let pins = PeerCertCheck::Pins(vec![pin_of(&rogue.der)]);
+        assert!(pins.accepts(std::slice::from_ref(&rogue.der)));
+        assert!(!pins.accepts(std::slice::from_ref(&a.der)));
+        assert!(!check.accepts(&[]));
+    }
+
+    #[test]
+    fn configs_build_from_pem_files() {
+        let dir = std::env::temp_dir().join(format!("ssp-tls-{}", std::process::id()));
+        let ca = DevCa::new("Test CA").unwrap();
+        ca.write_operator(&dir, "opx.example").unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+        let chain = load_certs(&dir.join("opx.example/cert.pem")).unwrap();
+        let key = load_key(&dir.join("opx.example/key.pem")).unwrap();
+        let roots = load_roots(&[dir.join("ca.pem")]).unwrap();
+        server_config(chain.clone(), key.clone_key(), Some(roots.clone()), false).unwrap();
+        client_config(
+            ServerTrust::Roots(Arc::new(roots)),
+            Some((chain, key)),
+            true,
+        )
+        .unwrap();
+        let e = load_certs(&dir.join("missing.pem")).unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        std::fs::write(dir.join("empty.pem"), "nothing here\n").unwrap();
+        assert!(load_certs(&dir.join("empty.pem")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
