@@ -7,7 +7,9 @@
 //! being trusted or crashing anything. Key rotation: the first key signs, all keys verify.
 //!
 //! Layout: `g1.` + base64url(payload) + `.` + base64url(HMAC-SHA256(payload)), where payload is
-//! `leg u8 | parts u8 | part u8 | issued u32 | request_id u64 | len u8 | origin_tid | len u8 | peer`.
+//! `leg u8 | parts u8 | part u8 | issued u32 | instance u32 | request_id u64 | len u8 | origin_tid
+//! | len u8 | peer`. `instance` identifies the issuing process, so a process can tell its own late
+//! answers (already answered with 504) from answers to requests a predecessor sent.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -35,6 +37,8 @@ pub struct Token {
     pub parts: u8,
     /// Issue time, Unix seconds.
     pub issued: u32,
+    /// Random ID of the issuing process.
+    pub instance: u32,
     /// The originator's transaction ID (the core's, or the peer's).
     pub origin_tid: String,
     /// The peer domain involved (the originating peer for [`Leg::ToCore`], the destination for
@@ -61,6 +65,7 @@ pub enum TokenError {
 pub struct TokenKeys {
     keys: Vec<hmac::Key>,
     max_age_secs: u32,
+    instance: u32,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -88,6 +93,7 @@ impl TokenKeys {
                 .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s))
                 .collect(),
             max_age_secs,
+            instance: rand::random(),
         }
     }
 
@@ -98,11 +104,16 @@ impl TokenKeys {
         TokenKeys::new(&[secret.to_vec()], max_age_secs)
     }
 
+    /// The ID of this process in the tokens it issues.
+    pub fn instance(&self) -> u32 {
+        self.instance
+    }
+
     /// Encode and sign.
     pub fn seal(&self, t: &Token) -> String {
         let tid = truncate(&t.origin_tid);
         let peer = truncate(&t.peer);
-        let mut p = Vec::with_capacity(18 + tid.len() + peer.len());
+        let mut p = Vec::with_capacity(22 + tid.len() + peer.len());
         p.push(match t.leg {
             Leg::ToPeer => 1,
             Leg::ToCore => 2,
@@ -110,6 +121,7 @@ impl TokenKeys {
         p.push(t.parts);
         p.push(t.part);
         p.extend_from_slice(&t.issued.to_be_bytes());
+        p.extend_from_slice(&t.instance.to_be_bytes());
         p.extend_from_slice(&t.request_id.to_be_bytes());
         p.push(tid.len() as u8);
         p.extend_from_slice(tid.as_bytes());
@@ -122,7 +134,7 @@ impl TokenKeys {
         format!("g1.{}.{}", B64.encode(&p), B64.encode(tag.as_ref()))
     }
 
-    /// A token for a new request, issued now.
+    /// A token for a new request, issued now by this process.
     pub fn issue(
         &self,
         leg: Leg,
@@ -138,6 +150,7 @@ impl TokenKeys {
             part,
             parts,
             issued: now_secs(),
+            instance: self.instance,
             origin_tid: origin_tid.to_owned(),
             peer: peer.to_owned(),
         })
@@ -182,8 +195,9 @@ fn decode(p: &[u8]) -> Option<Token> {
     let parts = *p.get(1)?;
     let part = *p.get(2)?;
     let issued = u32::from_be_bytes(p.get(3..7)?.try_into().ok()?);
-    let request_id = u64::from_be_bytes(p.get(7..15)?.try_into().ok()?);
-    let mut at = 15;
+    let instance = u32::from_be_bytes(p.get(7..11)?.try_into().ok()?);
+    let request_id = u64::from_be_bytes(p.get(11..19)?.try_into().ok()?);
+    let mut at = 19;
     let mut take = || -> Option<String> {
         let len = *p.get(at)? as usize;
         let s = std::str::from_utf8(p.get(at + 1..at + 1 + len)?)
@@ -200,6 +214,7 @@ fn decode(p: &[u8]) -> Option<Token> {
         part,
         parts,
         issued,
+        instance,
         origin_tid,
         peer,
     })
@@ -261,6 +276,7 @@ mod tests {
             part: 0,
             parts: 1,
             issued: now_secs() - 7200,
+            instance: 1,
             origin_tid: "x".into(),
             peer: "p".into(),
         });

@@ -1,8 +1,10 @@
 //! Test infrastructure for ssp-gateway (never part of the production binary):
 //!
 //! - [`core_sim`]: a small legacy IMPS server ("the core") speaking SSP to its gateway;
-//! - [`baraza_peer`]: a peer that behaves exactly as the real Baraza captures show.
+//! - [`baraza_peer`]: a peer that behaves exactly as the real Baraza captures show;
+//! - [`federation`]: operators (core simulator + gateway) on loopback with test-time certificates.
 #![allow(clippy::unwrap_used)]
 
 pub mod baraza_peer;
 pub mod core_sim;
+pub mod federation;

@@ -65,6 +65,11 @@ impl Gateway {
                     match tokio::time::timeout_at(deadline, rx).await {
                         Ok(Ok(t)) => return Ok(t),
                         Ok(Err(_)) | Err(_) => {
+                            tracing::warn!(
+                                destination = target.label,
+                                tid,
+                                "no answer before the deadline"
+                            );
                             self.metrics
                                 .delivery_failures
                                 .with_label_values(&[target.label, "no-answer"])

@@ -116,6 +116,10 @@ pub async fn serve(
         // Slow-loris bound: headers must arrive within this time.
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
+    // Plain listeners (the core side) speak HTTP/1.1 only: no h2 preface sniffing.
+    if tls.is_none() {
+        builder = builder.http1_only();
+    }
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -183,7 +187,7 @@ pub async fn serve(
             let conn = builder.serve_connection(TokioIo::new(io), svc);
             let conn = watcher.watch(conn.into_owned());
             if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+                tracing::debug!(%remote, error = ?e, "connection ended with an error");
             }
         });
     }

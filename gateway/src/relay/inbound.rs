@@ -95,6 +95,8 @@ impl Gateway {
         req: Request<Incoming>,
         info: Arc<ConnInfo>,
     ) -> HttpResponse {
+        // Work in a handler (a sync peer waiting for the core's answer) counts for draining.
+        let _work = self.track();
         let msg = match self.read_message(req, "peer-listener").await {
             Parsed::Ok(m) => m,
             Parsed::Answer(a) => return a,
@@ -162,6 +164,9 @@ impl Gateway {
             Ok(p) => p,
             Err(resp) => return *resp,
         };
+        if self.is_draining() && s.transactions.iter().any(|t| t.mode == Mode::Request) {
+            return draining_refusal();
+        }
         let mut immediate = rejected_answers(&s.rejected);
         let mut requests = Vec::new();
         let mut answers_accepted = 0;
@@ -192,16 +197,23 @@ impl Gateway {
                     async move { g.inbound_request(&p, t).await }
                 });
                 immediate.extend(join_all(futs.map(Box::pin).collect()).await);
+                let http = if nothing_accepted {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::OK
+                };
                 let body = self.answer_body(&peer, immediate);
-                respond(StatusCode::OK, Some(body))
+                respond(http, Some(body))
             }
             ResponseMode::Async => {
                 for t in requests {
                     let g = self.clone();
                     let p = peer.clone();
+                    let work = self.track();
                     tokio::spawn(async move {
                         let answer = g.inbound_request(&p, t).await;
                         g.send_answers_to_peer(&p, vec![answer]).await;
+                        drop(work);
                     });
                 }
                 if immediate.is_empty() {
@@ -471,21 +483,24 @@ impl Gateway {
         if self.pending.complete(tok.request_id, t.clone()) {
             return None;
         }
-        // Not waited for here: a restart, another replica, or a late answer. A late one was
-        // already answered with 504 and must not produce a second answer.
+        // Not waited for here. Our own request: the answer is late, and its request was already
+        // answered (504); a second answer must not follow. A predecessor's request (restart):
+        // nobody else can deliver this answer, so route it by the token alone.
         let age = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
             .saturating_sub(u64::from(tok.issued));
-        if tok.parts != 1 || age >= self.cfg.timeouts.request.as_secs() {
+        let ours = tok.instance == self.keys.instance();
+        if ours || tok.parts != 1 || age >= self.cfg.timeouts.request.as_secs() {
             self.metrics
                 .orphan_answers
                 .with_label_values(&["late"])
                 .inc();
-            tracing::info!(tid = %t.transaction_id, "late or partial answer dropped (its request was already answered)");
+            tracing::info!(tid = %t.transaction_id, "late answer dropped (its request was already answered)");
             return None;
         }
+        tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");
         let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
         match leg {
             Leg::ToPeer => self.send_answers_to_core(vec![answer]).await,
@@ -565,6 +580,23 @@ impl Gateway {
     fn tap_enabled(&self) -> bool {
         self.tap.is_some()
     }
+}
+
+/// HTTP 503 for a POST carrying new requests while draining: nothing of it was accepted, so
+/// the sender fails over or retries.
+pub(crate) fn draining_refusal() -> HttpResponse {
+    let mut r = respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(status_body(status(
+            code::UNAVAILABLE,
+            "gateway is shutting down",
+        ))),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
 }
 
 /// How a peer wants IDs written.

@@ -90,7 +90,17 @@ pub struct Gateway {
     assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tap: Option<WireTap>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Accepted work not finished yet (including async answer delivery), for draining.
+    work: Arc<tokio::sync::Semaphore>,
+    /// Set at shutdown: new requests are refused (503) while answers are still taken in.
+    draining: std::sync::atomic::AtomicBool,
 }
+
+/// Marks one piece of accepted work; shutdown waits until all are dropped.
+pub(crate) struct Work(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Upper bound of tracked work items (far above any in-flight limit).
+const WORK_SLOTS: u32 = 1 << 24;
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,8 +186,17 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Stop accepting, drain open requests (bounded by `[timeouts] drain`), and return.
+    /// Graceful stop. First new requests are refused with HTTP 503 (senders fail over; nothing
+    /// accepted is lost) while answers to requests in flight are still taken in; once those
+    /// are finished (at most `[timeouts] drain` plus the request deadline), the listeners close.
     pub async fn shutdown(self) {
+        self.gateway
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let within = self.gateway.cfg.timeouts.drain + self.gateway.cfg.timeouts.request;
+        if !self.gateway.drain(within).await {
+            tracing::warn!("shutdown deadline passed with requests still in flight");
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -308,6 +327,8 @@ impl Gateway {
             assoc_locks: std::sync::Mutex::new(HashMap::new()),
             tap: opts.tap.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
+            work: Arc::new(tokio::sync::Semaphore::new(WORK_SLOTS as usize)),
+            draining: std::sync::atomic::AtomicBool::new(false),
             resolver,
             metrics,
             cfg,
@@ -342,6 +363,23 @@ impl Gateway {
             Err(p) => p.into_inner(),
         };
         m.entry(domain.to_owned()).or_default().clone()
+    }
+
+    /// Whether the gateway is draining for shutdown.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Track one piece of accepted work until the returned guard is dropped.
+    pub(crate) fn track(&self) -> Work {
+        Work(self.work.clone().try_acquire_owned().ok())
+    }
+
+    /// Wait until all accepted work is finished, at most `within`.
+    pub async fn drain(&self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, self.work.acquire_many(WORK_SLOTS))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A slot for one request in flight, if the limit allows.

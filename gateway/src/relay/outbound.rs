@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::exchange::Target;
 use super::http::{ConnInfo, HttpResponse, respond};
-use super::inbound::{Parsed, join_all, status_body, view};
+use super::inbound::{Parsed, draining_refusal, join_all, status_body, view};
 use super::merge::{PartResult, error_answer, merge, split, status};
 use super::peers::PeerRt;
 use super::route::{Dest, Remote, no_route, route_static};
@@ -33,6 +33,7 @@ impl Gateway {
         req: Request<Incoming>,
         info: Arc<ConnInfo>,
     ) -> HttpResponse {
+        let _work = self.track();
         if let Some(c) = &self.cfg.core {
             let ok = match c.auth {
                 CoreAuth::Allowlist => c.allow.iter().any(|n| n.contains(&info.remote.ip())),
@@ -60,6 +61,9 @@ impl Gateway {
                 );
             }
         };
+        if self.is_draining() && s.transactions.iter().any(|t| t.mode == Mode::Request) {
+            return draining_refusal();
+        }
         let mut immediate: Vec<Transaction> = s
             .rejected
             .iter()
@@ -96,9 +100,11 @@ impl Gateway {
             ResponseMode::Async => {
                 for t in requests {
                     let g = self.clone();
+                    let work = self.track();
                     tokio::spawn(async move {
                         let answer = g.outbound_request(t).await;
                         g.send_answers_to_core(vec![answer]).await;
+                        drop(work);
                     });
                 }
                 if immediate.is_empty() {

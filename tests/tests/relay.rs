@@ -1,0 +1,502 @@
+//! End-to-end relay tests over loopback: two operators, each a core simulator and a gateway,
+//! mutual TLS between the gateways with certificates made at test time, static routes.
+//! Every test also asserts on the wire that no core ID or core domain crossed between gateways.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use ssp_gateway::relay::http::{Connector, SspClient};
+use ssp_gateway::tls::{self, ServerTrust};
+use ssp_testbed::core_sim::CoreMode;
+use ssp_testbed::federation::{Federation, OperatorSpec};
+
+const A: &str = "+46701234567";
+const B: &str = "+4915112345678";
+const WAIT: Duration = Duration::from_secs(8);
+
+fn x() -> OperatorSpec {
+    let mut s = OperatorSpec::new('x', "46")
+        .user("usera", A, "User A")
+        .user("userc", "+46701234568", "User C");
+    s.extra_toml = "[[route]]\nprefix = \"+49\"\npeer = \"opy.example\"\n".into();
+    s
+}
+
+fn y() -> OperatorSpec {
+    let mut s = OperatorSpec::new('y', "49").user("userb", B, "User B");
+    s.extra_toml = "[[route]]\nprefix = \"+46\"\npeer = \"opx.example\"\n".into();
+    s
+}
+
+fn id(n: &str) -> String {
+    format!("wv:{n}")
+}
+
+async fn message_both_ways(fed: &Federation) {
+    let (cx, cy) = (&fed.ops[0].core, &fed.ops[1].core);
+    let (_mid, st) = cx
+        .send_message("usera", &[&id(B)], "hi B", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
+            .await
+    );
+    let got = &cy.received("userb")[0];
+    assert_eq!(got.text, "hi B");
+    assert_eq!(got.from, id(A), "the sender arrives as wv:+MSISDN");
+    // The delivery report travels back from Y's core to A.
+    assert!(
+        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
+            .await,
+        "no delivery report at X"
+    );
+    assert_eq!(cx.delivery_reports("usera")[0].code, 200);
+
+    let (_mid, st) = cy
+        .send_message("userb", &[&id(A)], "hi A", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        cx.wait_until(WAIT, |c| !c.received("usera").is_empty())
+            .await
+    );
+    assert_eq!(cx.received("usera")[0].from, id(B));
+    assert!(
+        cy.wait_until(WAIT, |c| !c.delivery_reports("userb").is_empty())
+            .await,
+        "no delivery report at Y"
+    );
+    fed.assert_topology_hidden();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_with_delivery_report_both_ways_async() {
+    let fed = Federation::start(vec![x(), y()]).await;
+    message_both_ways(&fed).await;
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_with_delivery_report_both_ways_sync_modes() {
+    let mut sx = x();
+    sx.core_mode = CoreMode::Sync;
+    sx.peer_mode = "sync";
+    let mut sy = y();
+    sy.peer_mode = "sync";
+    let fed = Federation::start(vec![sx, sy]).await;
+    message_both_ways(&fed).await;
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_then_presence_notification_then_get_presence() {
+    let fed = Federation::start(vec![x(), y()]).await;
+    let (cx, cy) = (&fed.ops[0].core, &fed.ops[1].core);
+    let st = cx.subscribe("usera", &id(B)).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        cy.watchers("userb").contains(&id(A)),
+        "Y has A (as wv:+MSISDN) as watcher: {:?}",
+        cy.watchers("userb")
+    );
+    cy.set_presence("userb", "AVAILABLE", "at work")
+        .await
+        .unwrap();
+    // The first notification (current presence) came with the subscription; wait for the update.
+    assert!(
+        cx.wait_until(WAIT, |c| c
+            .presence_seen("usera")
+            .iter()
+            .any(|p| p.status_text == "at work"))
+            .await,
+        "notification did not reach the watcher: {:?}",
+        cx.presence_seen("usera")
+    );
+    let seen = cx.presence_seen("usera");
+    let p = seen.iter().find(|p| p.status_text == "at work").unwrap();
+    assert_eq!(p.presentity, id(B));
+    assert_eq!(p.availability, "AVAILABLE");
+
+    let (st, values) = cx.get_presence("usera", &id(B)).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0].presentity, id(B));
+    assert_eq!(values[0].availability, "AVAILABLE");
+
+    let st = cx.unsubscribe("usera", &id(B)).await.unwrap();
+    assert_eq!(st.code, 200);
+    assert!(cy.watchers("userb").is_empty());
+    fed.assert_topology_hidden();
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_recipient_with_unknown_user_is_201_with_531() {
+    let fed = Federation::start(vec![x(), y()]).await;
+    let cx = &fed.ops[0].core;
+    let unknown = "+4915199999999";
+    let (_mid, st) = cx
+        .send_message("usera", &[&id(B), &id(unknown)], "to two", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 201, "{st:?}");
+    assert_eq!(st.details.len(), 1, "{st:?}");
+    assert_eq!(st.details[0].code, 531);
+    assert_eq!(st.details[0].ids[0].id, id(unknown));
+    assert!(
+        fed.ops[1]
+            .core
+            .wait_until(WAIT, |c| c.received("userb").len() == 1)
+            .await
+    );
+    fed.assert_topology_hidden();
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_non_subscriber_is_531_and_not_relayed() {
+    let fed = Federation::start(vec![x(), y()]).await;
+    let (_mid, st) = fed.ops[0]
+        .core
+        .send_message("usera", &[&id("+4915100000000")], "x", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 531, "{st:?}");
+    // Y's core saw nothing: the gateway is no open relay.
+    assert!(
+        fed.ops[1].core.wire_log().is_empty(),
+        "{:?}",
+        fed.ops[1].core.wire_log()
+    );
+    fed.shutdown().await;
+}
+
+/// A client as a peer would be: TLS with the given identity (or none), trusting the test CA.
+fn peer_client(
+    fed: &Federation,
+    identity_domain: Option<&str>,
+    ca: Option<&ssp_gateway::certs::DevCa>,
+) -> SspClient {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(fed.ca.cert_der()).unwrap();
+    let ident = identity_domain.map(|d| {
+        let issued = ca.unwrap_or(&fed.ca).issue(d).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(
+            rustls_pki_types::pem::PemObject::from_pem_slice(issued.key_pem.as_bytes())
+                .map(|k: rustls_pki_types::PrivatePkcs8KeyDer<'static>| {
+                    k.secret_pkcs8_der().to_vec()
+                })
+                .unwrap(),
+        )
+        .unwrap();
+        (vec![issued.der.clone()], key)
+    });
+    let cfg = tls::client_config(ServerTrust::Roots(Arc::new(roots)), ident, false).unwrap();
+    let name = rustls_pki_types::ServerName::try_from(fed.ops[1].spec.domain.clone()).unwrap();
+    SspClient::new(
+        Connector::new(
+            Some((Arc::new(cfg), name)),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        ),
+        Duration::from_secs(5),
+        1 << 20,
+    )
+}
+
+fn smr(session: &str, tid: &str, service: &str, from: &str, to: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
+<Session sessionID="{session}"><Transaction mode="Request" transactionID="{tid}">
+<SendMessageRequest deliveryReport="No"><MetaInfo clientOriginated="Yes"><Requestor serviceID="{service}"><User userID="{from}"/></Requestor></MetaInfo>
+<MessageInfo contentType="text/plain" contentSize="2"><Recipient><User userID="{to}"/></Recipient><Sender><User userID="{from}"/></Sender></MessageInfo>
+<ContentData contentType="text/plain" encoding="base64">aGk=</ContentData></SendMessageRequest></Transaction></Session></WV-SSP-Message>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_without_valid_certificate_is_refused() {
+    // Y answers X in the HTTP body, so the raw client below sees the answers directly.
+    let mut sx = x();
+    sx.peer_mode = "sync";
+    let fed = Federation::start(vec![sx, y()]).await;
+    let url: http::Uri = fed.ops[1].peer_url.parse().unwrap();
+    let body = smr("1@opx.example", "t1", "wv:@opx.example", &id(A), &id(B));
+    // A certificate from another CA: the TLS handshake is refused.
+    let rogue_ca = ssp_gateway::certs::DevCa::new("rogue").unwrap();
+    let rogue = peer_client(&fed, Some("opx.example"), Some(&rogue_ca));
+    let r = rogue
+        .post(&url, body.clone(), &[], Duration::from_secs(3))
+        .await;
+    assert!(
+        r.is_err(),
+        "TLS must refuse a certificate from an unknown CA: {r:?}"
+    );
+    // No certificate and no association: session traffic is refused with 604.
+    let anon = peer_client(&fed, None, None);
+    let (status, resp) = anon
+        .post(&url, body.clone(), &[], Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 400);
+    assert!(
+        String::from_utf8_lossy(&resp).contains("code=\"604\""),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    // A valid certificate for a domain that is not a configured peer: refused.
+    let stranger = peer_client(&fed, Some("opz.example"), None);
+    let (status, _) = stranger
+        .post(&url, body.clone(), &[], Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 403);
+    // Y's core saw none of it.
+    assert!(fed.ops[1].core.received("userb").is_empty());
+    // And the real peer gets through.
+    let good = peer_client(&fed, Some("opx.example"), None);
+    let (status, resp) = good
+        .post(&url, body, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200, "{}", String::from_utf8_lossy(&resp));
+    assert!(
+        String::from_utf8_lossy(&resp).contains("code=\"200\""),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_originator_is_901() {
+    let mut sx = x();
+    sx.peer_mode = "sync";
+    let fed = Federation::start(vec![sx, y()]).await;
+    let url: http::Uri = fed.ops[1].peer_url.parse().unwrap();
+    let client = peer_client(&fed, Some("opx.example"), None);
+    for (service, from) in [
+        ("wv:@opz.example", "wv:mallory@opz.example"),
+        ("wv:@opx.example", "wv:mallory@opz.example"),
+        // One of Y's own numbers claimed by X.
+        ("wv:@opx.example", B),
+    ] {
+        let body = smr("1@opx.example", "t-spoof", service, from, &id(B));
+        let (status, resp) = client
+            .post(&url, body, &[], Duration::from_secs(5))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        assert_eq!(status.as_u16(), 200, "{text}");
+        assert!(text.contains("code=\"901\""), "{service} {from}: {text}");
+    }
+    assert!(
+        fed.ops[1].core.received("userb").is_empty(),
+        "a spoofed message reached the core"
+    );
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_down_gives_503_and_exactly_one_answer() {
+    let mut fed = Federation::start(vec![x(), y()]).await;
+    fed.stop_gateway(1).await;
+    let cx = fed.ops[0].core.clone();
+    let started = std::time::Instant::now();
+    let (_mid, st) = cx
+        .send_message("usera", &[&id(B)], "anyone?", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 503, "{st:?}");
+    assert!(
+        st.try_again.is_some(),
+        "503 carries TryAgainTimeout: {st:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "answered within the deadline"
+    );
+    // Exactly one answer reached the core for that request.
+    let answers = cx
+        .wire_log()
+        .iter()
+        .filter(|(d, b)| {
+            *d == ssp_testbed::core_sim::WireDir::Received && b.contains("SendMessageResponse")
+        })
+        .count();
+    assert_eq!(answers, 1);
+    fed.shutdown().await;
+}
+
+/// A TLS SSP server for `domain` that acks everything with 200 and never answers. Returns its
+/// URL, the pin of its certificate, a stop switch and the bodies it received.
+async fn black_hole(
+    domain: &str,
+) -> (
+    String,
+    String,
+    tokio::sync::watch::Sender<bool>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let ca = ssp_gateway::certs::DevCa::new("black hole CA").unwrap();
+    let issued = ca.issue(domain).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let pin = tls::pin_of(&issued.der);
+    let sc = tls::server_config(vec![issued.der], key, None, false).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}/", l.local_addr().unwrap().port());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let handler: ssp_gateway::relay::http::Handler = Arc::new(move |req, _info| {
+        let s = s2.clone();
+        Box::pin(async move {
+            if let Ok(b) = ssp_gateway::relay::http::read_body(req.into_body(), 1 << 20).await {
+                s.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&b).into_owned());
+            }
+            ssp_gateway::relay::http::respond(http::StatusCode::OK, None)
+        })
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(ssp_gateway::relay::http::serve(
+        l,
+        Some((
+            tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+            Duration::from_secs(2),
+        )),
+        handler,
+        rx,
+        100,
+        Duration::from_secs(1),
+        Arc::new(|_: &str| {}),
+    ));
+    (url, pin, tx, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_peer_that_never_answers_gives_504_after_the_deadline() {
+    let (url, pin, _stop, seen) = black_hole("opq.example").await;
+    let mut sx = x();
+    // A pinned (self-signed style) peer reached by a number-prefix route.
+    sx.extra_toml.push_str(&format!(
+        "[[route]]\nprefix = \"+47\"\npeer = \"opq.example\"\n[[peer]]\ndomain = \"opq.example\"\nurls = [\"{url}\"]\npins = [\"{pin}\"]\n"
+    ));
+    let fed = Federation::start(vec![sx, y()]).await;
+    let started = std::time::Instant::now();
+    let (_mid, st) = fed.ops[0]
+        .core
+        .send_message("usera", &["wv:+4790000001"], "hello?", false)
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(st.code, 504, "{st:?}");
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(8),
+        "answered at the 4 s deadline, not before: {waited:?}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the request did reach the peer"
+    );
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_answer_is_420_and_predecessor_answer_is_routed_by_token() {
+    let mut sy = y();
+    sy.peer_mode = "sync";
+    let fed = Federation::start(vec![x(), sy]).await;
+    // Y's answers, posted to X as Y would (Y's certificate).
+    let url: http::Uri = fed.ops[0].peer_url.parse().unwrap();
+    let client = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(fed.ca.cert_der()).unwrap();
+        let issued = fed.ca.issue("opy.example").unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        let cfg = tls::client_config(
+            ServerTrust::Roots(Arc::new(roots)),
+            Some((vec![issued.der], key)),
+            false,
+        )
+        .unwrap();
+        SspClient::new(
+            Connector::new(
+                Some((
+                    Arc::new(cfg),
+                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
+                )),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            ),
+            Duration::from_secs(5),
+            1 << 20,
+        )
+    };
+    let answer = |tid: &str| {
+        format!(
+            r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="9@opy.example"><Transaction mode="Response" transactionID="{tid}"><SendMessageResponse messageID="m9"><Status code="200"/></SendMessageResponse></Transaction></Session></WV-SSP-Message>"#
+        )
+    };
+    // Forged: refused with 420, nothing reaches the core.
+    let before = fed.ops[0].core.wire_log().len();
+    let (status, body) = client
+        .post(&url, answer("g1.AAAA.BBBB"), &[], Duration::from_secs(3))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 400, "{text}");
+    assert!(text.contains("code=\"420\""), "{text}");
+    let (status, body) = client
+        .post(&url, answer("0000000002-0"), &[], Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 400);
+    assert!(String::from_utf8_lossy(&body).contains("code=\"420\""));
+    assert_eq!(fed.ops[0].core.wire_log().len(), before);
+
+    // A token issued by a previous process of X (same key, another instance): X routes the
+    // answer to its core by the token alone, with the core's own transaction ID.
+    let key_hex =
+        std::fs::read_to_string(fed.ops[0].config_path.parent().unwrap().join("hmac.key")).unwrap();
+    let key: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key_hex.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let predecessor = ssp_gateway::token::TokenKeys::new(&[key], 60);
+    let tid = predecessor.issue(
+        ssp_gateway::token::Leg::ToPeer,
+        12345,
+        0,
+        1,
+        "core-before-restart",
+        "opy.example",
+    );
+    let (status, _) = client
+        .post(&url, answer(&tid), &[], Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let core = fed.ops[0].core.clone();
+    let arrived = core
+        .wait_until(WAIT, |c| {
+            c.wire_log()
+                .iter()
+                .any(|(_, b)| b.contains("transactionID=\"core-before-restart\""))
+        })
+        .await;
+    assert!(
+        arrived,
+        "the answer was not routed to the core: {:?}",
+        core.wire_log()
+    );
+    fed.shutdown().await;
+}
