@@ -77,6 +77,8 @@ pub struct CoreSimConfig {
     pub mode: CoreMode,
     /// `Session@sessionID` written on everything it sends (`<id>@<domain>`).
     pub session_id: String,
+    /// Address to listen on (default: an ephemeral loopback port).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl CoreSimConfig {
@@ -86,6 +88,7 @@ impl CoreSimConfig {
             core_domain: core_domain.to_owned(),
             mode,
             session_id: format!("core-1@{core_domain}"),
+            listen: None,
         }
     }
 }
@@ -234,7 +237,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CoreSim {
     /// Bind `127.0.0.1:0` and start serving.
     pub async fn start(cfg: CoreSimConfig) -> anyhow::Result<CoreSim> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let addr = cfg
+            .listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(addr)
             .await
             .context("binding the core simulator listener")?;
         let addr = listener.local_addr()?;
