@@ -106,7 +106,9 @@ impl Rewriter {
             Direction::Outbound => {
                 msg.visit_ids(&mut |slot, s| self.outbound_slot(dir, slot, s, peer))
             }
-            Direction::Inbound => msg.visit_ids(&mut |slot, s| self.inbound_slot(dir, slot, s)),
+            Direction::Inbound => {
+                msg.visit_ids(&mut |slot, s| self.inbound_slot(dir, slot, s, peer))
+            }
         }
     }
 
@@ -120,7 +122,7 @@ impl Rewriter {
     /// Rewrite one ID inbound.
     pub fn inbound_id(&self, dir: &Directory, id: &str) -> String {
         let mut s = id.to_owned();
-        self.inbound_slot(dir, Slot::User, &mut s);
+        self.inbound_slot(dir, Slot::User, &mut s, PeerView::default());
         s
     }
 
@@ -181,7 +183,8 @@ impl Rewriter {
         *s = id.with_domain(Some(&self.public_domain)).to_string();
     }
 
-    fn inbound_slot(&self, dir: &Directory, slot: Slot, s: &mut String) {
+    /// `core`: how the core wants other operators' numbers (host part or not).
+    fn inbound_slot(&self, dir: &Directory, slot: Slot, s: &mut String, core: PeerView<'_>) {
         if slot == Slot::Domain {
             if s.eq_ignore_ascii_case(&self.public_domain) {
                 *s = self.primary_core_domain().to_owned();
@@ -192,8 +195,13 @@ impl Rewriter {
         if let Some(n) = id.e164() {
             *s = match dir.core_id(n) {
                 Some(core) => core,
-                // Not ours (the originator, or a number we do not serve): one stable form.
-                None => WvId::msisdn(n, None).to_string(),
+                // Not ours (the originator, or a number we do not serve): one stable form,
+                // with our domain as host part for cores that need one.
+                None => {
+                    let host = (core.style == IdStyle::MsisdnAtDomain)
+                        .then_some(self.public_domain.as_str());
+                    WvId::msisdn(n, host).to_string()
+                }
             };
             return;
         }

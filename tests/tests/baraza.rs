@@ -136,3 +136,105 @@ async fn gateway_initiates_association_then_messages_flow_both_ways() {
     baraza.shutdown().await;
     fed.shutdown().await;
 }
+
+/// Our gateway in front of a Baraza-like *core*: the core authenticates by association on the
+/// core link, and messages flow both ways to operator Y.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_authenticated_by_association() {
+    let core = BarazaPeer::start(BarazaPeerConfig {
+        domain: "core.opx.example".into(),
+        users: vec![("usera".into(), A.into())],
+    })
+    .await
+    .unwrap();
+    // X's listeners first, so Y's config can name X's peer URL.
+    let x_peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let x_core = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let x_peer_url = format!("https://127.0.0.1:{}/", x_peer.local_addr().unwrap().port());
+    let mut y = OperatorSpec::new('y', "49").user("userb", BOB, "User B");
+    y.extra_toml = format!(
+        "[[peer]]\ndomain = \"opx.example\"\nurls = [\"{x_peer_url}\"]\n\n[[route]]\nprefix = \"+46\"\npeer = \"opx.example\"\n"
+    );
+    let fed = Federation::start(vec![y]).await;
+    let dir = &fed.dir.0;
+    fed.ca
+        .write_operator(&dir.join("certs"), "opx.example")
+        .unwrap();
+    std::fs::write(
+        dir.join("x-directory.csv"),
+        format!("{A},wv:usera@core.opx.example\n"),
+    )
+    .unwrap();
+    let pin = ssp_gateway::tls::pin_of(&core.cert_der().into());
+    let y_url = &fed.ops[0].peer_url;
+    let cfg = format!(
+        r#"[gateway]
+public_domain = "opx.example"
+core_domains = ["core.opx.example"]
+country_code = "46"
+[directory]
+file = "x-directory.csv"
+[tls]
+cert = "certs/opx.example/cert.pem"
+key = "certs/opx.example/key.pem"
+trust = ["certs/ca.pem"]
+[core]
+url = "{core_url}"
+auth = "association"
+id_style = "msisdn@domain"
+pins = ["{pin}"]
+[timeouts]
+request = "4s"
+[[peer]]
+domain = "opy.example"
+urls = ["{y_url}"]
+[[route]]
+prefix = "+49"
+peer = "opy.example"
+"#,
+        core_url = core.url()
+    );
+    let path = dir.join("x.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let x = ssp_gateway::relay::start(
+        ssp_gateway::config::Config::load(&path).unwrap(),
+        ssp_gateway::relay::StartOptions {
+            listeners: ssp_gateway::relay::PreBound {
+                peer: Some(x_peer),
+                core: Some(x_core),
+                admin: None,
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    core.set_peer("opx.example", &format!("http://{}/", x.core_addr.unwrap()));
+
+    // The core associates (initiator), then sends to Y's subscriber.
+    core.associate().await.unwrap();
+    let answer = core
+        .send_message(A, &format!("wv:{BOB}@opx.example"), "from a Baraza core")
+        .await
+        .unwrap();
+    assert_eq!(code(&answer), 200, "{answer:?}");
+    let cy = &fed.ops[0].core;
+    assert!(
+        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
+            .await
+    );
+    assert_eq!(cy.received("userb")[0].from, format!("wv:{A}"));
+
+    // Y -> X -> the core, over the association the core opened, remote numbers qualified.
+    let (_mid, st) = cy
+        .send_message("userb", &[&format!("wv:{A}")], "to the Baraza core", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    let rcvd = core.wait_received(1, WAIT).await.unwrap();
+    assert_eq!(rcvd[0].to_local, "usera");
+    assert_eq!(rcvd[0].from_id, format!("wv:{BOB}@opx.example"));
+    x.shutdown().await;
+    core.shutdown().await;
+    fed.shutdown().await;
+}

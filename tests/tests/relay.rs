@@ -500,3 +500,245 @@ async fn forged_answer_is_420_and_predecessor_answer_is_routed_by_token() {
     );
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_the_next_url_when_the_first_is_down() {
+    // X's entry for Y lists a dead URL first (nothing listens on a freshly closed port).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://127.0.0.1:{}/", l.local_addr().unwrap().port())
+    };
+    let fed = Federation::start_with(vec![x(), y()], |toml| {
+        if toml.contains("public_domain = \"opx.example\"") {
+            *toml = toml.replacen(
+                "urls = [\"https://",
+                &format!("urls = [\"{dead}\", \"https://"),
+                1,
+            );
+        }
+    })
+    .await;
+    assert!(
+        std::fs::read_to_string(&fed.ops[0].config_path)
+            .unwrap()
+            .contains(&dead)
+    );
+    let (_mid, st) = fed.ops[0]
+        .core
+        .send_message("usera", &[&id(B)], "via the second URL", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        fed.ops[1]
+            .core
+            .wait_until(WAIT, |c| !c.received("userb").is_empty())
+            .await
+    );
+    // The first URL was tried and failed to connect.
+    let m = &fed.ops[0].gateway.as_ref().unwrap().gateway.metrics;
+    assert!(
+        ssp_gateway::ops::metrics::Metrics::counter_value(
+            &m.delivery_failures,
+            &["opy.example", "connect"]
+        ) >= 1
+    );
+    fed.shutdown().await;
+}
+
+/// An RSA certificate made by openssl (ring cannot generate RSA keys).
+fn rsa_cert(dir: &std::path::Path, domain: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("rsa-cert.pem"), dir.join("rsa-key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .arg(format!("/CN={domain}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{domain}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl could not make an RSA certificate");
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_listener_speaks_tls12_and_tls13_with_rsa_and_ecdsa() {
+    let dir = ssp_testbed::federation::TempDir::new("rsa");
+    let (rsa_c, rsa_k) = rsa_cert(&dir.0, "opx.example");
+    let ca = ssp_gateway::certs::DevCa::new("ec").unwrap();
+    let ec = ca.write_operator(&dir.0, "opx.example").unwrap();
+    let ec_paths = (
+        dir.0.join("opx.example/cert.pem"),
+        dir.0.join("opx.example/key.pem"),
+    );
+    for (cert, key, label) in [(&rsa_c, &rsa_k, "RSA"), (&ec_paths.0, &ec_paths.1, "ECDSA")] {
+        let chain = tls::load_certs(cert).unwrap();
+        let pin = tls::pin_of(&chain[0]);
+        let sc = tls::server_config(chain, tls::load_key(key).unwrap(), None, false).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let (c, s) = tokio::io::duplex(64 * 1024);
+            let srv = tokio::spawn({
+                let a = acceptor.clone();
+                async move { a.accept(s).await.map(|t| t.get_ref().1.protocol_version()) }
+            });
+            let mut cc = rustls::ClientConfig::builder_with_provider(tls::provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinOnly(pin.clone())))
+                .with_no_client_auth();
+            cc.alpn_protocols = vec![b"h2".to_vec()];
+            let t = tokio_rustls::TlsConnector::from(Arc::new(cc))
+                .connect(
+                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
+                    c,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{label} {version:?}: {e}"));
+            assert_eq!(
+                t.get_ref().1.protocol_version(),
+                Some(version.version),
+                "{label}"
+            );
+            assert_eq!(
+                t.get_ref().1.alpn_protocol(),
+                Some(&b"h2"[..]),
+                "{label}: h2 offered by the listener"
+            );
+            assert_eq!(srv.await.unwrap().unwrap(), Some(version.version));
+        }
+    }
+    drop(ec);
+}
+
+/// Accept exactly one certificate (by SHA-256), as a pinned peer entry does.
+#[derive(Debug)]
+struct PinOnly(String);
+
+impl rustls::client::danger::ServerCertVerifier for PinOnly {
+    fn verify_server_cert(
+        &self,
+        ee: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if tls::pin_of(ee) == self.0 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("pin mismatch".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &tls::provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &tls::provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_listener_with_tls_and_client_certificates() {
+    let fed = Federation::start_with(vec![x(), y()], |toml| {
+        if toml.contains("public_domain = \"opx.example\"") {
+            let ca = toml
+                .lines()
+                .find(|l| l.starts_with("trust = "))
+                .unwrap()
+                .to_owned();
+            *toml = toml.replace(
+                "auth = \"allowlist\"",
+                &format!("auth = \"mtls\"\ntls = true\n{ca}"),
+            );
+        }
+    })
+    .await;
+    let addr = fed.ops[0].gateway.as_ref().unwrap().core_addr.unwrap();
+    let url: http::Uri = format!("https://127.0.0.1:{}/", addr.port())
+        .parse()
+        .unwrap();
+    let body = smr(
+        "core-1@core.opx.example",
+        "c1",
+        "wv:@core.opx.example",
+        "wv:usera@core.opx.example",
+        &id(B),
+    );
+    let with_cert = |identity: Option<&str>| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(fed.ca.cert_der()).unwrap();
+        let ident = identity.map(|d| {
+            let issued = fed.ca.issue(d).unwrap();
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+            (vec![issued.der], key)
+        });
+        let cfg = tls::client_config(ServerTrust::Roots(Arc::new(roots)), ident, false).unwrap();
+        SspClient::new(
+            Connector::new(
+                Some((
+                    Arc::new(cfg),
+                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
+                )),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            ),
+            Duration::from_secs(5),
+            1 << 20,
+        )
+    };
+    // Without a client certificate the TLS handshake is refused.
+    assert!(
+        with_cert(None)
+            .post(&url, body.clone(), &[], Duration::from_secs(3))
+            .await
+            .is_err()
+    );
+    // With one from the core's CA the request is accepted and relayed to Y.
+    let (status, _) = with_cert(Some("core.opx.example"))
+        .post(&url, body, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        fed.ops[1]
+            .core
+            .wait_until(WAIT, |c| !c.received("userb").is_empty())
+            .await
+    );
+    fed.shutdown().await;
+}

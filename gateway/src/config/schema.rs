@@ -83,6 +83,8 @@ struct RawCore {
     trust: Vec<String>,
     #[serde(default)]
     pins: Vec<String>,
+    #[serde(default)]
+    id_style: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +210,8 @@ pub enum CoreAuth {
     Allowlist,
     /// Client certificate chaining to `core.trust` (requires `core.tls = true`).
     Mtls,
+    /// SSP association, with the core as one of `core_domains` (a Baraza-like core).
+    Association,
 }
 
 /// `[listen]`.
@@ -249,6 +253,9 @@ pub struct CoreSpec {
     pub trust: Vec<PathBuf>,
     /// Pinned core server certificates (https URL).
     pub pins: Vec<String>,
+    /// How other operators' numbers are written towards the core: `wv:+MSISDN`, or with our
+    /// public domain as host part for cores that need one (Baraza-like).
+    pub id_style: IdStyle,
 }
 
 /// `[timeouts]`.
@@ -687,10 +694,11 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         let auth = match c.auth.as_deref() {
             None | Some("allowlist") => CoreAuth::Allowlist,
             Some("mtls") => CoreAuth::Mtls,
+            Some("association") => CoreAuth::Association,
             Some(other) => {
                 check.err(
                     &path("auth"),
-                    format!("{other:?}: expected \"allowlist\" or \"mtls\""),
+                    format!("{other:?}: expected \"allowlist\", \"mtls\" or \"association\""),
                 );
                 CoreAuth::Allowlist
             }
@@ -720,7 +728,19 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
                 "allowlist auth needs at least one allowed network",
             );
         }
+        let id_style = match c.id_style.as_deref() {
+            None | Some("msisdn") => IdStyle::Msisdn,
+            Some("msisdn@domain") => IdStyle::MsisdnAtDomain,
+            Some(other) => {
+                check.err(
+                    &path("id_style"),
+                    format!("{other:?}: expected \"msisdn\" or \"msisdn@domain\""),
+                );
+                IdStyle::Msisdn
+            }
+        };
         CoreSpec {
+            id_style,
             url: c.url,
             mode: response_mode(check, &path("mode"), c.mode.as_deref()),
             auth,

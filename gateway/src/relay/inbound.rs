@@ -102,7 +102,7 @@ impl Gateway {
             Parsed::Answer(a) => return a,
         };
         match msg.body {
-            Body::Setup(t) => self.on_setup(t, &info),
+            Body::Setup(t) => self.on_setup(t, SetupFrom::Peer(info.certs.clone())),
             Body::Session(s) => self.on_peer_session(s, &info).await,
         }
     }
@@ -382,25 +382,32 @@ impl Gateway {
         let Some(core) = &self.core else {
             return Err(status(code::UNAVAILABLE, "no [core] configured"));
         };
-        let rid = self.pending.next_id();
-        let tid = self
-            .keys
-            .issue(Leg::ToCore, rid, 0, 1, origin_tid, origin_peer);
-        let mut msg = Message::session(
-            self.core_session.clone(),
-            vec![Transaction::request(tid.clone(), part)],
-        );
-        let dir = self.dir.load();
-        self.rw
-            .rewrite(&dir, &mut msg, Direction::Inbound, PeerView::default());
-        drop(dir);
-        let body = msg.emit(NS_WV_SSP_13);
         let target = Target {
             label: "core",
             client: &core.client,
             urls: &core.urls,
         };
         let deadline = Instant::now() + self.cfg.timeouts.request;
+        // A core authenticated by association gets our session ID of that association.
+        let session = match &self.cfg.core {
+            Some(c) if c.auth == crate::config::CoreAuth::Association => {
+                let domain = self.rw.primary_core_domain().to_owned();
+                self.associate(&domain, &target, NS_WV_SSP_13, deadline)
+                    .await?
+                    .our_session
+            }
+            _ => self.core_session.clone(),
+        };
+        let rid = self.pending.next_id();
+        let tid = self
+            .keys
+            .issue(Leg::ToCore, rid, 0, 1, origin_tid, origin_peer);
+        let mut msg = Message::session(session, vec![Transaction::request(tid.clone(), part)]);
+        let dir = self.dir.load();
+        self.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
+        drop(dir);
+        let body = msg.emit(NS_WV_SSP_13);
         self.exchange(&target, &msg, body, rid, &tid, deadline)
             .await
             .map(|t| t.primitive)
@@ -517,8 +524,8 @@ impl Gateway {
         None
     }
 
-    /// Handle a `SetupTransaction` from a peer.
-    fn on_setup(self: &Arc<Self>, t: SetupTransaction, info: &ConnInfo) -> HttpResponse {
+    /// Handle a `SetupTransaction` from a peer or from the core.
+    pub(crate) fn on_setup(self: &Arc<Self>, t: SetupTransaction, from: SetupFrom) -> HttpResponse {
         match t.mode {
             Mode::Response => match self.assoc.on_response(t) {
                 Ok(()) => respond(StatusCode::OK, None),
@@ -528,38 +535,65 @@ impl Gateway {
                 }
             },
             Mode::Request => {
-                let certs = info.certs.clone();
-                let allowed = |domain: &str| match self.peers.configured(domain) {
-                    // A peer that must use mutual TLS may associate only over such a connection.
-                    Some(p) if p.cfg.auth == PeerAuth::Mtls => certs
-                        .as_deref()
-                        .and_then(|c| c.first())
-                        .is_some_and(|c| cert_names_domain(c, domain)),
-                    Some(_) => true,
-                    None => false,
+                let allowed = |domain: &str| match &from {
+                    SetupFrom::Core => self.cfg.gateway.core_domains.iter().any(|d| d == domain),
+                    SetupFrom::Peer(certs) => match self.peers.configured(domain) {
+                        // A peer that must use mutual TLS may associate only over such a
+                        // connection.
+                        Some(p) if p.cfg.auth == PeerAuth::Mtls => certs
+                            .as_deref()
+                            .and_then(|c| c.first())
+                            .is_some_and(|c| cert_names_domain(c, domain)),
+                        Some(_) => true,
+                        None => false,
+                    },
                 };
                 match self.assoc.on_request(&t, allowed) {
                     Ok((domain, reply)) => {
                         self.metrics.associations.set(self.assoc.count() as i64);
                         let g = self.clone();
+                        let to_core = matches!(from, SetupFrom::Core);
+                        let work = self.track();
                         // Answer on the claimed domain's own address: the return-path check.
                         tokio::spawn(async move {
-                            let Some(peer) = g.peers.get(&domain) else {
-                                return;
+                            let within = g.cfg.timeouts.association;
+                            let delivered = if to_core {
+                                match &g.core {
+                                    Some(core) => {
+                                        let target = Target {
+                                            label: "core",
+                                            client: &core.client,
+                                            urls: &core.urls,
+                                        };
+                                        g.deliver(&target, &reply, reply.emit(NS_WV_SSP_13), within)
+                                            .await
+                                    }
+                                    None => false,
+                                }
+                            } else {
+                                match g.peers.get(&domain) {
+                                    Some(peer) => {
+                                        let urls = g.peer_urls(&peer).await;
+                                        let target = Target {
+                                            label: &peer.cfg.domain,
+                                            client: &peer.client,
+                                            urls: &urls,
+                                        };
+                                        g.deliver(
+                                            &target,
+                                            &reply,
+                                            reply.emit(&peer.cfg.namespace),
+                                            within,
+                                        )
+                                        .await
+                                    }
+                                    None => false,
+                                }
                             };
-                            let body = reply.emit(&peer.cfg.namespace);
-                            let urls = g.peer_urls(&peer).await;
-                            let target = Target {
-                                label: &peer.cfg.domain,
-                                client: &peer.client,
-                                urls: &urls,
-                            };
-                            if !g
-                                .deliver(&target, &reply, body, g.cfg.timeouts.association)
-                                .await
-                            {
+                            if !delivered {
                                 tracing::warn!(%domain, "association answer could not be delivered");
                             }
+                            drop(work);
                         });
                         respond(StatusCode::OK, None)
                     }
@@ -597,6 +631,14 @@ pub(crate) fn draining_refusal() -> HttpResponse {
         http::HeaderValue::from_static("1"),
     );
     r
+}
+
+/// Where a `SetupTransaction` came from.
+pub(crate) enum SetupFrom {
+    /// The peer listener, with the client certificate if one was presented.
+    Peer(Option<Vec<rustls_pki_types::CertificateDer<'static>>>),
+    /// The core listener.
+    Core,
 }
 
 /// How a peer wants IDs written.

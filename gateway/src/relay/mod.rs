@@ -370,6 +370,31 @@ impl Gateway {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How the core wants IDs written (for inbound rewriting).
+    pub(crate) fn core_view(&self) -> crate::rewrite::PeerView<'_> {
+        crate::rewrite::PeerView {
+            style: self
+                .cfg
+                .core
+                .as_ref()
+                .map(|c| c.id_style)
+                .unwrap_or_default(),
+            domain: Some(self.rw.public_domain()),
+        }
+    }
+
+    /// Our session ID towards the core: the association's when the core associates.
+    pub(crate) fn core_session_id(&self) -> String {
+        match &self.cfg.core {
+            Some(c) if c.auth == crate::config::CoreAuth::Association => self
+                .assoc
+                .established(self.rw.primary_core_domain())
+                .map(|e| e.our_session)
+                .unwrap_or_else(|| self.core_session.clone()),
+            _ => self.core_session.clone(),
+        }
+    }
+
     /// Track one piece of accepted work until the returned guard is dropped.
     pub(crate) fn track(&self) -> Work {
         Work(self.work.clone().try_acquire_owned().ok())

@@ -19,7 +19,7 @@ use super::merge::{PartResult, error_answer, merge, split, status};
 use super::peers::PeerRt;
 use super::route::{Dest, Remote, no_route, route_static};
 use crate::config::{CoreAuth, PeerAuth, ResponseMode};
-use crate::rewrite::{Direction, PeerView};
+use crate::rewrite::Direction;
 use crate::ssp::walk::RouteBy;
 use crate::ssp::{
     Body, Message, Mode, NS_WV_SSP_13, Primitive, Status, Transaction, status as code,
@@ -35,9 +35,12 @@ impl Gateway {
     ) -> HttpResponse {
         let _work = self.track();
         if let Some(c) = &self.cfg.core {
+            let allowed_addr = c.allow.iter().any(|n| n.contains(&info.remote.ip()));
             let ok = match c.auth {
-                CoreAuth::Allowlist => c.allow.iter().any(|n| n.contains(&info.remote.ip())),
+                CoreAuth::Allowlist => allowed_addr,
                 CoreAuth::Mtls => info.certs.as_ref().is_some_and(|c| !c.is_empty()),
+                // The association proves the core; an allowlist, if given, still applies.
+                CoreAuth::Association => c.allow.is_empty() || allowed_addr,
             };
             if !ok {
                 self.metrics.refused.with_label_values(&["auth"]).inc();
@@ -49,8 +52,16 @@ impl Gateway {
             Parsed::Ok(m) => m,
             Parsed::Answer(a) => return a,
         };
+        let by_association = self
+            .cfg
+            .core
+            .as_ref()
+            .is_some_and(|c| c.auth == CoreAuth::Association);
         let s = match msg.body {
             Body::Session(s) => s,
+            Body::Setup(t) if by_association => {
+                return self.on_setup(t, super::inbound::SetupFrom::Core);
+            }
             Body::Setup(_) => {
                 return respond(
                     StatusCode::BAD_REQUEST,
@@ -61,6 +72,21 @@ impl Gateway {
                 );
             }
         };
+        if by_association
+            && !self
+                .assoc
+                .domain_of_session(&s.session_id)
+                .is_some_and(|d| self.rw.is_own_domain(Some(&d)))
+        {
+            self.metrics.refused.with_label_values(&["auth"]).inc();
+            return respond(
+                StatusCode::BAD_REQUEST,
+                Some(status_body(status(
+                    code::INVALID_SESSION,
+                    format!("unknown or expired session {:?}", s.session_id),
+                ))),
+            );
+        }
         if self.is_draining() && s.transactions.iter().any(|t| t.mode == Mode::Request) {
             return draining_refusal();
         }
@@ -118,20 +144,20 @@ impl Gateway {
 
     /// Serialise answers for the core (IDs mapped to the core's).
     fn core_body(&self, answers: Vec<Transaction>) -> String {
-        let mut msg = Message::session(self.core_session.clone(), answers);
+        let mut msg = Message::session(self.core_session_id(), answers);
         let dir = self.dir.load();
         self.rw
-            .rewrite(&dir, &mut msg, Direction::Inbound, PeerView::default());
+            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
         msg.emit(NS_WV_SSP_13)
     }
 
     /// POST answers to the core (async core).
     pub(crate) async fn send_answers_to_core(&self, answers: Vec<Transaction>) {
         let Some(core) = &self.core else { return };
-        let mut msg = Message::session(self.core_session.clone(), answers);
+        let mut msg = Message::session(self.core_session_id(), answers);
         let dir = self.dir.load();
         self.rw
-            .rewrite(&dir, &mut msg, Direction::Inbound, PeerView::default());
+            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
         drop(dir);
         let body = msg.emit(NS_WV_SSP_13);
         let target = Target {
@@ -275,7 +301,14 @@ impl Gateway {
         };
         let deadline = Instant::now() + self.cfg.timeouts.request;
         let session = if peer.cfg.auth == PeerAuth::Association {
-            self.associate(&peer, &urls, deadline).await?.our_session
+            let target = Target {
+                label: &peer.cfg.domain,
+                client: &peer.client,
+                urls: &urls,
+            };
+            self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline)
+                .await?
+                .our_session
         } else {
             self.session_towards(&peer)
         };
@@ -299,18 +332,19 @@ impl Gateway {
             .map(|t| t.primitive)
     }
 
-    /// Make sure an association with `peer` is up (initiator role), within `deadline`.
+    /// Make sure an association with `domain` (a peer, or the core) is up, running the
+    /// initiator role towards `target` if needed, within `deadline`.
     pub(crate) async fn associate(
         &self,
-        peer: &PeerRt,
-        urls: &[Uri],
+        domain: &str,
+        target: &Target<'_>,
+        namespace: &str,
         deadline: Instant,
     ) -> Result<super::assoc::Established, Status> {
-        let domain = peer.cfg.domain.clone();
-        if let Some(e) = self.assoc.established(&domain) {
+        if let Some(e) = self.assoc.established(domain) {
             return Ok(e);
         }
-        let lock = self.assoc_lock(&domain);
+        let lock = self.assoc_lock(domain);
         let _guard = tokio::time::timeout_at(deadline, lock.lock())
             .await
             .map_err(|_| {
@@ -319,13 +353,15 @@ impl Gateway {
                     format!("association with {domain} is still being set up"),
                 )
             })?;
-        if let Some(e) = self.assoc.established(&domain) {
+        if let Some(e) = self.assoc.established(domain) {
             return Ok(e);
         }
         let deadline = deadline.min(Instant::now() + self.cfg.timeouts.association);
-        let result = self.run_association(peer, urls, deadline).await;
+        let result = self
+            .run_association(domain, target, namespace, deadline)
+            .await;
         if result.is_err() {
-            self.assoc.abort(&domain);
+            self.assoc.abort(domain);
         }
         self.metrics.associations.set(self.assoc.count() as i64);
         result.map_err(|e| {
@@ -339,20 +375,14 @@ impl Gateway {
 
     async fn run_association(
         &self,
-        peer: &PeerRt,
-        urls: &[Uri],
+        domain: &str,
+        target: &Target<'_>,
+        namespace: &str,
         deadline: Instant,
     ) -> Result<super::assoc::Established, String> {
-        let domain = &peer.cfg.domain;
-        let target = Target {
-            label: domain,
-            client: &peer.client,
-            urls,
-        };
         let (_tid, first, mut rx) = self.assoc.begin(domain);
         let send = |m: Message| {
-            let body = m.emit(&peer.cfg.namespace);
-            let target = &target;
+            let body = m.emit(namespace);
             async move {
                 self.tap(super::TapDir::Out, target.label, &body);
                 match self.send_with_failover(target, &body, &m, deadline).await {

@@ -25,16 +25,24 @@ const HELP: &str = "commands:
   quit";
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(domain), Some(gateway)) = (arg(&args, "--domain"), arg(&args, "--gateway")) else {
-        bail!("usage: core-sim --domain D --gateway URL [--listen ADDR] [--sync] [--user local:+msisdn:Name]...");
+        bail!(
+            "usage: core-sim --domain D --gateway URL [--listen ADDR] [--sync] [--user local:+msisdn:Name]..."
+        );
     };
-    let mode = if args.iter().any(|a| a == "--sync") { CoreMode::Sync } else { CoreMode::Async };
+    let mode = if args.iter().any(|a| a == "--sync") {
+        CoreMode::Sync
+    } else {
+        CoreMode::Async
+    };
     let mut cfg = CoreSimConfig::new(&domain, mode);
     if let Some(l) = arg(&args, "--listen") {
         cfg.listen = Some(l.parse().context("--listen")?);
@@ -51,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
             core.add_user(local, msisdn, name);
         }
     }
-    println!("core {domain} listening on {} (gateway {gateway})", core.url());
+    println!(
+        "core {domain} listening on {} (gateway {gateway})",
+        core.url()
+    );
     println!("directory lines for the gateway:\n{}", core.directory_csv());
     println!("{HELP}");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
