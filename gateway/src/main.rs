@@ -34,6 +34,26 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Show how a number or domain is routed: ENUM, SRV, fallbacks (exit 0 route, 2 none, 1 error).
+    Resolve {
+        /// Config file whose [resolver] and peering table to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Name server IP:PORT (overrides the config; repeatable).
+        #[arg(long)]
+        nameserver: Vec<std::net::SocketAddr>,
+        /// ENUM suffix (overrides the config; repeatable; default e164.arpa).
+        #[arg(long)]
+        suffix: Vec<String>,
+        /// im (messaging, search) or pres (presence).
+        #[arg(long)]
+        service: Option<String>,
+        /// Print one JSON object instead of the trace.
+        #[arg(long)]
+        json: bool,
+        /// wv:+E164, +E164 or a domain.
+        target: String,
+    },
     /// Validate a config file (and the directory it names) and exit.
     Check {
         /// The config file.
@@ -141,6 +161,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resolve {
+            config,
+            nameserver,
+            suffix,
+            service,
+            json,
+            target,
+        } => {
+            let opts = ssp_gateway::cli::resolve::Options {
+                config: config.as_deref(),
+                nameservers: nameserver,
+                suffixes: suffix,
+                service: service.as_deref(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (d, trace) = rt.block_on(ssp_gateway::cli::resolve::run(&opts, &target))?;
+            if json {
+                println!("{}", serde_json::to_string(&d)?);
+            } else {
+                for l in trace {
+                    println!("{l}");
+                }
+                println!("protocol: {}", d.protocol.as_str());
+                if let Some(dom) = &d.domain {
+                    println!("domain: {dom}");
+                }
+                for t in &d.targets {
+                    println!("target: {}:{} {:?}", t.host, t.port, t.addrs);
+                }
+                println!("ttl: {}", d.ttl);
+            }
+            Ok(if ssp_gateway::cli::resolve::has_route(&d) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Cmd::Certs {
             cmd: CertsCmd::Dev { out, operators },

@@ -13,6 +13,7 @@ use ssp_gateway::config::Config;
 use ssp_gateway::relay::{self, PreBound, Running, StartOptions, TapDir, WireTap};
 
 use crate::core_sim::{CoreMode, CoreSim, CoreSimConfig};
+use crate::dnslab::{InProcDns, Nsd, Zone, naptr};
 
 /// One operator to set up.
 #[derive(Debug, Clone)]
@@ -109,6 +110,76 @@ impl Drop for TempDir {
     }
 }
 
+/// Which DNS server the federation's gateways resolve with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsKind {
+    /// A real NSD started by the test.
+    Nsd,
+    /// An in-process hickory-server.
+    InProc,
+}
+
+/// The DNS of a federation.
+pub enum FedDns {
+    /// NSD (can be reloaded, frozen, stopped).
+    Nsd(Nsd),
+    /// In process.
+    InProc(InProcDns),
+}
+
+impl FedDns {
+    /// Its address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            FedDns::Nsd(n) => n.addr,
+            FedDns::InProc(d) => d.addr,
+        }
+    }
+}
+
+/// Zones for a federation: SRV `_imps-server._tcp` for each operator's gateway, and ENUM
+/// `E2U+im`/`E2U+pres` NAPTRs placing each number (`+E164`, domain) at an operator, with `ttl`.
+pub fn federation_zones(
+    gateways: &[(String, u16)],
+    numbers: &[(String, String)],
+    ttl: u32,
+) -> Vec<Zone> {
+    let mut enum_records = Vec::new();
+    for (number, domain) in numbers {
+        let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        enum_records.push(naptr(
+            number,
+            "e164.arpa",
+            100,
+            10,
+            "E2U+im",
+            &format!("im:{digits}@{domain}"),
+            ttl,
+        ));
+        enum_records.push(naptr(
+            number,
+            "e164.arpa",
+            100,
+            20,
+            "E2U+pres",
+            &format!("pres:{digits}@{domain}"),
+            ttl,
+        ));
+    }
+    let mut domain_records = Vec::new();
+    for (domain, port) in gateways {
+        let host = domain.trim_end_matches(".example");
+        domain_records.push(format!(
+            "_imps-server._tcp.{host} {ttl} IN SRV 10 0 {port} gw.{host}"
+        ));
+        domain_records.push(format!("gw.{host} {ttl} IN A 127.0.0.1"));
+    }
+    vec![
+        Zone::new("e164.arpa", ttl.min(60), &enum_records),
+        Zone::new("example", ttl.min(60), &domain_records),
+    ]
+}
+
 /// The operators, their CA and the wire log.
 pub struct Federation {
     /// Operators in the order given.
@@ -119,6 +190,8 @@ pub struct Federation {
     pub ca: DevCa,
     /// Where configs and certificates live.
     pub dir: TempDir,
+    /// The DNS the gateways resolve with, if any.
+    pub dns: Option<FedDns>,
 }
 
 fn bind() -> TcpListener {
@@ -198,6 +271,26 @@ impl Federation {
 
     /// Like [`Federation::start`], with a hook to adjust each operator's config text.
     pub async fn start_with(specs: Vec<OperatorSpec>, adjust: impl Fn(&mut String)) -> Federation {
+        Federation::start_full(specs, None, |_| Vec::new(), adjust).await
+    }
+
+    /// Operators that find each other through DNS: `zones` gets each gateway's (domain, peer
+    /// port) and returns the zones to serve; every gateway gets a `[resolver]` for them and
+    /// accepts peers it has no static entry for (their certificates come from the same CA).
+    pub async fn start_dns(
+        specs: Vec<OperatorSpec>,
+        kind: DnsKind,
+        zones: impl Fn(&[(String, u16)]) -> Vec<Zone>,
+    ) -> Federation {
+        Federation::start_full(specs, Some(kind), zones, |_| {}).await
+    }
+
+    async fn start_full(
+        specs: Vec<OperatorSpec>,
+        dns_kind: Option<DnsKind>,
+        zones: impl Fn(&[(String, u16)]) -> Vec<Zone>,
+        adjust: impl Fn(&mut String),
+    ) -> Federation {
         init_test_logs();
         let dir = TempDir::new("ssp-fed");
         let ca = DevCa::new("federation test CA").unwrap();
@@ -210,6 +303,18 @@ impl Federation {
         // Bind every listener first: each config can then name every other's real port.
         let listeners: Vec<(TcpListener, TcpListener)> =
             specs.iter().map(|_| (bind(), bind())).collect();
+        let gateways: Vec<(String, u16)> = specs
+            .iter()
+            .zip(&listeners)
+            .map(|(s, (pl, _))| (s.domain.clone(), port(pl)))
+            .collect();
+        let dns = match dns_kind {
+            Some(DnsKind::Nsd) => Some(FedDns::Nsd(Nsd::start(&zones(&gateways)).await.unwrap())),
+            Some(DnsKind::InProc) => Some(FedDns::InProc(
+                InProcDns::start(&zones(&gateways)).await.unwrap(),
+            )),
+            None => None,
+        };
         let mut ops = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let core = CoreSim::start(CoreSimConfig::new(&spec.core_domain, spec.core_mode))
@@ -249,6 +354,13 @@ impl Federation {
             };
             let (pl, cl) = &listeners[i];
             let mut text = gateway_toml(spec, &peers, &certs, &core.url(), port(pl), port(cl));
+            if let Some(d) = &dns {
+                let _ = write!(
+                    text,
+                    "\n[resolver]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\n[[resolver.enum]]\nsuffix = \"e164.arpa\"\n\n[policy]\naccept_unlisted_peers = true\n",
+                    d.addr()
+                );
+            }
             adjust(&mut text);
             let config_path = op_dir.join("gateway.toml");
             std::fs::write(&config_path, text).unwrap();
@@ -262,7 +374,13 @@ impl Federation {
                 directory_path,
             });
         }
-        let mut fed = Federation { ops, wire, ca, dir };
+        let mut fed = Federation {
+            ops,
+            wire,
+            ca,
+            dir,
+            dns,
+        };
         for (i, (pl, cl)) in listeners.into_iter().enumerate() {
             fed.start_gateway_on(i, Some(pl), Some(cl)).await;
         }
@@ -363,12 +481,22 @@ impl Federation {
             .iter_mut()
             .filter_map(|o| o.gateway.take())
             .collect();
-        let mut stops = Vec::new();
-        for g in gateways {
-            stops.push(tokio::spawn(g.shutdown()));
+        // All drain together first: answers between gateways still in flight get through.
+        let gateways: Vec<Arc<Running>> = gateways.into_iter().map(Arc::new).collect();
+        let drains: Vec<_> = gateways
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                tokio::spawn(async move { g.drain().await })
+            })
+            .collect();
+        for d in drains {
+            let _ = d.await;
         }
-        for s in stops {
-            let _ = s.await;
+        for g in gateways {
+            if let Ok(g) = Arc::try_unwrap(g) {
+                g.shutdown().await;
+            }
         }
         for op in self.ops.drain(..) {
             op.core.shutdown().await;

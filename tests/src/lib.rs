@@ -7,4 +7,5 @@
 
 pub mod baraza_peer;
 pub mod core_sim;
+pub mod dnslab;
 pub mod federation;

@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    resolver: Option<RawResolver>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
     #[serde(default, rename = "route")]
@@ -112,11 +114,53 @@ struct RawLimits {
     max_connections: Option<usize>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResolver {
+    nameservers: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    attempt_timeout: Option<String>,
+    #[serde(default)]
+    srv_label: Option<String>,
+    #[serde(default)]
+    fallbacks: Option<Vec<String>>,
+    #[serde(default)]
+    last_resort: Option<String>,
+    #[serde(default)]
+    negative_min_ttl: Option<String>,
+    #[serde(default)]
+    negative_max_ttl: Option<String>,
+    #[serde(default)]
+    hold_down: Option<String>,
+    #[serde(default)]
+    stale_max: Option<String>,
+    #[serde(default)]
+    originator_check: Option<String>,
+    #[serde(default)]
+    cache_entries: Option<usize>,
+    #[serde(default, rename = "enum")]
+    enums: Vec<RawEnum>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnum {
+    suffix: String,
+    #[serde(default)]
+    nameservers: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     originator_rate: Option<u32>,
     originator_burst: Option<u32>,
+    #[serde(default)]
+    accept_unlisted_peers: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +351,71 @@ pub struct Policy {
     pub originator_rate: u32,
     /// Burst for the same.
     pub originator_burst: u32,
+    /// Accept peers that are not in the peering table when their certificate chains to
+    /// `[tls] trust` and names the domain they claim (federation found through DNS).
+    pub accept_unlisted_peers: bool,
+}
+
+/// What the anti-spoofing check does with `wv:+MSISDN` originators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginatorCheck {
+    /// ENUM must place the number at the sending peer, else 901.
+    Enforce,
+    /// Check and log mismatches, but let the request through.
+    Log,
+    /// No check.
+    Off,
+}
+
+/// A fallback protocol for destinations without an IMPS server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// SIP/SIMPLE (RFC 3861 `_im._sip`/`_pres._sip`, RFC 3263).
+    Sip,
+    /// XMPP (`_im._xmpp`/`_pres._xmpp`, `_xmpp-server._tcp`).
+    Xmpp,
+}
+
+/// `[[resolver.enum]]`: one ENUM tree.
+#[derive(Debug, Clone)]
+pub struct EnumSuffix {
+    /// Suffix, e.g. `e164.arpa.` or a carrier tree.
+    pub suffix: String,
+    /// Name servers for it.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// Timeout of one query attempt.
+    pub timeout: std::time::Duration,
+}
+
+/// `[resolver]`: DNS-based destination resolution.
+#[derive(Debug, Clone)]
+pub struct ResolverSpec {
+    /// Name servers for SRV and address lookups.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// Budget for one route decision (all its lookups).
+    pub timeout: std::time::Duration,
+    /// Timeout of one query attempt.
+    pub attempt_timeout: std::time::Duration,
+    /// SRV label of IMPS servers (default `_imps-server._tcp`).
+    pub srv_label: String,
+    /// Fallback protocols, in order.
+    pub fallbacks: Vec<Fallback>,
+    /// `[[peer]]` domain of the gateway of last resort.
+    pub last_resort: Option<String>,
+    /// Negative answers are cached at least this long.
+    pub negative_min_ttl: std::time::Duration,
+    /// And at most this long.
+    pub negative_max_ttl: std::time::Duration,
+    /// A suffix or name-server set that failed is not asked again for this long.
+    pub hold_down: std::time::Duration,
+    /// An expired route is still used this long after expiry while DNS fails.
+    pub stale_max: std::time::Duration,
+    /// Anti-spoofing of `wv:+MSISDN` originators.
+    pub originator_check: OriginatorCheck,
+    /// Route cache capacity (entries).
+    pub cache_entries: usize,
+    /// ENUM trees, in order.
+    pub enums: Vec<EnumSuffix>,
 }
 
 /// `[gateway]`: identity of this operator.
@@ -409,6 +518,8 @@ pub struct Config {
     pub limits: LimitsSpec,
     /// `[policy]`.
     pub policy: Policy,
+    /// `[resolver]`.
+    pub resolver: Option<ResolverSpec>,
 }
 
 impl Config {
@@ -802,7 +913,143 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
     let policy = Policy {
         originator_rate: raw.policy.originator_rate.unwrap_or(20),
         originator_burst: raw.policy.originator_burst.unwrap_or(50),
+        accept_unlisted_peers: raw.policy.accept_unlisted_peers,
     };
+
+    let resolver = raw.resolver.map(|r| {
+        let path = |key: &str| [k("resolver"), k(key)];
+        let sockets =
+            |check: &mut Check<'_>, base: &[Step], list: &[String]| -> Vec<std::net::SocketAddr> {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| {
+                        let parsed = s.parse::<std::net::SocketAddr>().or_else(|_| {
+                            s.parse::<std::net::IpAddr>()
+                                .map(|ip| std::net::SocketAddr::new(ip, 53))
+                        });
+                        match parsed {
+                            Ok(a) => Some(a),
+                            Err(_) => {
+                                check.err(
+                                    &[base, &[Step::Index(i)]].concat(),
+                                    format!("{s:?} is not an IP address or address:port"),
+                                );
+                                None
+                            }
+                        }
+                    })
+                    .collect()
+            };
+        let dur = |check: &mut Check<'_>,
+                   key: &str,
+                   v: &Option<String>,
+                   default: u64|
+         -> std::time::Duration {
+            match v.as_deref().map(super::parse_duration) {
+                None => std::time::Duration::from_millis(default),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    check.err(&path(key), e);
+                    std::time::Duration::from_millis(default)
+                }
+            }
+        };
+        let nameservers = sockets(check, &path("nameservers"), &r.nameservers);
+        if nameservers.is_empty() {
+            check.err(&path("nameservers"), "at least one name server is required");
+        }
+        let attempt_timeout = dur(check, "attempt_timeout", &r.attempt_timeout, 700);
+        let mut enums = Vec::new();
+        for (i, e) in r.enums.iter().enumerate() {
+            let base = [k("resolver"), k("enum"), Step::Index(i)];
+            let ns = sockets(
+                check,
+                &[&base[..], &[k("nameservers")]].concat(),
+                &e.nameservers,
+            );
+            let timeout = match e.timeout.as_deref().map(super::parse_duration) {
+                None => attempt_timeout,
+                Some(Ok(d)) => d,
+                Some(Err(msg)) => {
+                    check.err(&[&base[..], &[k("timeout")]].concat(), msg);
+                    attempt_timeout
+                }
+            };
+            let suffix = e.suffix.trim_end_matches('.').to_ascii_lowercase();
+            if !valid_domain(&suffix) {
+                check.err(
+                    &[&base[..], &[k("suffix")]].concat(),
+                    format!("{:?} is not a domain", e.suffix),
+                );
+            }
+            enums.push(EnumSuffix {
+                suffix,
+                nameservers: if ns.is_empty() {
+                    nameservers.clone()
+                } else {
+                    ns
+                },
+                timeout,
+            });
+        }
+        let fallbacks = match &r.fallbacks {
+            None => vec![Fallback::Sip, Fallback::Xmpp],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| match f.as_str() {
+                    "sip" => Some(Fallback::Sip),
+                    "xmpp" => Some(Fallback::Xmpp),
+                    other => {
+                        check.err(
+                            &[k("resolver"), k("fallbacks"), Step::Index(i)],
+                            format!("{other:?}: expected \"sip\" or \"xmpp\""),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let last_resort = r.last_resort.as_deref().map(|d| d.to_ascii_lowercase());
+        if let Some(d) = &last_resort
+            && !peers.iter().any(|p| &p.domain == d)
+        {
+            check.err(
+                &path("last_resort"),
+                format!("no [[peer]] with domain {d:?}"),
+            );
+        }
+        let originator_check = match r.originator_check.as_deref() {
+            None | Some("enforce") => OriginatorCheck::Enforce,
+            Some("log") => OriginatorCheck::Log,
+            Some("off") => OriginatorCheck::Off,
+            Some(other) => {
+                check.err(
+                    &path("originator_check"),
+                    format!("{other:?}: expected \"enforce\", \"log\" or \"off\""),
+                );
+                OriginatorCheck::Enforce
+            }
+        };
+        ResolverSpec {
+            timeout: dur(check, "timeout", &r.timeout, 1500),
+            attempt_timeout,
+            srv_label: r
+                .srv_label
+                .clone()
+                .unwrap_or_else(|| "_imps-server._tcp".into()),
+            fallbacks,
+            last_resort,
+            negative_min_ttl: dur(check, "negative_min_ttl", &r.negative_min_ttl, 5_000),
+            negative_max_ttl: dur(check, "negative_max_ttl", &r.negative_max_ttl, 300_000),
+            hold_down: dur(check, "hold_down", &r.hold_down, 10_000),
+            stale_max: dur(check, "stale_max", &r.stale_max, 3_600_000),
+            originator_check,
+            cache_entries: r.cache_entries.unwrap_or(100_000),
+            enums,
+            nameservers,
+        }
+    });
 
     Some(Config {
         path: PathBuf::new(),
@@ -826,6 +1073,7 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         timeouts,
         limits,
         policy,
+        resolver,
     })
 }
 

@@ -110,10 +110,30 @@ impl Gateway {
     /// Which configured peer a connection or session is.
     fn identify(&self, s: &Session, info: &ConnInfo) -> Result<Arc<PeerRt>, Box<HttpResponse>> {
         if let Some(certs) = info.certs.as_deref().filter(|c| !c.is_empty()) {
-            let found = self.peers.all().into_iter().find(|p| {
+            let mut found = self.peers.all().into_iter().find(|p| {
                 cert_names_domain(&certs[0], &p.cfg.domain)
                     && p.cert_check.as_ref().is_some_and(|c| c.accepts(certs))
             });
+            if found.is_none() && self.cfg.policy.accept_unlisted_peers {
+                // The domain the peer claims (its session ID's, else its requestor's service),
+                // accepted when its certificate names it and chains to our default anchors.
+                let claimed = s
+                    .session_id
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .or_else(|| {
+                        s.transactions
+                            .iter()
+                            .find_map(|t| {
+                                t.primitive.meta()?.requestor_service().map(str::to_owned)
+                            })
+                            .and_then(|sid| WvId::parse(&sid).ok()?.domain)
+                    });
+                found = claimed
+                    .filter(|d| cert_names_domain(&certs[0], d))
+                    .and_then(|d| self.peers.get(&d))
+                    .filter(|p| p.cert_check.as_ref().is_some_and(|c| c.accepts(certs)));
+            }
             return found.ok_or_else(|| {
                 self.metrics.refused.with_label_values(&["auth"]).inc();
                 tracing::warn!(remote = %info.remote, "client certificate names no configured peer");

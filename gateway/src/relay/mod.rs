@@ -186,10 +186,10 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Graceful stop. First new requests are refused with HTTP 503 (senders fail over; nothing
-    /// accepted is lost) while answers to requests in flight are still taken in; once those
-    /// are finished (at most `[timeouts] drain` plus the request deadline), the listeners close.
-    pub async fn shutdown(self) {
+    /// Phase one of a graceful stop: refuse new requests with HTTP 503 (senders fail over;
+    /// nothing accepted is lost) while answers to requests in flight are still taken in, and
+    /// wait until those are finished (at most `[timeouts] drain` plus the request deadline).
+    pub async fn drain(&self) {
         self.gateway
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -197,6 +197,11 @@ impl Running {
         if !self.gateway.drain(within).await {
             tracing::warn!("shutdown deadline passed with requests still in flight");
         }
+    }
+
+    /// Graceful stop: [`Running::drain`], then close the listeners.
+    pub async fn shutdown(self) {
+        self.drain().await;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

@@ -1,16 +1,36 @@
-//! Destination resolution by DNS: ENUM (RFC 6116) for `wv:+MSISDN`, SRV for domains.
+//! Destination resolution by DNS: ENUM (RFC 6116) for `wv:+MSISDN`, then server location for
+//! the domain (profile section 8): the peering table, SRV `_imps-server._tcp` (RFC 2782), the
+//! SIP/SIMPLE (RFC 3861, RFC 3263) and XMPP fallbacks, the gateway of last resort.
+//!
+//! Decisions are cached per (destination, service) until the smallest TTL of every record the
+//! decision used; negative answers within configured bounds. Lookups that fail (timeout,
+//! SERVFAIL) put the ENUM suffix or name-server set on a short hold-down, and an expired
+//! decision is served "stale" for a bounded time while DNS fails, so an outage does not cut off
+//! destinations already known. NXDOMAIN is a normal answer, not an alarm. Time comes from an
+//! explicit [`Clock`] so tests can advance it.
 
 pub mod ddds;
+pub mod dns;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::Uri;
+use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Fallback, OriginatorCheck, ResolverSpec};
 use crate::ops::metrics::Metrics;
-use crate::relay::route::Dest;
+use crate::relay::merge::status;
+use crate::relay::route::{Dest, Remote, Source};
+use crate::ssp::ids::WvId;
 use crate::ssp::walk::RouteBy;
-use crate::ssp::{E164, Primitive};
+use crate::ssp::{E164, Primitive, status as code};
+use ddds::{EnumOutcome, NaptrAnswer, NaptrSource, Service, SourceError, SrvOrder};
+use dns::{Answer, Dns, Failure, NsSet};
 
-/// Resolver errors.
+/// Resolver errors (configuration only; lookups fail into decisions or [`Transient`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// Configuration problem.
@@ -18,33 +38,895 @@ pub enum ResolveError {
     Config(String),
 }
 
-/// Shared DNS resolution with caching.
-#[derive(Debug)]
+/// A resolution that could not complete because DNS did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DNS unavailable: {0}")]
+pub struct Transient(pub String);
+
+/// What a route is for: messaging and search (`im`) or presence (`pres`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Svc {
+    /// `E2U+im`, `_im._…`.
+    Im,
+    /// `E2U+pres`, `_pres._…`.
+    Pres,
+}
+
+impl Svc {
+    /// The service a request primitive needs.
+    pub fn of(p: &Primitive) -> Svc {
+        match p {
+            Primitive::SubscribeRequest(_)
+            | Primitive::UnsubscribeRequest(_)
+            | Primitive::GetPresenceRequest(_)
+            | Primitive::PresenceNotification(_) => Svc::Pres,
+            _ => Svc::Im,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Svc::Im => "im",
+            Svc::Pres => "pres",
+        }
+    }
+}
+
+/// How the destination is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// An IMPS SSP server.
+    Imps,
+    /// SIP/SIMPLE only.
+    Sip,
+    /// XMPP only.
+    Xmpp,
+    /// The configured gateway of last resort.
+    LastResort,
+    /// Nothing.
+    None,
+}
+
+impl Protocol {
+    /// The name used by `resolve`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imps => "imps",
+            Protocol::Sip => "sip",
+            Protocol::Xmpp => "xmpp",
+            Protocol::LastResort => "last-resort",
+            Protocol::None => "none",
+        }
+    }
+}
+
+/// The NAPTR that decided an ENUM lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnumHit {
+    /// The URI it produced.
+    pub uri: String,
+    /// Its enumservice (`im`, `pres`, `sip`, `xmpp`).
+    pub service: String,
+    /// ORDER.
+    pub order: u16,
+    /// PREFERENCE.
+    pub preference: u16,
+}
+
+/// One server to try.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Host name (SRV target), or the peer domain for configured peers.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// A route decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// What was resolved (`+E164` or a domain).
+    pub target: String,
+    /// For which service.
+    pub service: Svc,
+    /// The ENUM result, if ENUM was used and matched.
+    #[serde(rename = "enum")]
+    pub enum_hit: Option<EnumHit>,
+    /// The destination's domain.
+    pub domain: Option<String>,
+    /// How to reach it.
+    pub protocol: Protocol,
+    /// Servers in failover order.
+    pub targets: Vec<Target>,
+    /// Seconds this decision stays valid (smallest TTL of the chain).
+    pub ttl: u32,
+    /// Whether the domain is in the static peering table (no DNS for server location).
+    #[serde(skip)]
+    pub peering: bool,
+}
+
+impl Decision {
+    fn new(target: &str, service: Svc) -> Decision {
+        Decision {
+            target: target.to_owned(),
+            service,
+            enum_hit: None,
+            domain: None,
+            protocol: Protocol::None,
+            targets: Vec::new(),
+            ttl: u32::MAX,
+            peering: false,
+        }
+    }
+
+    /// SSP URLs of the targets (`https://addr:port/`), in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.targets
+            .iter()
+            .flat_map(|t| {
+                t.addrs.iter().map(move |a| match a {
+                    IpAddr::V4(v4) => format!("https://{v4}:{}/", t.port),
+                    IpAddr::V6(v6) => format!("https://[{v6}]:{}/", t.port),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Time source of the cache: the system clock, or one that tests move by hand.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// Real time.
+    System,
+    /// A fixed base plus a manually advanced offset.
+    Manual(Instant, Arc<Mutex<Duration>>),
+}
+
+impl Clock {
+    /// A manual clock starting now.
+    pub fn manual() -> Clock {
+        Clock::Manual(Instant::now(), Arc::new(Mutex::new(Duration::ZERO)))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            Clock::Manual(base, off) => *base + off.lock().map(|d| *d).unwrap_or_default(),
+        }
+    }
+
+    /// Move a manual clock forward (no effect on the system clock).
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(_, off) = self
+            && let Ok(mut d) = off.lock()
+        {
+            *d += by;
+        }
+    }
+}
+
+/// A human-readable record of every step (queries, records with TTLs, choices).
+#[derive(Debug, Default)]
+pub struct Trace(Mutex<Vec<String>>);
+
+impl Trace {
+    fn line(&self, s: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(s);
+        }
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+fn tr(t: Option<&Trace>, s: impl FnOnce() -> String) {
+    if let Some(t) = t {
+        t.line(s());
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    decision: Decision,
+    expires: Instant,
+    stale_until: Instant,
+}
+
+/// The resolver shared by the whole gateway.
 pub struct Resolver {
-    _metrics: Metrics,
+    spec: ResolverSpec,
+    dns: Dns,
+    metrics: Metrics,
+    clock: Clock,
+    public_domain: String,
+    /// Configured peers (domain, has URLs): the peering table is consulted before SRV.
+    peering: Vec<(String, bool)>,
+    cache: Mutex<HashMap<(String, Svc), Cached>>,
+    holds: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").finish_non_exhaustive()
+    }
+}
+
+/// Where a lookup goes, as a NAPTR source for the DDDS algorithm.
+struct DnsSource<'a> {
+    r: &'a Resolver,
+    ns: NsSet,
+    trace: Option<&'a Trace>,
+}
+
+impl NaptrSource for DnsSource<'_> {
+    async fn naptr(&self, name: &str) -> Result<NaptrAnswer, SourceError> {
+        tr(self.trace, || format!("query NAPTR {name}"));
+        let a = self.r.dns.naptr(&self.ns, name).await;
+        self.r
+            .count("naptr", a.as_ref().map(naptr_kind).unwrap_or("error"));
+        match &a {
+            Ok(NaptrAnswer::Records(rs)) => {
+                for n in rs {
+                    tr(self.trace, || {
+                        format!(
+                            "  {} NAPTR {} {} {:?} {:?} {:?} {}",
+                            n.ttl,
+                            n.order,
+                            n.preference,
+                            n.flags,
+                            n.services,
+                            n.regexp,
+                            n.replacement
+                        )
+                    });
+                }
+            }
+            Ok(NaptrAnswer::NoData { negative_ttl }) => tr(self.trace, || {
+                format!("  NODATA (negative TTL {negative_ttl:?})")
+            }),
+            Ok(NaptrAnswer::NxDomain { negative_ttl }) => tr(self.trace, || {
+                format!("  NXDOMAIN (negative TTL {negative_ttl:?})")
+            }),
+            Err(e) => tr(self.trace, || format!("  failed: {e}")),
+        }
+        a.map_err(|e| SourceError(e.0))
+    }
+}
+
+fn naptr_kind(a: &NaptrAnswer) -> &'static str {
+    match a {
+        NaptrAnswer::Records(_) => "ok",
+        NaptrAnswer::NoData { .. } => "nodata",
+        NaptrAnswer::NxDomain { .. } => "nxdomain",
+    }
+}
+
+fn answer_kind<T>(a: &Answer<T>) -> &'static str {
+    match a {
+        Answer::Records(..) => "ok",
+        Answer::NoData(_) => "nodata",
+        Answer::NxDomain(_) => "nxdomain",
+    }
+}
+
+/// Result of looking for one protocol at a domain.
+enum Found {
+    /// Targets, with the smallest TTL used.
+    Targets(Vec<Target>, u32),
+    /// The protocol is decidedly not offered (SRV target ".").
+    NotOffered(u32),
+    /// No records (negative TTL if known).
+    Nothing(Option<u32>),
 }
 
 impl Resolver {
     /// Build from `[resolver]`; `None` when the config has no DNS section.
-    pub fn from_config(_cfg: &Config, _metrics: Metrics) -> Result<Option<Resolver>, ResolveError> {
-        Ok(None)
+    pub fn from_config(cfg: &Config, metrics: Metrics) -> Result<Option<Resolver>, ResolveError> {
+        Ok(cfg
+            .resolver
+            .as_ref()
+            .map(|spec| Resolver::new(cfg, spec.clone(), metrics, Clock::System)))
     }
 
-    /// Forget cached routes.
-    pub fn clear(&self) {}
-
-    /// Route by DNS.
-    pub async fn route(&self, _cfg: &Config, rb: &RouteBy, _req: &Primitive) -> Dest {
-        crate::relay::route::no_route(rb)
+    /// A resolver with an explicit clock (tests).
+    pub fn new(cfg: &Config, spec: ResolverSpec, metrics: Metrics, clock: Clock) -> Resolver {
+        let peering = cfg
+            .peers
+            .iter()
+            .map(|p| (p.domain.clone(), !p.urls.is_empty()))
+            .collect();
+        Resolver::with_parts(spec, &cfg.gateway.public_domain, peering, metrics, clock)
     }
 
-    /// SSP URLs of a domain from SRV.
-    pub async fn peer_urls(&self, _domain: &str) -> Vec<Uri> {
-        Vec::new()
+    /// A resolver from its parts: `peering` lists (domain, has configured URLs).
+    pub fn with_parts(
+        spec: ResolverSpec,
+        public_domain: &str,
+        peering: Vec<(String, bool)>,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Resolver {
+        Resolver {
+            spec,
+            dns: Dns::new(),
+            metrics,
+            clock,
+            public_domain: public_domain.to_ascii_lowercase(),
+            peering,
+            cache: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Whether ENUM places `n` at `domain`.
-    pub async fn check_originator(&self, _n: E164, _domain: &str) -> bool {
-        true
+    /// The clock (tests advance a manual one).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Forget every cached decision (after a directory reload: numbers may have moved).
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    fn count(&self, rtype: &str, result: &str) {
+        self.metrics
+            .dns_lookups
+            .with_label_values(&[rtype, result])
+            .inc();
+    }
+
+    fn held(&self, key: &str) -> bool {
+        let now = self.clock.now();
+        self.holds
+            .lock()
+            .map(|h| h.get(key).is_some_and(|until| now < *until))
+            .unwrap_or(false)
+    }
+
+    fn hold(&self, key: &str) {
+        let until = self.clock.now() + self.spec.hold_down;
+        if let Ok(mut h) = self.holds.lock() {
+            h.insert(key.to_owned(), until);
+        }
+        tracing::warn!(%key, hold_down = ?self.spec.hold_down, "DNS failing: holding down");
+    }
+
+    fn main_ns(&self) -> NsSet {
+        NsSet {
+            servers: self.spec.nameservers.clone(),
+            timeout: self.spec.attempt_timeout,
+        }
+    }
+
+    fn ns_key(ns: &NsSet) -> String {
+        let list: Vec<String> = ns.servers.iter().map(|s| s.to_string()).collect();
+        format!("ns:{}", list.join(","))
+    }
+
+    /// The decision for a number or a domain, from the cache when fresh.
+    pub async fn decide(&self, target: &str, svc: Svc) -> Result<Decision, Transient> {
+        let key = (target.to_owned(), svc);
+        let now = self.clock.now();
+        let cached = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
+        if let Some(c) = &cached
+            && now < c.expires
+        {
+            let kind = if c.decision.protocol == Protocol::None {
+                "negative"
+            } else {
+                "hit"
+            };
+            self.metrics.route_cache.with_label_values(&[kind]).inc();
+            return Ok(c.decision.clone());
+        }
+        self.metrics.route_cache.with_label_values(&["miss"]).inc();
+        match self.decide_uncached(target, svc, None).await {
+            Ok(d) => {
+                self.store(key, &d);
+                Ok(d)
+            }
+            Err(e) => match cached.filter(|c| now < c.stale_until) {
+                Some(c) => {
+                    // RFC 8767-style serve-stale: known destinations survive a DNS outage.
+                    self.metrics.route_cache.with_label_values(&["stale"]).inc();
+                    tracing::warn!(%target, error = %e, "DNS failing: using the expired route");
+                    Ok(c.decision)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn store(&self, key: (String, Svc), d: &Decision) {
+        let mut ttl = Duration::from_secs(u64::from(d.ttl));
+        if d.protocol == Protocol::None {
+            ttl = ttl.clamp(self.spec.negative_min_ttl, self.spec.negative_max_ttl);
+        }
+        let now = self.clock.now();
+        let entry = Cached {
+            decision: d.clone(),
+            expires: now + ttl,
+            stale_until: now + ttl + self.spec.stale_max,
+        };
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= self.spec.cache_entries {
+                // Full: drop what is past its stale window; if that is not enough, start over
+                // (a rare, bounded cost; the cache refills from DNS).
+                c.retain(|_, e| now < e.stale_until);
+                if c.len() >= self.spec.cache_entries {
+                    c.clear();
+                }
+            }
+            c.insert(key, entry);
+        }
+    }
+
+    /// Resolve without the cache, within the time budget; `trace` records every step.
+    pub async fn decide_uncached(
+        &self,
+        target: &str,
+        svc: Svc,
+        trace: Option<&Trace>,
+    ) -> Result<Decision, Transient> {
+        let work = async {
+            match target.strip_prefix('+').map(E164::from_digits) {
+                Some(Ok(n)) => self.resolve_number(n, svc, trace).await,
+                Some(Err(e)) => Err(Transient(e.to_string())),
+                None => {
+                    let mut d = Decision::new(target, svc);
+                    self.locate(&mut d, &target.to_ascii_lowercase(), None, trace)
+                        .await?;
+                    Ok(d)
+                }
+            }
+        };
+        match tokio::time::timeout(self.spec.timeout, work).await {
+            // Decisions that used no DNS record (peering table, no ENUM) get an hour.
+            Ok(Ok(mut d)) => {
+                if d.ttl == u32::MAX {
+                    d.ttl = STATIC_TTL;
+                }
+                Ok(d)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                tr(trace, || {
+                    format!("time budget of {:?} exceeded", self.spec.timeout)
+                });
+                Err(Transient(format!(
+                    "lookups took longer than {:?}",
+                    self.spec.timeout
+                )))
+            }
+        }
+    }
+
+    async fn resolve_number(
+        &self,
+        n: E164,
+        svc: Svc,
+        trace: Option<&Trace>,
+    ) -> Result<Decision, Transient> {
+        let aus = format!("+{n}");
+        let mut d = Decision::new(&aus, svc);
+        let wanted = match svc {
+            Svc::Im => [Service::Im, Service::Sip, Service::Xmpp],
+            Svc::Pres => [Service::Pres, Service::Sip, Service::Xmpp],
+        };
+        let mut transient: Option<String> = None;
+        let mut negative: Option<u32> = None;
+        let mut hit = None;
+        for suffix in &self.spec.enums {
+            let hold_key = format!("enum:{}", suffix.suffix);
+            if self.held(&hold_key) {
+                tr(trace, || {
+                    format!("ENUM suffix {} held down after a failure", suffix.suffix)
+                });
+                transient.get_or_insert_with(|| format!("ENUM tree {} held down", suffix.suffix));
+                continue;
+            }
+            let key = ddds::enum_domain(&n.digits(), &suffix.suffix);
+            let source = DnsSource {
+                r: self,
+                ns: NsSet {
+                    servers: suffix.nameservers.clone(),
+                    timeout: suffix.timeout,
+                },
+                trace,
+            };
+            match ddds::resolve(&source, &aus, &key, &wanted).await {
+                Err(e) => {
+                    self.hold(&hold_key);
+                    transient = Some(e.0);
+                }
+                Ok(EnumOutcome::NotFound { negative_ttl, .. }) => {
+                    tr(trace, || format!("no ENUM match under {}", suffix.suffix));
+                    negative = min_opt(negative, negative_ttl);
+                }
+                Ok(EnumOutcome::Found(r)) => {
+                    hit = Some(r);
+                    break;
+                }
+            }
+        }
+        let Some(r) = hit else {
+            if let Some(t) = transient {
+                return Err(Transient(t));
+            }
+            d.ttl = negative.unwrap_or(0);
+            self.last_resort(&mut d, trace);
+            return Ok(d);
+        };
+        let c = &r.candidate;
+        tr(trace, || {
+            format!(
+                "chosen NAPTR: order {} preference {} service {} -> {}",
+                c.order, c.preference, c.service, c.uri
+            )
+        });
+        d.enum_hit = Some(EnumHit {
+            uri: c.uri.clone(),
+            service: c.service.to_string(),
+            order: c.order,
+            preference: c.preference,
+        });
+        d.ttl = r.min_ttl;
+        let Some(domain) = ddds::uri_domain(&c.uri) else {
+            tr(trace, || format!("URI {} names no domain", c.uri));
+            self.last_resort(&mut d, trace);
+            return Ok(d);
+        };
+        // The URI scheme narrows what to look for: im:/pres: any protocol, sip:/xmpp: that one.
+        let only = match c.service {
+            Service::Sip => Some(Fallback::Sip),
+            Service::Xmpp => Some(Fallback::Xmpp),
+            _ => None,
+        };
+        self.locate(&mut d, &domain, only, trace).await?;
+        Ok(d)
+    }
+
+    fn last_resort(&self, d: &mut Decision, trace: Option<&Trace>) {
+        match &self.spec.last_resort {
+            Some(lr) => {
+                tr(trace, || format!("gateway of last resort: {lr}"));
+                d.protocol = Protocol::LastResort;
+                d.domain.get_or_insert_with(|| lr.clone());
+            }
+            None => {
+                tr(trace, || "no route".to_owned());
+                d.protocol = Protocol::None;
+            }
+        }
+    }
+
+    /// Find servers for `domain`: peering table, SRV for IMPS, fallbacks, last resort.
+    async fn locate(
+        &self,
+        d: &mut Decision,
+        domain: &str,
+        only: Option<Fallback>,
+        trace: Option<&Trace>,
+    ) -> Result<(), Transient> {
+        d.domain = Some(domain.to_owned());
+        if domain == self.public_domain {
+            tr(trace, || format!("{domain} is our own domain"));
+            d.protocol = Protocol::Imps;
+            return Ok(());
+        }
+        if only.is_none() {
+            if let Some((_, has_urls)) = self.peering.iter().find(|(p, _)| p == domain) {
+                tr(trace, || format!("{domain} is in the peering table"));
+                d.protocol = Protocol::Imps;
+                d.peering = true;
+                if *has_urls {
+                    return Ok(());
+                }
+            }
+            let name = format!("{}.{domain}", self.spec.srv_label);
+            match self.srv_targets(&name, trace).await? {
+                Found::Targets(t, ttl) => {
+                    d.protocol = Protocol::Imps;
+                    d.targets = t;
+                    d.ttl = d.ttl.min(ttl);
+                    return Ok(());
+                }
+                Found::NotOffered(ttl) => d.ttl = d.ttl.min(ttl),
+                Found::Nothing(neg) => d.ttl = d.ttl.min(neg.unwrap_or(0)),
+            }
+            if d.peering {
+                // A configured peer without URLs that SRV does not know: nothing to reach.
+                d.protocol = Protocol::None;
+            }
+        }
+        let fallbacks: Vec<Fallback> = match only {
+            Some(f) => vec![f],
+            None => self.spec.fallbacks.clone(),
+        };
+        for fb in fallbacks {
+            let names: Vec<String> = match fb {
+                Fallback::Sip => {
+                    // RFC 3861 first, then RFC 3263: the domain's NAPTR records point at SRV
+                    // names per transport; without them, the well-known SRV names.
+                    let mut v = vec![format!("_{}._sip.{domain}", d.service.label())];
+                    v.extend(self.sip_naptr(domain, trace).await?);
+                    v.extend([
+                        format!("_sips._tcp.{domain}"),
+                        format!("_sip._tcp.{domain}"),
+                        format!("_sip._udp.{domain}"),
+                    ]);
+                    v
+                }
+                Fallback::Xmpp => vec![
+                    format!("_{}._xmpp.{domain}", d.service.label()),
+                    format!("_xmpp-server._tcp.{domain}"),
+                ],
+            };
+            for name in names {
+                match self.srv_targets(&name, trace).await? {
+                    Found::Targets(t, ttl) => {
+                        d.protocol = match fb {
+                            Fallback::Sip => Protocol::Sip,
+                            Fallback::Xmpp => Protocol::Xmpp,
+                        };
+                        d.targets = t;
+                        d.ttl = d.ttl.min(ttl);
+                        return Ok(());
+                    }
+                    // "." for this protocol: skip to the next protocol, no address fallback.
+                    Found::NotOffered(ttl) => {
+                        d.ttl = d.ttl.min(ttl);
+                        break;
+                    }
+                    Found::Nothing(neg) => d.ttl = d.ttl.min(neg.unwrap_or(0)),
+                }
+            }
+        }
+        self.last_resort(d, trace);
+        Ok(())
+    }
+
+    /// RFC 3263 §4.1: SRV names from the domain's `SIPS+D2T`/`SIP+D2T`/`SIP+D2U` NAPTRs.
+    async fn sip_naptr(
+        &self,
+        domain: &str,
+        trace: Option<&Trace>,
+    ) -> Result<Vec<String>, Transient> {
+        let ns = self.main_ns();
+        tr(trace, || format!("query NAPTR {domain}."));
+        let mut recs = match self.dns.naptr(&ns, domain).await {
+            Ok(NaptrAnswer::Records(r)) => r,
+            Ok(_) => {
+                tr(trace, || "  no records".to_owned());
+                return Ok(Vec::new());
+            }
+            Err(Failure(e)) => {
+                tr(trace, || format!("  failed: {e}"));
+                return Err(Transient(e));
+            }
+        };
+        recs.sort_by_key(|n| (n.order, n.preference));
+        Ok(recs
+            .into_iter()
+            .filter(|n| {
+                n.flags.eq_ignore_ascii_case("s")
+                    && ["SIPS+D2T", "SIP+D2T", "SIP+D2U"]
+                        .iter()
+                        .any(|s| n.services.eq_ignore_ascii_case(s))
+                    && n.replacement != "."
+            })
+            .map(|n| {
+                tr(trace, || {
+                    format!(
+                        "  {} NAPTR {} {} \"s\" {:?} -> {}",
+                        n.ttl, n.order, n.preference, n.services, n.replacement
+                    )
+                });
+                n.replacement.trim_end_matches('.').to_owned()
+            })
+            .collect())
+    }
+
+    /// SRV lookup and RFC 2782 ordering, with target addresses.
+    async fn srv_targets(&self, name: &str, trace: Option<&Trace>) -> Result<Found, Transient> {
+        let ns = self.main_ns();
+        let hold_key = Self::ns_key(&ns);
+        if self.held(&hold_key) {
+            tr(trace, || {
+                format!("name servers {hold_key} held down after a failure")
+            });
+            return Err(Transient(format!("{hold_key} held down")));
+        }
+        tr(trace, || format!("query SRV {name}."));
+        let a = self.dns.srv(&ns, name).await;
+        self.count("srv", a.as_ref().map(answer_kind).unwrap_or("error"));
+        let (records, extra) = match a {
+            Err(Failure(e)) => {
+                tr(trace, || format!("  failed: {e}"));
+                self.hold(&hold_key);
+                return Err(Transient(e));
+            }
+            Ok(Answer::NoData(t)) | Ok(Answer::NxDomain(t)) => {
+                tr(trace, || format!("  no records (negative TTL {t:?})"));
+                return Ok(Found::Nothing(t));
+            }
+            Ok(Answer::Records(r, x)) => (r, x),
+        };
+        for s in &records {
+            tr(trace, || {
+                format!(
+                    "  {} SRV {} {} {} {}",
+                    s.ttl, s.priority, s.weight, s.port, s.target
+                )
+            });
+        }
+        let mut ttl = records.iter().map(|s| s.ttl).min().unwrap_or(0);
+        let ordered = match ddds::order_srv(&records, &mut rand::rng()) {
+            SrvOrder::NotOffered => {
+                tr(trace, || {
+                    "  service decidedly not offered (target \".\")".to_owned()
+                });
+                return Ok(Found::NotOffered(ttl));
+            }
+            SrvOrder::Targets(t) => t,
+        };
+        let mut targets = Vec::new();
+        for s in ordered {
+            // Additional-section addresses when the server sent them (never relied upon).
+            let mut addrs: Vec<IpAddr> = extra
+                .iter()
+                .filter(|(h, _, _)| h.eq_ignore_ascii_case(&s.target))
+                .map(|(_, ip, t)| {
+                    ttl = ttl.min(*t);
+                    *ip
+                })
+                .collect();
+            if addrs.is_empty() {
+                tr(trace, || format!("query A/AAAA {}.", s.target));
+                match self.dns.addrs(&ns, &s.target).await {
+                    Ok(Answer::Records(list, _)) => {
+                        self.count("a", "ok");
+                        for (ip, t) in list {
+                            tr(trace, || format!("  {t} {ip}"));
+                            ttl = ttl.min(t);
+                            addrs.push(ip);
+                        }
+                    }
+                    Ok(other) => {
+                        self.count("a", answer_kind(&other));
+                        tr(trace, || "  no address".to_owned());
+                    }
+                    Err(Failure(e)) => {
+                        self.count("a", "error");
+                        tr(trace, || format!("  failed: {e}"));
+                    }
+                }
+            }
+            if !addrs.is_empty() {
+                targets.push(Target {
+                    host: s.target.clone(),
+                    port: s.port,
+                    addrs,
+                });
+            }
+        }
+        if targets.is_empty() {
+            return Ok(Found::Nothing(Some(ttl)));
+        }
+        tr(trace, || {
+            let list: Vec<String> = targets
+                .iter()
+                .map(|t| format!("{}:{} {:?}", t.host, t.port, t.addrs))
+                .collect();
+            format!("  ordered targets: {}", list.join(", "))
+        });
+        Ok(Found::Targets(targets, ttl))
+    }
+
+    /// Where a route-by value goes, by DNS (after the static checks of the relay).
+    pub async fn route(&self, cfg: &Config, rb: &RouteBy, req: &Primitive) -> Dest {
+        let svc = Svc::of(req);
+        let target = match crate::relay::route::route_number(cfg, rb) {
+            Ok(Some(n)) => format!("+{n}"),
+            Ok(None) => match rb {
+                RouteBy::Id(s) => match WvId::parse(s).ok().and_then(|id| id.domain) {
+                    Some(d) => d,
+                    None => return crate::relay::route::no_route(rb),
+                },
+                RouteBy::SearchNumber(_) => return crate::relay::route::no_route(rb),
+            },
+            Err(st) => return Dest::Fail(st),
+        };
+        match self.decide(&target, svc).await {
+            Ok(d) => self.dest_of(&d, rb),
+            Err(e) => Dest::Fail(status(
+                code::UNAVAILABLE,
+                format!("route to {} unknown: {e}", rb.as_str()),
+            )),
+        }
+    }
+
+    fn dest_of(&self, d: &Decision, rb: &RouteBy) -> Dest {
+        let source = if d.enum_hit.is_some() {
+            Source::Enum
+        } else if d.peering {
+            Source::Peering
+        } else {
+            Source::Srv
+        };
+        match d.protocol {
+            Protocol::Imps if d.domain.as_deref() == Some(self.public_domain.as_str()) => {
+                Dest::Fail(status(
+                    code::UNKNOWN_USER,
+                    format!("{} is not a subscriber here", rb.as_str()),
+                ))
+            }
+            Protocol::Imps => Dest::Remote(Remote {
+                domain: d.domain.clone().unwrap_or_default(),
+                urls: d.urls(),
+                source,
+            }),
+            Protocol::LastResort => Dest::Remote(Remote {
+                domain: self.spec.last_resort.clone().unwrap_or_default(),
+                urls: Vec::new(),
+                source: Source::LastResort,
+            }),
+            Protocol::Sip | Protocol::Xmpp => Dest::Fail(status(
+                code::NOT_SUPPORTED,
+                format!(
+                    "{} is reachable by {} only and no gateway of last resort is configured",
+                    rb.as_str(),
+                    d.protocol.as_str()
+                ),
+            )),
+            Protocol::None => crate::relay::route::no_route(rb),
+        }
+    }
+
+    /// SSP URLs of a domain (SRV), for peers found only through DNS.
+    pub async fn peer_urls(&self, domain: &str) -> Vec<Uri> {
+        match self.decide(domain, Svc::Im).await {
+            Ok(d) if d.protocol == Protocol::Imps => {
+                d.urls().iter().filter_map(|u| u.parse().ok()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Anti-spoofing: whether ENUM places `n` at `peer_domain` (per `originator_check`).
+    pub async fn check_originator(&self, n: E164, peer_domain: &str) -> bool {
+        if self.spec.originator_check == OriginatorCheck::Off {
+            return true;
+        }
+        let ok = match self.decide(&format!("+{n}"), Svc::Im).await {
+            Ok(d) => d.domain.as_deref() == Some(peer_domain),
+            // DNS trouble must not turn into refusals of legitimate traffic.
+            Err(_) => true,
+        };
+        if !ok {
+            tracing::warn!(number = %n, peer = peer_domain, "ENUM does not place the originator at the sending peer");
+        }
+        ok || self.spec.originator_check == OriginatorCheck::Log
+    }
+}
+
+/// Validity of decisions that involved no DNS record, in seconds.
+const STATIC_TTL: u32 = 3600;
+
+fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
     }
 }

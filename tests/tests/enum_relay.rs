@@ -1,0 +1,161 @@
+//! The relay routing `wv:+MSISDN` destinations it has no static route for: ENUM NAPTR and SRV
+//! `_imps-server._tcp` from a real NSD, and the ENUM-based anti-spoofing check.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use ssp_gateway::ops::metrics::Metrics;
+use ssp_gateway::relay::http::{Connector, SspClient};
+use ssp_gateway::tls::{self, ServerTrust};
+use ssp_testbed::federation::{DnsKind, Federation, OperatorSpec, federation_zones};
+
+const A: &str = "+46701234567";
+const B: &str = "+4915112345678";
+const WAIT: Duration = Duration::from_secs(8);
+
+fn ops() -> Vec<OperatorSpec> {
+    let mut x = OperatorSpec::new('x', "46").user("usera", A, "User A");
+    let mut y = OperatorSpec::new('y', "49").user("userb", B, "User B");
+    // No static peering and no prefix routes: everything comes from DNS.
+    x.static_peering = false;
+    y.static_peering = false;
+    vec![x, y]
+}
+
+fn numbers() -> Vec<(String, String)> {
+    vec![
+        (A.into(), "opx.example".into()),
+        (B.into(), "opy.example".into()),
+        // A number ENUM places at a third operator.
+        ("+4930000000".into(), "opz.example".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_routes_by_enum_and_srv_from_nsd() {
+    let fed = Federation::start_dns(ops(), DnsKind::Nsd, |gws| {
+        federation_zones(gws, &numbers(), 300)
+    })
+    .await;
+    let (cx, cy) = (&fed.ops[0].core, &fed.ops[1].core);
+    let (_mid, st) = cx
+        .send_message("usera", &["wv:+4915112345678"], "found by ENUM", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
+            .await
+    );
+    assert_eq!(cy.received("userb")[0].from, format!("wv:{A}"));
+    // The delivery report finds its way back by ENUM too (Y has no route to X either).
+    assert!(
+        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
+            .await
+    );
+    // Presence goes by E2U+pres.
+    assert_eq!(
+        cx.subscribe("usera", "wv:+4915112345678")
+            .await
+            .unwrap()
+            .code,
+        200
+    );
+    let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
+    assert!(
+        Metrics::counter_value(&gx.metrics.dns_lookups, &["naptr", "ok"]) >= 2,
+        "ENUM was queried for im and pres"
+    );
+    assert!(
+        Metrics::counter_value(&gx.metrics.dns_lookups, &["srv", "ok"]) >= 1,
+        "SRV was queried"
+    );
+    // A second message within the TTL makes no DNS query.
+    let before = Metrics::counter_value(&gx.metrics.dns_lookups, &["naptr", "ok"]);
+    cx.send_message("usera", &["wv:+4915112345678"], "again", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        Metrics::counter_value(&gx.metrics.dns_lookups, &["naptr", "ok"]),
+        before
+    );
+    // A number ENUM does not know: 516.
+    let (_mid, st) = cx
+        .send_message("usera", &["wv:+4915199999999"], "nobody", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 516, "{st:?}");
+    fed.assert_topology_hidden();
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
+    let fed = Federation::start_dns(ops(), DnsKind::Nsd, |gws| {
+        federation_zones(gws, &numbers(), 300)
+    })
+    .await;
+    let url: http::Uri = fed.ops[1].peer_url.parse().unwrap();
+    // X's certificate, as gateway X would present it.
+    let client = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(fed.ca.cert_der()).unwrap();
+        let issued = fed.ca.issue("opx.example").unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        let cfg = tls::client_config(
+            ServerTrust::Roots(Arc::new(roots)),
+            Some((vec![issued.der], key)),
+            false,
+        )
+        .unwrap();
+        SspClient::new(
+            Connector::new(
+                Some((
+                    Arc::new(cfg),
+                    rustls_pki_types::ServerName::try_from("opy.example").unwrap(),
+                )),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            ),
+            Duration::from_secs(5),
+            1 << 20,
+        )
+    };
+    let send = |from: &str| {
+        format!(
+            r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="1@opx.example"><Transaction mode="Request" transactionID="t-{from}"><SendMessageRequest><MetaInfo clientOriginated="Yes"><Requestor serviceID="wv:@opx.example"><User userID="wv:{from}"/></Requestor></MetaInfo><MessageInfo contentType="text/plain" contentSize="2"><Recipient><User userID="wv:{B}"/></Recipient><Sender><User userID="wv:{from}"/></Sender></MessageInfo><ContentData contentType="text/plain" encoding="base64">aGk=</ContentData></SendMessageRequest></Transaction></Session></WV-SSP-Message>"#
+        )
+    };
+    // Y knows X only through DNS (no peering entry): it answers asynchronously, so watch
+    // Y's decisions and its core rather than the HTTP body.
+    let gy = fed.ops[1].gateway.as_ref().unwrap().gateway.clone();
+    let spoofs = || Metrics::counter_value(&gy.metrics.refused, &["spoof"]);
+    // ENUM places +4930000000 at opz.example, not at X: refused with 901.
+    let (status, _) = client
+        .post(&url, send("+4930000000"), &[], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200, "accepted for processing");
+    let deadline = std::time::Instant::now() + WAIT;
+    while spoofs() == 0 && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(spoofs(), 1);
+    let answered_901 = Metrics::counter_value(&gy.metrics.answers, &["inbound", "901"]);
+    assert_eq!(answered_901, 1);
+    // A's number is X's: accepted and delivered.
+    let (status, _) = client.post(&url, send(A), &[], WAIT).await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        fed.ops[1]
+            .core
+            .wait_until(WAIT, |c| c.received("userb").len() == 1)
+            .await
+    );
+    assert_eq!(spoofs(), 1);
+    fed.shutdown().await;
+}
