@@ -18,7 +18,15 @@ fn zones() -> Vec<Zone> {
         Zone::new(
             "e164.arpa",
             60,
-            &[naptr("+4915112345678", "e164.arpa", 100, 10, "E2U+im", "im:userb@opy.example", 300)],
+            &[naptr(
+                "+4915112345678",
+                "e164.arpa",
+                100,
+                10,
+                "E2U+im",
+                "im:userb@opy.example",
+                300,
+            )],
         ),
         Zone::new(
             "example",
@@ -32,14 +40,26 @@ fn zones() -> Vec<Zone> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
     let (addr, _nsd, _inproc, server) = rt.block_on(async {
         if Nsd::available() {
-            let n = Nsd::start(&zones()).await.unwrap_or_else(|e| panic!("nsd: {e}"));
+            let n = Nsd::start(&zones())
+                .await
+                .unwrap_or_else(|e| panic!("nsd: {e}"));
             (n.addr, Some(n), None, "NSD")
         } else {
-            let d = InProcDns::start(&zones()).await.unwrap_or_else(|e| panic!("dns: {e}"));
-            (d.addr, None, Some(d), "in-process hickory-server (NSD not installed)")
+            let d = InProcDns::start(&zones())
+                .await
+                .unwrap_or_else(|e| panic!("dns: {e}"));
+            (
+                d.addr,
+                None,
+                Some(d),
+                "in-process hickory-server (NSD not installed)",
+            )
         }
     });
     eprintln!("DNS server: {server} at {addr}");
@@ -63,12 +83,19 @@ fn bench(c: &mut Criterion) {
         }],
     };
     // A manual clock that never moves: the warm entry never expires during the run.
-    let r = Resolver::with_parts(spec, "opx.example", Vec::new(), Metrics::new(), Clock::manual());
+    let r = Resolver::with_parts(
+        spec,
+        "opx.example",
+        Vec::new(),
+        Metrics::new(),
+        Clock::manual(),
+    );
     let mut g = c.benchmark_group("route_decision_msisdn_to_targets");
     g.bench_function("cold_naptr_srv_a_from_dns", |b| {
         b.iter(|| rt.block_on(r.decide_uncached(black_box("+4915112345678"), Svc::Im, None)))
     });
-    rt.block_on(r.decide("+4915112345678", Svc::Im)).unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(r.decide("+4915112345678", Svc::Im))
+        .unwrap_or_else(|e| panic!("{e}"));
     g.bench_function("warm_route_cache_hit", |b| {
         b.iter(|| rt.block_on(r.decide(black_box("+4915112345678"), Svc::Im)))
     });

@@ -192,6 +192,8 @@ pub struct Federation {
     pub dir: TempDir,
     /// The DNS the gateways resolve with, if any.
     pub dns: Option<FedDns>,
+    /// The clock of every gateway's resolver (manual: tests move it past TTLs).
+    pub clock: ssp_gateway::resolve::Clock,
 }
 
 fn bind() -> TcpListener {
@@ -380,6 +382,7 @@ impl Federation {
             ca,
             dir,
             dns,
+            clock: ssp_gateway::resolve::Clock::manual(),
         };
         for (i, (pl, cl)) in listeners.into_iter().enumerate() {
             fed.start_gateway_on(i, Some(pl), Some(cl)).await;
@@ -412,6 +415,7 @@ impl Federation {
         let opts = StartOptions {
             tap: Some(self.tap_for(&self.ops[i].spec.domain)),
             resolver: None,
+            clock: Some(self.clock.clone()),
             listeners: PreBound {
                 peer,
                 core,

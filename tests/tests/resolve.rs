@@ -347,10 +347,11 @@ async fn every_rule_against_nsd() {
 #[tokio::test]
 async fn weighted_srv_spreads_load_by_weight() {
     let dns = InProcDns::start(&lab()).await.unwrap();
-    let (r, _) = resolver(dns.addr, Clock::System);
+    let (r, m) = resolver(dns.addr, Clock::System);
     let mut first_w1 = 0;
+    // Through the caches: one DNS lookup, then a fresh weighted draw on every use.
     for _ in 0..400 {
-        let d = decide(&r, "weighted.lab.example", Svc::Im).await;
+        let d = r.decide("weighted.lab.example", Svc::Im).await.unwrap();
         assert_eq!(d.targets.len(), 2);
         if d.targets[0].host.starts_with("w1.") {
             first_w1 += 1;
@@ -360,6 +361,11 @@ async fn weighted_srv_spreads_load_by_weight() {
     assert!(
         (200..=280).contains(&first_w1),
         "w1 first {first_w1} times of 400"
+    );
+    assert_eq!(
+        Metrics::counter_value(&m.dns_lookups, &["srv", "ok"]),
+        1,
+        "cached after the first"
     );
     dns.stop().await;
 }

@@ -161,6 +161,12 @@ struct RawPolicy {
     originator_burst: Option<u32>,
     #[serde(default)]
     accept_unlisted_peers: bool,
+    #[serde(default)]
+    search_wildcards: Option<String>,
+    #[serde(default)]
+    search_min_digits: Option<usize>,
+    #[serde(default)]
+    search_unregistered: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -354,6 +360,14 @@ pub struct Policy {
     /// Accept peers that are not in the peering table when their certificate chains to
     /// `[tls] trust` and names the domain they claim (federation found through DNS).
     pub accept_unlisted_peers: bool,
+    /// Number searches with wildcards (`* % ? _`): refused with 537, or answered by our own
+    /// core only (they cannot be routed by ENUM).
+    pub search_wildcards_allowed: bool,
+    /// Number searches with fewer digits are partial: refused with 537.
+    pub search_min_digits: usize,
+    /// When the operator ENUM names does not know a searched number, answer with the
+    /// `wv:+MSISDN` anyway (the seed's "add regardless if that user is registered").
+    pub search_unregistered_answer: bool,
 }
 
 /// What the anti-spoofing check does with `wv:+MSISDN` originators.
@@ -914,6 +928,29 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         originator_rate: raw.policy.originator_rate.unwrap_or(20),
         originator_burst: raw.policy.originator_burst.unwrap_or(50),
         accept_unlisted_peers: raw.policy.accept_unlisted_peers,
+        search_wildcards_allowed: match raw.policy.search_wildcards.as_deref() {
+            None | Some("refuse") => false,
+            Some("allow") => true,
+            Some(other) => {
+                check.err(
+                    &[k("policy"), k("search_wildcards")],
+                    format!("{other:?}: expected \"refuse\" or \"allow\""),
+                );
+                false
+            }
+        },
+        search_min_digits: raw.policy.search_min_digits.unwrap_or(8),
+        search_unregistered_answer: match raw.policy.search_unregistered.as_deref() {
+            None | Some("answer") => true,
+            Some("error") => false,
+            Some(other) => {
+                check.err(
+                    &[k("policy"), k("search_unregistered")],
+                    format!("{other:?}: expected \"answer\" or \"error\""),
+                );
+                true
+            }
+        },
     };
 
     let resolver = raw.resolver.map(|r| {

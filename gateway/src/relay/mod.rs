@@ -125,9 +125,6 @@ pub enum StartError {
     /// Key file problem.
     #[error("{0}")]
     Keys(String),
-    /// Resolver problem.
-    #[error("{0}")]
-    Resolver(String),
 }
 
 /// Options the config file does not carry (tests, the demo).
@@ -137,6 +134,8 @@ pub struct StartOptions {
     pub tap: Option<WireTap>,
     /// Use this resolver instead of building one from the config.
     pub resolver: Option<Arc<crate::resolve::Resolver>>,
+    /// The clock of the resolver built from the config (tests advance a manual one).
+    pub clock: Option<crate::resolve::Clock>,
     /// Already-bound listeners to use instead of binding `[listen]` addresses (so a test can
     /// know every port before writing any config).
     pub listeners: PreBound,
@@ -303,11 +302,15 @@ impl Gateway {
         };
         let metrics = Metrics::new();
         metrics.directory_entries.set(dir.len() as i64);
-        let resolver = match &opts.resolver {
-            Some(r) => Some(r.clone()),
-            None => crate::resolve::Resolver::from_config(&cfg, metrics.clone())
-                .map_err(|e| StartError::Resolver(e.to_string()))?
-                .map(Arc::new),
+        let resolver = match (&opts.resolver, &cfg.resolver) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(spec)) => Some(Arc::new(crate::resolve::Resolver::new(
+                &cfg,
+                spec.clone(),
+                metrics.clone(),
+                opts.clock.clone().unwrap_or(crate::resolve::Clock::System),
+            ))),
+            (None, None) => None,
         };
         Ok(Gateway {
             keys: load_keys(&cfg)?,

@@ -255,7 +255,15 @@ impl Gateway {
             Box::pin(async move {
                 let answer = match dest {
                     Dest::Core => self.to_core(part, &tid, "").await,
-                    Dest::Remote(r) => self.to_peer(&r, part, &tid, i as u8, parts as u8).await,
+                    Dest::Remote(r) => {
+                        // Between operators the searched number travels as +E164.
+                        let (part, searched) = self.canonical_search(part);
+                        let answer = self.to_peer(&r, part, &tid, i as u8, parts as u8).await;
+                        match searched {
+                            Some(n) => Ok(self.unregistered_search(n, answer)),
+                            None => answer,
+                        }
+                    }
                     Dest::Fail(st) => Err(st),
                 };
                 PartResult {
@@ -266,6 +274,69 @@ impl Gateway {
         });
         let results = join_all(futs.collect()).await;
         merge(req, results, failed)
+    }
+
+    /// A search by mobile number with the number rewritten to `+E164`, and that number.
+    fn canonical_search(&self, mut part: Primitive) -> (Primitive, Option<crate::ssp::E164>) {
+        let Primitive::SearchRequest(s) = &mut part else {
+            return (part, None);
+        };
+        let Some(pair) = s
+            .pairs
+            .iter_mut()
+            .find(|p| p.element.eq_ignore_ascii_case("USER_MOBILE_NUMBER"))
+        else {
+            return (part, None);
+        };
+        match self.cfg.plan.normalise(&pair.string) {
+            Ok(n) => {
+                pair.string = format!("+{n}");
+                (part, Some(n))
+            }
+            Err(_) => (part, None),
+        }
+    }
+
+    /// The seed's "add regardless if that user is registered": when the operator ENUM names
+    /// does not know the number (531, or no findings), answer with its `wv:+MSISDN` anyway
+    /// where policy allows. Other answers pass through.
+    fn unregistered_search(
+        &self,
+        n: crate::ssp::E164,
+        answer: Result<Primitive, Status>,
+    ) -> Primitive {
+        let unknown = match &answer {
+            Err(st) => st.code == code::UNKNOWN_USER,
+            Ok(Primitive::SearchResponse(r)) => {
+                r.results.is_empty()
+                    && r.status
+                        .as_ref()
+                        .is_none_or(|s| s.is_success() || s.code == code::UNKNOWN_USER)
+            }
+            Ok(p) => super::merge::answer_status(p).code == code::UNKNOWN_USER,
+        };
+        if unknown && self.cfg.policy.search_unregistered_answer {
+            return Primitive::SearchResponse(crate::ssp::primitives::SearchResponse {
+                search_id: None,
+                findings: Some("1".into()),
+                completion_flag: Some("T".into()),
+                search_index: Some("1".into()),
+                status: Some(Status::with(
+                    code::OK,
+                    "number not registered at its operator; returned as is",
+                )),
+                results: vec![crate::ssp::Entity::user(format!("wv:+{n}"))],
+                ext: Default::default(),
+            });
+        }
+        match answer {
+            Ok(p) => p,
+            Err(st) => Primitive::SearchResponse(crate::ssp::primitives::SearchResponse {
+                status: Some(st),
+                findings: Some("0".into()),
+                ..Default::default()
+            }),
+        }
     }
 
     /// The URLs of a peer: configured ones first, then DNS-found ones.

@@ -55,6 +55,14 @@ pub enum Dest {
 pub fn route_number(cfg: &Config, rb: &RouteBy) -> Result<Option<E164>, Status> {
     match rb {
         RouteBy::SearchNumber(s) => match cfg.plan.normalise(s) {
+            // The seed: "The Service Provider is able to refuse ... partial" number searches.
+            Ok(n) if n.digits().len() < cfg.policy.search_min_digits => Err(status(
+                code::SEARCH_TOO_BROAD,
+                format!(
+                    "partial number {s:?}: at least {} digits are required",
+                    cfg.policy.search_min_digits
+                ),
+            )),
             Ok(n) => Ok(Some(n)),
             Err(NumberError::Wildcard(_)) => Err(status(
                 code::SEARCH_TOO_BROAD,
@@ -73,6 +81,10 @@ pub fn route_number(cfg: &Config, rb: &RouteBy) -> Result<Option<E164>, Status> 
 pub fn route_static(cfg: &Config, dir: &Directory, rw: &Rewriter, rb: &RouteBy) -> Option<Dest> {
     let number = match route_number(cfg, rb) {
         Ok(n) => n,
+        // Wildcard searches cannot be routed by number; where allowed, our core answers them.
+        Err(_) if cfg.policy.search_wildcards_allowed && is_wildcard_search(rb) => {
+            return Some(Dest::Core);
+        }
         Err(st) => return Some(Dest::Fail(st)),
     };
     if let Some(n) = number {
@@ -110,6 +122,10 @@ pub fn route_static(cfg: &Config, dir: &Directory, rw: &Rewriter, rb: &RouteBy) 
         }));
     }
     None
+}
+
+fn is_wildcard_search(rb: &RouteBy) -> bool {
+    matches!(rb, RouteBy::SearchNumber(s) if s.contains(['*', '%', '?', '_']))
 }
 
 /// What to answer when nothing routes.

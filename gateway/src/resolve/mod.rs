@@ -30,14 +30,6 @@ use crate::ssp::{E164, Primitive, status as code};
 use ddds::{EnumOutcome, NaptrAnswer, NaptrSource, Service, SourceError, SrvOrder};
 use dns::{Answer, Dns, Failure, NsSet};
 
-/// Resolver errors (configuration only; lookups fail into decisions or [`Transient`]).
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    /// Configuration problem.
-    #[error("{0}")]
-    Config(String),
-}
-
 /// A resolution that could not complete because DNS did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("DNS unavailable: {0}")]
@@ -124,6 +116,12 @@ pub struct Target {
     pub port: u16,
     /// Addresses.
     pub addrs: Vec<IpAddr>,
+    /// SRV priority (kept to re-draw the RFC 2782 order on every use).
+    #[serde(skip)]
+    pub priority: u16,
+    /// SRV weight.
+    #[serde(skip)]
+    pub weight: u16,
 }
 
 /// A route decision.
@@ -250,6 +248,8 @@ pub struct Resolver {
     /// Configured peers (domain, has URLs): the peering table is consulted before SRV.
     peering: Vec<(String, bool)>,
     cache: Mutex<HashMap<(String, Svc), Cached>>,
+    /// Server location per SRV name (many numbers share an operator): result and expiry.
+    srv_cache: Mutex<HashMap<String, (Found, Instant)>>,
     holds: Mutex<HashMap<String, Instant>>,
 }
 
@@ -318,6 +318,7 @@ fn answer_kind<T>(a: &Answer<T>) -> &'static str {
 }
 
 /// Result of looking for one protocol at a domain.
+#[derive(Clone)]
 enum Found {
     /// Targets, with the smallest TTL used.
     Targets(Vec<Target>, u32),
@@ -328,14 +329,6 @@ enum Found {
 }
 
 impl Resolver {
-    /// Build from `[resolver]`; `None` when the config has no DNS section.
-    pub fn from_config(cfg: &Config, metrics: Metrics) -> Result<Option<Resolver>, ResolveError> {
-        Ok(cfg
-            .resolver
-            .as_ref()
-            .map(|spec| Resolver::new(cfg, spec.clone(), metrics, Clock::System)))
-    }
-
     /// A resolver with an explicit clock (tests).
     pub fn new(cfg: &Config, spec: ResolverSpec, metrics: Metrics, clock: Clock) -> Resolver {
         let peering = cfg
@@ -362,6 +355,7 @@ impl Resolver {
             public_domain: public_domain.to_ascii_lowercase(),
             peering,
             cache: Mutex::new(HashMap::new()),
+            srv_cache: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
         }
     }
@@ -374,6 +368,9 @@ impl Resolver {
     /// Forget every cached decision (after a directory reload: numbers may have moved).
     pub fn clear(&self) {
         if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+        if let Ok(mut c) = self.srv_cache.lock() {
             c.clear();
         }
     }
@@ -427,7 +424,12 @@ impl Resolver {
                 "hit"
             };
             self.metrics.route_cache.with_label_values(&[kind]).inc();
-            return Ok(c.decision.clone());
+            let mut d = c.decision.clone();
+            if d.targets.len() > 1 {
+                // A fresh weighted draw each time: the order must not be frozen for a TTL.
+                d.targets = reorder(d.targets);
+            }
+            return Ok(d);
         }
         self.metrics.route_cache.with_label_values(&["miss"]).inc();
         match self.decide_uncached(target, svc, None).await {
@@ -737,8 +739,44 @@ impl Resolver {
             .collect())
     }
 
-    /// SRV lookup and RFC 2782 ordering, with target addresses.
+    /// [`Resolver::srv_lookup`] through the per-name cache (not when tracing: the `resolve`
+    /// command shows real lookups).
     async fn srv_targets(&self, name: &str, trace: Option<&Trace>) -> Result<Found, Transient> {
+        let now = self.clock.now();
+        if trace.is_none()
+            && let Some((found, _)) = self
+                .srv_cache
+                .lock()
+                .ok()
+                .and_then(|c| c.get(name).filter(|(_, exp)| now < *exp).cloned())
+        {
+            self.metrics
+                .route_cache
+                .with_label_values(&["srv-hit"])
+                .inc();
+            // A fresh weighted draw each time: the order must not be frozen for a TTL.
+            return Ok(match found {
+                Found::Targets(t, ttl) => Found::Targets(reorder(t), ttl),
+                other => other,
+            });
+        }
+        let found = self.srv_lookup(name, trace).await?;
+        let ttl = match &found {
+            Found::Targets(_, t) | Found::NotOffered(t) => Duration::from_secs(u64::from(*t)),
+            Found::Nothing(neg) => Duration::from_secs(u64::from(neg.unwrap_or(0)))
+                .clamp(self.spec.negative_min_ttl, self.spec.negative_max_ttl),
+        };
+        if let Ok(mut c) = self.srv_cache.lock() {
+            if c.len() >= self.spec.cache_entries {
+                c.retain(|_, (_, exp)| now < *exp);
+            }
+            c.insert(name.to_owned(), (found.clone(), now + ttl));
+        }
+        Ok(found)
+    }
+
+    /// SRV lookup and RFC 2782 ordering, with target addresses.
+    async fn srv_lookup(&self, name: &str, trace: Option<&Trace>) -> Result<Found, Transient> {
         let ns = self.main_ns();
         let hold_key = Self::ns_key(&ns);
         if self.held(&hold_key) {
@@ -817,6 +855,8 @@ impl Resolver {
                     host: s.target.clone(),
                     port: s.port,
                     addrs,
+                    priority: s.priority,
+                    weight: s.weight,
                 });
             }
         }
@@ -918,6 +958,35 @@ impl Resolver {
         }
         ok || self.spec.originator_check == OriginatorCheck::Log
     }
+}
+
+/// The targets in a new RFC 2782 order (priority ascending, weighted random within one).
+fn reorder(targets: Vec<Target>) -> Vec<Target> {
+    let srv: Vec<ddds::Srv> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ddds::Srv {
+            priority: t.priority,
+            weight: t.weight,
+            port: t.port,
+            target: i.to_string(),
+            ttl: 0,
+        })
+        .collect();
+    let order = match ddds::order_srv(&srv, &mut rand::rng()) {
+        SrvOrder::Targets(o) => o,
+        SrvOrder::NotOffered => return targets,
+    };
+    let mut slots: Vec<Option<Target>> = targets.into_iter().map(Some).collect();
+    order
+        .iter()
+        .filter_map(|s| {
+            s.target
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| slots.get_mut(i)?.take())
+        })
+        .collect()
 }
 
 /// Validity of decisions that involved no DNS record, in seconds.
