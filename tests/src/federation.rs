@@ -287,6 +287,17 @@ impl Federation {
         Federation::start_full(specs, Some(kind), zones, |_| {}).await
     }
 
+    /// Like [`Federation::start_dns`], with a hook to adjust each operator's config text (it
+    /// ends in the `[policy]` section).
+    pub async fn start_dns_with(
+        specs: Vec<OperatorSpec>,
+        kind: DnsKind,
+        zones: impl Fn(&[(String, u16)]) -> Vec<Zone>,
+        adjust: impl Fn(&mut String),
+    ) -> Federation {
+        Federation::start_full(specs, Some(kind), zones, adjust).await
+    }
+
     async fn start_full(
         specs: Vec<OperatorSpec>,
         dns_kind: Option<DnsKind>,
@@ -424,6 +435,76 @@ impl Federation {
         };
         let running = relay::start(cfg, opts).await.unwrap();
         self.ops[i].gateway = Some(running);
+    }
+
+    /// Replace operator `i`'s directory file and reload its gateway (as SIGHUP would).
+    pub fn set_directory(&self, i: usize, csv: &str) {
+        std::fs::write(&self.ops[i].directory_path, csv).unwrap();
+        let g = &self.ops[i].gateway.as_ref().unwrap().gateway;
+        g.reload().unwrap();
+    }
+
+    /// Each gateway's (public domain, peer port), as [`federation_zones`] takes them.
+    pub fn gateway_ports(&self) -> Vec<(String, u16)> {
+        self.ops
+            .iter()
+            .map(|o| {
+                let port = o
+                    .peer_url
+                    .trim_end_matches('/')
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                (o.spec.domain.clone(), port)
+            })
+            .collect()
+    }
+
+    /// Replace the zones NSD serves and reload it.
+    pub async fn reload_dns(&mut self, zones: &[Zone]) {
+        match &mut self.dns {
+            Some(FedDns::Nsd(n)) => n.reload(zones).await.unwrap(),
+            _ => panic!("reload_dns needs NSD"),
+        }
+    }
+
+    /// Bodies gateway `from` sent to `to` (a peer domain) containing `needle`.
+    pub fn sent(&self, from: &str, to: &str, needle: &str) -> Vec<String> {
+        self.wire
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r.gateway == from
+                    && r.dir == TapDir::Out
+                    && r.party == to
+                    && r.body.contains(needle)
+            })
+            .map(|r| r.body.clone())
+            .collect()
+    }
+
+    /// Bodies gateway `at` received from peers containing `needle`.
+    pub fn received_from_peers(&self, at: &str, needle: &str) -> Vec<String> {
+        self.wire
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r.gateway == at
+                    && r.dir == TapDir::In
+                    && r.party == "peer-listener"
+                    && r.body.contains(needle)
+            })
+            .map(|r| r.body.clone())
+            .collect()
+    }
+
+    /// A DNS counter of operator `i`'s gateway.
+    pub fn dns_count(&self, i: usize, rtype: &str, result: &str) -> u64 {
+        let g = &self.ops[i].gateway.as_ref().unwrap().gateway;
+        ssp_gateway::ops::metrics::Metrics::counter_value(&g.metrics.dns_lookups, &[rtype, result])
     }
 
     /// Stop operator `i`'s gateway (its core keeps running).
