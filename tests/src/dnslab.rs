@@ -97,6 +97,30 @@ pub struct InProcDns {
 impl InProcDns {
     /// Serve `zones` on 127.0.0.1 (UDP and TCP on one free port).
     pub async fn start(zones: &[Zone]) -> anyhow::Result<InProcDns> {
+        let (udp, tcp) = loop {
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            if let Ok(udp) = tokio::net::UdpSocket::bind(tcp.local_addr()?).await {
+                break (udp, tcp);
+            }
+        };
+        Self::serve(zones, udp, tcp)
+    }
+
+    /// Serve new zones on the same address, as a reload of an authoritative server would.
+    pub async fn reload(&mut self, zones: &[Zone]) -> anyhow::Result<()> {
+        self.server.shutdown_gracefully().await?;
+        // The sockets are closed; take the same port again (tokio sets SO_REUSEADDR).
+        let tcp = tokio::net::TcpListener::bind(self.addr).await?;
+        let udp = tokio::net::UdpSocket::bind(self.addr).await?;
+        *self = Self::serve(zones, udp, tcp)?;
+        Ok(())
+    }
+
+    fn serve(
+        zones: &[Zone],
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+    ) -> anyhow::Result<InProcDns> {
         let dir = TempDir::new("ssp-dns");
         let mut catalog = Catalog::new();
         for z in zones {
@@ -114,13 +138,6 @@ impl InProcDns {
             catalog.upsert(LowerName::from(origin), vec![Arc::new(handler)]);
         }
         let mut server = Server::new(catalog);
-        // UDP and TCP on the same port, like any authoritative server.
-        let (udp, tcp) = loop {
-            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            if let Ok(udp) = tokio::net::UdpSocket::bind(tcp.local_addr()?).await {
-                break (udp, tcp);
-            }
-        };
         let addr = tcp.local_addr()?;
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 4096);

@@ -461,11 +461,12 @@ impl Federation {
             .collect()
     }
 
-    /// Replace the zones NSD serves and reload it.
-    pub async fn reload_dns(&mut self, zones: &[Zone]) {
+    /// Replace the zones the DNS serves and reload it.
+    pub async fn reload_dns(&mut self, zones: &[Zone]) -> anyhow::Result<()> {
         match &mut self.dns {
-            Some(FedDns::Nsd(n)) => n.reload(zones).await.unwrap(),
-            _ => panic!("reload_dns needs NSD"),
+            Some(FedDns::Nsd(n)) => n.reload(zones).await,
+            Some(FedDns::InProc(d)) => d.reload(zones).await,
+            None => anyhow::bail!("this federation has no DNS"),
         }
     }
 

@@ -511,7 +511,7 @@ async fn mnp_ported_number_stays_reachable() {
     cz.add_user("userb", Some(B), "User B");
     fed.set_directory(Z, &cz.directory_csv());
     let zones = federation_zones(&fed.gateway_ports(), &numbers("opz.example"), TTL);
-    fed.reload_dns(&zones).await;
+    fed.reload_dns(&zones).await.unwrap();
 
     // In between (X's route to Y still cached): Y refuses B with 531, and A's core gets it.
     let (_, st) = cx

@@ -57,7 +57,8 @@ impl Svc {
         }
     }
 
-    fn label(self) -> &'static str {
+    /// `im` or `pres`.
+    pub fn label(self) -> &'static str {
         match self {
             Svc::Im => "im",
             Svc::Pres => "pres",
