@@ -2,10 +2,13 @@
 //!
 //! - [`core_sim`]: a small legacy IMPS server ("the core") speaking SSP to its gateway;
 //! - [`baraza_peer`]: a peer that behaves exactly as the real Baraza captures show;
-//! - [`federation`]: operators (core simulator + gateway) on loopback with test-time certificates.
+//! - [`federation`]: operators (core simulator + gateway) on loopback with test-time certificates;
+//! - [`dnslab`]: zones served by an in-process hickory-server or a real NSD;
+//! - [`ladder`]: the load ladder (origin, relay, pass-through, load generator).
 #![allow(clippy::unwrap_used)]
 
 pub mod baraza_peer;
 pub mod core_sim;
 pub mod dnslab;
 pub mod federation;
+pub mod ladder;

@@ -38,6 +38,40 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client certificate chain, when one was presented (already verified by rustls).
     pub certs: Option<Vec<CertificateDer<'static>>>,
+    /// Which peers that chain was checked against, so the check runs once per connection.
+    pub memo: CertMemo,
+}
+
+/// Per-connection results of checking the client certificate against peers' anchors. A chain
+/// check is a signature verification (about 100 µs); a keep-alive connection carries
+/// thousands of requests with the same certificate, and the peering table does not change
+/// while the process runs, so each result is computed once.
+#[derive(Debug, Default)]
+pub struct CertMemo {
+    /// The configured peer the certificate identifies, if any.
+    pub listed: std::sync::OnceLock<Option<String>>,
+    /// Claimed domains (unlisted peers) and whether the certificate passed for them.
+    claimed: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl CertMemo {
+    /// Whether the certificate passed for `domain`, computing it with `check` the first time.
+    /// At most a few domains are remembered per connection; beyond that `check` runs each
+    /// time (a connection claiming many domains gets no help).
+    pub fn claimed(&self, domain: &str, check: impl FnOnce() -> bool) -> bool {
+        if let Ok(v) = self.claimed.lock()
+            && let Some((_, ok)) = v.iter().find(|(d, _)| d == domain)
+        {
+            return *ok;
+        }
+        let ok = check();
+        if let Ok(mut v) = self.claimed.lock()
+            && v.len() < 8
+        {
+            v.push((domain.to_owned(), ok));
+        }
+        ok
+    }
 }
 
 /// A full HTTP response.
@@ -179,6 +213,7 @@ pub async fn serve(
             let info = Arc::new(ConnInfo {
                 remote,
                 certs: info_certs,
+                memo: CertMemo::default(),
             });
             let svc = hyper::service::service_fn(move |req| {
                 let fut = handler(req, info.clone());
@@ -446,4 +481,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn cert_memo_checks_each_claimed_domain_once() {
+        let memo = CertMemo::default();
+        let calls = Cell::new(0);
+        let check = |ok: bool| {
+            calls.set(calls.get() + 1);
+            ok
+        };
+        assert!(memo.claimed("opy.example", || check(true)));
+        assert!(memo.claimed("opy.example", || check(false)), "remembered");
+        assert!(!memo.claimed("opz.example", || check(false)));
+        assert!(
+            !memo.claimed("opz.example", || check(true)),
+            "a refusal is remembered too"
+        );
+        assert_eq!(calls.get(), 2);
+        // Beyond eight domains nothing more is remembered (bounded per connection).
+        for i in 0..10 {
+            memo.claimed(&format!("d{i}.example"), || check(true));
+        }
+        let before = calls.get();
+        memo.claimed("d9.example", || check(true));
+        assert_eq!(calls.get(), before + 1);
+    }
 }

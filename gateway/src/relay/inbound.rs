@@ -110,10 +110,17 @@ impl Gateway {
     /// Which configured peer a connection or session is.
     fn identify(&self, s: &Session, info: &ConnInfo) -> Result<Arc<PeerRt>, Box<HttpResponse>> {
         if let Some(certs) = info.certs.as_deref().filter(|c| !c.is_empty()) {
-            let mut found = self.peers.all().into_iter().find(|p| {
-                cert_names_domain(&certs[0], &p.cfg.domain)
-                    && p.cert_check.as_ref().is_some_and(|c| c.accepts(certs))
+            let listed = info.memo.listed.get_or_init(|| {
+                self.peers
+                    .all()
+                    .into_iter()
+                    .find(|p| {
+                        cert_names_domain(&certs[0], &p.cfg.domain)
+                            && p.cert_check.as_ref().is_some_and(|c| c.accepts(certs))
+                    })
+                    .map(|p| p.cfg.domain.clone())
             });
+            let mut found = listed.as_deref().and_then(|d| self.peers.get(d));
             if found.is_none() && self.cfg.policy.accept_unlisted_peers {
                 // The domain the peer claims (its session ID's, else its requestor's service),
                 // accepted when its certificate names it and chains to our default anchors.
@@ -129,10 +136,17 @@ impl Gateway {
                             })
                             .and_then(|sid| WvId::parse(&sid).ok()?.domain)
                     });
-                found = claimed
-                    .filter(|d| cert_names_domain(&certs[0], d))
-                    .and_then(|d| self.peers.get(&d))
-                    .filter(|p| p.cert_check.as_ref().is_some_and(|c| c.accepts(certs)));
+                found = claimed.and_then(|d| {
+                    let ok = info.memo.claimed(&d, || {
+                        cert_names_domain(&certs[0], &d)
+                            && self
+                                .peers
+                                .get(&d)
+                                .and_then(|p| p.cert_check.as_ref().map(|c| c.accepts(certs)))
+                                .unwrap_or(false)
+                    });
+                    if ok { self.peers.get(&d) } else { None }
+                });
             }
             return found.ok_or_else(|| {
                 self.metrics.refused.with_label_values(&["auth"]).inc();

@@ -1,0 +1,645 @@
+//! The load ladder (see `ssp_testbed::ladder`): every rung measured in one run on loopback,
+//! a table on stdout and `target/ladder.json`.
+//!
+//! `cargo run --release -p ssp-testbed --bin ladder -- [--quick] [--out FILE]`
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use ssp_gateway::certs::DevCa;
+use ssp_gateway::tls::{self, ServerTrust};
+use ssp_testbed::dnslab::{InProcDns, free_port};
+use ssp_testbed::federation::federation_zones;
+use ssp_testbed::ladder::loadgen::{self, BodyFn, Load, Shape, Stats, Target};
+use ssp_testbed::ladder::procstat;
+use ssp_testbed::ladder::report::{Rung, print_table};
+use ssp_testbed::ladder::setup::{self, Child, GatewayPorts};
+
+const USAGE: &str = "usage: ladder [--quick] [--out FILE]
+
+Measures, in one run on loopback, the same SSP POST through:
+  L0 nothing (generator -> origin), L1 a tokio TCP relay, L2 a minimal TLS pass-through,
+  L3 the gateway's inbound path, and the outbound path (core -> gateway X -> gateway Y);
+keep-alive and a new TLS connection per request; maximum throughput (closed loop) and latency
+at 25% and 50% of L2's maximum (open loop); gateway RSS with 1,000 idle TLS connections.
+--quick takes under a minute; the default takes about four. Writes target/ladder.json.";
+
+/// Subscriber A at X and B at Y.
+const A: &str = "+46701234567";
+const B: &str = "+4915112345678";
+
+struct Opts {
+    quick: bool,
+    out: Option<PathBuf>,
+}
+
+fn main() -> Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--role") {
+        return role_main(&args[1..]).map(|()| ExitCode::SUCCESS);
+    }
+    let mut opts = Opts {
+        quick: false,
+        out: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--out" => opts.out = Some(it.next().context("--out needs a file")?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if std::env::var_os("LADDER_PINNED").is_none() {
+        // Start again with enough file descriptors for 1,000 idle connections, and pinned to
+        // CPU 1 so the servers (on CPU 0) do not share a core with the generator.
+        let pin = if cpus >= 2 && which("taskset") {
+            "exec taskset -c 1 \"$@\""
+        } else {
+            "exec \"$@\""
+        };
+        let err = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n 8192 2>/dev/null || true; {pin}"))
+            .arg("ladder")
+            .arg(std::env::current_exe()?)
+            .args(&args)
+            .env(
+                "LADDER_PINNED",
+                if pin.contains("taskset") { "1" } else { "0" },
+            )
+            .exec();
+        eprintln!("could not re-execute pinned ({err}); running unpinned");
+    }
+    let pinned = std::env::var("LADDER_PINNED").is_ok_and(|v| v == "1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ladder(opts, pinned))
+}
+
+fn which(cmd: &str) -> bool {
+    std::process::Command::new(cmd)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A child process: the origin, the relay, the pass-through or a gateway.
+fn role_main(args: &[String]) -> Result<()> {
+    let role = args.first().context("--role needs a name")?.clone();
+    let flag = |name: &str| -> Result<String> {
+        let i = args
+            .iter()
+            .position(|a| a == name)
+            .with_context(|| format!("role {role} needs {name}"))?;
+        args.get(i + 1)
+            .cloned()
+            .with_context(|| format!("{name} needs a value"))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await };
+        match role.as_str() {
+            "origin" => {
+                let l = bind().await?;
+                println!("ready {}", l.local_addr()?);
+                ssp_testbed::ladder::origin::serve(l).await;
+            }
+            "relay" => {
+                let to = flag("--to")?.parse()?;
+                let l = bind().await?;
+                println!("ready {}", l.local_addr()?);
+                ssp_testbed::ladder::relay::serve(l, to).await;
+            }
+            "passthrough" => {
+                let chain = tls::load_certs(Path::new(&flag("--cert")?))?;
+                let key = tls::load_key(Path::new(&flag("--key")?))?;
+                let roots = tls::load_roots(&[PathBuf::from(flag("--ca")?)])?;
+                let cfg = tls::server_config(chain, key, Some(roots), true)?;
+                let to = flag("--to")?.parse()?;
+                let l = bind().await?;
+                println!("ready {}", l.local_addr()?);
+                ssp_testbed::ladder::passthrough::serve(l, Arc::new(cfg), to).await;
+            }
+            "gateway" => {
+                // As `ssp-gateway run` does: info logs on stderr, then the relay.
+                let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(std::io::stderr)
+                    .init();
+                let cfg = ssp_gateway::config::Config::load(Path::new(&flag("--config")?))?;
+                let peer = cfg
+                    .listen
+                    .peer
+                    .context("the gateway config has no peer listener")?;
+                let running = ssp_gateway::relay::start(cfg, Default::default()).await?;
+                println!("ready {peer}");
+                // Runs until the ladder kills it.
+                std::future::pending::<()>().await;
+                drop(running);
+            }
+            other => bail!("unknown role {other:?}"),
+        }
+        Ok(())
+    })
+}
+
+fn identity(dir: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = tls::load_certs(&dir.join("cert.pem"))?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    Ok((chain, key))
+}
+
+/// An SSP `SendMessageRequest` of about 1 KB, like the codec benchmark's.
+fn send_message(tid: &str, session: &str, service: &str, from: &str, to: &str) -> String {
+    let mut m = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
+<Session sessionID="{session}">
+<Transaction mode="Request" transactionID="{tid}">
+<SendMessageRequest deliveryReport="No">
+<MetaInfo clientOriginated="Yes">
+<Requestor serviceID="{service}">
+<User userID="{from}"/>
+</Requestor></MetaInfo>
+<MessageInfo messageID="8aee9981801716c039215f69def4ffad7" contentType="text/plain" contentSize="300" validity="600">
+<Recipient>
+<User userID="{to}"/>
+</Recipient>
+<Sender>
+<User userID="{from}" friendlyName="Load"/>
+</Sender>
+<DateTime format="iso8601">2026-11-25T12:27:59Z</DateTime>
+</MessageInfo>
+<ContentData contentType="text/plain" encoding="base64">
+"#
+    );
+    for _ in 0..6 {
+        m.push_str("SGVsbG8gZnJvbSBvcGVyYXRvciBYLCB0aGlzIGlzIGEgdGVzdCBtZXNzYWdlIQ==\r\n");
+    }
+    m.push_str(
+        "</ContentData>\n</SendMessageRequest>\n</Transaction>\n</Session>\n</WV-SSP-Message>\n",
+    );
+    m
+}
+
+struct Bench {
+    quick: bool,
+    ticks: u64,
+    rungs: Vec<Rung>,
+}
+
+impl Bench {
+    fn durations(&self) -> (Duration, Duration) {
+        if self.quick {
+            (Duration::from_millis(300), Duration::from_millis(1500))
+        } else {
+            (Duration::from_secs(2), Duration::from_secs(8))
+        }
+    }
+
+    /// Warm up, then measure `target` with `shape` at `rate` (None: closed loop), charging the
+    /// CPU time of `servers` to the requests.
+    #[allow(clippy::too_many_arguments)]
+    async fn measure(
+        &mut self,
+        name: &str,
+        shape_label: &str,
+        load_label: &str,
+        target: &Target,
+        shape: Shape,
+        rate: Option<f64>,
+        body: &BodyFn,
+        servers: &[&Child],
+    ) -> Stats {
+        let (warmup, duration) = self.durations();
+        let load = Load {
+            conns: 16,
+            warmup: Duration::ZERO,
+            duration: warmup,
+            rate,
+            shape,
+        };
+        loadgen::run(target, &load, body.clone()).await;
+        let cpu = |s: &[&Child]| -> Duration {
+            s.iter()
+                .filter_map(|c| procstat::cpu_time(c.pid, self.ticks))
+                .sum()
+        };
+        let before = cpu(servers);
+        let stats = loadgen::run(target, &Load { duration, ..load }, body.clone()).await;
+        let used = cpu(servers).saturating_sub(before);
+        let n = (stats.ok + stats.errors).max(1);
+        let rung = Rung {
+            name: name.to_owned(),
+            shape: shape_label.to_owned(),
+            load: load_label.to_owned(),
+            rps: stats.rps(),
+            p50_us: stats.percentile(50.0),
+            p99_us: stats.percentile(99.0),
+            cpu_us_per_req: used.as_micros() as f64 / n as f64,
+            errors: stats.errors,
+            first_error: stats.first_error.clone(),
+        };
+        println!(
+            "  {:<34} {:<20} {:>5}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  {} errors",
+            rung.name,
+            rung.shape,
+            rung.load,
+            rung.rps,
+            rung.p50_us,
+            rung.p99_us,
+            rung.cpu_us_per_req,
+            rung.errors
+        );
+        self.rungs.push(rung);
+        stats
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/ladder → target/
+    let target_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot find the target directory")?
+        .to_path_buf();
+    let work = target_dir.join("ladder");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir.join("ladder.json"));
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; measure with --release");
+    }
+    let server_cpu = pinned.then_some("0");
+    println!(
+        "load ladder ({} mode): generator on CPU {}, servers on CPU {}; {} CPUs, {}",
+        if opts.quick { "quick" } else { "full" },
+        if pinned { "1" } else { "any" },
+        if pinned { "0" } else { "any" },
+        std::thread::available_parallelism().map_or(1, usize::from),
+        cpu_model()
+    );
+
+    // Certificates: X and Y from one development CA; the generator is peer Y towards X.
+    let certs = work.join("certs");
+    let ca = DevCa::new("load ladder CA")?;
+    ca.write_ca(&certs)?;
+    for d in ["opx.example", "opy.example"] {
+        ca.write_operator(&certs, d)?;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der())?;
+    let mut client_tls = tls::client_config(
+        ServerTrust::Roots(Arc::new(roots)),
+        Some(identity(&certs.join("opy.example"))?),
+        false,
+    )?;
+    // Every new connection is a full handshake: the worst case (a reconnect storm).
+    client_tls.resumption = rustls::client::Resumption::disabled();
+    let tls_to_x = Some((
+        tokio_rustls::TlsConnector::from(Arc::new(client_tls)),
+        ServerName::try_from("opx.example")?,
+    ));
+
+    // DNS: ENUM and SRV for both gateways (TTL one hour: the route cache stays warm).
+    let (x_ports, y_ports) = (
+        GatewayPorts {
+            peer: free_port(),
+            core: free_port(),
+        },
+        GatewayPorts {
+            peer: free_port(),
+            core: free_port(),
+        },
+    );
+    let dns = InProcDns::start(&federation_zones(
+        &[
+            ("opx.example".into(), x_ports.peer),
+            ("opy.example".into(), y_ports.peer),
+        ],
+        &[
+            (A.into(), "opx.example".into()),
+            (B.into(), "opy.example".into()),
+        ],
+        3600,
+    ))
+    .await?;
+
+    let log = |n: &str| work.join(format!("{n}.log"));
+    let origin = setup::spawn(&exe, server_cpu, "origin", &[], &log("origin")).await?;
+    let relay = setup::spawn(
+        &exe,
+        server_cpu,
+        "relay",
+        &["--to".into(), origin.addr.to_string()],
+        &log("relay"),
+    )
+    .await?;
+    let x_dir = certs.join("opx.example");
+    let passthrough = setup::spawn(
+        &exe,
+        server_cpu,
+        "passthrough",
+        &[
+            "--cert".into(),
+            x_dir.join("cert.pem").display().to_string(),
+            "--key".into(),
+            x_dir.join("key.pem").display().to_string(),
+            "--ca".into(),
+            certs.join("ca.pem").display().to_string(),
+            "--to".into(),
+            format!("http://{}/", origin.addr),
+        ],
+        &log("passthrough"),
+    )
+    .await?;
+    let gx = setup::write_gateway(
+        &work,
+        &certs,
+        "opx.example",
+        "46",
+        (A, "usera"),
+        "opy.example",
+        &x_ports,
+        origin.addr,
+        dns.addr,
+    )?;
+    let gy = setup::write_gateway(
+        &work,
+        &certs,
+        "opy.example",
+        "49",
+        (B, "userb"),
+        "opx.example",
+        &y_ports,
+        origin.addr,
+        dns.addr,
+    )?;
+    let gateway_x = setup::spawn(
+        &exe,
+        server_cpu,
+        "gateway",
+        &["--config".into(), gx.config.display().to_string()],
+        &log("gateway-x"),
+    )
+    .await?;
+    let gateway_y = setup::spawn(
+        &exe,
+        server_cpu,
+        "gateway",
+        &["--config".into(), gy.config.display().to_string()],
+        &log("gateway-y"),
+    )
+    .await?;
+
+    let plain = |addr| Target { addr, tls: None };
+    let t_origin = plain(origin.addr);
+    let t_relay = plain(relay.addr);
+    let t_pass = Target {
+        addr: passthrough.addr,
+        tls: tls_to_x.clone(),
+    };
+    let t_gw_in = Target {
+        addr: gateway_x.addr,
+        tls: tls_to_x.clone(),
+    };
+    let t_gw_out = plain(std::net::SocketAddr::from(([127, 0, 0, 1], x_ports.core)));
+    // Inbound: peer Y's user B writes to X's subscriber A. Outbound: X's core sends to B.
+    let inbound: BodyFn = Arc::new(|n| {
+        send_message(
+            &format!("t{n}"),
+            "s1@opy.example",
+            "wv:@opy.example",
+            &format!("wv:{B}"),
+            &format!("wv:{A}"),
+        )
+    });
+    let outbound: BodyFn = Arc::new(|n| {
+        send_message(
+            &format!("c{n}"),
+            "core-1@core.opx.example",
+            "wv:@core.opx.example",
+            "wv:usera@core.opx.example",
+            &format!("wv:{B}"),
+        )
+    });
+
+    let mut b = Bench {
+        quick: opts.quick,
+        ticks: procstat::clock_ticks(),
+        rungs: Vec::new(),
+    };
+    let l0 = "L0 direct (origin)";
+    let l1 = "L1 tokio TCP relay";
+    let l2 = "L2 TLS pass-through";
+    let l3 = "L3 gateway inbound";
+    let lo = "gateway outbound (X -> Y)";
+    let ka = "keep-alive";
+    let rungs: [(&str, &Target, &Child); 4] = [
+        (l0, &t_origin, &origin),
+        (l1, &t_relay, &relay),
+        (l2, &t_pass, &passthrough),
+        (l3, &t_gw_in, &gateway_x),
+    ];
+
+    println!("\nmaximum throughput (closed loop, 16 connections):");
+    let mut l2_max = 0.0;
+    let mut l3_max = 0.0;
+    for (name, target, child) in rungs {
+        let s = b
+            .measure(
+                name,
+                ka,
+                "max",
+                target,
+                Shape::KeepAlive,
+                None,
+                &inbound,
+                &[child],
+            )
+            .await;
+        if name == l2 {
+            l2_max = s.rps();
+        }
+        if name == l3 {
+            l3_max = s.rps();
+        }
+    }
+    let out_max = b
+        .measure(
+            lo,
+            ka,
+            "max",
+            &t_gw_out,
+            Shape::KeepAlive,
+            None,
+            &outbound,
+            &[&gateway_x, &gateway_y],
+        )
+        .await
+        .rps();
+
+    println!("\nlatency at fixed shares of L2's maximum ({l2_max:.0} req/s; open loop):");
+    let mut p50_at = std::collections::HashMap::new();
+    for share in [25u32, 50] {
+        let rate = l2_max * f64::from(share) / 100.0;
+        for (name, target, child) in rungs {
+            let s = b
+                .measure(
+                    name,
+                    ka,
+                    &format!("{share}%"),
+                    target,
+                    Shape::KeepAlive,
+                    Some(rate),
+                    &inbound,
+                    &[child],
+                )
+                .await;
+            p50_at.insert((name, share), s.percentile(50.0));
+        }
+    }
+    b.measure(
+        lo,
+        ka,
+        "25%",
+        &t_gw_out,
+        Shape::KeepAlive,
+        Some(l2_max / 4.0),
+        &outbound,
+        &[&gateway_x, &gateway_y],
+    )
+    .await;
+
+    println!("\na new connection per request (closed loop; TLS rungs do a full handshake):");
+    for (name, target, child) in rungs {
+        let shape = if target.tls.is_some() {
+            "new-tls-per-request"
+        } else {
+            "new-tcp-per-request"
+        };
+        b.measure(
+            name,
+            shape,
+            "max",
+            target,
+            Shape::NewConnection,
+            None,
+            &inbound,
+            &[child],
+        )
+        .await;
+    }
+
+    println!("\ngateway memory with 1,000 idle peer TLS connections:");
+    let rss_before = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
+    let (idle, failed) = loadgen::idle_connections(&t_gw_in, 1000, inbound.clone()).await;
+    let rss_idle = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "  RSS {:.1} MiB before, {:.1} MiB with {} idle connections ({} failed): {:.1} KiB each",
+        mib(rss_before),
+        mib(rss_idle),
+        idle.len(),
+        failed,
+        (rss_idle.saturating_sub(rss_before)) as f64 / 1024.0 / idle.len().max(1) as f64
+    );
+    drop(idle);
+
+    print_table(&b.rungs);
+    let errors: u64 = b.rungs.iter().map(|r| r.errors).sum::<u64>() + failed as u64;
+    let ratio = l3_max / l2_max.max(1e-9);
+    let added_25 = i64::from(p50_at[&(l3, 25)]) - i64::from(p50_at[&(l2, 25)]);
+    let added_50 = i64::from(p50_at[&(l3, 50)]) - i64::from(p50_at[&(l2, 50)]);
+    let rss_mb = mib(rss_idle);
+    let targets = json!({
+        "l3_keepalive_rps_at_least_0_75_of_l2": {"value": ratio, "met": ratio >= 0.75},
+        "l3_added_p50_at_25pct_at_most_100us": {"value": added_25, "met": added_25 <= 100},
+        "rss_with_1000_idle_tls_at_most_64mb": {"value": rss_mb, "met": rss_mb <= 64.0 && failed == 0},
+        "no_errors": {"value": errors, "met": errors == 0},
+    });
+    println!(
+        "\ngateway vs pass-through (keep-alive max): {ratio:.2} (target >= 0.75: {})",
+        if ratio >= 0.75 { "met" } else { "NOT met" }
+    );
+    println!(
+        "added p50 at 25% of L2 max: {added_25} µs (target <= 100 µs: {}); at 50%: {added_50} µs",
+        if added_25 <= 100 { "met" } else { "NOT met" }
+    );
+    println!(
+        "gateway RSS with 1,000 idle TLS connections: {rss_mb:.1} MiB (target <= 64 MB: {})",
+        if rss_mb <= 64.0 && failed == 0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!("errors: {errors}");
+    let report = json!({
+        "rungs": b.rungs,
+        "ratios": {
+            "gateway_vs_passthrough": ratio,
+            "outbound_vs_passthrough": out_max / l2_max.max(1e-9),
+            "gateway_added_p50_us_at_25pct": added_25,
+            "gateway_added_p50_us_at_50pct": added_50,
+        },
+        "memory": {
+            "gateway_rss_bytes_before": rss_before,
+            "gateway_rss_bytes_1000_idle_tls": rss_idle,
+            "idle_connections": 1000 - failed,
+        },
+        "targets": targets,
+        "machine": {
+            "cpus": std::thread::available_parallelism().map_or(1, usize::from),
+            "cpu_model": cpu_model(),
+            "pinned": pinned,
+            "mode": if opts.quick { "quick" } else { "full" },
+        },
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    dns.stop().await;
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

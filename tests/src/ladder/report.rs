@@ -1,0 +1,42 @@
+//! The ladder's results: one row per measurement, the table printed at the end, and
+//! `target/ladder.json`.
+
+use serde::Serialize;
+
+/// One measured rung.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rung {
+    /// E.g. `L3 gateway inbound`.
+    pub name: String,
+    /// `keep-alive` or `new-tls-per-request` / `new-tcp-per-request`.
+    pub shape: String,
+    /// `max` (closed loop) or the open-loop rate as a share of L2's maximum (`25%`).
+    pub load: String,
+    /// Good answers per second.
+    pub rps: f64,
+    /// Median latency (µs).
+    pub p50_us: u32,
+    /// 99th percentile latency (µs).
+    pub p99_us: u32,
+    /// CPU time of the rung's server process(es) per request (µs).
+    pub cpu_us_per_req: f64,
+    /// Failed requests or error answers.
+    pub errors: u64,
+    /// The first error seen, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// Print the table.
+pub fn print_table(rungs: &[Rung]) {
+    println!(
+        "\n{:<34} {:<20} {:>5} {:>10} {:>9} {:>9} {:>11} {:>7}",
+        "rung", "shape", "load", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "errors"
+    );
+    for r in rungs {
+        println!(
+            "{:<34} {:<20} {:>5} {:>10.0} {:>9} {:>9} {:>11.1} {:>7}",
+            r.name, r.shape, r.load, r.rps, r.p50_us, r.p99_us, r.cpu_us_per_req, r.errors
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The ladder's processes and files: certificates from a development CA, the two gateways'
+//! configs, and child processes (origin, relay, pass-through, gateways) started pinned to the
+//! server CPU. Each child is this same program in a `--role`; it prints `ready ADDR` on its
+//! first line once it listens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A running child.
+pub struct Child {
+    /// Role name, for the report.
+    pub name: String,
+    /// Its process ID (for `/proc`).
+    pub pid: u32,
+    /// The address it announced.
+    pub addr: SocketAddr,
+    _proc: tokio::process::Child,
+}
+
+/// Start `exe --role role args…`, pinned to `cpu` with taskset when given; its stderr goes to
+/// `log`. Waits (20 s at most) for its `ready ADDR` line.
+pub async fn spawn(
+    exe: &Path,
+    cpu: Option<&str>,
+    role: &str,
+    args: &[String],
+    log: &Path,
+) -> Result<Child> {
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut cmd = tokio::process::Command::new("taskset");
+            cmd.arg("-c").arg(c).arg(exe);
+            cmd
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    cmd.arg("--role").arg(role).args(args);
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut proc = cmd
+        .spawn()
+        .with_context(|| format!("starting role {role}"))?;
+    let pid = proc.id().context("child has no PID")?;
+    let stdout = proc.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .with_context(|| {
+            format!(
+                "{role} did not get ready within 20 s (log: {})",
+                log.display()
+            )
+        })?
+        .context("reading child stdout")?;
+    let Some(line) = line else {
+        bail!("{role} exited before it was ready (log: {})", log.display());
+    };
+    let addr = line
+        .strip_prefix("ready ")
+        .and_then(|a| a.trim().parse().ok())
+        .with_context(|| format!("{role} said {line:?}, not \"ready ADDR\""))?;
+    Ok(Child {
+        name: role.to_owned(),
+        pid,
+        addr,
+        _proc: proc,
+    })
+}
+
+/// Ports and addresses a gateway config needs.
+pub struct GatewayPorts {
+    /// Peer-facing listener.
+    pub peer: u16,
+    /// Core-facing listener.
+    pub core: u16,
+}
+
+/// Everything written for one gateway.
+pub struct GatewayFiles {
+    /// The config file.
+    pub config: PathBuf,
+}
+
+/// Write gateway `domain`'s config, directory and key under `dir`: its core is `origin`
+/// (synchronous answers), `peer` is its one peer (synchronous, found by DNS SRV), and every
+/// rate limit is far above the load so the limiter runs but never refuses.
+#[allow(clippy::too_many_arguments)]
+pub fn write_gateway(
+    dir: &Path,
+    certs: &Path,
+    domain: &str,
+    country_code: &str,
+    subscriber: (&str, &str),
+    peer: &str,
+    ports: &GatewayPorts,
+    origin: SocketAddr,
+    dns: SocketAddr,
+) -> Result<GatewayFiles> {
+    let core_domain = format!("core.{domain}");
+    let directory = dir.join(format!("directory-{domain}.csv"));
+    std::fs::write(
+        &directory,
+        format!(
+            "msisdn,core_id\n{},wv:{}@{core_domain}\n",
+            subscriber.0, subscriber.1
+        ),
+    )?;
+    let key = dir.join(format!("hmac-{domain}.key"));
+    std::fs::write(
+        &key,
+        format!(
+            "{:032x}{:032x}\n",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        ),
+    )?;
+    let config = dir.join(format!("{domain}.toml"));
+    let text = format!(
+        r#"# Written by the load ladder for {domain}.
+[gateway]
+public_domain = "{domain}"
+core_domains = ["{core_domain}"]
+country_code = "{country_code}"
+hmac_key_file = "{key}"
+
+[directory]
+file = "{directory}"
+
+[listen]
+peer = "127.0.0.1:{peer_port}"
+core = "127.0.0.1:{core_port}"
+
+[tls]
+cert = "{certs}/{domain}/cert.pem"
+key = "{certs}/{domain}/key.pem"
+trust = ["{certs}/ca.pem"]
+
+[core]
+url = "http://{origin}/"
+mode = "sync"
+auth = "allowlist"
+allow = ["127.0.0.1/32"]
+
+[policy]
+originator_rate = 10000000
+originator_burst = 10000000
+
+[resolver]
+nameservers = ["{dns}"]
+
+[[resolver.enum]]
+suffix = "e164.arpa"
+
+[[peer]]
+domain = "{peer}"
+mode = "sync"
+rate = 10000000
+burst = 10000000
+"#,
+        key = key.display(),
+        directory = directory.display(),
+        certs = certs.display(),
+        peer_port = ports.peer,
+        core_port = ports.core,
+    );
+    std::fs::write(&config, text)?;
+    Ok(GatewayFiles { config })
+}
