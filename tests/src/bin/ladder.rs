@@ -277,6 +277,14 @@ impl Bench {
     }
 }
 
+/// CPUs of the machine (not of this process: it is pinned to one).
+fn cpu_count() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0)
+        .max(1)
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -313,7 +321,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         if opts.quick { "quick" } else { "full" },
         if pinned { "1" } else { "any" },
         if pinned { "0" } else { "any" },
-        std::thread::available_parallelism().map_or(1, usize::from),
+        cpu_count(),
         cpu_model()
     );
 
@@ -627,7 +635,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         },
         "targets": targets,
         "machine": {
-            "cpus": std::thread::available_parallelism().map_or(1, usize::from),
+            "cpus": cpu_count(),
             "cpu_model": cpu_model(),
             "pinned": pinned,
             "mode": if opts.quick { "quick" } else { "full" },
