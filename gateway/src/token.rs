@@ -9,7 +9,9 @@
 //! Layout: `g1.` + base64url(payload) + `.` + base64url(HMAC-SHA256(payload)), where payload is
 //! `leg u8 | parts u8 | part u8 | issued u32 | instance u32 | request_id u64 | len u8 | origin_tid
 //! | len u8 | peer`. `instance` identifies the issuing process, so a process can tell its own late
-//! answers (already answered with 504) from answers to requests a predecessor sent.
+//! answers (already answered with 504) from answers to requests a predecessor sent; its top byte
+//! is the process's `[cluster] replica` index, so a replica can hand an answer to the one that
+//! is waiting for it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -44,6 +46,13 @@ pub struct Token {
     /// The peer domain involved (the originating peer for [`Leg::ToCore`], the destination for
     /// [`Leg::ToPeer`]).
     pub peer: String,
+}
+
+impl Token {
+    /// The cluster replica that issued it (see [`TokenKeys::with_replica`]).
+    pub fn replica(&self) -> u8 {
+        (self.instance >> 24) as u8
+    }
 }
 
 /// Why a transaction ID is not one of ours.
@@ -102,6 +111,13 @@ impl TokenKeys {
         let mut secret = [0u8; 32];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
         TokenKeys::new(&[secret.to_vec()], max_age_secs)
+    }
+
+    /// The same keys for replica `replica` of a cluster: the top byte of every instance ID
+    /// it issues is the replica index, so any replica can tell whose request an answer is.
+    pub fn with_replica(mut self, replica: u8) -> TokenKeys {
+        self.instance = (u32::from(replica) << 24) | (self.instance & 0x00ff_ffff);
+        self
     }
 
     /// The ID of this process in the tokens it issues.

@@ -32,6 +32,24 @@ pub(crate) struct RawConfig {
     peers: Vec<RawPeer>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default)]
+    replica: Option<RawReplica>,
+    #[serde(default)]
+    siblings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawReplica {
+    Index(i64),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,6 +552,19 @@ pub struct Config {
     pub policy: Policy,
     /// `[resolver]`.
     pub resolver: Option<ResolverSpec>,
+    /// `[cluster]`.
+    pub cluster: Cluster,
+}
+
+/// `[cluster]`: replicas of one gateway behind one address, sharing the HMAC key. An
+/// asynchronous answer may reach a replica that did not send the request; it is handed to
+/// the one that did, on that replica's admin listener.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// This replica's index (0..=255), written into every transaction ID it issues.
+    pub replica: u8,
+    /// Every replica's admin URL, by index (empty: a single gateway).
+    pub siblings: Vec<http::Uri>,
 }
 
 impl Config {
@@ -1088,6 +1119,8 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         }
     });
 
+    let cluster = cluster(check, raw.cluster);
+
     Some(Config {
         path: PathBuf::new(),
         gateway: Gateway {
@@ -1111,7 +1144,77 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         limits,
         policy,
         resolver,
+        cluster,
     })
+}
+
+/// The trailing number of this machine's host name (`ssp-gateway-2` → 2), as StatefulSet pods
+/// are named.
+fn replica_from_hostname() -> Option<i64> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())?;
+    let host = host.trim();
+    let digits = host.len() - host.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    host[host.len() - digits..].parse().ok()
+}
+
+fn cluster(check: &mut Check<'_>, raw: RawCluster) -> Cluster {
+    let path = |key: &str| [k("cluster"), k(key)];
+    let index = match raw.replica {
+        None => 0,
+        Some(RawReplica::Index(i)) => i,
+        Some(RawReplica::Word(w)) if w == "from-hostname" => match replica_from_hostname() {
+            Some(i) => i,
+            None => {
+                check.err(
+                    &path("replica"),
+                    "\"from-hostname\": the host name does not end in a number",
+                );
+                0
+            }
+        },
+        Some(RawReplica::Word(w)) => {
+            check.err(
+                &path("replica"),
+                format!("{w:?}: expected a number or \"from-hostname\""),
+            );
+            0
+        }
+    };
+    let replica = match u8::try_from(index) {
+        Ok(r) => r,
+        Err(_) => {
+            check.err(&path("replica"), format!("{index} is not in 0..=255"));
+            0
+        }
+    };
+    let mut siblings = Vec::new();
+    for (j, u) in raw.siblings.iter().enumerate() {
+        match u.parse::<http::Uri>() {
+            // Admin listeners are plain HTTP on the management network.
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+                siblings.push(uri)
+            }
+            _ => check.err(
+                &[k("cluster"), k("siblings"), Step::Index(j)],
+                format!("{u:?} is not an http:// URL (a replica's admin listener)"),
+            ),
+        }
+    }
+    if !raw.siblings.is_empty() && usize::from(replica) >= raw.siblings.len() {
+        check.err(
+            &path("replica"),
+            format!(
+                "replica {replica} has no entry in siblings (it lists {})",
+                raw.siblings.len()
+            ),
+        );
+    }
+    if raw.siblings.len() > 256 {
+        check.err(&path("siblings"), "at most 256 replicas");
+    }
+    Cluster { replica, siblings }
 }
 
 fn response_mode(check: &mut Check<'_>, path: &[Step], v: Option<&str>) -> ResponseMode {

@@ -1,6 +1,8 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /health` (alive), `GET /ready`
-//! (serving), `POST /reload` (re-read the subscriber directory). Bind it to a management
-//! address only: it has no authentication of its own.
+//! (serving), `POST /reload` (re-read the subscriber directory), `POST /cluster/answer` (an
+//! answer handed over by another replica; it only completes requests whose HMAC-signed
+//! transaction IDs this process issued). Bind it to a management address only: it has no
+//! authentication of its own.
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -49,6 +51,15 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
                 "text/plain",
             ),
         },
+        (&Method::POST, "/cluster/answer") => {
+            match crate::relay::http::read_body(req.into_body(), gw.cfg.limits.xml.max_body).await {
+                Ok(body) => {
+                    let (status, msg) = gw.take_handed_answer(&body).await;
+                    text(status, msg, "text/plain")
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
 }

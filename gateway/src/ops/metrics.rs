@@ -37,6 +37,9 @@ pub struct Metrics {
     pub dns_lookups: IntCounterVec,
     /// Route cache lookups, by result (`hit`, `miss`, `stale`, `negative`).
     pub route_cache: IntCounterVec,
+    /// Answers handed between cluster replicas, by result (`taken`, `not-theirs`,
+    /// `unreachable` when sending; `received`, `not-ours` when receiving).
+    pub handoffs: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,6 +137,12 @@ impl Metrics {
             directory_entries,
             dns_lookups: counter(&r, "dns_lookups_total", "DNS lookups", &["type", "result"]),
             route_cache: counter(&r, "route_cache_total", "Route cache lookups", &["result"]),
+            handoffs: counter(
+                &r,
+                "cluster_handoffs_total",
+                "Answers handed between replicas",
+                &["result"],
+            ),
             registry: r,
         }
     }

@@ -524,15 +524,19 @@ impl Gateway {
         if self.pending.complete(tok.request_id, t.clone()) {
             return None;
         }
-        // Not waited for here. Our own request: the answer is late, and its request was already
-        // answered (504); a second answer must not follow. A predecessor's request (restart):
-        // nobody else can deliver this answer, so route it by the token alone.
+        // Not waited for here. Another live replica's request: hand it over.
+        let ours = tok.instance == self.keys.instance();
+        if !ours && self.hand_off(&tok, &t).await == Some(super::cluster::Handoff::Taken) {
+            return None;
+        }
+        // Our own request: the answer is late, and its request was already answered (504); a
+        // second answer must not follow. A predecessor's request (restart), or a replica that
+        // is gone: nobody else can deliver this answer, so route it by the token alone.
         let age = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
             .saturating_sub(u64::from(tok.issued));
-        let ours = tok.instance == self.keys.instance();
         if ours || tok.parts != 1 || age >= self.cfg.timeouts.request.as_secs() {
             self.metrics
                 .orphan_answers

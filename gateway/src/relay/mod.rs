@@ -6,6 +6,7 @@
 //! own error (503 with `TryAgainTimeout`, 504, 516, 531, 901, ...).
 
 pub mod assoc;
+pub mod cluster;
 pub mod exchange;
 pub mod http;
 pub mod inbound;
@@ -87,6 +88,8 @@ pub struct Gateway {
     pub resolver: Option<Arc<crate::resolve::Resolver>>,
     /// Our session ID towards the core.
     pub core_session: String,
+    /// Client for the other replicas' admin listeners (`[cluster] siblings`).
+    pub(crate) siblings: Option<SspClient>,
     assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tap: Option<WireTap>,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -214,6 +217,12 @@ fn load_keys(cfg: &Config) -> Result<TokenKeys, StartError> {
         .saturating_mul(6)
         .max(60);
     let Some(path) = &cfg.gateway.hmac_key_file else {
+        if !cfg.cluster.siblings.is_empty() {
+            return Err(StartError::Keys(format!(
+                "{}: [cluster] siblings need [gateway] hmac_key_file, the same key on every replica",
+                cfg.path.display()
+            )));
+        }
         tracing::warn!(
             "no [gateway] hmac_key_file: using a random key, so answers to requests sent before a \
              restart, or by another replica, will be refused"
@@ -245,7 +254,7 @@ fn load_keys(cfg: &Config) -> Result<TokenKeys, StartError> {
     if keys.is_empty() {
         return Err(StartError::Keys(format!("{}: no key", path.display())));
     }
-    Ok(TokenKeys::new(&keys, max_age))
+    Ok(TokenKeys::new(&keys, max_age).with_replica(cfg.cluster.replica))
 }
 
 impl Gateway {
@@ -332,6 +341,14 @@ impl Gateway {
                 cfg.policy.originator_burst,
             ),
             core_session: format!("ssp-gateway@{}", cfg.gateway.public_domain),
+            siblings: (!cfg.cluster.siblings.is_empty()).then(|| {
+                let t = &cfg.timeouts;
+                SspClient::new(
+                    Connector::new(None, t.connect, t.handshake),
+                    t.idle,
+                    cfg.limits.xml.max_body,
+                )
+            }),
             assoc_locks: std::sync::Mutex::new(HashMap::new()),
             tap: opts.tap.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
