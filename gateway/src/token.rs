@@ -120,6 +120,24 @@ impl TokenKeys {
         self
     }
 
+    /// HMAC of `data` under the signing key (base64url), for messages between replicas.
+    pub fn sign(&self, data: &[u8]) -> String {
+        match self.keys.first() {
+            Some(k) => B64.encode(hmac::sign(k, data).as_ref()),
+            None => String::new(),
+        }
+    }
+
+    /// Whether `mac` is [`TokenKeys::sign`] of `data` under any of the keys.
+    pub fn verify(&self, data: &[u8], mac: &str) -> bool {
+        let Ok(tag) = B64.decode(mac) else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .any(|k| hmac::verify(k, data, &tag).is_ok())
+    }
+
     /// The ID of this process in the tokens it issues.
     pub fn instance(&self) -> u32 {
         self.instance

@@ -23,7 +23,13 @@ pub struct Zone {
     pub origin: String,
     /// Master-file text (with `$ORIGIN`/`$TTL` as needed).
     pub text: String,
+    /// A number unique to this zone text: `v<version>.zone-version.<origin>` has an A record,
+    /// so a reload can be confirmed by asking for it.
+    pub version: u64,
 }
+
+/// Zone versions: unique within the process (and increasing).
+static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Zone {
     /// A zone with a SOA (negative TTL `neg`) and NS, then `records` (one per line).
@@ -45,7 +51,13 @@ impl Zone {
             text.push_str(r);
             text.push('\n');
         }
-        Zone { origin, text }
+        let version = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        text.push_str(&format!("v{version}.zone-version 0 IN A 127.0.0.1\n"));
+        Zone {
+            origin,
+            text,
+            version,
+        }
     }
 }
 
@@ -252,14 +264,17 @@ impl Nsd {
 
     /// Replace the zones and reload (SIGHUP), waiting until NSD has read a changed zone.
     pub async fn reload(&mut self, zones: &[Zone]) -> anyhow::Result<()> {
-        let reads = |log: &str| log.matches("read with success").count();
-        let before = reads(&self.log());
         self.zones = zones.to_vec();
         self.write_zones()?;
         self.signal("HUP");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if reads(&self.log()) > before && soa_answers(self.addr, &self.zones[0].origin).await {
+            // Done when every zone serves its new version marker (the old data is gone).
+            let mut all = true;
+            for z in &self.zones {
+                all &= serves_version(self.addr, z).await;
+            }
+            if all {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -350,6 +365,21 @@ async fn soa_answers(addr: SocketAddr, origin: &str) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_millis(500), dns.addrs(&ns, origin)).await,
         Ok(Ok(_))
+    )
+}
+
+/// Whether `addr` serves this version of `zone` (its version marker resolves).
+async fn serves_version(addr: SocketAddr, zone: &Zone) -> bool {
+    use ssp_gateway::resolve::dns::{Answer, Dns, NsSet};
+    let dns = Dns::new();
+    let ns = NsSet {
+        servers: vec![addr],
+        timeout: Duration::from_millis(200),
+    };
+    let name = format!("v{}.zone-version.{}", zone.version, zone.origin);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), dns.addrs(&ns, &name)).await,
+        Ok(Ok(Answer::Records(..)))
     )
 }
 

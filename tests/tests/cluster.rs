@@ -1,16 +1,22 @@
-//! Two replicas of one operator's gateway behind one name: asynchronous answers that reach the
-//! replica which did not send the request are handed to the one that did, so the originator
-//! gets exactly one answer (and no 504 later).
+//! Two replicas of one operator's gateway behind one name: an asynchronous answer that reaches
+//! the replica which did not send the request is handed to the one that did, so the
+//! originator gets at most one answer: handed over and answered, routed by its token when the
+//! issuing replica has restarted, or dropped at the deadline when that replica is unreachable.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
 use ssp_gateway::certs::DevCa;
 use ssp_gateway::config::Config;
 use ssp_gateway::ops::metrics::Metrics;
+use ssp_gateway::relay::http::{Connector, SspClient};
 use ssp_gateway::relay::{self, PreBound, Running, StartOptions};
-use ssp_testbed::core_sim::{CoreMode, CoreSim, CoreSimConfig};
+use ssp_gateway::tls::{self, ServerTrust};
+use ssp_gateway::token::{Leg, TokenKeys};
+use ssp_testbed::core_sim::{CoreMode, CoreSim, CoreSimConfig, WireDir};
 use ssp_testbed::federation::{OperatorSpec, TempDir, gateway_toml, init_test_logs};
 
 const A: &str = "+46701234567";
@@ -47,8 +53,21 @@ async fn start(
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_reaching_the_other_replica_are_handed_over() {
+/// Operator X with replicas 0 and 1 (replica 0 only when `x0` is false: its admin URL then
+/// leads nowhere), operator Y peered with X by replica 1's address only.
+struct Setup {
+    _dir: TempDir,
+    ca: DevCa,
+    key: Vec<u8>,
+    cx: CoreSim,
+    cy: CoreSim,
+    x0: Option<Running>,
+    x1: Running,
+    gy: Running,
+    x1_peer_url: String,
+}
+
+async fn setup(x0: bool, request_timeout: &str) -> Setup {
     init_test_logs();
     let dir = TempDir::new("ssp-cluster");
     let certs = dir.0.join("certs");
@@ -70,23 +89,15 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
     cx.add_user("usera", Some(A), "User A");
     cy.add_user("userb", Some(B), "User B");
 
-    // X runs two replicas sharing directory, HMAC key and certificate.
-    let xdir = dir.0.join("opx.example");
-    std::fs::create_dir_all(&xdir).unwrap();
-    std::fs::write(xdir.join("directory.csv"), cx.directory_csv()).unwrap();
-    std::fs::write(
-        xdir.join("hmac.key"),
-        format!("{:064x}\n", rand::random::<u128>()),
-    )
-    .unwrap();
-    let ydir = dir.0.join("opy.example");
-    std::fs::create_dir_all(&ydir).unwrap();
-    std::fs::write(ydir.join("directory.csv"), cy.directory_csv()).unwrap();
-    std::fs::write(
-        ydir.join("hmac.key"),
-        format!("{:064x}\n", rand::random::<u128>()),
-    )
-    .unwrap();
+    // X's replicas share directory, HMAC key and certificate.
+    let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let (xdir, ydir) = (dir.0.join("opx.example"), dir.0.join("opy.example"));
+    for (d, core) in [(&xdir, &cx), (&ydir, &cy)] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("directory.csv"), core.directory_csv()).unwrap();
+        std::fs::write(d.join("hmac.key"), format!("{hex}\n")).unwrap();
+    }
 
     let (x0_peer, x0_core, x0_admin) = (bind(), bind(), bind());
     let (x1_peer, x1_core, x1_admin) = (bind(), bind(), bind());
@@ -97,13 +108,11 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
         port(&x1_admin)
     );
     let y_url = format!("https://127.0.0.1:{}/", port(&y_peer));
-    for (i, (peer, core, admin)) in [
+    let listeners = [
         (&x0_peer, &x0_core, &x0_admin),
         (&x1_peer, &x1_core, &x1_admin),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    for (i, (peer, core, admin)) in listeners.into_iter().enumerate() {
         let mut text = gateway_toml(
             &x,
             &[("opy.example".into(), y_url.clone(), "async")],
@@ -120,18 +129,19 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
                 port(admin)
             ),
         );
+        text = text.replace(
+            "request = \"4s\"",
+            &format!("request = \"{request_timeout}\""),
+        );
         text.push_str(&siblings);
         text.push_str(&format!("replica = {i}\n"));
         std::fs::write(xdir.join(format!("x{i}.toml")), text).unwrap();
     }
     // Y knows X by replica 1's address only: every answer and request from Y lands there.
+    let x1_peer_url = format!("https://127.0.0.1:{}/", port(&x1_peer));
     let text = gateway_toml(
         &y,
-        &[(
-            "opx.example".into(),
-            format!("https://127.0.0.1:{}/", port(&x1_peer)),
-            "async",
-        )],
+        &[("opx.example".into(), x1_peer_url.clone(), "async")],
         &certs,
         &cy.url(),
         port(&y_peer),
@@ -141,53 +151,127 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
 
     cx.set_gateway_url(&format!("http://127.0.0.1:{}/", port(&x0_core)));
     cy.set_gateway_url(&format!("http://127.0.0.1:{}/", port(&y_core)));
-    let x0 = start(&xdir.join("x0.toml"), x0_peer, x0_core, Some(x0_admin)).await;
+    let x0 = if x0 {
+        Some(start(&xdir.join("x0.toml"), x0_peer, x0_core, Some(x0_admin)).await)
+    } else {
+        // Replica 0 is gone: nothing listens on its admin address.
+        drop((x0_peer, x0_core, x0_admin));
+        None
+    };
     let x1 = start(&xdir.join("x1.toml"), x1_peer, x1_core, Some(x1_admin)).await;
     let gy = start(&ydir.join("gateway.toml"), y_peer, y_core, None).await;
+    Setup {
+        _dir: dir,
+        ca,
+        key,
+        cx,
+        cy,
+        x0,
+        x1,
+        gy,
+        x1_peer_url,
+    }
+}
 
+impl Setup {
+    async fn shutdown(self) {
+        if let Some(x0) = self.x0 {
+            x0.shutdown().await;
+        }
+        self.x1.shutdown().await;
+        self.gy.shutdown().await;
+        self.cx.shutdown().await;
+        self.cy.shutdown().await;
+    }
+
+    /// POST an answer to replica 1's peer listener as gateway Y would.
+    async fn answer_as_y(&self, tid: &str) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.cert_der()).unwrap();
+        let issued = self.ca.issue("opy.example").unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        let cfg = tls::client_config(
+            ServerTrust::Roots(Arc::new(roots)),
+            Some((vec![issued.der], key)),
+            false,
+        )
+        .unwrap();
+        let client = SspClient::new(
+            Connector::new(
+                Some((
+                    Arc::new(cfg),
+                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
+                )),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            ),
+            Duration::from_secs(5),
+            1 << 20,
+        );
+        let body = format!(
+            r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="1@opy.example"><Transaction mode="Response" transactionID="{tid}"><SendMessageResponse><Status code="200"/><MessageID>m-77</MessageID></SendMessageResponse></Transaction></Session></WV-SSP-Message>"#
+        );
+        let (status, _) = client
+            .post(&self.x1_peer_url.parse().unwrap(), body, &[], WAIT)
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 200, "answer accepted for processing");
+    }
+}
+
+fn handoffs(g: &Running, r: &str) -> u64 {
+    Metrics::counter_value(&g.gateway.metrics.handoffs, &[r])
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cond(), "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_reaching_the_other_replica_are_handed_over() {
+    let s = setup(true, "4s").await;
+    let x0 = s.x0.as_ref().unwrap();
     // A's message leaves through replica 0; Y's answer comes back to replica 1, which hands
     // it to replica 0, which answers the core.
-    let (_, st) = cx
-        .send_message("usera", &[&format!("wv:{B}")], "hi", true)
-        .await
-        .unwrap();
+    let (_, st) =
+        s.cx.send_message("usera", &[&format!("wv:{B}")], "hi", true)
+            .await
+            .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(
-        cy.wait_until(WAIT, |c| c.received("userb").len() == 1)
+        s.cy.wait_until(WAIT, |c| c.received("userb").len() == 1)
             .await
     );
-    let handoffs = |g: &Running, r: &str| Metrics::counter_value(&g.gateway.metrics.handoffs, &[r]);
+    eventually("replica 1 handed the answer over", || {
+        handoffs(&s.x1, "taken") >= 1
+    })
+    .await;
+    assert!(handoffs(x0, "received") >= 1, "replica 0 took it");
     assert!(
-        handoffs(&x1, "taken") >= 1,
-        "replica 1 handed the answer over"
-    );
-    assert!(handoffs(&x0, "received") >= 1, "replica 0 took it");
-    assert_eq!(
-        x0.gateway.pending.len(),
-        0,
+        x0.gateway.pending.is_empty(),
         "nothing left to time out into a 504"
     );
 
     // The other way: Y's delivery report enters through replica 1 and goes to X's core; the
     // core answers through replica 0, which hands the answer to replica 1, which answers Y.
     assert!(
-        cx.wait_until(WAIT, |c| c.delivery_reports("usera").len() == 1)
+        s.cx.wait_until(WAIT, |c| c.delivery_reports("usera").len() == 1)
             .await
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    while handoffs(&x0, "taken") == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        handoffs(&x0, "taken") >= 1,
-        "replica 0 handed the core's answer over"
-    );
-    let deadline = std::time::Instant::now() + WAIT;
-    while !x1.gateway.pending.is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(x1.gateway.pending.len(), 0);
-    // Exactly one answer each way: no late 503/504 from either replica.
+    eventually("replica 0 handed the core's answer over", || {
+        handoffs(x0, "taken") >= 1
+    })
+    .await;
+    eventually("replica 1 has nothing pending", || {
+        s.x1.gateway.pending.is_empty()
+    })
+    .await;
+    // Exactly one answer each way: no 503/504 from either replica.
     let errors = |g: &Running| {
         ["503", "504"]
             .iter()
@@ -197,20 +281,61 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
             })
             .sum::<u64>()
     };
-    assert_eq!(errors(&x0) + errors(&x1), 0);
+    assert_eq!(errors(x0) + errors(&s.x1), 0);
+    s.shutdown().await;
+}
 
-    for g in [x0, x1, gy] {
-        g.shutdown().await;
-    }
-    cx.shutdown().await;
-    cy.shutdown().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_for_a_restarted_replica_is_routed_by_its_token() {
+    let s = setup(true, "4s").await;
+    // A transaction ID that replica 0 issued before it restarted (same key and index,
+    // another process): replica 0 answers 409, so replica 1 routes the answer by its token.
+    let before_restart = TokenKeys::new(std::slice::from_ref(&s.key), 60).with_replica(0);
+    let tid = before_restart.issue(Leg::ToPeer, 7, 0, 1, "core-tid-77", "opy.example");
+    s.answer_as_y(&tid).await;
+    eventually("replica 0 said it is not its own", || {
+        handoffs(&s.x1, "not-theirs") == 1
+    })
+    .await;
+    assert!(
+        s.cx.wait_until(WAIT, |c| c
+            .wire_log()
+            .iter()
+            .any(|(d, b)| *d == WireDir::Received && b.contains("core-tid-77")))
+            .await,
+        "the core got the answer, under its own transaction ID"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_for_an_unreachable_replica_is_dropped_at_the_deadline() {
+    let s = setup(false, "1s").await;
+    let tid = TokenKeys::new(std::slice::from_ref(&s.key), 60)
+        .with_replica(0)
+        .issue(Leg::ToPeer, 7, 0, 1, "core-tid-78", "opy.example");
+    s.answer_as_y(&tid).await;
+    // Retried until the request's deadline (1 s), then dropped: routing it by token could
+    // follow a 504 that replica 0 may have given.
+    let dropped =
+        || Metrics::counter_value(&s.x1.gateway.metrics.orphan_answers, &["undeliverable"]) == 1;
+    eventually("dropped at the deadline", dropped).await;
+    assert!(handoffs(&s.x1, "unreachable") >= 2, "retried");
+    assert!(
+        !s.cx
+            .wire_log()
+            .iter()
+            .any(|(_, b)| b.contains("core-tid-78")),
+        "the core got nothing"
+    );
+    s.shutdown().await;
 }
 
 #[test]
 fn cluster_config_errors_name_the_key() {
     let dir = TempDir::new("ssp-cluster-cfg");
     let path = dir.0.join("g.toml");
-    let base = "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n";
+    let base = "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n[listen]\nadmin = \"127.0.0.1:9090\"\n";
     for (cluster, expect) in [
         (
             "[cluster]\nreplica = 2\nsiblings = [\"http://10.0.0.1:9090/\", \"http://10.0.0.2:9090/\"]\n",
@@ -220,7 +345,11 @@ fn cluster_config_errors_name_the_key() {
         ("[cluster]\nreplica = \"first\"\n", "from-hostname"),
         (
             "[cluster]\nsiblings = [\"https://10.0.0.1:9090/\"]\n",
-            "not an http://",
+            "not http://HOST:PORT/",
+        ),
+        (
+            "[cluster]\nsiblings = [\"http://10.0.0.1:9090/answers\"]\n",
+            "not http://HOST:PORT/",
         ),
     ] {
         std::fs::write(&path, format!("{base}{cluster}")).unwrap();
@@ -231,4 +360,12 @@ fn cluster_config_errors_name_the_key() {
             "names file, line and key: {e}"
         );
     }
+    let no_admin = base.replace("[listen]\nadmin = \"127.0.0.1:9090\"\n", "");
+    std::fs::write(
+        &path,
+        format!("{no_admin}[cluster]\nsiblings = [\"http://10.0.0.1:9090/\"]\n"),
+    )
+    .unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("set [listen] admin"), "{e}");
 }

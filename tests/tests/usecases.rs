@@ -69,11 +69,11 @@ fn core_wire(core: &CoreSim, dir: WireDir, needles: &[&str]) -> Vec<String> {
 
 /// NAPTR and SRV queries gateway `i` has made so far.
 fn dns_queries(fed: &Federation, i: usize) -> (u64, u64) {
-    let naptr = ["ok", "nxdomain", "nodata"]
+    let naptr = ["ok", "nxdomain", "nodata", "error"]
         .iter()
         .map(|r| fed.dns_count(i, "naptr", r))
         .sum();
-    let srv = ["ok", "nxdomain", "nodata"]
+    let srv = ["ok", "nxdomain", "nodata", "error"]
         .iter()
         .map(|r| fed.dns_count(i, "srv", r))
         .sum();
@@ -337,8 +337,20 @@ async fn uc_5_21_presence_subscription_notification_and_unsubscribe() {
     let st = cx.unsubscribe("usera", &wv(B)).await.unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(cy.watchers("userb").is_empty());
+    // set_presence waits for every notification it sends to be answered, so once it returns
+    // a wrongly sent one would already be on the wire and at A's core.
     let seen = cx.presence_seen("usera").len();
+    let notes = |fed: &Federation| {
+        fed.sent("opy.example", "opx.example", "<PresenceNotification")
+            .len()
+    };
+    let sent = notes(&fed);
     cy.set_presence("userb", "AVAILABLE", "back").await.unwrap();
+    assert!(
+        core_wire(cy, WireDir::Sent, &["<PresenceNotification", "back"]).is_empty(),
+        "no notification left Y's core"
+    );
+    assert_eq!(notes(&fed), sent, "nothing went to X");
     assert_eq!(cx.presence_seen("usera").len(), seen);
     fed.assert_topology_hidden();
     fed.shutdown().await;

@@ -1120,6 +1120,12 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
     });
 
     let cluster = cluster(check, raw.cluster);
+    if !cluster.siblings.is_empty() && listen.admin.is_none() {
+        check.err(
+            &[k("cluster"), k("siblings")],
+            "replicas hand answers to each other on the admin listener: set [listen] admin",
+        );
+    }
 
     Some(Config {
         path: PathBuf::new(),
@@ -1192,13 +1198,18 @@ fn cluster(check: &mut Check<'_>, raw: RawCluster) -> Cluster {
     let mut siblings = Vec::new();
     for (j, u) in raw.siblings.iter().enumerate() {
         match u.parse::<http::Uri>() {
-            // Admin listeners are plain HTTP on the management network.
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+            // Admin listeners are plain HTTP on the management network; the endpoint path is
+            // fixed, so a URL names only the listener.
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && uri.host().is_some()
+                    && matches!(uri.path(), "" | "/") =>
+            {
                 siblings.push(uri)
             }
             _ => check.err(
                 &[k("cluster"), k("siblings"), Step::Index(j)],
-                format!("{u:?} is not an http:// URL (a replica's admin listener)"),
+                format!("{u:?} is not http://HOST:PORT/ (a replica's admin listener)"),
             ),
         }
     }

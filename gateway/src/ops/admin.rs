@@ -52,9 +52,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
             ),
         },
         (&Method::POST, "/cluster/answer") => {
+            let mac = req
+                .headers()
+                .get(crate::relay::cluster::MAC_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             match crate::relay::http::read_body(req.into_body(), gw.cfg.limits.xml.max_body).await {
                 Ok(body) => {
-                    let (status, msg) = gw.take_handed_answer(&body).await;
+                    let (status, msg) = gw.take_handed_answer(&body, mac.as_deref()).await;
                     text(status, msg, "text/plain")
                 }
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),

@@ -1,16 +1,27 @@
 //! Replicas of one gateway behind one address (`[cluster]`). An asynchronous answer may reach
 //! a replica that did not send the request: the replica index in its transaction ID says
 //! which one did, and the answer is handed to that replica's admin listener
-//! (`POST /cluster/answer`), which completes the waiting request. When that replica does not
-//! know the request (it restarted) or cannot be reached (it is gone), the receiving replica
-//! routes the answer by its token, as for a predecessor's request after a restart. Either way
-//! the originator gets exactly one answer.
+//! (`POST /cluster/answer`, the body authenticated with the shared HMAC key), which completes
+//! the waiting request.
+//!
+//! At most one answer reaches the originator:
+//! - the issuing replica takes it (answers its waiting request, or drops it as late);
+//! - it says it did not issue it (409: it restarted since): the receiving replica routes the
+//!   answer by its token, as for a predecessor's request after a restart;
+//! - it cannot be reached: the hand-over is retried until the request's deadline, then the
+//!   answer is dropped (counted). Routing it by token instead could follow the 504 the issuing
+//!   replica may already have given.
+
+use std::time::Duration;
 
 use http::StatusCode;
 
 use super::Gateway;
-use crate::ssp::{Body, Message, NS_WV_SSP_13, Transaction};
-use crate::token::Token;
+use crate::ssp::{Body, Message, Mode, NS_WV_SSP_13, Transaction};
+use crate::token::{Leg, Token};
+
+/// Header carrying the HMAC of a handed-over body.
+pub const MAC_HEADER: &str = "ssp-handoff-mac";
 
 /// What the issuing replica said about a handed-over answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,20 +30,61 @@ pub(crate) enum Handoff {
     Taken,
     /// It did not issue the ID (it is a newer process than the one that did).
     NotTheirs,
-    /// No usable answer (down, timed out, error).
+    /// No usable answer (down, timed out, misconfigured).
     Unreachable,
 }
 
 impl Gateway {
-    /// Hand `t` to the replica that issued `tok`, when that is another replica of a cluster;
-    /// `None` when there is no such replica.
-    pub(crate) async fn hand_off(&self, tok: &Token, t: &Transaction) -> Option<Handoff> {
-        let client = self.siblings.as_ref()?;
+    /// The admin URL of the replica that issued `tok`, when that is another replica.
+    pub(crate) fn sibling_of(&self, tok: &Token) -> Option<&http::Uri> {
+        self.siblings.as_ref()?;
         let replica = tok.replica();
         if replica == self.cfg.cluster.replica {
             return None;
         }
-        let base = self.cfg.cluster.siblings.get(usize::from(replica))?;
+        self.cfg.cluster.siblings.get(usize::from(replica))
+    }
+
+    /// Hand `t` to the replica that issued `tok` until it is taken, that replica says it is
+    /// not its own (then route it by token), or the request's deadline passes (then drop it).
+    pub(crate) async fn hand_over(&self, tok: Token, t: Transaction, leg: Leg) {
+        let issued = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(tok.issued));
+        let deadline = issued + self.cfg.timeouts.request;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.hand_off(&tok, &t).await {
+                None | Some(Handoff::NotTheirs) => {
+                    self.route_unclaimed(tok, t, leg, false).await;
+                    return;
+                }
+                Some(Handoff::Taken) => return,
+                Some(Handoff::Unreachable) => {
+                    let left = deadline
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    if left.is_zero() {
+                        self.metrics
+                            .orphan_answers
+                            .with_label_values(&["undeliverable"])
+                            .inc();
+                        tracing::warn!(
+                            tid = %t.transaction_id,
+                            replica = tok.replica(),
+                            "answer dropped: its replica stayed unreachable until the request's deadline"
+                        );
+                        return;
+                    }
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// One attempt to hand `t` to the replica that issued `tok`.
+    async fn hand_off(&self, tok: &Token, t: &Transaction) -> Option<Handoff> {
+        let client = self.siblings.as_ref()?;
+        let base = self.sibling_of(tok)?;
         let url: http::Uri = format!(
             "{}://{}/cluster/answer",
             base.scheme_str().unwrap_or("http"),
@@ -41,14 +93,22 @@ impl Gateway {
         .parse()
         .ok()?;
         let body = Message::session("cluster", vec![t.clone()]).emit(NS_WV_SSP_13);
+        let mac = self.keys.sign(body.as_bytes());
         let result = match client
-            .post(&url, body, &[], self.cfg.timeouts.connect.saturating_mul(2))
+            .post(
+                &url,
+                body,
+                &[(MAC_HEADER, mac)],
+                self.cfg.timeouts.connect.saturating_mul(2),
+            )
             .await
         {
             Ok((StatusCode::OK, _)) => Handoff::Taken,
-            Ok((StatusCode::NOT_FOUND, _)) => Handoff::NotTheirs,
-            Ok((status, _)) => {
-                tracing::warn!(%url, %status, "replica refused a handed-over answer");
+            Ok((StatusCode::CONFLICT, _)) => Handoff::NotTheirs,
+            Ok((status, answer)) => {
+                // 404 included: a wrong URL or a replica without the endpoint is not a
+                // statement about the transaction.
+                tracing::warn!(%url, %status, answer = %String::from_utf8_lossy(&answer), "replica refused a handed-over answer");
                 Handoff::Unreachable
             }
             Err(e) => {
@@ -65,11 +125,17 @@ impl Gateway {
         Some(result)
     }
 
-    /// An answer handed over by another replica (`POST /cluster/answer`): 200 when this
-    /// process issued its ID (the waiting request is answered, or it was already answered
-    /// and this one is dropped), 404 when it did not, 400 for anything that is not one
-    /// authentic answer.
-    pub async fn take_handed_answer(&self, body: &[u8]) -> (StatusCode, String) {
+    /// An answer handed over by another replica (`POST /cluster/answer`, `mac` from the
+    /// [`MAC_HEADER`]): 200 when this process issued its ID (the waiting request is
+    /// answered, or it was already answered and this one is dropped), 409 when it did not,
+    /// 401 without a valid MAC, 400 for anything that is not one authentic answer.
+    pub async fn take_handed_answer(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String) {
+        if !mac.is_some_and(|m| self.keys.verify(body, m)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong hand-over MAC\n".into(),
+            );
+        }
         let msg = match self.codec.parse(body) {
             Ok(m) => m,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -81,13 +147,19 @@ impl Gateway {
         let (Some(t), None) = (it.next(), it.next()) else {
             return (StatusCode::BAD_REQUEST, "one transaction expected\n".into());
         };
+        if t.mode != Mode::Response {
+            return (
+                StatusCode::BAD_REQUEST,
+                "only answers are handed over\n".into(),
+            );
+        }
         let tok = match self.keys.open(&t.transaction_id) {
             Ok(tok) => tok,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         if tok.instance != self.keys.instance() {
             self.metrics.handoffs.with_label_values(&["not-ours"]).inc();
-            return (StatusCode::NOT_FOUND, "not issued by this process\n".into());
+            return (StatusCode::CONFLICT, "not issued by this process\n".into());
         }
         self.metrics.handoffs.with_label_values(&["received"]).inc();
         if self.pending.complete(tok.request_id, t) {
@@ -102,5 +174,74 @@ impl Gateway {
                 "late: its request was already answered\n".into(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ssp::{Primitive, Status};
+    use std::path::Path;
+
+    fn gateway() -> Gateway {
+        let cfg = Config::from_str(
+            Path::new("routes/test.toml"),
+            "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
+        )
+        .unwrap();
+        Gateway::new(cfg, &Default::default()).unwrap()
+    }
+
+    fn answer(tid: &str, mode: Mode) -> String {
+        let mut t = Transaction::response(tid, Primitive::Status(Status::with(200, "ok")));
+        t.mode = mode;
+        Message::session("cluster", vec![t]).emit(NS_WV_SSP_13)
+    }
+
+    #[tokio::test]
+    async fn handed_answers_are_authenticated_and_claimed_only_by_their_issuer() {
+        let gw = gateway();
+        let ours = gw
+            .keys
+            .issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
+        let body = answer(&ours, Mode::Response);
+        let mac = gw.keys.sign(body.as_bytes());
+        // No MAC, or a MAC of something else: refused before parsing.
+        let (st, _) = gw.take_handed_answer(body.as_bytes(), None).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let other = gw.keys.sign(b"something else");
+        let (st, _) = gw.take_handed_answer(body.as_bytes(), Some(&other)).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        // Only answers are handed over.
+        let req = answer(&ours, Mode::Request);
+        let (st, _) = gw
+            .take_handed_answer(req.as_bytes(), Some(&gw.keys.sign(req.as_bytes())))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        // Issued by another process (another replica, or this one before a restart): 409.
+        let theirs =
+            gw.keys
+                .clone()
+                .with_replica(3)
+                .issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
+        let b = answer(&theirs, Mode::Response);
+        let (st, _) = gw
+            .take_handed_answer(b.as_bytes(), Some(&gw.keys.sign(b.as_bytes())))
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT);
+        // Ours, with nothing waiting: taken and dropped as late (no second answer).
+        let (st, msg) = gw.take_handed_answer(body.as_bytes(), Some(&mac)).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(msg.contains("late"), "{msg}");
+    }
+
+    #[test]
+    fn the_replica_index_rides_in_the_instance() {
+        let keys = crate::token::TokenKeys::new(&[vec![7u8; 32]], 60).with_replica(5);
+        let tid = keys.issue(Leg::ToCore, 1, 0, 1, "t", "opy.example");
+        let tok = keys.open(&tid).unwrap();
+        assert_eq!(tok.replica(), 5);
+        assert_eq!(tok.instance, keys.instance());
     }
 }

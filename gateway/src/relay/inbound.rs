@@ -27,7 +27,7 @@ use crate::ssp::{
     WvId, status as code,
 };
 use crate::tls::cert_names_domain;
-use crate::token::Leg;
+use crate::token::{Leg, Token};
 
 /// Outcome of reading and parsing a POST: the message, or the HTTP answer to give instead.
 pub(crate) enum Parsed {
@@ -492,7 +492,7 @@ impl Gateway {
     /// An answer to one of our requests (`leg` says which). Returns an error status to give
     /// back when the transaction ID is forged, foreign or stale.
     pub(crate) async fn accept_answer(
-        &self,
+        self: &Arc<Self>,
         t: Transaction,
         leg: Leg,
         from_peer: Option<&str>,
@@ -521,17 +521,30 @@ impl Gateway {
                 ));
             }
         };
-        if self.pending.complete(tok.request_id, t.clone()) {
-            return None;
-        }
-        // Not waited for here. Another live replica's request: hand it over.
         let ours = tok.instance == self.keys.instance();
-        if !ours && self.hand_off(&tok, &t).await == Some(super::cluster::Handoff::Taken) {
+        if ours && self.pending.complete(tok.request_id, t.clone()) {
             return None;
         }
-        // Our own request: the answer is late, and its request was already answered (504); a
-        // second answer must not follow. A predecessor's request (restart), or a replica that
-        // is gone: nobody else can deliver this answer, so route it by the token alone.
+        if !ours && self.sibling_of(&tok).is_some() {
+            // Another replica's request: hand the answer over in the background, so that the
+            // sender's POST is acknowledged at once whatever that replica's state.
+            let g = self.clone();
+            let work = self.track();
+            tokio::spawn(async move {
+                let _work = work;
+                g.hand_over(tok, t, leg).await;
+            });
+            return None;
+        }
+        self.route_unclaimed(tok, t, leg, ours).await;
+        None
+    }
+
+    /// An answer no request here waits for. Our own request: the answer is late, and its
+    /// request was already answered (504); a second answer must not follow. A predecessor's
+    /// request (this replica restarted): nobody else can deliver it, so it is routed by its
+    /// token alone while its request's deadline has not passed.
+    pub(crate) async fn route_unclaimed(&self, tok: Token, t: Transaction, leg: Leg, ours: bool) {
         let age = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -543,7 +556,7 @@ impl Gateway {
                 .with_label_values(&["late"])
                 .inc();
             tracing::info!(tid = %t.transaction_id, "late answer dropped (its request was already answered)");
-            return None;
+            return;
         }
         tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");
         let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
@@ -559,7 +572,6 @@ impl Gateway {
                 }
             },
         }
-        None
     }
 
     /// Handle a `SetupTransaction` from a peer or from the core.

@@ -31,6 +31,10 @@ keep-alive and a new TLS connection per request; maximum throughput (closed loop
 at 25% and 50% of L2's maximum (open loop); gateway RSS with 1,000 idle TLS connections.
 --quick takes under a minute; the default takes about four. Writes target/ladder.json.";
 
+/// Connections of the closed-loop (maximum throughput) runs: enough that the servers, not
+/// the round-trip time, set the pace (16 left L3 latency-bound below its capacity).
+const CLOSED_LOOP_CONNS: usize = 64;
+
 /// Subscriber A at X and B at Y.
 const A: &str = "+46701234567";
 const B: &str = "+4915112345678";
@@ -233,23 +237,30 @@ impl Bench {
         servers: &[&Child],
     ) -> Stats {
         let (warmup, duration) = self.durations();
+        // One run: the warm-up uses the same connections as the measured window, and the
+        // server CPU of the whole run is divided by every request it served.
         let load = Load {
-            conns: 16,
-            warmup: Duration::ZERO,
-            duration: warmup,
+            conns: if rate.is_some() {
+                16
+            } else {
+                CLOSED_LOOP_CONNS
+            },
+            warmup,
+            duration,
             rate,
             shape,
         };
-        loadgen::run(target, &load, body.clone()).await;
         let cpu = |s: &[&Child]| -> Duration {
             s.iter()
                 .filter_map(|c| procstat::cpu_time(c.pid, self.ticks))
                 .sum()
         };
         let before = cpu(servers);
-        let stats = loadgen::run(target, &Load { duration, ..load }, body.clone()).await;
+        let began = std::time::Instant::now();
+        let stats = loadgen::run(target, &load, body.clone()).await;
         let used = cpu(servers).saturating_sub(before);
-        let n = (stats.ok + stats.errors).max(1);
+        let elapsed = began.elapsed();
+        let n = stats.done_total.max(1);
         let rung = Rung {
             name: name.to_owned(),
             shape: shape_label.to_owned(),
@@ -258,11 +269,12 @@ impl Bench {
             p50_us: stats.percentile(50.0),
             p99_us: stats.percentile(99.0),
             cpu_us_per_req: used.as_micros() as f64 / n as f64,
+            server_cpu_util: used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
             errors: stats.errors,
             first_error: stats.first_error.clone(),
         };
         println!(
-            "  {:<34} {:<20} {:>5}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  {} errors",
+            "  {:<34} {:<20} {:>5}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  {} errors",
             rung.name,
             rung.shape,
             rung.load,
@@ -270,6 +282,7 @@ impl Bench {
             rung.p50_us,
             rung.p99_us,
             rung.cpu_us_per_req,
+            rung.server_cpu_util * 100.0,
             rung.errors
         );
         self.rungs.push(rung);
@@ -487,7 +500,10 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         (l3, &t_gw_in, &gateway_x),
     ];
 
-    println!("\nmaximum throughput (closed loop, 16 connections):");
+    // Memory before any load: the baseline of the idle-connection figure.
+    let rss_fresh = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
+
+    println!("\nmaximum throughput (closed loop, {CLOSED_LOOP_CONNS} connections):");
     let mut l2_max = 0.0;
     let mut l3_max = 0.0;
     for (name, target, child) in rungs {
@@ -578,6 +594,11 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
 
     println!("\ngateway memory with 1,000 idle peer TLS connections:");
     let rss_before = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
+    println!(
+        "  RSS {:.1} MiB when started, {:.1} MiB after the load runs",
+        rss_fresh as f64 / (1024.0 * 1024.0),
+        rss_before as f64 / (1024.0 * 1024.0)
+    );
     let (idle, failed) = loadgen::idle_connections(&t_gw_in, 1000, inbound.clone()).await;
     let rss_idle = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -629,6 +650,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
             "gateway_added_p50_us_at_50pct": added_50,
         },
         "memory": {
+            "gateway_rss_bytes_started": rss_fresh,
             "gateway_rss_bytes_before": rss_before,
             "gateway_rss_bytes_1000_idle_tls": rss_idle,
             "idle_connections": 1000 - failed,

@@ -74,6 +74,8 @@ pub struct Stats {
     pub window: Duration,
     /// Latencies of good answers in µs, sorted.
     pub latencies_us: Vec<u32>,
+    /// Every request finished, warm-up and stragglers included (for CPU per request).
+    pub done_total: u64,
 }
 
 impl Stats {
@@ -152,7 +154,13 @@ async fn one(
     Ok((status, body))
 }
 
-/// Run one measurement against `target`.
+/// How long an open-loop run waits after its window for requests scheduled inside it.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Run one measurement against `target`: `load.warmup` on the same connections, then the
+/// measured window. Open loop: every request scheduled inside the window counts, also when
+/// it is sent or answered after the window closes (within [`GRACE`]; later ones count as
+/// errors), so a stall is never cut off the tail.
 pub async fn run(target: &Target, load: &Load, body: BodyFn) -> Stats {
     let start = Instant::now();
     let measure_from = start + load.warmup;
@@ -182,7 +190,16 @@ pub async fn run(target: &Target, load: &Load, body: BodyFn) -> Stats {
                     },
                     None => Instant::now(),
                 };
-                if Instant::now() >= end {
+                if jobs.is_some() && Instant::now() >= end + GRACE {
+                    // Scheduled in the window, never sent: a failure, not a missing sample.
+                    if intended >= measure_from {
+                        st.errors += 1;
+                        st.first_error
+                            .get_or_insert_with(|| "not sent within the grace period".into());
+                    }
+                    continue;
+                }
+                if jobs.is_none() && Instant::now() >= end {
                     break;
                 }
                 let n = seq * 1000 + k as u64;
@@ -198,7 +215,12 @@ pub async fn run(target: &Target, load: &Load, body: BodyFn) -> Stats {
                 }
                 .await;
                 let done = Instant::now();
-                let counted = intended >= measure_from && done <= end;
+                st.done_total += 1;
+                let counted = if jobs.is_some() {
+                    intended >= measure_from && intended < end
+                } else {
+                    intended >= measure_from && done <= end
+                };
                 match result {
                     Ok((status, answer)) if good_answer(status, &answer) => {
                         if counted {
@@ -240,6 +262,7 @@ pub async fn run(target: &Target, load: &Load, body: BodyFn) -> Stats {
                 total.ok += st.ok;
                 total.errors += st.errors;
                 total.latencies_us.extend(st.latencies_us);
+                total.done_total += st.done_total;
                 if total.first_error.is_none() {
                     total.first_error = st.first_error;
                 }

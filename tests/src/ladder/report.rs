@@ -20,6 +20,8 @@ pub struct Rung {
     pub p99_us: u32,
     /// CPU time of the rung's server process(es) per request (µs).
     pub cpu_us_per_req: f64,
+    /// CPU time of the server process(es) per second of the run (1.0 = one CPU busy).
+    pub server_cpu_util: f64,
     /// Failed requests or error answers.
     pub errors: u64,
     /// The first error seen, if any.
@@ -30,13 +32,21 @@ pub struct Rung {
 /// Print the table.
 pub fn print_table(rungs: &[Rung]) {
     println!(
-        "\n{:<34} {:<20} {:>5} {:>10} {:>9} {:>9} {:>11} {:>7}",
-        "rung", "shape", "load", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "errors"
+        "\n{:<34} {:<20} {:>5} {:>10} {:>9} {:>9} {:>11} {:>8} {:>7}",
+        "rung", "shape", "load", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "srv CPU", "errors"
     );
     for r in rungs {
         println!(
-            "{:<34} {:<20} {:>5} {:>10.0} {:>9} {:>9} {:>11.1} {:>7}",
-            r.name, r.shape, r.load, r.rps, r.p50_us, r.p99_us, r.cpu_us_per_req, r.errors
+            "{:<34} {:<20} {:>5} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>7}",
+            r.name,
+            r.shape,
+            r.load,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.cpu_us_per_req,
+            r.server_cpu_util * 100.0,
+            r.errors
         );
     }
 }
