@@ -388,6 +388,42 @@ async fn last_resort_when_nothing_routes() {
     dns.stop().await;
 }
 
+/// The gateway speaks SSP only: a destination DNS shows reachable by SIP alone goes to the
+/// gateway of last resort when there is one, and is otherwise refused with 405.
+#[tokio::test]
+async fn sip_only_destinations_go_to_the_last_resort_or_get_405() {
+    use ssp_gateway::relay::route::Dest;
+    use ssp_gateway::ssp::{Primitive, RouteBy};
+    let dns = InProcDns::start(&lab()).await.unwrap();
+    let cfg = ssp_gateway::config::Config::from_str(
+        std::path::Path::new("routes/test.toml"),
+        "[gateway]\npublic_domain = \"opx.lab.example\"\ncore_domains = [\"core.opx.lab.example\"]\ncountry_code = \"46\"\n",
+    )
+    .unwrap();
+    let rb = RouteBy::Id("wv:+442079460127".into());
+    let req = Primitive::SendMessageRequest(Default::default());
+    for last_resort in [None, Some("lastresort.example")] {
+        let mut s = spec(dns.addr);
+        s.last_resort = last_resort.map(str::to_owned);
+        let r = Resolver::with_parts(
+            s,
+            "opx.lab.example",
+            Vec::new(),
+            Metrics::new(),
+            Clock::System,
+        );
+        match (r.route(&cfg, &rb, &req).await, last_resort) {
+            (Dest::Fail(st), None) => {
+                assert_eq!(st.code, 405, "{st:?}");
+                assert!(st.description.unwrap_or_default().contains("sip"));
+            }
+            (Dest::Remote(remote), Some(lr)) => assert_eq!(remote.domain, lr),
+            (other, lr) => panic!("last resort {lr:?}: unexpected {other:?}"),
+        }
+    }
+    dns.stop().await;
+}
+
 fn zones_with(number_domain: &str, ttl: u32) -> Vec<Zone> {
     let mut z = lab();
     z[0] = Zone::new(

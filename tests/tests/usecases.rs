@@ -510,6 +510,13 @@ async fn mnp_ported_number_stays_reachable() {
         cy.wait_until(WAIT, |c| c.received("userb").len() == 1)
             .await
     );
+    // The subscription's first notification from Y is sent after its answer: let it arrive
+    // before B leaves Y's directory (after that, Y's core can only name its user by its
+    // wv:user@host ID, which is not what this test is about).
+    assert!(
+        cx.wait_until(WAIT, |c| !c.presence_seen("usera").is_empty())
+            .await
+    );
     let contacts_before = cx.contact_entries("usera");
 
     // The port: directories, then ENUM.

@@ -922,6 +922,15 @@ impl Resolver {
                 urls: Vec::new(),
                 source: Source::LastResort,
             }),
+            // This gateway speaks SSP only: a SIP/XMPP-only destination goes to the gateway of
+            // last resort, which can (the seed's alternative flows), when there is one.
+            Protocol::Sip | Protocol::Xmpp if self.spec.last_resort.is_some() => {
+                Dest::Remote(Remote {
+                    domain: self.spec.last_resort.clone().unwrap_or_default(),
+                    urls: Vec::new(),
+                    source: Source::LastResort,
+                })
+            }
             Protocol::Sip | Protocol::Xmpp => Dest::Fail(status(
                 code::NOT_SUPPORTED,
                 format!(
