@@ -590,6 +590,39 @@ impl Federation {
     }
 }
 
+/// An SSP client as a peer gateway would be: TLS trusting `trust`, presenting a certificate for
+/// `identity`'s domain issued by its CA (none: no client certificate), and expecting the
+/// server to be `server_name`.
+pub fn peer_client(
+    trust: &DevCa,
+    identity: Option<(&DevCa, &str)>,
+    server_name: &str,
+) -> ssp_gateway::relay::http::SspClient {
+    use rustls_pki_types::pem::PemObject;
+    use ssp_gateway::relay::http::{Connector, SspClient};
+    use ssp_gateway::tls::{self, ServerTrust};
+    use std::time::Duration;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.cert_der()).unwrap();
+    let ident = identity.map(|(ca, domain)| {
+        let issued = ca.issue(domain).unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        (vec![issued.der], key)
+    });
+    let cfg = tls::client_config(ServerTrust::Roots(Arc::new(roots)), ident, false).unwrap();
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    SspClient::new(
+        Connector::new(
+            Some((Arc::new(cfg), name)),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        ),
+        Duration::from_secs(5),
+        1 << 20,
+    )
+}
+
 /// Logs for tests, off unless `RUST_LOG` is set (e.g. `RUST_LOG=ssp_gateway=debug`).
 pub fn init_test_logs() {
     if std::env::var_os("RUST_LOG").is_some() {

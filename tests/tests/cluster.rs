@@ -5,16 +5,12 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
 use ssp_gateway::certs::DevCa;
 use ssp_gateway::config::Config;
 use ssp_gateway::ops::metrics::Metrics;
-use ssp_gateway::relay::http::{Connector, SspClient};
 use ssp_gateway::relay::{self, PreBound, Running, StartOptions};
-use ssp_gateway::tls::{self, ServerTrust};
 use ssp_gateway::token::{Leg, TokenKeys};
 use ssp_testbed::core_sim::{CoreMode, CoreSim, CoreSimConfig, WireDir};
 use ssp_testbed::federation::{OperatorSpec, TempDir, gateway_toml, init_test_logs};
@@ -186,28 +182,10 @@ impl Setup {
 
     /// POST an answer to replica 1's peer listener as gateway Y would.
     async fn answer_as_y(&self, tid: &str) {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.cert_der()).unwrap();
-        let issued = self.ca.issue("opy.example").unwrap();
-        let key =
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-        let cfg = tls::client_config(
-            ServerTrust::Roots(Arc::new(roots)),
-            Some((vec![issued.der], key)),
-            false,
-        )
-        .unwrap();
-        let client = SspClient::new(
-            Connector::new(
-                Some((
-                    Arc::new(cfg),
-                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
-                )),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            ),
-            Duration::from_secs(5),
-            1 << 20,
+        let client = ssp_testbed::federation::peer_client(
+            &self.ca,
+            Some((&self.ca, "opy.example")),
+            "opx.example",
         );
         let body = format!(
             r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="1@opy.example"><Transaction mode="Response" transactionID="{tid}"><SendMessageResponse><Status code="200"/><MessageID>m-77</MessageID></SendMessageResponse></Transaction></Session></WV-SSP-Message>"#

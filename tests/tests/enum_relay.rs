@@ -2,13 +2,9 @@
 //! `_imps-server._tcp` from a real NSD, and the ENUM-based anti-spoofing check.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
 use ssp_gateway::ops::metrics::Metrics;
-use ssp_gateway::relay::http::{Connector, SspClient};
-use ssp_gateway::tls::{self, ServerTrust};
 use ssp_testbed::federation::{DnsKind, Federation, OperatorSpec, federation_zones};
 
 const A: &str = "+46701234567";
@@ -99,31 +95,11 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
     .await;
     let url: http::Uri = fed.ops[1].peer_url.parse().unwrap();
     // X's certificate, as gateway X would present it.
-    let client = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(fed.ca.cert_der()).unwrap();
-        let issued = fed.ca.issue("opx.example").unwrap();
-        let key =
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-        let cfg = tls::client_config(
-            ServerTrust::Roots(Arc::new(roots)),
-            Some((vec![issued.der], key)),
-            false,
-        )
-        .unwrap();
-        SspClient::new(
-            Connector::new(
-                Some((
-                    Arc::new(cfg),
-                    rustls_pki_types::ServerName::try_from("opy.example").unwrap(),
-                )),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            ),
-            Duration::from_secs(5),
-            1 << 20,
-        )
-    };
+    let client = ssp_testbed::federation::peer_client(
+        &fed.ca,
+        Some((&fed.ca, "opx.example")),
+        "opy.example",
+    );
     let send = |from: &str| {
         format!(
             r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="1@opx.example"><Transaction mode="Request" transactionID="t-{from}"><SendMessageRequest><MetaInfo clientOriginated="Yes"><Requestor serviceID="wv:@opx.example"><User userID="wv:{from}"/></Requestor></MetaInfo><MessageInfo contentType="text/plain" contentSize="2"><Recipient><User userID="wv:{B}"/></Recipient><Sender><User userID="wv:{from}"/></Sender></MessageInfo><ContentData contentType="text/plain" encoding="base64">aGk=</ContentData></SendMessageRequest></Transaction></Session></WV-SSP-Message>"#

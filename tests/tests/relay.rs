@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
-use ssp_gateway::relay::http::{Connector, SspClient};
-use ssp_gateway::tls::{self, ServerTrust};
+use ssp_gateway::relay::http::SspClient;
+use ssp_gateway::tls;
 use ssp_testbed::core_sim::CoreMode;
 use ssp_testbed::federation::{Federation, OperatorSpec};
 
@@ -182,30 +182,10 @@ fn peer_client(
     identity_domain: Option<&str>,
     ca: Option<&ssp_gateway::certs::DevCa>,
 ) -> SspClient {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(fed.ca.cert_der()).unwrap();
-    let ident = identity_domain.map(|d| {
-        let issued = ca.unwrap_or(&fed.ca).issue(d).unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::try_from(
-            rustls_pki_types::pem::PemObject::from_pem_slice(issued.key_pem.as_bytes())
-                .map(|k: rustls_pki_types::PrivatePkcs8KeyDer<'static>| {
-                    k.secret_pkcs8_der().to_vec()
-                })
-                .unwrap(),
-        )
-        .unwrap();
-        (vec![issued.der.clone()], key)
-    });
-    let cfg = tls::client_config(ServerTrust::Roots(Arc::new(roots)), ident, false).unwrap();
-    let name = rustls_pki_types::ServerName::try_from(fed.ops[1].spec.domain.clone()).unwrap();
-    SspClient::new(
-        Connector::new(
-            Some((Arc::new(cfg), name)),
-            Duration::from_secs(2),
-            Duration::from_secs(2),
-        ),
-        Duration::from_secs(5),
-        1 << 20,
+    ssp_testbed::federation::peer_client(
+        &fed.ca,
+        identity_domain.map(|d| (ca.unwrap_or(&fed.ca), d)),
+        &fed.ops[1].spec.domain,
     )
 }
 
@@ -416,31 +396,11 @@ async fn forged_answer_is_420_and_predecessor_answer_is_routed_by_token() {
     let fed = Federation::start(vec![x(), sy]).await;
     // Y's answers, posted to X as Y would (Y's certificate).
     let url: http::Uri = fed.ops[0].peer_url.parse().unwrap();
-    let client = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(fed.ca.cert_der()).unwrap();
-        let issued = fed.ca.issue("opy.example").unwrap();
-        let key =
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-        let cfg = tls::client_config(
-            ServerTrust::Roots(Arc::new(roots)),
-            Some((vec![issued.der], key)),
-            false,
-        )
-        .unwrap();
-        SspClient::new(
-            Connector::new(
-                Some((
-                    Arc::new(cfg),
-                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
-                )),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            ),
-            Duration::from_secs(5),
-            1 << 20,
-        )
-    };
+    let client = ssp_testbed::federation::peer_client(
+        &fed.ca,
+        Some((&fed.ca, "opy.example")),
+        "opx.example",
+    );
     let answer = |tid: &str| {
         format!(
             r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="9@opy.example"><Transaction mode="Response" transactionID="{tid}"><SendMessageResponse messageID="m9"><Status code="200"/></SendMessageResponse></Transaction></Session></WV-SSP-Message>"#
@@ -699,27 +659,7 @@ async fn core_listener_with_tls_and_client_certificates() {
         &id(B),
     );
     let with_cert = |identity: Option<&str>| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(fed.ca.cert_der()).unwrap();
-        let ident = identity.map(|d| {
-            let issued = fed.ca.issue(d).unwrap();
-            let key =
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-            (vec![issued.der], key)
-        });
-        let cfg = tls::client_config(ServerTrust::Roots(Arc::new(roots)), ident, false).unwrap();
-        SspClient::new(
-            Connector::new(
-                Some((
-                    Arc::new(cfg),
-                    rustls_pki_types::ServerName::try_from("opx.example").unwrap(),
-                )),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            ),
-            Duration::from_secs(5),
-            1 << 20,
-        )
+        ssp_testbed::federation::peer_client(&fed.ca, identity.map(|d| (&fed.ca, d)), "opx.example")
     };
     // Without a client certificate the TLS handshake is refused.
     assert!(

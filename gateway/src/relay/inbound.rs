@@ -301,25 +301,9 @@ impl Gateway {
     /// One inbound request, start to answer (the answer is in our core's terms only where the
     /// caller still has to rewrite it for the peer).
     pub(crate) async fn inbound_request(&self, peer: &PeerRt, t: Transaction) -> Transaction {
-        let started = Instant::now();
-        let prim_name = t.primitive.name().to_owned();
-        self.metrics
-            .requests
-            .with_label_values(&["inbound", &prim_name])
-            .inc();
-        let in_flight = self.metrics.in_flight.with_label_values(&["inbound"]);
-        in_flight.inc();
-        let answer = self.inbound_answer(peer, &t).await;
-        in_flight.dec();
-        let code = super::merge::answer_status(&answer).code.to_string();
-        self.metrics
-            .answers
-            .with_label_values(&["inbound", &code])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&["inbound"])
-            .observe(started.elapsed().as_secs_f64());
+        let answer = self
+            .metered("inbound", t.primitive.name(), self.inbound_answer(peer, &t))
+            .await;
         Transaction::response(t.transaction_id, answer)
     }
 

@@ -64,6 +64,7 @@ pub fn status(code: u16, description: impl Into<String>) -> Status {
 /// The overall status of an answer primitive (absent means success, as Baraza's empty
 /// GetPresenceResponse).
 pub fn answer_status(p: &Primitive) -> Status {
+    // Kept in step with `answer_code`.
     let st = match p {
         Primitive::SendMessageResponse(r) => r.status.clone(),
         Primitive::GetPresenceResponse(r) => r.status.clone(),
@@ -73,6 +74,19 @@ pub fn answer_status(p: &Primitive) -> Status {
         _ => None,
     };
     st.unwrap_or_else(|| Status::new(status::OK))
+}
+
+/// The overall status code of an answer primitive, without copying its status.
+pub fn answer_code(p: &Primitive) -> u16 {
+    let st = match p {
+        Primitive::SendMessageResponse(r) => r.status.as_ref(),
+        Primitive::GetPresenceResponse(r) => r.status.as_ref(),
+        Primitive::SearchResponse(r) => r.status.as_ref(),
+        Primitive::InviteResponse(r) => r.status.as_ref(),
+        Primitive::Status(s) => Some(s),
+        _ => None,
+    };
+    st.map_or(status::OK, |s| s.code)
 }
 
 /// One part of a split request, and what became of it.

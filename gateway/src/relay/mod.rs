@@ -211,6 +211,21 @@ impl Running {
     }
 }
 
+/// A status code as decimal text in `buf` (a metric label, without allocating).
+fn code_str(code: u16, buf: &mut [u8; 5]) -> &str {
+    let mut n = code;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 fn load_keys(cfg: &Config) -> Result<TokenKeys, StartError> {
     // Answers are accepted for a while after the request deadline; later ones are stale.
     let max_age = (cfg.timeouts.request.as_secs() as u32)
@@ -358,6 +373,35 @@ impl Gateway {
             metrics,
             cfg,
         })
+    }
+
+    /// Count, gauge and time the handling of one request (`direction`: `inbound` from peers,
+    /// `outbound` from the core) around `answer`.
+    pub(crate) async fn metered(
+        &self,
+        direction: &'static str,
+        primitive: &str,
+        answer: impl std::future::Future<Output = crate::ssp::Primitive>,
+    ) -> crate::ssp::Primitive {
+        let started = std::time::Instant::now();
+        self.metrics
+            .requests
+            .with_label_values(&[direction, primitive])
+            .inc();
+        let in_flight = self.metrics.in_flight.with_label_values(&[direction]);
+        in_flight.inc();
+        let answer = answer.await;
+        in_flight.dec();
+        let mut buf = [0u8; 5];
+        self.metrics
+            .answers
+            .with_label_values(&[direction, code_str(merge::answer_code(&answer), &mut buf)])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[direction])
+            .observe(started.elapsed().as_secs_f64());
+        answer
     }
 
     pub(crate) fn tap(&self, dir: TapDir, party: &str, body: &str) {
@@ -588,4 +632,15 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         shutdown,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_codes_as_labels() {
+        let mut buf = [0u8; 5];
+        for code in [0u16, 7, 200, 531, 65535] {
+            assert_eq!(super::code_str(code, &mut buf), code.to_string());
+        }
+    }
 }

@@ -178,31 +178,16 @@ impl Gateway {
 
     /// One request from the core, start to answer.
     pub(crate) async fn outbound_request(&self, t: Transaction) -> Transaction {
-        let started = Instant::now();
-        let prim = t.primitive.name().to_owned();
-        self.metrics
-            .requests
-            .with_label_values(&["outbound", &prim])
-            .inc();
-        let in_flight = self.metrics.in_flight.with_label_values(&["outbound"]);
-        in_flight.inc();
-        let answer = match self.admit() {
-            Some(_slot) => self.outbound_answer(&t).await,
-            None => error_answer(
-                &t.primitive,
-                status(code::UNAVAILABLE, "gateway overloaded"),
-            ),
-        };
-        in_flight.dec();
-        let code = super::merge::answer_status(&answer).code.to_string();
-        self.metrics
-            .answers
-            .with_label_values(&["outbound", &code])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&["outbound"])
-            .observe(started.elapsed().as_secs_f64());
+        let answer = self.metered("outbound", t.primitive.name(), async {
+            match self.admit() {
+                Some(_slot) => self.outbound_answer(&t).await,
+                None => error_answer(
+                    &t.primitive,
+                    status(code::UNAVAILABLE, "gateway overloaded"),
+                ),
+            }
+        });
+        let answer = answer.await;
         Transaction::response(t.transaction_id, answer)
     }
 
@@ -313,7 +298,7 @@ impl Gateway {
                         .as_ref()
                         .is_none_or(|s| s.is_success() || s.code == code::UNKNOWN_USER)
             }
-            Ok(p) => super::merge::answer_status(p).code == code::UNKNOWN_USER,
+            Ok(p) => super::merge::answer_code(p) == code::UNKNOWN_USER,
         };
         if unknown && self.cfg.policy.search_unregistered_answer {
             return Primitive::SearchResponse(crate::ssp::primitives::SearchResponse {
