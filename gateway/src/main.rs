@@ -54,7 +54,8 @@ enum Cmd {
         /// wv:+E164, +E164 or a domain.
         target: String,
     },
-    /// Validate a config file (and the directory it names) and exit.
+    /// Validate a config file and everything it names (directory, keys, certificates, trust
+    /// anchors), as `run` would before binding its ports, and exit.
     Check {
         /// The config file.
         #[arg(long, short)]
@@ -211,13 +212,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Check { config } => {
             let cfg = ssp_gateway::config::Config::load(&config)?;
-            let dir = ssp_gateway::directory::Directory::load(&cfg.directory)?;
+            // The resolver's construction wants a runtime context; nothing is bound or sent.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let gw = rt.block_on(async { ssp_gateway::relay::check(cfg) })?;
             println!(
                 "{}: ok ({} peers, {} routes, {} directory entries)",
                 config.display(),
-                cfg.peers.len(),
-                cfg.routes.len(),
-                dir.len()
+                gw.cfg.peers.len(),
+                gw.cfg.routes.len(),
+                gw.dir.load().len()
             );
             Ok(ExitCode::SUCCESS)
         }

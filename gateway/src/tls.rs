@@ -67,6 +67,29 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Our certificate chain and its private key, checked to belong together: a mismatch is
+/// reported here, naming both files, rather than as rustls's bare `KeyMismatch` later.
+pub fn load_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = load_certs(cert)?;
+    let k = load_key(key)?;
+    rustls::sign::CertifiedKey::from_der(chain.clone(), k.clone_key(), &provider()).map_err(
+        |e| TlsError::Pem {
+            path: key.to_owned(),
+            msg: match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "this private key does not belong to the certificate in {}",
+                    cert.display()
+                ),
+                e => format!("unusable private key: {e}"),
+            },
+        },
+    )?;
+    Ok((chain, k))
+}
+
 /// A root store from PEM files.
 pub fn load_roots(paths: &[PathBuf]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();

@@ -612,8 +612,16 @@ async fn serve_stale_and_hold_down_while_nsd_is_down() {
 #[tokio::test]
 async fn resolve_command_json_against_nsd() {
     let nsd = Nsd::start(&lab()).await.unwrap();
+    // The gateway's own CLI test (gateway/tests/cli.rs) makes cargo build this binary whenever
+    // the workspace's tests are built; it sits beside the test executables' `deps/` directory.
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("ssp-gateway");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p ssp-gateway` or run the whole \
+         workspace's tests (tests/run)",
+        bin.display()
+    );
     let run = |args: &[&str]| {
         let out = std::process::Command::new(&bin)
             .arg("resolve")

@@ -278,10 +278,13 @@ impl Gateway {
         let cfg = Arc::new(cfg);
         let dir = Directory::load(&cfg.directory)?;
         let identity = match (&cfg.tls.cert, &cfg.tls.key) {
-            (Some(c), Some(k)) => Some(Identity {
-                chain: tls::load_certs(c)?,
-                key: Arc::new(tls::load_key(k)?),
-            }),
+            (Some(c), Some(k)) => {
+                let (chain, key) = tls::load_identity(c, k)?;
+                Some(Identity {
+                    chain,
+                    key: Arc::new(key),
+                })
+            }
             _ => None,
         };
         let peers = PeerTable::new(cfg.clone(), identity.clone())?;
@@ -489,6 +492,70 @@ fn unreachable_listener() -> Result<TcpListener, StartError> {
     ))
 }
 
+type Acceptor = (tokio_rustls::TlsAcceptor, std::time::Duration);
+
+/// TLS for the peer listener: our certificate, and the peers' trust anchors for client
+/// certificates (optional there: association-authenticated peers have none).
+fn peer_tls(gw: &Gateway) -> Result<Acceptor, StartError> {
+    let cfg = &gw.cfg;
+    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+        return Err(StartError::Tls(TlsError::Verifier(
+            "peer listener without [tls] cert/key".into(),
+        )));
+    };
+    let roots = gw.peers.listener_roots()?;
+    let sc = tls::server_config(
+        tls::load_certs(cert)?,
+        tls::load_key(key)?,
+        Some(roots),
+        false,
+    )?;
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+        cfg.timeouts.handshake,
+    ))
+}
+
+/// TLS for the core listener, when `[core] tls` asks for it (client certificates required
+/// when the core authenticates by mTLS).
+fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
+    let cfg = &gw.cfg;
+    let Some(c) = cfg.core.as_ref().filter(|c| c.tls) else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+        return Err(StartError::Tls(TlsError::Verifier(
+            "core TLS without [tls] cert/key".into(),
+        )));
+    };
+    let roots = if c.trust.is_empty() {
+        None
+    } else {
+        Some(tls::load_roots(&c.trust)?)
+    };
+    let require = c.auth == crate::config::CoreAuth::Mtls;
+    let sc = tls::server_config(tls::load_certs(cert)?, tls::load_key(key)?, roots, require)?;
+    Ok(Some((
+        tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+        cfg.timeouts.handshake,
+    )))
+}
+
+/// Everything `start` checks before it binds a port: the directory, the transaction-ID keys,
+/// our certificate and key (and that they match), every peer's and the core's trust anchors
+/// and pins, and the listeners' TLS. `ssp-gateway check` runs this, so a config that passes
+/// it fails to start only for want of its ports.
+pub fn check(cfg: Config) -> Result<Gateway, StartError> {
+    let gw = Gateway::new(cfg, &StartOptions::default())?;
+    if gw.cfg.listen.peer.is_some() {
+        peer_tls(&gw)?;
+    }
+    if gw.cfg.listen.core.is_some() {
+        core_tls(&gw)?;
+    }
+    Ok(gw)
+}
+
 /// Bind the listeners named in the config and start serving.
 pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, StartError> {
     let gw = Arc::new(Gateway::new(cfg, &opts)?);
@@ -510,19 +577,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
             (None, None) => unreachable_listener()?,
         };
         peer_addr = l.local_addr().ok();
-        let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
-            return Err(StartError::Tls(TlsError::Verifier(
-                "peer listener without [tls] cert/key".into(),
-            )));
-        };
-        let roots = gw.peers.listener_roots()?;
-        let sc = tls::server_config(
-            tls::load_certs(cert)?,
-            tls::load_key(key)?,
-            Some(roots),
-            false,
-        )?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+        let acceptor = peer_tls(&gw)?;
         let g = gw.clone();
         let handler: http::Handler = Arc::new(move |req, info| {
             let g = g.clone();
@@ -532,7 +587,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         let on_tls = Arc::new(move |_: &str| m.tls_failures.with_label_values(&["peer"]).inc());
         tasks.push(tokio::spawn(http::serve(
             l,
-            Some((acceptor, cfg.timeouts.handshake)),
+            Some(acceptor),
             handler,
             rx.clone(),
             cfg.limits.max_connections,
@@ -550,32 +605,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
             (None, None) => unreachable_listener()?,
         };
         core_addr = l.local_addr().ok();
-        let tls = match &cfg.core {
-            Some(c) if c.tls => {
-                let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
-                    return Err(StartError::Tls(TlsError::Verifier(
-                        "core TLS without [tls] cert/key".into(),
-                    )));
-                };
-                let roots = if c.trust.is_empty() {
-                    None
-                } else {
-                    Some(tls::load_roots(&c.trust)?)
-                };
-                let require = c.auth == crate::config::CoreAuth::Mtls;
-                let sc = tls::server_config(
-                    tls::load_certs(cert)?,
-                    tls::load_key(key)?,
-                    roots,
-                    require,
-                )?;
-                Some((
-                    tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
-                    cfg.timeouts.handshake,
-                ))
-            }
-            _ => None,
-        };
+        let tls = core_tls(&gw)?;
         let g = gw.clone();
         let handler: http::Handler = Arc::new(move |req, info| {
             let g = g.clone();

@@ -1,0 +1,190 @@
+//! The `ssp-gateway` command line as an operator uses it: the example configs in `routes/`
+//! pass `check` once dev certificates exist, `check` names the file (and line and key) of
+//! whatever is wrong, and `ssp rewrite` shows what the outbound path would send.
+//!
+//! Building this test also builds the `ssp-gateway` binary, which the testbed's `resolve`
+//! command test runs against NSD.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ssp-gateway");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the gateway crate sits in the workspace")
+        .to_owned()
+}
+
+/// A private copy of `routes/` with dev certificates at `certs/dev`, where the example
+/// configs expect them (paths are relative to the config file).
+struct Sandbox(PathBuf);
+
+impl Sandbox {
+    fn new(name: &str) -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("ssp-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("routes")).unwrap();
+        for e in std::fs::read_dir(repo().join("routes")).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.join("routes").join(e.file_name())).unwrap();
+            }
+        }
+        let out = run(&[
+            "certs",
+            "dev",
+            "--out",
+            dir.join("certs/dev").to_str().unwrap(),
+            "--operator",
+            "opx.example",
+            "--operator",
+            "opy.example",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        Sandbox(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    fn check(&self, config: &str) -> Output {
+        run(&["check", "--config", self.path(config).to_str().unwrap()])
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn example_configs_pass_check_with_dev_certificates() {
+    let sb = Sandbox::new("examples");
+    for (config, peers, dir) in [("routes/example.toml", 1, 3), ("routes/opy.toml", 1, 1)] {
+        let out = sb.check(config);
+        assert!(out.status.success(), "{config}: {}", text(&out.stderr));
+        let said = text(&out.stdout);
+        assert!(
+            said.contains(&format!("ok ({peers} peers,"))
+                && said.contains(&format!("{dir} directory entries")),
+            "{said}"
+        );
+    }
+}
+
+#[test]
+fn check_names_what_is_wrong() {
+    let sb = Sandbox::new("errors");
+    let cfg = sb.path("routes/example.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let failing = |what: &str| {
+        let out = sb.check("routes/example.toml");
+        assert_eq!(out.status.code(), Some(1), "{what}: accepted");
+        text(&out.stderr)
+    };
+
+    // A misspelt key: the file, its line and the key.
+    let line = good
+        .lines()
+        .position(|l| l.starts_with("public_domain"))
+        .unwrap()
+        + 1;
+    std::fs::write(&cfg, good.replacen("public_domain", "publik_domain", 1)).unwrap();
+    let err = failing("misspelt key");
+    assert!(
+        err.contains(&format!(
+            "example.toml:{line}: unknown field `publik_domain`"
+        )),
+        "{err}"
+    );
+    std::fs::write(&cfg, &good).unwrap();
+
+    // A bad directory row: the CSV file and its line.
+    let csv = sb.path("routes/directory.csv");
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(
+        &csv,
+        format!("{rows}\nnot-a-number,wv:x@core.opx.example\n"),
+    )
+    .unwrap();
+    let err = failing("bad directory row");
+    assert!(err.contains("directory.csv:"), "{err}");
+    assert!(err.contains("msisdn"), "{err}");
+    std::fs::write(&csv, &rows).unwrap();
+
+    // Another operator's key beside our certificate: both files are named.
+    let key = sb.path("certs/dev/opx.example/key.pem");
+    let ours = std::fs::read(&key).unwrap();
+    std::fs::copy(sb.path("certs/dev/opy.example/key.pem"), &key).unwrap();
+    let err = failing("mismatched key");
+    assert!(
+        err.contains("opx.example/key.pem: this private key does not belong to the certificate")
+            && err.contains("opx.example/cert.pem"),
+        "{err}"
+    );
+    std::fs::write(&key, ours).unwrap();
+
+    // A trust anchor file that holds no certificate.
+    let ca = sb.path("certs/dev/ca.pem");
+    std::fs::write(&ca, "not PEM\n").unwrap();
+    let err = failing("empty trust anchors");
+    assert!(err.contains("ca.pem: no CERTIFICATE block found"), "{err}");
+    std::fs::remove_file(&ca).unwrap();
+    let err = failing("missing trust anchors");
+    assert!(err.contains("ca.pem: cannot read certificates"), "{err}");
+}
+
+#[test]
+fn ssp_rewrite_shows_the_outbound_message_without_core_ids() {
+    let sb = Sandbox::new("rewrite");
+    let msg = repo().join("routes/examples/send-message-outbound.xml");
+    let out = run(&[
+        "ssp",
+        "rewrite",
+        "--config",
+        sb.path("routes/example.toml").to_str().unwrap(),
+        "--direction",
+        "outbound",
+        msg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let xml = text(&out.stdout);
+    assert!(xml.contains(r#"<User userID="wv:+46701234567"/>"#), "{xml}");
+    assert!(xml.contains(r#"serviceID="wv:@opx.example""#), "{xml}");
+    assert!(
+        !xml.contains("core.opx.example"),
+        "core domain leaked: {xml}"
+    );
+    assert!(
+        xml.contains(r#"<Vendor xmlns="urn:vendor:acme" trace="on">kept as is</Vendor>"#),
+        "vendor element dropped: {xml}"
+    );
+    assert!(
+        text(&out.stderr).contains("route-by: wv:+4915112345678"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn resolve_refuses_a_target_that_is_neither_number_nor_domain() {
+    let out = run(&["resolve", "--nameserver", "127.0.0.1:9", "not a target@x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not wv:+E164"),
+        "{}",
+        text(&out.stderr)
+    );
+}
