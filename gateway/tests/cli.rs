@@ -4,6 +4,7 @@
 //!
 //! Building this test also builds the `ssp-gateway` binary, which the testbed's `resolve`
 //! command test runs against NSD.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
