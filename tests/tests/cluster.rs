@@ -347,3 +347,120 @@ fn cluster_config_errors_name_the_key() {
     let e = Config::load(&path).unwrap_err().to_string();
     assert!(e.contains("set [listen] admin"), "{e}");
 }
+
+/// Replicas with nothing but their admin listeners, one process per `(index, key)`, listed in
+/// process order in one siblings list, followed by `dead` entries nothing listens on.
+async fn replicas(dir: &TempDir, procs: &[(u8, &[u8])], dead: usize) -> Vec<Running> {
+    let admins: Vec<TcpListener> = procs.iter().map(|_| bind()).collect();
+    let mut urls: Vec<String> = admins
+        .iter()
+        .map(|l| format!("\"http://127.0.0.1:{}/\"", port(l)))
+        .collect();
+    for _ in 0..dead {
+        let gone = bind();
+        urls.push(format!("\"http://127.0.0.1:{}/\"", port(&gone)));
+    }
+    let siblings = urls.join(", ");
+    let mut out = Vec::new();
+    for (n, ((replica, key), admin)) in procs.iter().zip(admins).enumerate() {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.0.join(format!("k{n}")), format!("{hex}\n")).unwrap();
+        let path = dir.0.join(format!("g{n}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\n\
+                 country_code = \"46\"\nhmac_key_file = \"k{n}\"\n[listen]\nadmin = \"127.0.0.1:{}\"\n\
+                 [cluster]\nreplica = {replica}\nsiblings = [{siblings}]\n",
+                port(&admin)
+            ),
+        )
+        .unwrap();
+        let started = relay::start(
+            Config::load(&path).unwrap(),
+            StartOptions {
+                listeners: PreBound {
+                    admin: Some(admin),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        out.push(started);
+    }
+    out
+}
+
+fn conflicts(g: &Running) -> i64 {
+    g.gateway.metrics.cluster_conflicts.get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_in_index_order_with_one_key_check_clean() {
+    let dir = TempDir::new("ssp-cluster-ok");
+    let key = [7u8; 32];
+    // A third entry nobody answers (a replica down) is not a conflict.
+    let gs = replicas(&dir, &[(0, &key), (1, &key)], 1).await;
+    for g in &gs {
+        let found = g.gateway.check_cluster().await;
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(conflicts(g), 0);
+    }
+    for g in gs {
+        g.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_replica_index_is_reported() {
+    let dir = TempDir::new("ssp-cluster-dup");
+    let key = [7u8; 32];
+    // Both processes say replica 0; the list has them at places 0 and 1.
+    let gs = replicas(&dir, &[(0, &key), (0, &key)], 0).await;
+    // The second process's own start-up check already sees it (the first was serving).
+    eventually("the second replica's watcher found both conflicts", || {
+        conflicts(&gs[1]) == 2
+    })
+    .await;
+    let first = gs[0].gateway.check_cluster().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].sibling, 1);
+    assert!(
+        first[0].what.contains("it says it is replica 0"),
+        "{}",
+        first[0]
+    );
+    let second = gs[1].gateway.check_cluster().await;
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(
+        second[0]
+            .what
+            .contains("our own entry is answered by another process"),
+        "{}",
+        second[0]
+    );
+    assert!(second[0].to_string().starts_with("[cluster] siblings[0]: "));
+    assert_eq!(conflicts(&gs[0]), 1);
+    for g in gs {
+        g.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_key_is_reported() {
+    let dir = TempDir::new("ssp-cluster-key");
+    let (k0, k1) = ([7u8; 32], [8u8; 32]);
+    let gs = replicas(&dir, &[(0, &k0), (1, &k1)], 0).await;
+    for (g, other) in [(&gs[0], 1), (&gs[1], 0)] {
+        let found = g.gateway.check_cluster().await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].sibling, other);
+        assert!(found[0].what.contains("hmac_key_file"), "{}", found[0]);
+        assert_eq!(conflicts(g), 1);
+    }
+    for g in gs {
+        g.shutdown().await;
+    }
+}

@@ -1,8 +1,9 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /health` (alive), `GET /ready`
 //! (serving), `POST /reload` (re-read the subscriber directory), `POST /cluster/answer` (an
 //! answer handed over by another replica; it only completes requests whose HMAC-signed
-//! transaction IDs this process issued). Bind it to a management address only: it has no
-//! authentication of its own.
+//! transaction IDs this process issued), `POST /cluster/self` (this replica's index and
+//! process, for a sibling that signs its request with the shared key). Bind it to a
+//! management address only: it has no authentication of its own.
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -51,6 +52,21 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
                 "text/plain",
             ),
         },
+        (&Method::POST, "/cluster/self") => {
+            let mac = req
+                .headers()
+                .get(crate::relay::cluster::MAC_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // A report request is one short line.
+            match crate::relay::http::read_body(req.into_body(), 256).await {
+                Ok(body) => {
+                    let (status, msg) = gw.self_report(&body, mac.as_deref());
+                    text(status, msg, "text/plain")
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+            }
+        }
         (&Method::POST, "/cluster/answer") => {
             let mac = req
                 .headers()

@@ -40,6 +40,9 @@ pub struct Metrics {
     /// Answers handed between cluster replicas, by result (`taken`, `not-theirs`,
     /// `unreachable` when sending; `received`, `not-ours` when receiving).
     pub handoffs: IntCounterVec,
+    /// Cluster misconfigurations found by the last check of the siblings (duplicate replica
+    /// index, a sibling that is another index than its place in the list, another HMAC key).
+    pub cluster_conflicts: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +91,12 @@ impl Metrics {
             IntGauge::new("directory_entries", "Explicit subscriber directory entries")
                 .unwrap_or_else(|e| unreachable_metric("directory_entries", e));
         let _ = r.register(Box::new(directory_entries.clone()));
+        let cluster_conflicts = IntGauge::new(
+            "cluster_conflicts",
+            "Cluster misconfigurations found by the last sibling check",
+        )
+        .unwrap_or_else(|e| unreachable_metric("cluster_conflicts", e));
+        let _ = r.register(Box::new(cluster_conflicts.clone()));
         Metrics {
             requests: counter(
                 &r,
@@ -143,6 +152,7 @@ impl Metrics {
                 "Answers handed between replicas",
                 &["result"],
             ),
+            cluster_conflicts,
             registry: r,
         }
     }

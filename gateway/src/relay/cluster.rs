@@ -11,6 +11,13 @@
 //! - it cannot be reached: the hand-over is retried until the request's deadline, then the
 //!   answer is dropped (counted). Routing it by token instead could follow the 504 the issuing
 //!   replica may already have given.
+//!
+//! All of this rests on each replica having its own index, at its own place in the siblings
+//! list, and on every replica holding the signing key of the others. Two replicas with one
+//! index would each take the other's answers for a restarted predecessor's, and the core
+//! could get both a 504 and the real answer. So each replica asks every sibling who it is
+//! (`POST /cluster/self`, signed like a hand-over) when it starts and every
+//! [`CHECK_EVERY`], logs what is wrong, and exports the count as `ssp_cluster_conflicts`.
 
 use std::time::Duration;
 
@@ -22,6 +29,51 @@ use crate::token::{Leg, Token};
 
 /// Header carrying the HMAC of a handed-over body.
 pub const MAC_HEADER: &str = "ssp-handoff-mac";
+
+/// How often a replica checks its siblings.
+pub const CHECK_EVERY: Duration = Duration::from_secs(15);
+
+/// A cluster misconfiguration found by asking a sibling who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Its place in `[cluster] siblings`.
+    pub sibling: usize,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[cluster] siblings[{}]: {}", self.sibling, self.what)
+    }
+}
+
+/// `replica N instance HEX`: what a replica says about itself.
+fn report(replica: u8, instance: u32) -> String {
+    format!("replica {replica} instance {instance:08x}\n")
+}
+
+fn parse_report(b: &[u8]) -> Option<(u8, u32)> {
+    let s = std::str::from_utf8(b).ok()?;
+    let mut w = s.split_ascii_whitespace();
+    match (w.next(), w.next(), w.next(), w.next(), w.next()) {
+        (Some("replica"), Some(r), Some("instance"), Some(i), None) => {
+            Some((r.parse().ok()?, u32::from_str_radix(i, 16).ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// `path` on a sibling's admin listener (`base` is `http://HOST:PORT/`, checked at load).
+fn admin_url(base: &http::Uri, path: &str) -> Option<http::Uri> {
+    format!(
+        "{}://{}{path}",
+        base.scheme_str().unwrap_or("http"),
+        base.authority().map(|a| a.as_str()).unwrap_or_default()
+    )
+    .parse()
+    .ok()
+}
 
 /// What the issuing replica said about a handed-over answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +136,7 @@ impl Gateway {
     /// One attempt to hand `t` to the replica that issued `tok`.
     async fn hand_off(&self, tok: &Token, t: &Transaction) -> Option<Handoff> {
         let client = self.siblings.as_ref()?;
-        let base = self.sibling_of(tok)?;
-        let url: http::Uri = format!(
-            "{}://{}/cluster/answer",
-            base.scheme_str().unwrap_or("http"),
-            base.authority().map(|a| a.as_str()).unwrap_or_default()
-        )
-        .parse()
-        .ok()?;
+        let url = admin_url(self.sibling_of(tok)?, "/cluster/answer")?;
         let body = Message::session("cluster", vec![t.clone()]).emit(NS_WV_SSP_13);
         let mac = self.keys.sign(body.as_bytes());
         let result = match client
@@ -177,6 +222,108 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `POST /cluster/self`: who this replica is, told to a sibling that proves it holds our
+    /// key (the body signed as a hand-over is); 401 otherwise.
+    pub fn self_report(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String) {
+        if !mac.is_some_and(|m| self.keys.verify(body, m)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong hand-over MAC\n".into(),
+            );
+        }
+        (
+            StatusCode::OK,
+            report(self.cfg.cluster.replica, self.keys.instance()),
+        )
+    }
+
+    /// Ask every sibling, ourselves included, who it is, and count what is wrong in
+    /// `ssp_cluster_conflicts`. A sibling that cannot be reached (or predates the check: 404)
+    /// says nothing either way: it is not counted.
+    pub async fn check_cluster(&self) -> Vec<Conflict> {
+        let Some(client) = self.siblings.as_ref() else {
+            return Vec::new();
+        };
+        let me = self.cfg.cluster.replica;
+        let body = report(me, self.keys.instance());
+        let mac = self.keys.sign(body.as_bytes());
+        let mut found = Vec::new();
+        for (i, base) in self.cfg.cluster.siblings.iter().enumerate() {
+            let Some(url) = admin_url(base, "/cluster/self") else {
+                continue;
+            };
+            let answer = client
+                .post(
+                    &url,
+                    body.clone(),
+                    &[(MAC_HEADER, mac.clone())],
+                    self.cfg.timeouts.connect.saturating_mul(2),
+                )
+                .await;
+            let what = match answer {
+                Ok((StatusCode::OK, b)) => match parse_report(&b) {
+                    Some((r, inst)) if i == usize::from(me) && inst != self.keys.instance() => {
+                        Some(format!(
+                            "our own entry is answered by another process (replica {r}, \
+                             instance {inst:08x}): two replicas have index {me}, or the list \
+                             is in another order than the indexes"
+                        ))
+                    }
+                    Some((r, _)) if usize::from(r) != i => Some(format!(
+                        "it says it is replica {r}: the list must be in index order, each \
+                         replica with its own index"
+                    )),
+                    Some(_) => None,
+                    None => Some(format!(
+                        "{url} answered something that is not a replica report: not a sibling's \
+                         admin listener"
+                    )),
+                },
+                Ok((StatusCode::UNAUTHORIZED, _)) => Some(
+                    "it refuses our hand-over MAC: its hmac_key_file does not hold our signing \
+                     key, so answers handed to it are lost"
+                        .to_owned(),
+                ),
+                Ok((status, _)) => {
+                    tracing::debug!(%url, %status, "sibling check: no report");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "sibling check: unreachable");
+                    None
+                }
+            };
+            if let Some(what) = what {
+                found.push(Conflict { sibling: i, what });
+            }
+        }
+        self.metrics.cluster_conflicts.set(found.len() as i64);
+        found
+    }
+
+    /// Check the siblings now and every [`CHECK_EVERY`] until `stop` turns; log each change.
+    pub(crate) async fn watch_cluster(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut last: Vec<Conflict> = Vec::new();
+        loop {
+            let found = self.check_cluster().await;
+            if found != last {
+                for c in found.iter().filter(|c| !last.contains(c)) {
+                    tracing::error!("{c}");
+                }
+                if found.is_empty() {
+                    tracing::info!("cluster check: no conflicts left");
+                }
+                last = found;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +381,27 @@ mod tests {
         let (st, msg) = gw.take_handed_answer(body.as_bytes(), Some(&mac)).await;
         assert_eq!(st, StatusCode::OK);
         assert!(msg.contains("late"), "{msg}");
+    }
+
+    #[test]
+    fn self_reports_need_the_shared_key_and_parse_back() {
+        let gw = gateway();
+        let body = b"replica 1 instance 01000000\n";
+        let (st, _) = gw.self_report(body, None);
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, _) = gw.self_report(body, Some(&gw.keys.sign(b"other")));
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, text) = gw.self_report(body, Some(&gw.keys.sign(body)));
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(parse_report(text.as_bytes()), Some((0, gw.keys.instance())));
+        for bad in [
+            "",
+            "replica x instance 1",
+            "replica 1 instance zz",
+            "replica 1 instance 1 x",
+        ] {
+            assert_eq!(parse_report(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 
     #[test]

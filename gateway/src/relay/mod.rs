@@ -649,6 +649,12 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         )));
     }
 
+    if gw.siblings.is_some() {
+        let g = gw.clone();
+        let stop = rx.clone();
+        tasks.push(tokio::spawn(async move { g.watch_cluster(stop).await }));
+    }
+
     tracing::info!(
         public_domain = %cfg.gateway.public_domain,
         peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr,
