@@ -52,13 +52,28 @@ impl Zone {
             text.push('\n');
         }
         let version = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        text.push_str(&format!("v{version}.zone-version 0 IN A 127.0.0.1\n"));
+        text.push_str(&marker(version));
         Zone {
             origin,
             text,
             version,
         }
     }
+
+    /// Add a record (one master-file line) as a new version of the zone, so a reload is
+    /// confirmed only once the server serves it. (Editing `text` directly keeps the version,
+    /// and a reload would then return while the old text is still served.)
+    pub fn add(&mut self, record: &str) {
+        self.text = self.text.replace(&marker(self.version), "");
+        self.text.push_str(record);
+        self.text.push('\n');
+        self.version = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.text.push_str(&marker(self.version));
+    }
+}
+
+fn marker(version: u64) -> String {
+    format!("v{version}.zone-version 0 IN A 127.0.0.1\n")
 }
 
 /// The ENUM owner name of an E.164 number under `suffix` (`+4915…`, `e164.arpa`).

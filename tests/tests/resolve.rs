@@ -509,17 +509,14 @@ async fn negative_answers_are_cached_within_bounds() {
     assert_eq!(nx, 1);
     // Provision it; the negative answer still holds for its TTL.
     let mut z = lab();
-    z[0].text.push_str(&format!(
-        "{}\n",
-        naptr(
-            "+4670000001",
-            E164,
-            100,
-            10,
-            "E2U+im",
-            "im:new@opy.lab.example",
-            300
-        )
+    z[0].add(&naptr(
+        "+4670000001",
+        E164,
+        100,
+        10,
+        "E2U+im",
+        "im:new@opy.lab.example",
+        300,
     ));
     nsd.reload(&z).await.unwrap();
     clock.advance(Duration::from_secs(59));
@@ -555,17 +552,14 @@ async fn negative_answers_are_cached_within_bounds() {
         Protocol::None
     );
     let mut z2 = z.clone();
-    z2[0].text.push_str(&format!(
-        "{}\n",
-        naptr(
-            "+4670000002",
-            E164,
-            100,
-            10,
-            "E2U+im",
-            "im:new2@opy.lab.example",
-            300
-        )
+    z2[0].add(&naptr(
+        "+4670000002",
+        E164,
+        100,
+        10,
+        "E2U+im",
+        "im:new2@opy.lab.example",
+        300,
     ));
     nsd.reload(&z2).await.unwrap();
     clock2.advance(Duration::from_secs(100));

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::exchange::Target;
 use super::http::{ConnInfo, HttpResponse, read_body, respond};
-use super::merge::{PartResult, error_answer, merge, split, status};
+use super::merge::{ErrorForm, PartResult, error_answer, merge, split, status};
 use super::peers::PeerRt;
 use super::{Gateway, TapDir};
 use crate::config::{PeerAuth, ResponseMode};
@@ -301,14 +301,19 @@ impl Gateway {
     /// One inbound request, start to answer (the answer is in our core's terms only where the
     /// caller still has to rewrite it for the peer).
     pub(crate) async fn inbound_request(&self, peer: &PeerRt, t: Transaction) -> Transaction {
+        let label = t.primitive.label();
         let answer = self
-            .metered("inbound", t.primitive.name(), self.inbound_answer(peer, &t))
+            .metered(
+                "inbound",
+                label,
+                self.inbound_answer(peer, &t.transaction_id, t.primitive),
+            )
             .await;
         Transaction::response(t.transaction_id, answer)
     }
 
-    async fn inbound_answer(&self, peer: &PeerRt, t: &Transaction) -> Primitive {
-        let req = &t.primitive;
+    async fn inbound_answer(&self, peer: &PeerRt, tid: &str, request: Primitive) -> Primitive {
+        let req = &request;
         let Some(_slot) = self.admit() else {
             return error_answer(req, status(code::UNAVAILABLE, "gateway overloaded"));
         };
@@ -373,16 +378,17 @@ impl Gateway {
         if !route_by.is_empty() && ours.is_empty() {
             return merge(req, Vec::new(), unknown);
         }
+        if unknown.is_empty() {
+            // All of it goes to the core, moved rather than copied; its answer is the answer.
+            let form = ErrorForm::of(req);
+            return match self.to_core(request, tid, &peer.cfg.domain).await {
+                Ok(a) => a,
+                Err(st) => form.answer(st),
+            };
+        }
         let keep: Vec<&str> = ours.iter().map(String::as_str).collect();
-        let part = if unknown.is_empty() {
-            req.clone()
-        } else {
-            split(req, &keep)
-        };
-        let answer = match self
-            .to_core(part, &t.transaction_id, &peer.cfg.domain)
-            .await
-        {
+        let part = split(req, &keep);
+        let answer = match self.to_core(part, tid, &peer.cfg.domain).await {
             Ok(a) => a,
             Err(st) => error_answer(req, st),
         };

@@ -33,22 +33,57 @@ pub fn split(req: &Primitive, keep: &[&str]) -> Primitive {
 
 /// The answer primitive for `req` carrying only `status` (the gateway's own errors).
 pub fn error_answer(req: &Primitive, st: Status) -> Primitive {
-    match req {
-        Primitive::SendMessageRequest(r) => Primitive::SendMessageResponse(SendMessageResponse {
-            message_id: r.info.as_ref().and_then(|i| i.message_id.clone()),
-            status: Some(st),
-            ..Default::default()
-        }),
-        Primitive::GetPresenceRequest(_) => Primitive::GetPresenceResponse(GetPresenceResponse {
-            status: Some(st),
-            ..Default::default()
-        }),
-        Primitive::SearchRequest(_) => Primitive::SearchResponse(SearchResponse {
-            status: Some(st),
-            findings: Some("0".into()),
-            ..Default::default()
-        }),
-        _ => Primitive::Status(st),
+    ErrorForm::of(req).answer(st)
+}
+
+/// What the gateway's own error answer to a request needs of the request, taken before the
+/// request itself is moved on.
+#[derive(Debug)]
+pub enum ErrorForm {
+    /// `SendMessageResponse` with the request's message ID.
+    SendMessage(Option<String>),
+    /// `GetPresenceResponse`.
+    GetPresence,
+    /// `SearchResponse` with no findings.
+    Search,
+    /// A bare `Status`.
+    Status,
+}
+
+impl ErrorForm {
+    /// The error form of answers to `req`.
+    pub fn of(req: &Primitive) -> ErrorForm {
+        match req {
+            Primitive::SendMessageRequest(r) => {
+                ErrorForm::SendMessage(r.info.as_ref().and_then(|i| i.message_id.clone()))
+            }
+            Primitive::GetPresenceRequest(_) => ErrorForm::GetPresence,
+            Primitive::SearchRequest(_) => ErrorForm::Search,
+            _ => ErrorForm::Status,
+        }
+    }
+
+    /// The answer carrying `st`.
+    pub fn answer(self, st: Status) -> Primitive {
+        match self {
+            ErrorForm::SendMessage(message_id) => {
+                Primitive::SendMessageResponse(SendMessageResponse {
+                    message_id,
+                    status: Some(st),
+                    ..Default::default()
+                })
+            }
+            ErrorForm::GetPresence => Primitive::GetPresenceResponse(GetPresenceResponse {
+                status: Some(st),
+                ..Default::default()
+            }),
+            ErrorForm::Search => Primitive::SearchResponse(SearchResponse {
+                status: Some(st),
+                findings: Some("0".into()),
+                ..Default::default()
+            }),
+            ErrorForm::Status => Primitive::Status(st),
+        }
     }
 }
 

@@ -383,7 +383,7 @@ impl Gateway {
     pub(crate) async fn metered(
         &self,
         direction: &'static str,
-        primitive: &str,
+        primitive: &'static str,
         answer: impl std::future::Future<Output = crate::ssp::Primitive>,
     ) -> crate::ssp::Primitive {
         let started = std::time::Instant::now();

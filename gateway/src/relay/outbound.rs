@@ -178,7 +178,7 @@ impl Gateway {
 
     /// One request from the core, start to answer.
     pub(crate) async fn outbound_request(&self, t: Transaction) -> Transaction {
-        let answer = self.metered("outbound", t.primitive.name(), async {
+        let answer = self.metered("outbound", t.primitive.label(), async {
             match self.admit() {
                 Some(_slot) => self.outbound_answer(&t).await,
                 None => error_answer(

@@ -415,17 +415,20 @@ impl Resolver {
     pub async fn decide(&self, target: &str, svc: Svc) -> Result<Decision, Transient> {
         let key = (target.to_owned(), svc);
         let now = self.clock.now();
-        let cached = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
-        if let Some(c) = &cached
-            && now < c.expires
-        {
-            let kind = if c.decision.protocol == Protocol::None {
+        // One look under the lock, copying the decision out once: the fresh one to use, or
+        // an expired one kept for serve-stale should DNS fail.
+        let (fresh, stale) = match self.cache.lock().ok().as_deref().and_then(|c| c.get(&key)) {
+            Some(c) if now < c.expires => (Some(c.decision.clone()), None),
+            Some(c) if now < c.stale_until => (None, Some(c.decision.clone())),
+            _ => (None, None),
+        };
+        if let Some(mut d) = fresh {
+            let kind = if d.protocol == Protocol::None {
                 "negative"
             } else {
                 "hit"
             };
             self.metrics.route_cache.with_label_values(&[kind]).inc();
-            let mut d = c.decision.clone();
             if d.targets.len() > 1 {
                 // A fresh weighted draw each time: the order must not be frozen for a TTL.
                 d.targets = reorder(d.targets);
@@ -438,12 +441,12 @@ impl Resolver {
                 self.store(key, &d);
                 Ok(d)
             }
-            Err(e) => match cached.filter(|c| now < c.stale_until) {
-                Some(c) => {
+            Err(e) => match stale {
+                Some(d) => {
                     // RFC 8767-style serve-stale: known destinations survive a DNS outage.
                     self.metrics.route_cache.with_label_values(&["stale"]).inc();
                     tracing::warn!(%target, error = %e, "DNS failing: using the expired route");
-                    Ok(c.decision)
+                    Ok(d)
                 }
                 None => Err(e),
             },

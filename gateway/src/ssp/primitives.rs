@@ -266,6 +266,27 @@ impl Primitive {
     /// The element name.
     pub fn name(&self) -> &str {
         match self {
+            Primitive::Group(g) => &g.name,
+            Primitive::Other(e) => &e.name,
+            known => known.static_name(),
+        }
+    }
+
+    /// The name as a metric label: a known primitive's name, `other` for the rest. A peer
+    /// chooses unknown names, and each label value would be a time series kept for ever.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Primitive::Group(g) => GROUP_PRIMITIVES
+                .iter()
+                .find(|n| **n == g.name)
+                .copied()
+                .unwrap_or("other"),
+            p => p.static_name(),
+        }
+    }
+
+    fn static_name(&self) -> &'static str {
+        match self {
             Primitive::SendMessageRequest(_) => "SendMessageRequest",
             Primitive::SendMessageResponse(_) => "SendMessageResponse",
             Primitive::DeliveryStatusReport(_) => "DeliveryStatusReport",
@@ -279,9 +300,8 @@ impl Primitive {
             Primitive::InviteRequest(_) => "InviteRequest",
             Primitive::InviteResponse(_) => "InviteResponse",
             Primitive::CancelInviteRequest(_) => "CancelInviteRequest",
-            Primitive::Group(g) => &g.name,
             Primitive::Status(_) => "Status",
-            Primitive::Other(e) => &e.name,
+            Primitive::Group(_) | Primitive::Other(_) => "other",
         }
     }
 

@@ -599,3 +599,30 @@ proptest! {
         let _ = Codec::default().parse(&bytes);
     }
 }
+
+#[test]
+fn metric_labels_are_a_closed_set() {
+    let wrap = |inner: &str| {
+        format!(
+            r#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Session sessionID="s@opy.example"><Transaction mode="Request" transactionID="t1">{inner}</Transaction></Session></WV-SSP-Message>"#
+        )
+    };
+    for (inner, name, label) in [
+        (
+            "<SendMessageRequest/>",
+            "SendMessageRequest",
+            "SendMessageRequest",
+        ),
+        (
+            "<JoinGroupRequest/>",
+            "JoinGroupRequest",
+            "JoinGroupRequest",
+        ),
+        // A peer picks unknown names: carried through, but one label for all of them.
+        ("<Xq7RandomRequest/>", "Xq7RandomRequest", "other"),
+    ] {
+        let m = parse(&wrap(inner));
+        let p = &only_txn(&m).primitive;
+        assert_eq!((p.name(), p.label()), (name, label), "{inner}");
+    }
+}
