@@ -370,6 +370,25 @@ async fn weighted_srv_spreads_load_by_weight() {
     dns.stop().await;
 }
 
+/// A decision built on a cached SRV answer expires with that answer: it gets what is left of
+/// the TTL, not all of it (the smallest TTL of the whole chain).
+#[tokio::test]
+async fn srv_cache_hits_pass_on_the_remaining_ttl() {
+    let dns = InProcDns::start(&lab()).await.unwrap();
+    let clock = Clock::manual();
+    let (r, m) = resolver(dns.addr, clock.clone());
+    let first = r.decide("+4915112345678", Svc::Im).await.unwrap();
+    assert_eq!(first.domain.as_deref(), Some("opy.lab.example"));
+    assert_eq!(first.ttl, 120);
+    clock.advance(Duration::from_secs(100));
+    // Another number at the same operator: its NAPTR is new, the SRV answer is cached.
+    let second = r.decide("+442079460123", Svc::Im).await.unwrap();
+    assert_eq!(second.domain.as_deref(), Some("opy.lab.example"));
+    assert_eq!(Metrics::counter_value(&m.route_cache, &["srv-hit"]), 1);
+    assert_eq!(second.ttl, 20, "120 s less the 100 s gone");
+    dns.stop().await;
+}
+
 #[tokio::test]
 async fn last_resort_when_nothing_routes() {
     let dns = InProcDns::start(&lab()).await.unwrap();

@@ -66,7 +66,11 @@ pub(crate) fn k(s: &str) -> Step {
     Step::Key(s.to_owned())
 }
 
-/// Parse a duration like `1500ms`, `10s`, `5m`, `1h`.
+/// The longest duration a setting takes: anything longer is a mistake (and would overflow
+/// clock arithmetic).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Parse a duration like `1500ms`, `10s`, `5m`, `1h` (at most 30 days).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -76,17 +80,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
-    Ok(match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
         other => {
             return Err(format!(
                 "unknown duration unit {other:?} (use ms, s, m or h)"
             ));
         }
-    })
+    };
+    d.filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("duration {s:?} is longer than the maximum of 30 days"))
 }
 
 impl Config {
@@ -174,6 +180,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("peer[0].urls[0]"));
         assert_eq!(e.line, Some(8));
+        // Bounds out of order (the default minimum is 5 s) would panic at the first
+        // negative answer; refused here instead.
+        let e = load(&format!(
+            "{MIN}\n[resolver]\nnameservers = [\"127.0.0.1:53\"]\nnegative_max_ttl = \"2s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resolver.negative_max_ttl"), "{e}");
+        assert!(e.message.contains("below negative_min_ttl"), "{e}");
     }
 
     #[test]
@@ -183,5 +197,9 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("x5s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_duration("721h").unwrap_err().contains("30 days"));
+        assert!(parse_duration("10000000000000000000s").is_err());
+        assert!(parse_duration("9999999999999999999h").is_err());
     }
 }

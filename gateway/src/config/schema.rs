@@ -1099,6 +1099,16 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
                 OriginatorCheck::Enforce
             }
         };
+        let negative_min_ttl = dur(check, "negative_min_ttl", &r.negative_min_ttl, 5_000);
+        let negative_max_ttl = dur(check, "negative_max_ttl", &r.negative_max_ttl, 300_000);
+        if negative_min_ttl > negative_max_ttl {
+            check.err(
+                &path("negative_max_ttl"),
+                format!(
+                    "{negative_max_ttl:?} is below negative_min_ttl ({negative_min_ttl:?}; default 5s)"
+                ),
+            );
+        }
         ResolverSpec {
             timeout: dur(check, "timeout", &r.timeout, 1500),
             attempt_timeout,
@@ -1108,8 +1118,8 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
                 .unwrap_or_else(|| "_imps-server._tcp".into()),
             fallbacks,
             last_resort,
-            negative_min_ttl: dur(check, "negative_min_ttl", &r.negative_min_ttl, 5_000),
-            negative_max_ttl: dur(check, "negative_max_ttl", &r.negative_max_ttl, 300_000),
+            negative_min_ttl,
+            negative_max_ttl,
             hold_down: dur(check, "hold_down", &r.hold_down, 10_000),
             stale_max: dur(check, "stale_max", &r.stale_max, 3_600_000),
             originator_check,

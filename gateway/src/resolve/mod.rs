@@ -748,7 +748,7 @@ impl Resolver {
     async fn srv_targets(&self, name: &str, trace: Option<&Trace>) -> Result<Found, Transient> {
         let now = self.clock.now();
         if trace.is_none()
-            && let Some((found, _)) = self
+            && let Some((found, exp)) = self
                 .srv_cache
                 .lock()
                 .ok()
@@ -758,10 +758,14 @@ impl Resolver {
                 .route_cache
                 .with_label_values(&["srv-hit"])
                 .inc();
+            // What is left of the TTL, not all of it: a decision built on this entry must
+            // expire with it (the smallest TTL of the chain).
+            let left = u32::try_from(exp.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX);
             // A fresh weighted draw each time: the order must not be frozen for a TTL.
             return Ok(match found {
-                Found::Targets(t, ttl) => Found::Targets(reorder(t), ttl),
-                other => other,
+                Found::Targets(t, ttl) => Found::Targets(reorder(t), ttl.min(left)),
+                Found::NotOffered(ttl) => Found::NotOffered(ttl.min(left)),
+                Found::Nothing(neg) => Found::Nothing(neg.map(|n| n.min(left))),
             });
         }
         let found = self.srv_lookup(name, trace).await?;
