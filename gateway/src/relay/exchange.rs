@@ -54,9 +54,9 @@ impl Gateway {
     ) -> Result<Transaction, Status> {
         self.tap(super::TapDir::Out, target.label, &body);
         // Register before sending: an async answer can overtake the HTTP ack.
-        let rx = self.pending.insert(request_id);
+        let (_registered, rx) = self.pending.register(request_id);
         let result = self.send_with_failover(target, &body, msg, deadline).await;
-        let outcome = match result {
+        match result {
             Ok((http_status, resp)) if http_status.is_success() => {
                 if let Some(t) = self.sync_answer(&resp, tid) {
                     Ok(t)
@@ -96,9 +96,7 @@ impl Gateway {
                 })
             }
             Err(st) => Err(st),
-        };
-        self.pending.remove(request_id);
-        outcome
+        }
     }
 
     /// If `body` holds an SSP answer for `tid`, that answer.

@@ -391,10 +391,17 @@ impl Gateway {
             .requests
             .with_label_values(&[direction, primitive])
             .inc();
-        let in_flight = self.metrics.in_flight.with_label_values(&[direction]);
-        in_flight.inc();
+        // Decremented on drop: a handler dropped mid-request (its client went away) leaves.
+        struct InFlight(prometheus::IntGauge);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let in_flight = InFlight(self.metrics.in_flight.with_label_values(&[direction]));
+        in_flight.0.inc();
         let answer = answer.await;
-        in_flight.dec();
+        drop(in_flight);
         let mut buf = [0u8; 5];
         self.metrics
             .answers
@@ -653,6 +660,22 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         let g = gw.clone();
         let stop = rx.clone();
         tasks.push(tokio::spawn(async move { g.watch_cluster(stop).await }));
+    }
+    {
+        // The per-originator limiter keeps a state per user ID a peer names; forget those
+        // back at a full bucket, or a peer naming new IDs would grow it for ever.
+        let g = gw.clone();
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                    _ = stop.changed() => return,
+                }
+                g.originators.retain_recent();
+                g.originators.shrink_to_fit();
+            }
+        }));
     }
 
     tracing::info!(

@@ -40,13 +40,15 @@ impl Pending {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Register `id`; the receiver gets the answer.
-    pub fn insert(&self, id: u64) -> oneshot::Receiver<Transaction> {
+    /// Register `id`: the receiver gets the answer, and the entry goes when the
+    /// registration is dropped, however the wait ends (answered, timed out, or the waiting
+    /// handler dropped because its client went away).
+    pub fn register(&self, id: u64) -> (Registration<'_>, oneshot::Receiver<Transaction>) {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, tx);
         }
-        rx
+        (Registration { pending: self, id }, rx)
     }
 
     /// Deliver the answer for `id`; false if nobody waits for it (any more).
@@ -59,7 +61,7 @@ impl Pending {
     }
 
     /// Forget `id` (the waiter gave up).
-    pub fn remove(&self, id: u64) {
+    fn remove(&self, id: u64) {
         if let Ok(mut m) = self.map.lock() {
             m.remove(&id);
         }
@@ -73,5 +75,53 @@ impl Pending {
     /// Nothing waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// An entry of the table, removed on drop.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssp::{Primitive, Status};
+
+    #[tokio::test]
+    async fn entries_go_when_their_wait_ends_however_it_ends() {
+        let p = Pending::new();
+        // Answered.
+        let id = p.next_id();
+        let (reg, rx) = p.register(id);
+        let t = Transaction::response("t", Primitive::Status(Status::with(200, "ok")));
+        assert!(p.complete(id, t.clone()));
+        assert_eq!(rx.await.ok().map(|t| t.transaction_id), Some("t".into()));
+        drop(reg);
+        assert!(p.is_empty());
+        // The waiting future dropped mid-wait (its HTTP client went away): no entry left.
+        let id = p.next_id();
+        let wait = async {
+            let (_reg, rx) = p.register(id);
+            let _ = rx.await;
+        };
+        let mut wait = Box::pin(wait);
+        std::future::poll_fn(|cx| {
+            assert!(wait.as_mut().poll(cx).is_pending(), "waits");
+            std::task::Poll::Ready(())
+        })
+        .await;
+        assert_eq!(p.len(), 1);
+        drop(wait);
+        assert!(p.is_empty());
+        assert!(!p.complete(id, t), "a late answer finds nothing");
     }
 }

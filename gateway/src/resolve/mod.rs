@@ -760,7 +760,8 @@ impl Resolver {
                 .inc();
             // What is left of the TTL, not all of it: a decision built on this entry must
             // expire with it (the smallest TTL of the chain).
-            let left = u32::try_from(exp.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX);
+            let left =
+                u32::try_from(exp.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX);
             // A fresh weighted draw each time: the order must not be frozen for a TTL.
             return Ok(match found {
                 Found::Targets(t, ttl) => Found::Targets(reorder(t), ttl.min(left)),
