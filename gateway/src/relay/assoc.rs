@@ -64,10 +64,32 @@ struct Assoc {
 
 #[derive(Default)]
 struct State {
+    /// Established associations.
     by_domain: HashMap<String, Assoc>,
+    /// Attempts in progress, either role. Kept apart so that an attempt, which anyone
+    /// claiming a domain can start, never disturbs that domain's established association:
+    /// the new one replaces it only once its digest proves the dialback.
+    attempts: HashMap<String, Assoc>,
     by_peer_session: HashMap<String, String>,
     /// Initiator attempts in progress: domain -> where Response-mode steps go.
     initiators: HashMap<String, (String, mpsc::Sender<SetupTransaction>)>,
+}
+
+impl State {
+    /// A completed attempt becomes `domain`'s association, replacing the previous one.
+    fn establish(&mut self, domain: &str, mut a: Assoc) {
+        a.last_used = Instant::now();
+        let session = a.established.as_ref().map(|e| e.peer_session.clone());
+        if let Some(old) = self.by_domain.insert(domain.to_owned(), a)
+            && let Some(e) = old.established
+            && Some(&e.peer_session) != session.as_ref()
+        {
+            self.by_peer_session.remove(&e.peer_session);
+        }
+        if let Some(s) = session {
+            self.by_peer_session.insert(s, domain.to_owned());
+        }
+    }
 }
 
 /// All associations of this gateway.
@@ -181,12 +203,9 @@ impl Associations {
                     established: None,
                     last_used: Instant::now(),
                 };
-                // A new attempt replaces any previous association with that domain.
-                if let Some(old) = st.by_domain.insert(domain.clone(), a)
-                    && let Some(e) = old.established
-                {
-                    st.by_peer_session.remove(&e.peer_session);
-                }
+                // A new attempt replaces an earlier attempt; the established association, if
+                // any, stays until this one completes.
+                st.attempts.insert(domain.clone(), a);
                 let reply = SetupPrimitive::SendSecretToken(SendSecretToken {
                     service_id: Some(self.service()),
                     protocol: Some("WV-SSP".into()),
@@ -202,12 +221,12 @@ impl Associations {
             SetupPrimitive::LoginRequest(p) => {
                 let domain = domain_of_service(p.service_id.as_deref())?;
                 let a = st
-                    .by_domain
+                    .attempts
                     .get_mut(&domain)
                     .filter(|a| a.tid == t.transaction_id && a.established.is_none())
                     .ok_or(AssocError::Unmatched("LoginRequest"))?;
                 if !digest_matches(&p.digest, a.our_token.as_bytes()) {
-                    st.by_domain.remove(&domain);
+                    st.attempts.remove(&domain);
                     return Err(AssocError::BadDigest(domain));
                 }
                 a.digest_ok = true;
@@ -237,28 +256,26 @@ impl Associations {
                     return Err(AssocError::Refused(code));
                 }
                 let domain = st
-                    .by_domain
+                    .attempts
                     .iter()
                     .find(|(_, a)| a.tid == t.transaction_id && a.established.is_none())
                     .map(|(d, _)| d.clone())
                     .ok_or(AssocError::Unmatched("LoginResponse"))?;
-                let our_session = self.new_session();
-                let a = st
-                    .by_domain
-                    .get_mut(&domain)
+                let mut a = st
+                    .attempts
+                    .remove(&domain)
                     .ok_or(AssocError::Unmatched("LoginResponse"))?;
                 if !a.digest_ok {
-                    st.by_domain.remove(&domain);
                     return Err(AssocError::Unmatched(
                         "LoginResponse before a verified digest",
                     ));
                 }
+                let our_session = self.new_session();
                 a.established = Some(Established {
                     our_session: our_session.clone(),
                     peer_session: peer_session.clone(),
                 });
-                a.last_used = Instant::now();
-                st.by_peer_session.insert(peer_session, domain.clone());
+                st.establish(&domain, a);
                 let reply = SetupPrimitive::LoginResponse(LoginResponse {
                     session_id: Some(our_session),
                     time_to_live: ttl,
@@ -277,29 +294,40 @@ impl Associations {
         }
     }
 
-    /// Route a Response-mode setup step to the initiator waiting for it (matched by domain,
-    /// since Baraza's first answer carries its own transaction ID).
+    /// Route a Response-mode setup step to the initiator waiting for it. The first answer
+    /// (SendSecretToken) is matched by the domain it names, since Baraza gives it its own
+    /// transaction ID; the later ones must carry our transaction ID as well, so a party that
+    /// did not receive our messages cannot slip its own session ID into the association.
     pub fn on_response(&self, t: SetupTransaction) -> Result<(), AssocError> {
-        let domain = match &t.primitive {
-            SetupPrimitive::SendSecretToken(p) => domain_of_service(p.service_id.as_deref()).ok(),
-            SetupPrimitive::LoginRequest(p) => domain_of_service(p.service_id.as_deref()).ok(),
-            SetupPrimitive::LoginResponse(p) => p.session_id.as_deref().and_then(domain_of_session),
-            SetupPrimitive::Other(_) => None,
+        let (domain, ours_only) = match &t.primitive {
+            SetupPrimitive::SendSecretToken(p) => {
+                (domain_of_service(p.service_id.as_deref()).ok(), false)
+            }
+            SetupPrimitive::LoginRequest(p) => {
+                (domain_of_service(p.service_id.as_deref()).ok(), true)
+            }
+            SetupPrimitive::LoginResponse(p) => {
+                (p.session_id.as_deref().and_then(domain_of_session), true)
+            }
+            SetupPrimitive::Other(_) => (None, true),
         };
         let st = self
             .state
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
-        let tx = domain
-            .as_ref()
-            .and_then(|d| st.initiators.get(d))
-            .or_else(|| {
-                st.initiators
-                    .values()
-                    .find(|(tid, _)| *tid == t.transaction_id)
-            })
-            .map(|(_, tx)| tx.clone())
-            .ok_or(AssocError::Unmatched("setup response"))?;
+        let tx = match &domain {
+            Some(d) => st
+                .initiators
+                .get(d)
+                .filter(|(tid, _)| !ours_only || *tid == t.transaction_id),
+            // A session ID without a domain: our transaction ID alone names the attempt.
+            None => st
+                .initiators
+                .values()
+                .find(|(tid, _)| *tid == t.transaction_id),
+        }
+        .map(|(_, tx)| tx.clone())
+        .ok_or(AssocError::Unmatched("setup response"))?;
         drop(st);
         tx.try_send(t)
             .map_err(|_| AssocError::Unmatched("setup response"))
@@ -308,12 +336,13 @@ impl Associations {
     /// Start an initiator attempt towards `domain`: our transaction ID and token, the first
     /// message to send, and where the answers will arrive.
     pub fn begin(&self, domain: &str) -> (String, Message, mpsc::Receiver<SetupTransaction>) {
-        let tid = format!("{}", rand::random::<u32>() >> 1);
+        // 64 random bits: the later answers are matched by it (see `on_response`).
+        let tid = format!("{:016x}", rand::random::<u64>());
         let token = new_token();
         let (tx, rx) = mpsc::channel(4);
         if let Ok(mut st) = self.state.lock() {
             st.initiators.insert(domain.to_owned(), (tid.clone(), tx));
-            st.by_domain.insert(
+            st.attempts.insert(
                 domain.to_owned(),
                 Assoc {
                     tid: tid.clone(),
@@ -354,7 +383,7 @@ impl Associations {
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
         let a = st
-            .by_domain
+            .attempts
             .get_mut(domain)
             .ok_or(AssocError::Unmatched("SendSecretToken"))?;
         let msg = Message::setup(
@@ -386,11 +415,11 @@ impl Associations {
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
         let a = st
-            .by_domain
+            .attempts
             .get_mut(domain)
             .ok_or(AssocError::Unmatched("LoginRequest"))?;
         if !digest_matches(&p.digest, a.our_token.as_bytes()) {
-            st.by_domain.remove(domain);
+            st.attempts.remove(domain);
             return Err(AssocError::BadDigest(domain.to_owned()));
         }
         a.digest_ok = true;
@@ -434,9 +463,9 @@ impl Associations {
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
         st.initiators.remove(domain);
-        let a = st
-            .by_domain
-            .get_mut(domain)
+        let mut a = st
+            .attempts
+            .remove(domain)
             .ok_or(AssocError::Unmatched("LoginResponse"))?;
         let est = Established {
             our_session: a
@@ -444,7 +473,7 @@ impl Associations {
                 .as_ref()
                 .map(|e| e.our_session.clone())
                 .unwrap_or_default(),
-            peer_session: peer_session.clone(),
+            peer_session,
         };
         if !a.digest_ok || est.our_session.is_empty() {
             return Err(AssocError::Unmatched(
@@ -452,8 +481,7 @@ impl Associations {
             ));
         }
         a.established = Some(est.clone());
-        a.last_used = Instant::now();
-        st.by_peer_session.insert(peer_session, domain.to_owned());
+        st.establish(domain, a);
         Ok(est)
     }
 
@@ -461,13 +489,7 @@ impl Associations {
     pub fn abort(&self, domain: &str) {
         if let Ok(mut st) = self.state.lock() {
             st.initiators.remove(domain);
-            if st.by_domain.get(domain).is_some_and(|a| {
-                a.established
-                    .as_ref()
-                    .is_none_or(|e| e.peer_session.is_empty())
-            }) {
-                st.by_domain.remove(domain);
-            }
+            st.attempts.remove(domain);
         }
     }
 
@@ -549,6 +571,57 @@ mod tests {
         assert_eq!(
             a.domain_of_session(&b_est.our_session).as_deref(),
             Some("b.example")
+        );
+    }
+
+    /// Anyone can claim a domain in a SendSecretToken: that attempt must not end the
+    /// domain's working association, and answers after the first need our transaction ID.
+    #[test]
+    fn strangers_can_neither_end_nor_hijack_an_association() {
+        let a = Associations::new("a.example", Duration::from_secs(60));
+        let b = Associations::new("b.example", Duration::from_secs(60));
+        let (_tid, m1, mut rx) = a.begin("b.example");
+        let (_, m2) = b.on_request(setup(&m1), |_| true).unwrap();
+        a.on_response(setup(&m2).clone()).unwrap();
+        let m3 = a.step_token("b.example", &rx.try_recv().unwrap()).unwrap();
+        let (_, m4) = b.on_request(setup(&m3), |_| true).unwrap();
+        a.on_response(setup(&m4).clone()).unwrap();
+        let m5 = a.step_digest("b.example", &rx.try_recv().unwrap()).unwrap();
+        let (_, m6) = b.on_request(setup(&m5), |_| true).unwrap();
+        // A stranger's LoginResponse for b.example, without our transaction ID: refused,
+        // and it never reaches the waiting attempt.
+        let mut forged = setup(&m6).clone();
+        forged.transaction_id = "1".into();
+        forged.primitive = SetupPrimitive::LoginResponse(LoginResponse {
+            session_id: Some("evil@b.example".into()),
+            status: Some(Status::new(200)),
+            ..Default::default()
+        });
+        assert_eq!(
+            a.on_response(forged),
+            Err(AssocError::Unmatched("setup response"))
+        );
+        assert!(rx.try_recv().is_err());
+        a.on_response(setup(&m6).clone()).unwrap();
+        let est = a.step_done("b.example", &rx.try_recv().unwrap()).unwrap();
+        assert_eq!(a.domain_of_session("evil@b.example"), None);
+        assert_eq!(
+            a.domain_of_session(&est.peer_session).as_deref(),
+            Some("b.example")
+        );
+
+        // A stranger starts a new association as a.example with b: b's association with a
+        // stays in use until the new attempt proves the dialback.
+        let c = Associations::new("a.example", Duration::from_secs(60));
+        let (_tid, hijack, _rx) = c.begin("b.example");
+        b.on_request(setup(&hijack), |_| true).unwrap();
+        assert_eq!(
+            b.established("a.example").map(|e| e.peer_session),
+            Some(est.our_session.clone())
+        );
+        assert_eq!(
+            b.domain_of_session(&est.our_session).as_deref(),
+            Some("a.example")
         );
     }
 
