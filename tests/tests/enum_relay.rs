@@ -89,7 +89,7 @@ async fn relay_routes_by_enum_and_srv_from_nsd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
-    let fed = Federation::start_dns(ops(), DnsKind::Nsd, |gws| {
+    let mut fed = Federation::start_dns(ops(), DnsKind::Nsd, |gws| {
         federation_zones(gws, &numbers(), 300)
     })
     .await;
@@ -133,5 +133,33 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
             .await
     );
     assert_eq!(spoofs(), 1);
+
+    // DNS down: a number Y has not placed yet cannot be verified. Not let through (a peer
+    // that can break DNS could otherwise pass off any number): 503, to be tried again.
+    match fed.dns.as_mut() {
+        Some(ssp_testbed::federation::FedDns::Nsd(nsd)) => nsd.stop(),
+        _ => panic!("this test runs NSD"),
+    }
+    let unverified = || Metrics::counter_value(&gy.metrics.refused, &["unverified"]);
+    let (status, _) = client
+        .post(&url, send("+4930000001"), &[], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200, "accepted for processing");
+    let deadline = std::time::Instant::now() + WAIT;
+    while unverified() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(unverified(), 1);
+    assert_eq!(
+        Metrics::counter_value(&gy.metrics.answers, &["inbound", "503"]),
+        1
+    );
+    assert_eq!(spoofs(), 1, "not counted as a spoof");
+    assert_eq!(
+        fed.ops[1].core.received("userb").len(),
+        1,
+        "nothing more reached the core"
+    );
     fed.shutdown().await;
 }

@@ -389,6 +389,23 @@ async fn srv_cache_hits_pass_on_the_remaining_ttl() {
     dns.stop().await;
 }
 
+/// A name DNS cannot carry (from a user ID or a NAPTR) is no route, not a DNS failure: it
+/// must not put the name servers on hold-down for every other destination.
+#[tokio::test]
+async fn a_malformed_domain_is_no_route_and_holds_nothing_down() {
+    let dns = InProcDns::start(&lab()).await.unwrap();
+    let (r, m) = resolver(dns.addr, Clock::manual());
+    let long = format!("{}.example", "a".repeat(64));
+    for bad in ["a..b.example", long.as_str()] {
+        let d = r.decide(bad, Svc::Im).await.unwrap();
+        assert_eq!(d.protocol, Protocol::None, "{bad}");
+    }
+    assert_eq!(counter(&m, "srv", "error"), 0);
+    let d = r.decide("opy.lab.example", Svc::Im).await.unwrap();
+    assert_eq!(d.protocol, Protocol::Imps, "not held down");
+    dns.stop().await;
+}
+
 #[tokio::test]
 async fn last_resort_when_nothing_routes() {
     let dns = InProcDns::start(&lab()).await.unwrap();

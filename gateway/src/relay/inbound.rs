@@ -19,6 +19,7 @@ use super::merge::{ErrorForm, PartResult, error_answer, merge, split, status};
 use super::peers::PeerRt;
 use super::{Gateway, TapDir};
 use crate::config::{PeerAuth, ResponseMode};
+use crate::resolve::Unplaced;
 use crate::rewrite::{Direction, PeerView};
 use crate::ssp::message::RejectedTransaction;
 use crate::ssp::walk::RouteBy;
@@ -328,16 +329,32 @@ impl Gateway {
             );
         }
         for o in req.originators() {
-            if !self.originator_ok(peer, o).await {
-                self.metrics.refused.with_label_values(&["spoof"]).inc();
-                tracing::warn!(peer = %peer.cfg.domain, originator = o, "originator does not belong to the peer");
-                return error_answer(
-                    req,
-                    status(
-                        code::ADDRESS_ERROR,
-                        format!("originator {o} does not belong to {}", peer.cfg.domain),
-                    ),
-                );
+            match self.originator_ok(peer, o).await {
+                Ok(()) => {}
+                Err(Unplaced::Elsewhere) => {
+                    self.metrics.refused.with_label_values(&["spoof"]).inc();
+                    tracing::warn!(peer = %peer.cfg.domain, originator = o, "originator does not belong to the peer");
+                    return error_answer(
+                        req,
+                        status(
+                            code::ADDRESS_ERROR,
+                            format!("originator {o} does not belong to {}", peer.cfg.domain),
+                        ),
+                    );
+                }
+                Err(Unplaced::Unverifiable(why)) => {
+                    self.metrics
+                        .refused
+                        .with_label_values(&["unverified"])
+                        .inc();
+                    return error_answer(
+                        req,
+                        status(
+                            code::UNAVAILABLE,
+                            format!("originator {o} cannot be verified now: {why}"),
+                        ),
+                    );
+                }
             }
         }
         if let Some(user) = req.meta().and_then(|m| m.requestor_user())
@@ -452,31 +469,32 @@ impl Gateway {
     }
 
     /// Whether an originator ID may come from `peer` (profile section 7, 901).
-    async fn originator_ok(&self, peer: &PeerRt, originator: &str) -> bool {
+    async fn originator_ok(&self, peer: &PeerRt, originator: &str) -> Result<(), Unplaced> {
         let Ok(id) = WvId::parse(originator) else {
-            return false;
+            return Err(Unplaced::Elsewhere);
         };
         let domain = peer.cfg.domain.as_str();
         if let Some(n) = id.e164() {
             // wv:+MSISDN originators have no domain to compare (or the peer's own); the
             // ENUM-based check decides where the resolver is configured.
             if id.domain.as_deref().is_some_and(|d| d != domain) {
-                return false;
+                return Err(Unplaced::Elsewhere);
             }
             if self.dir.load().is_subscriber(n) {
                 // One of *our* numbers claimed by another operator.
-                return false;
+                return Err(Unplaced::Elsewhere);
             }
             return match &self.resolver {
                 Some(r) => r.check_originator(n, domain).await,
-                None => true,
+                None => Ok(()),
             };
         }
-        match id.domain.as_deref() {
+        let ok = match id.domain.as_deref() {
             Some(d) => d == domain || d.ends_with(&format!(".{domain}")),
             // A domain-less ID from a peer cannot be attributed.
             None => false,
-        }
+        };
+        if ok { Ok(()) } else { Err(Unplaced::Elsewhere) }
     }
 
     /// An answer to one of our requests (`leg` says which). Returns an error status to give

@@ -924,8 +924,13 @@ pub enum NaptrAnswer {
 
 /// A transient lookup failure (timeout, SERVFAIL, network error).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SourceError(pub String);
+#[error("{message}")]
+pub struct SourceError {
+    /// What happened.
+    pub message: String,
+    /// The name servers failed, not just this name (see `dns::Failure`).
+    pub server: bool,
+}
 
 /// One query made during [`resolve`], in the order made. Queries that failed
 /// with a [`SourceError`] are not recorded.
@@ -1973,7 +1978,13 @@ mod tests {
                     rec(20, 10, "u", "E2U+im", "!^.*$!im:backup@example.net!", "."),
                 ],
             )
-            .with("err.example.", Err(SourceError("timeout".into())))
+            .with(
+                "err.example.",
+                Err(SourceError {
+                    message: "timeout".into(),
+                    server: true,
+                }),
+            )
             .with(
                 "nodata.example.",
                 Ok(NaptrAnswer::NoData {
@@ -2035,11 +2046,17 @@ mod tests {
     #[tokio::test]
     async fn resolve_errors_and_negative_answers() {
         // First query failing is an error.
-        let src = Fake::default().with(K0123, Err(SourceError("SERVFAIL".into())));
+        let src = Fake::default().with(
+            K0123,
+            Err(SourceError {
+                message: "SERVFAIL".into(),
+                server: false,
+            }),
+        );
         let err = resolve(&src, AUS_0123, K0123, &[Service::Im])
             .await
             .unwrap_err();
-        assert_eq!(err.0, "SERVFAIL");
+        assert_eq!(err.message, "SERVFAIL");
 
         // NXDOMAIN and NODATA are outcomes with their negative TTL.
         let src = Fake::default();
@@ -2077,11 +2094,17 @@ mod tests {
         // A referral error is reported only when nothing else matched.
         let src = Fake::default()
             .records("top.", vec![referral(10, 10, "err.example.")])
-            .with("err.example.", Err(SourceError("timeout".into())));
+            .with(
+                "err.example.",
+                Err(SourceError {
+                    message: "timeout".into(),
+                    server: true,
+                }),
+            );
         let err = resolve(&src, AUS_0123, "top.", &[Service::Im])
             .await
             .unwrap_err();
-        assert_eq!(err.0, "timeout");
+        assert_eq!(err.message, "timeout");
     }
 
     #[tokio::test]

@@ -27,10 +27,26 @@ pub struct NsSet {
     pub timeout: Duration,
 }
 
-/// A lookup that got no usable answer (timeout, SERVFAIL, network): transient.
+/// A lookup that got no usable answer: transient.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Failure(pub String);
+#[error("{message}")]
+pub struct Failure {
+    /// What happened.
+    pub message: String,
+    /// The name servers failed (timeout, network, REFUSED), not just this name (SERVFAIL
+    /// for one name is usually its own broken delegation): only these put the servers on
+    /// hold-down, so one bad name cannot shut off lookups for every other.
+    pub server: bool,
+}
+
+impl Failure {
+    fn server(message: String) -> Failure {
+        Failure {
+            message,
+            server: true,
+        }
+    }
+}
 
 /// Answer to a lookup of one record type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +87,7 @@ impl Dns {
         let mut m = self
             .resolvers
             .lock()
-            .map_err(|_| Failure("resolver table unavailable".into()))?;
+            .map_err(|_| Failure::server("resolver table unavailable".into()))?;
         if let Some(r) = m.get(ns) {
             return Ok(r.clone());
         }
@@ -99,7 +115,7 @@ impl Dns {
         o.edns0 = true;
         let r = b
             .build()
-            .map_err(|e| Failure(format!("resolver setup: {e}")))?;
+            .map_err(|e| Failure::server(format!("resolver setup: {e}")))?;
         m.insert(ns.clone(), r.clone());
         Ok(r)
     }
@@ -115,6 +131,11 @@ impl Dns {
         } else {
             format!("{name}.")
         };
+        // A name DNS cannot carry (empty or over-long labels, from a user ID or a NAPTR) does
+        // not exist; asking would only fail.
+        if hickory_resolver::proto::rr::Name::from_utf8(&fqdn).is_err() {
+            return Ok(Answer::NxDomain(None));
+        }
         let r = self.resolver(ns)?;
         match r.lookup(fqdn.as_str(), rtype).await {
             Ok(l) => Ok(Answer::Records(
@@ -139,9 +160,12 @@ impl Dns {
             Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => match nr.response_code {
                 ResponseCode::NXDomain => Ok(Answer::NxDomain(nr.negative_ttl)),
                 ResponseCode::NoError => Ok(Answer::NoData(nr.negative_ttl)),
-                other => Err(Failure(format!("{fqdn} {rtype}: {other}"))),
+                other => Err(Failure {
+                    message: format!("{fqdn} {rtype}: {other}"),
+                    server: other == ResponseCode::Refused,
+                }),
             },
-            Err(e) => Err(Failure(format!("{fqdn} {rtype}: {e}"))),
+            Err(e) => Err(Failure::server(format!("{fqdn} {rtype}: {e}"))),
         }
     }
 

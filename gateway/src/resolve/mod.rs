@@ -3,8 +3,9 @@
 //! SIP/SIMPLE (RFC 3861, RFC 3263) and XMPP fallbacks, the gateway of last resort.
 //!
 //! Decisions are cached per (destination, service) until the smallest TTL of every record the
-//! decision used; negative answers within configured bounds. Lookups that fail (timeout,
-//! SERVFAIL) put the ENUM suffix or name-server set on a short hold-down, and an expired
+//! decision used; negative answers within configured bounds. Lookups that fail at the name
+//! servers (timeout, network, REFUSED; not SERVFAIL for one name) put the ENUM suffix or
+//! name-server set on a short hold-down, and an expired
 //! decision is served "stale" for a bounded time while DNS fails, so an outage does not cut off
 //! destinations already known. NXDOMAIN is a normal answer, not an alarm. Time comes from an
 //! explicit [`Clock`] so tests can advance it.
@@ -298,7 +299,10 @@ impl NaptrSource for DnsSource<'_> {
             }),
             Err(e) => tr(self.trace, || format!("  failed: {e}")),
         }
-        a.map_err(|e| SourceError(e.0))
+        a.map_err(|e| SourceError {
+            message: e.message,
+            server: e.server,
+        })
     }
 }
 
@@ -552,8 +556,10 @@ impl Resolver {
             };
             match ddds::resolve(&source, &aus, &key, &wanted).await {
                 Err(e) => {
-                    self.hold(&hold_key);
-                    transient = Some(e.0);
+                    if e.server {
+                        self.hold(&hold_key);
+                    }
+                    transient = Some(e.message);
                 }
                 Ok(EnumOutcome::NotFound { negative_ttl, .. }) => {
                     tr(trace, || format!("no ENUM match under {}", suffix.suffix));
@@ -716,7 +722,7 @@ impl Resolver {
                 tr(trace, || "  no records".to_owned());
                 return Ok(Vec::new());
             }
-            Err(Failure(e)) => {
+            Err(Failure { message: e, .. }) => {
                 tr(trace, || format!("  failed: {e}"));
                 return Err(Transient(e));
             }
@@ -798,9 +804,11 @@ impl Resolver {
         let a = self.dns.srv(&ns, name).await;
         self.count("srv", a.as_ref().map(answer_kind).unwrap_or("error"));
         let (records, extra) = match a {
-            Err(Failure(e)) => {
+            Err(Failure { message: e, server }) => {
                 tr(trace, || format!("  failed: {e}"));
-                self.hold(&hold_key);
+                if server {
+                    self.hold(&hold_key);
+                }
                 return Err(Transient(e));
             }
             Ok(Answer::NoData(t)) | Ok(Answer::NxDomain(t)) => {
@@ -828,6 +836,7 @@ impl Resolver {
             SrvOrder::Targets(t) => t,
         };
         let mut targets = Vec::new();
+        let mut address_failure = None;
         for s in ordered {
             // Additional-section addresses when the server sent them (never relied upon).
             let mut addrs: Vec<IpAddr> = extra
@@ -853,9 +862,10 @@ impl Resolver {
                         self.count("a", answer_kind(&other));
                         tr(trace, || "  no address".to_owned());
                     }
-                    Err(Failure(e)) => {
+                    Err(Failure { message: e, .. }) => {
                         self.count("a", "error");
                         tr(trace, || format!("  failed: {e}"));
+                        address_failure = Some(e);
                     }
                 }
             }
@@ -870,6 +880,11 @@ impl Resolver {
             }
         }
         if targets.is_empty() {
+            // No address because a lookup failed is not "no server": a transient error, so
+            // a known route is served stale instead of being replaced by a negative one.
+            if let Some(e) = address_failure {
+                return Err(Transient(e));
+            }
             return Ok(Found::Nothing(Some(ttl)));
         }
         tr(trace, || {
@@ -962,20 +977,38 @@ impl Resolver {
     }
 
     /// Anti-spoofing: whether ENUM places `n` at `peer_domain` (per `originator_check`).
-    pub async fn check_originator(&self, n: E164, peer_domain: &str) -> bool {
+    pub async fn check_originator(&self, n: E164, peer_domain: &str) -> Result<(), Unplaced> {
         if self.spec.originator_check == OriginatorCheck::Off {
-            return true;
+            return Ok(());
         }
-        let ok = match self.decide(&format!("+{n}"), Svc::Im).await {
-            Ok(d) => d.domain.as_deref() == Some(peer_domain),
-            // DNS trouble must not turn into refusals of legitimate traffic.
-            Err(_) => true,
+        let verdict = match self.decide(&format!("+{n}"), Svc::Im).await {
+            Ok(d) if d.domain.as_deref() == Some(peer_domain) => return Ok(()),
+            Ok(_) => {
+                tracing::warn!(number = %n, peer = peer_domain, "ENUM does not place the originator at the sending peer");
+                Unplaced::Elsewhere
+            }
+            // Not accepted unverified: anyone able to make DNS fail (a broken delegation of
+            // its own) could otherwise pass any number off as its own. The peer is told to
+            // try again; routes known before the failure are still served stale.
+            Err(e) => {
+                tracing::info!(number = %n, peer = peer_domain, error = %e, "originator not verifiable now");
+                Unplaced::Unverifiable(e.0)
+            }
         };
-        if !ok {
-            tracing::warn!(number = %n, peer = peer_domain, "ENUM does not place the originator at the sending peer");
+        match self.spec.originator_check {
+            OriginatorCheck::Log => Ok(()),
+            _ => Err(verdict),
         }
-        ok || self.spec.originator_check == OriginatorCheck::Log
     }
+}
+
+/// Why an originator number is not accepted from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unplaced {
+    /// ENUM places it at another operator, or nowhere.
+    Elsewhere,
+    /// DNS could not say now (the text says why).
+    Unverifiable(String),
 }
 
 /// The targets in a new RFC 2782 order (priority ascending, weighted random within one).
