@@ -63,7 +63,7 @@ impl Gateway {
                 } else {
                     // Async: the answer arrives as its own POST.
                     match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(t)) => return Ok(t),
+                        Ok(Ok(t)) => Ok(t),
                         Ok(Err(_)) | Err(_) => {
                             tracing::warn!(
                                 destination = target.label,
