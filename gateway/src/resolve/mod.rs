@@ -459,7 +459,9 @@ impl Resolver {
 
     fn store(&self, key: (String, Svc), d: &Decision) {
         let mut ttl = Duration::from_secs(u64::from(d.ttl));
-        if d.protocol == Protocol::None {
+        // The last resort is where a number goes when nothing was found: held like a negative
+        // answer, within the same bounds (no day-long SOA minimum, no uncached zero).
+        if matches!(d.protocol, Protocol::None | Protocol::LastResort) {
             ttl = ttl.clamp(self.spec.negative_min_ttl, self.spec.negative_max_ttl);
         }
         let now = self.clock.now();
@@ -470,12 +472,14 @@ impl Resolver {
         };
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= self.spec.cache_entries {
-                // Full: drop what is past its stale window; if that is not enough, start over
-                // (a rare, bounded cost; the cache refills from DNS).
+                // Full: drop what is past its stale window, then what has expired; if that is
+                // not enough, an arbitrary eighth. Never everything: a flood of new numbers
+                // must not wipe the routes kept for serve-stale.
                 c.retain(|_, e| now < e.stale_until);
                 if c.len() >= self.spec.cache_entries {
-                    c.clear();
+                    c.retain(|_, e| now < e.expires);
                 }
+                evict_some(&mut c, self.spec.cache_entries);
             }
             c.insert(key, entry);
         }
@@ -784,6 +788,7 @@ impl Resolver {
         if let Ok(mut c) = self.srv_cache.lock() {
             if c.len() >= self.spec.cache_entries {
                 c.retain(|_, (_, exp)| now < *exp);
+                evict_some(&mut c, self.spec.cache_entries);
             }
             c.insert(name.to_owned(), (found.clone(), now + ttl));
         }
@@ -1002,6 +1007,19 @@ impl Resolver {
     }
 }
 
+/// A full cache (`cap` entries or more) loses an eighth of its entries: whichever come first
+/// in the map's per-process random order, so no caller can choose what stays.
+fn evict_some<K: Clone + Eq + std::hash::Hash, V>(c: &mut HashMap<K, V>, cap: usize) {
+    if c.len() < cap {
+        return;
+    }
+    let n = (c.len() / 8).max(1 + c.len() - cap);
+    let gone: Vec<K> = c.keys().take(n).cloned().collect();
+    for k in gone {
+        c.remove(&k);
+    }
+}
+
 /// Why an originator number is not accepted from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unplaced {
@@ -1048,5 +1066,22 @@ fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
         (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_loses_a_part_never_all() {
+        let mut c: HashMap<u32, ()> = (0..80).map(|i| (i, ())).collect();
+        evict_some(&mut c, 100);
+        assert_eq!(c.len(), 80, "not full: untouched");
+        evict_some(&mut c, 80);
+        assert_eq!(c.len(), 70, "an eighth");
+        let mut small: HashMap<u32, ()> = (0..3).map(|i| (i, ())).collect();
+        evict_some(&mut small, 2);
+        assert_eq!(small.len(), 1, "below the cap, room for one more");
     }
 }
