@@ -94,16 +94,30 @@ pub struct Gateway {
     tap: Option<WireTap>,
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Accepted work not finished yet (including async answer delivery), for draining.
-    work: Arc<tokio::sync::Semaphore>,
+    work: Arc<WorkCount>,
     /// Set at shutdown: new requests are refused (503) while answers are still taken in.
     draining: std::sync::atomic::AtomicBool,
 }
 
-/// Marks one piece of accepted work; shutdown waits until all are dropped.
-pub(crate) struct Work(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+/// Accepted work not finished yet. A counter and a wake-up rather than a semaphore: work
+/// accepted while shutdown waits (answers still coming in) must be counted too, and a
+/// semaphore with a waiter hands out no more permits.
+#[derive(Default)]
+pub(crate) struct WorkCount {
+    n: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
 
-/// Upper bound of tracked work items (far above any in-flight limit).
-const WORK_SLOTS: u32 = 1 << 24;
+/// Marks one piece of accepted work; shutdown waits until all are dropped.
+pub(crate) struct Work(Arc<WorkCount>);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -370,7 +384,7 @@ impl Gateway {
             assoc_locks: std::sync::Mutex::new(HashMap::new()),
             tap: opts.tap.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
-            work: Arc::new(tokio::sync::Semaphore::new(WORK_SLOTS as usize)),
+            work: Arc::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             resolver,
             metrics,
@@ -476,14 +490,27 @@ impl Gateway {
 
     /// Track one piece of accepted work until the returned guard is dropped.
     pub(crate) fn track(&self) -> Work {
-        Work(self.work.clone().try_acquire_owned().ok())
+        self.work
+            .n
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Work(self.work.clone())
     }
 
     /// Wait until all accepted work is finished, at most `within`.
     pub async fn drain(&self, within: std::time::Duration) -> bool {
-        tokio::time::timeout(within, self.work.acquire_many(WORK_SLOTS))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let all_done = async {
+            loop {
+                // Registered before the check, so a finish in between is not missed.
+                let idle = self.work.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.work.n.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(within, all_done).await.is_ok()
     }
 
     /// A slot for one request in flight, if the limit allows.
@@ -695,6 +722,36 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    /// Work accepted while shutdown already waits (answers still coming in) is waited for too.
+    #[tokio::test]
+    async fn drain_waits_for_work_accepted_during_the_drain() {
+        let cfg = crate::config::Config::from_str(
+            std::path::Path::new("routes/test.toml"),
+            "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
+        )
+        .unwrap();
+        let gw = std::sync::Arc::new(super::Gateway::new(cfg, &Default::default()).unwrap());
+        assert!(gw.drain(Duration::ZERO).await, "nothing to wait for");
+        let first = gw.track();
+        let g = gw.clone();
+        let drained = tokio::spawn(async move { g.drain(Duration::from_secs(30)).await });
+        tokio::task::yield_now().await;
+        let second = gw.track();
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished(), "the second is still running");
+        drop(second);
+        assert!(drained.await.unwrap());
+        let late = gw.track();
+        assert!(
+            !gw.drain(Duration::from_millis(20)).await,
+            "a deadline ends the wait"
+        );
+        drop(late);
+    }
+
     #[test]
     fn status_codes_as_labels() {
         let mut buf = [0u8; 5];

@@ -61,6 +61,9 @@ impl std::fmt::Debug for PeerTable {
     }
 }
 
+/// Peers without a `[[peer]]` entry kept at once (a federation has hundreds of operators).
+const MAX_FOUND_PEERS: usize = 4096;
+
 fn quota(rate: u32, burst: u32) -> Quota {
     let r = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
     let b = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -115,6 +118,15 @@ impl PeerTable {
             Ok(rt) => {
                 let rt = Arc::new(rt);
                 if let Ok(mut m) = self.peers.lock() {
+                    // Peers found through DNS (or claimed under a wildcard certificate) are
+                    // kept for their connection pools, but not without bound: past the cap
+                    // one of them (never a configured one) makes room.
+                    if m.len() >= self.cfg.peers.len() + MAX_FOUND_PEERS {
+                        let victim = m.keys().find(|d| self.cfg.peer(d).is_none()).cloned();
+                        if let Some(v) = victim {
+                            m.remove(&v);
+                        }
+                    }
                     m.entry(domain).or_insert_with(|| rt.clone());
                 }
                 Some(rt)
