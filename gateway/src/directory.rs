@@ -45,10 +45,16 @@ impl Template {
     fn compile(spec: &TemplateSpec) -> Option<Template> {
         let (pre, post) = spec.core.split_once("{national}")?;
         // Canonicalise the fixed parts the same way IDs are canonicalised.
-        let sample = WvId::parse(&format!("{pre}1{post}")).ok()?.to_string();
-        let idx = sample.find('1')?;
-        let core_prefix = sample[..idx].to_owned();
-        let core_suffix = sample[idx + 1..].to_owned();
+        // Where the number sits in the canonical form: the one byte in which two samples
+        // differ (the fixed parts may hold digits of their own, as in `wv:u1_{national}@…`).
+        let one = WvId::parse(&format!("{pre}1{post}")).ok()?.to_string();
+        let two = WvId::parse(&format!("{pre}2{post}")).ok()?.to_string();
+        let idx = one.bytes().zip(two.bytes()).position(|(a, b)| a != b)?;
+        let core_prefix = one.get(..idx)?.to_owned();
+        let core_suffix = one.get(idx + 1..)?.to_owned();
+        if two.get(idx + 1..)? != core_suffix {
+            return None;
+        }
         let public = spec
             .public
             .trim_start_matches("wv:")
@@ -277,6 +283,24 @@ mod tests {
         assert_eq!(d.core_id(n("+46805550001")), None, "outside range");
         assert_eq!(d.msisdn("wv:805550001@core.opx.example"), None);
         assert_eq!(d.msisdn("wv:alice@core.opx.example"), None);
+        // Digits in the fixed parts do not confuse where the number goes.
+        let d = Directory::load(&DirectorySpec {
+            file: None,
+            templates: vec![TemplateSpec {
+                core: "wv:u1_{national}@core1.opx.example".into(),
+                public: "wv:+46{national}".into(),
+                ranges: Vec::new(),
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            d.core_id(n("+46705550001")).as_deref(),
+            Some("wv:u1_705550001@core1.opx.example")
+        );
+        assert_eq!(
+            d.msisdn("wv:u1_705550001@core1.opx.example"),
+            Some(n("+46705550001"))
+        );
     }
 
     #[test]
