@@ -158,6 +158,34 @@ async fn multi_recipient_with_unknown_user_is_201_with_531() {
     fed.shutdown().await;
 }
 
+/// Every recipient may cost DNS lookups and a part of the fan-out: one request from the core
+/// names at most 255, and more is refused before anything is looked up or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_255_recipients_is_400_and_nothing_sent() {
+    let fed = Federation::start(vec![x(), y()]).await;
+    let many: Vec<String> = (0..256).map(|i| id(&format!("+49151{i:08}"))).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (_mid, st) = fed.ops[0]
+        .core
+        .send_message("usera", &refs, "to all", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 400, "{st:?}");
+    assert!(
+        st.description
+            .as_deref()
+            .unwrap_or_default()
+            .contains("at most 255"),
+        "{st:?}"
+    );
+    assert!(
+        fed.sent("opx.example", "opy.example", "SendMessageRequest")
+            .is_empty(),
+        "nothing sent to Y"
+    );
+    fed.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_to_non_subscriber_is_531_and_not_relayed() {
     let fed = Federation::start(vec![x(), y()]).await;

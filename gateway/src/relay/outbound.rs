@@ -26,6 +26,9 @@ use crate::ssp::{
 };
 use crate::token::Leg;
 
+/// Route-by IDs (recipients, watched users) in one request from the core.
+const MAX_ROUTE_BY: usize = 255;
+
 impl Gateway {
     /// `POST /` on the core listener.
     pub(crate) async fn on_core(
@@ -215,6 +218,20 @@ impl Gateway {
                 ),
             );
         }
+        // Each ID may cost DNS lookups, and the parts of a split request are numbered in a
+        // byte of the transaction ID: a bound on both.
+        if route_by.len() > MAX_ROUTE_BY {
+            return error_answer(
+                req,
+                status(
+                    code::BAD_REQUEST,
+                    format!(
+                        "{} recipients in one request; at most {MAX_ROUTE_BY}",
+                        route_by.len()
+                    ),
+                ),
+            );
+        }
         // Group route-by IDs by destination, keeping first-seen order.
         let mut groups: Vec<(Dest, Vec<String>)> = Vec::new();
         let mut failed: Vec<(String, Status)> = Vec::new();
@@ -243,7 +260,12 @@ impl Gateway {
                     Dest::Remote(r) => {
                         // Between operators the searched number travels as +E164.
                         let (part, searched) = self.canonical_search(part);
-                        let answer = self.to_peer(&r, part, &tid, i as u8, parts as u8).await;
+                        // Both below MAX_ROUTE_BY + 1 (checked above).
+                        let (i, n) = (
+                            u8::try_from(i).unwrap_or(u8::MAX),
+                            u8::try_from(parts).unwrap_or(u8::MAX),
+                        );
+                        let answer = self.to_peer(&r, part, &tid, i, n).await;
                         match searched {
                             Some(n) => Ok(self.unregistered_search(n, answer)),
                             None => answer,

@@ -257,6 +257,9 @@ fn parse_setup(el: Element) -> Result<SetupTransaction, ParseError> {
     })
 }
 
+/// The longest transaction ID of a request.
+pub const MAX_REQUEST_TID: usize = 255;
+
 fn parse_session(el: Element) -> Session {
     let mut a = Attrs::new(el.attrs);
     let session_id = a.take(&["sessionID"]).unwrap_or_default().trim().to_owned();
@@ -295,6 +298,14 @@ fn parse_session(el: Element) -> Session {
             )));
             continue;
         };
+        // A request's ID rides inside the ID the gateway gives it onwards (its answer goes
+        // back under it), where it has one length byte. Answers carry our own, longer IDs.
+        if mode == Mode::Request && transaction_id.len() > MAX_REQUEST_TID {
+            s.rejected.push(reject(format!(
+                "transactionID is longer than {MAX_REQUEST_TID} bytes"
+            )));
+            continue;
+        }
         let attrs = ta.rest();
         let mut prims = c.children.into_iter();
         let Some(prim) = prims.next() else {

@@ -459,6 +459,22 @@ fn bad_transactions_are_rejected_individually() {
     assert!(s.rejected[0].reason.contains("without transactionID"));
     assert_eq!(s.rejected[1].transaction_id.as_deref(), Some("bad"));
     assert!(s.rejected[2].reason.contains("no primitive"));
+
+    // A request's ID is carried inside ours, with a length byte: at most 255 bytes. Answers
+    // (which carry our own, longer IDs) have no such bound.
+    let long = "t".repeat(256);
+    let m = parse(&format!(
+        r#"<WV-SSP-Message><Session sessionID="s@x"><Transaction mode="Request" transactionID="{}"><Status code="200"/></Transaction><Transaction mode="Request" transactionID="{long}"><Status code="200"/></Transaction><Transaction mode="Response" transactionID="{long}"><Status code="200"/></Transaction></Session></WV-SSP-Message>"#,
+        &long[..255]
+    ));
+    let s = m.as_session().unwrap();
+    assert_eq!(s.transactions.len(), 2);
+    assert_eq!(s.rejected.len(), 1);
+    assert!(
+        s.rejected[0].reason.contains("longer than 255"),
+        "{}",
+        s.rejected[0].reason
+    );
 }
 
 #[test]
