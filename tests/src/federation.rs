@@ -34,6 +34,8 @@ pub struct OperatorSpec {
     pub extra_toml: String,
     /// Whether its gateway gets `[[peer]]` entries for the others (static peering).
     pub static_peering: bool,
+    /// Extra TOML lines inside each of its `[[peer]]` entries (e.g. `rate = 1`).
+    pub peer_toml: String,
 }
 
 impl OperatorSpec {
@@ -48,6 +50,7 @@ impl OperatorSpec {
             peer_mode: "async",
             extra_toml: String::new(),
             static_peering: true,
+            peer_toml: String::new(),
         }
     }
 
@@ -258,7 +261,8 @@ connect = "1s"
     for (domain, url, mode) in peers {
         let _ = writeln!(
             t,
-            "[[peer]]\ndomain = \"{domain}\"\nurls = [\"{url}\"]\nmode = \"{mode}\"\n"
+            "[[peer]]\ndomain = \"{domain}\"\nurls = [\"{url}\"]\nmode = \"{mode}\"\n{}",
+            spec.peer_toml
         );
     }
     t.push_str(&spec.extra_toml);

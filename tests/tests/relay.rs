@@ -311,6 +311,53 @@ async fn spoofed_originator_is_901() {
     fed.shutdown().await;
 }
 
+/// A peer over its rate gets HTTP 503 with the SSP 503 in the body, at once: nothing is
+/// taken in (no task posting the refusal back later), and what was within the rate goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_over_its_rate_gets_503_at_once() {
+    let mut sy = y();
+    sy.peer_toml = "rate = 1\nburst = 2\n".into();
+    let fed = Federation::start(vec![x(), sy]).await;
+    let url: http::Uri = fed.ops[1].peer_url.parse().unwrap();
+    let client = peer_client(&fed, Some("opx.example"), None);
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let body = smr(
+            "1@opx.example",
+            &format!("t-rate-{i}"),
+            "wv:@opx.example",
+            &id(A),
+            &id(B),
+        );
+        let (status, resp) = client.post(&url, body, &[], WAIT).await.unwrap();
+        statuses.push((status.as_u16(), String::from_utf8_lossy(&resp).into_owned()));
+    }
+    assert_eq!(statuses[0].0, 200);
+    assert_eq!(statuses[1].0, 200);
+    let (code, text) = &statuses[2];
+    assert_eq!(*code, 503, "{text}");
+    assert!(
+        text.contains("code=\"503\"") && text.contains("rate limit for opx.example"),
+        "{text}"
+    );
+    assert!(
+        text.contains("t-rate-2"),
+        "answers its own transaction: {text}"
+    );
+    let gy = &fed.ops[1].gateway.as_ref().unwrap().gateway;
+    assert_eq!(
+        ssp_gateway::ops::metrics::Metrics::counter_value(&gy.metrics.refused, &["rate"]),
+        1
+    );
+    assert!(
+        fed.ops[1]
+            .core
+            .wait_until(WAIT, |c| c.received("userb").len() == 2)
+            .await
+    );
+    fed.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_down_gives_503_and_exactly_one_answer() {
     let mut fed = Federation::start(vec![x(), y()]).await;

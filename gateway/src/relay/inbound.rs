@@ -229,7 +229,7 @@ impl Gateway {
                 let futs = requests.into_iter().map(|t| {
                     let g = self.clone();
                     let p = peer.clone();
-                    async move { g.inbound_request(&p, t).await }
+                    async move { g.inbound_request(&p, t, None).await }
                 });
                 immediate.extend(join_all(futs.map(Box::pin).collect()).await);
                 let http = if nothing_accepted {
@@ -241,15 +241,45 @@ impl Gateway {
                 respond(http, Some(body))
             }
             ResponseMode::Async => {
+                // Admitted before anything is spawned: a refusal is answered here, in this
+                // POST's answer, rather than by a task of its own posting it back later.
+                let mut spawned = 0;
+                let mut refused = false;
                 for t in requests {
+                    let slot = match self.admit_peer(&peer) {
+                        Ok(slot) => slot,
+                        Err(st) => {
+                            refused = true;
+                            let label = t.primitive.label();
+                            let answer = self
+                                .metered("inbound", label, async { error_answer(&t.primitive, st) })
+                                .await;
+                            immediate.push(Transaction::response(t.transaction_id, answer));
+                            continue;
+                        }
+                    };
+                    spawned += 1;
                     let g = self.clone();
                     let p = peer.clone();
                     let work = self.track();
                     tokio::spawn(async move {
-                        let answer = g.inbound_request(&p, t).await;
+                        let answer = g.inbound_request(&p, t, Some(slot)).await;
                         g.send_answers_to_peer(&p, vec![answer]).await;
                         drop(work);
                     });
+                }
+                if spawned == 0 && answers_accepted == 0 && refused {
+                    // Nothing taken in: HTTP 503 as well, so a sender that reads only the
+                    // status line tries again.
+                    let mut r = respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(self.answer_body(&peer, immediate)),
+                    );
+                    r.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("30"),
+                    );
+                    return r;
                 }
                 if immediate.is_empty() {
                     respond(StatusCode::OK, None)
@@ -301,33 +331,55 @@ impl Gateway {
 
     /// One inbound request, start to answer (the answer is in our core's terms only where the
     /// caller still has to rewrite it for the peer).
-    pub(crate) async fn inbound_request(&self, peer: &PeerRt, t: Transaction) -> Transaction {
+    /// One request from `peer`, answered. `admitted`: its in-flight slot, when the caller
+    /// already took it (with the peer's rate limit) through [`Gateway::admit_peer`].
+    pub(crate) async fn inbound_request(
+        &self,
+        peer: &PeerRt,
+        t: Transaction,
+        admitted: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Transaction {
         let label = t.primitive.label();
         let answer = self
             .metered(
                 "inbound",
                 label,
-                self.inbound_answer(peer, &t.transaction_id, t.primitive),
+                self.inbound_answer(peer, &t.transaction_id, t.primitive, admitted),
             )
             .await;
         Transaction::response(t.transaction_id, answer)
     }
 
-    async fn inbound_answer(&self, peer: &PeerRt, tid: &str, request: Primitive) -> Primitive {
-        let req = &request;
-        let Some(_slot) = self.admit() else {
-            return error_answer(req, status(code::UNAVAILABLE, "gateway overloaded"));
-        };
+    /// An in-flight slot for one more request from `peer`, within its rate limit.
+    fn admit_peer(&self, peer: &PeerRt) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let slot = self
+            .admit()
+            .ok_or_else(|| status(code::UNAVAILABLE, "gateway overloaded"))?;
         if peer.limiter.check().is_err() {
             self.metrics.refused.with_label_values(&["rate"]).inc();
-            return error_answer(
-                req,
-                status(
-                    code::UNAVAILABLE,
-                    format!("rate limit for {} exceeded", peer.cfg.domain),
-                ),
-            );
+            return Err(status(
+                code::UNAVAILABLE,
+                format!("rate limit for {} exceeded", peer.cfg.domain),
+            ));
         }
+        Ok(slot)
+    }
+
+    async fn inbound_answer(
+        &self,
+        peer: &PeerRt,
+        tid: &str,
+        request: Primitive,
+        admitted: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Primitive {
+        let req = &request;
+        let _slot = match admitted {
+            Some(slot) => slot,
+            None => match self.admit_peer(peer) {
+                Ok(slot) => slot,
+                Err(st) => return error_answer(req, st),
+            },
+        };
         for o in req.originators() {
             match self.originator_ok(peer, o).await {
                 Ok(()) => {}

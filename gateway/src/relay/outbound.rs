@@ -105,12 +105,16 @@ impl Gateway {
             })
             .collect();
         let mut requests = Vec::new();
+        let mut answers_accepted = 0;
         for t in s.transactions {
             match t.mode {
                 Mode::Response => {
                     let tid = t.transaction_id.clone();
-                    if let Some(st) = self.accept_answer(t, Leg::ToCore, None).await {
-                        immediate.push(Transaction::response(tid, Primitive::Status(st)));
+                    match self.accept_answer(t, Leg::ToCore, None).await {
+                        Some(st) => {
+                            immediate.push(Transaction::response(tid, Primitive::Status(st)))
+                        }
+                        None => answers_accepted += 1,
                     }
                 }
                 Mode::Request => requests.push(t),
@@ -121,20 +125,50 @@ impl Gateway {
             ResponseMode::Sync => {
                 let futs = requests.into_iter().map(|t| {
                     let g = self.clone();
-                    Box::pin(async move { g.outbound_request(t).await })
+                    Box::pin(async move { g.outbound_request(t, None).await })
                 });
                 immediate.extend(join_all(futs.collect()).await);
                 respond(StatusCode::OK, Some(self.core_body(immediate)))
             }
             ResponseMode::Async => {
+                // Admitted before anything is spawned (see the inbound side).
+                let mut spawned = 0;
+                let mut refused = false;
                 for t in requests {
+                    let Some(slot) = self.admit() else {
+                        refused = true;
+                        let label = t.primitive.label();
+                        let answer = self
+                            .metered("outbound", label, async {
+                                error_answer(
+                                    &t.primitive,
+                                    status(code::UNAVAILABLE, "gateway overloaded"),
+                                )
+                            })
+                            .await;
+                        immediate.push(Transaction::response(t.transaction_id, answer));
+                        continue;
+                    };
+                    spawned += 1;
                     let g = self.clone();
                     let work = self.track();
                     tokio::spawn(async move {
-                        let answer = g.outbound_request(t).await;
+                        let answer = g.outbound_request(t, Some(slot)).await;
                         g.send_answers_to_core(vec![answer]).await;
                         drop(work);
                     });
+                }
+                if spawned == 0 && answers_accepted == 0 && refused {
+                    // Nothing taken in: HTTP 503 as well, so the core tries again.
+                    let mut r = respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(self.core_body(immediate)),
+                    );
+                    r.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("30"),
+                    );
+                    return r;
                 }
                 if immediate.is_empty() {
                     respond(StatusCode::OK, None)
@@ -179,10 +213,15 @@ impl Gateway {
         }
     }
 
-    /// One request from the core, start to answer.
-    pub(crate) async fn outbound_request(&self, t: Transaction) -> Transaction {
+    /// One request from the core, start to answer. `admitted`: its in-flight slot, when the
+    /// caller already took it.
+    pub(crate) async fn outbound_request(
+        &self,
+        t: Transaction,
+        admitted: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Transaction {
         let answer = self.metered("outbound", t.primitive.label(), async {
-            match self.admit() {
+            match admitted.or_else(|| self.admit()) {
                 Some(_slot) => self.outbound_answer(&t).await,
                 None => error_answer(
                     &t.primitive,
