@@ -533,6 +533,30 @@ async fn forged_answer_is_420_and_predecessor_answer_is_routed_by_token() {
         "the answer was not routed to the core: {:?}",
         core.wire_log()
     );
+    // Y sends it again (its acknowledgement got lost, say): the core still gets it once.
+    let (status, _) = client
+        .post(&url, answer(&tid), &[], Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
+    let duplicates = || {
+        ssp_gateway::ops::metrics::Metrics::counter_value(
+            &gx.metrics.orphan_answers,
+            &["duplicate"],
+        )
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while duplicates() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(duplicates(), 1);
+    let copies = core
+        .wire_log()
+        .iter()
+        .filter(|(_, b)| b.contains("transactionID=\"core-before-restart\""))
+        .count();
+    assert_eq!(copies, 1, "one answer for one request");
     fed.shutdown().await;
 }
 

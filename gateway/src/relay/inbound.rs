@@ -618,6 +618,14 @@ impl Gateway {
             tracing::info!(tid = %t.transaction_id, "late answer dropped (its request was already answered)");
             return;
         }
+        if !self.first_routed(&tok) {
+            self.metrics
+                .orphan_answers
+                .with_label_values(&["duplicate"])
+                .inc();
+            tracing::info!(tid = %t.transaction_id, "answer already routed by its token: dropped");
+            return;
+        }
         tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");
         let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
         match leg {

@@ -97,6 +97,9 @@ pub struct Gateway {
     work: Arc<WorkCount>,
     /// Set at shutdown: new requests are refused (503) while answers are still taken in.
     draining: std::sync::atomic::AtomicBool,
+    /// Predecessors' requests already answered by token: (instance, request ID) -> issued.
+    /// A sender retrying an answer must not give the originator a second one.
+    routed_by_token: std::sync::Mutex<HashMap<(u32, u64), u32>>,
 }
 
 /// Accepted work not finished yet. A counter and a wake-up rather than a semaphore: work
@@ -385,6 +388,7 @@ impl Gateway {
             tap: opts.tap.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
             work: Arc::default(),
+            routed_by_token: std::sync::Mutex::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             resolver,
             metrics,
@@ -511,6 +515,28 @@ impl Gateway {
             }
         };
         tokio::time::timeout(within, all_done).await.is_ok()
+    }
+
+    /// Whether this is the first answer routed by token for the request `tok` names (within
+    /// the request timeout, while at most 65,536 such requests are remembered).
+    pub(crate) fn first_routed(&self, tok: &crate::token::Token) -> bool {
+        const REMEMBERED: usize = 1 << 16;
+        let Ok(mut seen) = self.routed_by_token.lock() else {
+            return true;
+        };
+        if seen.len() >= REMEMBERED {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let keep = self.cfg.timeouts.request.as_secs();
+            seen.retain(|_, issued| u64::from(*issued) + keep > now);
+            if seen.len() >= REMEMBERED {
+                seen.clear();
+            }
+        }
+        seen.insert((tok.instance, tok.request_id), tok.issued)
+            .is_none()
     }
 
     /// A slot for one request in flight, if the limit allows.

@@ -908,7 +908,13 @@ impl Resolver {
         let target = match crate::relay::route::route_number(cfg, rb) {
             Ok(Some(n)) => format!("+{n}"),
             Ok(None) => match rb {
-                RouteBy::Id(s) => match WvId::parse(s).ok().and_then(|id| id.domain) {
+                // Only a host name goes to DNS: anything else (`wv:bob@+4470…`, stray
+                // characters) has no route, and must not be taken for a number.
+                RouteBy::Id(s) => match WvId::parse(s)
+                    .ok()
+                    .and_then(|id| id.domain)
+                    .filter(|d| is_host_name(d))
+                {
                     Some(d) => d,
                     None => return crate::relay::route::no_route(rb),
                 },
@@ -1007,6 +1013,20 @@ impl Resolver {
     }
 }
 
+/// A DNS host name: dot-separated labels of letters, digits, `-` and `_` (SRV owner names),
+/// each 1 to 63 bytes, at most 253 in all.
+fn is_host_name(d: &str) -> bool {
+    let d = d.strip_suffix('.').unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// A full cache (`cap` entries or more) loses an eighth of its entries: whichever come first
 /// in the map's per-process random order, so no caller can choose what stays.
 fn evict_some<K: Clone + Eq + std::hash::Hash, V>(c: &mut HashMap<K, V>, cap: usize) {
@@ -1072,6 +1092,24 @@ fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_host_names_go_to_dns_as_domains() {
+        for ok in ["opy.example", "a-b.c_d.example.", "x"] {
+            assert!(is_host_name(ok), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "+4470000000",
+            "a..b",
+            "a b.example",
+            long.as_str(),
+            "é.example",
+        ] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_full_cache_loses_a_part_never_all() {
