@@ -185,6 +185,9 @@ fn lab() -> Vec<Zone> {
             "_imps-server._tcp.weighted 300 IN SRV 10 40 18443 w2.weighted".into(),
             "w1.weighted 300 IN A 127.0.0.61".into(),
             "w2.weighted 300 IN A 127.0.0.62".into(),
+            // A target reached through a short-lived CNAME.
+            "_imps-server._tcp.aliased 300 IN SRV 10 0 18443 gw.aliased".into(),
+            "gw.aliased 30 IN CNAME gw1.opy".into(),
         ],
     );
     vec![enum_zone, domains]
@@ -386,6 +389,18 @@ async fn srv_cache_hits_pass_on_the_remaining_ttl() {
     assert_eq!(second.domain.as_deref(), Some("opy.lab.example"));
     assert_eq!(Metrics::counter_value(&m.route_cache, &["srv-hit"]), 1);
     assert_eq!(second.ttl, 20, "120 s less the 100 s gone");
+    dns.stop().await;
+}
+
+/// A target reached through a CNAME lasts no longer than the CNAME.
+#[tokio::test]
+async fn a_cname_on_the_way_bounds_the_ttl() {
+    let dns = InProcDns::start(&lab()).await.unwrap();
+    let (r, _) = resolver(dns.addr, Clock::manual());
+    let d = r.decide("aliased.lab.example", Svc::Im).await.unwrap();
+    assert_eq!(d.protocol, Protocol::Imps);
+    assert_eq!(d.targets[0].addrs[0].to_string(), "127.0.0.21");
+    assert_eq!(d.ttl, 30);
     dns.stop().await;
 }
 

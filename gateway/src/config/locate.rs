@@ -74,6 +74,42 @@ pub fn line_of(src: &str, path: &[Step]) -> Option<usize> {
     Some(line_at(src, span.start))
 }
 
+/// The key path at a byte offset (a key, or inside its value), e.g. `resolver.cache_entries`:
+/// names the key of a TOML type error, whose span covers only the bad value.
+pub fn path_at(src: &str, offset: usize) -> Option<String> {
+    let table = DeTable::parse(src).ok()?;
+    let mut path = Vec::new();
+    in_table(table.get_ref(), offset, &mut path).then(|| render(&path))
+}
+
+// Spans of tables made by `[header]` lines need not cover their entries, so every table and
+// array is searched, backing out of the ones that do not hold the offset.
+fn in_table(t: &DeTable<'_>, offset: usize, path: &mut Vec<Step>) -> bool {
+    for (k, v) in t.iter() {
+        path.push(Step::Key(k.get_ref().to_string()));
+        if k.span().contains(&offset) || in_value(v, offset, path) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+fn in_value(v: &toml::Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Step>) -> bool {
+    match v.get_ref() {
+        DeValue::Table(t) => in_table(t, offset, path),
+        DeValue::Array(items) => items.iter().enumerate().any(|(i, item)| {
+            path.push(Step::Index(i));
+            let found = in_value(item, offset, path) || item.span().contains(&offset);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        _ => v.span().contains(&offset),
+    }
+}
+
 /// 1-based line number of a byte offset.
 pub fn line_at(src: &str, offset: usize) -> usize {
     src.as_bytes()[..offset.min(src.len())]
@@ -108,6 +144,13 @@ mod tests {
         assert_eq!(
             render(&[k("peer"), Step::Index(1), k("urls")]),
             "peer[1].urls"
+        );
+        let at = |needle: &str| path_at(src, src.find(needle).unwrap());
+        assert_eq!(at("\"b\"").as_deref(), Some("peer[1].domain"));
+        assert_eq!(at("\"u2\"").as_deref(), Some("peer[1].urls[1]"));
+        assert_eq!(
+            at("public_domain").as_deref(),
+            Some("gateway.public_domain")
         );
     }
 }

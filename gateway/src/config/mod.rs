@@ -114,7 +114,7 @@ impl Config {
             ConfigError {
                 file: path.to_owned(),
                 line,
-                key: None,
+                key: e.span().and_then(|s| locate::path_at(src, s.start)),
                 message: e.message().trim().to_owned(),
             }
         })?;
@@ -171,6 +171,10 @@ mod tests {
 
     #[test]
     fn bad_value_names_key_and_line() {
+        // A type error from the TOML reader names its key too.
+        let e = load(&format!("{MIN}\n[limits]\nmax_in_flight = \"many\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.max_in_flight"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
         let e = load(&MIN.replace("\"46\"", "\"4x6\"")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.country_code"));
         assert_eq!(e.line, Some(4));

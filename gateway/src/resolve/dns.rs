@@ -139,12 +139,26 @@ impl Dns {
         let r = self.resolver(ns)?;
         match r.lookup(fqdn.as_str(), rtype).await {
             Ok(l) => Ok(Answer::Records(
-                l.answers()
-                    .iter()
-                    // Answers may start with a CNAME chain (kept as intermediates).
-                    .filter(|rec| rec.record_type() == rtype)
-                    .cloned()
-                    .collect(),
+                {
+                    // Answers may start with a CNAME chain: the records last no longer than
+                    // the chain that led to them.
+                    let chain = l
+                        .answers()
+                        .iter()
+                        .filter(|rec| rec.record_type() == RecordType::CNAME)
+                        .map(|rec| rec.ttl)
+                        .min()
+                        .unwrap_or(u32::MAX);
+                    l.answers()
+                        .iter()
+                        .filter(|rec| rec.record_type() == rtype)
+                        .map(|rec| {
+                            let mut rec = rec.clone();
+                            rec.ttl = rec.ttl.min(chain);
+                            rec
+                        })
+                        .collect()
+                },
                 l.additionals()
                     .iter()
                     .filter_map(|rec| {
