@@ -106,7 +106,7 @@ fn check_names_what_is_wrong() {
     let err = failing("misspelt key");
     assert!(
         err.contains(&format!(
-            "example.toml:{line}: unknown field `publik_domain`"
+            "example.toml:{line}: gateway.publik_domain: unknown field `publik_domain`"
         )),
         "{err}"
     );
