@@ -21,6 +21,26 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> HttpRes
     r
 }
 
+/// The body of a request between replicas (at most `limit` bytes) and the MAC it carries.
+async fn signed(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(bytes::Bytes, Option<String>), HttpResponse> {
+    let mac = req
+        .headers()
+        .get(crate::relay::cluster::MAC_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match crate::relay::http::read_body(req.into_body(), limit).await {
+        Ok(body) => Ok((body, mac)),
+        Err(e) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("{e}\n"),
+            "text/plain",
+        )),
+    }
+}
+
 /// Handle one admin request.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
     match (req.method(), req.uri().path()) {
@@ -52,35 +72,21 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
                 "text/plain",
             ),
         },
-        (&Method::POST, "/cluster/self") => {
-            let mac = req
-                .headers()
-                .get(crate::relay::cluster::MAC_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            // A report request is one short line.
-            match crate::relay::http::read_body(req.into_body(), 256).await {
-                Ok(body) => {
-                    let (status, msg) = gw.self_report(&body, mac.as_deref());
-                    text(status, msg, "text/plain")
-                }
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+        // A report request is one short line.
+        (&Method::POST, "/cluster/self") => match signed(req, 256).await {
+            Ok((body, mac)) => {
+                let (status, msg) = gw.self_report(&body, mac.as_deref());
+                text(status, msg, "text/plain")
             }
-        }
-        (&Method::POST, "/cluster/answer") => {
-            let mac = req
-                .headers()
-                .get(crate::relay::cluster::MAC_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            match crate::relay::http::read_body(req.into_body(), gw.cfg.limits.xml.max_body).await {
-                Ok(body) => {
-                    let (status, msg) = gw.take_handed_answer(&body, mac.as_deref()).await;
-                    text(status, msg, "text/plain")
-                }
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+            Err(r) => r,
+        },
+        (&Method::POST, "/cluster/answer") => match signed(req, gw.cfg.limits.xml.max_body).await {
+            Ok((body, mac)) => {
+                let (status, msg) = gw.take_handed_answer(&body, mac.as_deref()).await;
+                text(status, msg, "text/plain")
             }
-        }
+            Err(r) => r,
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
 }
