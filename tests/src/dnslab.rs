@@ -113,6 +113,45 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A name server that answers SERVFAIL to every query (UDP on loopback), as a broken
+/// delegation looks to a resolver.
+pub struct ServFail {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServFail {
+    /// Start it on a free loopback port.
+    pub async fn start() -> anyhow::Result<ServFail> {
+        use hickory_server::proto::op::{Message, ResponseCode};
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = sock.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut r =
+                    Message::error_msg(q.metadata.id, q.metadata.op_code, ResponseCode::ServFail);
+                r.metadata.recursion_desired = q.metadata.recursion_desired;
+                r.queries = q.queries;
+                if let Ok(b) = r.to_vec() {
+                    let _ = sock.send_to(&b, from).await;
+                }
+            }
+        });
+        Ok(ServFail { addr, task })
+    }
+}
+
+impl Drop for ServFail {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// An in-process authoritative server (hickory-server).
 pub struct InProcDns {
     /// Address (UDP and TCP).

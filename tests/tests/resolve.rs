@@ -392,6 +392,27 @@ async fn srv_cache_hits_pass_on_the_remaining_ttl() {
     dns.stop().await;
 }
 
+/// SERVFAIL for a name (its own broken delegation) is a transient error for that lookup, not
+/// a reason to stop asking the tree about every other number: no hold-down.
+#[tokio::test]
+async fn servfail_for_a_name_holds_nothing_down() {
+    let broken = ssp_testbed::dnslab::ServFail::start().await.unwrap();
+    let dns = InProcDns::start(&lab()).await.unwrap();
+    let mut s = spec(dns.addr);
+    s.enums[0].nameservers = vec![broken.addr];
+    let m = Metrics::new();
+    let r = Resolver::with_parts(s, "opx.lab.example", Vec::new(), m.clone(), Clock::manual());
+    for (i, n) in ["+4915112345678", "+442079460123"].into_iter().enumerate() {
+        assert!(r.decide(n, Svc::Im).await.is_err(), "{n}: transient");
+        assert_eq!(
+            counter(&m, "naptr", "error"),
+            i as u64 + 1,
+            "{n}: asked, not held down"
+        );
+    }
+    dns.stop().await;
+}
+
 /// A target reached through a CNAME lasts no longer than the CNAME.
 #[tokio::test]
 async fn a_cname_on_the_way_bounds_the_ttl() {

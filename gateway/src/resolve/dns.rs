@@ -179,6 +179,12 @@ impl Dns {
                     server: other == ResponseCode::Refused,
                 }),
             },
+            // SERVFAIL and the like: this name's trouble (a broken delegation, say), unless
+            // the server refuses the whole tree.
+            Err(NetError::Dns(DnsError::ResponseCode(code))) => Err(Failure {
+                message: format!("{fqdn} {rtype}: {code}"),
+                server: code == ResponseCode::Refused,
+            }),
             Err(e) => Err(Failure::server(format!("{fqdn} {rtype}: {e}"))),
         }
     }
