@@ -11,6 +11,7 @@
 //! present; digests may be wrapped with CRLF. This module is state only; the relay does the I/O.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,10 @@ struct Assoc {
     our_token: String,
     peer_token: Option<Vec<u8>>,
     digest_ok: bool,
+    /// Responder: the address the verified digest came from. The LoginResponse that
+    /// completes the association must come from there too: the digest is what proves the
+    /// peer, and the initiator's transaction ID alone may be guessable.
+    proven_from: Option<IpAddr>,
     established: Option<Established>,
     last_used: Instant,
 }
@@ -182,6 +187,7 @@ impl Associations {
         &self,
         t: &SetupTransaction,
         allowed: impl Fn(&str) -> bool,
+        from: Option<IpAddr>,
     ) -> Result<(String, Message), AssocError> {
         let mut st = self
             .state
@@ -200,6 +206,7 @@ impl Associations {
                     our_token: our_token.clone(),
                     peer_token: Some(token_bytes(p)?),
                     digest_ok: false,
+                    proven_from: None,
                     established: None,
                     last_used: Instant::now(),
                 };
@@ -225,11 +232,14 @@ impl Associations {
                     .get_mut(&domain)
                     .filter(|a| a.tid == t.transaction_id && a.established.is_none())
                     .ok_or(AssocError::Unmatched("LoginRequest"))?;
+                // A wrong digest is refused, but the attempt stays: anyone who guesses the
+                // peer's transaction ID could otherwise cancel it (and MD5 of our 128-bit
+                // token cannot be guessed instead).
                 if !digest_matches(&p.digest, a.our_token.as_bytes()) {
-                    st.attempts.remove(&domain);
                     return Err(AssocError::BadDigest(domain));
                 }
                 a.digest_ok = true;
+                a.proven_from = from;
                 let peer_token = a.peer_token.clone().unwrap_or_default();
                 let reply = SetupPrimitive::LoginRequest(LoginRequest {
                     service_id: Some(self.service()),
@@ -255,21 +265,25 @@ impl Associations {
                     let code = p.status.as_ref().map(|s| s.code).unwrap_or(0);
                     return Err(AssocError::Refused(code));
                 }
-                let domain = st
-                    .attempts
-                    .iter()
-                    .find(|(_, a)| a.tid == t.transaction_id && a.established.is_none())
-                    .map(|(d, _)| d.clone())
-                    .ok_or(AssocError::Unmatched("LoginResponse"))?;
+                // The session's domain names the attempt, and the transaction ID must be
+                // that attempt's: the peer's ID alone (Baraza's are row numbers) is guessable.
+                let domain = domain_of_session(&peer_session).ok_or_else(|| {
+                    AssocError::Malformed(format!(
+                        "LoginResponse sessionID {peer_session:?} names no domain"
+                    ))
+                })?;
+                if !st.attempts.get(&domain).is_some_and(|a| {
+                    a.tid == t.transaction_id
+                        && a.established.is_none()
+                        && a.digest_ok
+                        && a.proven_from == from
+                }) {
+                    return Err(AssocError::Unmatched("LoginResponse"));
+                }
                 let mut a = st
                     .attempts
                     .remove(&domain)
                     .ok_or(AssocError::Unmatched("LoginResponse"))?;
-                if !a.digest_ok {
-                    return Err(AssocError::Unmatched(
-                        "LoginResponse before a verified digest",
-                    ));
-                }
                 let our_session = self.new_session();
                 a.established = Some(Established {
                     our_session: our_session.clone(),
@@ -296,38 +310,25 @@ impl Associations {
 
     /// Route a Response-mode setup step to the initiator waiting for it. The first answer
     /// (SendSecretToken) is matched by the domain it names, since Baraza gives it its own
-    /// transaction ID; the later ones must carry our transaction ID as well, so a party that
+    /// transaction ID; the later ones by our transaction ID (64 random bits), so a party that
     /// did not receive our messages cannot slip its own session ID into the association.
     pub fn on_response(&self, t: SetupTransaction) -> Result<(), AssocError> {
-        let (domain, ours_only) = match &t.primitive {
-            SetupPrimitive::SendSecretToken(p) => {
-                (domain_of_service(p.service_id.as_deref()).ok(), false)
-            }
-            SetupPrimitive::LoginRequest(p) => {
-                (domain_of_service(p.service_id.as_deref()).ok(), true)
-            }
-            SetupPrimitive::LoginResponse(p) => {
-                (p.session_id.as_deref().and_then(domain_of_session), true)
-            }
-            SetupPrimitive::Other(_) => (None, true),
-        };
         let st = self
             .state
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
-        let tx = match &domain {
-            Some(d) => st
-                .initiators
-                .get(d)
-                .filter(|(tid, _)| !ours_only || *tid == t.transaction_id),
-            // A session ID without a domain: our transaction ID alone names the attempt.
-            None => st
+        let waiting = match &t.primitive {
+            SetupPrimitive::SendSecretToken(p) => domain_of_service(p.service_id.as_deref())
+                .ok()
+                .and_then(|d| st.initiators.get(&d)),
+            _ => st
                 .initiators
                 .values()
                 .find(|(tid, _)| *tid == t.transaction_id),
-        }
-        .map(|(_, tx)| tx.clone())
-        .ok_or(AssocError::Unmatched("setup response"))?;
+        };
+        let tx = waiting
+            .map(|(_, tx)| tx.clone())
+            .ok_or(AssocError::Unmatched("setup response"))?;
         drop(st);
         tx.try_send(t)
             .map_err(|_| AssocError::Unmatched("setup response"))
@@ -349,6 +350,7 @@ impl Associations {
                     our_token: token.clone(),
                     peer_token: None,
                     digest_ok: false,
+                    proven_from: None,
                     established: None,
                     last_used: Instant::now(),
                 },
@@ -550,15 +552,17 @@ mod tests {
         let a = Associations::new("a.example", Duration::from_secs(60));
         let b = Associations::new("b.example", Duration::from_secs(60));
         let (_tid, m1, mut rx) = a.begin("b.example");
-        let (d, m2) = b.on_request(setup(&m1), |d| d == "a.example").unwrap();
+        let (d, m2) = b
+            .on_request(setup(&m1), |d| d == "a.example", None)
+            .unwrap();
         assert_eq!(d, "a.example");
         a.on_response(setup(&m2).clone()).unwrap();
         let got = rx.try_recv().unwrap();
         let m3 = a.step_token("b.example", &got).unwrap();
-        let (_, m4) = b.on_request(setup(&m3), |_| true).unwrap();
+        let (_, m4) = b.on_request(setup(&m3), |_| true, None).unwrap();
         a.on_response(setup(&m4).clone()).unwrap();
         let m5 = a.step_digest("b.example", &rx.try_recv().unwrap()).unwrap();
-        let (_, m6) = b.on_request(setup(&m5), |_| true).unwrap();
+        let (_, m6) = b.on_request(setup(&m5), |_| true, None).unwrap();
         a.on_response(setup(&m6).clone()).unwrap();
         let est = a.step_done("b.example", &rx.try_recv().unwrap()).unwrap();
         let b_est = b.established("a.example").unwrap();
@@ -581,13 +585,13 @@ mod tests {
         let a = Associations::new("a.example", Duration::from_secs(60));
         let b = Associations::new("b.example", Duration::from_secs(60));
         let (_tid, m1, mut rx) = a.begin("b.example");
-        let (_, m2) = b.on_request(setup(&m1), |_| true).unwrap();
+        let (_, m2) = b.on_request(setup(&m1), |_| true, None).unwrap();
         a.on_response(setup(&m2).clone()).unwrap();
         let m3 = a.step_token("b.example", &rx.try_recv().unwrap()).unwrap();
-        let (_, m4) = b.on_request(setup(&m3), |_| true).unwrap();
+        let (_, m4) = b.on_request(setup(&m3), |_| true, None).unwrap();
         a.on_response(setup(&m4).clone()).unwrap();
         let m5 = a.step_digest("b.example", &rx.try_recv().unwrap()).unwrap();
-        let (_, m6) = b.on_request(setup(&m5), |_| true).unwrap();
+        let (_, m6) = b.on_request(setup(&m5), |_| true, None).unwrap();
         // A stranger's LoginResponse for b.example, without our transaction ID: refused,
         // and it never reaches the waiting attempt.
         let mut forged = setup(&m6).clone();
@@ -614,11 +618,59 @@ mod tests {
         // stays in use until the new attempt proves the dialback.
         let c = Associations::new("a.example", Duration::from_secs(60));
         let (_tid, hijack, _rx) = c.begin("b.example");
-        b.on_request(setup(&hijack), |_| true).unwrap();
+        b.on_request(setup(&hijack), |_| true, None).unwrap();
         assert_eq!(
             b.established("a.example").map(|e| e.peer_session),
             Some(est.our_session.clone())
         );
+        assert_eq!(
+            b.domain_of_session(&est.our_session).as_deref(),
+            Some("a.example")
+        );
+    }
+
+    /// As responder: a stranger who knows (or guesses) the initiator's transaction ID still
+    /// cannot finish the association with a session ID of its own, nor cancel it with a bad
+    /// digest: the LoginResponse must come from where the verified digest came from.
+    #[test]
+    fn responder_binds_the_login_to_where_the_digest_came_from() {
+        let a = Associations::new("a.example", Duration::from_secs(60));
+        let b = Associations::new("b.example", Duration::from_secs(60));
+        let (ip_a, ip_x) = (Some([10, 0, 0, 1].into()), Some([10, 6, 6, 6].into()));
+        let (_tid, m1, mut rx) = a.begin("b.example");
+        let (_, m2) = b.on_request(setup(&m1), |_| true, ip_a).unwrap();
+        a.on_response(setup(&m2).clone()).unwrap();
+        let m3 = a.step_token("b.example", &rx.try_recv().unwrap()).unwrap();
+        // A bad digest under the right transaction ID: refused, the attempt survives.
+        let mut bad = setup(&m3).clone();
+        bad.primitive = SetupPrimitive::LoginRequest(LoginRequest {
+            service_id: Some("wv:@a.example".into()),
+            digest: digest(b"a guess"),
+            ..Default::default()
+        });
+        assert!(matches!(
+            b.on_request(&bad, |_| true, ip_x),
+            Err(AssocError::BadDigest(_))
+        ));
+        let (_, m4) = b.on_request(setup(&m3), |_| true, ip_a).unwrap();
+        a.on_response(setup(&m4).clone()).unwrap();
+        let m5 = a.step_digest("b.example", &rx.try_recv().unwrap()).unwrap();
+        // The stranger's LoginResponse: right transaction ID, a session in a's domain.
+        let mut forged = setup(&m5).clone();
+        forged.primitive = SetupPrimitive::LoginResponse(LoginResponse {
+            session_id: Some("evil@a.example".into()),
+            status: Some(Status::new(200)),
+            ..Default::default()
+        });
+        assert_eq!(
+            b.on_request(&forged, |_| true, ip_x).err(),
+            Some(AssocError::Unmatched("LoginResponse"))
+        );
+        assert_eq!(b.domain_of_session("evil@a.example"), None);
+        // The real one, from a: established.
+        let (_, m6) = b.on_request(setup(&m5), |_| true, ip_a).unwrap();
+        a.on_response(setup(&m6).clone()).unwrap();
+        let est = a.step_done("b.example", &rx.try_recv().unwrap()).unwrap();
         assert_eq!(
             b.domain_of_session(&est.our_session).as_deref(),
             Some("a.example")
@@ -630,7 +682,7 @@ mod tests {
         let b = Associations::new("b.example", Duration::from_secs(60));
         let a = Associations::new("a.example", Duration::from_secs(60));
         let (_tid, m1, _rx) = a.begin("b.example");
-        b.on_request(setup(&m1), |_| true).unwrap();
+        b.on_request(setup(&m1), |_| true, None).unwrap();
         let mut bad = setup(&m1).clone();
         bad.primitive = SetupPrimitive::LoginRequest(LoginRequest {
             service_id: Some("wv:@a.example".into()),
@@ -638,7 +690,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            b.on_request(&bad, |_| true),
+            b.on_request(&bad, |_| true, None),
             Err(AssocError::BadDigest("a.example".into()))
         );
         // The failed association is gone: its LoginResponse no longer matches.
@@ -648,12 +700,12 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(
-            b.on_request(&late, |_| true),
+            b.on_request(&late, |_| true, None),
             Err(AssocError::Unmatched(_))
         ));
         // Not allowed to associate.
         assert!(matches!(
-            b.on_request(setup(&m1), |_| false),
+            b.on_request(setup(&m1), |_| false, None),
             Err(AssocError::NotAllowed(_))
         ));
     }

@@ -103,7 +103,11 @@ impl Gateway {
             Parsed::Answer(a) => return a,
         };
         match msg.body {
-            Body::Setup(t) => self.on_setup(t, SetupFrom::Peer(info.certs.clone())),
+            Body::Setup(t) => self.on_setup(
+                t,
+                SetupFrom::Peer(info.certs.clone()),
+                Some(info.remote.ip()),
+            ),
             Body::Session(s) => self.on_peer_session(s, &info).await,
         }
     }
@@ -643,7 +647,12 @@ impl Gateway {
     }
 
     /// Handle a `SetupTransaction` from a peer or from the core.
-    pub(crate) fn on_setup(self: &Arc<Self>, t: SetupTransaction, from: SetupFrom) -> HttpResponse {
+    pub(crate) fn on_setup(
+        self: &Arc<Self>,
+        t: SetupTransaction,
+        from: SetupFrom,
+        remote: Option<std::net::IpAddr>,
+    ) -> HttpResponse {
         match t.mode {
             Mode::Response => match self.assoc.on_response(t) {
                 Ok(()) => respond(StatusCode::OK, None),
@@ -666,7 +675,7 @@ impl Gateway {
                         None => false,
                     },
                 };
-                match self.assoc.on_request(&t, allowed) {
+                match self.assoc.on_request(&t, allowed, remote) {
                     Ok((domain, reply)) => {
                         self.metrics.associations.set(self.assoc.count() as i64);
                         let g = self.clone();

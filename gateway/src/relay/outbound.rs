@@ -63,7 +63,7 @@ impl Gateway {
         let s = match msg.body {
             Body::Session(s) => s,
             Body::Setup(t) if by_association => {
-                return self.on_setup(t, super::inbound::SetupFrom::Core);
+                return self.on_setup(t, super::inbound::SetupFrom::Core, Some(info.remote.ip()));
             }
             Body::Setup(_) => {
                 return respond(
