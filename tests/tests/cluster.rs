@@ -267,14 +267,13 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
 async fn an_answer_for_a_restarted_replica_is_routed_by_its_token() {
     let s = setup(true, "4s").await;
     // A transaction ID that replica 0 issued before it restarted (same key and index,
-    // another process): replica 0 answers 409, so replica 1 routes the answer by its token.
+    // another process): replica 1 hands it to replica 0, which routes it by its token (so a
+    // second copy, arriving at either replica, meets the same "routed once" record).
     let before_restart = TokenKeys::new(std::slice::from_ref(&s.key), 60).with_replica(0);
     let tid = before_restart.issue(Leg::ToPeer, 7, 0, 1, "core-tid-77", "opy.example");
     s.answer_as_y(&tid).await;
-    eventually("replica 0 said it is not its own", || {
-        handoffs(&s.x1, "not-theirs") == 1
-    })
-    .await;
+    eventually("replica 0 took it", || handoffs(&s.x1, "taken") == 1).await;
+    assert_eq!(handoffs(&s.x1, "not-theirs"), 0);
     assert!(
         s.cx.wait_until(WAIT, |c| c
             .wire_log()
@@ -283,6 +282,19 @@ async fn an_answer_for_a_restarted_replica_is_routed_by_its_token() {
             .await,
         "the core got the answer, under its own transaction ID"
     );
+    // Sent again, to replica 1: handed to replica 0 again, which has routed it already.
+    s.answer_as_y(&tid).await;
+    let x0 = s.x0.as_ref().unwrap();
+    eventually("the copy was dropped as a duplicate", || {
+        Metrics::counter_value(&x0.gateway.metrics.orphan_answers, &["duplicate"]) == 1
+    })
+    .await;
+    let copies =
+        s.cx.wire_log()
+            .iter()
+            .filter(|(d, b)| *d == WireDir::Received && b.contains("core-tid-77"))
+            .count();
+    assert_eq!(copies, 1, "one answer for one request");
     s.shutdown().await;
 }
 

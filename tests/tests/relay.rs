@@ -311,8 +311,9 @@ async fn spoofed_originator_is_901() {
     fed.shutdown().await;
 }
 
-/// A peer over its rate gets HTTP 503 with the SSP 503 in the body, at once: nothing is
-/// taken in (no task posting the refusal back later), and what was within the rate goes on.
+/// A peer over its rate gets HTTP 503 at once when nothing of its POST could be taken in
+/// (no task posting a refusal back later; it sends the POST again), and what was within the
+/// rate goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_over_its_rate_gets_503_at_once() {
     let mut sy = y();
@@ -336,14 +337,7 @@ async fn peer_over_its_rate_gets_503_at_once() {
     assert_eq!(statuses[1].0, 200);
     let (code, text) = &statuses[2];
     assert_eq!(*code, 503, "{text}");
-    assert!(
-        text.contains("code=\"503\"") && text.contains("rate limit for opx.example"),
-        "{text}"
-    );
-    assert!(
-        text.contains("t-rate-2"),
-        "answers its own transaction: {text}"
-    );
+    assert!(text.is_empty(), "no SSP answer to give twice: {text}");
     let gy = &fed.ops[1].gateway.as_ref().unwrap().gateway;
     assert_eq!(
         ssp_gateway::ops::metrics::Metrics::counter_value(&gy.metrics.refused, &["rate"]),

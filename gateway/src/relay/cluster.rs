@@ -6,8 +6,10 @@
 //!
 //! At most one answer reaches the originator:
 //! - the issuing replica takes it (answers its waiting request, or drops it as late);
-//! - it says it did not issue it (409: it restarted since): the receiving replica routes the
-//!   answer by its token, as for a predecessor's request after a restart;
+//! - it restarted since: it routes the answer by its token itself, as after a restart (so
+//!   every copy of such an answer meets the same "routed once" record), and says so (200);
+//! - it says the ID is not of its index (409: a misconfigured cluster): the receiving replica
+//!   routes the answer by its token;
 //! - it cannot be reached: the hand-over is retried until the request's deadline, then the
 //!   answer is dropped (counted). Routing it by token instead could follow the 504 the issuing
 //!   replica may already have given.
@@ -203,8 +205,16 @@ impl Gateway {
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         if tok.instance != self.keys.instance() {
+            if tok.replica() == self.cfg.cluster.replica {
+                // Our index, an earlier process: routed by its token here, where every copy
+                // of it for this index arrives, so it is routed once.
+                self.metrics.handoffs.with_label_values(&["received"]).inc();
+                let leg = tok.leg;
+                self.route_unclaimed(tok, t, leg, false).await;
+                return (StatusCode::OK, "routed by its token\n".into());
+            }
             self.metrics.handoffs.with_label_values(&["not-ours"]).inc();
-            return (StatusCode::CONFLICT, "not issued by this process\n".into());
+            return (StatusCode::CONFLICT, "not issued by this replica\n".into());
         }
         self.metrics.handoffs.with_label_values(&["received"]).inc();
         if self.pending.complete(tok.request_id, t) {

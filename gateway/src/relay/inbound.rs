@@ -245,20 +245,19 @@ impl Gateway {
                 respond(http, Some(body))
             }
             ResponseMode::Async => {
-                // Admitted before anything is spawned: a refusal is answered here, in this
-                // POST's answer, rather than by a task of its own posting it back later.
+                // Admitted before anything is spawned, so overload or a flood costs no task
+                // per request.
                 let mut spawned = 0;
-                let mut refused = false;
+                let mut refused = Vec::new();
                 for t in requests {
                     let slot = match self.admit_peer(&peer) {
                         Ok(slot) => slot,
                         Err(st) => {
-                            refused = true;
                             let label = t.primitive.label();
                             let answer = self
                                 .metered("inbound", label, async { error_answer(&t.primitive, st) })
                                 .await;
-                            immediate.push(Transaction::response(t.transaction_id, answer));
+                            refused.push(Transaction::response(t.transaction_id, answer));
                             continue;
                         }
                     };
@@ -272,18 +271,21 @@ impl Gateway {
                         drop(work);
                     });
                 }
-                if spawned == 0 && answers_accepted == 0 && refused {
-                    // Nothing taken in: HTTP 503 as well, so a sender that reads only the
-                    // status line tries again.
-                    let mut r = respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Some(self.answer_body(&peer, immediate)),
-                    );
-                    r.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("30"),
-                    );
-                    return r;
+                if !refused.is_empty() {
+                    if spawned == 0 && answers_accepted == 0 {
+                        // Nothing of this POST taken in: HTTP 503, no SSP answers (the
+                        // sender sends it all again later; no answer is given twice).
+                        return retry_later();
+                    }
+                    // The rest was taken in: the refusals go back as answers, in one POST,
+                    // as an asynchronous peer expects them.
+                    let g = self.clone();
+                    let p = peer.clone();
+                    let work = self.track();
+                    tokio::spawn(async move {
+                        g.send_answers_to_peer(&p, refused).await;
+                        drop(work);
+                    });
                 }
                 if immediate.is_empty() {
                     respond(StatusCode::OK, None)
@@ -766,6 +768,16 @@ pub(crate) enum SetupFrom {
     Peer(Option<Vec<rustls_pki_types::CertificateDer<'static>>>),
     /// The core listener.
     Core,
+}
+
+/// HTTP 503 with `Retry-After` and no body: nothing of the POST was taken in.
+pub(crate) fn retry_later() -> HttpResponse {
+    let mut r = respond(StatusCode::SERVICE_UNAVAILABLE, None);
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("30"),
+    );
+    r
 }
 
 /// How a peer wants IDs written.

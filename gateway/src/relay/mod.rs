@@ -228,8 +228,13 @@ impl Running {
     }
 }
 
-/// A status code as decimal text in `buf` (a metric label, without allocating).
+/// A status code as decimal text in `buf` (a metric label, without allocating). SSP codes
+/// have three digits; anything else a far side sends is `other`, so the far side cannot
+/// grow the number of series.
 fn code_str(code: u16, buf: &mut [u8; 5]) -> &str {
+    if !(100..=999).contains(&code) {
+        return "other";
+    }
     let mut n = code;
     let mut i = buf.len();
     loop {
@@ -781,8 +786,11 @@ mod tests {
     #[test]
     fn status_codes_as_labels() {
         let mut buf = [0u8; 5];
-        for code in [0u16, 7, 200, 531, 65535] {
+        for code in [100u16, 200, 531, 999] {
             assert_eq!(super::code_str(code, &mut buf), code.to_string());
+        }
+        for code in [0u16, 7, 1000, 65535] {
+            assert_eq!(super::code_str(code, &mut buf), "other");
         }
     }
 }

@@ -133,10 +133,9 @@ impl Gateway {
             ResponseMode::Async => {
                 // Admitted before anything is spawned (see the inbound side).
                 let mut spawned = 0;
-                let mut refused = false;
+                let mut refused = Vec::new();
                 for t in requests {
                     let Some(slot) = self.admit() else {
-                        refused = true;
                         let label = t.primitive.label();
                         let answer = self
                             .metered("outbound", label, async {
@@ -146,7 +145,7 @@ impl Gateway {
                                 )
                             })
                             .await;
-                        immediate.push(Transaction::response(t.transaction_id, answer));
+                        refused.push(Transaction::response(t.transaction_id, answer));
                         continue;
                     };
                     spawned += 1;
@@ -158,17 +157,16 @@ impl Gateway {
                         drop(work);
                     });
                 }
-                if spawned == 0 && answers_accepted == 0 && refused {
-                    // Nothing taken in: HTTP 503 as well, so the core tries again.
-                    let mut r = respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Some(self.core_body(immediate)),
-                    );
-                    r.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("30"),
-                    );
-                    return r;
+                if !refused.is_empty() {
+                    if spawned == 0 && answers_accepted == 0 {
+                        return super::inbound::retry_later();
+                    }
+                    let g = self.clone();
+                    let work = self.track();
+                    tokio::spawn(async move {
+                        g.send_answers_to_core(refused).await;
+                        drop(work);
+                    });
                 }
                 if immediate.is_empty() {
                     respond(StatusCode::OK, None)
