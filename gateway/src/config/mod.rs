@@ -192,6 +192,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("resolver.negative_max_ttl"), "{e}");
         assert!(e.message.contains("below negative_min_ttl"), "{e}");
+        let e = load(&format!(
+            "{MIN}\n[resolver]\nnameservers = [\"127.0.0.1:53\"]\ntimeout = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resolver.timeout"), "{e}");
     }
 
     #[test]

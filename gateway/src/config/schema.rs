@@ -1015,6 +1015,11 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
          -> std::time::Duration {
             match v.as_deref().map(super::parse_duration) {
                 None => std::time::Duration::from_millis(default),
+                // A lookup given no time at all always fails.
+                Some(Ok(d)) if d.is_zero() && key.ends_with("timeout") => {
+                    check.err(&path(key), "must be more than zero");
+                    std::time::Duration::from_millis(default)
+                }
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     check.err(&path(key), e);
@@ -1037,6 +1042,13 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
             );
             let timeout = match e.timeout.as_deref().map(super::parse_duration) {
                 None => attempt_timeout,
+                Some(Ok(d)) if d.is_zero() => {
+                    check.err(
+                        &[&base[..], &[k("timeout")]].concat(),
+                        "must be more than zero",
+                    );
+                    attempt_timeout
+                }
                 Some(Ok(d)) => d,
                 Some(Err(msg)) => {
                     check.err(&[&base[..], &[k("timeout")]].concat(), msg);
