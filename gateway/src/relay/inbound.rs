@@ -335,8 +335,6 @@ impl Gateway {
         }
     }
 
-    /// One inbound request, start to answer (the answer is in our core's terms only where the
-    /// caller still has to rewrite it for the peer).
     /// One request from `peer`, answered. `admitted`: its in-flight slot, when the caller
     /// already took it (with the peer's rate limit) through [`Gateway::admit_peer`].
     pub(crate) async fn inbound_request(
