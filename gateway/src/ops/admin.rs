@@ -5,6 +5,8 @@
 //! process, for a sibling that signs its request with the shared key). Bind it to a
 //! management address only: it has no authentication of its own.
 
+use std::sync::Arc;
+
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -42,7 +44,7 @@ async fn signed(
 }
 
 /// Handle one admin request.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> HttpResponse {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,

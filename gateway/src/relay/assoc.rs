@@ -272,13 +272,21 @@ impl Associations {
                         "LoginResponse sessionID {peer_session:?} names no domain"
                     ))
                 })?;
-                if !st.attempts.get(&domain).is_some_and(|a| {
-                    a.tid == t.transaction_id
-                        && a.established.is_none()
-                        && a.digest_ok
-                        && a.proven_from == from
-                }) {
+                let Some(a) = st.attempts.get(&domain).filter(|a| {
+                    a.tid == t.transaction_id && a.established.is_none() && a.digest_ok
+                }) else {
                     return Err(AssocError::Unmatched("LoginResponse"));
+                };
+                if a.proven_from != from {
+                    tracing::warn!(
+                        %domain,
+                        digest_from = ?a.proven_from,
+                        login_from = ?from,
+                        "association LoginResponse from another address than the verified digest: refused"
+                    );
+                    return Err(AssocError::Unmatched(
+                        "LoginResponse from another address than the digest",
+                    ));
                 }
                 let mut a = st
                     .attempts
@@ -460,6 +468,13 @@ impl Associations {
             .clone()
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| AssocError::Malformed("LoginResponse without sessionID".into()))?;
+        // The peer's session must be in its own domain: its traffic is identified by it, and
+        // another domain's session would be taken for this peer's.
+        if domain_of_session(&peer_session).as_deref() != Some(domain) {
+            return Err(AssocError::Malformed(format!(
+                "LoginResponse sessionID {peer_session:?} is not in {domain}"
+            )));
+        }
         let mut st = self
             .state
             .lock()
@@ -607,7 +622,20 @@ mod tests {
         );
         assert!(rx.try_recv().is_err());
         a.on_response(setup(&m6).clone()).unwrap();
-        let est = a.step_done("b.example", &rx.try_recv().unwrap()).unwrap();
+        let real = rx.try_recv().unwrap();
+        // b's answer naming a session of another domain would make that domain's traffic
+        // pass for b's: refused.
+        let mut elsewhere = real.clone();
+        elsewhere.primitive = SetupPrimitive::LoginResponse(LoginResponse {
+            session_id: Some("42@c.example".into()),
+            status: Some(Status::new(200)),
+            ..Default::default()
+        });
+        assert!(matches!(
+            a.step_done("b.example", &elsewhere),
+            Err(AssocError::Malformed(_))
+        ));
+        let est = a.step_done("b.example", &real).unwrap();
         assert_eq!(a.domain_of_session("evil@b.example"), None);
         assert_eq!(
             a.domain_of_session(&est.peer_session).as_deref(),
@@ -664,7 +692,9 @@ mod tests {
         });
         assert_eq!(
             b.on_request(&forged, |_| true, ip_x).err(),
-            Some(AssocError::Unmatched("LoginResponse"))
+            Some(AssocError::Unmatched(
+                "LoginResponse from another address than the digest"
+            ))
         );
         assert_eq!(b.domain_of_session("evil@a.example"), None);
         // The real one, from a: established.

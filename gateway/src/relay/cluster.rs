@@ -101,14 +101,19 @@ impl Gateway {
 
     /// Hand `t` to the replica that issued `tok` until it is taken, that replica says it is
     /// not its own (then route it by token), or the request's deadline passes (then drop it).
-    pub(crate) async fn hand_over(&self, tok: Token, t: Transaction, leg: Leg) {
+    pub(crate) async fn hand_over(
+        self: &std::sync::Arc<Self>,
+        tok: Token,
+        t: Transaction,
+        leg: Leg,
+    ) {
         let issued = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(tok.issued));
         let deadline = issued + self.cfg.timeouts.request;
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.hand_off(&tok, &t).await {
                 None | Some(Handoff::NotTheirs) => {
-                    self.route_unclaimed(tok, t, leg, false).await;
+                    self.route_unclaimed(tok, t, leg, false);
                     return;
                 }
                 Some(Handoff::Taken) => return,
@@ -176,7 +181,11 @@ impl Gateway {
     /// [`MAC_HEADER`]): 200 when this process issued its ID (the waiting request is
     /// answered, or it was already answered and this one is dropped), 409 when it did not,
     /// 401 without a valid MAC, 400 for anything that is not one authentic answer.
-    pub async fn take_handed_answer(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String) {
+    pub async fn take_handed_answer(
+        self: &std::sync::Arc<Self>,
+        body: &[u8],
+        mac: Option<&str>,
+    ) -> (StatusCode, String) {
         if !mac.is_some_and(|m| self.keys.verify(body, m)) {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -210,7 +219,7 @@ impl Gateway {
                 // of it for this index arrives, so it is routed once.
                 self.metrics.handoffs.with_label_values(&["received"]).inc();
                 let leg = tok.leg;
-                self.route_unclaimed(tok, t, leg, false).await;
+                self.route_unclaimed(tok, t, leg, false);
                 return (StatusCode::OK, "routed by its token\n".into());
             }
             self.metrics.handoffs.with_label_values(&["not-ours"]).inc();
@@ -358,7 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn handed_answers_are_authenticated_and_claimed_only_by_their_issuer() {
-        let gw = gateway();
+        let gw = std::sync::Arc::new(gateway());
         let ours = gw
             .keys
             .issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");

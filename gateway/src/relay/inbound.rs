@@ -106,7 +106,7 @@ impl Gateway {
             Body::Setup(t) => self.on_setup(
                 t,
                 SetupFrom::Peer(info.certs.clone()),
-                Some(info.remote.ip()),
+                Some(info.remote.ip().to_canonical()),
             ),
             Body::Session(s) => self.on_peer_session(s, &info).await,
         }
@@ -309,8 +309,12 @@ impl Gateway {
             .emit_outbound(&dir, &mut msg, view(peer), &peer.cfg.namespace)
     }
 
-    /// POST answers to an async peer.
-    pub(crate) async fn send_answers_to_peer(&self, peer: &PeerRt, answers: Vec<Transaction>) {
+    /// POST answers to an async peer; false if they could not be delivered.
+    pub(crate) async fn send_answers_to_peer(
+        &self,
+        peer: &PeerRt,
+        answers: Vec<Transaction>,
+    ) -> bool {
         let msg = Message::session(self.session_towards(peer), answers);
         let mut m = msg.clone();
         let dir = self.dir.load();
@@ -324,15 +328,16 @@ impl Gateway {
             client: &peer.client,
             urls: &urls,
         };
-        if !self
+        let delivered = self
             .deliver(&target, &m, body, self.cfg.timeouts.request)
-            .await
-        {
+            .await;
+        if !delivered {
             self.metrics
                 .orphan_answers
                 .with_label_values(&["undeliverable"])
                 .inc();
         }
+        delivered
     }
 
     /// One request from `peer`, answered. `admitted`: its in-flight slot, when the caller
@@ -600,15 +605,23 @@ impl Gateway {
             });
             return None;
         }
-        self.route_unclaimed(tok, t, leg, ours).await;
+        self.route_unclaimed(tok, t, leg, ours);
         None
     }
 
     /// An answer no request here waits for. Our own request: the answer is late, and its
     /// request was already answered (504); a second answer must not follow. A predecessor's
     /// request (this replica restarted): nobody else can deliver it, so it is routed by its
-    /// token alone while its request's deadline has not passed.
-    pub(crate) async fn route_unclaimed(&self, tok: Token, t: Transaction, leg: Leg, ours: bool) {
+    /// token alone while its request's deadline has not passed. Delivery runs on its own
+    /// task: the POST that brought the answer may end (its sender gives up waiting) before
+    /// delivery does, and must not take the delivery with it.
+    pub(crate) fn route_unclaimed(
+        self: &Arc<Self>,
+        tok: Token,
+        t: Transaction,
+        leg: Leg,
+        ours: bool,
+    ) {
         let age = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -632,18 +645,28 @@ impl Gateway {
         }
         tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");
         let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
-        match leg {
-            Leg::ToPeer => self.send_answers_to_core(vec![answer]).await,
-            Leg::ToCore => match self.peers.get(&tok.peer) {
-                Some(p) => self.send_answers_to_peer(&p, vec![answer]).await,
-                None => {
-                    self.metrics
-                        .orphan_answers
-                        .with_label_values(&["undeliverable"])
-                        .inc();
-                }
-            },
-        }
+        let g = self.clone();
+        let work = self.track();
+        tokio::spawn(async move {
+            let delivered = match leg {
+                Leg::ToPeer => g.send_answers_to_core(vec![answer]).await,
+                Leg::ToCore => match g.peers.get(&tok.peer) {
+                    Some(p) => g.send_answers_to_peer(&p, vec![answer]).await,
+                    None => {
+                        g.metrics
+                            .orphan_answers
+                            .with_label_values(&["undeliverable"])
+                            .inc();
+                        false
+                    }
+                },
+            };
+            if !delivered {
+                // Not delivered: a copy sent again may still get through.
+                g.forget_routed(&tok);
+            }
+            drop(work);
+        });
     }
 
     /// Handle a `SetupTransaction` from a peer or from the core.

@@ -544,6 +544,13 @@ impl Gateway {
             .is_none()
     }
 
+    /// Undo [`Gateway::first_routed`] for `tok` (its delivery failed).
+    pub(crate) fn forget_routed(&self, tok: &crate::token::Token) {
+        if let Ok(mut seen) = self.routed_by_token.lock() {
+            seen.remove(&(tok.instance, tok.request_id));
+        }
+    }
+
     /// A slot for one request in flight, if the limit allows.
     pub(crate) fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.in_flight.clone().try_acquire_owned().ok()

@@ -63,7 +63,11 @@ impl Gateway {
         let s = match msg.body {
             Body::Session(s) => s,
             Body::Setup(t) if by_association => {
-                return self.on_setup(t, super::inbound::SetupFrom::Core, Some(info.remote.ip()));
+                return self.on_setup(
+                    t,
+                    super::inbound::SetupFrom::Core,
+                    Some(info.remote.ip().to_canonical()),
+                );
             }
             Body::Setup(_) => {
                 return respond(
@@ -186,9 +190,9 @@ impl Gateway {
         msg.emit(NS_WV_SSP_13)
     }
 
-    /// POST answers to the core (async core).
-    pub(crate) async fn send_answers_to_core(&self, answers: Vec<Transaction>) {
-        let Some(core) = &self.core else { return };
+    /// POST answers to the core (async core); false if they could not be delivered.
+    pub(crate) async fn send_answers_to_core(&self, answers: Vec<Transaction>) -> bool {
+        let Some(core) = &self.core else { return false };
         let mut msg = Message::session(self.core_session_id(), answers);
         let dir = self.dir.load();
         self.rw
@@ -200,15 +204,16 @@ impl Gateway {
             client: &core.client,
             urls: &core.urls,
         };
-        if !self
+        let delivered = self
             .deliver(&target, &msg, body, self.cfg.timeouts.request)
-            .await
-        {
+            .await;
+        if !delivered {
             self.metrics
                 .orphan_answers
                 .with_label_values(&["undeliverable"])
                 .inc();
         }
+        delivered
     }
 
     /// One request from the core, start to answer. `admitted`: its in-flight slot, when the

@@ -472,12 +472,15 @@ impl Resolver {
         };
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= self.spec.cache_entries {
-                // Full: drop what is past its stale window, then the negative answers (cheap
-                // to learn again, and what a flood of made-up numbers leaves); if that is not
+                // Full: drop what is past its stale window, then the negative answers and the
+                // last-resort ones (cheap to learn again, and what a flood of made-up numbers
+                // leaves); if that is not
                 // enough, an arbitrary eighth. Routes kept for serve-stale go last.
                 c.retain(|_, e| now < e.stale_until);
                 if c.len() >= self.spec.cache_entries {
-                    c.retain(|_, e| e.decision.protocol != Protocol::None);
+                    c.retain(|_, e| {
+                        !matches!(e.decision.protocol, Protocol::None | Protocol::LastResort)
+                    });
                 }
                 evict_some(&mut c, self.spec.cache_entries);
             }
