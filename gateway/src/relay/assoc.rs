@@ -71,10 +71,15 @@ struct Assoc {
 struct State {
     /// Established associations.
     by_domain: HashMap<String, Assoc>,
-    /// Attempts in progress, either role. Kept apart so that an attempt, which anyone
-    /// claiming a domain can start, never disturbs that domain's established association:
-    /// the new one replaces it only once its digest proves the dialback.
-    attempts: HashMap<String, Assoc>,
+    /// Attempts a peer started (we respond), by (domain, the peer's transaction ID). Kept
+    /// apart from the established ones, and several per domain, so that an attempt, which
+    /// anyone claiming a domain can start, neither ends that domain's association nor
+    /// displaces the peer's own attempt: an attempt replaces the association only once its
+    /// digest proves the dialback.
+    attempts: HashMap<(String, String), Assoc>,
+    /// Our own attempts (we initiate), by domain: a peer starting one at the same time does
+    /// not disturb ours.
+    initiating: HashMap<String, Assoc>,
     by_peer_session: HashMap<String, String>,
     /// Initiator attempts in progress: domain -> where Response-mode steps go.
     initiators: HashMap<String, (String, mpsc::Sender<SetupTransaction>)>,
@@ -109,6 +114,9 @@ impl std::fmt::Debug for Associations {
         f.debug_struct("Associations").finish_non_exhaustive()
     }
 }
+
+/// Attempts a peer may have open at once per domain (a retry, a race, a stranger's).
+const ATTEMPTS_PER_DOMAIN: usize = 4;
 
 /// A fresh 32-hex-digit token (what Baraza sends).
 fn new_token() -> String {
@@ -210,9 +218,24 @@ impl Associations {
                     established: None,
                     last_used: Instant::now(),
                 };
-                // A new attempt replaces an earlier attempt; the established association, if
-                // any, stays until this one completes.
-                st.attempts.insert(domain.clone(), a);
+                // The established association, if any, stays until this attempt completes.
+                // Attempts per domain are few: past the bound the oldest goes.
+                let mine: Vec<(String, String)> = st
+                    .attempts
+                    .keys()
+                    .filter(|(d, _)| *d == domain)
+                    .cloned()
+                    .collect();
+                if mine.len() >= ATTEMPTS_PER_DOMAIN
+                    && let Some(oldest) = mine
+                        .iter()
+                        .min_by_key(|k| st.attempts.get(*k).map(|a| a.last_used))
+                        .cloned()
+                {
+                    st.attempts.remove(&oldest);
+                }
+                st.attempts
+                    .insert((domain.clone(), t.transaction_id.clone()), a);
                 let reply = SetupPrimitive::SendSecretToken(SendSecretToken {
                     service_id: Some(self.service()),
                     protocol: Some("WV-SSP".into()),
@@ -229,8 +252,8 @@ impl Associations {
                 let domain = domain_of_service(p.service_id.as_deref())?;
                 let a = st
                     .attempts
-                    .get_mut(&domain)
-                    .filter(|a| a.tid == t.transaction_id && a.established.is_none())
+                    .get_mut(&(domain.clone(), t.transaction_id.clone()))
+                    .filter(|a| a.established.is_none())
                     .ok_or(AssocError::Unmatched("LoginRequest"))?;
                 // A wrong digest is refused, but the attempt stays: anyone who guesses the
                 // peer's transaction ID could otherwise cancel it (and MD5 of our 128-bit
@@ -272,9 +295,12 @@ impl Associations {
                         "LoginResponse sessionID {peer_session:?} names no domain"
                     ))
                 })?;
-                let Some(a) = st.attempts.get(&domain).filter(|a| {
-                    a.tid == t.transaction_id && a.established.is_none() && a.digest_ok
-                }) else {
+                let key = (domain.clone(), t.transaction_id.clone());
+                let Some(a) = st
+                    .attempts
+                    .get(&key)
+                    .filter(|a| a.established.is_none() && a.digest_ok)
+                else {
                     return Err(AssocError::Unmatched("LoginResponse"));
                 };
                 if a.proven_from != from {
@@ -290,7 +316,7 @@ impl Associations {
                 }
                 let mut a = st
                     .attempts
-                    .remove(&domain)
+                    .remove(&key)
                     .ok_or(AssocError::Unmatched("LoginResponse"))?;
                 let our_session = self.new_session();
                 a.established = Some(Established {
@@ -351,7 +377,7 @@ impl Associations {
         let (tx, rx) = mpsc::channel(4);
         if let Ok(mut st) = self.state.lock() {
             st.initiators.insert(domain.to_owned(), (tid.clone(), tx));
-            st.attempts.insert(
+            st.initiating.insert(
                 domain.to_owned(),
                 Assoc {
                     tid: tid.clone(),
@@ -393,7 +419,7 @@ impl Associations {
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
         let a = st
-            .attempts
+            .initiating
             .get_mut(domain)
             .ok_or(AssocError::Unmatched("SendSecretToken"))?;
         let msg = Message::setup(
@@ -425,11 +451,11 @@ impl Associations {
             .lock()
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
         let a = st
-            .attempts
+            .initiating
             .get_mut(domain)
             .ok_or(AssocError::Unmatched("LoginRequest"))?;
         if !digest_matches(&p.digest, a.our_token.as_bytes()) {
-            st.attempts.remove(domain);
+            st.initiating.remove(domain);
             return Err(AssocError::BadDigest(domain.to_owned()));
         }
         a.digest_ok = true;
@@ -481,7 +507,7 @@ impl Associations {
             .map_err(|_| AssocError::Malformed("association state unavailable".into()))?;
         st.initiators.remove(domain);
         let mut a = st
-            .attempts
+            .initiating
             .remove(domain)
             .ok_or(AssocError::Unmatched("LoginResponse"))?;
         let est = Established {
@@ -506,7 +532,7 @@ impl Associations {
     pub fn abort(&self, domain: &str) {
         if let Ok(mut st) = self.state.lock() {
             st.initiators.remove(domain);
-            st.attempts.remove(domain);
+            st.initiating.remove(domain);
         }
     }
 
@@ -603,6 +629,12 @@ mod tests {
         let (_, m2) = b.on_request(setup(&m1), |_| true, None).unwrap();
         a.on_response(setup(&m2).clone()).unwrap();
         let m3 = a.step_token("b.example", &rx.try_recv().unwrap()).unwrap();
+        // Meanwhile a stranger starts an attempt as a.example, and b starts one towards a
+        // (both at once, as two servers may): a's attempt with b carries on regardless.
+        let c = Associations::new("a.example", Duration::from_secs(60));
+        let (_tid, stranger, _crx) = c.begin("b.example");
+        b.on_request(setup(&stranger), |_| true, None).unwrap();
+        let (_tid, _b_first, _brx) = b.begin("a.example");
         let (_, m4) = b.on_request(setup(&m3), |_| true, None).unwrap();
         a.on_response(setup(&m4).clone()).unwrap();
         let m5 = a.step_digest("b.example", &rx.try_recv().unwrap()).unwrap();
