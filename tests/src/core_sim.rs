@@ -761,6 +761,8 @@ impl Inner {
 
     fn log(&self, dir: WireDir, text: String) {
         lock(&self.wire).push((dir, text));
+        // The wire log is observable state too: `wait_until` conditions on it must wake.
+        self.bump();
     }
 
     fn next_id(&self, prefix: &str) -> String {
