@@ -178,6 +178,25 @@ impl Gateway {
             .inc();
     }
 
+    /// [`Gateway::deliver`] for answers, counting those that could not be delivered.
+    pub(crate) async fn deliver_answers(
+        &self,
+        target: &Target<'_>,
+        msg: &Message,
+        body: String,
+    ) -> bool {
+        let delivered = self
+            .deliver(target, msg, body, self.cfg.timeouts.request)
+            .await;
+        if !delivered {
+            self.metrics
+                .orphan_answers
+                .with_label_values(&["undeliverable"])
+                .inc();
+        }
+        delivered
+    }
+
     /// POST an answer (or any message that needs no SSP answer), retrying with backoff until
     /// `within` has passed. Returns whether it was delivered.
     pub(crate) async fn deliver(

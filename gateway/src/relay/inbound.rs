@@ -315,8 +315,7 @@ impl Gateway {
         peer: &PeerRt,
         answers: Vec<Transaction>,
     ) -> bool {
-        let msg = Message::session(self.session_towards(peer), answers);
-        let mut m = msg.clone();
+        let mut m = Message::session(self.session_towards(peer), answers);
         let dir = self.dir.load();
         let body = self
             .rw
@@ -328,16 +327,7 @@ impl Gateway {
             client: &peer.client,
             urls: &urls,
         };
-        let delivered = self
-            .deliver(&target, &m, body, self.cfg.timeouts.request)
-            .await;
-        if !delivered {
-            self.metrics
-                .orphan_answers
-                .with_label_values(&["undeliverable"])
-                .inc();
-        }
-        delivered
+        self.deliver_answers(&target, &m, body).await
     }
 
     /// One request from `peer`, answered. `admitted`: its in-flight slot, when the caller

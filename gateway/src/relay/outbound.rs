@@ -15,7 +15,7 @@ use super::Gateway;
 use super::exchange::Target;
 use super::http::{ConnInfo, HttpResponse, respond};
 use super::inbound::{Parsed, draining_refusal, join_all, status_body, view};
-use super::merge::{PartResult, error_answer, merge, split, status};
+use super::merge::{ErrorForm, PartResult, error_answer, merge, split, status};
 use super::peers::PeerRt;
 use super::route::{Dest, Remote, no_route, route_static};
 use crate::config::{CoreAuth, PeerAuth, ResponseMode};
@@ -204,16 +204,7 @@ impl Gateway {
             client: &core.client,
             urls: &core.urls,
         };
-        let delivered = self
-            .deliver(&target, &msg, body, self.cfg.timeouts.request)
-            .await;
-        if !delivered {
-            self.metrics
-                .orphan_answers
-                .with_label_values(&["undeliverable"])
-                .inc();
-        }
-        delivered
+        self.deliver_answers(&target, &msg, body).await
     }
 
     /// One request from the core, start to answer. `admitted`: its in-flight slot, when the
@@ -223,17 +214,20 @@ impl Gateway {
         t: Transaction,
         admitted: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Transaction {
-        let answer = self.metered("outbound", t.primitive.label(), async {
+        let Transaction {
+            transaction_id: tid,
+            primitive: request,
+            ..
+        } = t;
+        let label = request.label();
+        let answer = self.metered("outbound", label, async {
             match admitted.or_else(|| self.admit()) {
-                Some(_slot) => self.outbound_answer(&t).await,
-                None => error_answer(
-                    &t.primitive,
-                    status(code::UNAVAILABLE, "gateway overloaded"),
-                ),
+                Some(_slot) => self.outbound_answer(&tid, request).await,
+                None => error_answer(&request, status(code::UNAVAILABLE, "gateway overloaded")),
             }
         });
         let answer = answer.await;
-        Transaction::response(t.transaction_id, answer)
+        Transaction::response(tid, answer)
     }
 
     /// Where one route-by value goes.
@@ -248,8 +242,8 @@ impl Gateway {
         }
     }
 
-    async fn outbound_answer(&self, t: &Transaction) -> Primitive {
-        let req = &t.primitive;
+    async fn outbound_answer(&self, tid: &str, request: Primitive) -> Primitive {
+        let req = &request;
         let route_by = req.route_by();
         if route_by.is_empty() {
             return error_answer(
@@ -287,34 +281,22 @@ impl Gateway {
             }
         }
         let parts = groups.len();
+        if parts == 1 && failed.is_empty() {
+            // One destination for everything: the request goes on moved, not copied, and its
+            // answer is the answer.
+            if let Some((dest, _)) = groups.pop() {
+                let form = ErrorForm::of(req);
+                return match self.send_part(dest, request, tid, 0, 1).await {
+                    Ok(a) => a,
+                    Err(st) => form.answer(st),
+                };
+            }
+        }
         let futs = groups.into_iter().enumerate().map(|(i, (dest, ids))| {
             let keep: Vec<&str> = ids.iter().map(String::as_str).collect();
-            // One destination for everything: no need to copy the request apart.
-            let part = if parts == 1 && failed.is_empty() {
-                req.clone()
-            } else {
-                split(req, &keep)
-            };
-            let tid = t.transaction_id.clone();
+            let part = split(req, &keep);
             Box::pin(async move {
-                let answer = match dest {
-                    Dest::Core => self.to_core(part, &tid, "").await,
-                    Dest::Remote(r) => {
-                        // Between operators the searched number travels as +E164.
-                        let (part, searched) = self.canonical_search(part);
-                        // Both below MAX_ROUTE_BY + 1 (checked above).
-                        let (i, n) = (
-                            u8::try_from(i).unwrap_or(u8::MAX),
-                            u8::try_from(parts).unwrap_or(u8::MAX),
-                        );
-                        let answer = self.to_peer(&r, part, &tid, i, n).await;
-                        match searched {
-                            Some(n) => Ok(self.unregistered_search(n, answer)),
-                            None => answer,
-                        }
-                    }
-                    Dest::Fail(st) => Err(st),
-                };
+                let answer = self.send_part(dest, part, tid, i, parts).await;
                 PartResult {
                     answer: answer.unwrap_or_else(|st| error_answer(req, st)),
                     ids,
@@ -323,6 +305,35 @@ impl Gateway {
         });
         let results = join_all(futs.collect()).await;
         merge(req, results, failed)
+    }
+
+    /// Send part `i` of `parts` of a request to its destination, for its answer.
+    async fn send_part(
+        &self,
+        dest: Dest,
+        part: Primitive,
+        tid: &str,
+        i: usize,
+        parts: usize,
+    ) -> Result<Primitive, Status> {
+        match dest {
+            Dest::Core => self.to_core(part, tid, "").await,
+            Dest::Remote(r) => {
+                // Between operators the searched number travels as +E164.
+                let (part, searched) = self.canonical_search(part);
+                // Both below MAX_ROUTE_BY + 1 (checked by the caller).
+                let (i, n) = (
+                    u8::try_from(i).unwrap_or(u8::MAX),
+                    u8::try_from(parts).unwrap_or(u8::MAX),
+                );
+                let answer = self.to_peer(&r, part, tid, i, n).await;
+                match searched {
+                    Some(n) => Ok(self.unregistered_search(n, answer)),
+                    None => answer,
+                }
+            }
+            Dest::Fail(st) => Err(st),
+        }
     }
 
     /// A search by mobile number with the number rewritten to `+E164`, and that number.
