@@ -133,7 +133,7 @@ fn init_logs(json: bool) {
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = ssp_gateway::config::Config::load(&config)?;
-    let running = ssp_gateway::relay::start(cfg, Default::default()).await?;
+    let running = ssp_gateway::app::start(cfg, Default::default()).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -216,13 +216,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let gw = rt.block_on(async { ssp_gateway::relay::check(cfg) })?;
+            let gw = rt.block_on(async { ssp_gateway::app::check(cfg) })?;
             println!(
                 "{}: ok ({} peers, {} routes, {} directory entries)",
                 config.display(),
-                gw.cfg.peers.len(),
-                gw.cfg.routes.len(),
-                gw.dir.load().len()
+                gw.cfg().peers.len(),
+                gw.cfg().routes.len(),
+                gw.directory().len()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -48,9 +48,9 @@ impl Rewriter {
     /// From the validated config.
     pub fn new(cfg: &Config) -> Rewriter {
         Rewriter::from_parts(
-            &cfg.gateway.public_domain,
-            &cfg.gateway.core_domains,
-            &cfg.gateway.core_hosts,
+            &cfg.operator.public_domain,
+            &cfg.operator.core_domains,
+            &cfg.operator.core_hosts,
         )
     }
 

@@ -208,6 +208,62 @@ impl TokenKeys {
     }
 }
 
+/// A key file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+impl TokenKeys {
+    /// The keys of `[gateway] hmac_key_file` (one hex key of at least 32 bytes per line, the
+    /// first signs), for this replica; a random key when none is configured (answers then
+    /// do not survive a restart, and the gateway warns). Answers are accepted for six request
+    /// deadlines (at least a minute); later ones are stale.
+    pub fn load(cfg: &crate::config::Config) -> Result<TokenKeys, KeyError> {
+        let max_age = (cfg.timeouts.request.as_secs() as u32)
+            .saturating_mul(6)
+            .max(60);
+        let Some(path) = &cfg.operator.hmac_key_file else {
+            if !cfg.cluster.siblings.is_empty() {
+                return Err(KeyError(format!(
+                    "{}: [cluster] siblings need [gateway] hmac_key_file, the same key on every replica",
+                    cfg.path.display()
+                )));
+            }
+            tracing::warn!(
+                "no [gateway] hmac_key_file: using a random key, so answers to requests sent before a \
+                 restart, or by another replica, will be refused"
+            );
+            return Ok(TokenKeys::random(max_age));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+        let mut keys = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let bytes = (0..l.len())
+                .step_by(2)
+                .map(|j| l.get(j..j + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .filter(|b| b.len() >= 32)
+                .ok_or_else(|| {
+                    KeyError(format!(
+                        "{}:{}: a key is at least 64 hex digits (32 bytes)",
+                        path.display(),
+                        i + 1
+                    ))
+                })?;
+            keys.push(bytes);
+        }
+        if keys.is_empty() {
+            return Err(KeyError(format!("{}: no key", path.display())));
+        }
+        Ok(TokenKeys::new(&keys, max_age).with_replica(cfg.cluster.replica))
+    }
+}
+
 /// Strings are length-prefixed with one byte; cut at a char boundary under 256 bytes.
 fn truncate(s: &str) -> &str {
     if s.len() < 256 {

@@ -8,9 +8,10 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use ssp_gateway::app::{self, PreBound, Running, StartOptions};
 use ssp_gateway::certs::DevCa;
 use ssp_gateway::config::Config;
-use ssp_gateway::relay::{self, PreBound, Running, StartOptions, TapDir, WireTap};
+use ssp_gateway::links::{TapDir, WireTap};
 
 use crate::core_sim::{CoreMode, CoreSim, CoreSimConfig};
 use crate::dnslab::{InProcDns, Nsd, Zone, naptr};
@@ -437,7 +438,7 @@ impl Federation {
                 admin: None,
             },
         };
-        let running = relay::start(cfg, opts).await.unwrap();
+        let running = app::start(cfg, opts).await.unwrap();
         self.ops[i].gateway = Some(running);
     }
 
@@ -509,7 +510,10 @@ impl Federation {
     /// A DNS counter of operator `i`'s gateway.
     pub fn dns_count(&self, i: usize, rtype: &str, result: &str) -> u64 {
         let g = &self.ops[i].gateway.as_ref().unwrap().gateway;
-        ssp_gateway::ops::metrics::Metrics::counter_value(&g.metrics.dns_lookups, &[rtype, result])
+        ssp_gateway::ops::metrics::Metrics::counter_value(
+            &g.metrics().dns_lookups,
+            &[rtype, result],
+        )
     }
 
     /// Stop operator `i`'s gateway (its core keeps running).
@@ -601,9 +605,9 @@ pub fn peer_client(
     trust: &DevCa,
     identity: Option<(&DevCa, &str)>,
     server_name: &str,
-) -> ssp_gateway::relay::http::SspClient {
+) -> ssp_gateway::links::http::SspClient {
     use rustls_pki_types::pem::PemObject;
-    use ssp_gateway::relay::http::{Connector, SspClient};
+    use ssp_gateway::links::http::{Connector, SspClient};
     use ssp_gateway::tls::{self, ServerTrust};
     use std::time::Duration;
     let mut roots = rustls::RootCertStore::empty();

@@ -196,10 +196,10 @@ peer = "opy.example"
     );
     let path = dir.join("x.toml");
     std::fs::write(&path, cfg).unwrap();
-    let x = ssp_gateway::relay::start(
+    let x = ssp_gateway::app::start(
         ssp_gateway::config::Config::load(&path).unwrap(),
-        ssp_gateway::relay::StartOptions {
-            listeners: ssp_gateway::relay::PreBound {
+        ssp_gateway::app::StartOptions {
+            listeners: ssp_gateway::app::PreBound {
                 peer: Some(x_peer),
                 core: Some(x_core),
                 admin: None,

@@ -7,10 +7,10 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use ssp_gateway::app::{self, PreBound, Running, StartOptions};
 use ssp_gateway::certs::DevCa;
 use ssp_gateway::config::Config;
 use ssp_gateway::ops::metrics::Metrics;
-use ssp_gateway::relay::{self, PreBound, Running, StartOptions};
 use ssp_gateway::token::{Leg, TokenKeys};
 use ssp_testbed::core_sim::{CoreMode, CoreSim, CoreSimConfig, WireDir};
 use ssp_testbed::federation::{OperatorSpec, TempDir, gateway_toml, init_test_logs};
@@ -34,7 +34,7 @@ async fn start(
     admin: Option<TcpListener>,
 ) -> Running {
     let cfg = Config::load(path).unwrap();
-    relay::start(
+    app::start(
         cfg,
         StartOptions {
             listeners: PreBound {
@@ -199,7 +199,7 @@ impl Setup {
 }
 
 fn handoffs(g: &Running, r: &str) -> u64 {
-    Metrics::counter_value(&g.gateway.metrics.handoffs, &[r])
+    Metrics::counter_value(&g.gateway.metrics().handoffs, &[r])
 }
 
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
@@ -231,7 +231,7 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
     .await;
     assert!(handoffs(x0, "received") >= 1, "replica 0 took it");
     assert!(
-        x0.gateway.pending.is_empty(),
+        x0.gateway.pending() == 0,
         "nothing left to time out into a 504"
     );
 
@@ -246,7 +246,7 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
     })
     .await;
     eventually("replica 1 has nothing pending", || {
-        s.x1.gateway.pending.is_empty()
+        s.x1.gateway.pending() == 0
     })
     .await;
     // Exactly one answer each way: no 503/504 from either replica.
@@ -254,8 +254,8 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
         ["503", "504"]
             .iter()
             .map(|c| {
-                Metrics::counter_value(&g.gateway.metrics.answers, &["outbound", c])
-                    + Metrics::counter_value(&g.gateway.metrics.answers, &["inbound", c])
+                Metrics::counter_value(&g.gateway.metrics().answers, &["outbound", c])
+                    + Metrics::counter_value(&g.gateway.metrics().answers, &["inbound", c])
             })
             .sum::<u64>()
     };
@@ -286,7 +286,7 @@ async fn an_answer_for_a_restarted_replica_is_routed_by_its_token() {
     s.answer_as_y(&tid).await;
     let x0 = s.x0.as_ref().unwrap();
     eventually("the copy was dropped as a duplicate", || {
-        Metrics::counter_value(&x0.gateway.metrics.orphan_answers, &["duplicate"]) == 1
+        Metrics::counter_value(&x0.gateway.metrics().orphan_answers, &["duplicate"]) == 1
     })
     .await;
     let copies =
@@ -308,7 +308,7 @@ async fn an_answer_for_an_unreachable_replica_is_dropped_at_the_deadline() {
     // Retried until the request's deadline (1 s), then dropped: routing it by token could
     // follow a 504 that replica 0 may have given.
     let dropped =
-        || Metrics::counter_value(&s.x1.gateway.metrics.orphan_answers, &["undeliverable"]) == 1;
+        || Metrics::counter_value(&s.x1.gateway.metrics().orphan_answers, &["undeliverable"]) == 1;
     eventually("dropped at the deadline", dropped).await;
     assert!(handoffs(&s.x1, "unreachable") >= 2, "retried");
     assert!(
@@ -388,7 +388,7 @@ async fn replicas(dir: &TempDir, procs: &[(u8, &[u8])], dead: usize) -> Vec<Runn
             ),
         )
         .unwrap();
-        let started = relay::start(
+        let started = app::start(
             Config::load(&path).unwrap(),
             StartOptions {
                 listeners: PreBound {
@@ -406,7 +406,7 @@ async fn replicas(dir: &TempDir, procs: &[(u8, &[u8])], dead: usize) -> Vec<Runn
 }
 
 fn conflicts(g: &Running) -> i64 {
-    g.gateway.metrics.cluster_conflicts.get()
+    g.gateway.metrics().cluster_conflicts.get()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +416,7 @@ async fn replicas_in_index_order_with_one_key_check_clean() {
     // A third entry nobody answers (a replica down) is not a conflict.
     let gs = replicas(&dir, &[(0, &key), (1, &key)], 1).await;
     for g in &gs {
-        let found = g.gateway.check_cluster().await;
+        let found = g.gateway.links().check_cluster().await;
         assert!(found.is_empty(), "{found:?}");
         assert_eq!(conflicts(g), 0);
     }
@@ -436,7 +436,7 @@ async fn a_duplicate_replica_index_is_reported() {
         conflicts(&gs[1]) == 2
     })
     .await;
-    let first = gs[0].gateway.check_cluster().await;
+    let first = gs[0].gateway.links().check_cluster().await;
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(first[0].sibling, 1);
     assert!(
@@ -444,7 +444,7 @@ async fn a_duplicate_replica_index_is_reported() {
         "{}",
         first[0]
     );
-    let second = gs[1].gateway.check_cluster().await;
+    let second = gs[1].gateway.links().check_cluster().await;
     assert_eq!(second.len(), 2, "{second:?}");
     assert!(
         second[0]
@@ -466,7 +466,7 @@ async fn a_replica_with_another_key_is_reported() {
     let (k0, k1) = ([7u8; 32], [8u8; 32]);
     let gs = replicas(&dir, &[(0, &k0), (1, &k1)], 0).await;
     for (g, other) in [(&gs[0], 1), (&gs[1], 0)] {
-        let found = g.gateway.check_cluster().await;
+        let found = g.gateway.links().check_cluster().await;
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].sibling, other);
         assert!(found[0].what.contains("hmac_key_file"), "{}", found[0]);

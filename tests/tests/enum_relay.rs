@@ -61,20 +61,20 @@ async fn relay_routes_by_enum_and_srv_from_nsd() {
     );
     let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
     assert!(
-        Metrics::counter_value(&gx.metrics.dns_lookups, &["naptr", "ok"]) >= 2,
+        Metrics::counter_value(&gx.metrics().dns_lookups, &["naptr", "ok"]) >= 2,
         "ENUM was queried for im and pres"
     );
     assert!(
-        Metrics::counter_value(&gx.metrics.dns_lookups, &["srv", "ok"]) >= 1,
+        Metrics::counter_value(&gx.metrics().dns_lookups, &["srv", "ok"]) >= 1,
         "SRV was queried"
     );
     // A second message within the TTL makes no DNS query.
-    let before = Metrics::counter_value(&gx.metrics.dns_lookups, &["naptr", "ok"]);
+    let before = Metrics::counter_value(&gx.metrics().dns_lookups, &["naptr", "ok"]);
     cx.send_message("usera", &["wv:+4915112345678"], "again", false)
         .await
         .unwrap();
     assert_eq!(
-        Metrics::counter_value(&gx.metrics.dns_lookups, &["naptr", "ok"]),
+        Metrics::counter_value(&gx.metrics().dns_lookups, &["naptr", "ok"]),
         before
     );
     // A number ENUM does not know: 516.
@@ -108,7 +108,7 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
     // Y knows X only through DNS (no peering entry): it answers asynchronously, so watch
     // Y's decisions and its core rather than the HTTP body.
     let gy = fed.ops[1].gateway.as_ref().unwrap().gateway.clone();
-    let spoofs = || Metrics::counter_value(&gy.metrics.refused, &["spoof"]);
+    let spoofs = || Metrics::counter_value(&gy.metrics().refused, &["spoof"]);
     // ENUM places +4930000000 at opz.example, not at X: refused with 901.
     let (status, _) = client
         .post(&url, send("+4930000000"), &[], WAIT)
@@ -121,7 +121,7 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(spoofs(), 1);
-    let answered_901 = Metrics::counter_value(&gy.metrics.answers, &["inbound", "901"]);
+    let answered_901 = Metrics::counter_value(&gy.metrics().answers, &["inbound", "901"]);
     assert_eq!(answered_901, 1);
     // A's number is X's: accepted and delivered.
     let (status, _) = client.post(&url, send(A), &[], WAIT).await.unwrap();
@@ -140,7 +140,7 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
         Some(ssp_testbed::federation::FedDns::Nsd(nsd)) => nsd.stop(),
         _ => panic!("this test runs NSD"),
     }
-    let unverified = || Metrics::counter_value(&gy.metrics.refused, &["unverified"]);
+    let unverified = || Metrics::counter_value(&gy.metrics().refused, &["unverified"]);
     let (status, _) = client
         .post(&url, send("+4930000001"), &[], WAIT)
         .await
@@ -152,7 +152,7 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
     }
     assert_eq!(unverified(), 1);
     assert_eq!(
-        Metrics::counter_value(&gy.metrics.answers, &["inbound", "503"]),
+        Metrics::counter_value(&gy.metrics().answers, &["inbound", "503"]),
         1
     );
     assert_eq!(spoofs(), 1, "not counted as a spoof");

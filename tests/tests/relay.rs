@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
-use ssp_gateway::relay::http::SspClient;
+use ssp_gateway::links::http::SspClient;
 use ssp_gateway::tls;
 use ssp_testbed::core_sim::CoreMode;
 use ssp_testbed::federation::{Federation, OperatorSpec};
@@ -340,7 +340,7 @@ async fn peer_over_its_rate_gets_503_at_once() {
     assert!(text.is_empty(), "no SSP answer to give twice: {text}");
     let gy = &fed.ops[1].gateway.as_ref().unwrap().gateway;
     assert_eq!(
-        ssp_gateway::ops::metrics::Metrics::counter_value(&gy.metrics.refused, &["rate"]),
+        ssp_gateway::ops::metrics::Metrics::counter_value(&gy.metrics().refused, &["rate"]),
         1
     );
     assert!(
@@ -390,7 +390,7 @@ async fn black_hole(
 ) -> (
     String,
     String,
-    tokio::sync::watch::Sender<bool>,
+    ssp_gateway::drain::Drain,
     Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let ca = ssp_gateway::certs::DevCa::new("black hole CA").unwrap();
@@ -402,31 +402,33 @@ async fn black_hole(
     let url = format!("https://127.0.0.1:{}/", l.local_addr().unwrap().port());
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let handler: ssp_gateway::relay::http::Handler = Arc::new(move |req, _info| {
+    let handler: ssp_gateway::app::listen::Handler = Arc::new(move |req, _info| {
         let s = s2.clone();
         Box::pin(async move {
-            if let Ok(b) = ssp_gateway::relay::http::read_body(req.into_body(), 1 << 20).await {
+            if let Ok(b) = ssp_gateway::web::read_body(req.into_body(), 1 << 20).await {
                 s.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&b).into_owned());
             }
-            ssp_gateway::relay::http::respond(http::StatusCode::OK, None)
+            ssp_gateway::web::respond(http::StatusCode::OK, None)
         })
     });
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(ssp_gateway::relay::http::serve(
+    let drain = ssp_gateway::drain::Drain::new();
+    tokio::spawn(ssp_gateway::app::listen::serve(
         l,
         Some((
             tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
             Duration::from_secs(2),
         )),
         handler,
-        rx,
-        100,
-        Duration::from_secs(1),
+        drain.clone(),
+        ssp_gateway::app::listen::Limits {
+            max_connections: 100,
+            drain: Duration::from_secs(1),
+        },
         Arc::new(|_: &str| {}),
     ));
-    (url, pin, tx, seen)
+    (url, pin, drain, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,7 +538,7 @@ async fn forged_answer_is_420_and_predecessor_answer_is_routed_by_token() {
     let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
     let duplicates = || {
         ssp_gateway::ops::metrics::Metrics::counter_value(
-            &gx.metrics.orphan_answers,
+            &gx.metrics().orphan_answers,
             &["duplicate"],
         )
     };
@@ -589,7 +591,7 @@ async fn failover_to_the_next_url_when_the_first_is_down() {
             .await
     );
     // The first URL was tried and failed to connect.
-    let m = &fed.ops[0].gateway.as_ref().unwrap().gateway.metrics;
+    let m = &fed.ops[0].gateway.as_ref().unwrap().gateway.metrics();
     assert!(
         ssp_gateway::ops::metrics::Metrics::counter_value(
             &m.delivery_failures,

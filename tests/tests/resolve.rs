@@ -464,7 +464,8 @@ async fn last_resort_when_nothing_routes() {
 /// gateway of last resort when there is one, and is otherwise refused with 405.
 #[tokio::test]
 async fn sip_only_destinations_go_to_the_last_resort_or_get_405() {
-    use ssp_gateway::relay::route::Dest;
+    use ssp_gateway::links::Dest;
+    use ssp_gateway::pipeline::route::destination;
     use ssp_gateway::ssp::{Primitive, RouteBy};
     let dns = InProcDns::start(&lab()).await.unwrap();
     let cfg = ssp_gateway::config::Config::from_str(
@@ -484,12 +485,19 @@ async fn sip_only_destinations_go_to_the_last_resort_or_get_405() {
             Metrics::new(),
             Clock::System,
         );
-        match (r.route(&cfg, &rb, &req).await, last_resort) {
-            (Dest::Fail(st), None) => {
-                assert_eq!(st.code, 405, "{st:?}");
-                assert!(st.description.unwrap_or_default().contains("sip"));
+        let d = r.decide("+442079460127", Svc::of(&req)).await.unwrap();
+        let dest = destination(
+            &d,
+            &cfg.operator.public_domain,
+            r.last_resort(),
+            rb.as_str(),
+        );
+        match (dest, last_resort) {
+            (Dest::Fail(f), None) => {
+                assert_eq!(f.code(), 405, "{f:?}");
+                assert!(f.detail.contains("sip"));
             }
-            (Dest::Remote(remote), Some(lr)) => assert_eq!(remote.domain, lr),
+            (Dest::LastResort(remote), Some(lr)) => assert_eq!(remote.domain, lr),
             (other, lr) => panic!("last resort {lr:?}: unexpected {other:?}"),
         }
     }

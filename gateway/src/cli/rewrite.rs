@@ -76,7 +76,7 @@ pub fn rewrite_bytes(
     body: &[u8],
 ) -> Result<Rewritten, ToolError> {
     let codec = Codec {
-        extra_namespaces: cfg.gateway.extra_namespaces.clone(),
+        extra_namespaces: cfg.operator.extra_namespaces.clone(),
         ..Codec::default()
     };
     let mut msg = codec

@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn minimal_config_loads() {
         let c = load(MIN).unwrap();
-        assert_eq!(c.gateway.public_domain, "opx.example");
+        assert_eq!(c.operator.public_domain, "opx.example");
         assert_eq!(c.plan.country_code, "46");
     }
 

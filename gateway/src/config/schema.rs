@@ -452,7 +452,7 @@ pub struct ResolverSpec {
 
 /// `[gateway]`: identity of this operator.
 #[derive(Debug, Clone)]
-pub struct Gateway {
+pub struct Operator {
     /// The domain peers see (`wv:@public_domain`).
     pub public_domain: String,
     /// The core's internal domains; the first is where inbound IDs are mapped to.
@@ -487,7 +487,7 @@ pub struct DirectorySpec {
 
 /// `[[peer]]`: one peer operator.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub struct PeerSpec {
     /// Its domain (`wv:@domain`, certificate SAN).
     pub domain: String,
     /// SSP URLs, in failover order.
@@ -529,13 +529,13 @@ pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
     /// `[gateway]`.
-    pub gateway: Gateway,
+    pub operator: Operator,
     /// Numbering plan from `[gateway]`.
     pub plan: NumberPlan,
     /// `[directory]`.
     pub directory: DirectorySpec,
     /// `[[peer]]` entries.
-    pub peers: Vec<Peer>,
+    pub peers: Vec<PeerSpec>,
     /// `[[route]]` entries.
     pub routes: Vec<Route>,
     /// `[listen]`.
@@ -569,7 +569,7 @@ pub struct Cluster {
 
 impl Config {
     /// The peer entry for a domain.
-    pub fn peer(&self, domain: &str) -> Option<&Peer> {
+    pub fn peer(&self, domain: &str) -> Option<&PeerSpec> {
         self.peers
             .iter()
             .find(|p| p.domain.eq_ignore_ascii_case(domain))
@@ -703,7 +703,7 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
         });
     }
 
-    let mut peers: Vec<Peer> = Vec::new();
+    let mut peers: Vec<PeerSpec> = Vec::new();
     for (i, p) in raw.peers.into_iter().enumerate() {
         let path = |key: &str| [k("peer"), Step::Index(i), k(key)];
         let d = domain(check, &path("domain"), &p.domain);
@@ -760,7 +760,7 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
             }
         }
         let tls_name = p.tls_name.clone().unwrap_or_else(|| d.clone());
-        peers.push(Peer {
+        peers.push(PeerSpec {
             domain: d,
             urls: p.urls,
             id_style,
@@ -1151,7 +1151,7 @@ pub(crate) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Op
 
     Some(Config {
         path: PathBuf::new(),
-        gateway: Gateway {
+        operator: Operator {
             public_domain,
             core_domains,
             core_hosts,

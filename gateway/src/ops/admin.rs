@@ -1,20 +1,47 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /health` (alive), `GET /ready`
-//! (serving), `POST /reload` (re-read the subscriber directory), `POST /cluster/answer` (an
-//! answer handed over by another replica; it only completes requests whose HMAC-signed
-//! transaction IDs this process issued), `POST /cluster/self` (this replica's index and
-//! process, for a sibling that signs its request with the shared key). Bind it to a
-//! management address only: it has no authentication of its own.
+//! (serving; 503 while draining, so a load balancer or Kubernetes stops sending), `POST
+//! /reload` (re-read the subscriber directory), `POST /cluster/answer` (an answer handed over
+//! by another replica; it only completes requests whose HMAC-signed transaction IDs this
+//! process issued), `POST /cluster/self` (this replica's index and process, for a sibling
+//! that signs its request with the shared key). Bind it to a management address only: it has
+//! no authentication of its own.
+//!
+//! What these endpoints need of the running gateway is the [`Admin`] trait; the service
+//! implements it, so this module knows nothing of the request path.
 
-use std::sync::Arc;
+use std::future::Future;
 
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::relay::Gateway;
-use crate::relay::http::HttpResponse;
+use crate::web::{HttpResponse, read_body};
+
+/// Header carrying the HMAC of a body sent between replicas.
+pub const MAC_HEADER: &str = "ssp-handoff-mac";
+
+/// What the admin endpoints need of the running gateway.
+pub trait Admin {
+    /// The Prometheus text exposition.
+    fn metrics_text(&self) -> String;
+    /// Whether the gateway takes new requests (`Err` while draining), with a one-line summary.
+    fn ready(&self) -> Result<String, String>;
+    /// Reload; the summary of what was loaded, or why nothing was.
+    fn reload(&self) -> Result<String, String>;
+    /// Largest body accepted from a sibling.
+    fn max_body(&self) -> usize;
+    /// `POST /cluster/self`: this replica's report, for a sibling holding our key.
+    fn self_report(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String);
+    /// `POST /cluster/answer`: an answer handed over by a sibling.
+    fn cluster_answer(
+        &self,
+        body: Bytes,
+        mac: Option<String>,
+    ) -> impl Future<Output = (StatusCode, String)> + Send;
+}
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> HttpResponse {
-    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -27,13 +54,13 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> HttpRes
 async fn signed(
     req: Request<Incoming>,
     limit: usize,
-) -> Result<(bytes::Bytes, Option<String>), HttpResponse> {
+) -> Result<(Bytes, Option<String>), HttpResponse> {
     let mac = req
         .headers()
-        .get(crate::relay::cluster::MAC_HEADER)
+        .get(MAC_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match crate::relay::http::read_body(req.into_body(), limit).await {
+    match read_body(req.into_body(), limit).await {
         Ok(body) => Ok((body, mac)),
         Err(e) => Err(text(
             StatusCode::BAD_REQUEST,
@@ -44,35 +71,21 @@ async fn signed(
 }
 
 /// Handle one admin request.
-pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(gw: &impl Admin, req: Request<Incoming>) -> HttpResponse {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
-            gw.metrics.render(),
+            gw.metrics_text(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         (&Method::GET, "/health") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        (&Method::GET, "/ready") => text(
-            StatusCode::OK,
-            format!(
-                "ready: {} directory entries, {} associations, {} pending\n",
-                gw.dir.load().len(),
-                gw.assoc.count(),
-                gw.pending.len()
-            ),
-            "text/plain",
-        ),
+        (&Method::GET, "/ready") => match gw.ready() {
+            Ok(s) => text(StatusCode::OK, s, "text/plain"),
+            Err(s) => text(StatusCode::SERVICE_UNAVAILABLE, s, "text/plain"),
+        },
         (&Method::POST, "/reload") => match gw.reload() {
-            Ok(n) => text(
-                StatusCode::OK,
-                format!("reloaded: {n} directory entries\n"),
-                "text/plain",
-            ),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reload failed, previous directory kept: {e}\n"),
-                "text/plain",
-            ),
+            Ok(s) => text(StatusCode::OK, s, "text/plain"),
+            Err(s) => text(StatusCode::INTERNAL_SERVER_ERROR, s, "text/plain"),
         },
         // A report request is one short line.
         (&Method::POST, "/cluster/self") => match signed(req, 256).await {
@@ -82,9 +95,9 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> HttpResponse {
             }
             Err(r) => r,
         },
-        (&Method::POST, "/cluster/answer") => match signed(req, gw.cfg.limits.xml.max_body).await {
+        (&Method::POST, "/cluster/answer") => match signed(req, gw.max_body()).await {
             Ok((body, mac)) => {
-                let (status, msg) = gw.take_handed_answer(&body, mac.as_deref()).await;
+                let (status, msg) = gw.cluster_answer(body, mac).await;
                 text(status, msg, "text/plain")
             }
             Err(r) => r,

@@ -172,8 +172,42 @@ impl Metrics {
     }
 }
 
+/// A status code as decimal text in `buf` (a metric label, without allocating). SSP codes
+/// have three digits; anything else a far side sends is `other`, so the far side cannot grow
+/// the number of series.
+pub fn code_label(code: u16, buf: &mut [u8; 5]) -> &str {
+    if !(100..=999).contains(&code) {
+        return "other";
+    }
+    let mut n = code;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_codes_as_labels() {
+        let mut buf = [0u8; 5];
+        for code in [100u16, 200, 531, 999] {
+            assert_eq!(super::code_label(code, &mut buf), code.to_string());
+        }
+        for code in [0u16, 7, 1000, 65535] {
+            assert_eq!(super::code_label(code, &mut buf), "other");
+        }
     }
 }

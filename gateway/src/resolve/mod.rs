@@ -1,5 +1,5 @@
 //! Destination resolution by DNS: ENUM (RFC 6116) for `wv:+MSISDN`, then server location for
-//! the domain (profile section 8): the peering table, SRV `_imps-server._tcp` (RFC 2782), the
+//! the domain (`PROTOCOL.md` §8): the peering table, SRV `_imps-server._tcp` (RFC 2782), the
 //! SIP/SIMPLE (RFC 3861, RFC 3263) and XMPP fallbacks, the gateway of last resort.
 //!
 //! Decisions are cached per (destination, service) until the smallest TTL of every record the
@@ -23,11 +23,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Fallback, OriginatorCheck, ResolverSpec};
 use crate::ops::metrics::Metrics;
-use crate::relay::merge::status;
-use crate::relay::route::{Dest, Remote, Source};
-use crate::ssp::ids::WvId;
-use crate::ssp::walk::RouteBy;
-use crate::ssp::{E164, Primitive, status as code};
+use crate::ssp::{E164, Primitive};
 use ddds::{EnumOutcome, NaptrAnswer, NaptrSource, Service, SourceError, SrvOrder};
 use dns::{Answer, Dns, Failure, NsSet};
 
@@ -111,7 +107,7 @@ pub struct EnumHit {
 
 /// One server to try.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Target {
+pub struct Server {
     /// Host name (SRV target), or the peer domain for configured peers.
     pub host: String,
     /// Port.
@@ -141,7 +137,7 @@ pub struct Decision {
     /// How to reach it.
     pub protocol: Protocol,
     /// Servers in failover order.
-    pub targets: Vec<Target>,
+    pub targets: Vec<Server>,
     /// Seconds this decision stays valid (smallest TTL of the chain).
     pub ttl: u32,
     /// Whether the domain is in the static peering table (no DNS for server location).
@@ -150,7 +146,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn new(target: &str, service: Svc) -> Decision {
+    /// Nothing decided yet about `target` for `service`.
+    pub fn new(target: &str, service: Svc) -> Decision {
         Decision {
             target: target.to_owned(),
             service,
@@ -326,7 +323,7 @@ fn answer_kind<T>(a: &Answer<T>) -> &'static str {
 #[derive(Clone)]
 enum Found {
     /// Targets, with the smallest TTL used.
-    Targets(Vec<Target>, u32),
+    Targets(Vec<Server>, u32),
     /// The protocol is decidedly not offered (SRV target ".").
     NotOffered(u32),
     /// No records (negative TTL if known).
@@ -341,7 +338,7 @@ impl Resolver {
             .iter()
             .map(|p| (p.domain.clone(), !p.urls.is_empty()))
             .collect();
-        Resolver::with_parts(spec, &cfg.gateway.public_domain, peering, metrics, clock)
+        Resolver::with_parts(spec, &cfg.operator.public_domain, peering, metrics, clock)
     }
 
     /// A resolver from its parts: `peering` lists (domain, has configured URLs).
@@ -583,7 +580,7 @@ impl Resolver {
                 return Err(Transient(t));
             }
             d.ttl = negative.unwrap_or(0);
-            self.last_resort(&mut d, trace);
+            self.to_last_resort(&mut d, trace);
             return Ok(d);
         };
         let c = &r.candidate;
@@ -602,7 +599,7 @@ impl Resolver {
         d.ttl = r.min_ttl;
         let Some(domain) = ddds::uri_domain(&c.uri) else {
             tr(trace, || format!("URI {} names no domain", c.uri));
-            self.last_resort(&mut d, trace);
+            self.to_last_resort(&mut d, trace);
             return Ok(d);
         };
         // The URI scheme narrows what to look for: im:/pres: any protocol, sip:/xmpp: that one.
@@ -615,7 +612,7 @@ impl Resolver {
         Ok(d)
     }
 
-    fn last_resort(&self, d: &mut Decision, trace: Option<&Trace>) {
+    fn to_last_resort(&self, d: &mut Decision, trace: Option<&Trace>) {
         match &self.spec.last_resort {
             Some(lr) => {
                 tr(trace, || format!("gateway of last resort: {lr}"));
@@ -711,7 +708,7 @@ impl Resolver {
                 }
             }
         }
-        self.last_resort(d, trace);
+        self.to_last_resort(d, trace);
         Ok(())
     }
 
@@ -878,7 +875,7 @@ impl Resolver {
                 }
             }
             if !addrs.is_empty() {
-                targets.push(Target {
+                targets.push(Server {
                     host: s.target.clone(),
                     port: s.port,
                     addrs,
@@ -905,79 +902,9 @@ impl Resolver {
         Ok(Found::Targets(targets, ttl))
     }
 
-    /// Where a route-by value goes, by DNS (after the static checks of the relay).
-    pub async fn route(&self, cfg: &Config, rb: &RouteBy, req: &Primitive) -> Dest {
-        let svc = Svc::of(req);
-        let target = match crate::relay::route::route_number(cfg, rb) {
-            Ok(Some(n)) => format!("+{n}"),
-            Ok(None) => match rb {
-                // Only a host name goes to DNS: anything else (`wv:bob@+4470…`, stray
-                // characters) has no route, and must not be taken for a number.
-                RouteBy::Id(s) => match WvId::parse(s)
-                    .ok()
-                    .and_then(|id| id.domain)
-                    .filter(|d| is_host_name(d))
-                {
-                    Some(d) => d,
-                    None => return crate::relay::route::no_route(rb),
-                },
-                RouteBy::SearchNumber(_) => return crate::relay::route::no_route(rb),
-            },
-            Err(st) => return Dest::Fail(st),
-        };
-        match self.decide(&target, svc).await {
-            Ok(d) => self.dest_of(&d, rb),
-            Err(e) => Dest::Fail(status(
-                code::UNAVAILABLE,
-                format!("route to {} unknown: {e}", rb.as_str()),
-            )),
-        }
-    }
-
-    fn dest_of(&self, d: &Decision, rb: &RouteBy) -> Dest {
-        let source = if d.enum_hit.is_some() {
-            Source::Enum
-        } else if d.peering {
-            Source::Peering
-        } else {
-            Source::Srv
-        };
-        match d.protocol {
-            Protocol::Imps if d.domain.as_deref() == Some(self.public_domain.as_str()) => {
-                Dest::Fail(status(
-                    code::UNKNOWN_USER,
-                    format!("{} is not a subscriber here", rb.as_str()),
-                ))
-            }
-            Protocol::Imps => Dest::Remote(Remote {
-                domain: d.domain.clone().unwrap_or_default(),
-                urls: d.urls(),
-                source,
-            }),
-            Protocol::LastResort => Dest::Remote(Remote {
-                domain: self.spec.last_resort.clone().unwrap_or_default(),
-                urls: Vec::new(),
-                source: Source::LastResort,
-            }),
-            // This gateway speaks SSP only: a SIP/XMPP-only destination goes to the gateway of
-            // last resort, which can (the seed's alternative flows), when there is one.
-            Protocol::Sip | Protocol::Xmpp if self.spec.last_resort.is_some() => {
-                Dest::Remote(Remote {
-                    domain: self.spec.last_resort.clone().unwrap_or_default(),
-                    urls: Vec::new(),
-                    source: Source::LastResort,
-                })
-            }
-            Protocol::Sip | Protocol::Xmpp => Dest::Fail(status(
-                code::NOT_SUPPORTED,
-                format!(
-                    "{} is reachable by {} only and no gateway of last resort is configured",
-                    rb.as_str(),
-                    d.protocol.as_str()
-                ),
-            )),
-            Protocol::None => crate::relay::route::no_route(rb),
-        }
+    /// The gateway of last resort, if configured.
+    pub fn last_resort(&self) -> Option<&str> {
+        self.spec.last_resort.as_deref()
     }
 
     /// SSP URLs of a domain (SRV), for peers found only through DNS.
@@ -1018,7 +945,7 @@ impl Resolver {
 
 /// A DNS host name: dot-separated labels of letters, digits, `-` and `_` (SRV owner names),
 /// each 1 to 63 bytes, at most 253 in all.
-fn is_host_name(d: &str) -> bool {
+pub fn is_host_name(d: &str) -> bool {
     let d = d.strip_suffix('.').unwrap_or(d);
     !d.is_empty()
         && d.len() <= 253
@@ -1053,7 +980,7 @@ pub enum Unplaced {
 }
 
 /// The targets in a new RFC 2782 order (priority ascending, weighted random within one).
-fn reorder(targets: Vec<Target>) -> Vec<Target> {
+fn reorder(targets: Vec<Server>) -> Vec<Server> {
     let srv: Vec<ddds::Srv> = targets
         .iter()
         .enumerate()
@@ -1069,7 +996,7 @@ fn reorder(targets: Vec<Target>) -> Vec<Target> {
         SrvOrder::Targets(o) => o,
         SrvOrder::NotOffered => return targets,
     };
-    let mut slots: Vec<Option<Target>> = targets.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<Server>> = targets.into_iter().map(Some).collect();
     order
         .iter()
         .filter_map(|s| {

@@ -1,5 +1,6 @@
 //! The SSP message model: XML codec, typed envelope and primitives, user IDs, status codes.
 
+pub mod answer;
 pub mod common;
 pub mod ids;
 pub mod message;

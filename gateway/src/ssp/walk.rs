@@ -59,34 +59,25 @@ fn party_ids(p: &Option<Party>) -> Vec<&str> {
 impl Primitive {
     /// The route-by IDs of a request primitive, in document order (empty for responses).
     pub fn route_by(&self) -> Vec<RouteBy> {
-        let ids: Vec<&str> = match self {
-            Primitive::SendMessageRequest(p) => p
-                .info
-                .as_ref()
-                .map(|i| party_ids(&i.recipient))
-                .unwrap_or_default(),
+        if let Some(list) = self.route_by_list() {
+            return list.iter().map(|e| RouteBy::Id(e.id.clone())).collect();
+        }
+        match self {
             Primitive::DeliveryStatusReport(p) => p
                 .info
                 .as_ref()
                 .and_then(|i| i.sender_id())
+                .map(|s| RouteBy::Id(s.to_owned()))
                 .into_iter()
                 .collect(),
-            Primitive::SubscribeRequest(p)
-            | Primitive::UnsubscribeRequest(p)
-            | Primitive::GetPresenceRequest(p) => entity_ids(&p.users).collect(),
-            Primitive::PresenceNotification(p) => entity_ids(&p.watchers).collect(),
-            Primitive::SearchRequest(p) => {
-                return p
-                    .mobile_number()
-                    .map(|n| RouteBy::SearchNumber(n.to_owned()))
-                    .into_iter()
-                    .collect();
-            }
-            Primitive::InviteRequest(p) | Primitive::CancelInviteRequest(p) => party_ids(&p.to),
-            Primitive::Group(g) => g.group_id.as_deref().into_iter().collect(),
+            Primitive::SearchRequest(p) => p
+                .mobile_number()
+                .map(|n| RouteBy::SearchNumber(n.to_owned()))
+                .into_iter()
+                .collect(),
+            Primitive::Group(g) => g.group_id.iter().map(|g| RouteBy::Id(g.clone())).collect(),
             _ => Vec::new(),
-        };
-        ids.into_iter().map(|s| RouteBy::Id(s.to_owned())).collect()
+        }
     }
 
     /// The IDs that must belong to the sending side (anti-spoofing), including the requestor's

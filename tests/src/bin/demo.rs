@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use ssp_gateway::relay::TapDir;
+use ssp_gateway::links::TapDir;
 use ssp_gateway::resolve::{Svc, Trace};
 use ssp_gateway::ssp::{Body, Codec, Message, Mode, Primitive};
 use ssp_testbed::core_sim::CoreSim;
@@ -261,8 +261,8 @@ impl Demo {
             .context("gateway stopped")?;
         let resolver = gw
             .gateway
-            .resolver
-            .clone()
+            .resolver()
+            .cloned()
             .context("gateway has no resolver")?;
         let trace = Trace::default();
         let decision = resolver

@@ -155,7 +155,7 @@ fn role_main(args: &[String]) -> Result<()> {
                     .listen
                     .peer
                     .context("the gateway config has no peer listener")?;
-                let running = ssp_gateway::relay::start(cfg, Default::default()).await?;
+                let running = ssp_gateway::app::start(cfg, Default::default()).await?;
                 println!("ready {peer}");
                 // Runs until the ladder kills it.
                 std::future::pending::<()>().await;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{StatusCode, Uri};
-use ssp_gateway::relay::http::{
-    Connector, Handler, SspClient, read_body, respond, serve as serve_listener,
-};
+use ssp_gateway::app::listen::{Handler, Limits, serve as serve_listener};
+use ssp_gateway::drain::Drain;
+use ssp_gateway::links::http::{Connector, SspClient};
+use ssp_gateway::web::{read_body, respond};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -44,14 +45,15 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, upstre
             }
         })
     });
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
     serve_listener(
         listener,
         Some((TlsAcceptor::from(tls), Duration::from_secs(5))),
         handler,
-        shutdown,
-        20_000,
-        Duration::from_secs(1),
+        Drain::new(),
+        Limits {
+            max_connections: 20_000,
+            drain: Duration::from_secs(1),
+        },
         Arc::new(|_| {}),
     )
     .await;

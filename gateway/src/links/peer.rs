@@ -1,5 +1,7 @@
-//! Runtime peer table: per peer, its HTTP client (TLS profile, pool), its certificate check,
-//! its rate limiter, and the session ID we label our messages to it with.
+//! The links to SSP peers: per peer, its HTTP client (TLS profile, pool), its certificate
+//! check, its rate limiter and the session ID we label our messages to it with; sending a
+//! request part to a peer (association first when it authenticates that way), and posting
+//! answers back to it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -9,14 +11,22 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::Uri;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::{Config, Peer};
-use crate::relay::http::{Connector, SspClient};
+use tokio::time::Instant;
+
+use super::exchange::Target;
+use super::http::{Connector, SspClient};
+use super::{Links, Part, Remote};
+use crate::config::{Config, PeerAuth, PeerSpec};
+use crate::error::{Failure, Kind, Side};
+use crate::rewrite::PeerView;
+use crate::ssp::{Message, Primitive, Transaction};
 use crate::tls::{self, PeerCertCheck, ServerTrust, TlsError};
+use crate::token::Leg;
 
 /// One peer at run time.
 pub struct PeerRt {
     /// Its configuration (a default one for peers found only through DNS).
-    pub cfg: Peer,
+    pub cfg: PeerSpec,
     /// Parsed URLs of its configuration.
     pub urls: Vec<Uri>,
     /// Pooled client.
@@ -44,6 +54,42 @@ pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     /// Key.
     pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Identity {
+    /// `[tls] cert` and `key`, when both are configured.
+    pub fn load(cfg: &Config) -> Result<Option<Identity>, TlsError> {
+        match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(c), Some(k)) => {
+                let (chain, key) = tls::load_identity(c, k)?;
+                Ok(Some(Identity {
+                    chain,
+                    key: Arc::new(key),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl PeerRt {
+    /// Where to send to it: `urls`, in failover order.
+    pub fn target<'a>(&'a self, urls: &'a [Uri]) -> Target<'a> {
+        Target {
+            label: &self.cfg.domain,
+            side: Side::Peer,
+            client: &self.client,
+            urls,
+        }
+    }
+
+    /// How it wants IDs written.
+    pub fn view(&self) -> PeerView<'_> {
+        PeerView {
+            style: self.cfg.id_style,
+            domain: Some(&self.cfg.domain),
+        }
+    }
 }
 
 /// Builds and caches [`PeerRt`]s.
@@ -79,7 +125,7 @@ impl PeerTable {
             Some(Arc::new(tls::load_roots(&cfg.tls.trust)?))
         };
         let t = PeerTable {
-            public_domain: cfg.gateway.public_domain.clone(),
+            public_domain: cfg.operator.public_domain.clone(),
             cfg: cfg.clone(),
             identity,
             default_roots,
@@ -100,7 +146,7 @@ impl PeerTable {
         if let Some(p) = self.peers.lock().ok()?.get(&domain) {
             return Some(p.clone());
         }
-        let cfg = Peer {
+        let cfg = PeerSpec {
             domain: domain.clone(),
             urls: Vec::new(),
             id_style: Default::default(),
@@ -171,7 +217,7 @@ impl PeerTable {
         Ok(roots)
     }
 
-    fn build(&self, p: Peer) -> Result<PeerRt, TlsError> {
+    fn build(&self, p: PeerSpec) -> Result<PeerRt, TlsError> {
         let t = &self.cfg.timeouts;
         let roots = if p.trust.is_empty() {
             self.default_roots.clone()
@@ -231,4 +277,92 @@ pub type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
 /// A keyed limiter with `rate`/`burst`.
 pub fn keyed_limiter(rate: u32, burst: u32) -> KeyedLimiter {
     RateLimiter::keyed(quota(rate, burst))
+}
+
+impl Links {
+    /// Our session ID towards a peer: the association's, else the peer's default.
+    fn session_towards(&self, peer: &PeerRt) -> String {
+        self.assoc
+            .established(&peer.cfg.domain)
+            .map(|e| e.our_session)
+            .unwrap_or_else(|| peer.session_id.clone())
+    }
+
+    /// The URLs of a peer: configured ones first, then DNS-found ones.
+    pub(crate) async fn peer_urls(&self, peer: &PeerRt) -> Vec<Uri> {
+        if !peer.urls.is_empty() {
+            return peer.urls.clone();
+        }
+        match &self.resolver {
+            Some(r) => r.peer_urls(&peer.cfg.domain).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Send one request part to a peer and return its answer primitive (IDs still in public
+    /// form).
+    pub(crate) async fn to_peer(
+        &self,
+        r: &Remote,
+        request: Primitive,
+        part: Part<'_>,
+    ) -> Result<Primitive, Failure> {
+        let peer = self.peers.get(&r.domain).ok_or_else(|| {
+            Failure::local(
+                Kind::Unreachable,
+                format!("no TLS profile for {}", r.domain),
+            )
+        })?;
+        let urls: Vec<Uri> = if r.urls.is_empty() {
+            self.peer_urls(&peer).await
+        } else {
+            r.urls.iter().filter_map(|u| u.parse().ok()).collect()
+        };
+        let target = peer.target(&urls);
+        let deadline = Instant::now() + self.cfg.timeouts.request;
+        let session = if peer.cfg.auth == PeerAuth::Association {
+            self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline)
+                .await?
+                .our_session
+        } else {
+            self.session_towards(&peer)
+        };
+        let rid = self.pending.next_id();
+        let tid = self.keys.issue(
+            Leg::ToPeer,
+            rid,
+            part.index,
+            part.of,
+            part.origin_tid,
+            &peer.cfg.domain,
+        );
+        let mut msg = Message::session(session, vec![Transaction::request(tid.clone(), request)]);
+        let dir = self.dir.load();
+        let body = self
+            .rw
+            .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
+        drop(dir);
+        self.exchange(&target, &msg, body, rid, &tid, deadline)
+            .await
+            .map(|t| t.primitive)
+    }
+
+    /// Answers serialised for a peer: our session ID, its ID style and namespace, no core
+    /// names; and the message.
+    pub(crate) fn peer_body(&self, peer: &PeerRt, answers: Vec<Transaction>) -> (Message, String) {
+        let mut msg = Message::session(self.session_towards(peer), answers);
+        let dir = self.dir.load();
+        let body = self
+            .rw
+            .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
+        (msg, body)
+    }
+
+    /// POST answers to an asynchronous peer; false if they could not be delivered.
+    pub(crate) async fn answers_to_peer(&self, peer: &PeerRt, answers: Vec<Transaction>) -> bool {
+        let (msg, body) = self.peer_body(peer, answers);
+        let urls = self.peer_urls(peer).await;
+        self.deliver_answers_to(&peer.target(&urls), &msg, body)
+            .await
+    }
 }

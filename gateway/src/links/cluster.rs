@@ -25,12 +25,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use super::Gateway;
-use crate::ssp::{Body, Message, Mode, NS_WV_SSP_13, Transaction};
-use crate::token::{Leg, Token};
+use super::Links;
+use crate::ssp::{Message, NS_WV_SSP_13, Transaction};
+use crate::token::Token;
 
-/// Header carrying the HMAC of a handed-over body.
-pub const MAC_HEADER: &str = "ssp-handoff-mac";
+use crate::ops::admin::MAC_HEADER;
 
 /// How often a replica checks its siblings.
 pub const CHECK_EVERY: Duration = Duration::from_secs(15);
@@ -88,7 +87,7 @@ pub(crate) enum Handoff {
     Unreachable,
 }
 
-impl Gateway {
+impl Links {
     /// The admin URL of the replica that issued `tok`, when that is another replica.
     pub(crate) fn sibling_of(&self, tok: &Token) -> Option<&http::Uri> {
         self.siblings.as_ref()?;
@@ -99,49 +98,8 @@ impl Gateway {
         self.cfg.cluster.siblings.get(usize::from(replica))
     }
 
-    /// Hand `t` to the replica that issued `tok` until it is taken, that replica says it is
-    /// not its own (then route it by token), or the request's deadline passes (then drop it).
-    pub(crate) async fn hand_over(
-        self: &std::sync::Arc<Self>,
-        tok: Token,
-        t: Transaction,
-        leg: Leg,
-    ) {
-        let issued = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(tok.issued));
-        let deadline = issued + self.cfg.timeouts.request;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.hand_off(&tok, &t).await {
-                None | Some(Handoff::NotTheirs) => {
-                    self.route_unclaimed(tok, t, leg, false);
-                    return;
-                }
-                Some(Handoff::Taken) => return,
-                Some(Handoff::Unreachable) => {
-                    let left = deadline
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or_default();
-                    if left.is_zero() {
-                        self.metrics
-                            .orphan_answers
-                            .with_label_values(&["undeliverable"])
-                            .inc();
-                        tracing::warn!(
-                            tid = %t.transaction_id,
-                            replica = tok.replica(),
-                            "answer dropped: its replica stayed unreachable until the request's deadline"
-                        );
-                        return;
-                    }
-                    tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-
     /// One attempt to hand `t` to the replica that issued `tok`.
-    async fn hand_off(&self, tok: &Token, t: &Transaction) -> Option<Handoff> {
+    pub(crate) async fn hand_off(&self, tok: &Token, t: &Transaction) -> Option<Handoff> {
         let client = self.siblings.as_ref()?;
         let url = admin_url(self.sibling_of(tok)?, "/cluster/answer")?;
         let body = Message::session("cluster", vec![t.clone()]).emit(NS_WV_SSP_13);
@@ -176,72 +134,9 @@ impl Gateway {
         self.metrics.handoffs.with_label_values(&[label]).inc();
         Some(result)
     }
-
-    /// An answer handed over by another replica (`POST /cluster/answer`, `mac` from the
-    /// [`MAC_HEADER`]): 200 when this process issued its ID (the waiting request is
-    /// answered, or it was already answered and this one is dropped), 409 when it did not,
-    /// 401 without a valid MAC, 400 for anything that is not one authentic answer.
-    pub async fn take_handed_answer(
-        self: &std::sync::Arc<Self>,
-        body: &[u8],
-        mac: Option<&str>,
-    ) -> (StatusCode, String) {
-        if !mac.is_some_and(|m| self.keys.verify(body, m)) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong hand-over MAC\n".into(),
-            );
-        }
-        let msg = match self.codec.parse(body) {
-            Ok(m) => m,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
-        };
-        let Body::Session(session) = msg.body else {
-            return (StatusCode::BAD_REQUEST, "not a session message\n".into());
-        };
-        let mut it = session.transactions.into_iter();
-        let (Some(t), None) = (it.next(), it.next()) else {
-            return (StatusCode::BAD_REQUEST, "one transaction expected\n".into());
-        };
-        if t.mode != Mode::Response {
-            return (
-                StatusCode::BAD_REQUEST,
-                "only answers are handed over\n".into(),
-            );
-        }
-        let tok = match self.keys.open(&t.transaction_id) {
-            Ok(tok) => tok,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
-        };
-        if tok.instance != self.keys.instance() {
-            if tok.replica() == self.cfg.cluster.replica {
-                // Our index, an earlier process: routed by its token here, where every copy
-                // of it for this index arrives, so it is routed once.
-                self.metrics.handoffs.with_label_values(&["received"]).inc();
-                let leg = tok.leg;
-                self.route_unclaimed(tok, t, leg, false);
-                return (StatusCode::OK, "routed by its token\n".into());
-            }
-            self.metrics.handoffs.with_label_values(&["not-ours"]).inc();
-            return (StatusCode::CONFLICT, "not issued by this replica\n".into());
-        }
-        self.metrics.handoffs.with_label_values(&["received"]).inc();
-        if self.pending.complete(tok.request_id, t) {
-            (StatusCode::OK, "delivered\n".into())
-        } else {
-            self.metrics
-                .orphan_answers
-                .with_label_values(&["late"])
-                .inc();
-            (
-                StatusCode::OK,
-                "late: its request was already answered\n".into(),
-            )
-        }
-    }
 }
 
-impl Gateway {
+impl Links {
     /// `POST /cluster/self`: who this replica is, told to a sibling that proves it holds our
     /// key (the body signed as a hand-over is); 401 otherwise.
     pub fn self_report(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String) {
@@ -321,24 +216,17 @@ impl Gateway {
         found
     }
 
-    /// Check the siblings now and every [`CHECK_EVERY`] until `stop` turns; log each change.
-    pub(crate) async fn watch_cluster(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut last: Vec<Conflict> = Vec::new();
-        loop {
-            let found = self.check_cluster().await;
-            if found != last {
-                for c in found.iter().filter(|c| !last.contains(c)) {
-                    tracing::error!("{c}");
-                }
-                if found.is_empty() {
-                    tracing::info!("cluster check: no conflicts left");
-                }
-                last = found;
+    /// Check the siblings and log what changed since `last` (the previous check's result).
+    pub(crate) async fn recheck_cluster(&self, last: &mut Vec<Conflict>) {
+        let found = self.check_cluster().await;
+        if found != *last {
+            for c in found.iter().filter(|c| !last.contains(c)) {
+                tracing::error!("{c}");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
-                _ = stop.changed() => return,
+            if found.is_empty() {
+                tracing::info!("cluster check: no conflicts left");
             }
+            *last = found;
         }
     }
 }
@@ -346,73 +234,21 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::ssp::{Primitive, Status};
-    use std::path::Path;
-
-    fn gateway() -> Gateway {
-        let cfg = Config::from_str(
-            Path::new("routes/test.toml"),
-            "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
-        )
-        .unwrap();
-        Gateway::new(cfg, &Default::default()).unwrap()
-    }
-
-    fn answer(tid: &str, mode: Mode) -> String {
-        let mut t = Transaction::response(tid, Primitive::Status(Status::with(200, "ok")));
-        t.mode = mode;
-        Message::session("cluster", vec![t]).emit(NS_WV_SSP_13)
-    }
-
-    #[tokio::test]
-    async fn handed_answers_are_authenticated_and_claimed_only_by_their_issuer() {
-        let gw = std::sync::Arc::new(gateway());
-        let ours = gw
-            .keys
-            .issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
-        let body = answer(&ours, Mode::Response);
-        let mac = gw.keys.sign(body.as_bytes());
-        // No MAC, or a MAC of something else: refused before parsing.
-        let (st, _) = gw.take_handed_answer(body.as_bytes(), None).await;
-        assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let other = gw.keys.sign(b"something else");
-        let (st, _) = gw.take_handed_answer(body.as_bytes(), Some(&other)).await;
-        assert_eq!(st, StatusCode::UNAUTHORIZED);
-        // Only answers are handed over.
-        let req = answer(&ours, Mode::Request);
-        let (st, _) = gw
-            .take_handed_answer(req.as_bytes(), Some(&gw.keys.sign(req.as_bytes())))
-            .await;
-        assert_eq!(st, StatusCode::BAD_REQUEST);
-        // Issued by another process (another replica, or this one before a restart): 409.
-        let theirs =
-            gw.keys
-                .clone()
-                .with_replica(3)
-                .issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
-        let b = answer(&theirs, Mode::Response);
-        let (st, _) = gw
-            .take_handed_answer(b.as_bytes(), Some(&gw.keys.sign(b.as_bytes())))
-            .await;
-        assert_eq!(st, StatusCode::CONFLICT);
-        // Ours, with nothing waiting: taken and dropped as late (no second answer).
-        let (st, msg) = gw.take_handed_answer(body.as_bytes(), Some(&mac)).await;
-        assert_eq!(st, StatusCode::OK);
-        assert!(msg.contains("late"), "{msg}");
-    }
 
     #[test]
     fn self_reports_need_the_shared_key_and_parse_back() {
-        let gw = gateway();
+        let links = crate::links::tests::links();
         let body = b"replica 1 instance 01000000\n";
-        let (st, _) = gw.self_report(body, None);
+        let (st, _) = links.self_report(body, None);
         assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let (st, _) = gw.self_report(body, Some(&gw.keys.sign(b"other")));
+        let (st, _) = links.self_report(body, Some(&links.keys.sign(b"other")));
         assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let (st, text) = gw.self_report(body, Some(&gw.keys.sign(body)));
+        let (st, text) = links.self_report(body, Some(&links.keys.sign(body)));
         assert_eq!(st, StatusCode::OK);
-        assert_eq!(parse_report(text.as_bytes()), Some((0, gw.keys.instance())));
+        assert_eq!(
+            parse_report(text.as_bytes()),
+            Some((0, links.keys.instance()))
+        );
         for bad in [
             "",
             "replica x instance 1",
@@ -425,6 +261,7 @@ mod tests {
 
     #[test]
     fn the_replica_index_rides_in_the_instance() {
+        use crate::token::Leg;
         let keys = crate::token::TokenKeys::new(&[vec![7u8; 32]], 60).with_replica(5);
         let tid = keys.issue(Leg::ToCore, 1, 0, 1, "t", "opy.example");
         let tok = keys.open(&tid).unwrap();

@@ -1,4 +1,4 @@
-//! The SSP association between servers (profile section 3), both roles.
+//! The state of SSP associations between servers (`PROTOCOL.md` §3), both roles.
 //!
 //! A dialback-like exchange: each side sends a secret token to the other's *configured or
 //! DNS-found* address (so a claimed domain must be able to receive for that domain), then each
@@ -8,7 +8,7 @@
 //!
 //! Baraza quirks handled: its SendSecretToken answer carries its own row ID as transactionID, so
 //! that step is matched by domain; tokens are plain hex unless an `encoding` attribute is
-//! present; digests may be wrapped with CRLF. This module is state only; the relay does the I/O.
+//! present; digests may be wrapped with CRLF. This module is state only; [`super`] does the I/O.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

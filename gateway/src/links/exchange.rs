@@ -1,29 +1,62 @@
-//! Sending an SSP request and getting its answer, whichever way the far side answers.
+//! Sending SSP messages to a far side (a peer, the core) and getting the answer, whichever
+//! way the far side answers.
 //!
 //! Sync far sides put the answer in the HTTP body; async ones (Baraza) answer 200 empty and
 //! POST the answer later, which the listener hands to [`Pending`](super::pending::Pending) by
 //! the request ID inside our transaction-ID token. Either way the caller gets one answer or one
-//! SSP error before its deadline: connect failures and silent closes fail over to the next URL;
-//! nothing that was accepted is dropped.
+//! failure before its deadline: connect failures and silent closes fail over to the next URL;
+//! nothing that was accepted is dropped. Messages that need no SSP answer (answers, the
+//! association's steps) are retried with one [`Backoff`] until their deadline.
 
 use std::time::Duration;
 
 use http::{StatusCode, Uri};
 use tokio::time::Instant;
 
-use super::Gateway;
 use super::http::{SendError, SspClient};
-use super::merge::status;
-use crate::ssp::{Body, Message, Mode, Status, Transaction, status as code};
+use super::{Links, TapDir};
+use crate::error::{Failure, Kind, Side};
+use crate::ssp::{Body, Message, Mode, Transaction};
 
 /// Where to send: a client and URLs in failover order.
 pub struct Target<'a> {
     /// Label for logs and metrics (`core` or the peer domain).
     pub label: &'a str,
+    /// Whose side the far end is.
+    pub side: Side,
     /// The client (TLS profile and pool).
     pub client: &'a SspClient,
     /// URLs in order.
     pub urls: &'a [Uri],
+}
+
+/// The waits between attempts of something retried until a deadline: 100 ms, doubling, at
+/// most `cap`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    /// Starting at 100 ms, at most `cap` apart.
+    pub fn new(cap: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+            cap,
+        }
+    }
+
+    /// Sleep before the next attempt, if it can still start before `deadline`; false if not.
+    pub async fn wait(&mut self, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now + self.next >= deadline {
+            return false;
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.cap);
+        true
+    }
 }
 
 /// Headers Baraza sends and reads (informational; never relied on).
@@ -40,7 +73,7 @@ fn wv_headers(msg: &Message) -> Vec<(&'static str, String)> {
     }
 }
 
-impl Gateway {
+impl Links {
     /// Send one request transaction (already rewritten and carrying our token `tid`) and wait
     /// for its answer until `deadline`.
     pub(crate) async fn exchange(
@@ -51,42 +84,45 @@ impl Gateway {
         request_id: u64,
         tid: &str,
         deadline: Instant,
-    ) -> Result<Transaction, Status> {
-        self.tap(super::TapDir::Out, target.label, &body);
+    ) -> Result<Transaction, Failure> {
+        self.tap(TapDir::Out, target.label, &body);
         // Register before sending: an async answer can overtake the HTTP ack.
         let (_registered, rx) = self.pending.register(request_id);
-        let result = self.send_with_failover(target, &body, msg, deadline).await;
-        match result {
-            Ok((http_status, resp)) if http_status.is_success() => {
+        match self
+            .send_with_failover(target, &body, msg, deadline)
+            .await?
+        {
+            (http_status, resp) if http_status.is_success() => {
                 if let Some(t) = self.sync_answer(&resp, tid) {
-                    Ok(t)
-                } else {
-                    // Async: the answer arrives as its own POST.
-                    match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(t)) => Ok(t),
-                        Ok(Err(_)) | Err(_) => {
-                            tracing::warn!(
-                                destination = target.label,
-                                tid,
-                                "no answer before the deadline"
-                            );
-                            self.metrics
-                                .delivery_failures
-                                .with_label_values(&[target.label, "no-answer"])
-                                .inc();
-                            Err(status(
-                                code::TIMEOUT,
-                                format!("{} did not answer within the deadline", target.label),
-                            ))
-                        }
+                    return Ok(t);
+                }
+                // Async: the answer arrives as its own POST.
+                match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(t)) => Ok(t),
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::warn!(
+                            destination = target.label,
+                            tid,
+                            "no answer before the deadline"
+                        );
+                        self.metrics
+                            .delivery_failures
+                            .with_label_values(&[target.label, "no-answer"])
+                            .inc();
+                        Err(Failure::new(
+                            Kind::Timeout,
+                            target.side,
+                            format!("{} did not answer within the deadline", target.label),
+                        ))
                     }
                 }
             }
-            Ok((http_status, resp)) => {
+            (http_status, resp) => {
                 // An SSP error in an HTTP error body is still an answer for our transaction.
                 self.sync_answer(&resp, tid).ok_or_else(|| {
-                    status(
-                        code::UNAVAILABLE,
+                    Failure::new(
+                        Kind::Unreachable,
+                        target.side,
                         format!(
                             "{} refused the request with HTTP {}",
                             target.label,
@@ -95,7 +131,6 @@ impl Gateway {
                     )
                 })
             }
-            Err(st) => Err(st),
         }
     }
 
@@ -121,10 +156,11 @@ impl Gateway {
         body: &str,
         msg: &Message,
         deadline: Instant,
-    ) -> Result<(StatusCode, bytes::Bytes), Status> {
+    ) -> Result<(StatusCode, bytes::Bytes), Failure> {
         if target.urls.is_empty() {
-            return Err(status(
-                code::DOMAIN_NOT_SUPPORTED,
+            return Err(Failure::new(
+                Kind::NoRoute,
+                target.side,
                 format!("no SSP address known for {}", target.label),
             ));
         }
@@ -147,8 +183,9 @@ impl Gateway {
                 Ok(r) => return Ok(r),
                 Err(SendError::Timeout) => {
                     self.delivery_failed(target.label, "timeout", url);
-                    return Err(status(
-                        code::TIMEOUT,
+                    return Err(Failure::new(
+                        Kind::Timeout,
+                        target.side,
                         format!("{} did not answer within the deadline", target.label),
                     ));
                 }
@@ -164,8 +201,9 @@ impl Gateway {
                 }
             }
         }
-        Err(status(
-            code::UNAVAILABLE,
+        Err(Failure::new(
+            Kind::Unreachable,
+            target.side,
             format!("{} unreachable ({last})", target.label),
         ))
     }
@@ -178,8 +216,9 @@ impl Gateway {
             .inc();
     }
 
-    /// [`Gateway::deliver`] for answers, counting those that could not be delivered.
-    pub(crate) async fn deliver_answers(
+    /// [`Links::deliver`] for answers, within the request deadline, counting those that
+    /// could not be delivered.
+    pub(crate) async fn deliver_answers_to(
         &self,
         target: &Target<'_>,
         msg: &Message,
@@ -197,8 +236,8 @@ impl Gateway {
         delivered
     }
 
-    /// POST an answer (or any message that needs no SSP answer), retrying with backoff until
-    /// `within` has passed. Returns whether it was delivered.
+    /// POST a message that needs no SSP answer (an answer, an association step), retrying
+    /// with backoff until `within` has passed. Returns whether it was delivered.
     pub(crate) async fn deliver(
         &self,
         target: &Target<'_>,
@@ -206,9 +245,9 @@ impl Gateway {
         body: String,
         within: Duration,
     ) -> bool {
-        self.tap(super::TapDir::Out, target.label, &body);
+        self.tap(TapDir::Out, target.label, &body);
         let deadline = Instant::now() + within;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
             match self.send_with_failover(target, &body, msg, deadline).await {
                 Ok((s, _)) if s.is_success() => return true,
@@ -221,19 +260,38 @@ impl Gateway {
                     );
                     return false;
                 }
-                Err(_) if Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(st) => {
+                Err(f) => {
+                    if backoff.wait(deadline).await {
+                        continue;
+                    }
                     tracing::error!(
                         destination = target.label,
-                        reason = st.description.as_deref().unwrap_or(""),
+                        reason = %f,
                         "answer could not be delivered before its deadline"
                     );
                     return false;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_its_cap_and_stops_at_the_deadline() {
+        let start = Instant::now();
+        let mut b = Backoff::new(Duration::from_millis(300));
+        let deadline = start + Duration::from_millis(1000);
+        let mut waits = Vec::new();
+        let mut last = start;
+        while b.wait(deadline).await {
+            waits.push(Instant::now() - last);
+            last = Instant::now();
+        }
+        let ms: Vec<u128> = waits.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 300, 300]);
     }
 }

@@ -1,0 +1,328 @@
+//! The gateway as a service: build the state from the configuration, bind the listeners,
+//! run the background loops, and stop gracefully through the one [`Drain`].
+//!
+//! Three listeners: the peer-facing TLS listener and the core-facing one hand every POST to
+//! [`pipeline::handle`]; the admin listener serves [`crate::ops::admin`].
+
+pub mod admin;
+pub mod listen;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::drain::Drain;
+use crate::links::{LinkParts, Links, WireTap};
+use crate::ops::metrics::Metrics;
+use crate::pipeline::{self, Gateway, Listener};
+use crate::resolve::{Clock, Resolver};
+use crate::tls::{self, TlsError};
+use crate::token::TokenKeys;
+
+pub use crate::links::TapDir;
+
+/// Start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Directory problem.
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
+    /// TLS problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding a listener failed.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Key file problem.
+    #[error(transparent)]
+    Keys(#[from] crate::token::KeyError),
+}
+
+/// Options the config file does not carry (tests, the demo).
+#[derive(Default)]
+pub struct StartOptions {
+    /// Observe every SSP body exchanged.
+    pub tap: Option<WireTap>,
+    /// Use this resolver instead of building one from the config.
+    pub resolver: Option<Arc<Resolver>>,
+    /// The clock of the resolver built from the config (tests advance a manual one).
+    pub clock: Option<Clock>,
+    /// Already-bound listeners to use instead of binding `[listen]` addresses (so a test can
+    /// know every port before writing any config).
+    pub listeners: PreBound,
+}
+
+/// Pre-bound listeners for [`StartOptions`].
+#[derive(Default)]
+pub struct PreBound {
+    /// Peer listener.
+    pub peer: Option<std::net::TcpListener>,
+    /// Core listener.
+    pub core: Option<std::net::TcpListener>,
+    /// Admin listener.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// A started gateway: its addresses and a handle to stop it.
+pub struct Running {
+    /// The shared state.
+    pub gateway: Arc<Gateway>,
+    /// Bound peer listener.
+    pub peer_addr: Option<SocketAddr>,
+    /// Bound core listener.
+    pub core_addr: Option<SocketAddr>,
+    /// Bound admin listener.
+    pub admin_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("peer_addr", &self.peer_addr)
+            .field("core_addr", &self.core_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Phase one of a graceful stop: refuse new requests with HTTP 503 (senders fail over;
+    /// nothing accepted is lost) while answers to requests in flight are still taken in, and
+    /// wait until those are finished (at most `[timeouts] drain` plus the request deadline).
+    pub async fn drain(&self) {
+        let drain = self.gateway.drain();
+        drain.begin();
+        let t = &self.gateway.cfg().timeouts;
+        if !drain.idle(t.drain + t.request).await {
+            tracing::warn!("shutdown deadline passed with requests still in flight");
+        }
+    }
+
+    /// Graceful stop: [`Running::drain`], then close the listeners and end the loops.
+    pub async fn shutdown(self) {
+        self.drain().await;
+        self.gateway.drain().stop();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Build the state (no sockets yet).
+fn gateway(cfg: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
+    let cfg = Arc::new(cfg);
+    let dir = Directory::load(&cfg.directory)?;
+    let metrics = Metrics::new();
+    metrics.directory_entries.set(dir.len() as i64);
+    let resolver = match (&opts.resolver, &cfg.resolver) {
+        (Some(r), _) => Some(r.clone()),
+        (None, Some(spec)) => Some(Arc::new(Resolver::new(
+            &cfg,
+            spec.clone(),
+            metrics.clone(),
+            opts.clock.clone().unwrap_or(Clock::System),
+        ))),
+        (None, None) => None,
+    };
+    let links = Links::new(LinkParts {
+        keys: TokenKeys::load(&cfg)?,
+        cfg,
+        dir,
+        metrics,
+        resolver: resolver.clone(),
+        tap: opts.tap.clone(),
+        drain: Drain::new(),
+    })?;
+    Ok(Gateway::new(links, resolver))
+}
+
+type Acceptor = (tokio_rustls::TlsAcceptor, std::time::Duration);
+
+/// TLS for the peer listener: our certificate, and the peers' trust anchors for client
+/// certificates (optional there: association-authenticated peers have none).
+fn peer_tls(gw: &Gateway) -> Result<Acceptor, StartError> {
+    let cfg = gw.cfg();
+    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+        return Err(StartError::Tls(TlsError::Verifier(
+            "peer listener without [tls] cert/key".into(),
+        )));
+    };
+    let roots = gw.links.peers.listener_roots()?;
+    let sc = tls::server_config(
+        tls::load_certs(cert)?,
+        tls::load_key(key)?,
+        Some(roots),
+        false,
+    )?;
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+        cfg.timeouts.handshake,
+    ))
+}
+
+/// TLS for the core listener, when `[core] tls` asks for it (client certificates required
+/// when the core authenticates by mTLS).
+fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
+    let cfg = gw.cfg();
+    let Some(c) = cfg.core.as_ref().filter(|c| c.tls) else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+        return Err(StartError::Tls(TlsError::Verifier(
+            "core TLS without [tls] cert/key".into(),
+        )));
+    };
+    let roots = if c.trust.is_empty() {
+        None
+    } else {
+        Some(tls::load_roots(&c.trust)?)
+    };
+    let require = c.auth == crate::config::CoreAuth::Mtls;
+    let sc = tls::server_config(tls::load_certs(cert)?, tls::load_key(key)?, roots, require)?;
+    Ok(Some((
+        tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+        cfg.timeouts.handshake,
+    )))
+}
+
+/// Everything `start` checks before it binds a port: the directory, the transaction-ID keys,
+/// our certificate and key (and that they match), every peer's and the core's trust anchors
+/// and pins, and the listeners' TLS. `ssp-gateway check` runs this, so a config that passes
+/// it fails to start only for want of its ports.
+pub fn check(cfg: Config) -> Result<Gateway, StartError> {
+    let gw = gateway(cfg, &StartOptions::default())?;
+    if gw.cfg().listen.peer.is_some() {
+        peer_tls(&gw)?;
+    }
+    if gw.cfg().listen.core.is_some() {
+        core_tls(&gw)?;
+    }
+    Ok(gw)
+}
+
+/// A listener: the pre-bound one, else one bound to the configured address, else none.
+async fn listener(
+    pre: Option<std::net::TcpListener>,
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, StartError> {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    match (pre, addr) {
+        (Some(l), _) => {
+            let a = l.local_addr().unwrap_or(unknown);
+            l.set_nonblocking(true)
+                .map_err(|e| StartError::Bind(a, e))?;
+            TcpListener::from_std(l)
+                .map(Some)
+                .map_err(|e| StartError::Bind(a, e))
+        }
+        (None, Some(addr)) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| StartError::Bind(addr, e)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Bind the listeners named in the config and start serving.
+pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, StartError> {
+    let gw = Arc::new(gateway(cfg, &opts)?);
+    let cfg = gw.cfg().clone();
+    let drain = gw.drain().clone();
+    let mut tasks = Vec::new();
+    let limits = listen::Limits {
+        max_connections: cfg.limits.max_connections,
+        drain: cfg.timeouts.drain,
+    };
+
+    let mut addrs = [None, None, None];
+    let pre = std::mem::take(&mut opts.listeners);
+    for (i, (pre, addr)) in [
+        (pre.peer, cfg.listen.peer),
+        (pre.core, cfg.listen.core),
+        (pre.admin, cfg.listen.admin),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(l) = listener(pre, addr).await? else {
+            continue;
+        };
+        addrs[i] = l.local_addr().ok();
+        let serve = match i {
+            0 | 1 => {
+                let (which, label, tls) = if i == 0 {
+                    (Listener::Peer, "peer", Some(peer_tls(&gw)?))
+                } else {
+                    (Listener::Core, "core", core_tls(&gw)?)
+                };
+                let g = gw.clone();
+                let handler: listen::Handler = Arc::new(move |req, info| {
+                    let g = g.clone();
+                    Box::pin(async move { pipeline::handle(&g, which, req, info).await })
+                });
+                let m = gw.metrics().clone();
+                let on_tls = Arc::new(move |_: &str| {
+                    m.tls_failures.with_label_values(&[label]).inc();
+                });
+                listen::serve(l, tls, handler, drain.clone(), limits, on_tls)
+            }
+            _ => {
+                let g = gw.clone();
+                let handler: listen::Handler = Arc::new(move |req, _info| {
+                    let g = g.clone();
+                    Box::pin(async move { crate::ops::admin::handle(&admin::Ops(g), req).await })
+                });
+                let admin_limits = listen::Limits {
+                    max_connections: 64,
+                    ..limits
+                };
+                listen::serve(
+                    l,
+                    None,
+                    handler,
+                    drain.clone(),
+                    admin_limits,
+                    Arc::new(|_| {}),
+                )
+            }
+        };
+        tasks.push(tokio::spawn(serve));
+    }
+
+    if gw.links.siblings.is_some() {
+        let g = gw.clone();
+        let last = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        tasks.push(drain.every(crate::links::cluster::CHECK_EVERY, move || {
+            let (g, last) = (g.clone(), last.clone());
+            async move { g.links.recheck_cluster(&mut *last.lock().await).await }
+        }));
+    }
+    {
+        // The per-originator limiter keeps a state per user ID a peer names; forget those
+        // back at a full bucket, or a peer naming new IDs would grow it for ever.
+        let g = gw.clone();
+        tasks.push(drain.every(std::time::Duration::from_secs(10), move || {
+            g.originators.retain_recent();
+            g.originators.shrink_to_fit();
+            std::future::ready(())
+        }));
+    }
+
+    let [peer_addr, core_addr, admin_addr] = addrs;
+    tracing::info!(
+        public_domain = %cfg.operator.public_domain,
+        peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr,
+        "gateway started"
+    );
+    Ok(Running {
+        gateway: gw,
+        peer_addr,
+        core_addr,
+        admin_addr,
+        tasks,
+    })
+}

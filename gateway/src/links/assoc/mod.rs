@@ -1,0 +1,205 @@
+//! The SSP association (`PROTOCOL.md` §3) on the wire: the initiator role towards a peer (or
+//! a core) that authenticates this way, and the responder role for steps that arrive on a
+//! listener. The state machine is in [`state`]; this module sends its messages and hands
+//! it what arrives.
+
+pub mod state;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use rustls_pki_types::CertificateDer;
+use tokio::time::Instant;
+
+pub use state::{AssocError, Associations, Established};
+
+use super::exchange::Target;
+use super::{Links, TapDir};
+use crate::config::PeerAuth;
+use crate::error::{Failure, Kind};
+use crate::ssp::{Message, Mode, NS_WV_SSP_13, SetupTransaction};
+use crate::tls::cert_names_domain;
+use crate::web::{HttpResponse, respond};
+
+/// Where a `SetupTransaction` came from.
+#[derive(Debug)]
+pub enum SetupFrom<'a> {
+    /// The peer listener, with the client certificate chain if one was presented.
+    Peer(Option<&'a [CertificateDer<'static>]>),
+    /// The core listener.
+    Core,
+}
+
+impl Links {
+    /// Make sure an association with `domain` (a peer, or the core) is up, running the
+    /// initiator role towards `target` if needed, within `deadline`.
+    pub(crate) async fn associate(
+        &self,
+        domain: &str,
+        target: &Target<'_>,
+        namespace: &str,
+        deadline: Instant,
+    ) -> Result<Established, Failure> {
+        if let Some(e) = self.assoc.established(domain) {
+            return Ok(e);
+        }
+        let lock = self.assoc_lock(domain);
+        let _guard = tokio::time::timeout_at(deadline, lock.lock())
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    Kind::Unreachable,
+                    target.side,
+                    format!("association with {domain} is still being set up"),
+                )
+            })?;
+        if let Some(e) = self.assoc.established(domain) {
+            return Ok(e);
+        }
+        let deadline = deadline.min(Instant::now() + self.cfg.timeouts.association);
+        let result = self.initiate(domain, target, namespace, deadline).await;
+        if result.is_err() {
+            self.assoc.abort(domain);
+        }
+        self.metrics.associations.set(self.assoc.count() as i64);
+        result.map_err(|e| {
+            tracing::warn!(%domain, error = %e, "association failed");
+            Failure::new(
+                Kind::Unreachable,
+                target.side,
+                format!("association with {domain} failed: {e}"),
+            )
+        })
+    }
+
+    /// The initiator's four steps.
+    async fn initiate(
+        &self,
+        domain: &str,
+        target: &Target<'_>,
+        namespace: &str,
+        deadline: Instant,
+    ) -> Result<Established, String> {
+        let (_tid, first, mut rx) = self.assoc.begin(domain);
+        let send = |m: Message| {
+            let body = m.emit(namespace);
+            async move {
+                self.tap(TapDir::Out, target.label, &body);
+                match self.send_with_failover(target, &body, &m, deadline).await {
+                    Ok((s, _)) if s.is_success() => Ok(()),
+                    Ok((s, _)) => Err(format!("HTTP {}", s.as_u16())),
+                    Err(f) => Err(f.detail.into_owned()),
+                }
+            }
+        };
+        let mut next = async || {
+            tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| "no answer before the deadline".to_owned())?
+                .ok_or_else(|| "association abandoned".to_owned())
+        };
+        send(first).await?;
+        let a1 = next().await?;
+        let m2 = self
+            .assoc
+            .step_token(domain, &a1)
+            .map_err(|e| e.to_string())?;
+        send(m2).await?;
+        let a2 = next().await?;
+        let m3 = self
+            .assoc
+            .step_digest(domain, &a2)
+            .map_err(|e| e.to_string())?;
+        send(m3).await?;
+        let a3 = next().await?;
+        let est = self
+            .assoc
+            .step_done(domain, &a3)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%domain, session = %est.our_session, "association established");
+        Ok(est)
+    }
+
+    /// A `SetupTransaction` from a peer or from the core: a step of an attempt it started
+    /// (we respond, on the claimed domain's own address: the return-path check), or an
+    /// answer to one of ours.
+    pub(crate) fn on_setup(
+        self: &Arc<Self>,
+        t: SetupTransaction,
+        from: SetupFrom<'_>,
+        remote: Option<IpAddr>,
+    ) -> HttpResponse {
+        match t.mode {
+            Mode::Response => match self.assoc.on_response(t) {
+                Ok(()) => respond(StatusCode::OK, None),
+                Err(e) => {
+                    tracing::info!(error = %e, "unmatched association answer");
+                    respond(StatusCode::BAD_REQUEST, None)
+                }
+            },
+            Mode::Request => {
+                let to_core = matches!(from, SetupFrom::Core);
+                let allowed = |domain: &str| match &from {
+                    SetupFrom::Core => self.cfg.operator.core_domains.iter().any(|d| d == domain),
+                    SetupFrom::Peer(certs) => match self.peers.configured(domain) {
+                        // A peer that must use mutual TLS may associate only over such a
+                        // connection.
+                        Some(p) if p.cfg.auth == PeerAuth::Mtls => certs
+                            .and_then(|c| c.first())
+                            .is_some_and(|c| cert_names_domain(c, domain)),
+                        Some(_) => true,
+                        None => false,
+                    },
+                };
+                match self.assoc.on_request(&t, allowed, remote) {
+                    Ok((domain, reply)) => {
+                        self.metrics.associations.set(self.assoc.count() as i64);
+                        self.send_setup_reply(domain, reply, to_core);
+                        respond(StatusCode::OK, None)
+                    }
+                    Err(e) => {
+                        self.metrics.refused.with_label_values(&["auth"]).inc();
+                        tracing::warn!(error = %e, "association step refused");
+                        let http = match e {
+                            AssocError::Malformed(_) => StatusCode::BAD_REQUEST,
+                            _ => StatusCode::FORBIDDEN,
+                        };
+                        respond(http, None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// POST a responder's reply to the claimed domain's own address, on its own task.
+    fn send_setup_reply(self: &Arc<Self>, domain: String, reply: Message, to_core: bool) {
+        let links = self.clone();
+        self.drain.spawn(async move {
+            let within = links.cfg.timeouts.association;
+            let delivered = if to_core {
+                match &links.core {
+                    Some(core) => {
+                        let body = reply.emit(NS_WV_SSP_13);
+                        links.deliver(&core.target(), &reply, body, within).await
+                    }
+                    None => false,
+                }
+            } else {
+                match links.peers.get(&domain) {
+                    Some(peer) => {
+                        let urls = links.peer_urls(&peer).await;
+                        let body = reply.emit(&peer.cfg.namespace);
+                        links
+                            .deliver(&peer.target(&urls), &reply, body, within)
+                            .await
+                    }
+                    None => false,
+                }
+            };
+            if !delivered {
+                tracing::warn!(%domain, "association answer could not be delivered");
+            }
+        });
+    }
+}

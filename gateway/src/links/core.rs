@@ -1,0 +1,185 @@
+//! The link to our core: where requests for our subscribers go (their IDs rewritten to the
+//! core's), and where answers to the core's own requests go back.
+
+use std::sync::Arc;
+
+use http::Uri;
+use tokio::time::Instant;
+
+use super::exchange::Target;
+use super::http::{Connector, SspClient};
+use super::peer::Identity;
+use super::{Links, Part};
+use crate::config::{Config, CoreAuth, ResponseMode};
+use crate::error::{Failure, Kind, Side};
+use crate::rewrite::{Direction, PeerView};
+use crate::ssp::{Message, NS_WV_SSP_13, Primitive, Transaction};
+use crate::tls::{self, TlsError};
+use crate::token::Leg;
+
+/// The link to the core.
+pub struct CoreLink {
+    /// Where to POST.
+    pub urls: Vec<Uri>,
+    /// The client.
+    pub client: SspClient,
+    /// How the core answers.
+    pub mode: ResponseMode,
+    /// Our session ID towards a core that does not associate.
+    session: String,
+}
+
+impl std::fmt::Debug for CoreLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreLink")
+            .field("urls", &self.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoreLink {
+    /// The link of `[core]`, if configured.
+    pub fn new(cfg: &Config, identity: Option<&Identity>) -> Result<Option<CoreLink>, TlsError> {
+        let Some(c) = &cfg.core else { return Ok(None) };
+        let trust = if !c.pins.is_empty() {
+            Some(tls::ServerTrust::Pins(c.pins.clone()))
+        } else if !c.trust.is_empty() {
+            Some(tls::ServerTrust::Roots(Arc::new(tls::load_roots(
+                &c.trust,
+            )?)))
+        } else {
+            None
+        };
+        let uri: Uri = c
+            .url
+            .parse()
+            .map_err(|_| TlsError::Verifier(format!("core url {:?}", c.url)))?;
+        let tls_cfg = match trust {
+            Some(t) => {
+                let ident = identity.map(|i| (i.chain.clone(), i.key.clone_key()));
+                let name = uri.host().unwrap_or("localhost").to_owned();
+                let name = rustls_pki_types::ServerName::try_from(name)
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                Some((Arc::new(tls::client_config(t, ident, false)?), name))
+            }
+            None => None,
+        };
+        let t = &cfg.timeouts;
+        Ok(Some(CoreLink {
+            urls: vec![uri],
+            client: SspClient::new(
+                Connector::new(tls_cfg, t.connect, t.handshake),
+                t.idle,
+                cfg.limits.xml.max_body,
+            ),
+            mode: c.mode,
+            session: format!("ssp-gateway@{}", cfg.operator.public_domain),
+        }))
+    }
+
+    /// Where to send.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            label: "core",
+            side: Side::Core,
+            client: &self.client,
+            urls: &self.urls,
+        }
+    }
+}
+
+impl Links {
+    fn core_link(&self) -> Result<&CoreLink, Failure> {
+        self.core
+            .as_ref()
+            .ok_or_else(|| Failure::local(Kind::Unreachable, "no [core] configured"))
+    }
+
+    fn core_associates(&self) -> bool {
+        self.cfg
+            .core
+            .as_ref()
+            .is_some_and(|c| c.auth == CoreAuth::Association)
+    }
+
+    /// How the core wants IDs written (for inbound rewriting).
+    pub(crate) fn core_view(&self) -> PeerView<'_> {
+        PeerView {
+            style: self
+                .cfg
+                .core
+                .as_ref()
+                .map(|c| c.id_style)
+                .unwrap_or_default(),
+            domain: Some(self.rw.public_domain()),
+        }
+    }
+
+    /// Our session ID towards the core: the association's when the core associates.
+    fn core_session(&self, core: &CoreLink) -> String {
+        if self.core_associates()
+            && let Some(e) = self.assoc.established(self.rw.primary_core_domain())
+        {
+            return e.our_session;
+        }
+        core.session.clone()
+    }
+
+    /// Send one request part to the core (IDs rewritten to the core's) for its answer.
+    pub(crate) async fn to_core(
+        &self,
+        request: Primitive,
+        part: Part<'_>,
+    ) -> Result<Primitive, Failure> {
+        let core = self.core_link()?;
+        let target = core.target();
+        let deadline = Instant::now() + self.cfg.timeouts.request;
+        let session = if self.core_associates() {
+            let domain = self.rw.primary_core_domain().to_owned();
+            self.associate(&domain, &target, NS_WV_SSP_13, deadline)
+                .await?
+                .our_session
+        } else {
+            core.session.clone()
+        };
+        let rid = self.pending.next_id();
+        let tid = self.keys.issue(
+            Leg::ToCore,
+            rid,
+            part.index,
+            part.of,
+            part.origin_tid,
+            part.origin_peer,
+        );
+        let mut msg = Message::session(session, vec![Transaction::request(tid.clone(), request)]);
+        let dir = self.dir.load();
+        self.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
+        drop(dir);
+        let body = msg.emit(NS_WV_SSP_13);
+        self.exchange(&target, &msg, body, rid, &tid, deadline)
+            .await
+            .map(|t| t.primitive)
+    }
+
+    /// Answers serialised for the core (IDs mapped to the core's), and the message.
+    pub(crate) fn core_body(&self, answers: Vec<Transaction>) -> (Message, String) {
+        let session = match &self.core {
+            Some(c) => self.core_session(c),
+            None => String::new(),
+        };
+        let mut msg = Message::session(session, answers);
+        let dir = self.dir.load();
+        self.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
+        let body = msg.emit(NS_WV_SSP_13);
+        (msg, body)
+    }
+
+    /// POST answers to an asynchronous core; false if they could not be delivered.
+    pub(crate) async fn answers_to_core(&self, answers: Vec<Transaction>) -> bool {
+        let Some(core) = &self.core else { return false };
+        let (msg, body) = self.core_body(answers);
+        self.deliver_answers_to(&core.target(), &msg, body).await
+    }
+}

@@ -1,0 +1,323 @@
+//! What the request path forwards to and hears from: the core and SSP peers (the translators
+//! will be links too). Each link knows how to reach its far side (clients, URLs, TLS), how to
+//! label what it sends (sessions, the association, ID rewriting, tokens) and how to wait for
+//! the answer (correlation by token, sync or async); the pipeline only says *where*
+//! ([`Dest`]) and *for whom* ([`Origin`]).
+//!
+//! - [`Links::send`]: one request part to one destination, for its answer.
+//! - [`Links::answer_body`] / [`Links::deliver_answers`]: answers back to whoever asked
+//!   (in the HTTP response for synchronous senders, as a POST for asynchronous ones).
+
+pub mod assoc;
+pub mod cluster;
+pub mod core;
+pub mod exchange;
+pub mod http;
+pub mod peer;
+pub mod pending;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ResponseMode};
+use crate::directory::Directory;
+use crate::drain::Drain;
+use crate::error::Failure;
+use crate::ops::metrics::Metrics;
+use crate::resolve::Resolver;
+use crate::rewrite::Rewriter;
+use crate::ssp::{Codec, Primitive, Transaction};
+use crate::tls::TlsError;
+use crate::token::{Leg, TokenKeys};
+use assoc::Associations;
+use core::CoreLink;
+use http::SspClient;
+use peer::{PeerRt, PeerTable};
+use pending::Pending;
+
+/// Direction of a body seen by the wire tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapDir {
+    /// Sent by the gateway.
+    Out,
+    /// Received by the gateway.
+    In,
+}
+
+/// Observer of every SSP body exchanged with peers and the core: `(direction, party, body)`.
+/// Used by tests to assert what crossed the wire before encryption.
+pub type WireTap = Arc<dyn Fn(TapDir, &str, &str) + Send + Sync>;
+
+/// How a remote destination was found (for logs and traces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `[[route]]` number prefix.
+    Prefix,
+    /// `[[peer]]` domain.
+    Peering,
+    /// ENUM NAPTR, then the peering table or SRV.
+    Enum,
+    /// SRV `_imps-server._tcp`.
+    Srv,
+    /// The configured gateway of last resort.
+    LastResort,
+}
+
+/// An SSP server of another operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The operator's domain (its identity).
+    pub domain: String,
+    /// SSP URLs in failover order (empty: the peer's configured or DNS-found ones).
+    pub urls: Vec<String>,
+    /// How it was found.
+    pub source: Source,
+}
+
+/// Where one part of a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    /// One of our subscribers (or our own domain): our core.
+    Core,
+    /// Another operator's IMPS server.
+    Imps(Remote),
+    /// The gateway of last resort (an SSP peer that reaches what we cannot).
+    LastResort(Remote),
+    /// Nowhere: the requester gets this.
+    Fail(Failure),
+}
+
+/// Who sent a request, and so where its answer goes.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Our core (outbound traffic).
+    Core,
+    /// A peer operator (inbound traffic).
+    Peer(Arc<PeerRt>),
+}
+
+impl Origin {
+    /// The metric direction of its requests: `outbound` from the core, `inbound` from peers.
+    pub fn direction(&self) -> &'static str {
+        match self {
+            Origin::Core => "outbound",
+            Origin::Peer(_) => "inbound",
+        }
+    }
+
+    /// Which leg our requests to it travel (the answers it sends us are to those).
+    pub fn leg(&self) -> Leg {
+        match self {
+            Origin::Core => Leg::ToCore,
+            Origin::Peer(_) => Leg::ToPeer,
+        }
+    }
+
+    /// The peer's domain ("" for the core), as it rides in our tokens.
+    pub fn domain(&self) -> &str {
+        match self {
+            Origin::Core => "",
+            Origin::Peer(p) => &p.cfg.domain,
+        }
+    }
+}
+
+/// One part of a request on its way: whose it is, so that its answer can be routed back by
+/// the token alone (after a restart, by another replica).
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    /// The originator's transaction ID.
+    pub origin_tid: &'a str,
+    /// The originating peer's domain ("" for our core).
+    pub origin_peer: &'a str,
+    /// This part's index among the parts of a split request.
+    pub index: u8,
+    /// How many parts.
+    pub of: u8,
+}
+
+/// Every link of one gateway.
+pub struct Links {
+    /// The configuration.
+    pub(crate) cfg: Arc<Config>,
+    /// Subscriber directory (swapped on reload).
+    pub(crate) dir: ArcSwap<Directory>,
+    /// ID rewriting.
+    pub(crate) rw: Rewriter,
+    /// SSP parsing.
+    pub(crate) codec: Codec,
+    /// Transaction-ID tokens.
+    pub(crate) keys: TokenKeys,
+    /// Requests waiting for asynchronous answers.
+    pub(crate) pending: Pending,
+    /// SSP peers.
+    pub(crate) peers: PeerTable,
+    /// SSP associations (both roles).
+    pub(crate) assoc: Associations,
+    /// The core.
+    pub(crate) core: Option<CoreLink>,
+    /// Client for the other replicas' admin listeners (`[cluster] siblings`).
+    pub(crate) siblings: Option<SspClient>,
+    /// DNS, for peers known only by their domain.
+    pub(crate) resolver: Option<Arc<Resolver>>,
+    /// Metrics.
+    pub(crate) metrics: Metrics,
+    /// The shutdown handle: deliveries spawned here are waited for.
+    pub(crate) drain: Drain,
+    assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tap: Option<WireTap>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("public_domain", &self.cfg.operator.public_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Links::new`] is built from.
+pub struct LinkParts {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// The subscriber directory, loaded.
+    pub dir: Directory,
+    /// Token keys, loaded.
+    pub keys: TokenKeys,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// DNS, if configured.
+    pub resolver: Option<Arc<Resolver>>,
+    /// The wire tap, if any.
+    pub tap: Option<WireTap>,
+    /// The shutdown handle.
+    pub drain: Drain,
+}
+
+impl Links {
+    /// Every link of the configuration (TLS profiles are built now, so mistakes surface at
+    /// start-up).
+    pub fn new(p: LinkParts) -> Result<Links, TlsError> {
+        let cfg = p.cfg;
+        let identity = peer::Identity::load(&cfg)?;
+        let peers = PeerTable::new(cfg.clone(), identity.clone())?;
+        let core = CoreLink::new(&cfg, identity.as_ref())?;
+        let t = &cfg.timeouts;
+        Ok(Links {
+            rw: Rewriter::new(&cfg),
+            codec: Codec {
+                limits: cfg.limits.xml,
+                extra_namespaces: cfg.operator.extra_namespaces.clone(),
+            },
+            dir: ArcSwap::from_pointee(p.dir),
+            keys: p.keys,
+            pending: Pending::new(),
+            peers,
+            assoc: Associations::new(
+                &cfg.operator.public_domain,
+                std::time::Duration::from_secs(86_400),
+            ),
+            core,
+            siblings: (!cfg.cluster.siblings.is_empty()).then(|| {
+                SspClient::new(
+                    http::Connector::new(None, t.connect, t.handshake),
+                    t.idle,
+                    cfg.limits.xml.max_body,
+                )
+            }),
+            resolver: p.resolver,
+            metrics: p.metrics,
+            drain: p.drain,
+            assoc_locks: std::sync::Mutex::new(HashMap::new()),
+            tap: p.tap,
+            cfg,
+        })
+    }
+
+    /// Send one request part to `dest` and return its answer primitive (IDs in public form
+    /// for remote answers, core form for the core's), or why there is none.
+    pub async fn send(
+        &self,
+        dest: &Dest,
+        request: Primitive,
+        part: Part<'_>,
+    ) -> Result<Primitive, Failure> {
+        match dest {
+            Dest::Core => self.to_core(request, part).await,
+            Dest::Imps(r) | Dest::LastResort(r) => self.to_peer(r, request, part).await,
+            Dest::Fail(f) => Err(f.clone()),
+        }
+    }
+
+    /// How `origin` wants its answers: in the HTTP response, or as POSTs of their own.
+    pub fn answer_mode(&self, origin: &Origin) -> ResponseMode {
+        match origin {
+            Origin::Core => self.core.as_ref().map(|c| c.mode).unwrap_or_default(),
+            Origin::Peer(p) => p.cfg.mode,
+        }
+    }
+
+    /// Answers serialised for `origin`, for a synchronous HTTP response.
+    pub fn answer_body(&self, origin: &Origin, answers: Vec<Transaction>) -> String {
+        match origin {
+            Origin::Core => self.core_body(answers).1,
+            Origin::Peer(p) => self.peer_body(p, answers).1,
+        }
+    }
+
+    /// POST answers to an asynchronous `origin`, retrying until the request deadline; false
+    /// (and counted) if they could not be delivered.
+    pub async fn deliver_answers(&self, origin: &Origin, answers: Vec<Transaction>) -> bool {
+        match origin {
+            Origin::Core => self.answers_to_core(answers).await,
+            Origin::Peer(p) => self.answers_to_peer(p, answers).await,
+        }
+    }
+
+    /// Record a body exchanged (tests observe the wire before encryption).
+    pub(crate) fn tap(&self, dir: TapDir, party: &str, body: &str) {
+        if let Some(t) = &self.tap {
+            t(dir, party, body);
+        }
+    }
+
+    /// Whether a wire tap is installed (so bodies are only decoded for it when it is).
+    pub(crate) fn tapping(&self) -> bool {
+        self.tap.is_some()
+    }
+
+    /// The per-domain lock serialising association attempts.
+    pub(crate) fn assoc_lock(&self, domain: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = match self.assoc_locks.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(domain.to_owned()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The links of a minimal configuration (no listeners, no far sides).
+    pub(crate) fn links() -> Links {
+        let cfg = Config::from_str(
+            std::path::Path::new("routes/test.toml"),
+            "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
+        )
+        .unwrap();
+        Links::new(LinkParts {
+            dir: Directory::load(&cfg.directory).unwrap(),
+            keys: TokenKeys::random(60).with_replica(0),
+            cfg: Arc::new(cfg),
+            metrics: Metrics::new(),
+            resolver: None,
+            tap: None,
+            drain: Drain::new(),
+        })
+        .unwrap()
+    }
+}

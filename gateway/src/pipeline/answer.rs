@@ -1,0 +1,297 @@
+//! Answer: correlation of the answers far sides send to our requests.
+//!
+//! An answer carries our transaction ID, an authenticated token that says which request it
+//! answers and where that request came from. It completes the request waiting in this
+//! process; or it is handed to the replica that sent the request; or, when that request was
+//! sent by a predecessor of this process (a restart), it is routed by the token alone, once.
+//! A forged, foreign or stale ID gets 420, and an answer whose request was already answered
+//! (504) is dropped: the originator gets exactly one answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::state::Gateway;
+use crate::error::{Failure, Kind, Side};
+use crate::links::Origin;
+use crate::links::cluster::Handoff;
+use crate::links::exchange::Backoff;
+use crate::ssp::{Body, Mode, Transaction};
+use crate::token::{Leg, Token};
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An answer `t` from `from` to one of our requests. The failure to give back when its
+/// transaction ID is forged, foreign or stale.
+pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result<(), Failure> {
+    let links = &gw.links;
+    let leg = from.leg();
+    let side = match from {
+        Origin::Core => Side::Core,
+        Origin::Peer(_) => Side::Peer,
+    };
+    let tok = match links.keys.open(&t.transaction_id) {
+        Ok(tok) if tok.leg == leg && (leg == Leg::ToCore || tok.peer == from.domain()) => tok,
+        Ok(_) => {
+            gw.metrics()
+                .orphan_answers
+                .with_label_values(&["wrong-leg"])
+                .inc();
+            return Err(Failure::new(
+                Kind::InvalidTransaction,
+                side,
+                format!("transaction {} was not sent to you", t.transaction_id),
+            ));
+        }
+        Err(e) => {
+            gw.metrics()
+                .orphan_answers
+                .with_label_values(&["unknown"])
+                .inc();
+            tracing::warn!(tid = %t.transaction_id, error = %e, "answer with an unknown transaction ID");
+            return Err(Failure::new(
+                Kind::InvalidTransaction,
+                side,
+                format!("transaction {}: {e}", t.transaction_id),
+            ));
+        }
+    };
+    let ours = tok.instance == links.keys.instance();
+    if ours && links.pending.complete(tok.request_id, t.clone()) {
+        return Ok(());
+    }
+    if !ours && links.sibling_of(&tok).is_some() {
+        // Another replica's request: hand the answer over in the background, so that the
+        // sender's POST is acknowledged at once whatever that replica's state.
+        let g = gw.clone();
+        gw.drain()
+            .spawn(async move { hand_over(&g, tok, t, leg).await });
+        return Ok(());
+    }
+    route_unclaimed(gw, tok, t, leg, ours);
+    Ok(())
+}
+
+/// An answer no request here waits for. Our own request: the answer is late, and its request
+/// was already answered (504); a second answer must not follow. A predecessor's request (this
+/// replica restarted): nobody else can deliver it, so it is routed by its token alone while
+/// its request's deadline has not passed. Delivery runs on its own task: the POST that
+/// brought the answer may end (its sender gives up waiting) before delivery does, and must
+/// not take the delivery with it.
+pub(crate) fn route_unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg, ours: bool) {
+    let age = unix_now().saturating_sub(u64::from(tok.issued));
+    if ours || tok.parts != 1 || age >= gw.cfg().timeouts.request.as_secs() {
+        gw.metrics()
+            .orphan_answers
+            .with_label_values(&["late"])
+            .inc();
+        tracing::info!(tid = %t.transaction_id, "late answer dropped (its request was already answered)");
+        return;
+    }
+    if !first_routed(gw, &tok) {
+        gw.metrics()
+            .orphan_answers
+            .with_label_values(&["duplicate"])
+            .inc();
+        tracing::info!(tid = %t.transaction_id, "answer already routed by its token: dropped");
+        return;
+    }
+    tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");
+    let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
+    let g = gw.clone();
+    gw.drain().spawn(async move {
+        let origin = match leg {
+            Leg::ToPeer => Some(Origin::Core),
+            Leg::ToCore => g.links.peers.get(&tok.peer).map(Origin::Peer),
+        };
+        let delivered = match origin {
+            Some(o) => g.links.deliver_answers(&o, vec![answer]).await,
+            None => {
+                g.metrics()
+                    .orphan_answers
+                    .with_label_values(&["undeliverable"])
+                    .inc();
+                false
+            }
+        };
+        if !delivered {
+            // Not delivered: a copy sent again may still get through.
+            forget_routed(&g, &tok);
+        }
+    });
+}
+
+/// Whether this is the first answer routed by token for the request `tok` names (within the
+/// request timeout, while at most 65,536 such requests are remembered).
+fn first_routed(gw: &Gateway, tok: &Token) -> bool {
+    const REMEMBERED: usize = 1 << 16;
+    let Ok(mut seen) = gw.routed_by_token.lock() else {
+        return true;
+    };
+    if seen.len() >= REMEMBERED {
+        let now = unix_now();
+        let keep = gw.cfg().timeouts.request.as_secs();
+        seen.retain(|_, issued| u64::from(*issued) + keep > now);
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+    }
+    seen.insert((tok.instance, tok.request_id), tok.issued)
+        .is_none()
+}
+
+/// Undo [`first_routed`] for `tok` (its delivery failed).
+fn forget_routed(gw: &Gateway, tok: &Token) {
+    if let Ok(mut seen) = gw.routed_by_token.lock() {
+        seen.remove(&(tok.instance, tok.request_id));
+    }
+}
+
+/// Hand `t` to the replica that issued `tok` until it is taken, that replica says it is not
+/// its own (then route it by token), or the request's deadline passes (then drop it: routing
+/// it by token instead could follow the 504 that replica may already have given).
+async fn hand_over(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg) {
+    let issued = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(tok.issued));
+    let left = (issued + gw.cfg().timeouts.request)
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + left;
+    let mut backoff = Backoff::new(Duration::from_secs(1));
+    loop {
+        match gw.links.hand_off(&tok, &t).await {
+            None | Some(Handoff::NotTheirs) => {
+                route_unclaimed(gw, tok, t, leg, false);
+                return;
+            }
+            Some(Handoff::Taken) => return,
+            Some(Handoff::Unreachable) => {
+                if !backoff.wait(deadline).await {
+                    gw.metrics()
+                        .orphan_answers
+                        .with_label_values(&["undeliverable"])
+                        .inc();
+                    tracing::warn!(
+                        tid = %t.transaction_id,
+                        replica = tok.replica(),
+                        "answer dropped: its replica stayed unreachable until the request's deadline"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An answer handed over by another replica (`POST /cluster/answer`, `mac` from its MAC
+/// header): 200 when this process issued its ID (the waiting request is answered, or it was
+/// already answered and this one is dropped), 409 when it did not, 401 without a valid MAC,
+/// 400 for anything that is not one authentic answer.
+pub(crate) fn take_handed_answer(
+    gw: &Arc<Gateway>,
+    body: &[u8],
+    mac: Option<&str>,
+) -> (StatusCode, String) {
+    let links = &gw.links;
+    if !mac.is_some_and(|m| links.keys.verify(body, m)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong hand-over MAC\n".into(),
+        );
+    }
+    let msg = match links.codec.parse(body) {
+        Ok(m) => m,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Body::Session(session) = msg.body else {
+        return (StatusCode::BAD_REQUEST, "not a session message\n".into());
+    };
+    let mut it = session.transactions.into_iter();
+    let (Some(t), None) = (it.next(), it.next()) else {
+        return (StatusCode::BAD_REQUEST, "one transaction expected\n".into());
+    };
+    if t.mode != Mode::Response {
+        return (
+            StatusCode::BAD_REQUEST,
+            "only answers are handed over\n".into(),
+        );
+    }
+    let tok = match links.keys.open(&t.transaction_id) {
+        Ok(tok) => tok,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let handoffs = &gw.metrics().handoffs;
+    if tok.instance != links.keys.instance() {
+        if tok.replica() == gw.cfg().cluster.replica {
+            // Our index, an earlier process: routed by its token here, where every copy of
+            // it for this index arrives, so it is routed once.
+            handoffs.with_label_values(&["received"]).inc();
+            let leg = tok.leg;
+            route_unclaimed(gw, tok, t, leg, false);
+            return (StatusCode::OK, "routed by its token\n".into());
+        }
+        handoffs.with_label_values(&["not-ours"]).inc();
+        return (StatusCode::CONFLICT, "not issued by this replica\n".into());
+    }
+    handoffs.with_label_values(&["received"]).inc();
+    if links.pending.complete(tok.request_id, t) {
+        (StatusCode::OK, "delivered\n".into())
+    } else {
+        gw.metrics()
+            .orphan_answers
+            .with_label_values(&["late"])
+            .inc();
+        (
+            StatusCode::OK,
+            "late: its request was already answered\n".into(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssp::{Message, NS_WV_SSP_13, Primitive, Status};
+
+    fn answer(tid: &str, mode: Mode) -> String {
+        let mut t = Transaction::response(tid, Primitive::Status(Status::with(200, "ok")));
+        t.mode = mode;
+        Message::session("cluster", vec![t]).emit(NS_WV_SSP_13)
+    }
+
+    #[tokio::test]
+    async fn handed_answers_are_authenticated_and_claimed_only_by_their_issuer() {
+        let gw = Arc::new(Gateway::new(crate::links::tests::links(), None));
+        let keys = &gw.links.keys;
+        let ours = keys.issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
+        let body = answer(&ours, Mode::Response);
+        let mac = keys.sign(body.as_bytes());
+        // No MAC, or a MAC of something else: refused before parsing.
+        let (st, _) = take_handed_answer(&gw, body.as_bytes(), None);
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let other = keys.sign(b"something else");
+        let (st, _) = take_handed_answer(&gw, body.as_bytes(), Some(&other));
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        // Only answers are handed over.
+        let req = answer(&ours, Mode::Request);
+        let (st, _) = take_handed_answer(&gw, req.as_bytes(), Some(&keys.sign(req.as_bytes())));
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        // Issued by another process (another replica, or this one before a restart): 409.
+        let theirs =
+            keys.clone()
+                .with_replica(3)
+                .issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
+        let b = answer(&theirs, Mode::Response);
+        let (st, _) = take_handed_answer(&gw, b.as_bytes(), Some(&keys.sign(b.as_bytes())));
+        assert_eq!(st, StatusCode::CONFLICT);
+        // Ours, with nothing waiting: taken and dropped as late (no second answer).
+        let (st, msg) = take_handed_answer(&gw, body.as_bytes(), Some(&mac));
+        assert_eq!(st, StatusCode::OK);
+        assert!(msg.contains("late"), "{msg}");
+    }
+}

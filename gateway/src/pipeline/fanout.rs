@@ -1,0 +1,331 @@
+//! Fan-out: a request whose route-by IDs have several destinations is split per
+//! destination, the parts are forwarded concurrently, and their answers are merged back into
+//! one (`PROTOCOL.md` §5: 200 if all parts succeeded, else 201 with one `DetailedResult` per
+//! failed ID). A request with one destination goes on whole, moved rather than copied.
+//!
+//! A number search between operators is carried as `+E164`, and a number the far operator
+//! does not know is still answered with its `wv:+MSISDN` where policy allows (the use case
+//! "add a user by number regardless of whether that user is registered").
+
+use super::route::Plan;
+use super::state::Gateway;
+use crate::error::Failure;
+use crate::links::{Dest, Part};
+use crate::ssp::answer::AnswerForm;
+use crate::ssp::primitives::SearchResponse;
+use crate::ssp::{DetailedResult, E164, Entity, EntityKind, Primitive, Status, status};
+
+/// Forward `request` along `plan` and return the one answer for the originator.
+pub(crate) async fn run(
+    gw: &Gateway,
+    mut plan: Plan,
+    request: Primitive,
+    origin_tid: &str,
+    origin_peer: &str,
+) -> Primitive {
+    let parts = plan.groups.len();
+    // Both below the route-by bound plus one (checked by the route stage).
+    let of = u8::try_from(parts).unwrap_or(u8::MAX);
+    let part = |index: usize| Part {
+        origin_tid,
+        origin_peer,
+        index: u8::try_from(index).unwrap_or(u8::MAX),
+        of,
+    };
+    if parts == 1
+        && plan.failed.is_empty()
+        && let Some((dest, _)) = plan.groups.pop()
+    {
+        // One destination for everything: the request goes on moved, not copied, and its
+        // answer is the answer.
+        let form = AnswerForm::of(&request);
+        return match forward(gw, &dest, request, part(0)).await {
+            Ok(a) => a,
+            Err(f) => form.answer(f.status()),
+        };
+    }
+    let req = &request;
+    let futs = plan.groups.into_iter().enumerate().map(|(i, (dest, ids))| {
+        let keep: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let p = req.part(&keep);
+        Box::pin(async move {
+            let answer = forward(gw, &dest, p, part(i)).await;
+            PartResult {
+                answer: answer.unwrap_or_else(|f| AnswerForm::of(req).answer(f.status())),
+                ids,
+            }
+        })
+    });
+    let results = join_all(futs.collect()).await;
+    merge(req, results, plan.failed)
+}
+
+/// One part to its destination. Between operators a number search travels as `+E164`.
+async fn forward(
+    gw: &Gateway,
+    dest: &Dest,
+    request: Primitive,
+    part: Part<'_>,
+) -> Result<Primitive, Failure> {
+    if !matches!(dest, Dest::Imps(_) | Dest::LastResort(_)) {
+        return gw.links.send(dest, request, part).await;
+    }
+    let (request, searched) = canonical_search(gw, request);
+    let answer = gw.links.send(dest, request, part).await;
+    match searched {
+        Some(n) => Ok(unregistered_search(gw, n, answer)),
+        None => answer,
+    }
+}
+
+/// A search by mobile number with the number rewritten to `+E164`, and that number.
+fn canonical_search(gw: &Gateway, mut part: Primitive) -> (Primitive, Option<E164>) {
+    let Primitive::SearchRequest(s) = &mut part else {
+        return (part, None);
+    };
+    let Some(pair) = s
+        .pairs
+        .iter_mut()
+        .find(|p| p.element.eq_ignore_ascii_case("USER_MOBILE_NUMBER"))
+    else {
+        return (part, None);
+    };
+    match gw.cfg().plan.normalise(&pair.string) {
+        Ok(n) => {
+            pair.string = format!("+{n}");
+            (part, Some(n))
+        }
+        Err(_) => (part, None),
+    }
+}
+
+/// When the operator ENUM names does not know a searched number (531, or no findings),
+/// answer with its `wv:+MSISDN` anyway where policy allows. Other answers pass through.
+fn unregistered_search(gw: &Gateway, n: E164, answer: Result<Primitive, Failure>) -> Primitive {
+    let unknown = match &answer {
+        Err(f) => f.code() == status::UNKNOWN_USER,
+        Ok(Primitive::SearchResponse(r)) => {
+            r.results.is_empty()
+                && r.status
+                    .as_ref()
+                    .is_none_or(|s| s.is_success() || s.code == status::UNKNOWN_USER)
+        }
+        Ok(p) => p.answer_code() == status::UNKNOWN_USER,
+    };
+    if unknown && gw.cfg().policy.search_unregistered_answer {
+        return Primitive::SearchResponse(SearchResponse {
+            search_id: None,
+            findings: Some("1".into()),
+            completion_flag: Some("T".into()),
+            search_index: Some("1".into()),
+            status: Some(Status::with(
+                status::OK,
+                "number not registered at its operator; returned as is",
+            )),
+            results: vec![Entity::user(format!("wv:+{n}"))],
+            ext: Default::default(),
+        });
+    }
+    match answer {
+        Ok(p) => p,
+        Err(f) => AnswerForm::Search.answer(f.status()),
+    }
+}
+
+/// One part of a split request, and what became of it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartResult {
+    /// The route-by IDs of this part, as the originator wrote them.
+    pub ids: Vec<String>,
+    /// The answer primitive (success or error form).
+    pub answer: Primitive,
+}
+
+fn detail_for(ids: &[String], st: &Status) -> Vec<DetailedResult> {
+    // A part that already says which IDs failed keeps that precision.
+    if !st.details.is_empty() {
+        return st.details.clone();
+    }
+    vec![DetailedResult {
+        code: st.code,
+        description: st.description.clone(),
+        ids: ids
+            .iter()
+            .map(|id| Entity::new(EntityKind::UserId, id.clone()))
+            .collect(),
+        domains: Vec::new(),
+        ext: Default::default(),
+    }]
+}
+
+/// Merge the answers of a split request. `failed` are IDs that never got a destination.
+pub(crate) fn merge(
+    req: &Primitive,
+    mut parts: Vec<PartResult>,
+    failed: Vec<(String, Failure)>,
+) -> Primitive {
+    if failed.is_empty() && parts.len() == 1 {
+        // Nothing to merge: the far side's answer goes through as it is.
+        if let Some(only) = parts.pop() {
+            return only.answer;
+        }
+    }
+    if parts.is_empty()
+        && failed.len() == 1
+        && let Some((_, f)) = failed.first()
+    {
+        return AnswerForm::of(req).answer(f.status());
+    }
+    let mut details = Vec::new();
+    let mut any_ok = false;
+    let mut base: Option<Primitive> = None;
+    let mut values = Vec::new();
+    for part in &parts {
+        let ok = part.answer.answer_status().is_none_or(Status::is_success);
+        if ok {
+            any_ok = true;
+            // 201 from one part: keep its per-ID failures.
+            if let Some(st) = part.answer.answer_status() {
+                details.extend(st.details.iter().cloned());
+            }
+            if base.is_none() {
+                base = Some(part.answer.clone());
+            }
+        } else if let Some(st) = part.answer.answer_status() {
+            details.extend(detail_for(&part.ids, st));
+        }
+        if let Primitive::GetPresenceResponse(r) = &part.answer {
+            values.extend(r.values.iter().cloned());
+        }
+    }
+    for (id, f) in &failed {
+        details.extend(detail_for(std::slice::from_ref(id), &f.status()));
+    }
+    let st = if details.is_empty() && any_ok {
+        Status::with(status::OK, "Successful")
+    } else {
+        let mut s = Status::with(status::PARTIAL, status::description(status::PARTIAL));
+        s.details = details;
+        s
+    };
+    let mut out = base.unwrap_or_else(|| AnswerForm::of(req).answer(st.clone()));
+    if let Primitive::GetPresenceResponse(r) = &mut out {
+        r.values = values;
+    }
+    out.set_answer_status(st);
+    out
+}
+
+/// Run futures concurrently on this task and collect their outputs in order.
+pub(crate) async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+    use std::future::poll_fn;
+    use std::task::Poll;
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if outs[i].is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    Poll::Ready(v) => outs[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Kind;
+    use crate::ssp::primitives::{SendMessageRequest, SendMessageResponse};
+    use crate::ssp::{MessageInfo, Party};
+
+    fn smr(ids: &[&str]) -> Primitive {
+        Primitive::SendMessageRequest(SendMessageRequest {
+            info: Some(MessageInfo {
+                message_id: Some("m1".into()),
+                recipient: Some(Party {
+                    entities: ids.iter().map(|i| Entity::user(*i)).collect(),
+                    ext: Default::default(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn ok_answer(code: u16) -> Primitive {
+        Primitive::SendMessageResponse(SendMessageResponse {
+            message_id: Some("m1".into()),
+            status: Some(Status::new(code)),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn merge_single_part_passes_through() {
+        let a = Primitive::Status(Status::new(901));
+        let out = merge(
+            &smr(&["wv:a"]),
+            vec![PartResult {
+                ids: vec!["wv:a".into()],
+                answer: a.clone(),
+            }],
+            vec![],
+        );
+        assert_eq!(out, a);
+    }
+
+    #[test]
+    fn merge_partial_failure_is_201_with_details() {
+        let req = smr(&["wv:a", "wv:b", "wv:x"]);
+        let down = Failure::local(Kind::Unreachable, "peer down");
+        let out = merge(
+            &req,
+            vec![
+                PartResult {
+                    ids: vec!["wv:a".into()],
+                    answer: ok_answer(200),
+                },
+                PartResult {
+                    ids: vec!["wv:b".into()],
+                    answer: AnswerForm::of(&req).answer(down.status()),
+                },
+            ],
+            vec![("wv:x".into(), Failure::local(Kind::NoRoute, "no route"))],
+        );
+        let st = out.answer_status().unwrap();
+        assert_eq!(st.code, 201);
+        let codes: Vec<u16> = st.details.iter().map(|d| d.code).collect();
+        assert_eq!(codes, vec![503, 516]);
+        assert_eq!(st.details[1].ids[0].id, "wv:x");
+    }
+
+    #[test]
+    fn merge_all_ok_is_200() {
+        let req = smr(&["wv:a", "wv:b"]);
+        let out = merge(
+            &req,
+            vec![
+                PartResult {
+                    ids: vec!["wv:a".into()],
+                    answer: ok_answer(200),
+                },
+                PartResult {
+                    ids: vec!["wv:b".into()],
+                    answer: ok_answer(200),
+                },
+            ],
+            vec![],
+        );
+        assert_eq!(out.answer_code(), 200);
+    }
+}

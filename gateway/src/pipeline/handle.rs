@@ -1,0 +1,264 @@
+//! The whole request path, top to bottom, for every listener and both directions.
+//!
+//! ```text
+//!  POST ─► ingress ─► identify ─┬─► association step ─► links::assoc
+//!                               ├─► answers ─► answer (correlate with what waits)
+//!                               └─► requests ─► admit ─► policy ─► route ─► fan-out ─► links
+//!                                                                         (forward, merge)
+//!  answer ◄─ in the HTTP response (sync senders) or a POST of its own (async senders)
+//! ```
+//!
+//! Peers' requests (inbound) and the core's (outbound) take the same path; what differs is
+//! who the [`Origin`] is: the policy stage checks a peer's originators, the route stage lets a
+//! peer reach our core only, and the answer goes back over the origin's link. Every request
+//! that is taken in gets exactly one answer before its deadline.
+
+use std::sync::Arc;
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::admit::{self, Slot};
+use super::state::Gateway;
+use super::{answer, fanout, identify, ingress, policy, route};
+use crate::config::ResponseMode;
+use crate::error::{Failure, Kind, Side};
+use crate::links::Origin;
+use crate::links::assoc::SetupFrom;
+use crate::ssp::answer::AnswerForm;
+use crate::ssp::{Body, Mode, Primitive, SetupTransaction, Transaction};
+use crate::web::{ConnInfo, HttpResponse, refuse, respond};
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The peer-facing TLS listener.
+    Peer,
+    /// The core-facing listener.
+    Core,
+}
+
+/// One POST, from ingress to the HTTP response.
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    listener: Listener,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> HttpResponse {
+    // A handler at work (a sync sender waiting for its answer) counts for draining.
+    let _work = gw.drain().track();
+    let (side, who) = match listener {
+        Listener::Peer => (Side::Peer, "peer-listener"),
+        Listener::Core => (Side::Core, "core"),
+    };
+
+    // 1. Ingress: the core listener serves the core only; then method, media type, size, XML.
+    if listener == Listener::Core
+        && let Err(f) = identify::core_connection(gw, &conn)
+    {
+        return refuse(&f);
+    }
+    let msg = match ingress::read(gw, req, side, who).await {
+        Ok(m) => m,
+        Err(f) => return refuse(&f),
+    };
+
+    // 2. Association steps are the association's business, on either listener.
+    let session = match msg.body {
+        Body::Setup(t) => return setup(gw, listener, t, &conn),
+        Body::Session(s) => s,
+    };
+
+    // 3. Identify the sender: the core, or which peer.
+    let origin = match listener {
+        Listener::Core => identify::core_session(gw, &session).map(|()| Origin::Core),
+        Listener::Peer => identify::peer(gw, &session, &conn).map(Origin::Peer),
+    };
+    let origin = match origin {
+        Ok(o) => o,
+        Err(f) => return refuse(&f),
+    };
+    if gw.drain().is_draining() && session.transactions.iter().any(|t| t.mode == Mode::Request) {
+        // Nothing of it taken in: the sender fails over or sends it again.
+        return refuse(&Failure::draining());
+    }
+
+    // 4. Answers to our own requests complete what waits for them; broken transactions and
+    //    answers we did not ask for are answered at once.
+    let mut immediate = ingress::rejected(&session.rejected, side);
+    let mut requests = Vec::new();
+    let mut answers_taken = 0;
+    for t in session.transactions {
+        match t.mode {
+            Mode::Request => requests.push(t),
+            Mode::Response => {
+                let tid = t.transaction_id.clone();
+                match answer::accept(gw, t, &origin) {
+                    Ok(()) => answers_taken += 1,
+                    Err(f) => {
+                        immediate.push(Transaction::response(tid, Primitive::Status(f.status())))
+                    }
+                }
+            }
+        }
+    }
+    let nothing_taken = requests.is_empty() && answers_taken == 0;
+    let http = if nothing_taken {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+
+    // 5. Requests, each to its one answer (the stages are in `request`).
+    match gw.links.answer_mode(&origin) {
+        ResponseMode::Sync => {
+            // The answers ride in the HTTP response.
+            let futs = requests.into_iter().map(|t| {
+                let origin = &origin;
+                Box::pin(async move { request(gw, origin, t, None).await })
+            });
+            immediate.extend(fanout::join_all(futs.collect()).await);
+            respond(http, Some(gw.links.answer_body(&origin, immediate)))
+        }
+        ResponseMode::Async => {
+            // Admitted before anything is spawned, so overload or a flood costs no task per
+            // request; each answer is POSTed back on its own.
+            let mut spawned = 0;
+            let mut refused = Vec::new();
+            let mut last_refusal = None;
+            for t in requests {
+                match admit::slot(gw, &origin) {
+                    Ok(slot) => {
+                        spawned += 1;
+                        let (g, o) = (gw.clone(), origin.clone());
+                        gw.drain().spawn(async move {
+                            let answer = request(&g, &o, t, Some(slot)).await;
+                            g.links.deliver_answers(&o, vec![answer]).await;
+                        });
+                    }
+                    Err(f) => {
+                        let label = t.primitive.label();
+                        let answer = metered(gw, &origin, label, async {
+                            AnswerForm::of(&t.primitive).answer(f.status())
+                        })
+                        .await;
+                        refused.push(Transaction::response(t.transaction_id, answer));
+                        last_refusal = Some(f);
+                    }
+                }
+            }
+            if let Some(f) = last_refusal {
+                if spawned == 0 && answers_taken == 0 {
+                    // Nothing of this POST taken in: HTTP 503, no SSP answers (the sender
+                    // sends it all again later; no answer is given twice).
+                    return refuse(&f);
+                }
+                // The rest was taken in: the refusals go back as answers, in one POST.
+                let (g, o) = (gw.clone(), origin.clone());
+                gw.drain().spawn(async move {
+                    g.links.deliver_answers(&o, refused).await;
+                });
+            }
+            if immediate.is_empty() {
+                respond(StatusCode::OK, None)
+            } else {
+                respond(http, Some(gw.links.answer_body(&origin, immediate)))
+            }
+        }
+    }
+}
+
+/// One request from `origin`, from admission to its answer. `slot`: its in-flight slot when
+/// the caller already took it.
+async fn request(
+    gw: &Arc<Gateway>,
+    origin: &Origin,
+    t: Transaction,
+    slot: Option<Slot>,
+) -> Transaction {
+    let Transaction {
+        transaction_id: tid,
+        primitive,
+        ..
+    } = t;
+    let label = primitive.label();
+    let answer = metered(gw, origin, label, async {
+        let form = AnswerForm::of(&primitive);
+        // Admit: an in-flight slot and the sender's rate.
+        let _slot = match slot.map_or_else(|| admit::slot(gw, origin), Ok) {
+            Ok(s) => s,
+            Err(f) => return form.answer(f.status()),
+        };
+        // Policy: anti-spoofing (901), the originating user's rate.
+        if let Err(f) = policy::check(gw, origin, &primitive).await {
+            return form.answer(f.status());
+        }
+        // Route: a destination for each route-by ID (531 for a peer's non-subscribers).
+        let plan = match route::plan(gw, origin, &primitive).await {
+            Ok(p) => p,
+            Err(f) => return form.answer(f.status()),
+        };
+        // Fan-out: split per destination, forward over the links, merge the answers.
+        fanout::run(gw, plan, primitive, &tid, origin.domain()).await
+    })
+    .await;
+    Transaction::response(tid, answer)
+}
+
+/// A `SetupTransaction`: from a peer, or from a core that authenticates by association.
+fn setup(
+    gw: &Arc<Gateway>,
+    listener: Listener,
+    t: SetupTransaction,
+    conn: &ConnInfo,
+) -> HttpResponse {
+    let remote = Some(conn.remote.ip().to_canonical());
+    match listener {
+        Listener::Peer => gw
+            .links
+            .on_setup(t, SetupFrom::Peer(conn.certs.as_deref()), remote),
+        Listener::Core if identify::core_associates(gw) => {
+            gw.links.on_setup(t, SetupFrom::Core, remote)
+        }
+        Listener::Core => refuse(&Failure::new(
+            Kind::Malformed,
+            Side::Core,
+            "the core is authenticated by address or certificate; no association is needed",
+        )),
+    }
+}
+
+/// Count, gauge and time the handling of one request around `answer`.
+async fn metered(
+    gw: &Gateway,
+    origin: &Origin,
+    primitive: &'static str,
+    answer: impl std::future::Future<Output = Primitive>,
+) -> Primitive {
+    let m = gw.metrics();
+    let direction = origin.direction();
+    let started = std::time::Instant::now();
+    m.requests.with_label_values(&[direction, primitive]).inc();
+    // Decremented on drop: a handler dropped mid-request (its client went away) leaves.
+    struct InFlight(prometheus::IntGauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    let in_flight = InFlight(m.in_flight.with_label_values(&[direction]));
+    in_flight.0.inc();
+    let answer = answer.await;
+    drop(in_flight);
+    let mut buf = [0u8; 5];
+    m.answers
+        .with_label_values(&[
+            direction,
+            crate::ops::metrics::code_label(answer.answer_code(), &mut buf),
+        ])
+        .inc();
+    m.latency
+        .with_label_values(&[direction])
+        .observe(started.elapsed().as_secs_f64());
+    answer
+}

@@ -1,0 +1,80 @@
+//! Ingress: one SSP POST read and parsed, the same on every listener. Method, media type,
+//! size and XML are checked here; what fails gets its HTTP refusal from the one
+//! classification, and is counted.
+
+use http::{Method, Request};
+use hyper::body::Incoming;
+
+use super::state::Gateway;
+use crate::error::{Failure, Kind, Side};
+use crate::links::TapDir;
+use crate::ssp::message::RejectedTransaction;
+use crate::ssp::{Message, Mode, Primitive, Transaction};
+use crate::web::{BodyError, is_ssp_content_type, read_body};
+
+/// Read and parse the POST `req` from `side` (`who` labels the wire tap).
+pub(crate) async fn read(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    side: Side,
+    who: &str,
+) -> Result<Message, Failure> {
+    if req.method() != Method::POST {
+        return Err(Failure::new(Kind::Method, side, "only POST carries SSP"));
+    }
+    if !is_ssp_content_type(&req) {
+        return Err(bad(
+            gw,
+            Failure::new(Kind::MediaType, side, "not an SSP media type"),
+        ));
+    }
+    let body = match read_body(req.into_body(), gw.cfg().limits.xml.max_body).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(n)) => {
+            return Err(bad(
+                gw,
+                Failure::new(
+                    Kind::TooLarge,
+                    side,
+                    format!("message body exceeds the limit of {n} bytes"),
+                ),
+            ));
+        }
+        Err(e) => return Err(Failure::new(Kind::Malformed, side, e.to_string())),
+    };
+    if gw.links.tapping() {
+        gw.links
+            .tap(TapDir::In, who, &String::from_utf8_lossy(&body));
+    }
+    gw.links.codec.parse(&body).map_err(|e| {
+        tracing::info!(from = who, error = %e, "refused SSP message");
+        let mut f = Failure::from(&e);
+        f.side = side;
+        bad(gw, f)
+    })
+}
+
+/// Count a body refused before relaying.
+fn bad(gw: &Gateway, f: Failure) -> Failure {
+    gw.metrics()
+        .bad_messages
+        .with_label_values(&[f.kind.label()])
+        .inc();
+    f
+}
+
+/// 400 answers for transactions refused on their own (only requests with an ID can be
+/// answered; a broken answer is dropped).
+pub(crate) fn rejected(rejected: &[RejectedTransaction], side: Side) -> Vec<Transaction> {
+    rejected
+        .iter()
+        .filter(|r| r.mode != Some(Mode::Response))
+        .map(|r| {
+            let f = Failure::new(Kind::Malformed, side, r.reason.clone());
+            Transaction::response(
+                r.transaction_id.clone().unwrap_or_default(),
+                Primitive::Status(f.status()),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,21 @@
+//! The request path, as stages. [`handle`](handle::handle) reads top to bottom as the whole
+//! path for every listener and both directions (start reading there):
+//!
+//! ingress → identify → admit → policy → route → fan-out (forward over the links, merge) →
+//! answer (correlation of the far sides' answers with what waits for them).
+//!
+//! Each stage is one module; they share the [`Gateway`] state and know nothing of the
+//! listeners, which only hand POSTs to [`handle`](handle::handle).
+
+pub mod admit;
+pub mod answer;
+pub mod fanout;
+pub mod handle;
+pub mod identify;
+pub mod ingress;
+pub mod policy;
+pub mod route;
+pub mod state;
+
+pub use handle::{Listener, handle};
+pub use state::Gateway;

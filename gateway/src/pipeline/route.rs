@@ -1,0 +1,320 @@
+//! Route: where each route-by ID of a request goes. Every routing decision is made here.
+//!
+//! - A peer's request goes to our core, and only for our subscribers (or our own domain):
+//!   anything else is 531, the gateway is no open relay.
+//! - The core's request: our own subscribers go back to the core (on-net, no DNS); then the
+//!   static number-prefix routes; then the destination domain in the peering table; then DNS
+//!   ([`crate::resolve`] answers the DNS questions, [`destination`] turns its decision into a
+//!   destination); else 516.
+
+use super::state::Gateway;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::error::{Failure, Kind};
+use crate::links::{Dest, Origin, Remote, Source};
+use crate::resolve::{Decision, Protocol, Svc};
+use crate::rewrite::Rewriter;
+use crate::ssp::Primitive;
+use crate::ssp::ids::{E164, NumberError, WvId};
+use crate::ssp::walk::RouteBy;
+
+/// Route-by IDs (recipients, watched users) in one request from the core: each may cost DNS
+/// lookups, and the parts of a split request are numbered in a byte of the transaction ID.
+const MAX_ROUTE_BY: usize = 255;
+
+/// Where a request's route-by IDs go: destinations with their IDs, in first-seen order, and
+/// the IDs that have none.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Each destination with the route-by IDs it gets (as the originator wrote them).
+    pub groups: Vec<(Dest, Vec<String>)>,
+    /// IDs with no destination, and why.
+    pub failed: Vec<(String, Failure)>,
+}
+
+impl Plan {
+    fn add(&mut self, dest: Dest, id: &str) {
+        match dest {
+            Dest::Fail(f) => self.failed.push((id.to_owned(), f)),
+            d => match self.groups.iter_mut().find(|(g, _)| *g == d) {
+                Some((_, ids)) => ids.push(id.to_owned()),
+                None => self.groups.push((d, vec![id.to_owned()])),
+            },
+        }
+    }
+}
+
+/// The plan for `req` from `origin`; a request that cannot be routed at all is refused.
+pub(crate) async fn plan(gw: &Gateway, origin: &Origin, req: &Primitive) -> Result<Plan, Failure> {
+    let route_by = req.route_by();
+    let mut plan = Plan::default();
+    match origin {
+        Origin::Peer(_) => {
+            if route_by.is_empty() {
+                // Nothing to route by (a vendor primitive): for the core to answer.
+                plan.groups.push((Dest::Core, Vec::new()));
+                return Ok(plan);
+            }
+            for rb in &route_by {
+                plan.add(ours(gw, rb), rb.as_str());
+            }
+            if !plan.failed.is_empty() {
+                gw.metrics().refused.with_label_values(&["relay"]).inc();
+            }
+        }
+        Origin::Core => {
+            if route_by.is_empty() {
+                return Err(Failure::local(
+                    Kind::NoRoute,
+                    format!("a {} names no destination to route by", req.name()),
+                ));
+            }
+            if route_by.len() > MAX_ROUTE_BY {
+                return Err(Failure::local(
+                    Kind::Malformed,
+                    format!(
+                        "{} recipients in one request; at most {MAX_ROUTE_BY}",
+                        route_by.len()
+                    ),
+                ));
+            }
+            let svc = Svc::of(req);
+            for rb in &route_by {
+                plan.add(outward(gw, rb, svc).await, rb.as_str());
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// A peer's route-by value: our core when it names one of our subscribers (or our domain).
+fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
+    let cfg = gw.cfg();
+    let not_ours = || {
+        Dest::Fail(Failure::local(
+            Kind::UnknownUser,
+            format!(
+                "{} is not a subscriber of {}",
+                rb.as_str(),
+                cfg.operator.public_domain
+            ),
+        ))
+    };
+    match route_number(cfg, rb) {
+        Ok(Some(n)) if gw.directory().is_subscriber(n) => Dest::Core,
+        Ok(Some(_)) => not_ours(),
+        Ok(None) => {
+            let RouteBy::Id(s) = rb else {
+                return not_ours();
+            };
+            match WvId::parse(s) {
+                Ok(id) if id.domain.as_deref() == Some(gw.links.rw.public_domain()) => Dest::Core,
+                Ok(_) => not_ours(),
+                Err(e) => Dest::Fail(Failure::local(Kind::InvalidUserId, e.to_string())),
+            }
+        }
+        Err(f) => Dest::Fail(f),
+    }
+}
+
+/// The core's route-by value: static routes, then DNS.
+async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
+    let cfg = gw.cfg();
+    let dir = gw.directory();
+    if let Some(d) = route_static(cfg, &dir, &gw.links.rw, rb) {
+        return d;
+    }
+    drop(dir);
+    let Some(r) = &gw.resolver else {
+        return no_route(rb.as_str());
+    };
+    let target = match route_number(cfg, rb) {
+        Ok(Some(n)) => format!("+{n}"),
+        Ok(None) => match rb {
+            // Only a host name goes to DNS: anything else (`wv:bob@+4470…`, stray
+            // characters) has no route, and must not be taken for a number.
+            RouteBy::Id(s) => match WvId::parse(s)
+                .ok()
+                .and_then(|id| id.domain)
+                .filter(|d| crate::resolve::is_host_name(d))
+            {
+                Some(d) => d,
+                None => return no_route(rb.as_str()),
+            },
+            RouteBy::SearchNumber(_) => return no_route(rb.as_str()),
+        },
+        Err(f) => return Dest::Fail(f),
+    };
+    match r.decide(&target, svc).await {
+        Ok(d) => destination(
+            &d,
+            &cfg.operator.public_domain,
+            r.last_resort(),
+            rb.as_str(),
+        ),
+        Err(e) => Dest::Fail(Failure::local(
+            Kind::Unreachable,
+            format!("route to {} unknown: {e}", rb.as_str()),
+        )),
+    }
+}
+
+/// The destination a DNS decision gives for `what` (a route-by value, for the status
+/// description). `own` is our public domain; `last_resort` the gateway of last resort.
+pub fn destination(d: &Decision, own: &str, last_resort: Option<&str>, what: &str) -> Dest {
+    let source = if d.enum_hit.is_some() {
+        Source::Enum
+    } else if d.peering {
+        Source::Peering
+    } else {
+        Source::Srv
+    };
+    let last_resort_name = last_resort.filter(|l| !l.is_empty());
+    let last_resort = |lr: &str| {
+        Dest::LastResort(Remote {
+            domain: lr.to_owned(),
+            urls: Vec::new(),
+            source: Source::LastResort,
+        })
+    };
+    match d.protocol {
+        Protocol::Imps if d.domain.as_deref() == Some(own) => Dest::Fail(Failure::local(
+            Kind::UnknownUser,
+            format!("{what} is not a subscriber here"),
+        )),
+        Protocol::Imps => Dest::Imps(Remote {
+            domain: d.domain.clone().unwrap_or_default(),
+            urls: d.urls(),
+            source,
+        }),
+        Protocol::LastResort => match last_resort_name {
+            Some(lr) => last_resort(lr),
+            None => no_route(what),
+        },
+        // This gateway speaks SSP only: a SIP/XMPP-only destination goes to the gateway of
+        // last resort, which can (the use cases' alternative flows), when there is one.
+        Protocol::Sip | Protocol::Xmpp => match last_resort_name {
+            Some(lr) => last_resort(lr),
+            None => Dest::Fail(Failure::local(
+                Kind::NotSupported,
+                format!(
+                    "{what} is reachable by {} only and no gateway of last resort is configured",
+                    d.protocol.as_str()
+                ),
+            )),
+        },
+        Protocol::None => no_route(what),
+    }
+}
+
+/// The number a route-by value names, normalised; a search too broad is refused (537).
+pub(crate) fn route_number(cfg: &Config, rb: &RouteBy) -> Result<Option<E164>, Failure> {
+    match rb {
+        RouteBy::SearchNumber(s) => match cfg.plan.normalise(s) {
+            // "The Service Provider is able to refuse ... partial" number searches.
+            Ok(n) if n.digits().len() < cfg.policy.search_min_digits => Err(Failure::local(
+                Kind::SearchTooBroad,
+                format!(
+                    "partial number {s:?}: at least {} digits are required",
+                    cfg.policy.search_min_digits
+                ),
+            )),
+            Ok(n) => Ok(Some(n)),
+            Err(NumberError::Wildcard(_)) => Err(Failure::local(
+                Kind::SearchTooBroad,
+                format!("wildcards are not accepted in a number search: {s:?}"),
+            )),
+            Err(e) => Err(Failure::local(Kind::SearchTooBroad, e.to_string())),
+        },
+        RouteBy::Id(s) => match WvId::parse(s) {
+            Ok(id) => Ok(id.e164()),
+            Err(e) => Err(Failure::local(Kind::InvalidUserId, e.to_string())),
+        },
+    }
+}
+
+/// Static part of routing: everything that needs no DNS.
+fn route_static(cfg: &Config, dir: &Directory, rw: &Rewriter, rb: &RouteBy) -> Option<Dest> {
+    let number = match route_number(cfg, rb) {
+        Ok(n) => n,
+        // Wildcard searches cannot be routed by number; where allowed, our core answers them.
+        Err(_) if cfg.policy.search_wildcards_allowed && is_wildcard_search(rb) => {
+            return Some(Dest::Core);
+        }
+        Err(f) => return Some(Dest::Fail(f)),
+    };
+    if let Some(n) = number {
+        if dir.is_subscriber(n) {
+            return Some(Dest::Core);
+        }
+        let digits = n.digits();
+        // Longest matching prefix wins.
+        let best = cfg
+            .routes
+            .iter()
+            .filter(|r| digits.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len());
+        if let Some(r) = best {
+            return Some(Dest::Imps(Remote {
+                domain: r.peer.clone(),
+                urls: Vec::new(),
+                source: Source::Prefix,
+            }));
+        }
+        return None;
+    }
+    let RouteBy::Id(s) = rb else { return None };
+    let id = WvId::parse(s).ok()?;
+    let domain = id.domain.as_deref();
+    if rw.is_own_domain(domain) {
+        return Some(Dest::Core);
+    }
+    let domain = domain?;
+    if cfg.peer(domain).is_some() {
+        return Some(Dest::Imps(Remote {
+            domain: domain.to_owned(),
+            urls: Vec::new(),
+            source: Source::Peering,
+        }));
+    }
+    None
+}
+
+fn is_wildcard_search(rb: &RouteBy) -> bool {
+    matches!(rb, RouteBy::SearchNumber(s) if s.contains(['*', '%', '?', '_']))
+}
+
+/// What to answer when nothing routes.
+fn no_route(what: &str) -> Dest {
+    Dest::Fail(Failure::local(
+        Kind::NoRoute,
+        format!("no route to the network of {what}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssp::status as code;
+
+    #[test]
+    fn last_resort_takes_what_only_sip_or_xmpp_reaches() {
+        let mut d = Decision::new("+4470", Svc::Im);
+        d.protocol = Protocol::Sip;
+        d.domain = Some("sip.example".into());
+        match destination(&d, "opx.example", None, "wv:+4470") {
+            Dest::Fail(f) => assert_eq!(f.code(), code::NOT_SUPPORTED),
+            other => panic!("{other:?}"),
+        }
+        match destination(&d, "opx.example", Some("lr.example"), "wv:+4470") {
+            Dest::LastResort(r) => assert_eq!(r.domain, "lr.example"),
+            other => panic!("{other:?}"),
+        }
+        d.protocol = Protocol::Imps;
+        d.domain = Some("opx.example".into());
+        match destination(&d, "opx.example", None, "wv:+4470") {
+            Dest::Fail(f) => assert_eq!(f.code(), code::UNKNOWN_USER),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The state the request path runs on: the links, the resolver, and what admission and
+//! correlation keep (in-flight slots, per-originator rates, answers routed by token).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::Guard;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::drain::Drain;
+use crate::links::Links;
+use crate::links::peer::KeyedLimiter;
+use crate::ops::metrics::Metrics;
+use crate::resolve::Resolver;
+
+/// A running gateway's shared state.
+pub struct Gateway {
+    /// The far sides: core, peers.
+    pub(crate) links: Arc<Links>,
+    /// Destination resolution (ENUM/SRV), if configured.
+    pub(crate) resolver: Option<Arc<Resolver>>,
+    /// Per-originator rate limiter (inbound).
+    pub(crate) originators: KeyedLimiter,
+    /// Slots for requests in flight.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Predecessors' requests already answered by token: (instance, request ID) -> issued.
+    /// A sender retrying an answer must not give the originator a second one.
+    pub(crate) routed_by_token: Mutex<HashMap<(u32, u64), u32>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("links", &self.links)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// The state over `links`.
+    pub fn new(links: Links, resolver: Option<Arc<Resolver>>) -> Gateway {
+        let cfg = links.cfg.clone();
+        Gateway {
+            originators: crate::links::peer::keyed_limiter(
+                cfg.policy.originator_rate,
+                cfg.policy.originator_burst,
+            ),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
+            routed_by_token: Mutex::default(),
+            links: Arc::new(links),
+            resolver,
+        }
+    }
+
+    /// The configuration.
+    pub fn cfg(&self) -> &Arc<Config> {
+        &self.links.cfg
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.links.metrics
+    }
+
+    /// The shutdown handle.
+    pub fn drain(&self) -> &Drain {
+        &self.links.drain
+    }
+
+    /// The subscriber directory in use.
+    pub fn directory(&self) -> Guard<Arc<Directory>> {
+        self.links.dir.load()
+    }
+
+    /// Requests waiting for an asynchronous answer now.
+    pub fn pending(&self) -> usize {
+        self.links.pending.len()
+    }
+
+    /// Established SSP associations.
+    pub fn associations(&self) -> usize {
+        self.links.assoc.count()
+    }
+
+    /// The resolver, if DNS resolution is configured.
+    pub fn resolver(&self) -> Option<&Arc<Resolver>> {
+        self.resolver.as_ref()
+    }
+
+    /// The links (tests reach the far sides' state through them).
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// Reload the subscriber directory from its file (SIGHUP, `POST /reload`). The old one
+    /// stays in use if the new one does not load.
+    pub fn reload(&self) -> Result<usize, crate::directory::DirectoryError> {
+        let dir = Directory::load(&self.cfg().directory)?;
+        let n = dir.len();
+        self.links.dir.store(Arc::new(dir));
+        self.metrics().directory_entries.set(n as i64);
+        if let Some(r) = &self.resolver {
+            // Cached routes may point where a number no longer is.
+            r.clear();
+        }
+        tracing::info!(entries = n, "directory reloaded");
+        Ok(n)
+    }
+}

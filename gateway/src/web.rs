@@ -1,0 +1,245 @@
+//! HTTP pieces shared by the listeners, the links and the admin endpoints: the SSP media
+//! type, what a handler knows of its connection, building responses (refusals from the one
+//! classification in [`crate::error`]), reading bodies within a limit, and the stream type
+//! that is plain TCP or TLS on either side.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::error::Failure;
+use crate::ssp::{Message, NS_WV_SSP_13, Primitive, Transaction};
+
+/// The SSP media type (profile section 1).
+pub const SSP_CONTENT_TYPE: &str = "application/vnd.wv.ssp+xml";
+
+/// What the handler knows about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// The client certificate chain, when one was presented (already verified by rustls).
+    pub certs: Option<Vec<CertificateDer<'static>>>,
+    /// Which peers that chain was checked against, so the check runs once per connection.
+    pub memo: CertMemo,
+}
+
+/// Per-connection results of checking the client certificate against peers' anchors. A chain
+/// check is a signature verification (about 100 µs); a keep-alive connection carries
+/// thousands of requests with the same certificate, and the peering table does not change
+/// while the process runs, so each result is computed once.
+#[derive(Debug, Default)]
+pub struct CertMemo {
+    /// The configured peer the certificate identifies, if any.
+    pub listed: std::sync::OnceLock<Option<String>>,
+    /// Claimed domains (unlisted peers) and whether the certificate passed for them.
+    claimed: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl CertMemo {
+    /// Whether the certificate passed for `domain`, computing it with `check` the first time.
+    /// At most a few domains are remembered per connection; beyond that `check` runs each
+    /// time (a connection claiming many domains gets no help).
+    pub fn claimed(&self, domain: &str, check: impl FnOnce() -> bool) -> bool {
+        if let Ok(v) = self.claimed.lock()
+            && let Some((_, ok)) = v.iter().find(|(d, _)| d == domain)
+        {
+            return *ok;
+        }
+        let ok = check();
+        if let Ok(mut v) = self.claimed.lock()
+            && v.len() < 8
+        {
+            v.push((domain.to_owned(), ok));
+        }
+        ok
+    }
+}
+
+/// A full HTTP response.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A response with a status and an optional SSP body.
+pub fn respond(status: StatusCode, body: Option<String>) -> HttpResponse {
+    let has_body = body.as_ref().is_some_and(|b| !b.is_empty());
+    let mut r = Response::new(Full::new(body.map(Bytes::from).unwrap_or_default()));
+    *r.status_mut() = status;
+    if has_body {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(SSP_CONTENT_TYPE),
+        );
+    }
+    r
+}
+
+/// Whether a request carries an SSP body (`application/vnd.wv.ssp+xml`, `text/xml`, any
+/// `charset` parameter; profile section 1).
+pub fn is_ssp_content_type(req: &Request<Incoming>) -> bool {
+    let Some(ct) = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let base = ct.split(';').next().unwrap_or("").trim();
+    base.eq_ignore_ascii_case(SSP_CONTENT_TYPE) || base.eq_ignore_ascii_case("text/xml")
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Over the limit (HTTP 413).
+    #[error("body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The connection failed while reading.
+    #[error("reading body: {0}")]
+    Read(String),
+}
+
+/// Read a whole request body, refusing more than `limit` bytes without buffering them.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
+/// The HTTP refusal of a whole POST: the status of its kind, `Retry-After` when it may be
+/// sent again, and, where the sender may read one, an SSP body carrying the status (with an
+/// empty transaction ID: it answers no transaction). A POST refused for load (overload, rate)
+/// carries none, so that no SSP answer is given for what will be sent again.
+pub fn refuse(f: &Failure) -> HttpResponse {
+    use crate::error::Kind;
+    let body = match f.kind {
+        Kind::Method | Kind::MediaType | Kind::Overloaded | Kind::RateLimited => None,
+        _ => Some(status_body(f)),
+    };
+    let mut r = respond(f.kind.http(), body);
+    if let Some(secs) = f.retry_after() {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+/// A body holding one bare Status (for HTTP-level refusals).
+pub fn status_body(f: &Failure) -> String {
+    Message::session(
+        "",
+        vec![Transaction::response("", Primitive::Status(f.status()))],
+    )
+    .emit(NS_WV_SSP_13)
+}
+
+/// A plain or TLS stream (client or server side).
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS, client side.
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS, server side.
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::ClientTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::ServerTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::ClientTls(s) => s.is_write_vectored(),
+            Stream::ServerTls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn cert_memo_checks_each_claimed_domain_once() {
+        let memo = CertMemo::default();
+        let calls = Cell::new(0);
+        let check = |ok: bool| {
+            calls.set(calls.get() + 1);
+            ok
+        };
+        assert!(memo.claimed("opy.example", || check(true)));
+        assert!(memo.claimed("opy.example", || check(false)), "remembered");
+        assert!(!memo.claimed("opz.example", || check(false)));
+        assert!(
+            !memo.claimed("opz.example", || check(true)),
+            "a refusal is remembered too"
+        );
+        assert_eq!(calls.get(), 2);
+        // Beyond eight domains nothing more is remembered (bounded per connection).
+        for i in 0..10 {
+            memo.claimed(&format!("d{i}.example"), || check(true));
+        }
+        let before = calls.get();
+        memo.claimed("d9.example", || check(true));
+        assert_eq!(calls.get(), before + 1);
+    }
+}
