@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::error::Failure;
 use crate::ssp::{Message, NS_WV_SSP_13, Primitive, Transaction};
 
-/// The SSP media type (profile section 1).
+/// The SSP media type (`PROTOCOL.md` §1).
 pub const SSP_CONTENT_TYPE: &str = "application/vnd.wv.ssp+xml";
 
 /// What the handler knows about the connection a request came on.
@@ -83,7 +83,7 @@ pub fn respond(status: StatusCode, body: Option<String>) -> HttpResponse {
 }
 
 /// Whether a request carries an SSP body (`application/vnd.wv.ssp+xml`, `text/xml`, any
-/// `charset` parameter; profile section 1).
+/// `charset` parameter; `PROTOCOL.md` §1).
 pub fn is_ssp_content_type(req: &Request<Incoming>) -> bool {
     let Some(ct) = req
         .headers()

@@ -7,7 +7,7 @@
 //!
 //! - Users are `wv:<local>@<core_domain>`. Every ID outside that domain is remote and goes to
 //!   the gateway as it is: the gateway, not the core, maps core IDs to and from `wv:+MSISDN`.
-//! - Transport (profile section 1): `POST /` with `application/vnd.wv.ssp+xml`. In
+//! - Transport (`PROTOCOL.md` §1): `POST /` with `application/vnd.wv.ssp+xml`. In
 //!   [`CoreMode::Async`] (Baraza style) every POST is answered `200` with an empty body and the
 //!   SSP response follows as a separate POST; in [`CoreMode::Sync`] the SSP response rides in
 //!   the HTTP 200 body. For its own requests the core accepts both answer styles whatever its
@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
@@ -52,7 +52,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
-/// The SSP media type (profile section 1).
+/// The SSP media type (`PROTOCOL.md` §1).
 const SSP_CONTENT_TYPE: &str = "application/vnd.wv.ssp+xml";
 /// How long the core waits for any answer to one of its requests.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -96,7 +96,7 @@ impl CoreSimConfig {
 /// Who may watch or fetch a user's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PresencePolicy {
-    /// Anyone (the seed's "proactively authorized the general public").
+    /// Anyone (use case 5.20's precondition: the user "proactively authorized the general public").
     #[default]
     Public,
     /// Only IDs on the user's contact list.
@@ -598,7 +598,7 @@ impl CoreSim {
         }
     }
 
-    /// Add an ID to a local user's contact list, then subscribe to it (seed 5.20 steps 10-13:
+    /// Add an ID to a local user's contact list, then subscribe to it (use case 5.20 steps 10-13:
     /// the far side learns that this user added its user). Returns the subscription status.
     pub async fn add_contact(
         &self,
@@ -669,6 +669,26 @@ impl CoreSim {
             }
         }
         out
+    }
+
+    /// Message `n` (0 for the first) that local user `local` received, waiting up to
+    /// `within` for it to arrive.
+    pub async fn message(
+        &self,
+        local: &str,
+        n: usize,
+        within: Duration,
+    ) -> Option<ReceivedMessage> {
+        self.wait_until(within, |c| c.received(local).len() > n)
+            .await
+            .then(|| self.received(local).swap_remove(n))
+    }
+
+    /// Delivery report `n` (0 for the first) for local sender `local`, waiting up to `within`.
+    pub async fn report(&self, local: &str, n: usize, within: Duration) -> Option<DeliveryReport> {
+        self.wait_until(within, |c| c.delivery_reports(local).len() > n)
+            .await
+            .then(|| self.delivery_reports(local).swap_remove(n))
     }
 
     /// Wait until `cond` holds, re-checking after every state change; `false` on timeout.
@@ -839,7 +859,7 @@ impl Inner {
         Message::session(&self.cfg.session_id, transactions).emit(NS_WV_SSP_13)
     }
 
-    /// An HTTP error whose body is an SSP Status (profile section 1).
+    /// An HTTP error whose body is an SSP Status (`PROTOCOL.md` §1).
     fn ssp_error(
         &self,
         http: StatusCode,
@@ -1237,7 +1257,7 @@ impl Inner {
         }
     }
 
-    /// Record the authorization request on every known presentity (seed 5.20 step 14: the
+    /// Record the authorization request on every known presentity (use case 5.20 step 14: the
     /// presentity learns who added them), add the watcher where policy allows and produce the
     /// initial notification for each granted subscription.
     fn subscribe_local(
@@ -1639,37 +1659,9 @@ fn ssp_response(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// Now as extended ISO 8601 UTC (profile section 2: emit extended UTC).
+/// Now as extended ISO 8601 UTC (`PROTOCOL.md` §2: emit extended UTC).
 fn iso8601_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    iso8601(secs)
-}
-
-fn iso8601(secs: u64) -> String {
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    crate::dates::iso8601(crate::dates::now_secs())
 }
 
 #[cfg(test)]
@@ -1699,7 +1691,7 @@ mod tests {
         let b = y.core_id("userb");
         assert_eq!(a, "wv:usera@core.opx.example");
 
-        // IM with a delivery report (seed 5.22).
+        // IM with a delivery report (use case 5.22).
         let (mid, st) = x
             .send_message("usera", &[&b], "hello B", true)
             .await
@@ -1738,7 +1730,7 @@ mod tests {
             .unwrap();
         assert_eq!(st.code, 531);
 
-        // Search by MSISDN (seed 5.20 steps 3-8), number written loosely.
+        // Search by MSISDN (use case 5.20 steps 3-8), number written loosely.
         let (st, hits) = x.search_msisdn("usera", "+49 151 1234 5678").await.unwrap();
         assert_eq!(st.code, 200);
         assert_eq!(hits, vec![(b.clone(), Some("User B".to_owned()))]);
@@ -1784,7 +1776,7 @@ mod tests {
         assert_eq!(x.subscribe("usera", &b).await.unwrap().code, 403);
         let (st, vals) = x.get_presence("usera", &b).await.unwrap();
         assert_eq!((st.code, vals.len()), (403, 0));
-        // B adds A back (seed 5.20 step 15): now A is allowed.
+        // B adds A back (use case 5.20 step 15): now A is allowed.
         assert_eq!(y.add_contact("userb", &a, None).await.unwrap().code, 200);
         assert_eq!(x.auth_requests("usera"), vec![b.clone()]);
         assert_eq!(x.subscribe("usera", &b).await.unwrap().code, 200);
@@ -1946,10 +1938,7 @@ mod tests {
     }
 
     #[test]
-    fn dates_and_tids() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(19_723 * 86_400 + 3_661), "2024-01-01T01:01:01Z");
-        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
+    fn tids() {
         assert_eq!(
             guess_tid(r#"<Transaction transactionID="abc-1" mode"#).as_deref(),
             Some("abc-1")

@@ -9,6 +9,7 @@
 
 pub mod baraza_peer;
 pub mod core_sim;
+pub mod dates;
 pub mod dnslab;
 pub mod federation;
 pub mod ladder;

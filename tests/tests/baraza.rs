@@ -69,11 +69,10 @@ async fn baraza_initiates_association_then_messages_flow_both_ways() {
         .unwrap();
     assert_eq!(code(&answer), 200, "{answer:?}");
     let cx = &fed.ops[0].core;
-    assert!(
-        cx.wait_until(WAIT, |c| !c.received("usera").is_empty())
-            .await
-    );
-    let got = &cx.received("usera")[0];
+    let got = cx
+        .message("usera", 0, WAIT)
+        .await
+        .expect("no message 0 for usera");
     assert_eq!(got.text, "hello from baraza");
     assert_eq!(
         got.from,
@@ -121,8 +120,8 @@ async fn gateway_initiates_association_then_messages_flow_both_ways() {
         .unwrap();
     assert_eq!(code(&answer), 200, "{answer:?}");
     assert!(
-        cx.wait_until(WAIT, |c| !c.received("usera").is_empty())
-            .await
+        cx.message("usera", 0, WAIT).await.is_some(),
+        "no message 0 for usera"
     );
 
     // Baraza's error form for an unknown user (900 holding 427) reaches the core faithfully.
@@ -220,8 +219,8 @@ peer = "opy.example"
     assert_eq!(code(&answer), 200, "{answer:?}");
     let cy = &fed.ops[0].core;
     assert!(
-        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
-            .await
+        cy.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     assert_eq!(cy.received("userb")[0].from, format!("wv:{A}"));
 

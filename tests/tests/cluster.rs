@@ -222,8 +222,8 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
             .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(
-        s.cy.wait_until(WAIT, |c| c.received("userb").len() == 1)
-            .await
+        s.cy.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     eventually("replica 1 handed the answer over", || {
         handoffs(&s.x1, "taken") >= 1
@@ -238,8 +238,8 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
     // The other way: Y's delivery report enters through replica 1 and goes to X's core; the
     // core answers through replica 0, which hands the answer to replica 1, which answers Y.
     assert!(
-        s.cx.wait_until(WAIT, |c| c.delivery_reports("usera").len() == 1)
-            .await
+        s.cx.report("usera", 0, WAIT).await.is_some(),
+        "no report 0 for usera"
     );
     eventually("replica 0 handed the core's answer over", || {
         handoffs(x0, "taken") >= 1

@@ -42,14 +42,14 @@ async fn relay_routes_by_enum_and_srv_from_nsd() {
         .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(
-        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
-            .await
+        cy.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     assert_eq!(cy.received("userb")[0].from, format!("wv:{A}"));
     // The delivery report finds its way back by ENUM too (Y has no route to X either).
     assert!(
-        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
-            .await
+        cx.report("usera", 0, WAIT).await.is_some(),
+        "no report 0 for usera"
     );
     // Presence goes by E2U+pres.
     assert_eq!(
@@ -127,10 +127,8 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
     let (status, _) = client.post(&url, send(A), &[], WAIT).await.unwrap();
     assert_eq!(status.as_u16(), 200);
     assert!(
-        fed.ops[1]
-            .core
-            .wait_until(WAIT, |c| c.received("userb").len() == 1)
-            .await
+        fed.ops[1].core.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     assert_eq!(spoofs(), 1);
 

@@ -41,17 +41,15 @@ async fn message_both_ways(fed: &Federation) {
         .await
         .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
-    assert!(
-        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
-            .await
-    );
-    let got = &cy.received("userb")[0];
+    let got = cy
+        .message("userb", 0, WAIT)
+        .await
+        .expect("no message 0 for userb");
     assert_eq!(got.text, "hi B");
     assert_eq!(got.from, id(A), "the sender arrives as wv:+MSISDN");
     // The delivery report travels back from Y's core to A.
     assert!(
-        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
-            .await,
+        cx.report("usera", 0, WAIT).await.is_some(),
         "no delivery report at X"
     );
     assert_eq!(cx.delivery_reports("usera")[0].code, 200);
@@ -62,13 +60,12 @@ async fn message_both_ways(fed: &Federation) {
         .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(
-        cx.wait_until(WAIT, |c| !c.received("usera").is_empty())
-            .await
+        cx.message("usera", 0, WAIT).await.is_some(),
+        "no message 0 for usera"
     );
     assert_eq!(cx.received("usera")[0].from, id(B));
     assert!(
-        cy.wait_until(WAIT, |c| !c.delivery_reports("userb").is_empty())
-            .await,
+        cy.report("userb", 0, WAIT).await.is_some(),
         "no delivery report at Y"
     );
     fed.assert_topology_hidden();
@@ -149,10 +146,8 @@ async fn multi_recipient_with_unknown_user_is_201_with_531() {
     assert_eq!(st.details[0].code, 531);
     assert_eq!(st.details[0].ids[0].id, id(unknown));
     assert!(
-        fed.ops[1]
-            .core
-            .wait_until(WAIT, |c| c.received("userb").len() == 1)
-            .await
+        fed.ops[1].core.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     fed.assert_topology_hidden();
     fed.shutdown().await;
@@ -344,10 +339,8 @@ async fn peer_over_its_rate_gets_503_at_once() {
         1
     );
     assert!(
-        fed.ops[1]
-            .core
-            .wait_until(WAIT, |c| c.received("userb").len() == 2)
-            .await
+        fed.ops[1].core.message("userb", 1, WAIT).await.is_some(),
+        "no message 1 for userb"
     );
     fed.shutdown().await;
 }
@@ -585,10 +578,8 @@ async fn failover_to_the_next_url_when_the_first_is_down() {
         .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(
-        fed.ops[1]
-            .core
-            .wait_until(WAIT, |c| !c.received("userb").is_empty())
-            .await
+        fed.ops[1].core.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     // The first URL was tried and failed to connect.
     let m = &fed.ops[0].gateway.as_ref().unwrap().gateway.metrics();
@@ -770,10 +761,8 @@ async fn core_listener_with_tls_and_client_certificates() {
         .unwrap();
     assert_eq!(status.as_u16(), 200);
     assert!(
-        fed.ops[1]
-            .core
-            .wait_until(WAIT, |c| !c.received("userb").is_empty())
-            .await
+        fed.ops[1].core.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     fed.shutdown().await;
 }

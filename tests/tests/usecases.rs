@@ -1,6 +1,6 @@
-//! The seed's use cases across operators (5.20 add a contact by MSISDN, 5.21 presence, 5.22
+//! The use cases across operators (`gateway/PROTOCOL.md`) (5.20 add a contact by MSISDN, 5.21 presence, 5.22
 //! IM) and number portability, end to end: core simulators, gateways from real config files,
-//! and ENUM/SRV from a real NSD. Each numbered step of the seed's normal flow is asserted
+//! and ENUM/SRV from a real NSD. Each numbered step of a use case's normal flow is asserted
 //! where it can be seen: in the cores' wire logs, on the wire between the gateways, or in the
 //! gateways' DNS counters.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -432,22 +432,20 @@ async fn uc_5_22_instant_messages_both_ways_with_delivery_reports() {
         )
         .is_empty()
     );
-    assert!(
-        cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
-            .await
-    );
-    let got = &cy.received("userb")[0];
+    let got = cy
+        .message("userb", 0, WAIT)
+        .await
+        .expect("no message 0 for userb");
     assert_eq!(
         (got.from.as_str(), got.text.as_str()),
         (wv(A).as_str(), "Hello B")
     );
 
     // The delivery report comes back to A's core (Y found X by ENUM too).
-    assert!(
-        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
-            .await
-    );
-    let report = &cx.delivery_reports("usera")[0];
+    let report = cx
+        .report("usera", 0, WAIT)
+        .await
+        .expect("no report 0 for usera");
     assert_eq!(
         (report.code, report.recipient.as_str()),
         (200, wv(B).as_str())
@@ -460,18 +458,17 @@ async fn uc_5_22_instant_messages_both_ways_with_delivery_reports() {
         .await
         .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
-    assert!(
-        cx.wait_until(WAIT, |c| !c.received("usera").is_empty())
-            .await
-    );
-    let back = &cx.received("usera")[0];
+    let back = cx
+        .message("usera", 0, WAIT)
+        .await
+        .expect("no message 0 for usera");
     assert_eq!(
         (back.from.as_str(), back.text.as_str()),
         (wv(B).as_str(), "Hello A")
     );
     assert!(
-        cy.wait_until(WAIT, |c| !c.delivery_reports("userb").is_empty())
-            .await
+        cy.report("userb", 0, WAIT).await.is_some(),
+        "no report 0 for userb"
     );
     assert_eq!(cy.delivery_reports("userb")[0].message_id, mid_b);
     assert_eq!(cy.delivery_reports("userb")[0].code, 200);
@@ -507,8 +504,8 @@ async fn mnp_ported_number_stays_reachable() {
         .unwrap();
     assert_eq!(st.code, 200);
     assert!(
-        cy.wait_until(WAIT, |c| c.received("userb").len() == 1)
-            .await
+        cy.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     // The subscription's first notification from Y is sent after its answer: let it arrive
     // before B leaves Y's directory (after that, Y's core can only name its user by its
@@ -557,8 +554,8 @@ async fn mnp_ported_number_stays_reachable() {
         .unwrap();
     assert_eq!(st.code, 200, "{st:?}");
     assert!(
-        cz.wait_until(WAIT, |c| c.received("userb").len() == 1)
-            .await
+        cz.message("userb", 0, WAIT).await.is_some(),
+        "no message 0 for userb"
     );
     assert_eq!(cz.received("userb")[0].from, wv(A));
     assert_eq!(cz.received("userb")[0].text, "at Z");

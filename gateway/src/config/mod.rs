@@ -5,7 +5,9 @@
 //! resolves paths relative to the file. Every error names the file, the line and the key.
 
 pub mod locate;
+mod raw;
 mod schema;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,7 +111,7 @@ impl Config {
 
     /// Parse and validate config text; `path` names it in errors and anchors relative paths.
     pub fn from_str(path: &Path, src: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+        let raw: raw::RawConfig = toml::from_str(src).map_err(|e| {
             let line = e.span().map(|s| locate::line_at(src, s.start));
             ConfigError {
                 file: path.to_owned(),
@@ -120,17 +122,10 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         let mut check = Check::new(path, src);
-        let cfg = schema::validate(raw, &base, &mut check).map(|mut c| {
-            c.path = path.to_owned();
-            c
-        });
+        let mut cfg = validate::validate(raw, &base, &mut check);
+        cfg.path = path.to_owned();
         check.finish()?;
-        cfg.ok_or_else(|| ConfigError {
-            file: path.to_owned(),
-            line: None,
-            key: None,
-            message: "invalid configuration".into(),
-        })
+        Ok(cfg)
     }
 
     /// Where the file was loaded from (relative paths in it are resolved against its folder).

@@ -1,4 +1,4 @@
-//! Structures shared by many SSP primitives (profile section 4): entities (`User`, `UserID`,
+//! Structures shared by many SSP primitives (`PROTOCOL.md` §4): entities (`User`, `UserID`,
 //! `VerUserID`, `GroupID`, `ScreenName`), `MetaInfo`, `Status`, `MessageInfo`, `ContentData`.
 //!
 //! Every typed structure keeps what it does not understand in an [`Ext`]: unknown attributes
@@ -490,7 +490,7 @@ impl DetailedResult {
     }
 }
 
-/// `<DateTime format="iso8601">…</DateTime>`: passed through as written (profile section 2).
+/// `<DateTime format="iso8601">…</DateTime>`: passed through as written (`PROTOCOL.md` §2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DateTime {
     /// `format` attribute.

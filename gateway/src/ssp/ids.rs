@@ -1,6 +1,6 @@
 //! Wireless Village user IDs (`wv:` URIs) and E.164 numbers.
 //!
-//! Input is liberal (profile section 6): the `wv:` scheme is optional and case-insensitive,
+//! Input is liberal (`PROTOCOL.md` §6): the `wv:` scheme is optional and case-insensitive,
 //! `%XX` escapes are decoded, user, resource and domain compare case-insensitively, and a
 //! `+` is allowed only as the first user character followed by digits only (the rule shared
 //! by AOSP's `ImpsAddress` and the MTK client). Output is canonical: `wv:` prefix, lowercase,

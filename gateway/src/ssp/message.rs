@@ -1,4 +1,4 @@
-//! The SSP envelope (profile section 2): `WV-SSP-Message` holding either a `SetupTransaction`
+//! The SSP envelope (`PROTOCOL.md` §2): `WV-SSP-Message` holding either a `SetupTransaction`
 //! (association) or a `Session` of `Transaction`s, each with exactly one primitive.
 //!
 //! [`Codec::parse`] is liberal in what it accepts and reports every refusal as a [`ParseError`]
@@ -13,7 +13,7 @@ use super::xml::{self, Element, Limits, XmlError, XmlWriter};
 /// `http://www.openmobilealliance.org/DTD/WV-SSP1.3`: Baraza's, and our default output.
 pub const NS_WV_SSP_13: &str = "http://www.openmobilealliance.org/DTD/WV-SSP1.3";
 
-/// The namespaces accepted on input without configuration (profile section 2).
+/// The namespaces accepted on input without configuration (`PROTOCOL.md` §2).
 pub const ACCEPTED_NAMESPACES: &[&str] = &[
     NS_WV_SSP_13,
     "http://www.openmobilealliance.org/DTD/IMPS-SSP1.3",

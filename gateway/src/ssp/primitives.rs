@@ -1,4 +1,4 @@
-//! The typed SSP primitives of the profile's section 5 table, the association primitives of
+//! The typed SSP primitives of the table of `PROTOCOL.md` §5, the association primitives of
 //! section 3, and the search primitives of section 5's MSISDN search.
 //!
 //! Anything else (other group primitives, vendor primitives) is carried as
@@ -101,7 +101,7 @@ pub struct SearchPair {
     pub ext: Ext,
 }
 
-/// `SearchRequest` (the profile's SSP form of CSP `Search-Request`).
+/// `SearchRequest` (`PROTOCOL.md` §5, the SSP form of the client protocol's `Search-Request`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SearchRequest {
     /// `searchLimit`.

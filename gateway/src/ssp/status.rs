@@ -1,4 +1,4 @@
-//! SSP status codes the gateway produces or interprets (profile sections 4 and 7).
+//! SSP status codes the gateway produces or interprets (`PROTOCOL.md` §4 and §7).
 
 /// Success.
 pub const OK: u16 = 200;

@@ -1,4 +1,4 @@
-//! Where user IDs sit in each primitive (profile section 5): the route-by IDs the router needs,
+//! Where user IDs sit in each primitive (`PROTOCOL.md` §5): the route-by IDs the router needs,
 //! the originator IDs anti-spoofing checks, and a visitor over *every* ID for rewriting.
 //!
 //! The visitor covers typed fields and, generically, every `userID`/`groupID`/`serviceID`

@@ -1,6 +1,6 @@
 //! The demo: a federation of three operators on loopback (core simulators, gateways from real
 //! config files, dev certificates made on the fly, an in-process DNS with ENUM and SRV), playing
-//! the seed's use cases 5.20, 5.21, 5.22 and a number port, with a trace of every SSP hop and
+//! the use cases 5.20, 5.21, 5.22 (`gateway/PROTOCOL.md`) and a number port, with a trace of every SSP hop and
 //! of the DNS records that decided each route. Exits 0 when every step did what it should.
 //!
 //! `cargo run -p ssp-testbed --bin demo [-- --keep-running]`
@@ -27,7 +27,7 @@ const USAGE: &str = "usage: demo [--keep-running]
 
 Starts three simulated operators (X, Y, Z) on loopback, each an IMPS core simulator behind an
 ssp-gateway, with an in-process DNS serving ENUM (e164.arpa) and SRV (example), and plays the
-seed's use cases and a number port. --keep-running leaves everything up afterwards and prints
+use cases of gateway/PROTOCOL.md and a number port. --keep-running leaves everything up afterwards and prints
 how to poke at it; stop it with Ctrl-C.";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -406,13 +406,11 @@ impl Demo {
         let (_, st) = cx.send_message("usera", &[&wv(B)], "Hi Bob!", true).await?;
         ensure!(st.code == 200, "send answered {}", st.code);
         ensure!(
-            cy.wait_until(WAIT, |c| !c.received("userb").is_empty())
-                .await,
+            cy.message("userb", 0, WAIT).await.is_some(),
             "Bob got nothing"
         );
         ensure!(
-            cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
-                .await,
+            cx.report("usera", 0, WAIT).await.is_some(),
             "no delivery report for Alice"
         );
         self.show_wire().await;
@@ -425,13 +423,11 @@ impl Demo {
             .await?;
         ensure!(st.code == 200, "reply answered {}", st.code);
         ensure!(
-            cx.wait_until(WAIT, |c| !c.received("usera").is_empty())
-                .await,
+            cx.message("usera", 0, WAIT).await.is_some(),
             "Alice got nothing"
         );
         ensure!(
-            cy.wait_until(WAIT, |c| !c.delivery_reports("userb").is_empty())
-                .await,
+            cy.report("userb", 0, WAIT).await.is_some(),
             "no delivery report for Bob"
         );
         self.show_wire().await;
@@ -483,13 +479,11 @@ impl Demo {
             .await?;
         ensure!(st.code == 200, "send answered {}", st.code);
         ensure!(
-            cz.wait_until(WAIT, |c| !c.received("userb").is_empty())
-                .await,
+            cz.message("userb", 0, WAIT).await.is_some(),
             "Bob at Z got nothing"
         );
         ensure!(
-            cx.wait_until(WAIT, |c| c.delivery_reports("usera").len() == 2)
-                .await,
+            cx.report("usera", 1, WAIT).await.is_some(),
             "no delivery report from Z"
         );
         self.show_wire().await;

@@ -124,32 +124,21 @@ pub fn write_gateway(
         ),
     )?;
     let config = dir.join(format!("{domain}.toml"));
-    let text = format!(
-        r#"# Written by the load ladder for {domain}.
-[gateway]
-public_domain = "{domain}"
-core_domains = ["{core_domain}"]
-country_code = "{country_code}"
-hmac_key_file = "{key}"
-
-[directory]
-file = "{directory}"
-
-[listen]
-peer = "127.0.0.1:{peer_port}"
-core = "127.0.0.1:{core_port}"
-
-[tls]
-cert = "{certs}/{domain}/cert.pem"
-key = "{certs}/{domain}/key.pem"
-trust = ["{certs}/ca.pem"]
-
-[core]
-url = "http://{origin}/"
-mode = "sync"
-auth = "allowlist"
-allow = ["127.0.0.1/32"]
-
+    let mut text = crate::federation::BaseToml {
+        domain,
+        core_domain: &core_domain,
+        country_code,
+        key_file: &key.display().to_string(),
+        directory: &directory.display().to_string(),
+        peer_port: ports.peer,
+        core_port: ports.core,
+        certs,
+        core_url: &format!("http://{origin}/"),
+        core_mode: "sync",
+    }
+    .render("the load ladder");
+    text.push_str(&format!(
+        r#"
 [policy]
 originator_rate = 10000000
 originator_burst = 10000000
@@ -165,13 +154,8 @@ domain = "{peer}"
 mode = "sync"
 rate = 10000000
 burst = 10000000
-"#,
-        key = key.display(),
-        directory = directory.display(),
-        certs = certs.display(),
-        peer_port = ports.peer,
-        core_port = ports.core,
-    );
+"#
+    ));
     std::fs::write(&config, text)?;
     Ok(GatewayFiles { config })
 }
