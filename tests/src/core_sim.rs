@@ -904,7 +904,11 @@ impl Inner {
                 } else {
                     StatusCode::BAD_REQUEST
                 };
-                return self.ssp_error(http, guess_tid(&text), e.status());
+                return self.ssp_error(
+                    http,
+                    guess_tid(&text),
+                    ssp_gateway::error::Failure::from(&e).status(),
+                );
             }
         };
         let session = match msg.body {

@@ -9,7 +9,7 @@ use crate::ops::admin::Admin;
 use crate::pipeline::{Gateway, answer};
 
 /// The gateway, for the admin listener.
-pub struct Ops(pub Arc<Gateway>);
+pub(super) struct Ops(pub Arc<Gateway>);
 
 impl Admin for Ops {
     fn metrics_text(&self) -> String {

@@ -4,7 +4,7 @@
 //! Three listeners: the peer-facing TLS listener and the core-facing one hand every POST to
 //! [`pipeline::handle`]; the admin listener serves [`crate::ops::admin`].
 
-pub mod admin;
+mod admin;
 pub mod listen;
 
 use std::net::SocketAddr;
@@ -227,70 +227,80 @@ async fn listener(
     }
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy)]
+enum Serves {
+    /// SSP: the request path.
+    Pipeline(Listener),
+    /// The admin endpoints.
+    Admin,
+}
+
+/// The accept loop of one listener: its TLS, its handler, its bounds.
+fn serve(
+    gw: &Arc<Gateway>,
+    serves: Serves,
+    l: TcpListener,
+) -> Result<impl std::future::Future<Output = ()> + use<>, StartError> {
+    let cfg = gw.cfg();
+    let g = gw.clone();
+    let mut limits = listen::Limits {
+        max_connections: cfg.limits.max_connections,
+        drain: cfg.timeouts.drain,
+    };
+    let (tls, handler, label): (_, listen::Handler, _) = match serves {
+        Serves::Pipeline(which) => {
+            let (tls, label) = match which {
+                Listener::Peer => (Some(peer_tls(gw)?), "peer"),
+                Listener::Core => (core_tls(gw)?, "core"),
+            };
+            let handler: listen::Handler = Arc::new(move |req, info| {
+                let g = g.clone();
+                Box::pin(async move { pipeline::handle(&g, which, req, info).await })
+            });
+            (tls, handler, label)
+        }
+        Serves::Admin => {
+            limits.max_connections = 64;
+            let handler: listen::Handler = Arc::new(move |req, _info| {
+                let g = g.clone();
+                Box::pin(async move { crate::ops::admin::handle(&admin::Ops(g), req).await })
+            });
+            (None, handler, "admin")
+        }
+    };
+    let m = gw.metrics().clone();
+    let on_tls = Arc::new(move |_: &str| m.tls_failures.with_label_values(&[label]).inc());
+    Ok(listen::serve(
+        l,
+        tls,
+        handler,
+        gw.drain().clone(),
+        limits,
+        on_tls,
+    ))
+}
+
 /// Bind the listeners named in the config and start serving.
 pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, StartError> {
     let gw = Arc::new(gateway(cfg, &opts)?);
     let cfg = gw.cfg().clone();
     let drain = gw.drain().clone();
     let mut tasks = Vec::new();
-    let limits = listen::Limits {
-        max_connections: cfg.limits.max_connections,
-        drain: cfg.timeouts.drain,
-    };
-
-    let mut addrs = [None, None, None];
     let pre = std::mem::take(&mut opts.listeners);
-    for (i, (pre, addr)) in [
-        (pre.peer, cfg.listen.peer),
-        (pre.core, cfg.listen.core),
-        (pre.admin, cfg.listen.admin),
+    let mut addrs = [None; 3];
+    for (slot, (serves, pre, addr)) in [
+        (Serves::Pipeline(Listener::Peer), pre.peer, cfg.listen.peer),
+        (Serves::Pipeline(Listener::Core), pre.core, cfg.listen.core),
+        (Serves::Admin, pre.admin, cfg.listen.admin),
     ]
     .into_iter()
     .enumerate()
     {
-        let Some(l) = listener(pre, addr).await? else {
-            continue;
-        };
-        addrs[i] = l.local_addr().ok();
-        let serve = match i {
-            0 | 1 => {
-                let (which, label, tls) = if i == 0 {
-                    (Listener::Peer, "peer", Some(peer_tls(&gw)?))
-                } else {
-                    (Listener::Core, "core", core_tls(&gw)?)
-                };
-                let g = gw.clone();
-                let handler: listen::Handler = Arc::new(move |req, info| {
-                    let g = g.clone();
-                    Box::pin(async move { pipeline::handle(&g, which, req, info).await })
-                });
-                let m = gw.metrics().clone();
-                let on_tls = Arc::new(move |_: &str| {
-                    m.tls_failures.with_label_values(&[label]).inc();
-                });
-                listen::serve(l, tls, handler, drain.clone(), limits, on_tls)
-            }
-            _ => {
-                let g = gw.clone();
-                let handler: listen::Handler = Arc::new(move |req, _info| {
-                    let g = g.clone();
-                    Box::pin(async move { crate::ops::admin::handle(&admin::Ops(g), req).await })
-                });
-                let admin_limits = listen::Limits {
-                    max_connections: 64,
-                    ..limits
-                };
-                listen::serve(
-                    l,
-                    None,
-                    handler,
-                    drain.clone(),
-                    admin_limits,
-                    Arc::new(|_| {}),
-                )
-            }
-        };
-        tasks.push(tokio::spawn(serve));
+        if let Some(l) = listener(pre, addr).await? {
+            addrs[slot] = l.local_addr().ok();
+            tasks.push(tokio::spawn(serve(&gw, serves, l)?));
+        }
     }
 
     if gw.links.siblings.is_some() {

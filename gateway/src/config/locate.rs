@@ -7,7 +7,7 @@ use toml::de::{DeTable, DeValue};
 
 /// One step of a key path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// `key`
     Key(String),
     /// `[n]`
@@ -15,7 +15,7 @@ pub enum Step {
 }
 
 /// Render a path like `peer[1].urls[0]`.
-pub fn render(path: &[Step]) -> String {
+pub(super) fn render(path: &[Step]) -> String {
     let mut s = String::new();
     for step in path {
         match step {
@@ -32,7 +32,7 @@ pub fn render(path: &[Step]) -> String {
 }
 
 /// The 1-based line of the value at `path`, or of the deepest existing parent.
-pub fn line_of(src: &str, path: &[Step]) -> Option<usize> {
+pub(super) fn line_of(src: &str, path: &[Step]) -> Option<usize> {
     let table = DeTable::parse(src).ok()?;
     let mut span = table.span();
     let mut cur: Option<&DeValue<'_>> = None;
@@ -76,7 +76,7 @@ pub fn line_of(src: &str, path: &[Step]) -> Option<usize> {
 
 /// The key path at a byte offset (a key, or inside its value), e.g. `resolver.cache_entries`:
 /// names the key of a TOML type error, whose span covers only the bad value.
-pub fn path_at(src: &str, offset: usize) -> Option<String> {
+pub(super) fn path_at(src: &str, offset: usize) -> Option<String> {
     let table = DeTable::parse(src).ok()?;
     let mut path = Vec::new();
     in_table(table.get_ref(), offset, &mut path).then(|| render(&path))
@@ -111,7 +111,7 @@ fn in_value(v: &toml::Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Step>)
 }
 
 /// 1-based line number of a byte offset.
-pub fn line_at(src: &str, offset: usize) -> usize {
+pub(super) fn line_at(src: &str, offset: usize) -> usize {
     src.as_bytes()[..offset.min(src.len())]
         .iter()
         .filter(|&&b| b == b'\n')

@@ -4,7 +4,7 @@
 //! never silently disables a setting), then [`validate`](Config::load) checks values and
 //! resolves paths relative to the file. Every error names the file, the line and the key.
 
-pub mod locate;
+mod locate;
 mod raw;
 mod schema;
 mod validate;

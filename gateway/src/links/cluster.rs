@@ -32,7 +32,7 @@ use crate::token::Token;
 use crate::ops::admin::MAC_HEADER;
 
 /// How often a replica checks its siblings.
-pub const CHECK_EVERY: Duration = Duration::from_secs(15);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(15);
 
 /// A cluster misconfiguration found by asking a sibling who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

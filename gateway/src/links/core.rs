@@ -18,7 +18,7 @@ use crate::tls::{self, TlsError};
 use crate::token::Leg;
 
 /// The link to the core.
-pub struct CoreLink {
+pub(crate) struct CoreLink {
     /// Where to POST.
     pub urls: Vec<Uri>,
     /// The client.
@@ -39,7 +39,10 @@ impl std::fmt::Debug for CoreLink {
 
 impl CoreLink {
     /// The link of `[core]`, if configured.
-    pub fn new(cfg: &Config, identity: Option<&Identity>) -> Result<Option<CoreLink>, TlsError> {
+    pub(crate) fn new(
+        cfg: &Config,
+        identity: Option<&Identity>,
+    ) -> Result<Option<CoreLink>, TlsError> {
         let Some(c) = &cfg.core else { return Ok(None) };
         let trust = if !c.pins.is_empty() {
             Some(tls::ServerTrust::Pins(c.pins.clone()))
@@ -78,7 +81,7 @@ impl CoreLink {
     }
 
     /// Where to send.
-    pub fn target(&self) -> Target<'_> {
+    pub(crate) fn target(&self) -> Target<'_> {
         Target {
             label: "core",
             side: Side::Core,

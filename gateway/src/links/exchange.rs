@@ -33,14 +33,14 @@ pub struct Target<'a> {
 /// The waits between attempts of something retried until a deadline: 100 ms, doubling, at
 /// most `cap`.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     cap: Duration,
 }
 
 impl Backoff {
     /// Starting at 100 ms, at most `cap` apart.
-    pub fn new(cap: Duration) -> Backoff {
+    pub(crate) fn new(cap: Duration) -> Backoff {
         Backoff {
             next: Duration::from_millis(100),
             cap,
@@ -48,7 +48,7 @@ impl Backoff {
     }
 
     /// Sleep before the next attempt, if it can still start before `deadline`; false if not.
-    pub async fn wait(&mut self, deadline: Instant) -> bool {
+    pub(crate) async fn wait(&mut self, deadline: Instant) -> bool {
         let now = Instant::now();
         if now + self.next >= deadline {
             return false;

@@ -8,13 +8,16 @@
 //! - [`Links::answer_body`] / [`Links::deliver_answers`]: answers back to whoever asked
 //!   (in the HTTP response for synchronous senders, as a POST for asynchronous ones).
 
-pub mod assoc;
-pub mod cluster;
-pub mod core;
-pub mod exchange;
+pub(crate) mod assoc;
+pub(crate) mod cluster;
+pub(crate) mod core;
+pub(crate) mod exchange;
 pub mod http;
-pub mod peer;
-pub mod pending;
+pub(crate) mod peer;
+mod pending;
+
+pub use cluster::Conflict;
+pub use peer::PeerRt;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use crate::token::{Leg, TokenKeys};
 use assoc::Associations;
 use core::CoreLink;
 use http::SspClient;
-use peer::{PeerRt, PeerTable};
+use peer::PeerTable;
 use pending::Pending;
 
 /// Direction of a body seen by the wire tap.

@@ -49,7 +49,7 @@ impl std::fmt::Debug for PeerRt {
 
 /// Our TLS identity, loaded once.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Certificate chain.
     pub chain: Vec<CertificateDer<'static>>,
     /// Key.
@@ -58,7 +58,7 @@ pub struct Identity {
 
 impl Identity {
     /// `[tls] cert` and `key`, when both are configured.
-    pub fn load(cfg: &Config) -> Result<Option<Identity>, TlsError> {
+    pub(crate) fn load(cfg: &Config) -> Result<Option<Identity>, TlsError> {
         match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(c), Some(k)) => {
                 let (chain, key) = tls::load_identity(c, k)?;
@@ -93,7 +93,7 @@ impl PeerRt {
 }
 
 /// Builds and caches [`PeerRt`]s.
-pub struct PeerTable {
+pub(crate) struct PeerTable {
     cfg: Arc<Config>,
     identity: Option<Identity>,
     default_roots: Option<Arc<rustls::RootCertStore>>,
@@ -118,7 +118,7 @@ fn quota(rate: u32, burst: u32) -> Quota {
 
 impl PeerTable {
     /// Build every configured peer now, so TLS mistakes surface at start-up.
-    pub fn new(cfg: Arc<Config>, identity: Option<Identity>) -> Result<PeerTable, TlsError> {
+    pub(crate) fn new(cfg: Arc<Config>, identity: Option<Identity>) -> Result<PeerTable, TlsError> {
         let default_roots = if cfg.tls.trust.is_empty() {
             None
         } else {
@@ -141,7 +141,7 @@ impl PeerTable {
     }
 
     /// The peer for `domain`: configured, or a default profile for a peer found through DNS.
-    pub fn get(&self, domain: &str) -> Option<Arc<PeerRt>> {
+    pub(crate) fn get(&self, domain: &str) -> Option<Arc<PeerRt>> {
         let domain = domain.to_ascii_lowercase();
         if let Some(p) = self.peers.lock().ok()?.get(&domain) {
             return Some(p.clone());
@@ -185,13 +185,13 @@ impl PeerTable {
     }
 
     /// A configured peer only.
-    pub fn configured(&self, domain: &str) -> Option<Arc<PeerRt>> {
+    pub(crate) fn configured(&self, domain: &str) -> Option<Arc<PeerRt>> {
         self.cfg.peer(domain)?;
         self.get(domain)
     }
 
     /// All configured peers.
-    pub fn all(&self) -> Vec<Arc<PeerRt>> {
+    pub(crate) fn all(&self) -> Vec<Arc<PeerRt>> {
         self.peers
             .lock()
             .map(|m| {
@@ -204,7 +204,7 @@ impl PeerTable {
     }
 
     /// The union of every trust anchor a peer certificate may chain to (for the listener).
-    pub fn listener_roots(&self) -> Result<rustls::RootCertStore, TlsError> {
+    pub(crate) fn listener_roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(d) = &self.default_roots {
             roots.extend(d.roots.iter().cloned());
@@ -272,10 +272,10 @@ impl PeerTable {
 }
 
 /// A keyed limiter (per originator ID).
-pub type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
+pub(crate) type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 /// A keyed limiter with `rate`/`burst`.
-pub fn keyed_limiter(rate: u32, burst: u32) -> KeyedLimiter {
+pub(crate) fn keyed_limiter(rate: u32, burst: u32) -> KeyedLimiter {
     RateLimiter::keyed(quota(rate, burst))
 }
 

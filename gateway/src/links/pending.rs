@@ -14,7 +14,7 @@ use crate::ssp::Transaction;
 
 /// The table.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     map: Mutex<HashMap<u64, oneshot::Sender<Transaction>>>,
     next: AtomicU64,
 }
@@ -27,7 +27,7 @@ impl Default for Pending {
 
 impl Pending {
     /// An empty table. IDs start at a random point so replicas rarely share them.
-    pub fn new() -> Pending {
+    pub(crate) fn new() -> Pending {
         let start = rand::random::<u64>() >> 8;
         Pending {
             map: Mutex::new(HashMap::new()),
@@ -36,14 +36,14 @@ impl Pending {
     }
 
     /// A fresh request ID.
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Register `id`: the receiver gets the answer, and the entry goes when the
     /// registration is dropped, however the wait ends (answered, timed out, or the waiting
     /// handler dropped because its client went away).
-    pub fn register(&self, id: u64) -> (Registration<'_>, oneshot::Receiver<Transaction>) {
+    pub(crate) fn register(&self, id: u64) -> (Registration<'_>, oneshot::Receiver<Transaction>) {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, tx);
@@ -52,7 +52,7 @@ impl Pending {
     }
 
     /// Deliver the answer for `id`; false if nobody waits for it (any more).
-    pub fn complete(&self, id: u64, answer: Transaction) -> bool {
+    pub(crate) fn complete(&self, id: u64, answer: Transaction) -> bool {
         let tx = self.map.lock().ok().and_then(|mut m| m.remove(&id));
         match tx {
             Some(tx) => tx.send(answer).is_ok(),
@@ -68,19 +68,14 @@ impl Pending {
     }
 
     /// Entries waiting now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Nothing waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// An entry of the table, removed on drop.
 #[derive(Debug)]
-pub struct Registration<'a> {
+pub(crate) struct Registration<'a> {
     pending: &'a Pending,
     id: u64,
 }
@@ -106,7 +101,7 @@ mod tests {
         assert!(p.complete(id, t.clone()));
         assert_eq!(rx.await.ok().map(|t| t.transaction_id), Some("t".into()));
         drop(reg);
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
         // The waiting future dropped mid-wait (its HTTP client went away): no entry left.
         let id = p.next_id();
         let wait = async {
@@ -121,7 +116,7 @@ mod tests {
         .await;
         assert_eq!(p.len(), 1);
         drop(wait);
-        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
         assert!(!p.complete(id, t), "a late answer finds nothing");
     }
 }

@@ -18,10 +18,10 @@ use hyper::body::Incoming;
 use crate::web::{HttpResponse, read_body};
 
 /// Header carrying the HMAC of a body sent between replicas.
-pub const MAC_HEADER: &str = "ssp-handoff-mac";
+pub(crate) const MAC_HEADER: &str = "ssp-handoff-mac";
 
 /// What the admin endpoints need of the running gateway.
-pub trait Admin {
+pub(crate) trait Admin {
     /// The Prometheus text exposition.
     fn metrics_text(&self) -> String;
     /// Whether the gateway takes new requests (`Err` while draining), with a one-line summary.
@@ -71,7 +71,7 @@ async fn signed(
 }
 
 /// Handle one admin request.
-pub async fn handle(gw: &impl Admin, req: Request<Incoming>) -> HttpResponse {
+pub(crate) async fn handle(gw: &impl Admin, req: Request<Incoming>) -> HttpResponse {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,

@@ -1,4 +1,4 @@
 //! Operations: metrics and the admin listener.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod metrics;

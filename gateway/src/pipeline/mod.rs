@@ -7,15 +7,15 @@
 //! Each stage is one module; they share the [`Gateway`] state and know nothing of the
 //! listeners, which only hand POSTs to [`handle`](handle::handle).
 
-pub mod admit;
-pub mod answer;
-pub mod fanout;
-pub mod handle;
-pub mod identify;
-pub mod ingress;
-pub mod policy;
+mod admit;
+pub(crate) mod answer;
+mod fanout;
+mod handle;
+mod identify;
+mod ingress;
+mod policy;
 pub mod route;
-pub mod state;
+mod state;
 
 pub use handle::{Listener, handle};
 pub use state::Gateway;

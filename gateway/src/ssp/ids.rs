@@ -309,12 +309,6 @@ impl E164 {
     pub fn digits(self) -> String {
         self.0.to_string()
     }
-
-    /// Whether the digits start with `prefix` (digits only, `+` ignored).
-    pub fn has_prefix(self, prefix: &str) -> bool {
-        let p = prefix.trim_start_matches('+');
-        self.digits().starts_with(p)
-    }
 }
 
 impl fmt::Display for E164 {

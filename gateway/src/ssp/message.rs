@@ -6,7 +6,7 @@
 //! broken on its own (no `transactionID`, no primitive) does not sink its siblings: it lands in
 //! [`Session::rejected`] so the relay can answer it with its own 400.
 
-use super::common::{Attrs, Ext, Status};
+use super::common::{Attrs, Ext};
 use super::primitives::{Primitive, SetupPrimitive};
 use super::xml::{self, Element, Limits, XmlError, XmlWriter};
 
@@ -166,11 +166,6 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    /// The SSP status describing this error.
-    pub fn status(&self) -> Status {
-        Status::with(400, self.to_string())
-    }
-
     /// Whether the HTTP answer is 413 (body too large) rather than 400.
     pub fn is_too_large(&self) -> bool {
         matches!(self, ParseError::Xml(XmlError::BodyTooLarge(..)))
@@ -404,11 +399,6 @@ impl Message {
         let mut w = XmlWriter::document(namespace);
         self.write(&mut w);
         w.finish()
-    }
-
-    /// Serialise with the namespace it arrived with, or the default.
-    pub fn emit_default(&self) -> String {
-        self.emit(self.namespace.as_deref().unwrap_or(NS_WV_SSP_13))
     }
 
     /// The root element tree (used on slow paths such as the topology scrub).

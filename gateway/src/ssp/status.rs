@@ -14,8 +14,6 @@ pub const INVALID_TRANSACTION: u16 = 420;
 pub const INVALID_USER_ID: u16 = 427;
 /// Internal error.
 pub const INTERNAL: u16 = 500;
-/// Not implemented.
-pub const NOT_IMPLEMENTED: u16 = 501;
 /// Peer, DNS or core unreachable, or rate limit hit (with `TryAgainTimeout`).
 pub const UNAVAILABLE: u16 = 503;
 /// The far side did not answer within the deadline.

@@ -431,7 +431,7 @@ fn envelope_errors_are_400_with_description() {
     let e = codec
         .parse(br#"<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3"><Foo transactionID="x"><Bar/></Foo></WV-SSP-Message>"#)
         .unwrap_err();
-    assert_eq!(e.status().code, 400);
+    assert_eq!(crate::error::Failure::from(&e).status().code, 400);
     assert!(e.to_string().contains("<Foo>"));
     let e = codec
         .parse(br#"<WV-SSP-Message xmlns="urn:other"><Session/></WV-SSP-Message>"#)

@@ -188,12 +188,6 @@ impl Element {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Builder: append an attribute.
-    pub fn with_attr(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
-        self.attrs.push((name.into(), value.into()));
-        self
-    }
-
     /// Builder: append a child.
     pub fn with_child(mut self, child: Element) -> Self {
         self.children.push(child);

@@ -3,7 +3,7 @@
 //! listener. The state machine is in [`state`]; this module sends its messages and hands
 //! it what arrives.
 
-pub mod state;
+pub(crate) mod state;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,19 +12,29 @@ use http::StatusCode;
 use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
-pub use state::{AssocError, Associations, Established};
+pub(crate) use state::{AssocError, Associations, Established};
 
 use super::exchange::Target;
 use super::{Links, TapDir};
 use crate::config::PeerAuth;
-use crate::error::{Failure, Kind};
+use crate::error::{Failure, Kind, Side};
 use crate::ssp::{Message, Mode, NS_WV_SSP_13, SetupTransaction};
 use crate::tls::cert_names_domain;
-use crate::web::{HttpResponse, respond};
+use crate::web::{HttpResponse, refuse, respond};
+
+/// How a refused association step is answered: a malformed one as such, anything else
+/// (not allowed, unmatched, a wrong digest, a refusal) as not proven.
+fn refusal(e: &AssocError) -> Failure {
+    let kind = match e {
+        AssocError::Malformed(_) => Kind::Malformed,
+        _ => Kind::Forbidden,
+    };
+    Failure::new(kind, Side::Peer, e.to_string())
+}
 
 /// Where a `SetupTransaction` came from.
 #[derive(Debug)]
-pub enum SetupFrom<'a> {
+pub(crate) enum SetupFrom<'a> {
     /// The peer listener, with the client certificate chain if one was presented.
     Peer(Option<&'a [CertificateDer<'static>]>),
     /// The core listener.
@@ -135,7 +145,7 @@ impl Links {
                 Ok(()) => respond(StatusCode::OK, None),
                 Err(e) => {
                     tracing::info!(error = %e, "unmatched association answer");
-                    respond(StatusCode::BAD_REQUEST, None)
+                    refuse(&refusal(&e))
                 }
             },
             Mode::Request => {
@@ -161,11 +171,7 @@ impl Links {
                     Err(e) => {
                         self.metrics.refused.with_label_values(&["auth"]).inc();
                         tracing::warn!(error = %e, "association step refused");
-                        let http = match e {
-                            AssocError::Malformed(_) => StatusCode::BAD_REQUEST,
-                            _ => StatusCode::FORBIDDEN,
-                        };
-                        respond(http, None)
+                        refuse(&refusal(&e))
                     }
                 }
             }

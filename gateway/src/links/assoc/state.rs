@@ -26,7 +26,7 @@ use crate::ssp::{Message, Mode, SetupPrimitive, SetupTransaction, Status};
 
 /// Why an association step was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AssocError {
+pub(crate) enum AssocError {
     /// The claimed domain has no peer entry allowing association.
     #[error("domain {0} may not associate")]
     NotAllowed(String),
@@ -46,7 +46,7 @@ pub enum AssocError {
 
 /// An established association.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Established {
+pub(crate) struct Established {
     /// Our session ID (written in `Session@sessionID` of what we send).
     pub our_session: String,
     /// The peer's session ID (what it writes in what it sends us).
@@ -103,7 +103,7 @@ impl State {
 }
 
 /// All associations of this gateway.
-pub struct Associations {
+pub(crate) struct Associations {
     state: Mutex<State>,
     public_domain: String,
     ttl: Duration,
@@ -140,7 +140,7 @@ fn token_bytes(p: &SendSecretToken) -> Result<Vec<u8>, AssocError> {
 }
 
 /// base64(MD5(token)).
-pub fn digest(token: &[u8]) -> String {
+pub(crate) fn digest(token: &[u8]) -> String {
     B64.encode(Md5::digest(token))
 }
 
@@ -173,7 +173,7 @@ fn domain_of_session(session: &str) -> Option<String> {
 
 impl Associations {
     /// No associations yet; sessions live `ttl` after their last use.
-    pub fn new(public_domain: &str, ttl: Duration) -> Associations {
+    pub(crate) fn new(public_domain: &str, ttl: Duration) -> Associations {
         Associations {
             state: Mutex::new(State::default()),
             public_domain: public_domain.to_owned(),
@@ -191,7 +191,7 @@ impl Associations {
 
     /// Handle a Request-mode setup step from a peer (we are the responder). Returns the peer's
     /// domain and the Response-mode message to POST back to it.
-    pub fn on_request(
+    pub(crate) fn on_request(
         &self,
         t: &SetupTransaction,
         allowed: impl Fn(&str) -> bool,
@@ -346,7 +346,7 @@ impl Associations {
     /// (SendSecretToken) is matched by the domain it names, since Baraza gives it its own
     /// transaction ID; the later ones by our transaction ID (64 random bits), so a party that
     /// did not receive our messages cannot slip its own session ID into the association.
-    pub fn on_response(&self, t: SetupTransaction) -> Result<(), AssocError> {
+    pub(crate) fn on_response(&self, t: SetupTransaction) -> Result<(), AssocError> {
         let st = self
             .state
             .lock()
@@ -370,7 +370,10 @@ impl Associations {
 
     /// Start an initiator attempt towards `domain`: our transaction ID and token, the first
     /// message to send, and where the answers will arrive.
-    pub fn begin(&self, domain: &str) -> (String, Message, mpsc::Receiver<SetupTransaction>) {
+    pub(crate) fn begin(
+        &self,
+        domain: &str,
+    ) -> (String, Message, mpsc::Receiver<SetupTransaction>) {
         // 64 random bits: the later answers are matched by it (see `on_response`).
         let tid = format!("{:016x}", rand::random::<u64>());
         let token = new_token();
@@ -405,7 +408,7 @@ impl Associations {
     }
 
     /// Initiator: the peer's token arrived; the LoginRequest to send.
-    pub fn step_token(
+    pub(crate) fn step_token(
         &self,
         domain: &str,
         answer: &SetupTransaction,
@@ -438,7 +441,7 @@ impl Associations {
     }
 
     /// Initiator: the peer's digest arrived; verify it and return the LoginResponse to send.
-    pub fn step_digest(
+    pub(crate) fn step_digest(
         &self,
         domain: &str,
         answer: &SetupTransaction,
@@ -478,7 +481,7 @@ impl Associations {
     }
 
     /// Initiator: the peer's LoginResponse arrived; the association is up.
-    pub fn step_done(
+    pub(crate) fn step_done(
         &self,
         domain: &str,
         answer: &SetupTransaction,
@@ -529,7 +532,7 @@ impl Associations {
     }
 
     /// Abandon an initiator attempt.
-    pub fn abort(&self, domain: &str) {
+    pub(crate) fn abort(&self, domain: &str) {
         if let Ok(mut st) = self.state.lock() {
             st.initiators.remove(domain);
             st.initiating.remove(domain);
@@ -537,7 +540,7 @@ impl Associations {
     }
 
     /// The live association with `domain` (refreshing its lifetime).
-    pub fn established(&self, domain: &str) -> Option<Established> {
+    pub(crate) fn established(&self, domain: &str) -> Option<Established> {
         let mut st = self.state.lock().ok()?;
         let ttl = self.ttl;
         let a = st.by_domain.get_mut(domain)?;
@@ -555,7 +558,7 @@ impl Associations {
     }
 
     /// The domain of the association whose peer writes `session_id` (refreshing it).
-    pub fn domain_of_session(&self, session_id: &str) -> Option<String> {
+    pub(crate) fn domain_of_session(&self, session_id: &str) -> Option<String> {
         let domain = self
             .state
             .lock()
@@ -567,7 +570,7 @@ impl Associations {
     }
 
     /// Number of established associations.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.state
             .lock()
             .map(|s| s.by_peer_session.len())
