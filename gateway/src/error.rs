@@ -35,6 +35,8 @@ pub enum Kind {
     Malformed,
     /// A body or message over a size limit.
     TooLarge,
+    /// A sender too slow: a body not received within its deadline or its minimum rate.
+    TooSlow,
     /// Not an SSP media type.
     MediaType,
     /// Not a POST.
@@ -93,7 +95,9 @@ impl Kind {
     /// The SSP status code.
     pub fn code(self) -> u16 {
         match self {
-            Kind::Malformed | Kind::TooLarge | Kind::MediaType | Kind::Method => code::BAD_REQUEST,
+            Kind::Malformed | Kind::TooLarge | Kind::TooSlow | Kind::MediaType | Kind::Method => {
+                code::BAD_REQUEST
+            }
             Kind::Forbidden | Kind::UnknownSession => code::INVALID_SESSION,
             Kind::NotSupported => code::NOT_SUPPORTED,
             Kind::InvalidTransaction => code::INVALID_TRANSACTION,
@@ -116,6 +120,7 @@ impl Kind {
     pub fn http(self) -> StatusCode {
         match self {
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::TooSlow => StatusCode::REQUEST_TIMEOUT,
             Kind::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Method => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
@@ -145,6 +150,7 @@ impl Kind {
         match self {
             Kind::Malformed => "parse",
             Kind::TooLarge => "size",
+            Kind::TooSlow => "slow",
             Kind::MediaType => "media",
             Kind::Method => "method",
             Kind::Forbidden | Kind::UnknownSession => "auth",

@@ -11,6 +11,7 @@
 //! `pipeline` (the request path, stage by stage), `app` (the service: listeners, start, stop).
 
 pub mod app;
+pub mod budget;
 pub mod certs;
 pub mod cli;
 pub mod config;

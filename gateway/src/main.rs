@@ -217,6 +217,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let gw = rt.block_on(async { ssp_gateway::app::check(cfg) })?;
+            for w in &gw.cfg().warnings {
+                eprintln!("{}: warning: {w}", config.display());
+            }
             println!(
                 "{}: ok ({} peers, {} routes, {} directory entries)",
                 config.display(),

@@ -1,21 +1,30 @@
 //! Transaction-ID tokens: the IDs the gateway puts on the requests it sends.
 //!
 //! A token carries what is needed to route the answer back (which leg, the originator's own
-//! transaction ID, the peer domain, the part of a split request) and is authenticated with
-//! HMAC-SHA256 under a configured key. So an answer can be routed by *any* replica holding the
-//! key, and after a restart; a forged, altered or expired ID is refused (SSP 420) instead of
-//! being trusted or crashing anything. Key rotation: the first key signs, all keys verify.
+//! transaction ID, the peer domain, the part of a split request), encrypted and authenticated
+//! (AES-256-GCM) under a configured key: a peer sees an opaque string, and none of our
+//! internal IDs (`PROTOCOL.md` §6, topology hiding). So an answer can be routed by *any*
+//! replica holding the key, and after a restart; a forged, altered or expired ID is refused
+//! (SSP 420) instead of being trusted or crashing anything. Key rotation: the first key
+//! seals, all keys open.
 //!
-//! Layout: `g1.` + base64url(payload) + `.` + base64url(HMAC-SHA256(payload)), where payload is
-//! `leg u8 | parts u8 | part u8 | issued u32 | instance u32 | request_id u64 | len u8 | origin_tid
-//! | len u8 | peer`. `instance` identifies the issuing process, so a process can tell its own late
-//! answers (already answered with 504) from answers to requests a predecessor sent; its top byte
-//! is the process's `[cluster] replica` index, so a replica can hand an answer to the one that
-//! is waiting for it.
+//! Layout: `g2.` + base64url(nonce ‖ ciphertext ‖ tag). The plaintext is `leg u8 | parts u8 |
+//! part u8 | issued u32 | instance u32 | request_id u64 | len u8 | origin_tid | len u8 |
+//! peer`. `instance` identifies the issuing process, so a process can tell its own late
+//! answers (already answered with 504) from answers to requests a predecessor sent; its top
+//! byte is the process's `[cluster] replica` index, so a replica can hand an answer to the one
+//! that is waiting for it.
+//!
+//! The nonce is the first 12 bytes of an HMAC of the plaintext under a second key (a
+//! synthetic IV): the plaintext holds a request ID unique to the process and a random
+//! instance, so a nonce is never used twice with one key, whatever the number of tokens, and
+//! it tells nothing of the plaintext. Both keys are derived from the configured secret with
+//! HKDF-SHA256. Tokens of the earlier `g1.` form (HMAC only) are still opened, so that answers
+//! to requests sent before an upgrade arrive.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ring::hmac;
+use ring::{aead, hkdf, hmac};
 
 /// Which way the tokened request went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +81,66 @@ pub enum TokenError {
 /// Signing and verification keys.
 #[derive(Clone)]
 pub struct TokenKeys {
-    keys: Vec<hmac::Key>,
+    keys: Vec<Keys>,
     max_age_secs: u32,
     instance: u32,
 }
+
+/// The keys derived from one secret.
+#[derive(Clone)]
+struct Keys {
+    /// The secret itself, as an HMAC key: MACs between replicas and `g1.` tokens.
+    mac: hmac::Key,
+    /// Seals tokens.
+    seal: std::sync::Arc<aead::LessSafeKey>,
+    /// Makes their nonces.
+    nonce: hmac::Key,
+}
+
+/// The length of the HKDF output the AEAD key is made from.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl Keys {
+    fn derive(secret: &[u8]) -> Keys {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ssp-gateway token v2").extract(secret);
+        let mut seal = [0u8; 32];
+        let mut nonce = [0u8; 32];
+        // Expanding 32 bytes from HKDF-SHA256 cannot fail (the limit is 255 blocks).
+        if prk
+            .expand(&[b"seal"], Len(32))
+            .and_then(|okm| okm.fill(&mut seal))
+            .and_then(|()| prk.expand(&[b"nonce"], Len(32)))
+            .and_then(|okm| okm.fill(&mut nonce))
+            .is_err()
+        {
+            unreachable_key();
+        }
+        let seal = aead::UnboundKey::new(&aead::AES_256_GCM, &seal)
+            .map(aead::LessSafeKey::new)
+            .unwrap_or_else(|_| unreachable_key());
+        Keys {
+            mac: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            seal: std::sync::Arc::new(seal),
+            nonce: hmac::Key::new(hmac::HMAC_SHA256, &nonce),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_key() -> ! {
+    // HKDF-SHA256 gives 32 bytes, and AES-256-GCM takes a 32-byte key, always: a programming
+    // error, not an input one.
+    panic!("deriving a 32-byte AES-256-GCM key failed")
+}
+
+/// Associated data: binds the ciphertext to the token version.
+const AAD: &[u8] = b"g2";
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,10 +162,7 @@ impl TokenKeys {
     /// Keys from raw secrets (first signs). `max_age_secs` bounds how long answers are accepted.
     pub fn new(secrets: &[Vec<u8>], max_age_secs: u32) -> TokenKeys {
         TokenKeys {
-            keys: secrets
-                .iter()
-                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s))
-                .collect(),
+            keys: secrets.iter().map(|s| Keys::derive(s)).collect(),
             max_age_secs,
             instance: rand::random(),
         }
@@ -123,7 +185,7 @@ impl TokenKeys {
     /// HMAC of `data` under the signing key (base64url), for messages between replicas.
     pub fn sign(&self, data: &[u8]) -> String {
         match self.keys.first() {
-            Some(k) => B64.encode(hmac::sign(k, data).as_ref()),
+            Some(k) => B64.encode(hmac::sign(&k.mac, data).as_ref()),
             None => String::new(),
         }
     }
@@ -135,7 +197,7 @@ impl TokenKeys {
         };
         self.keys
             .iter()
-            .any(|k| hmac::verify(k, data, &tag).is_ok())
+            .any(|k| hmac::verify(&k.mac, data, &tag).is_ok())
     }
 
     /// The ID of this process in the tokens it issues.
@@ -143,11 +205,13 @@ impl TokenKeys {
         self.instance
     }
 
-    /// Encode and sign.
+    /// Encode, encrypt and authenticate.
     pub fn seal(&self, t: &Token) -> String {
         let tid = truncate(&t.origin_tid);
         let peer = truncate(&t.peer);
-        let mut p = Vec::with_capacity(22 + tid.len() + peer.len());
+        let mut p = Vec::with_capacity(12 + 22 + tid.len() + peer.len() + aead::MAX_TAG_LEN);
+        // Room for the nonce first, so one buffer becomes the token.
+        p.extend_from_slice(&[0u8; 12]);
         p.push(match t.leg {
             Leg::ToPeer => 1,
             Leg::ToCore => 2,
@@ -164,8 +228,26 @@ impl TokenKeys {
         let Some(key) = self.keys.first() else {
             return String::new();
         };
-        let tag = hmac::sign(key, &p);
-        format!("g1.{}.{}", B64.encode(&p), B64.encode(tag.as_ref()))
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&hmac::sign(&key.nonce, &p[12..]).as_ref()[..12]);
+        p[..12].copy_from_slice(&nonce);
+        let mut body = p.split_off(12);
+        if key
+            .seal
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(AAD),
+                &mut body,
+            )
+            .is_err()
+        {
+            return String::new();
+        }
+        p.extend_from_slice(&body);
+        let mut out = String::with_capacity(3 + p.len() * 4 / 3 + 4);
+        out.push_str("g2.");
+        B64.encode_string(&p, &mut out);
+        out
     }
 
     /// A token for a new request, issued now by this process.
@@ -190,21 +272,58 @@ impl TokenKeys {
         })
     }
 
-    /// Verify and decode.
+    /// Authenticate, decrypt and decode.
     pub fn open(&self, s: &str) -> Result<Token, TokenError> {
-        let rest = s.strip_prefix("g1.").ok_or(TokenError::Foreign)?;
-        let (p64, t64) = rest.split_once('.').ok_or(TokenError::Foreign)?;
-        let p = B64.decode(p64).map_err(|_| TokenError::Foreign)?;
-        let tag = B64.decode(t64).map_err(|_| TokenError::Foreign)?;
-        if !self.keys.iter().any(|k| hmac::verify(k, &p, &tag).is_ok()) {
-            return Err(TokenError::BadMac);
-        }
+        let p = match (s.strip_prefix("g2."), s.strip_prefix("g1.")) {
+            (Some(rest), _) => self.open_sealed(rest)?,
+            (None, Some(rest)) => self.open_signed(rest)?,
+            _ => return Err(TokenError::Foreign),
+        };
         // Authentic from here on, so malformed content can only be our own bug; still no panics.
         let t = decode(&p).ok_or(TokenError::Foreign)?;
         if now_secs().saturating_sub(t.issued) > self.max_age_secs {
             return Err(TokenError::Expired);
         }
         Ok(t)
+    }
+
+    /// The plaintext of a `g2.` token.
+    fn open_sealed(&self, rest: &str) -> Result<Vec<u8>, TokenError> {
+        let raw = B64.decode(rest).map_err(|_| TokenError::Foreign)?;
+        if raw.len() < 12 + aead::MAX_TAG_LEN {
+            return Err(TokenError::Foreign);
+        }
+        let (nonce, sealed) = raw.split_at(12);
+        let mut n = [0u8; 12];
+        n.copy_from_slice(nonce);
+        for k in &self.keys {
+            let mut buf = sealed.to_vec();
+            if let Ok(plain) = k.seal.open_in_place(
+                aead::Nonce::assume_unique_for_key(n),
+                aead::Aad::from(AAD),
+                &mut buf,
+            ) {
+                let len = plain.len();
+                buf.truncate(len);
+                return Ok(buf);
+            }
+        }
+        Err(TokenError::BadMac)
+    }
+
+    /// The payload of a `g1.` token (issued before tokens were sealed).
+    fn open_signed(&self, rest: &str) -> Result<Vec<u8>, TokenError> {
+        let (p64, t64) = rest.split_once('.').ok_or(TokenError::Foreign)?;
+        let p = B64.decode(p64).map_err(|_| TokenError::Foreign)?;
+        let tag = B64.decode(t64).map_err(|_| TokenError::Foreign)?;
+        if !self
+            .keys
+            .iter()
+            .any(|k| hmac::verify(&k.mac, &p, &tag).is_ok())
+        {
+            return Err(TokenError::BadMac);
+        }
+        Ok(p)
     }
 }
 
@@ -360,6 +479,8 @@ mod tests {
         ));
         assert_eq!(k.open("0000000002-0"), Err(TokenError::Foreign));
         assert_eq!(k.open("g1.!!!.???"), Err(TokenError::Foreign));
+        assert_eq!(k.open("g2.!!!"), Err(TokenError::Foreign));
+        assert_eq!(k.open("g2.AAAA"), Err(TokenError::Foreign));
         let old = k.seal(&Token {
             leg: Leg::ToPeer,
             request_id: 1,
@@ -371,6 +492,58 @@ mod tests {
             peer: "p".into(),
         });
         assert_eq!(k.open(&old), Err(TokenError::Expired));
+    }
+
+    /// Nothing of what a token carries can be read from it: not the originator's transaction
+    /// ID, not the peer's domain, not the request ID.
+    #[test]
+    fn tokens_are_opaque() {
+        let k = keys();
+        let s = k.issue(
+            Leg::ToPeer,
+            0x1122_3344_5566_7788,
+            0,
+            1,
+            "core-tid-4711",
+            "opy.example",
+        );
+        let raw = B64.decode(s.trim_start_matches("g2.")).unwrap();
+        let hay = String::from_utf8_lossy(&raw);
+        assert!(
+            !hay.contains("core-tid-4711") && !hay.contains("opy.example"),
+            "{s}"
+        );
+        assert!(
+            !raw.windows(8)
+                .any(|w| w == 0x1122_3344_5566_7788u64.to_be_bytes())
+        );
+        // Two tokens of the same fields but another request differ everywhere that counts.
+        let s2 = k.issue(
+            Leg::ToPeer,
+            0x1122_3344_5566_7789,
+            0,
+            1,
+            "core-tid-4711",
+            "opy.example",
+        );
+        assert_ne!(s[3..19], s2[3..19], "another nonce");
+    }
+
+    /// A token of the earlier, signed-only form still opens (answers across an upgrade).
+    #[test]
+    fn signed_tokens_of_the_earlier_form_still_open() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let k = keys();
+        let t = k.open(&k.issue(Leg::ToCore, 9, 0, 1, "t", "p")).unwrap();
+        let mut p = Vec::new();
+        p.extend_from_slice(&[2, 1, 0]);
+        p.extend_from_slice(&t.issued.to_be_bytes());
+        p.extend_from_slice(&t.instance.to_be_bytes());
+        p.extend_from_slice(&9u64.to_be_bytes());
+        p.extend_from_slice(&[1, b't', 1, b'p']);
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), &p);
+        let g1 = format!("g1.{}.{}", B64.encode(&p), B64.encode(tag.as_ref()));
+        assert_eq!(k.open(&g1).unwrap(), t);
     }
 
     proptest! {

@@ -7,10 +7,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,7 +24,6 @@ use crate::ssp::{Message, NS_WV_SSP_13, Primitive, Transaction};
 pub const SSP_CONTENT_TYPE: &str = "application/vnd.wv.ssp+xml";
 
 /// What the handler knows about the connection a request came on.
-#[derive(Debug)]
 pub struct ConnInfo {
     /// Remote address.
     pub remote: SocketAddr,
@@ -31,6 +31,36 @@ pub struct ConnInfo {
     pub certs: Option<Vec<CertificateDer<'static>>>,
     /// Which peers that chain was checked against, so the check runs once per connection.
     pub memo: CertMemo,
+    /// Told once the sender is identified: the listener stops counting the connection
+    /// against its budget of connections that have not proven who they are.
+    pub on_authenticated: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnInfo {
+    /// A connection from `remote` with these client certificates.
+    pub fn new(remote: SocketAddr, certs: Option<Vec<CertificateDer<'static>>>) -> ConnInfo {
+        ConnInfo {
+            remote,
+            certs,
+            memo: CertMemo::default(),
+            on_authenticated: None,
+        }
+    }
+
+    /// The sender on this connection has been identified.
+    pub fn authenticated(&self) {
+        if let Some(f) = &self.on_authenticated {
+            f();
+        }
+    }
 }
 
 /// Per-connection results of checking the client certificate against peers' anchors. A chain
@@ -102,18 +132,96 @@ pub enum BodyError {
     /// Over the limit (HTTP 413).
     #[error("body exceeds {0} bytes")]
     TooLarge(usize),
+    /// Not complete within its deadline.
+    #[error("body not received within {0:?}")]
+    Timeout(Duration),
+    /// Slower than the minimum rate.
+    #[error("body arrives slower than {0} bytes per second")]
+    TooSlow(usize),
     /// The connection failed while reading.
     #[error("reading body: {0}")]
     Read(String),
 }
 
-/// Read a whole request body, refusing more than `limit` bytes without buffering them.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
-        Err(e) => Err(BodyError::Read(e.to_string())),
+/// How much of a body, and how fast.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Most bytes.
+    pub max: usize,
+    /// The whole body within this.
+    pub within: Duration,
+    /// At least this many bytes per second after the first second (0: no floor).
+    pub min_rate: usize,
+}
+
+impl BodyLimits {
+    /// At most `max` bytes, with no time bounds beyond the connection's own.
+    pub fn size(max: usize) -> BodyLimits {
+        BodyLimits {
+            max,
+            within: Duration::from_secs(24 * 3600),
+            min_rate: 0,
+        }
     }
+}
+
+/// The `Content-Length` a request declares, if any.
+pub fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Read a whole request body within `limits`: more than `max` bytes are refused without
+/// being buffered, and a body that is not complete by its deadline, or that falls below the
+/// minimum rate (a trickle that would hold a connection and a slot for ever), is abandoned.
+pub async fn read_body(mut body: Incoming, limits: BodyLimits) -> Result<Bytes, BodyError> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + limits.within;
+    // One frame is the common case: kept as it came, without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        // The rate floor: by `start + 1 s + len / min_rate` more must have come.
+        let floor = match limits.min_rate {
+            0 => deadline,
+            r => start + Duration::from_secs(1) + Duration::from_secs_f64(len as f64 / r as f64),
+        };
+        let until = floor.min(deadline);
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) if until == deadline => return Err(BodyError::Timeout(limits.within)),
+            Err(_) => return Err(BodyError::TooSlow(limits.min_rate)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limits.max {
+            return Err(BodyError::TooLarge(limits.max));
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if more.is_empty() {
+                    more.extend_from_slice(f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if more.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(more)
+    })
 }
 
 /// The HTTP refusal of a whole POST: the status of its kind, `Retry-After` when it may be
@@ -123,10 +231,17 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError>
 pub fn refuse(f: &Failure) -> HttpResponse {
     use crate::error::Kind;
     let body = match f.kind {
-        Kind::Method | Kind::MediaType | Kind::Overloaded | Kind::RateLimited => None,
+        Kind::Method | Kind::MediaType | Kind::Overloaded | Kind::RateLimited | Kind::TooSlow => {
+            None
+        }
         _ => Some(status_body(f)),
     };
     let mut r = respond(f.kind.http(), body);
+    if f.kind == Kind::TooSlow {
+        // A sender that cannot keep up does not keep the connection either.
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(secs) = f.retry_after() {
         r.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ssp_gateway::config::{EnumSuffix, Fallback, OriginatorCheck, ResolverSpec};
+use ssp_gateway::config::{EnumSuffix, Fallback, ResolverSpec};
 use ssp_gateway::ops::metrics::Metrics;
 use ssp_gateway::resolve::{Clock, Resolver, Svc};
 use ssp_testbed::dnslab::{InProcDns, Nsd, Zone, naptr};
@@ -74,7 +74,6 @@ fn bench(c: &mut Criterion) {
         negative_max_ttl: Duration::from_secs(300),
         hold_down: Duration::from_secs(10),
         stale_max: Duration::from_secs(3600),
-        originator_check: OriginatorCheck::Enforce,
         cache_entries: 100_000,
         enums: vec![EnumSuffix {
             suffix: "e164.arpa".into(),

@@ -7,6 +7,7 @@
 //! - [`ladder`]: the load ladder (origin, relay, pass-through, load generator).
 #![allow(clippy::unwrap_used)]
 
+pub mod attacker;
 pub mod baraza_peer;
 pub mod core_sim;
 pub mod dates;

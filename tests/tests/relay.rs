@@ -398,7 +398,12 @@ async fn black_hole(
     let handler: ssp_gateway::app::listen::Handler = Arc::new(move |req, _info| {
         let s = s2.clone();
         Box::pin(async move {
-            if let Ok(b) = ssp_gateway::web::read_body(req.into_body(), 1 << 20).await {
+            if let Ok(b) = ssp_gateway::web::read_body(
+                req.into_body(),
+                ssp_gateway::web::BodyLimits::size(1 << 20),
+            )
+            .await
+            {
                 s.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&b).into_owned());
@@ -415,11 +420,8 @@ async fn black_hole(
         )),
         handler,
         drain.clone(),
-        ssp_gateway::app::listen::Limits {
-            max_connections: 100,
-            drain: Duration::from_secs(1),
-        },
-        Arc::new(|_: &str| {}),
+        ssp_gateway::app::listen::Limits::lenient(100),
+        Arc::new(|_| {}),
     ));
     (url, pin, drain, seen)
 }

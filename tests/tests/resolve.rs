@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ssp_gateway::config::{EnumSuffix, Fallback, OriginatorCheck, ResolverSpec};
+use ssp_gateway::config::{EnumSuffix, Fallback, ResolverSpec};
 use ssp_gateway::ops::metrics::Metrics;
 use ssp_gateway::resolve::{Clock, Decision, Protocol, Resolver, Svc, Trace};
 use ssp_testbed::dnslab::{InProcDns, Nsd, Zone, enum_owner, naptr};
@@ -205,7 +205,6 @@ fn spec(ns: SocketAddr) -> ResolverSpec {
         negative_max_ttl: Duration::from_secs(300),
         hold_down: Duration::from_secs(10),
         stale_max: Duration::from_secs(3600),
-        originator_check: OriginatorCheck::Enforce,
         cache_entries: 1000,
         enums: vec![EnumSuffix {
             suffix: E164.into(),

@@ -244,9 +244,16 @@ fn serve(
 ) -> Result<impl std::future::Future<Output = ()> + use<>, StartError> {
     let cfg = gw.cfg();
     let g = gw.clone();
+    let (c, t) = (&cfg.limits, &cfg.timeouts);
     let mut limits = listen::Limits {
-        max_connections: cfg.limits.max_connections,
-        drain: cfg.timeouts.drain,
+        max_connections: c.max_connections,
+        per_source: c.max_connections_per_source,
+        unauthenticated: c.max_unauthenticated,
+        unauthenticated_per_source: c.max_unauthenticated_per_source,
+        header: t.header,
+        idle: t.idle,
+        drain: t.drain,
+        failures: (cfg.policy.failure_rate, cfg.policy.failure_burst),
     };
     let (tls, handler, label): (_, listen::Handler, _) = match serves {
         Serves::Pipeline(which) => {
@@ -261,7 +268,9 @@ fn serve(
             (tls, handler, label)
         }
         Serves::Admin => {
+            // A management listener: few connections, none of them from peers.
             limits.max_connections = 64;
+            limits.unauthenticated = 64;
             let handler: listen::Handler = Arc::new(move |req, _info| {
                 let g = g.clone();
                 Box::pin(async move { crate::ops::admin::handle(&admin::Ops(g), req).await })
@@ -269,15 +278,45 @@ fn serve(
             (None, handler, "admin")
         }
     };
-    let m = gw.metrics().clone();
-    let on_tls = Arc::new(move |_: &str| m.tls_failures.with_label_values(&[label]).inc());
+    let g = gw.clone();
+    let on_event = Arc::new(move |e: listen::Event| {
+        let m = g.metrics();
+        match e {
+            listen::Event::TlsFailed => {
+                m.tls_failures.with_label_values(&[label]).inc();
+                crate::sampled!(
+                    g.logs(),
+                    "tls-refused",
+                    tracing::info!(listener = label, "TLS handshake refused")
+                );
+            }
+            listen::Event::Refused(why) => {
+                m.connections_refused.with_label_values(&[label, why]).inc();
+                crate::sampled!(
+                    g.logs(),
+                    "connection-refused",
+                    tracing::info!(listener = label, reason = why, "connection refused")
+                );
+            }
+            listen::Event::Closed(phase) => {
+                m.connections_closed
+                    .with_label_values(&[label, phase])
+                    .inc();
+                crate::sampled!(
+                    g.logs(),
+                    "connection-closed",
+                    tracing::debug!(listener = label, phase, "connection closed")
+                );
+            }
+        }
+    });
     Ok(listen::serve(
         l,
         tls,
         handler,
         gw.drain().clone(),
         limits,
-        on_tls,
+        on_event,
     ))
 }
 
@@ -312,16 +351,20 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         }));
     }
     {
-        // The per-originator limiter keeps a state per user ID a peer names; forget those
-        // back at a full bucket, or a peer naming new IDs would grow it for ever.
+        // Keyed limiters keep a state per key a peer chooses (user IDs, addresses, claimed
+        // domains); forget those back at a full bucket, or new keys would grow them for ever.
         let g = gw.clone();
         tasks.push(drain.every(std::time::Duration::from_secs(10), move || {
             g.originators.retain_recent();
             g.originators.shrink_to_fit();
+            g.links.assoc_bounds.shrink();
             std::future::ready(())
         }));
     }
 
+    for w in &cfg.warnings {
+        tracing::warn!(config = %cfg.path.display(), "{w}");
+    }
     let [peer_addr, core_addr, admin_addr] = addrs;
     tracing::info!(
         public_domain = %cfg.operator.public_domain,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::config::{Config, EnumSuffix, Fallback, OriginatorCheck, ResolverSpec};
+use crate::config::{Config, EnumSuffix, Fallback, ResolverSpec};
 use crate::ops::metrics::Metrics;
 use crate::resolve::{Clock, Decision, Protocol, Resolver, Svc, Trace};
 use crate::ssp::ids::WvId;
@@ -72,7 +72,6 @@ fn spec_from(opts: &Options<'_>, cfg: Option<&Config>) -> Result<ResolverSpec, C
             negative_max_ttl: std::time::Duration::from_secs(300),
             hold_down: std::time::Duration::from_secs(10),
             stale_max: std::time::Duration::from_secs(3600),
-            originator_check: OriginatorCheck::Enforce,
             cache_entries: 16,
             enums: Vec::new(),
         },

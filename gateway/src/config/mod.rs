@@ -195,6 +195,18 @@ mod tests {
     }
 
     #[test]
+    fn enforce_with_nothing_to_check_against_is_a_warning() {
+        let peer = "\n[[peer]]\ndomain = \"opy.example\"\n";
+        let c = load(&format!("{MIN}{peer}")).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("originator_check"));
+        let routed = format!("{MIN}{peer}\n[[route]]\nprefix = \"+49\"\npeer = \"opy.example\"\n");
+        assert!(load(&routed).unwrap().warnings.is_empty());
+        let off = format!("{MIN}\n[policy]\noriginator_check = \"off\"\n{peer}");
+        assert!(load(&off).unwrap().warnings.is_empty());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

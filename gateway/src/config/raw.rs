@@ -111,6 +111,8 @@ pub(super) struct RawTimeouts {
     pub(super) idle: Option<String>,
     pub(super) association: Option<String>,
     pub(super) drain: Option<String>,
+    pub(super) header: Option<String>,
+    pub(super) body: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +127,10 @@ pub(super) struct RawLimits {
     pub(super) max_transactions: Option<usize>,
     pub(super) max_in_flight: Option<usize>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_source: Option<usize>,
+    pub(super) max_unauthenticated: Option<usize>,
+    pub(super) max_unauthenticated_per_source: Option<usize>,
+    pub(super) min_body_rate: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,8 +155,6 @@ pub(super) struct RawResolver {
     pub(super) hold_down: Option<String>,
     #[serde(default)]
     pub(super) stale_max: Option<String>,
-    #[serde(default)]
-    pub(super) originator_check: Option<String>,
     #[serde(default)]
     pub(super) cache_entries: Option<usize>,
     #[serde(default, rename = "enum")]
@@ -180,6 +184,14 @@ pub(super) struct RawPolicy {
     pub(super) search_min_digits: Option<usize>,
     #[serde(default)]
     pub(super) search_unregistered: Option<String>,
+    #[serde(default)]
+    pub(super) originator_check: Option<String>,
+    #[serde(default)]
+    pub(super) accept_local_names: bool,
+    pub(super) association_rate: Option<u32>,
+    pub(super) association_burst: Option<u32>,
+    pub(super) failure_rate: Option<u32>,
+    pub(super) failure_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

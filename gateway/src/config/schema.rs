@@ -106,6 +106,11 @@ pub struct Timeouts {
     pub association: std::time::Duration,
     /// How long a shutdown waits for in-flight requests.
     pub drain: std::time::Duration,
+    /// From a connection's start (TLS done) to its first complete request head, and for each
+    /// later request head once its first byte arrived.
+    pub header: std::time::Duration,
+    /// A whole request body.
+    pub body: std::time::Duration,
 }
 
 impl Default for Timeouts {
@@ -118,6 +123,8 @@ impl Default for Timeouts {
             idle: Duration::from_secs(90),
             association: Duration::from_secs(10),
             drain: Duration::from_secs(15),
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(10),
         }
     }
 }
@@ -131,6 +138,15 @@ pub struct LimitsSpec {
     pub max_in_flight: usize,
     /// Open connections per listener (beyond: new ones wait).
     pub max_connections: usize,
+    /// Open connections per source address and listener (beyond: closed at once).
+    pub max_connections_per_source: usize,
+    /// Connections per listener that have not yet proven who they are (no request from an
+    /// identified sender yet; beyond: closed at once).
+    pub max_unauthenticated: usize,
+    /// The same, per source address.
+    pub max_unauthenticated_per_source: usize,
+    /// Slowest accepted request body, bytes per second (after the first second).
+    pub min_body_rate: usize,
 }
 
 /// `[policy]`.
@@ -151,12 +167,26 @@ pub struct Policy {
     /// When the operator ENUM names does not know a searched number, answer with the
     /// `wv:+MSISDN` anyway (the use case 5.20, `PROTOCOL.md`: "add regardless of whether that user is registered").
     pub search_unregistered_answer: bool,
+    /// Anti-spoofing of `wv:+MSISDN` originators (static routes, then ENUM).
+    pub originator_check: OriginatorCheck,
+    /// Accept our users named by their core-local name on our public domain
+    /// (`wv:alice@opx.example`) from peers; by default only `wv:+MSISDN` names them.
+    pub accept_local_names: bool,
+    /// Association steps per second per source address and per claimed domain.
+    pub association_rate: u32,
+    /// Burst for the same.
+    pub association_burst: u32,
+    /// Failures per second per source address (forged answers, failed TLS handshakes)
+    /// before that source is refused for a while.
+    pub failure_rate: u32,
+    /// Burst for the same.
+    pub failure_burst: u32,
 }
 
 /// What the anti-spoofing check does with `wv:+MSISDN` originators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OriginatorCheck {
-    /// ENUM must place the number at the sending peer, else 901.
+    /// A static route or ENUM must place the number at the sending peer, else 901.
     Enforce,
     /// Check and log mismatches, but let the request through.
     Log,
@@ -207,8 +237,6 @@ pub struct ResolverSpec {
     pub hold_down: std::time::Duration,
     /// An expired route is still used this long after expiry while DNS fails.
     pub stale_max: std::time::Duration,
-    /// Anti-spoofing of `wv:+MSISDN` originators.
-    pub originator_check: OriginatorCheck,
     /// Route cache capacity (entries).
     pub cache_entries: usize,
     /// ENUM trees, in order.
@@ -319,6 +347,9 @@ pub struct Config {
     pub resolver: Option<ResolverSpec>,
     /// `[cluster]`.
     pub cluster: Cluster,
+    /// Settings that load but probably do not do what was meant (`check` prints them, `run`
+    /// logs them).
+    pub warnings: Vec<String>,
 }
 
 /// `[cluster]`: replicas of one gateway behind one address, sharing the HMAC key. An
@@ -333,6 +364,15 @@ pub struct Cluster {
 }
 
 impl Config {
+    /// The static route of a number: the longest `[[route]]` prefix that covers it.
+    pub fn route_for(&self, n: crate::ssp::E164) -> Option<&Route> {
+        let digits = n.digits();
+        self.routes
+            .iter()
+            .filter(|r| digits.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len())
+    }
+
     /// The peer entry for a domain.
     pub fn peer(&self, domain: &str) -> Option<&PeerSpec> {
         self.peers

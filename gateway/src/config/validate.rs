@@ -123,7 +123,21 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
             "replicas hand answers to each other on the admin listener: set [listen] admin",
         );
     }
+    let mut warnings = Vec::new();
+    if policy.originator_check == OriginatorCheck::Enforce
+        && resolver.is_none()
+        && routes.is_empty()
+        && !peers.is_empty()
+    {
+        warnings.push(
+            "[policy] originator_check = \"enforce\" has neither [[route]] entries nor a \
+             [resolver] to place numbers with: every wv:+MSISDN originator from a peer will be \
+             refused (901)"
+                .to_owned(),
+        );
+    }
     Config {
+        warnings,
         path: std::path::PathBuf::new(),
         operator,
         plan,
@@ -400,6 +414,8 @@ fn timeouts(check: &mut Check<'_>, t: &RawTimeouts) -> Timeouts {
         ("idle", &t.idle, &mut timeouts.idle),
         ("association", &t.association, &mut timeouts.association),
         ("drain", &t.drain, &mut timeouts.drain),
+        ("header", &t.header, &mut timeouts.header),
+        ("body", &t.body, &mut timeouts.body),
     ] {
         if let Some(v) = v {
             match parse_duration(v) {
@@ -435,10 +451,30 @@ fn limits(check: &mut Check<'_>, l: &RawLimits) -> LimitsSpec {
             *slot = v;
         }
     }
+    let mut positive = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => {
+            check.err(&[k("limits"), k(key)], "must be more than zero");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
     LimitsSpec {
         xml,
-        max_in_flight: l.max_in_flight.unwrap_or(10_000),
-        max_connections: l.max_connections.unwrap_or(20_000),
+        max_in_flight: positive("max_in_flight", l.max_in_flight, 10_000),
+        max_connections: positive("max_connections", l.max_connections, 20_000),
+        max_connections_per_source: positive(
+            "max_connections_per_source",
+            l.max_connections_per_source,
+            256,
+        ),
+        max_unauthenticated: positive("max_unauthenticated", l.max_unauthenticated, 1024),
+        max_unauthenticated_per_source: positive(
+            "max_unauthenticated_per_source",
+            l.max_unauthenticated_per_source,
+            16,
+        ),
+        min_body_rate: positive("min_body_rate", l.min_body_rate, 1024),
     }
 }
 
@@ -462,6 +498,21 @@ fn policy(check: &mut Check<'_>, p: &RawPolicy) -> Policy {
             p.search_unregistered.as_deref(),
             &[("answer", true), ("error", false)],
         ),
+        originator_check: choice(
+            check,
+            &path("originator_check"),
+            p.originator_check.as_deref(),
+            &[
+                ("enforce", OriginatorCheck::Enforce),
+                ("log", OriginatorCheck::Log),
+                ("off", OriginatorCheck::Off),
+            ],
+        ),
+        accept_local_names: p.accept_local_names,
+        association_rate: p.association_rate.unwrap_or(5).max(1),
+        association_burst: p.association_burst.unwrap_or(20).max(1),
+        failure_rate: p.failure_rate.unwrap_or(10).max(1),
+        failure_burst: p.failure_burst.unwrap_or(50).max(1),
     }
 }
 
@@ -613,16 +664,6 @@ fn resolver(check: &mut Check<'_>, peers: &[PeerSpec], r: RawResolver) -> Resolv
             &path("stale_max"),
             r.stale_max.as_deref(),
             ms(3_600_000),
-        ),
-        originator_check: choice(
-            check,
-            &path("originator_check"),
-            r.originator_check.as_deref(),
-            &[
-                ("enforce", OriginatorCheck::Enforce),
-                ("log", OriginatorCheck::Log),
-                ("off", OriginatorCheck::Off),
-            ],
         ),
         cache_entries: r.cache_entries.unwrap_or(100_000),
         enums,

@@ -100,10 +100,14 @@ impl Links {
                 match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(t)) => Ok(t),
                     Ok(Err(_)) | Err(_) => {
-                        tracing::warn!(
-                            destination = target.label,
-                            tid,
-                            "no answer before the deadline"
+                        crate::sampled!(
+                            self.logs,
+                            "delivery-failed",
+                            tracing::warn!(
+                                destination = target.label,
+                                tid,
+                                "no answer before the deadline"
+                            )
                         );
                         self.metrics
                             .delivery_failures
@@ -209,7 +213,11 @@ impl Links {
     }
 
     fn delivery_failed(&self, label: &str, reason: &str, detail: &dyn std::fmt::Display) {
-        tracing::warn!(destination = label, reason, %detail, "delivery failed");
+        crate::sampled!(
+            self.logs,
+            "delivery-failed",
+            tracing::warn!(destination = label, reason, %detail, "delivery failed")
+        );
         self.metrics
             .delivery_failures
             .with_label_values(&[label, reason])
@@ -253,10 +261,14 @@ impl Links {
                 Ok((s, _)) if s.is_success() => return true,
                 Ok((s, _)) => {
                     // A 4xx will not get better by retrying.
-                    tracing::warn!(
-                        destination = target.label,
-                        status = s.as_u16(),
-                        "answer refused"
+                    crate::sampled!(
+                        self.logs,
+                        "answer-refused",
+                        tracing::warn!(
+                            destination = target.label,
+                            status = s.as_u16(),
+                            "answer refused"
+                        )
                     );
                     return false;
                 }
@@ -264,10 +276,14 @@ impl Links {
                     if backoff.wait(deadline).await {
                         continue;
                     }
-                    tracing::error!(
-                        destination = target.label,
-                        reason = %f,
-                        "answer could not be delivered before its deadline"
+                    crate::sampled!(
+                        self.logs,
+                        "answer-undeliverable",
+                        tracing::error!(
+                            destination = target.label,
+                            reason = %f,
+                            "answer could not be delivered before its deadline"
+                        )
                     );
                     return false;
                 }

@@ -169,6 +169,10 @@ pub struct Links {
     pub(crate) metrics: Metrics,
     /// The shutdown handle: deliveries spawned here are waited for.
     pub(crate) drain: Drain,
+    /// Log lines of events a far side can cause, sampled.
+    pub(crate) logs: crate::ops::logs::Sampler,
+    /// Bounds of the association's responder role.
+    pub(crate) assoc_bounds: Arc<assoc::Bounds>,
     assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tap: Option<WireTap>,
 }
@@ -231,6 +235,14 @@ impl Links {
                 )
             }),
             resolver: p.resolver,
+            assoc_bounds: Arc::new(assoc::Bounds::new(
+                cfg.policy.association_rate,
+                cfg.policy.association_burst,
+            )),
+            logs: crate::ops::logs::Sampler::new(
+                crate::ops::logs::EVERY,
+                p.metrics.log_suppressed.clone(),
+            ),
             metrics: p.metrics,
             drain: p.drain,
             assoc_locks: std::sync::Mutex::new(HashMap::new()),

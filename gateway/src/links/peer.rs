@@ -272,10 +272,13 @@ impl PeerTable {
 }
 
 /// A keyed limiter (per originator ID).
-pub(crate) type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
+pub(crate) type KeyedLimiter<K = String> = governor::DefaultKeyedRateLimiter<K>;
 
 /// A keyed limiter with `rate`/`burst`.
-pub(crate) fn keyed_limiter(rate: u32, burst: u32) -> KeyedLimiter {
+pub(crate) fn keyed_limiter<K: std::hash::Hash + Eq + Clone>(
+    rate: u32,
+    burst: u32,
+) -> KeyedLimiter<K> {
     RateLimiter::keyed(quota(rate, burst))
 }
 

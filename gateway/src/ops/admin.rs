@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::web::{HttpResponse, read_body};
+use crate::web::{BodyLimits, HttpResponse, read_body};
 
 /// Header carrying the HMAC of a body sent between replicas.
 pub(crate) const MAC_HEADER: &str = "ssp-handoff-mac";
@@ -60,7 +60,7 @@ async fn signed(
         .get(MAC_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match read_body(req.into_body(), limit).await {
+    match read_body(req.into_body(), BodyLimits::size(limit)).await {
         Ok(body) => Ok((body, mac)),
         Err(e) => Err(text(
             StatusCode::BAD_REQUEST,

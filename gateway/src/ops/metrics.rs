@@ -43,6 +43,13 @@ pub struct Metrics {
     /// Cluster misconfigurations found by the last check of the siblings (duplicate replica
     /// index, a sibling that is another index than its place in the list, another HMAC key).
     pub cluster_conflicts: IntGauge,
+    /// Connections closed at once, by listener and reason (`per-source`,
+    /// `unauthenticated`, `failing-source`).
+    pub connections_refused: IntCounterVec,
+    /// Connections closed by the gateway, by listener and phase (`header`, `idle`, `body`).
+    pub connections_closed: IntCounterVec,
+    /// Log lines left out by the sampler, by event kind.
+    pub log_suppressed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,6 +160,24 @@ impl Metrics {
                 &["result"],
             ),
             cluster_conflicts,
+            connections_refused: counter(
+                &r,
+                "connections_refused_total",
+                "Connections closed at once",
+                &["listener", "reason"],
+            ),
+            connections_closed: counter(
+                &r,
+                "connections_closed_total",
+                "Connections closed by the gateway for a phase deadline",
+                &["listener", "phase"],
+            ),
+            log_suppressed: counter(
+                &r,
+                "log_suppressed_total",
+                "Log lines left out by the sampler",
+                &["event"],
+            ),
             registry: r,
         }
     }

@@ -1,4 +1,5 @@
 //! Operations: metrics and the admin listener.
 
 pub(crate) mod admin;
+pub mod logs;
 pub mod metrics;

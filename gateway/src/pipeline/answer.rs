@@ -54,7 +54,11 @@ pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result
                 .orphan_answers
                 .with_label_values(&["unknown"])
                 .inc();
-            tracing::warn!(tid = %t.transaction_id, error = %e, "answer with an unknown transaction ID");
+            crate::sampled!(
+                gw.logs(),
+                "answer-forged",
+                tracing::warn!(tid = %t.transaction_id, error = %e, "answer with an unknown transaction ID")
+            );
             return Err(Failure::new(
                 Kind::InvalidTransaction,
                 side,
@@ -91,7 +95,11 @@ pub(crate) fn route_unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg
             .orphan_answers
             .with_label_values(&["late"])
             .inc();
-        tracing::info!(tid = %t.transaction_id, "late answer dropped (its request was already answered)");
+        crate::sampled!(
+            gw.logs(),
+            "late-answer",
+            tracing::info!(tid = %t.transaction_id, "late answer dropped (its request was already answered)")
+        );
         return;
     }
     if !first_routed(gw, &tok) {
@@ -99,7 +107,11 @@ pub(crate) fn route_unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg
             .orphan_answers
             .with_label_values(&["duplicate"])
             .inc();
-        tracing::info!(tid = %t.transaction_id, "answer already routed by its token: dropped");
+        crate::sampled!(
+            gw.logs(),
+            "late-answer",
+            tracing::info!(tid = %t.transaction_id, "answer already routed by its token: dropped")
+        );
         return;
     }
     tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");

@@ -78,13 +78,29 @@ pub async fn handle(
         Ok(o) => o,
         Err(f) => return refuse(&f),
     };
+    conn.authenticated();
     if gw.drain().is_draining() && session.transactions.iter().any(|t| t.mode == Mode::Request) {
         // Nothing of it taken in: the sender fails over or sends it again.
         return refuse(&Failure::draining());
     }
 
     // 4. Answers to our own requests complete what waits for them; broken transactions and
-    //    answers we did not ask for are answered at once.
+    //    answers we did not ask for are answered at once. A source that keeps sending
+    //    answers we did not ask for is not heard for a while.
+    let source = conn.remote.ip().to_canonical();
+    if session
+        .transactions
+        .iter()
+        .any(|t| t.mode == Mode::Response)
+        && !gw.forged.allows(source)
+    {
+        gw.metrics().refused.with_label_values(&["rate"]).inc();
+        return refuse(&Failure::new(
+            Kind::RateLimited,
+            side,
+            "too many answers with unknown transaction IDs from this address",
+        ));
+    }
     let mut immediate = ingress::rejected(&session.rejected, side);
     let mut requests = Vec::new();
     let mut answers_taken = 0;
@@ -96,6 +112,7 @@ pub async fn handle(
                 match answer::accept(gw, t, &origin) {
                     Ok(()) => answers_taken += 1,
                     Err(f) => {
+                        gw.forged.fail(source);
                         immediate.push(Transaction::response(tid, Primitive::Status(f.status())))
                     }
                 }

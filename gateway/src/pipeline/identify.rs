@@ -61,7 +61,11 @@ pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<Pee
             });
         }
         return found.ok_or_else(|| {
-            tracing::warn!(remote = %info.remote, "client certificate names no configured peer");
+            crate::sampled!(
+                gw.logs(),
+                "certificate-unknown",
+                tracing::warn!(remote = %info.remote, "client certificate names no configured peer")
+            );
             refused(
                 gw,
                 Failure::new(
@@ -114,7 +118,11 @@ pub(crate) fn core_connection(gw: &Gateway, info: &ConnInfo) -> Result<(), Failu
     if ok {
         return Ok(());
     }
-    tracing::warn!(remote = %info.remote, "refused a core connection that is not the core");
+    crate::sampled!(
+        gw.logs(),
+        "connection-refused",
+        tracing::warn!(remote = %info.remote, "refused a core connection that is not the core")
+    );
     Err(refused(
         gw,
         Failure::new(

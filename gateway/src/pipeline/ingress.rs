@@ -10,7 +10,7 @@ use crate::error::{Failure, Kind, Side};
 use crate::links::TapDir;
 use crate::ssp::message::RejectedTransaction;
 use crate::ssp::{Message, Mode, Primitive, Transaction};
-use crate::web::{BodyError, is_ssp_content_type, read_body};
+use crate::web::{BodyError, BodyLimits, content_length, is_ssp_content_type, read_body};
 
 /// Read and parse the POST `req` from `side` (`who` labels the wire tap).
 pub(crate) async fn read(
@@ -28,17 +28,29 @@ pub(crate) async fn read(
             Failure::new(Kind::MediaType, side, "not an SSP media type"),
         ));
     }
-    let body = match read_body(req.into_body(), gw.cfg().limits.xml.max_body).await {
+    let cfg = gw.cfg();
+    let max = cfg.limits.xml.max_body;
+    let too_large = |n: usize| {
+        Failure::new(
+            Kind::TooLarge,
+            side,
+            format!("message body exceeds the limit of {n} bytes"),
+        )
+    };
+    // Refused up front when it says so: not a byte of it is read.
+    if content_length(&req).is_some_and(|n| n > max as u64) {
+        return Err(bad(gw, too_large(max)));
+    }
+    let limits = BodyLimits {
+        max,
+        within: cfg.timeouts.body,
+        min_rate: cfg.limits.min_body_rate,
+    };
+    let body = match read_body(req.into_body(), limits).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge(n)) => {
-            return Err(bad(
-                gw,
-                Failure::new(
-                    Kind::TooLarge,
-                    side,
-                    format!("message body exceeds the limit of {n} bytes"),
-                ),
-            ));
+        Err(BodyError::TooLarge(n)) => return Err(bad(gw, too_large(n))),
+        Err(e @ (BodyError::Timeout(_) | BodyError::TooSlow(_))) => {
+            return Err(bad(gw, Failure::new(Kind::TooSlow, side, e.to_string())));
         }
         Err(e) => return Err(Failure::new(Kind::Malformed, side, e.to_string())),
     };
@@ -47,7 +59,11 @@ pub(crate) async fn read(
             .tap(TapDir::In, who, &String::from_utf8_lossy(&body));
     }
     gw.links.codec.parse(&body).map_err(|e| {
-        tracing::info!(from = who, error = %e, "refused SSP message");
+        crate::sampled!(
+            gw.logs(),
+            "message-refused",
+            tracing::info!(from = who, error = %e, "refused SSP message")
+        );
         let mut f = Failure::from(&e);
         f.side = side;
         bad(gw, f)

@@ -108,7 +108,15 @@ fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
                 return not_ours();
             };
             match WvId::parse(s) {
-                Ok(id) if id.domain.as_deref() == Some(gw.links.rw.public_domain()) => Dest::Core,
+                // Our users are named by number between operators; a core-local name on our
+                // public domain only where policy accepts it (`PROTOCOL.md` §6). Groups,
+                // contact lists and the service keep their names.
+                Ok(id)
+                    if id.domain.as_deref() == Some(gw.links.rw.public_domain())
+                        && (!id.is_user() || cfg.policy.accept_local_names) =>
+                {
+                    Dest::Core
+                }
                 Ok(_) => not_ours(),
                 Err(e) => Dest::Fail(Failure::local(Kind::InvalidUserId, e.to_string())),
             }
@@ -247,14 +255,7 @@ fn route_static(cfg: &Config, dir: &Directory, rw: &Rewriter, rb: &RouteBy) -> O
         if dir.is_subscriber(n) {
             return Some(Dest::Core);
         }
-        let digits = n.digits();
-        // Longest matching prefix wins.
-        let best = cfg
-            .routes
-            .iter()
-            .filter(|r| digits.starts_with(r.prefix.as_str()))
-            .max_by_key(|r| r.prefix.len());
-        if let Some(r) = best {
+        if let Some(r) = cfg.route_for(n) {
             return Some(Dest::Imps(Remote {
                 domain: r.peer.clone(),
                 urls: Vec::new(),

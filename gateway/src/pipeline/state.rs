@@ -24,6 +24,8 @@ pub struct Gateway {
     pub(crate) originators: KeyedLimiter,
     /// Slots for requests in flight.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Answers with forged or foreign transaction IDs, per source address.
+    pub(crate) forged: crate::budget::Budget,
     /// Predecessors' requests already answered by token: (instance, request ID) -> issued.
     /// A sender retrying an answer must not give the originator a second one.
     pub(crate) routed_by_token: Mutex<HashMap<(u32, u64), u32>>,
@@ -47,6 +49,7 @@ impl Gateway {
                 cfg.policy.originator_burst,
             ),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
+            forged: crate::budget::Budget::new(cfg.policy.failure_rate, cfg.policy.failure_burst),
             routed_by_token: Mutex::default(),
             links: Arc::new(links),
             resolver,
@@ -61,6 +64,11 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.links.metrics
+    }
+
+    /// The sampler of log lines a far side can cause.
+    pub(crate) fn logs(&self) -> &crate::ops::logs::Sampler {
+        &self.links.logs
     }
 
     /// The shutdown handle.

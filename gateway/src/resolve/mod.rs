@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use http::Uri;
 use serde::Serialize;
 
-use crate::config::{Config, Fallback, OriginatorCheck, ResolverSpec};
+use crate::config::{Config, Fallback, ResolverSpec};
 use crate::ops::metrics::Metrics;
 use crate::ssp::{E164, Primitive};
 use ddds::{EnumOutcome, NaptrAnswer, NaptrSource, Service, SourceError, SrvOrder};
@@ -917,28 +917,14 @@ impl Resolver {
         }
     }
 
-    /// Anti-spoofing: whether ENUM places `n` at `peer_domain` (per `originator_check`).
-    pub async fn check_originator(&self, n: E164, peer_domain: &str) -> Result<(), Unplaced> {
-        if self.spec.originator_check == OriginatorCheck::Off {
-            return Ok(());
-        }
-        let verdict = match self.decide(&format!("+{n}"), Svc::Im).await {
-            Ok(d) if d.domain.as_deref() == Some(peer_domain) => return Ok(()),
-            Ok(_) => {
-                tracing::warn!(number = %n, peer = peer_domain, "ENUM does not place the originator at the sending peer");
-                Unplaced::Elsewhere
-            }
-            // Not accepted unverified: anyone able to make DNS fail (a broken delegation of
-            // its own) could otherwise pass any number off as its own. The peer is told to
-            // try again; routes known before the failure are still served stale.
-            Err(e) => {
-                tracing::info!(number = %n, peer = peer_domain, error = %e, "originator not verifiable now");
-                Unplaced::Unverifiable(e.0)
-            }
-        };
-        match self.spec.originator_check {
-            OriginatorCheck::Log => Ok(()),
-            _ => Err(verdict),
+    /// Anti-spoofing: whether ENUM places `n` at `peer_domain`. A number ENUM does not
+    /// know is placed nowhere; a DNS failure is no verdict (the caller must not take it for
+    /// one: anyone able to break its own DNS could otherwise pass any number off as its own).
+    pub async fn place(&self, n: E164, peer_domain: &str) -> Result<(), Unplaced> {
+        match self.decide(&format!("+{n}"), Svc::Im).await {
+            Ok(d) if d.domain.as_deref() == Some(peer_domain) => Ok(()),
+            Ok(_) => Err(Unplaced::Elsewhere),
+            Err(e) => Err(Unplaced::Unverifiable(e.0)),
         }
     }
 }

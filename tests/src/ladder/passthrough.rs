@@ -10,7 +10,7 @@ use http::{StatusCode, Uri};
 use ssp_gateway::app::listen::{Handler, Limits, serve as serve_listener};
 use ssp_gateway::drain::Drain;
 use ssp_gateway::links::http::{Connector, SspClient};
-use ssp_gateway::web::{read_body, respond};
+use ssp_gateway::web::{BodyLimits, read_body, respond};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,7 +27,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, upstre
         let client = client.clone();
         let upstream = upstream.clone();
         Box::pin(async move {
-            let body = match read_body(req.into_body(), MAX_BODY).await {
+            let body = match read_body(req.into_body(), BodyLimits::size(MAX_BODY)).await {
                 Ok(b) => b,
                 Err(_) => return respond(StatusCode::BAD_REQUEST, None),
             };
@@ -50,10 +50,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, upstre
         Some((TlsAcceptor::from(tls), Duration::from_secs(5))),
         handler,
         Drain::new(),
-        Limits {
-            max_connections: 20_000,
-            drain: Duration::from_secs(1),
-        },
+        Limits::lenient(20_000),
         Arc::new(|_| {}),
     )
     .await;

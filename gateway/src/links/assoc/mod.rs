@@ -2,11 +2,22 @@
 //! a core) that authenticates this way, and the responder role for steps that arrive on a
 //! listener. The state machine is in [`state`]; this module sends its messages and hands
 //! it what arrives.
+//!
+//! As responder the gateway answers on the claimed domain's own address, so anyone can make
+//! it POST to a peer by claiming that peer's domain. That cannot be used to reflect or to
+//! exhaust: steps are rate-limited per source address and per claimed domain
+//! (`[policy] association_rate`), at most [`REPLIES_PER_DOMAIN`] replies to opening steps
+//! per domain and [`REPLIES_IN_FLIGHT`] in all are being delivered at once (an opening step
+//! beyond that is refused with 503 and creates nothing), and attempts per domain are few (see
+//! [`state`]). The later steps need not be bounded that way: each must carry a digest of the
+//! token we sent to the claimed domain, which only that domain has.
 
 pub(crate) mod state;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 use rustls_pki_types::CertificateDer;
@@ -18,9 +29,82 @@ use super::exchange::Target;
 use super::{Links, TapDir};
 use crate::config::PeerAuth;
 use crate::error::{Failure, Kind, Side};
-use crate::ssp::{Message, Mode, NS_WV_SSP_13, SetupTransaction};
+use crate::ssp::{Message, Mode, NS_WV_SSP_13, SetupPrimitive, SetupTransaction};
 use crate::tls::cert_names_domain;
 use crate::web::{HttpResponse, refuse, respond};
+
+/// Replies to association steps being delivered at once, per claimed domain.
+pub(crate) const REPLIES_PER_DOMAIN: usize = 2;
+/// The same, in all.
+pub(crate) const REPLIES_IN_FLIGHT: usize = 64;
+
+/// Bounds of the responder role.
+pub(crate) struct Bounds {
+    /// Steps per source address.
+    sources: crate::links::peer::KeyedLimiter<IpAddr>,
+    /// Opening steps per claimed domain.
+    domains: crate::links::peer::KeyedLimiter<String>,
+    /// Replies in flight per domain.
+    replies: Mutex<HashMap<String, usize>>,
+    /// Replies in flight in all.
+    total: AtomicUsize,
+}
+
+impl Bounds {
+    /// `rate` steps per second (and `burst`) per source and per claimed domain.
+    pub(crate) fn new(rate: u32, burst: u32) -> Bounds {
+        Bounds {
+            sources: crate::links::peer::keyed_limiter(rate, burst),
+            domains: crate::links::peer::keyed_limiter(rate, burst),
+            replies: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+        }
+    }
+
+    /// A reply slot for `domain`, if one is free.
+    fn slot(self: &Arc<Self>, domain: &str) -> Option<ReplySlot> {
+        let mut m = self.replies.lock().ok()?;
+        let n = m.entry(domain.to_owned()).or_default();
+        if *n >= REPLIES_PER_DOMAIN || self.total.load(Ordering::Acquire) >= REPLIES_IN_FLIGHT {
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Some(ReplySlot {
+            bounds: self.clone(),
+            domain: domain.to_owned(),
+        })
+    }
+
+    /// Forget the limiters' idle keys (a flood of made-up domains or addresses must not
+    /// grow them for ever).
+    pub(crate) fn shrink(&self) {
+        self.sources.retain_recent();
+        self.sources.shrink_to_fit();
+        self.domains.retain_recent();
+        self.domains.shrink_to_fit();
+    }
+}
+
+/// One reply being delivered; its place is given back when dropped.
+struct ReplySlot {
+    bounds: Arc<Bounds>,
+    domain: String,
+}
+
+impl Drop for ReplySlot {
+    fn drop(&mut self) {
+        self.bounds.total.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut m) = self.bounds.replies.lock()
+            && let Some(n) = m.get_mut(&self.domain)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.domain);
+            }
+        }
+    }
+}
 
 /// How a refused association step is answered: a malformed one as such, anything else
 /// (not allowed, unmatched, a wrong digest, a refusal) as not proven.
@@ -144,12 +228,49 @@ impl Links {
             Mode::Response => match self.assoc.on_response(t) {
                 Ok(()) => respond(StatusCode::OK, None),
                 Err(e) => {
-                    tracing::info!(error = %e, "unmatched association answer");
+                    crate::sampled!(
+                        self.logs,
+                        "association-unmatched",
+                        tracing::info!(error = %e, "unmatched association answer")
+                    );
                     refuse(&refusal(&e))
                 }
             },
             Mode::Request => {
                 let to_core = matches!(from, SetupFrom::Core);
+                // Bounded before anything is created or sent (see the module header).
+                let claimed = state::claimed_domain(&t);
+                let opening = matches!(t.primitive, SetupPrimitive::SendSecretToken(_));
+                let source = remote.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                let over_rate = self.assoc_bounds.sources.check_key(&source).is_err()
+                    || (opening
+                        && claimed
+                            .as_ref()
+                            .is_some_and(|d| self.assoc_bounds.domains.check_key(d).is_err()));
+                if over_rate {
+                    self.metrics.refused.with_label_values(&["rate"]).inc();
+                    return refuse(&Failure::new(
+                        Kind::RateLimited,
+                        Side::Peer,
+                        "association steps over their rate",
+                    ));
+                }
+                // Only an opening step can be sent by anyone: a later one must carry a digest
+                // of the token we sent to the claimed domain, so only its replies are bounded.
+                let slot = match claimed.as_ref().filter(|_| opening) {
+                    Some(d) => match self.assoc_bounds.slot(d) {
+                        Some(s) => Some(s),
+                        None => {
+                            self.metrics.refused.with_label_values(&["overload"]).inc();
+                            return refuse(&Failure::new(
+                                Kind::Overloaded,
+                                Side::Local,
+                                format!("replies to {d} are still being delivered"),
+                            ));
+                        }
+                    },
+                    None => None,
+                };
                 let allowed = |domain: &str| match &from {
                     SetupFrom::Core => self.cfg.operator.core_domains.iter().any(|d| d == domain),
                     SetupFrom::Peer(certs) => match self.peers.configured(domain) {
@@ -165,12 +286,16 @@ impl Links {
                 match self.assoc.on_request(&t, allowed, remote) {
                     Ok((domain, reply)) => {
                         self.metrics.associations.set(self.assoc.count() as i64);
-                        self.send_setup_reply(domain, reply, to_core);
+                        self.send_setup_reply(domain, reply, to_core, slot);
                         respond(StatusCode::OK, None)
                     }
                     Err(e) => {
                         self.metrics.refused.with_label_values(&["auth"]).inc();
-                        tracing::warn!(error = %e, "association step refused");
+                        crate::sampled!(
+                            self.logs,
+                            "association-refused",
+                            tracing::warn!(error = %e, "association step refused")
+                        );
                         refuse(&refusal(&e))
                     }
                 }
@@ -179,9 +304,16 @@ impl Links {
     }
 
     /// POST a responder's reply to the claimed domain's own address, on its own task.
-    fn send_setup_reply(self: &Arc<Self>, domain: String, reply: Message, to_core: bool) {
+    fn send_setup_reply(
+        self: &Arc<Self>,
+        domain: String,
+        reply: Message,
+        to_core: bool,
+        slot: Option<ReplySlot>,
+    ) {
         let links = self.clone();
         self.drain.spawn(async move {
+            let _slot = slot;
             let within = links.cfg.timeouts.association;
             let delivered = if to_core {
                 match &links.core {
@@ -204,7 +336,11 @@ impl Links {
                 }
             };
             if !delivered {
-                tracing::warn!(%domain, "association answer could not be delivered");
+                crate::sampled!(
+                    links.logs,
+                    "association-undeliverable",
+                    tracing::warn!(%domain, "association answer could not be delivered")
+                );
             }
         });
     }

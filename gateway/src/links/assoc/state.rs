@@ -164,6 +164,17 @@ fn domain_of_service(service: Option<&str>) -> Result<String, AssocError> {
     }
 }
 
+/// The domain a Request-mode setup step claims: its service's, or (a `LoginResponse`) its
+/// session's.
+pub(crate) fn claimed_domain(t: &SetupTransaction) -> Option<String> {
+    match &t.primitive {
+        SetupPrimitive::SendSecretToken(p) => domain_of_service(p.service_id.as_deref()).ok(),
+        SetupPrimitive::LoginRequest(p) => domain_of_service(p.service_id.as_deref()).ok(),
+        SetupPrimitive::LoginResponse(p) => p.session_id.as_deref().and_then(domain_of_session),
+        SetupPrimitive::Other(_) => None,
+    }
+}
+
 fn domain_of_session(session: &str) -> Option<String> {
     session
         .rsplit_once('@')
