@@ -237,6 +237,10 @@ pub(super) struct RawPeer {
     pub(super) rate: Option<u32>,
     #[serde(default)]
     pub(super) burst: Option<u32>,
+    #[serde(default)]
+    pub(super) notifications: Option<String>,
+    #[serde(default)]
+    pub(super) address_by: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

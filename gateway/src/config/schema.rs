@@ -305,6 +305,30 @@ pub struct PeerSpec {
     pub rate: u32,
     /// Burst for the same.
     pub burst: u32,
+    /// How our notifications (`PresenceNotification`, `DeliveryStatusReport`) to it end.
+    pub notifications: Notifications,
+    /// How its users are named in what we send it.
+    pub address_by: AddressBy,
+}
+
+/// How a peer ends our notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notifications {
+    /// With an SSP answer, as any request.
+    Answered,
+    /// Its HTTP acknowledgement is all there is: delivered then (Baraza never answers them).
+    Acknowledged,
+}
+
+/// How the users of a peer are named in what we send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressBy {
+    /// By number: `wv:+MSISDN` (the canonical form).
+    Number,
+    /// As the ENUM URI names them (`im:alice@a.test` → `wv:alice@a.test`), for servers that
+    /// do not know their users by number; their IDs are mapped back to `wv:+MSISDN` for our
+    /// core where the gateway learned the mapping from its own lookups.
+    EnumUri,
 }
 
 /// `[[route]]`: a static number-prefix route.

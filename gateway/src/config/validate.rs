@@ -290,7 +290,31 @@ fn peers(
                 ("any", PeerAuth::Any),
             ],
         );
+        // Peers that associate are Baraza-like: they acknowledge notifications and never
+        // answer them.
+        let notifications = match p.notifications.as_deref() {
+            None if auth == PeerAuth::Association => Notifications::Acknowledged,
+            v => choice(
+                check,
+                &path("notifications"),
+                v,
+                &[
+                    ("answered", Notifications::Answered),
+                    ("acknowledged", Notifications::Acknowledged),
+                ],
+            ),
+        };
         peers.push(PeerSpec {
+            notifications,
+            address_by: choice(
+                check,
+                &path("address_by"),
+                p.address_by.as_deref(),
+                &[
+                    ("number", AddressBy::Number),
+                    ("enum-uri", AddressBy::EnumUri),
+                ],
+            ),
             id_style: choice(check, &path("id_style"), p.id_style.as_deref(), ID_STYLES),
             mode: choice(check, &path("mode"), p.mode.as_deref(), MODES),
             auth,

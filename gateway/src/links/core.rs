@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::Uri;
 use tokio::time::Instant;
 
-use super::exchange::Target;
+use super::exchange::{Outgoing, Target};
 use super::http::{Connector, SspClient};
 use super::peer::Identity;
 use super::{Links, Part};
@@ -160,7 +160,13 @@ impl Links {
             .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
         drop(dir);
         let body = msg.emit(NS_WV_SSP_13);
-        self.exchange(&target, &msg, body, rid, &tid, deadline)
+        let out = Outgoing {
+            msg: &msg,
+            body,
+            request_id: rid,
+            tid: &tid,
+        };
+        self.exchange(&target, out, deadline, false)
             .await
             .map(|t| t.primitive)
     }

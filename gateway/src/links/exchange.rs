@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::http::{SendError, SspClient};
 use super::{Links, TapDir};
 use crate::error::{Failure, Kind, Side};
-use crate::ssp::{Body, Message, Mode, Transaction};
+use crate::ssp::{Body, Message, Mode, Primitive, Status, Transaction, status};
 
 /// Where to send: a client and URLs in failover order.
 pub struct Target<'a> {
@@ -28,6 +28,19 @@ pub struct Target<'a> {
     pub client: &'a SspClient,
     /// URLs in order.
     pub urls: &'a [Uri],
+}
+
+/// One request on its way: the message (rewritten, carrying our token `tid`), its bytes, and
+/// the request ID its answer is awaited under.
+pub(crate) struct Outgoing<'a> {
+    /// The message.
+    pub msg: &'a Message,
+    /// Its bytes.
+    pub body: String,
+    /// The key of its entry in the pending table.
+    pub request_id: u64,
+    /// Our transaction ID (the token).
+    pub tid: &'a str,
 }
 
 /// The waits between attempts of something retried until a deadline: 100 ms, doubling, at
@@ -75,17 +88,51 @@ fn wv_headers(msg: &Message) -> Vec<(&'static str, String)> {
 
 impl Links {
     /// Send one request transaction (already rewritten and carrying our token `tid`) and wait
-    /// for its answer until `deadline`.
+    /// for its answer until `deadline`. `acknowledged`: the far side never answers this one
+    /// (a notification to a Baraza-like peer), so its HTTP acknowledgement is the outcome.
     pub(crate) async fn exchange(
         &self,
         target: &Target<'_>,
-        msg: &Message,
-        body: String,
-        request_id: u64,
-        tid: &str,
+        out: Outgoing<'_>,
         deadline: Instant,
+        acknowledged: bool,
     ) -> Result<Transaction, Failure> {
+        let Outgoing {
+            msg,
+            body,
+            request_id,
+            tid,
+        } = out;
         self.tap(TapDir::Out, target.label, &body);
+        if acknowledged {
+            return match self
+                .send_with_failover(target, &body, msg, deadline)
+                .await?
+            {
+                (s, resp) if s.is_success() => {
+                    Ok(self.sync_answer(&resp, tid).unwrap_or_else(|| {
+                        Transaction::response(
+                            tid,
+                            Primitive::Status(Status::with(
+                                status::OK,
+                                format!("acknowledged by {}", target.label),
+                            )),
+                        )
+                    }))
+                }
+                (s, resp) => self.sync_answer(&resp, tid).ok_or_else(|| {
+                    Failure::new(
+                        Kind::Unreachable,
+                        target.side,
+                        format!(
+                            "{} refused the request with HTTP {}",
+                            target.label,
+                            s.as_u16()
+                        ),
+                    )
+                }),
+            };
+        }
         // Register before sending: an async answer can overtake the HTTP ack.
         let (_registered, rx) = self.pending.register(request_id);
         match self

@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use tokio::time::Instant;
 
-use super::exchange::Target;
+use super::exchange::{Outgoing, Target};
 use super::http::{Connector, SspClient};
 use super::{Links, Part, Remote};
 use crate::config::{Config, PeerAuth, PeerSpec};
@@ -159,6 +159,8 @@ impl PeerTable {
             tls_name: domain.clone(),
             rate: 500,
             burst: 1000,
+            notifications: crate::config::Notifications::Answered,
+            address_by: crate::config::AddressBy::Number,
         };
         match self.build(cfg) {
             Ok(rt) => {
@@ -330,6 +332,11 @@ impl Links {
         } else {
             self.session_towards(&peer)
         };
+        let acknowledged = peer.cfg.notifications == crate::config::Notifications::Acknowledged
+            && matches!(
+                request,
+                Primitive::PresenceNotification(_) | Primitive::DeliveryStatusReport(_)
+            );
         let rid = self.pending.next_id();
         let tid = self.keys.issue(
             Leg::ToPeer,
@@ -345,7 +352,13 @@ impl Links {
             .rw
             .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
         drop(dir);
-        self.exchange(&target, &msg, body, rid, &tid, deadline)
+        let out = Outgoing {
+            msg: &msg,
+            body,
+            request_id: rid,
+            tid: &tid,
+        };
+        self.exchange(&target, out, deadline, acknowledged)
             .await
             .map(|t| t.primitive)
     }

@@ -7,6 +7,7 @@
 //! does not know is still answered with its `wv:+MSISDN` where policy allows (the use case
 //! "add a user by number regardless of whether that user is registered").
 
+use super::normalize;
 use super::route::Plan;
 use super::state::Gateway;
 use crate::error::Failure;
@@ -67,11 +68,15 @@ async fn forward(
     request: Primitive,
     part: Part<'_>,
 ) -> Result<Primitive, Failure> {
-    if !matches!(dest, Dest::Imps(_) | Dest::LastResort(_)) {
+    let (Dest::Imps(remote) | Dest::LastResort(remote)) = dest else {
         return gw.links.send(dest, request, part).await;
-    }
-    let (request, searched) = canonical_search(gw, request);
-    let answer = gw.links.send(dest, request, part).await;
+    };
+    let (mut request, searched) = canonical_search(gw, request);
+    normalize::to_peer(gw, &remote.domain, &mut request);
+    let answer = gw.links.send(dest, request, part).await.map(|mut a| {
+        normalize::from_peer(gw, &remote.domain, &mut a);
+        a
+    });
     match searched {
         Some(n) => Ok(unregistered_search(gw, n, answer)),
         None => answer,

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 
 use super::admit::{self, Slot};
 use super::state::Gateway;
-use super::{answer, fanout, identify, ingress, policy, route};
+use super::{answer, fanout, identify, ingress, normalize, policy, route};
 use crate::config::ResponseMode;
 use crate::error::{Failure, Kind, Side};
 use crate::links::Origin;
@@ -195,7 +195,7 @@ async fn request(
 ) -> Transaction {
     let Transaction {
         transaction_id: tid,
-        primitive,
+        mut primitive,
         ..
     } = t;
     let label = primitive.label();
@@ -210,6 +210,8 @@ async fn request(
         if let Err(f) = policy::check(gw, origin, &primitive).await {
             return form.answer(f.status());
         }
+        // Normalize: what real peers write that the profile does not say.
+        normalize::request(gw, origin, &mut primitive);
         // Route: a destination for each route-by ID (531 for a peer's non-subscribers).
         let plan = match route::plan(gw, origin, &primitive).await {
             Ok(p) => p,

@@ -13,6 +13,8 @@ mod fanout;
 mod handle;
 mod identify;
 mod ingress;
+mod names;
+mod normalize;
 mod policy;
 pub mod route;
 mod state;

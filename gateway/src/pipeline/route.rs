@@ -154,16 +154,49 @@ async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
         Err(f) => return Dest::Fail(f),
     };
     match r.decide(&target, svc).await {
-        Ok(d) => destination(
-            &d,
-            &cfg.operator.public_domain,
-            r.last_resort(),
-            rb.as_str(),
-        ),
+        Ok(d) => {
+            learn_name(gw, &d);
+            destination(
+                &d,
+                &cfg.operator.public_domain,
+                r.last_resort(),
+                rb.as_str(),
+            )
+        }
         Err(e) => Dest::Fail(Failure::local(
             Kind::Unreachable,
             format!("route to {} unknown: {e}", rb.as_str()),
         )),
+    }
+}
+
+/// When ENUM names a number's user by name at an IMPS peer addressed that way (`[[peer]]
+/// address_by = "enum-uri"`), keep the name both ways.
+fn learn_name(gw: &Gateway, d: &Decision) {
+    let (Some(hit), Protocol::Imps, Some(domain)) = (&d.enum_hit, d.protocol, &d.domain) else {
+        return;
+    };
+    if !gw
+        .cfg()
+        .peer(domain)
+        .is_some_and(|p| p.address_by == crate::config::AddressBy::EnumUri)
+    {
+        return;
+    }
+    let Some(n) = d
+        .target
+        .strip_prefix('+')
+        .and_then(|t| E164::from_digits(t).ok())
+    else {
+        return;
+    };
+    let Some((_, user_at)) = hit.uri.split_once(':') else {
+        return;
+    };
+    if let Ok(id) = WvId::parse(user_at)
+        && id.e164() != Some(n)
+    {
+        gw.names.learn(n, &id);
     }
 }
 

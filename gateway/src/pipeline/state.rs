@@ -24,6 +24,8 @@ pub struct Gateway {
     pub(crate) originators: KeyedLimiter,
     /// Slots for requests in flight.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Names of other operators' users that ENUM gave.
+    pub(crate) names: super::names::Names,
     /// Answers with forged or foreign transaction IDs, per source address.
     pub(crate) forged: crate::budget::Budget,
     /// Predecessors' requests already answered by token: (instance, request ID) -> issued.
@@ -49,6 +51,7 @@ impl Gateway {
                 cfg.policy.originator_burst,
             ),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
+            names: super::names::Names::default(),
             forged: crate::budget::Budget::new(cfg.policy.failure_rate, cfg.policy.failure_burst),
             routed_by_token: Mutex::default(),
             links: Arc::new(links),

@@ -1,5 +1,6 @@
 //! Unit tests of the typed model against messages in Baraza's exact style: the real captures
-//! (`tests/fixtures/baraza/0xx_*.xml`) and hand-written ones in the same layout (`9xx_*`).
+//! (`tests/fixtures/baraza/0xx_*.xml`, and from a later live run `900`, `910`-`914`) and
+//! hand-written ones in the same layout (the other `9xx_*`).
 
 use super::message::{Body, Codec, Message, Mode, NS_WV_SSP_13};
 use super::primitives::{Primitive, SetupPrimitive};
@@ -233,6 +234,9 @@ fn get_presence_request_and_empty_response() {
     assert_round_trip(&m);
 }
 
+/// A live capture: Baraza's report names its own user (who got the message) as Sender and
+/// ours, without `wv:`, as Recipient. As parsed, the route-by is the Sender; the request path
+/// turns such a report round (`pipeline/normalize.rs`).
 #[test]
 fn delivery_status_report() {
     let m = parse(fixture!("900_Session-Request-DeliveryStatusReport.xml"));
@@ -241,17 +245,82 @@ fn delivery_status_report() {
         panic!()
     };
     assert_eq!(r.result.as_ref().unwrap().code, 200);
-    assert_eq!(r.delivery_time.as_deref(), Some("2026-11-25T12:28:40Z"));
-    // Routed back to the original sender.
+    assert_eq!(r.delivery_time.as_deref(), Some("2026-09-03T03:56:20Z"));
+    let info = r.info.as_ref().unwrap();
+    assert_eq!(
+        info.recipient.as_ref().unwrap().entities[0].id,
+        "+4915112345678@b.test"
+    );
     assert_eq!(
         t.primitive.route_by(),
-        vec![RouteBy::Id("wv:bob@b.test".into())]
+        vec![RouteBy::Id("wv:alice@a.test".into())]
     );
     assert_eq!(
         t.primitive.originators(),
         vec!["wv:@a.test", "wv:alice@a.test"]
     );
     assert_round_trip(&m);
+}
+
+/// Live captures of what Baraza sends about presence: a notification with no MetaInfo and the
+/// watcher without `wv:` (empty, and with values), a subscription with a Requestor
+/// `ClientID`, a fetch by `VerUserID` with an attribute list of `(null)`, and the bare
+/// `Status` it answers a subscription with.
+#[test]
+fn presence_as_baraza_writes_it() {
+    for (f, watcher) in [
+        (
+            fixture!("910_Session-Request-PresenceNotification-empty.xml"),
+            true,
+        ),
+        (
+            fixture!("911_Session-Request-PresenceNotification-values.xml"),
+            true,
+        ),
+    ] {
+        let m = parse(f);
+        let t = only_txn(&m);
+        let Primitive::PresenceNotification(p) = &t.primitive else {
+            panic!()
+        };
+        assert!(p.meta.is_none());
+        assert_eq!(
+            t.primitive.route_by(),
+            vec![RouteBy::Id("+4915112345678@b.test".into())],
+            "{watcher}"
+        );
+        assert_round_trip(&m);
+    }
+    let m = parse(fixture!(
+        "911_Session-Request-PresenceNotification-values.xml"
+    ));
+    assert_eq!(
+        only_txn(&m).primitive.originators(),
+        vec!["wv:alice@a.test"]
+    );
+    let m = parse(fixture!("912_Session-Request-SubscribeRequest.xml"));
+    let t = only_txn(&m);
+    assert_eq!(
+        t.primitive.route_by(),
+        vec![RouteBy::Id("wv:+4915112345678@b.test".into())]
+    );
+    assert_eq!(
+        t.primitive.originators(),
+        vec!["wv:@a.test", "wv:alice@a.test"]
+    );
+    assert_round_trip(&m);
+    let m = parse(fixture!("913_Session-Request-GetPresenceRequest.xml"));
+    let t = only_txn(&m);
+    let Primitive::GetPresenceRequest(p) = &t.primitive else {
+        panic!()
+    };
+    assert_eq!(p.users[0].id, "wv:+4915112345678@b.test");
+    assert_eq!(p.attribute_list.as_ref().unwrap().text, "(null)");
+    assert_round_trip(&m);
+    let m = parse(fixture!("914_Session-Response-Status.xml"));
+    let t = only_txn(&m);
+    assert_eq!(t.mode, Mode::Response);
+    assert_eq!(t.primitive.answer_code(), 200);
 }
 
 #[test]

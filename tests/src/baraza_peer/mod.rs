@@ -84,6 +84,25 @@ pub struct BarazaPeerConfig {
     /// Local users: (local name, MSISDN like `+4915112345678`). A recipient matches by
     /// `wv:<name>@<domain>` or `wv:<msisdn>@<domain>`.
     pub users: Vec<(String, String)>,
+    /// As responder, the time between answering an opening step and having stored its half
+    /// of the association: a step of the initiator's that arrives sooner is dropped (the
+    /// connection closed without an HTTP answer), as a live Baraza does within about a
+    /// millisecond (the live run's 0105-0113). `None`: stored at once.
+    pub commit_race: Option<Duration>,
+}
+
+impl BarazaPeerConfig {
+    /// A peer for `domain` with these users, storing at once.
+    pub fn new(domain: &str, users: &[(&str, &str)]) -> BarazaPeerConfig {
+        BarazaPeerConfig {
+            domain: domain.to_owned(),
+            users: users
+                .iter()
+                .map(|(n, m)| ((*n).to_owned(), (*m).to_owned()))
+                .collect(),
+            commit_race: None,
+        }
+    }
 }
 
 /// A message delivered to one of the peer's local users.
@@ -177,6 +196,7 @@ impl BarazaPeer {
             assoc_lock: tokio::sync::Mutex::new(()),
             msg_seq: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            commit_race: cfg.commit_race,
         });
         let acceptor = TlsAcceptor::from(Arc::new(server_cfg));
         let accept_task = tokio::spawn(accept_loop(inner.clone(), listener, acceptor));
@@ -238,14 +258,106 @@ impl BarazaPeer {
         to_user_id: &str,
         text: &str,
     ) -> anyhow::Result<Primitive> {
+        self.message(from_local, to_user_id, text, false).await
+    }
+
+    /// [`BarazaPeer::send_message`], asking for a delivery report.
+    pub async fn send_message_with_report(
+        &self,
+        from_local: &str,
+        to_user_id: &str,
+        text: &str,
+    ) -> anyhow::Result<Primitive> {
+        self.message(from_local, to_user_id, text, true).await
+    }
+
+    async fn message(
+        &self,
+        from_local: &str,
+        to_user_id: &str,
+        text: &str,
+        report: bool,
+    ) -> anyhow::Result<Primitive> {
         let inner = &self.inner;
-        let from = inner
-            .local_sender_id(from_local)
-            .ok_or_else(|| anyhow!("{from_local:?} is not a local user of {}", inner.domain))?;
+        let from = self.from(from_local)?;
         let to = format!("wv:{}", strip_wv(to_user_id));
-        let to_domain = id_domain(&to).to_ascii_lowercase();
+        let mid = inner.new_message_id();
+        self.request(&to, |sid, tid| {
+            body_send_message_request(
+                sid,
+                tid,
+                &inner.domain,
+                &from,
+                &to,
+                &mid,
+                text,
+                &iso8601(now_secs()),
+                report,
+            )
+        })
+        .await
+    }
+
+    /// A presence subscription of local user `from_local` to `presentity`, as Baraza writes
+    /// it (run2 0040); the answer (Baraza's peers answer with a bare `Status`).
+    pub async fn subscribe(&self, from_local: &str, presentity: &str) -> anyhow::Result<Primitive> {
+        let from = self.from(from_local)?;
+        let to = format!("wv:{}", strip_wv(presentity));
+        let domain = self.inner.domain.clone();
+        self.request(&to, |sid, tid| {
+            body_subscribe(sid, tid, &domain, &from, &to)
+        })
+        .await
+    }
+
+    /// A presence fetch from local user `from_local` for `presentity`, as Baraza writes it
+    /// (run2 0053: `VerUserID`, an attribute list of `(null)`); the answer.
+    pub async fn get_presence(
+        &self,
+        from_local: &str,
+        presentity: &str,
+    ) -> anyhow::Result<Primitive> {
+        let from = self.from(from_local)?;
+        let to = format!("wv:{}", strip_wv(presentity));
+        let domain = self.inner.domain.clone();
+        self.request(&to, |sid, tid| {
+            body_get_presence(sid, tid, &domain, &from, &to)
+        })
+        .await
+    }
+
+    /// A presence notification of local user `from_local` to `watcher`, as Baraza writes it
+    /// (run2 0032: no MetaInfo, the watcher without `wv:`); the answer.
+    pub async fn notify(
+        &self,
+        from_local: &str,
+        watcher: &str,
+        status_text: &str,
+    ) -> anyhow::Result<Primitive> {
+        let from = self.from(from_local)?;
+        self.request(watcher, |sid, tid| {
+            body_notification(sid, tid, &from, watcher, status_text)
+        })
+        .await
+    }
+
+    fn from(&self, local: &str) -> anyhow::Result<String> {
+        self.inner
+            .local_sender_id(local)
+            .ok_or_else(|| anyhow!("{local:?} is not a local user of {}", self.inner.domain))
+    }
+
+    /// POST one session request to the domain of `to` (associating first if needed) and
+    /// wait for its async answer; `body` is made from our session ID and the transaction ID.
+    async fn request(
+        &self,
+        to: &str,
+        body: impl FnOnce(&str, &str) -> String,
+    ) -> anyhow::Result<Primitive> {
+        let inner = &self.inner;
+        let to_domain = id_domain(to).to_ascii_lowercase();
         if to_domain.is_empty() {
-            bail!("{to_user_id:?} has no domain");
+            bail!("{to:?} has no domain");
         }
         let (our_sid, _) = {
             let _guard = timeout(DEADLINE, inner.assoc_lock.lock())
@@ -270,16 +382,7 @@ impl BarazaPeer {
             s.pending.insert(tid.clone(), tx);
             (tid, rx)
         };
-        let body = body_send_message_request(
-            &our_sid,
-            &tid,
-            &inner.domain,
-            &from,
-            &to,
-            &inner.new_message_id(),
-            text,
-            &iso8601(now_secs()),
-        );
+        let body = body(&our_sid, &tid);
         let deadline = Instant::now() + DEADLINE;
         let result = async {
             let (done_tx, done_rx) = oneshot::channel();

@@ -24,6 +24,8 @@ pub(super) struct Inner {
     pub(super) assoc_lock: tokio::sync::Mutex<()>,
     pub(super) msg_seq: AtomicU64,
     pub(super) accepted: AtomicU64,
+    /// See [`super::BarazaPeerConfig::commit_race`].
+    pub(super) commit_race: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -60,6 +62,8 @@ pub(super) struct Assoc {
     pub(super) verified: bool,
     pub(super) their_session: Option<String>,
     pub(super) complete: bool,
+    /// As responder: when its row is stored (a step arriving sooner is dropped).
+    pub(super) committed_at: Option<Instant>,
 }
 
 impl Assoc {
@@ -240,6 +244,7 @@ impl Inner {
                 verified: false,
                 their_session: None,
                 complete: false,
+                committed_at: None,
             });
             let (tx, rx) = oneshot::channel();
             s.waiters.insert(row, tx);
@@ -331,6 +336,7 @@ impl Inner {
                     verified: false,
                     their_session: None,
                     complete: false,
+                    committed_at: self.commit_race.map(|d| Instant::now() + d),
                 });
                 Outcome::ok(vec![After::Post(
                     OutReq::new(domain, body).with_tid(row.to_string()),
@@ -345,6 +351,11 @@ impl Inner {
                 else {
                     return Outcome::close(format!("LoginRequest {tid:?} matches no association"));
                 };
+                if s.assocs[i].committed_at.is_some_and(|t| Instant::now() < t) {
+                    return Outcome::close(format!(
+                        "LoginRequest {tid:?} before its row is committed"
+                    ));
+                }
                 if p.digest != digest_b64(s.assocs[i].our_token.as_bytes()) {
                     let a = s.assocs.remove(i);
                     warn!(domain = %a.domain, row = a.row, "wrong digest: association deleted");
@@ -493,12 +504,43 @@ impl Inner {
                     None => warn!(tid = %t.transaction_id, "answer to no pending request"),
                 },
                 Mode::Request => {
+                    let report = wants_report(&t.primitive);
                     if let Some(prim) = self.answer(&peer_domain, t.primitive) {
+                        let delivered = prim.starts_with("<SendMessageResponse")
+                            && prim.contains("<Status code=\"200\">");
                         let body = body_session_response(&our_session, &t.transaction_id, &prim);
                         after.push(After::Post(
                             OutReq::new(peer_domain.clone(), body)
                                 .with_sid(sess.session_id.clone()),
                         ));
+                        // Asked for a delivery report: sent as Baraza writes it (run1 0036).
+                        if let (Some((sender, recipients, size)), true) = (report, delivered) {
+                            for r in recipients {
+                                let Some(local) = self.local_user(&r) else {
+                                    continue;
+                                };
+                                let Some(local_id) = self.local_sender_id(&local) else {
+                                    continue;
+                                };
+                                s.next_queue += 1;
+                                let tid = format!("{:010}-0", s.next_queue);
+                                let body = body_delivery_report(
+                                    &our_session,
+                                    &tid,
+                                    &self.domain,
+                                    &local_id,
+                                    &sender,
+                                    &self.new_message_id(),
+                                    size,
+                                    &iso8601(now_secs()),
+                                );
+                                after.push(After::Post(
+                                    OutReq::new(peer_domain.clone(), body)
+                                        .with_tid(tid)
+                                        .with_sid(sess.session_id.clone()),
+                                ));
+                            }
+                        }
                     }
                 }
             }
@@ -562,6 +604,10 @@ impl Inner {
                     };
                     Some(prim_send_invalid(&mid, &invalid))
                 }
+            }
+            // A bare Status, not a response primitive (the live run's 0009).
+            Primitive::SubscribeRequest(_) | Primitive::UnsubscribeRequest(_) => {
+                Some(STATUS_COMPLETE.to_owned())
             }
             Primitive::GetPresenceRequest(p) => {
                 if p.meta
@@ -814,4 +860,31 @@ pub(super) fn ack_bytes(status: &str, request_said_close: bool, date: &str) -> S
     format!(
         "HTTP/1.1 {status}\r\nServer: Kannel/1.4.5\r\nDate: {date}\r\nContent-Length: 0\r\n{connection}\r\n"
     )
+}
+
+/// A message that asks for a delivery report: its sender, recipients and size.
+pub(super) fn wants_report(p: &Primitive) -> Option<(String, Vec<String>, usize)> {
+    let Primitive::SendMessageRequest(m) = p else {
+        return None;
+    };
+    if !m
+        .delivery_report
+        .as_deref()
+        .is_some_and(|d| d.eq_ignore_ascii_case("yes"))
+    {
+        return None;
+    }
+    let info = m.info.as_ref()?;
+    let sender = info.sender_id()?.to_owned();
+    let recipients = info
+        .recipient
+        .as_ref()
+        .map(|r| r.entities.iter().map(|e| e.id.clone()).collect())
+        .unwrap_or_default();
+    let size = m
+        .content
+        .as_ref()
+        .map(|c| content_text(c).len())
+        .unwrap_or(0);
+    Some((sender, recipients, size))
 }

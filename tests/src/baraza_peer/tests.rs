@@ -77,6 +77,7 @@ async fn peer(domain: &str, list: &[(&str, &str)]) -> BarazaPeer {
     BarazaPeer::start(BarazaPeerConfig {
         domain: domain.into(),
         users: users(list),
+        commit_race: None,
     })
     .await
     .unwrap()
@@ -299,6 +300,7 @@ fn client_requests_match_captures_byte_for_byte() {
         "8aee9981801716c039215f69def4ffad7",
         "Hi bob, alice from a.test here",
         "2026-12-25T12:27:59Z",
+        false,
     );
     assert_eq!(
         render(
@@ -378,6 +380,7 @@ async fn replays_a_initiated_captures_and_probes() {
             verified: false,
             their_session: None,
             complete: false,
+            committed_at: None,
         });
     }
     assert_eq!(feed(&a, C036).await, (Answer::Ok, vec![C038.to_owned()]));

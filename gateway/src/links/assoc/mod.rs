@@ -176,14 +176,26 @@ impl Links {
         deadline: Instant,
     ) -> Result<Established, String> {
         let (_tid, first, mut rx) = self.assoc.begin(domain);
+        // Each step is retried, with backoff, on a closed connection or a 5xx: Baraza answers
+        // an opening step before it has stored its half, and drops (closes without an HTTP
+        // answer) a step that arrives in the millisecond before it has.
         let send = |m: Message| {
             let body = m.emit(namespace);
             async move {
                 self.tap(TapDir::Out, target.label, &body);
-                match self.send_with_failover(target, &body, &m, deadline).await {
-                    Ok((s, _)) if s.is_success() => Ok(()),
-                    Ok((s, _)) => Err(format!("HTTP {}", s.as_u16())),
-                    Err(f) => Err(f.detail.into_owned()),
+                let mut backoff = super::exchange::Backoff::new(std::time::Duration::from_secs(1));
+                loop {
+                    match self.send_with_failover(target, &body, &m, deadline).await {
+                        Ok((s, _)) if s.is_success() => return Ok(()),
+                        Ok((s, _)) => return Err(format!("HTTP {}", s.as_u16())),
+                        Err(f) if f.kind == Kind::Timeout => return Err(f.detail.into_owned()),
+                        Err(f) => {
+                            if !backoff.wait(deadline).await {
+                                return Err(f.detail.into_owned());
+                            }
+                            tracing::debug!(%domain, error = %f, "association step sent again");
+                        }
+                    }
                 }
             }
         };
@@ -286,6 +298,9 @@ impl Links {
                 match self.assoc.on_request(&t, allowed, remote) {
                     Ok((domain, reply)) => {
                         self.metrics.associations.set(self.assoc.count() as i64);
+                        if matches!(t.primitive, SetupPrimitive::LoginResponse(_)) {
+                            tracing::info!(%domain, "association established (responder)");
+                        }
                         self.send_setup_reply(domain, reply, to_core, slot);
                         respond(StatusCode::OK, None)
                     }
