@@ -433,3 +433,42 @@ async fn baraza_users_named_by_enum_uri_keep_their_number() {
     baraza.shutdown().await;
     fed.shutdown().await;
 }
+
+/// run2: the peer listener closed Baraza's idle keep-alive connections after a fixed 30 s,
+/// whatever `[timeouts] idle` said. The idle time is now the configured one: a connection
+/// with nothing in flight lives exactly that long, however many requests it carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baraza_keepalive_connections_last_the_configured_idle() {
+    use ssp_testbed::attacker::{closed_within, post, response, tls_client, tls_from};
+    use tokio::io::AsyncWriteExt;
+    let fed = Federation::start_with(vec![OperatorSpec::new('x', "46")], |t| {
+        *t = t.replace("[timeouts]\n", "[timeouts]\nidle = \"3s\"\n");
+    })
+    .await;
+    let to = fed.ops[0].gateway.as_ref().unwrap().peer_addr.unwrap();
+    let connector = tls_client(&fed.ca, None);
+    let mut s = tls_from([127, 0, 0, 1], to, &connector, "opx.example")
+        .await
+        .unwrap();
+    // Requests keep it; two seconds without one do not end it.
+    for _ in 0..2 {
+        s.write_all(&post("<not-ssp/>")).await.unwrap();
+        assert_eq!(response(&mut s).await.unwrap().0, 400);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    s.write_all(&post("<not-ssp/>")).await.unwrap();
+    assert_eq!(
+        response(&mut s).await.unwrap().0,
+        400,
+        "still open after 2 s idle"
+    );
+    // Three seconds without a request end it.
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(6)).await);
+    let idle = t.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2900) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
+    fed.shutdown().await;
+}

@@ -190,6 +190,9 @@ struct Phase {
     idle_since: AtomicU64,
     /// One more than when the first byte of a request head arrived while idle (0: none).
     head_since: AtomicU64,
+    /// Wakes the watchdog when a request begins or ends or a head starts: its next deadline
+    /// is another one.
+    changed: tokio::sync::Notify,
 }
 
 /// What the watchdog does.
@@ -212,6 +215,7 @@ impl Phase {
             h2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -230,9 +234,13 @@ impl Phase {
             && self.head_since.load(Ordering::Relaxed) == 0
         {
             let now = self.ms(Instant::now());
-            let _ =
-                self.head_since
-                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+            if self
+                .head_since
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -244,6 +252,7 @@ impl Phase {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(0, Ordering::Release);
+        self.changed.notify_one();
         Active(self.clone())
     }
 
@@ -287,6 +296,7 @@ impl Drop for Active {
         let p = &self.0;
         if p.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             p.idle_since.store(p.ms(Instant::now()), Ordering::Release);
+            p.changed.notify_one();
         }
     }
 }
@@ -520,6 +530,7 @@ impl Conn {
                         return;
                     }
                 }
+                _ = phase.changed.notified(), if closing.is_none() => {}
                 _ = self.drain.stopped(), if closing.is_none() => {
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now() + self.limits.drain);
