@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod resolve;
 pub mod rewrite;
 pub mod ssp;
+pub mod store;
 pub mod tls;
 pub mod token;
 pub mod web;

@@ -14,3 +14,4 @@ pub mod dates;
 pub mod dnslab;
 pub mod federation;
 pub mod ladder;
+pub mod pglab;

@@ -1,0 +1,403 @@
+//! The SQLite backend: one connection on a thread of its own. Writes that arrive together
+//! share one transaction and one commit (group commit): the cost of durability is paid once
+//! per batch, not once per request, and no write is reported done before its commit.
+//! WAL journal, `synchronous = FULL`: a commit survives the process and the machine.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+use super::{MIGRATIONS, NewWork, Put, SentPart, StoreError, Work};
+
+/// What a job reports once its batch is committed (or not).
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A piece of work for the connection's thread: run in the batch's transaction (or told
+/// that there is none).
+type Job = Box<dyn FnOnce(Result<&Transaction<'_>, StoreError>) -> Done + Send>;
+
+/// Writes taken into one transaction at most.
+const BATCH: usize = 512;
+
+/// The handle of the connection's thread.
+#[derive(Debug)]
+pub struct Sqlite {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
+         CREATE TABLE IF NOT EXISTS ssp_schema (version BIGINT NOT NULL);",
+    )?;
+    let t = conn.transaction()?;
+    let applied: i64 = t
+        .query_row("SELECT version FROM ssp_schema", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    for (i, m) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(applied).unwrap_or(0))
+    {
+        t.execute_batch(m)?;
+        t.execute("DELETE FROM ssp_schema", [])?;
+        t.execute(
+            "INSERT INTO ssp_schema (version) VALUES (?1)",
+            params![i as i64 + 1],
+        )?;
+    }
+    t.commit()?;
+    Ok(())
+}
+
+fn run(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let t = match conn.transaction() {
+            Ok(t) => t,
+            Err(e) => {
+                // Each job still gets its answer: the error.
+                let e = StoreError::from(e);
+                for j in batch {
+                    j(Err(e.clone()))(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        let done: Vec<Done> = batch.into_iter().map(|j| j(Ok(&t))).collect();
+        let committed = t.commit().map_err(StoreError::from);
+        for d in done {
+            d(committed.clone());
+        }
+    }
+}
+
+impl Sqlite {
+    /// Open `path` (its folder is made), migrate, and start the connection's thread.
+    pub async fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        }
+        let path = path.to_owned();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ssp-store".into())
+            .spawn(move || {
+                let opened = Connection::open(&path)
+                    .map_err(|e| StoreError(format!("{}: {e}", path.display())))
+                    .and_then(|mut c| migrate(&mut c).map(|()| c));
+                match opened {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run(c, rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| StoreError(format!("store thread: {e}")))?;
+        ready_rx
+            .await
+            .map_err(|_| StoreError("store thread ended".into()))??;
+        Ok(Sqlite { jobs: tx })
+    }
+
+    /// Run `f` in the next batch; its result once the batch is committed.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |t| {
+            let r = t.and_then(f);
+            Box::new(move |committed| {
+                let _ = tx.send(committed.and(r));
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError("store thread ended".into()))?;
+        rx.await
+            .map_err(|_| StoreError("store thread ended".into()))?
+    }
+
+    pub(super) async fn put_work(
+        &self,
+        id: String,
+        w: NewWork,
+        owner: String,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Put, StoreError> {
+        self.call(move |t| {
+            let known: Option<(String, Option<String>)> = t
+                .query_row(
+                    "SELECT id, answer FROM work WHERE origin = ?1 AND origin_tid = ?2",
+                    params![w.origin, w.origin_tid],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((id, answer)) = known {
+                return Ok(Put::Known { id, answer });
+            }
+            t.execute(
+                "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline, next_at,
+                     owner, lease_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8)",
+                params![
+                    id,
+                    w.origin,
+                    w.origin_tid,
+                    w.request,
+                    now,
+                    w.deadline,
+                    owner,
+                    lease_until
+                ],
+            )?;
+            Ok(Put::New(id))
+        })
+        .await
+    }
+
+    pub(super) async fn take_over(
+        &self,
+        owner: String,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<Work>, StoreError> {
+        self.call(move |t| {
+            let mut q = t.prepare(
+                "UPDATE work SET owner = ?1, lease_until = ?2
+                 WHERE id IN (SELECT id FROM work
+                              WHERE done_at IS NULL AND (lease_until < ?3 OR owner = ?1)
+                              ORDER BY next_at LIMIT ?4)
+                 RETURNING id, origin, origin_tid, request, accepted_at, deadline, attempts, answer",
+            )?;
+            let rows = q.query_map(params![owner, lease_until, now, limit], |r| {
+                Ok(Work {
+                    id: r.get(0)?,
+                    origin: r.get(1)?,
+                    origin_tid: r.get(2)?,
+                    request: r.get(3)?,
+                    accepted_at: r.get(4)?,
+                    deadline: r.get(5)?,
+                    attempts: r.get(6)?,
+                    answer: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn renew(
+        &self,
+        owner: String,
+        ids: Vec<String>,
+        until: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |t| {
+            let mut q =
+                t.prepare("UPDATE work SET lease_until = ?1 WHERE id = ?2 AND owner = ?3")?;
+            for id in ids {
+                q.execute(params![until, id, owner])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn sent_part(&self, id: String, p: SentPart) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "INSERT INTO parts (work_id, part, token, instance, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (work_id, part) DO NOTHING",
+                params![id, p.part, p.token, p.instance, p.request_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn parts(&self, id: String) -> Result<Vec<SentPart>, StoreError> {
+        self.call(move |t| {
+            let mut q = t.prepare(
+                "SELECT part, token, instance, request_id FROM parts WHERE work_id = ?1 ORDER BY part",
+            )?;
+            let rows = q.query_map(params![id], |r| {
+                Ok(SentPart {
+                    part: r.get(0)?,
+                    token: r.get(1)?,
+                    instance: r.get(2)?,
+                    request_id: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn answered(&self, id: String, answer: String) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "UPDATE work SET answer = ?1 WHERE id = ?2",
+                params![answer, id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn done(&self, id: String, now: i64) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "UPDATE work SET done_at = ?1 WHERE id = ?2",
+                params![now, id],
+            )?;
+            t.execute("DELETE FROM parts WHERE work_id = ?1", params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn reschedule(
+        &self,
+        id: String,
+        next_at: i64,
+        attempts: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "UPDATE work SET next_at = ?1, attempts = ?2 WHERE id = ?3",
+                params![next_at, attempts, id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
+        self.call(move |t| {
+            let n = t.execute("DELETE FROM work WHERE done_at < ?1", params![before])?;
+            t.execute("DELETE FROM routed WHERE at < ?1", params![before])?;
+            t.execute("DELETE FROM kv WHERE expires < ?1", params![now])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    pub(super) async fn route_once(
+        &self,
+        instance: i64,
+        request_id: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.call(move |t| {
+            let n = t.execute(
+                "INSERT INTO routed (instance, request_id, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (instance, request_id) DO NOTHING",
+                params![instance, request_id, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn unroute(&self, instance: i64, request_id: i64) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "DELETE FROM routed WHERE instance = ?1 AND request_id = ?2",
+                params![instance, request_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn depth(&self, now: i64) -> Result<(i64, i64), StoreError> {
+        self.call(move |t| {
+            let (n, oldest): (i64, Option<i64>) = t.query_row(
+                "SELECT COUNT(*), MIN(accepted_at) FROM work WHERE done_at IS NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((n, oldest.map_or(0, |o| now - o)))
+        })
+        .await
+    }
+
+    pub(super) async fn kv_put(
+        &self,
+        ns: String,
+        key: String,
+        value: String,
+        expires: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "INSERT INTO kv (ns, key, value, expires) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, expires = excluded.expires",
+                params![ns, key, value, expires],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn kv_get(
+        &self,
+        ns: String,
+        key: String,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        self.call(move |t| {
+            Ok(t.query_row(
+                "SELECT value FROM kv WHERE ns = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
+                params![ns, key, now],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn kv_delete(&self, ns: String, key: String) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "DELETE FROM kv WHERE ns = ?1 AND key = ?2",
+                params![ns, key],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn kv_list(
+        &self,
+        ns: String,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(move |t| {
+            let mut q = t.prepare(
+                "SELECT key, value FROM kv WHERE ns = ?1 AND (expires IS NULL OR expires > ?2)
+                 ORDER BY key",
+            )?;
+            let rows = q.query_map(params![ns, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
