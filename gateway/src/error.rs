@@ -71,6 +71,8 @@ pub enum Kind {
     Spoofed,
     /// DNS cannot place the originator now.
     Unverifiable,
+    /// The state store cannot keep what the gateway would have to promise.
+    StoreUnavailable,
     /// The gateway failed itself.
     Internal,
 }
@@ -106,6 +108,7 @@ impl Kind {
             | Kind::Overloaded
             | Kind::RateLimited
             | Kind::Draining
+            | Kind::StoreUnavailable
             | Kind::Unverifiable => code::UNAVAILABLE,
             Kind::Timeout => code::TIMEOUT,
             Kind::NoRoute => code::DOMAIN_NOT_SUPPORTED,
@@ -124,9 +127,11 @@ impl Kind {
             Kind::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Method => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::Overloaded | Kind::RateLimited | Kind::Draining | Kind::Unreachable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Kind::Overloaded
+            | Kind::RateLimited
+            | Kind::Draining
+            | Kind::Unreachable
+            | Kind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -140,6 +145,7 @@ impl Kind {
             | Kind::Overloaded
             | Kind::RateLimited
             | Kind::Unverifiable
+            | Kind::StoreUnavailable
             | Kind::Timeout => Retry::After(RETRY_LATER),
             _ => Retry::Never,
         }
@@ -167,6 +173,7 @@ impl Kind {
             Kind::SearchTooBroad => "search",
             Kind::Spoofed => "spoof",
             Kind::Unverifiable => "unverified",
+            Kind::StoreUnavailable => "store",
             Kind::Internal => "internal",
         }
     }

@@ -334,19 +334,27 @@ pub struct KeyError(pub String);
 
 impl TokenKeys {
     /// The keys of `[gateway] hmac_key_file` (one hex key of at least 32 bytes per line, the
-    /// first signs), for this replica; a random key when none is configured (answers then
-    /// do not survive a restart, and the gateway warns). Answers are accepted for six request
-    /// deadlines (at least a minute); later ones are stale.
-    pub fn load(cfg: &crate::config::Config) -> Result<TokenKeys, KeyError> {
-        let max_age = (cfg.timeouts.request.as_secs() as u32)
+    /// first signs), for this replica. Without that file: `kept`, the key the state store
+    /// keeps for this gateway (so answers to requests sent before a restart still open), else
+    /// a random key (and the gateway warns). Answers are accepted for six request deadlines
+    /// (at least a minute), and for as long as a kept message may be tried again (its token
+    /// goes with every attempt); later ones are stale.
+    pub fn load(cfg: &crate::config::Config, kept: Option<Vec<u8>>) -> Result<TokenKeys, KeyError> {
+        let request = cfg.timeouts.request.as_secs();
+        let max_age = request
             .saturating_mul(6)
-            .max(60);
+            .max(60)
+            .max(cfg.store.max_validity.as_secs().saturating_add(request));
+        let max_age = u32::try_from(max_age).unwrap_or(u32::MAX);
         let Some(path) = &cfg.operator.hmac_key_file else {
             if !cfg.cluster.siblings.is_empty() {
                 return Err(KeyError(format!(
                     "{}: [cluster] siblings need [gateway] hmac_key_file, the same key on every replica",
                     cfg.path.display()
                 )));
+            }
+            if let Some(k) = kept {
+                return Ok(TokenKeys::new(&[k], max_age).with_replica(cfg.cluster.replica));
             }
             tracing::warn!(
                 "no [gateway] hmac_key_file: using a random key, so answers to requests sent before a \

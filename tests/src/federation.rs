@@ -568,6 +568,12 @@ impl Federation {
         }
     }
 
+    /// Start operator `i`'s gateway again (after [`Federation::stop_gateway`]), on its
+    /// configured ports and with its state store as it was left.
+    pub async fn restart_gateway(&mut self, i: usize) {
+        self.start_gateway_on(i, None, None).await;
+    }
+
     /// The operator with this domain.
     pub fn op(&self, domain: &str) -> &Operator {
         self.ops.iter().find(|o| o.spec.domain == domain).unwrap()

@@ -307,8 +307,7 @@ async fn an_answer_for_an_unreachable_replica_is_dropped_at_the_deadline() {
     s.answer_as_y(&tid).await;
     // Retried until the request's deadline (1 s), then dropped: routing it by token could
     // follow a 504 that replica 0 may have given.
-    let dropped =
-        || Metrics::counter_value(&s.x1.gateway.metrics().orphan_answers, &["undeliverable"]) == 1;
+    let dropped = || Metrics::counter_value(&s.x1.gateway.metrics().orphan_answers, &["late"]) == 1;
     eventually("dropped at the deadline", dropped).await;
     assert!(handoffs(&s.x1, "unreachable") >= 2, "retried");
     assert!(

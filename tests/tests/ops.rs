@@ -39,8 +39,9 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Str
 /// sending new traffic while answers in flight are still taken in; `/health` stays 200.
 #[tokio::test]
 async fn ready_is_503_while_draining() {
+    let dir = ssp_testbed::federation::TempDir::new("ssp-ops");
     let cfg = Config::from_str(
-        std::path::Path::new("routes/test.toml"),
+        &dir.0.join("test.toml"),
         "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
     )
     .unwrap();

@@ -346,8 +346,11 @@ async fn peer_over_its_rate_gets_503_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_down_gives_503_and_exactly_one_answer() {
-    let mut fed = Federation::start(vec![x(), y()]).await;
+async fn peer_down_without_a_queue_gives_503_and_exactly_one_answer() {
+    // Store-and-forward off: the failure at once (`queue.rs` has the queued behaviour).
+    let mut sx = x();
+    sx.extra_toml.push_str("[store]\nqueue = \"off\"\n");
+    let mut fed = Federation::start(vec![sx, y()]).await;
     fed.stop_gateway(1).await;
     let cx = fed.ops[0].core.clone();
     let started = std::time::Instant::now();
@@ -432,7 +435,7 @@ async fn async_peer_that_never_answers_gives_504_after_the_deadline() {
     let mut sx = x();
     // A pinned (self-signed style) peer reached by a number-prefix route.
     sx.extra_toml.push_str(&format!(
-        "[[route]]\nprefix = \"+47\"\npeer = \"opq.example\"\n[[peer]]\ndomain = \"opq.example\"\nurls = [\"{url}\"]\npins = [\"{pin}\"]\n"
+        "[[route]]\nprefix = \"+47\"\npeer = \"opq.example\"\n[[peer]]\ndomain = \"opq.example\"\nurls = [\"{url}\"]\npins = [\"{pin}\"]\nqueue = \"off\"\n"
     ));
     let fed = Federation::start(vec![sx, y()]).await;
     let started = std::time::Instant::now();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ssp_gateway::store::{Location, NewWork, Put, SentPart, Store, now_ms};
+use ssp_gateway::store::{Claim, Durability, Location, NewWork, Put, SentPart, Store, now_ms};
 use ssp_testbed::federation::TempDir;
 use ssp_testbed::pglab::PgLab;
 
@@ -14,10 +14,21 @@ fn work(origin: &str, tid: &str) -> NewWork {
         origin_tid: tid.into(),
         request: format!("<request {tid}/>"),
         deadline: now_ms() + 10_000,
+        expires: now_ms() + 60_000,
     }
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+
+fn part(key: &str, token: &str, request_id: i64) -> SentPart {
+    SentPart {
+        key: key.into(),
+        token: token.into(),
+        instance: 7,
+        request_id,
+        answer: None,
+    }
+}
 
 /// Everything the gateway relies on, in order.
 async fn contract(s: &Store) {
@@ -35,9 +46,17 @@ async fn contract(s: &Store) {
             .unwrap(),
         Put::Known {
             id: id.clone(),
-            answer: None
+            answer: None,
+            same: true
         }
     );
+    // The same transaction ID with another request (a sender that restarted its count).
+    let mut reused = work("opy.example", "t1");
+    reused.request = "<another/>".into();
+    assert!(matches!(
+        s.put_work(reused, "r0", LEASE).await.unwrap(),
+        Put::Known { same: false, .. }
+    ));
     // Another peer's t1 is another request.
     let Put::New(other) = s
         .put_work(work("opz.example", "t1"), "r0", LEASE)
@@ -46,64 +65,96 @@ async fn contract(s: &Store) {
     else {
         panic!("new")
     };
-    // Its owner takes its own work back at once (a restart); another replica does not
-    // while the lease runs.
+    // Leased work is nobody else's; released (its owner restarted), anybody's.
     assert!(s.take_over("r1", LEASE, 100).await.unwrap().is_empty());
+    assert_eq!(s.release("r0").await.unwrap(), 2);
     let mine = s.take_over("r0", LEASE, 100).await.unwrap();
     assert_eq!(mine.len(), 2);
     assert_eq!(mine[0].request, "<request t1/>");
+    assert!(!mine[0].answer_sent && !mine[0].queued);
+    assert!(
+        s.take_over("r0", LEASE, 100).await.unwrap().is_empty(),
+        "work in hand is not taken twice"
+    );
     // Expired leases are taken over by anyone.
     s.renew("r0", vec![other.clone()], Duration::ZERO)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
     let taken = s.take_over("r1", LEASE, 100).await.unwrap();
     assert_eq!(
         taken.iter().map(|w| &w.id).collect::<Vec<_>>(),
         vec![&other]
     );
-    // Parts and their tokens.
-    let p = SentPart {
-        part: 0,
-        token: "g2.abc".into(),
-        instance: 7,
-        request_id: 42,
-    };
-    s.sent_part(&id, p.clone()).await.unwrap();
-    s.sent_part(
-        &id,
-        SentPart {
-            token: "g2.other".into(),
-            ..p.clone()
-        },
-    )
-    .await
-    .unwrap();
+    // Parts and their tokens: the first token stays.
+    s.sent_part(&id, part("peer:opz.example|wv:+1", "g2.abc", 42))
+        .await
+        .unwrap();
+    s.sent_part(&id, part("peer:opz.example|wv:+1", "g2.other", 43))
+        .await
+        .unwrap();
+    s.sent_part(&id, part("core|wv:b", "g2.core", 44))
+        .await
+        .unwrap();
+    let parts = s.parts(&id).await.unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].token, "g2.abc", "the first token stays");
+    // An answer to a part's token nobody waits for is recorded on the part, once.
     assert_eq!(
-        s.parts(&id).await.unwrap(),
-        vec![p],
-        "the first token stays"
+        s.claim(7, 42, "<part answer/>".into()).await.unwrap(),
+        Claim::Recorded(id.clone())
     );
-    // Answered, then done: known with its answer, no longer taken over.
-    s.answered(&id, "<answer/>".into()).await.unwrap();
-    s.done(&id).await.unwrap();
+    assert_eq!(
+        s.claim(7, 42, "<again/>".into()).await.unwrap(),
+        Claim::Duplicate
+    );
+    assert_eq!(
+        s.claim(7, 999, "<x/>".into()).await.unwrap(),
+        Claim::Unknown
+    );
+    s.part_answered(&id, "core|wv:b", "<core answer/>".into())
+        .await
+        .unwrap();
+    let parts = s.parts(&id).await.unwrap();
+    assert_eq!(parts[0].answer.as_deref(), Some("<core answer/>"));
+    assert_eq!(parts[1].answer.as_deref(), Some("<part answer/>"));
+    // Answered, then delivered: done, known with its answer, no longer taken over; a late
+    // answer to its part is a duplicate.
+    s.answered(&id, "<answer/>".into(), false).await.unwrap();
+    s.delivered(&id).await.unwrap();
     assert_eq!(
         s.put_work(work("opy.example", "t1"), "r0", LEASE)
             .await
             .unwrap(),
         Put::Known {
             id: id.clone(),
-            answer: Some("<answer/>".into())
+            answer: Some("<answer/>".into()),
+            same: true
         }
     );
-    assert!(s.parts(&id).await.unwrap().is_empty());
+    assert_eq!(
+        s.claim(7, 44, "<late/>".into()).await.unwrap(),
+        Claim::Duplicate
+    );
     let (n, _) = s.depth().await.unwrap();
     assert_eq!(n, 1, "one still open");
+    // Queued (the sender was told "accepted"): delivering that answer does not end it.
+    s.answered(&other, "<accepted/>".into(), true)
+        .await
+        .unwrap();
+    s.delivered(&other).await.unwrap();
+    assert_eq!(s.depth().await.unwrap().0, 1);
+    // Rescheduled: not taken before it is due, then taken by whoever is free.
     s.reschedule(&other, now_ms() + 60_000, 3).await.unwrap();
-    let again = s.take_over("r1", LEASE, 100).await.unwrap();
+    assert!(s.take_over("r1", LEASE, 100).await.unwrap().is_empty());
+    s.reschedule(&other, now_ms() - 1, 3).await.unwrap();
+    let again = s.take_over("r0", LEASE, 100).await.unwrap();
     assert_eq!(again[0].attempts, 3);
-    // Tombstones go when purged.
-    assert_eq!(s.purge(now_ms() + 1).await.unwrap(), 1);
+    assert!(again[0].answer_sent && again[0].queued);
+    s.done(&other).await.unwrap();
+    assert_eq!(s.depth().await.unwrap().0, 0);
+    // Tombstones (and their parts) go when purged.
+    assert_eq!(s.purge(now_ms() + 1).await.unwrap(), 2);
+    assert!(s.parts(&id).await.unwrap().is_empty());
     assert!(matches!(
         s.put_work(work("opy.example", "t1"), "r0", LEASE)
             .await
@@ -132,12 +183,15 @@ async fn contract(s: &Store) {
     );
     s.kv_delete("sip.dialogs", "a").await.unwrap();
     assert!(s.kv_list("sip.dialogs").await.unwrap().is_empty());
+    // The first value set stays.
+    assert_eq!(s.kv_init("gateway", "k", "one").await.unwrap(), "one");
+    assert_eq!(s.kv_init("gateway", "k", "two").await.unwrap(), "one");
 }
 
 #[tokio::test]
 async fn store_sqlite_keeps_its_promises_across_a_reopen() {
     let dir = TempDir::new("ssp-store");
-    let at = Location::Sqlite(dir.0.join("state/ssp.db"));
+    let at = Location::Sqlite(dir.0.join("state/ssp.db"), Durability::Disk);
     let s = Store::open(&at).await.unwrap();
     contract(&s).await;
     let Put::New(id) = s
@@ -150,6 +204,7 @@ async fn store_sqlite_keeps_its_promises_across_a_reopen() {
     drop(s);
     // Reopened (a restart): what was committed is there, migrations are not run twice.
     let s = Store::open(&at).await.unwrap();
+    s.release("r0").await.unwrap();
     let back = s.take_over("r0", LEASE, 100).await.unwrap();
     assert!(back.iter().any(|w| w.id == id));
 }
@@ -158,7 +213,7 @@ async fn store_sqlite_keeps_its_promises_across_a_reopen() {
 async fn store_sqlite_commits_concurrent_writes_together() {
     let dir = TempDir::new("ssp-store");
     let s = std::sync::Arc::new(
-        Store::open(&Location::Sqlite(dir.0.join("ssp.db")))
+        Store::open(&Location::Sqlite(dir.0.join("ssp.db"), Durability::Disk))
             .await
             .unwrap(),
     );
@@ -213,7 +268,11 @@ async fn store_postgres_keeps_its_promises_across_a_server_restart() {
     pg.restart().await.unwrap();
     let mut back = Vec::new();
     for _ in 0..50 {
-        match s.take_over("r0", LEASE, 100).await {
+        let taken = match s.release("r0").await {
+            Ok(_) => s.take_over("r0", LEASE, 100).await,
+            Err(e) => Err(e),
+        };
+        match taken {
             Ok(w) => {
                 back = w;
                 break;

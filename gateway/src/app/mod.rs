@@ -20,6 +20,7 @@ use crate::links::{LinkParts, Links, WireTap};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{self, Gateway, Listener};
 use crate::resolve::{Clock, Resolver};
+use crate::store::Store;
 use crate::tls::{self, TlsError};
 use crate::token::TokenKeys;
 
@@ -40,6 +41,9 @@ pub enum StartError {
     /// Key file problem.
     #[error(transparent)]
     Keys(#[from] crate::token::KeyError),
+    /// The state store cannot be opened.
+    #[error("{0} (check [store] url)")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Options the config file does not carry (tests, the demo).
@@ -112,8 +116,9 @@ impl Running {
     }
 }
 
-/// Build the state (no sockets yet).
-fn gateway(cfg: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
+/// Build the state (no sockets yet). `kept`: the token key the state store keeps (used when
+/// no `hmac_key_file` is configured).
+fn gateway(cfg: Config, opts: &StartOptions, kept: Option<Vec<u8>>) -> Result<Gateway, StartError> {
     let cfg = Arc::new(cfg);
     let dir = Directory::load(&cfg.directory)?;
     let metrics = Metrics::new();
@@ -129,7 +134,7 @@ fn gateway(cfg: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
         (None, None) => None,
     };
     let links = Links::new(LinkParts {
-        keys: TokenKeys::load(&cfg)?,
+        keys: TokenKeys::load(&cfg, kept)?,
         cfg,
         dir,
         metrics,
@@ -138,6 +143,30 @@ fn gateway(cfg: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
         drain: Drain::new(),
     })?;
     Ok(Gateway::new(links, resolver))
+}
+
+/// The state store of `cfg`, opened (created and migrated as needed), and the token key it
+/// keeps for this gateway (made on first use; replicas sharing the store share it).
+async fn open_store(cfg: &Config) -> Result<(Arc<Store>, Vec<u8>), StartError> {
+    let store = Store::open(&cfg.store.location).await?;
+    let fresh: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hex = store.kv_init("gateway", "token-key", &fresh).await?;
+    let key = (0..hex.len())
+        .step_by(2)
+        .filter_map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Vec<u8>>();
+    if key.len() < 32 {
+        return Err(StartError::Store(crate::store::StoreError(
+            "the token key kept in the state store is damaged".into(),
+        )));
+    }
+    Ok((Arc::new(store), key))
 }
 
 type Acceptor = (tokio_rustls::TlsAcceptor, std::time::Duration);
@@ -194,7 +223,7 @@ fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
 /// and pins, and the listeners' TLS. `ssp-gateway check` runs this, so a config that passes
 /// it fails to start only for want of its ports.
 pub fn check(cfg: Config) -> Result<Gateway, StartError> {
-    let gw = gateway(cfg, &StartOptions::default())?;
+    let gw = gateway(cfg, &StartOptions::default(), None)?;
     if gw.cfg().listen.peer.is_some() {
         peer_tls(&gw)?;
     }
@@ -322,7 +351,11 @@ fn serve(
 
 /// Bind the listeners named in the config and start serving.
 pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, StartError> {
-    let gw = Arc::new(gateway(cfg, &opts)?);
+    let (store, kept) = open_store(&cfg).await?;
+    let gw = Arc::new(gateway(cfg, &opts, Some(kept))?.keeping(store));
+    // What this replica's previous process held is free at once (it is gone); taken up by
+    // the take-over loop below.
+    let released = pipeline::release(&gw).await?;
     let cfg = gw.cfg().clone();
     let drain = gw.drain().clone();
     let mut tasks = Vec::new();
@@ -351,6 +384,25 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         }));
     }
     {
+        // Kept work: due work taken up (retries, a dead replica's, the previous process's),
+        // the leases of the work in hand renewed, the queue's gauges and old tombstones.
+        let g = gw.clone();
+        tasks.push(drain.every(std::time::Duration::from_secs(1), move || {
+            let g = g.clone();
+            async move { pipeline::take_over(&g).await }
+        }));
+        let g = gw.clone();
+        tasks.push(drain.every(cfg.store.lease / 3, move || {
+            let g = g.clone();
+            async move { pipeline::renew(&g).await }
+        }));
+        let g = gw.clone();
+        tasks.push(drain.every(std::time::Duration::from_secs(10), move || {
+            let g = g.clone();
+            async move { pipeline::housekeeping(&g).await }
+        }));
+    }
+    {
         // Keyed limiters keep a state per key a peer chooses (user IDs, addresses, claimed
         // domains); forget those back at a full bucket, or new keys would grow them for ever.
         let g = gw.clone();
@@ -369,6 +421,8 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     tracing::info!(
         public_domain = %cfg.operator.public_domain,
         peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr,
+        store = gw.store().map_or("none", |s| s.engine()),
+        resumed = released,
         "gateway started"
     );
     Ok(Running {

@@ -29,6 +29,21 @@ pub(super) struct RawConfig {
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) cluster: RawCluster,
+    #[serde(default)]
+    pub(super) store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) url: Option<String>,
+    pub(super) sync: Option<String>,
+    pub(super) lease: Option<String>,
+    pub(super) keep: Option<String>,
+    pub(super) max_validity: Option<String>,
+    pub(super) retry_min: Option<String>,
+    pub(super) retry_max: Option<String>,
+    pub(super) queue: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +115,8 @@ pub(super) struct RawCore {
     pub(super) pins: Vec<String>,
     #[serde(default)]
     pub(super) id_style: Option<String>,
+    #[serde(default)]
+    pub(super) queue: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +258,8 @@ pub(super) struct RawPeer {
     pub(super) notifications: Option<String>,
     #[serde(default)]
     pub(super) address_by: Option<String>,
+    #[serde(default)]
+    pub(super) queue: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -89,6 +89,8 @@ pub struct CoreSpec {
     /// How other operators' numbers are written towards the core: `wv:+MSISDN`, or with our
     /// public domain as host part for cores that need one (Baraza-like).
     pub id_style: IdStyle,
+    /// Store-and-forward towards the core (`[store] queue` unless set).
+    pub queue: Queue,
 }
 
 /// `[timeouts]`.
@@ -309,6 +311,43 @@ pub struct PeerSpec {
     pub notifications: Notifications,
     /// How its users are named in what we send it.
     pub address_by: AddressBy,
+    /// Store-and-forward towards it (`[store] queue` unless set).
+    pub queue: Queue,
+}
+
+/// What a request that may wait (a message, a delivery report) does when its destination
+/// cannot be reached: store-and-forward, and when its sender hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Kept and retried until its validity ends; its sender is answered at once with
+    /// "accepted for delivery" (200), and hears of a final failure by a delivery report when
+    /// it asked for one.
+    Accept,
+    /// Kept and retried until its validity ends; its sender's answer waits for the outcome
+    /// (the real answer on delivery, the failure when the validity ends).
+    Hold,
+    /// Not kept: the sender gets the failure (503, 504) at once.
+    Off,
+}
+
+/// `[store]`: where durable state lives and how long work is kept and retried.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    /// The database.
+    pub location: crate::store::Location,
+    /// How long a replica holds work before another may take it over.
+    pub lease: std::time::Duration,
+    /// How long finished work is remembered, so that a resend is recognised.
+    pub keep: std::time::Duration,
+    /// The longest a message is kept for delivery (a message's own validity, if shorter,
+    /// wins).
+    pub max_validity: std::time::Duration,
+    /// The first wait between delivery attempts (doubling up to `retry_max`).
+    pub retry_min: std::time::Duration,
+    /// The longest wait between delivery attempts.
+    pub retry_max: std::time::Duration,
+    /// Store-and-forward for destinations without their own `queue`.
+    pub queue: Queue,
 }
 
 /// How a peer ends our notifications.
@@ -371,6 +410,8 @@ pub struct Config {
     pub resolver: Option<ResolverSpec>,
     /// `[cluster]`.
     pub cluster: Cluster,
+    /// `[store]`.
+    pub store: StoreSpec,
     /// Settings that load but probably do not do what was meant (`check` prints them, `run`
     /// logs them).
     pub warnings: Vec<String>,

@@ -87,12 +87,26 @@ const ID_STYLES: &[(&str, IdStyle)] = &[
 ];
 const MODES: &[(&str, ResponseMode)] =
     &[("async", ResponseMode::Async), ("sync", ResponseMode::Sync)];
+const QUEUES: &[(&str, Queue)] = &[
+    ("accept", Queue::Accept),
+    ("hold", Queue::Hold),
+    ("off", Queue::Off),
+];
+
+/// A link's `queue`, the store's default when absent.
+fn queue(check: &mut Check<'_>, path: &[Step], v: Option<&str>, default: Queue) -> Queue {
+    match v {
+        None => default,
+        v => choice(check, path, v, QUEUES),
+    }
+}
 
 /// The whole file.
 pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Config {
     let (operator, plan) = operator(check, base, raw.gateway);
+    let store = store(check, base, &operator, raw.store);
     let directory = directory(check, base, raw.directory);
-    let peers = peers(check, base, &operator, raw.peers);
+    let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);
     let listen = listen(check, &raw.listen);
     let tls = TlsSpec {
@@ -111,7 +125,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
     if listen.peer.is_some() && (tls.cert.is_none() || tls.key.is_none()) {
         check.err(&[k("tls")], "the peer listener needs [tls] cert and key");
     }
-    let core = raw.core.map(|c| core(check, base, c));
+    let core = raw.core.map(|c| core(check, base, store.queue, c));
     let timeouts = timeouts(check, &raw.timeouts);
     let limits = limits(check, &raw.limits);
     let policy = policy(check, &raw.policy);
@@ -152,6 +166,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
         policy,
         resolver,
         cluster,
+        store,
     }
 }
 
@@ -262,6 +277,7 @@ fn peers(
     check: &mut Check<'_>,
     base: &Path,
     operator: &Operator,
+    default_queue: Queue,
     raw: Vec<RawPeer>,
 ) -> Vec<PeerSpec> {
     let mut peers: Vec<PeerSpec> = Vec::new();
@@ -305,6 +321,7 @@ fn peers(
             ),
         };
         peers.push(PeerSpec {
+            queue: queue(check, &path("queue"), p.queue.as_deref(), default_queue),
             notifications,
             address_by: choice(
                 check,
@@ -378,7 +395,7 @@ fn listen(check: &mut Check<'_>, l: &RawListen) -> Listen {
 }
 
 /// `[core]`: the link to our IMPS server and how it authenticates.
-fn core(check: &mut Check<'_>, base: &Path, c: RawCore) -> CoreSpec {
+fn core(check: &mut Check<'_>, base: &Path, default_queue: Queue, c: RawCore) -> CoreSpec {
     let path = |key: &str| [k("core"), k(key)];
     http_url(check, &path("url"), &c.url);
     let auth = choice(
@@ -417,6 +434,7 @@ fn core(check: &mut Check<'_>, base: &Path, c: RawCore) -> CoreSpec {
         );
     }
     CoreSpec {
+        queue: queue(check, &path("queue"), c.queue.as_deref(), default_queue),
         id_style: choice(check, &path("id_style"), c.id_style.as_deref(), ID_STYLES),
         mode: choice(check, &path("mode"), c.mode.as_deref(), MODES),
         url: c.url,
@@ -426,6 +444,81 @@ fn core(check: &mut Check<'_>, base: &Path, c: RawCore) -> CoreSpec {
         trust: paths(base, &c.trust),
         pins: pins(check, &path("pins"), &c.pins),
     }
+}
+
+/// `[store]`: the database (SQLite next to the config file unless a URL says otherwise) and
+/// how long work is held, kept and retried.
+fn store(check: &mut Check<'_>, base: &Path, operator: &Operator, s: RawStore) -> StoreSpec {
+    use crate::store::{Durability, Location};
+    let path = |key: &str| [k("store"), k(key)];
+    let durability = choice(
+        check,
+        &path("sync"),
+        s.sync.as_deref(),
+        &[("disk", Durability::Disk), ("os", Durability::Os)],
+    );
+    let default_file =
+        || Config::resolve_path(base, &format!("state/{}.sqlite", operator.public_domain));
+    let location = match s.url.as_deref() {
+        None => Location::Sqlite(default_file(), durability),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            if u.parse::<tokio_postgres::Config>().is_err() {
+                check.err(
+                    &path("url"),
+                    format!("{u:?} is not a PostgreSQL connection URL"),
+                );
+            }
+            if s.sync.is_some() {
+                check.err(
+                    &path("sync"),
+                    "applies to SQLite only (PostgreSQL commits as its server is configured)",
+                );
+            }
+            Location::Postgres(u.to_owned())
+        }
+        Some(u) => match u.strip_prefix("sqlite:") {
+            Some(file) if !file.is_empty() => {
+                let file = file.strip_prefix("//").unwrap_or(file);
+                Location::Sqlite(Config::resolve_path(base, file), durability)
+            }
+            _ => {
+                check.err(
+                    &path("url"),
+                    format!("{u:?}: expected sqlite:FILE or postgres://USER@HOST:PORT/DB"),
+                );
+                Location::Sqlite(default_file(), durability)
+            }
+        },
+    };
+    let d = |check: &mut Check<'_>, key: &str, v: &Option<String>, default: u64| {
+        let got = duration(
+            check,
+            &path(key),
+            v.as_deref(),
+            Duration::from_secs(default),
+        );
+        if got.is_zero() {
+            check.err(&path(key), "must be more than zero");
+        }
+        got
+    };
+    let spec = StoreSpec {
+        location,
+        lease: d(check, "lease", &s.lease, 15),
+        keep: d(check, "keep", &s.keep, 600),
+        max_validity: d(check, "max_validity", &s.max_validity, 86_400),
+        retry_min: d(check, "retry_min", &s.retry_min, 2),
+        retry_max: d(check, "retry_max", &s.retry_max, 60),
+        queue: choice(check, &path("queue"), s.queue.as_deref(), QUEUES),
+    };
+    if spec.retry_max < spec.retry_min {
+        check.err(&path("retry_max"), "must be at least retry_min");
+    }
+    if spec.lease < Duration::from_secs(3) {
+        // Renewed every third of it; shorter leases would be lost to a busy database.
+        check.err(&path("lease"), "must be at least 3s");
+    }
+    spec
 }
 
 /// `[timeouts]`: each more than zero.

@@ -145,16 +145,14 @@ impl Links {
         } else {
             core.session.clone()
         };
-        let rid = self.pending.next_id();
-        let tid = self.keys.issue(
-            Leg::ToCore,
-            rid,
-            part.index,
-            part.of,
-            part.origin_tid,
-            part.origin_peer,
+        let issued = match part.issued {
+            Some(i) => i.clone(),
+            None => self.issue_for(Leg::ToCore, part, part.origin_peer),
+        };
+        let mut msg = Message::session(
+            session,
+            vec![Transaction::request(issued.tid.clone(), request)],
         );
-        let mut msg = Message::session(session, vec![Transaction::request(tid.clone(), request)]);
         let dir = self.dir.load();
         self.rw
             .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
@@ -163,8 +161,7 @@ impl Links {
         let out = Outgoing {
             msg: &msg,
             body,
-            request_id: rid,
-            tid: &tid,
+            issued: &issued,
         };
         self.exchange(&target, out, deadline, false)
             .await

@@ -14,7 +14,7 @@ use http::{StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::http::{SendError, SspClient};
-use super::{Links, TapDir};
+use super::{Issued, Links, TapDir};
 use crate::error::{Failure, Kind, Side};
 use crate::ssp::{Body, Message, Mode, Primitive, Status, Transaction, status};
 
@@ -30,17 +30,15 @@ pub struct Target<'a> {
     pub urls: &'a [Uri],
 }
 
-/// One request on its way: the message (rewritten, carrying our token `tid`), its bytes, and
-/// the request ID its answer is awaited under.
+/// One request on its way: the message (rewritten, carrying our token), its bytes, and the
+/// token with the key its answer is awaited under.
 pub(crate) struct Outgoing<'a> {
     /// The message.
     pub msg: &'a Message,
     /// Its bytes.
     pub body: String,
-    /// The key of its entry in the pending table.
-    pub request_id: u64,
-    /// Our transaction ID (the token).
-    pub tid: &'a str,
+    /// Our transaction ID and its pending key.
+    pub issued: &'a Issued,
 }
 
 /// The waits between attempts of something retried until a deadline: 100 ms, doubling, at
@@ -97,12 +95,8 @@ impl Links {
         deadline: Instant,
         acknowledged: bool,
     ) -> Result<Transaction, Failure> {
-        let Outgoing {
-            msg,
-            body,
-            request_id,
-            tid,
-        } = out;
+        let Outgoing { msg, body, issued } = out;
+        let tid = issued.tid.as_str();
         self.tap(TapDir::Out, target.label, &body);
         if acknowledged {
             return match self
@@ -134,7 +128,7 @@ impl Links {
             };
         }
         // Register before sending: an async answer can overtake the HTTP ack.
-        let (_registered, rx) = self.pending.register(request_id);
+        let (_registered, rx) = self.pending.register(issued.key());
         match self
             .send_with_failover(target, &body, msg, deadline)
             .await?

@@ -127,6 +127,25 @@ impl Origin {
     }
 }
 
+/// The transaction ID one part of a request goes with: our token, and the key its answer is
+/// awaited under (the issuing process and the request ID inside the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The token.
+    pub tid: String,
+    /// The issuing process's instance.
+    pub instance: u32,
+    /// The request ID inside the token.
+    pub request_id: u64,
+}
+
+impl Issued {
+    /// Its key in the pending table.
+    pub(crate) fn key(&self) -> pending::Key {
+        (self.instance, self.request_id)
+    }
+}
+
 /// One part of a request on its way: whose it is, so that its answer can be routed back by
 /// the token alone (after a restart, by another replica).
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +158,9 @@ pub struct Part<'a> {
     pub index: u8,
     /// How many parts.
     pub of: u8,
+    /// The token to send it with, when it was issued before (kept work sent again goes with
+    /// its first token, so that the receiver recognises it); else a fresh one is issued.
+    pub issued: Option<&'a Issued>,
 }
 
 /// Every link of one gateway.
@@ -263,6 +285,29 @@ impl Links {
             Dest::Core => self.to_core(request, part).await,
             Dest::Imps(r) | Dest::LastResort(r) => self.to_peer(r, request, part).await,
             Dest::Fail(f) => Err(f.clone()),
+        }
+    }
+
+    /// The token a part for `dest` goes with, issued now (`None` for a destination that is a
+    /// failure). Kept work records it before sending.
+    pub fn issue(&self, dest: &Dest, part: Part<'_>) -> Option<Issued> {
+        let (leg, peer) = match dest {
+            Dest::Core => (Leg::ToCore, part.origin_peer.to_owned()),
+            Dest::Imps(r) | Dest::LastResort(r) => (Leg::ToPeer, r.domain.to_ascii_lowercase()),
+            Dest::Fail(_) => return None,
+        };
+        Some(self.issue_for(leg, part, &peer))
+    }
+
+    /// A fresh token on `leg` for `part` (`peer`: the domain it names).
+    pub(crate) fn issue_for(&self, leg: Leg, part: Part<'_>, peer: &str) -> Issued {
+        let request_id = self.pending.next_id();
+        Issued {
+            tid: self
+                .keys
+                .issue(leg, request_id, part.index, part.of, part.origin_tid, peer),
+            instance: self.keys.instance(),
+            request_id,
         }
     }
 

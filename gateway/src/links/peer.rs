@@ -161,6 +161,7 @@ impl PeerTable {
             burst: 1000,
             notifications: crate::config::Notifications::Answered,
             address_by: crate::config::AddressBy::Number,
+            queue: self.cfg.store.queue,
         };
         match self.build(cfg) {
             Ok(rt) => {
@@ -337,16 +338,14 @@ impl Links {
                 request,
                 Primitive::PresenceNotification(_) | Primitive::DeliveryStatusReport(_)
             );
-        let rid = self.pending.next_id();
-        let tid = self.keys.issue(
-            Leg::ToPeer,
-            rid,
-            part.index,
-            part.of,
-            part.origin_tid,
-            &peer.cfg.domain,
+        let issued = match part.issued {
+            Some(i) => i.clone(),
+            None => self.issue_for(Leg::ToPeer, part, &peer.cfg.domain),
+        };
+        let mut msg = Message::session(
+            session,
+            vec![Transaction::request(issued.tid.clone(), request)],
         );
-        let mut msg = Message::session(session, vec![Transaction::request(tid.clone(), request)]);
         let dir = self.dir.load();
         let body = self
             .rw
@@ -355,8 +354,7 @@ impl Links {
         let out = Outgoing {
             msg: &msg,
             body,
-            request_id: rid,
-            tid: &tid,
+            issued: &issued,
         };
         self.exchange(&target, out, deadline, acknowledged)
             .await

@@ -1,8 +1,12 @@
-//! Requests waiting for an asynchronous answer, keyed by the request ID inside their token.
+//! Requests waiting for an asynchronous answer, keyed by the issuing process and request ID
+//! inside their token. The process is part of the key because work resumed after a restart,
+//! or taken over from a replica that died, is sent again with the token it first went with,
+//! and its answer must find the new waiter.
 //!
 //! An entry lives from the moment a request is sent until its answer arrives or its deadline
 //! passes; the waiting task owns the deadline, so an entry whose waiter gave up is removed by
-//! that waiter and a late answer finds nothing (and is counted as an orphan).
+//! that waiter and a late answer finds nothing here (the kept work's store decides what it
+//! is, see `pipeline::answer`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,10 +16,13 @@ use tokio::sync::oneshot;
 
 use crate::ssp::Transaction;
 
+/// What an entry is found by: the issuing process's instance and the request ID.
+pub(crate) type Key = (u32, u64);
+
 /// The table.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    map: Mutex<HashMap<u64, oneshot::Sender<Transaction>>>,
+    map: Mutex<HashMap<Key, oneshot::Sender<Transaction>>>,
     next: AtomicU64,
 }
 
@@ -43,7 +50,7 @@ impl Pending {
     /// Register `id`: the receiver gets the answer, and the entry goes when the
     /// registration is dropped, however the wait ends (answered, timed out, or the waiting
     /// handler dropped because its client went away).
-    pub(crate) fn register(&self, id: u64) -> (Registration<'_>, oneshot::Receiver<Transaction>) {
+    pub(crate) fn register(&self, id: Key) -> (Registration<'_>, oneshot::Receiver<Transaction>) {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, tx);
@@ -52,7 +59,7 @@ impl Pending {
     }
 
     /// Deliver the answer for `id`; false if nobody waits for it (any more).
-    pub(crate) fn complete(&self, id: u64, answer: Transaction) -> bool {
+    pub(crate) fn complete(&self, id: Key, answer: Transaction) -> bool {
         let tx = self.map.lock().ok().and_then(|mut m| m.remove(&id));
         match tx {
             Some(tx) => tx.send(answer).is_ok(),
@@ -61,7 +68,7 @@ impl Pending {
     }
 
     /// Forget `id` (the waiter gave up).
-    fn remove(&self, id: u64) {
+    fn remove(&self, id: Key) {
         if let Ok(mut m) = self.map.lock() {
             m.remove(&id);
         }
@@ -77,7 +84,7 @@ impl Pending {
 #[derive(Debug)]
 pub(crate) struct Registration<'a> {
     pending: &'a Pending,
-    id: u64,
+    id: Key,
 }
 
 impl Drop for Registration<'_> {
@@ -95,7 +102,7 @@ mod tests {
     async fn entries_go_when_their_wait_ends_however_it_ends() {
         let p = Pending::new();
         // Answered.
-        let id = p.next_id();
+        let id = (1, p.next_id());
         let (reg, rx) = p.register(id);
         let t = Transaction::response("t", Primitive::Status(Status::with(200, "ok")));
         assert!(p.complete(id, t.clone()));
@@ -103,7 +110,7 @@ mod tests {
         drop(reg);
         assert_eq!(p.len(), 0);
         // The waiting future dropped mid-wait (its HTTP client went away): no entry left.
-        let id = p.next_id();
+        let id = (1, p.next_id());
         let wait = async {
             let (_reg, rx) = p.register(id);
             let _ = rx.await;

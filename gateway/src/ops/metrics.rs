@@ -50,6 +50,18 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Log lines left out by the sampler, by event kind.
     pub log_suppressed: IntCounterVec,
+    /// Kept work not yet done (requests accepted and not yet answered and delivered,
+    /// messages waiting for their destination).
+    pub queue_depth: IntGauge,
+    /// Age of the oldest kept work, in seconds.
+    pub queue_oldest: IntGauge,
+    /// What became of kept work, by event: `kept` (accepted durably), `resent` (a sender's
+    /// copy of work already kept), `resumed` (taken over after a restart or from a dead
+    /// replica), `retried` (another delivery attempt scheduled), `accepted` (the sender told
+    /// "accepted for delivery"), `expired` (its validity ended undelivered), `done`.
+    pub work: IntCounterVec,
+    /// State store operations that failed, by operation.
+    pub store_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,7 +116,26 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable_metric("cluster_conflicts", e));
         let _ = r.register(Box::new(cluster_conflicts.clone()));
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable_metric(name, e));
+            let _ = r.register(Box::new(g.clone()));
+            g
+        };
+        let queue_depth = gauge("queue_depth", "Kept work not yet done");
+        let queue_oldest = gauge(
+            "queue_oldest_seconds",
+            "Age of the oldest kept work not yet done",
+        );
         Metrics {
+            queue_depth,
+            queue_oldest,
+            work: counter(&r, "work_total", "Kept work, by event", &["event"]),
+            store_errors: counter(
+                &r,
+                "store_errors_total",
+                "State store operations that failed",
+                &["op"],
+            ),
             requests: counter(
                 &r,
                 "requests_total",

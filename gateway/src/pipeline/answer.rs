@@ -2,10 +2,12 @@
 //!
 //! An answer carries our transaction ID, an authenticated token that says which request it
 //! answers and where that request came from. It completes the request waiting in this
-//! process; or it is handed to the replica that sent the request; or, when that request was
-//! sent by a predecessor of this process (a restart), it is routed by the token alone, once.
-//! A forged, foreign or stale ID gets 420, and an answer whose request was already answered
-//! (504) is dropped: the originator gets exactly one answer.
+//! process (kept work resumed here waits under the token it first went with); or it is
+//! handed to the replica that sent the request; or it is recorded on the kept work that sent
+//! it, for whoever carries that work next; or, when no kept work sent it (a synchronous
+//! sender's request of a process that is gone), it is routed by the token alone, once. A
+//! forged, foreign or stale ID gets 420, and a second answer to a request is dropped: the
+//! originator gets exactly one answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +15,13 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::state::Gateway;
+use super::work;
 use crate::error::{Failure, Kind, Side};
 use crate::links::Origin;
 use crate::links::cluster::Handoff;
 use crate::links::exchange::Backoff;
 use crate::ssp::{Body, Mode, Transaction};
+use crate::store::Claim;
 use crate::token::{Leg, Token};
 
 fn unix_now() -> u64 {
@@ -67,7 +71,10 @@ pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result
         }
     };
     let ours = tok.instance == links.keys.instance();
-    if ours && links.pending.complete(tok.request_id, t.clone()) {
+    if links
+        .pending
+        .complete((tok.instance, tok.request_id), t.clone())
+    {
         return Ok(());
     }
     if !ours && links.sibling_of(&tok).is_some() {
@@ -82,19 +89,48 @@ pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result
     Ok(())
 }
 
-/// An answer no request here waits for. Our own request: the answer is late, and its request
-/// was already answered (504); a second answer must not follow. A predecessor's request (this
-/// replica restarted): nobody else can deliver it, so it is routed by its token alone while
-/// its request's deadline has not passed. Delivery runs on its own task: the POST that
-/// brought the answer may end (its sender gives up waiting) before delivery does, and must
-/// not take the delivery with it.
+/// An answer no request here waits for, routed on a task of its own (the POST that brought
+/// it may end, its sender giving up waiting, before this does, and must not take it along).
 pub(crate) fn route_unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg, ours: bool) {
-    let age = unix_now().saturating_sub(u64::from(tok.issued));
-    if ours || tok.parts != 1 || age >= gw.cfg().timeouts.request.as_secs() {
+    let g = gw.clone();
+    gw.drain()
+        .spawn(async move { unclaimed(&g, tok, t, leg, ours).await });
+}
+
+/// See [`route_unclaimed`]. Kept work that sent the token records the answer (or knows it
+/// for a second one). Otherwise: our own request's answer is late, and the request was
+/// already answered (504), so a second answer must not follow; a predecessor's request (this
+/// replica restarted) has nobody else to deliver it, so it is routed by its token alone,
+/// once, while its request's deadline has not passed.
+async fn unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg, ours: bool) {
+    let orphan = |reason: &str| {
         gw.metrics()
             .orphan_answers
-            .with_label_values(&["late"])
+            .with_label_values(&[reason])
             .inc();
+    };
+    match work::claim(gw, tok.instance, tok.request_id, t.clone()).await {
+        Ok(Some(Claim::Recorded(id))) => {
+            gw.metrics().work.with_label_values(&["answer-kept"]).inc();
+            tracing::debug!(tid = %t.transaction_id, work = %id, "answer recorded on its kept work");
+            return;
+        }
+        Ok(Some(Claim::Duplicate)) => {
+            orphan("duplicate");
+            crate::sampled!(
+                gw.logs(),
+                "late-answer",
+                tracing::info!(tid = %t.transaction_id, "second answer to a request: dropped")
+            );
+            return;
+        }
+        // A request no kept work sent (a synchronous sender's), or the store is away: the
+        // token says where the answer goes.
+        Ok(Some(Claim::Unknown) | None) | Err(_) => {}
+    }
+    let age = unix_now().saturating_sub(u64::from(tok.issued));
+    if ours || tok.parts != 1 || age >= gw.cfg().timeouts.request.as_secs() {
+        orphan("late");
         crate::sampled!(
             gw.logs(),
             "late-answer",
@@ -102,11 +138,8 @@ pub(crate) fn route_unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg
         );
         return;
     }
-    if !first_routed(gw, &tok) {
-        gw.metrics()
-            .orphan_answers
-            .with_label_values(&["duplicate"])
-            .inc();
+    if !first_routed(gw, &tok).await {
+        orphan("duplicate");
         crate::sampled!(
             gw.logs(),
             "late-answer",
@@ -116,32 +149,30 @@ pub(crate) fn route_unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg
     }
     tracing::info!(tid = %t.transaction_id, "answer to a request of a previous gateway process: routing it by its token");
     let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
-    let g = gw.clone();
-    gw.drain().spawn(async move {
-        let origin = match leg {
-            Leg::ToPeer => Some(Origin::Core),
-            Leg::ToCore => g.links.peers.get(&tok.peer).map(Origin::Peer),
-        };
-        let delivered = match origin {
-            Some(o) => g.links.deliver_answers(&o, vec![answer]).await,
-            None => {
-                g.metrics()
-                    .orphan_answers
-                    .with_label_values(&["undeliverable"])
-                    .inc();
-                false
-            }
-        };
-        if !delivered {
-            // Not delivered: a copy sent again may still get through.
-            forget_routed(&g, &tok);
+    let origin = match leg {
+        Leg::ToPeer => Some(Origin::Core),
+        Leg::ToCore => gw.links.peers.get(&tok.peer).map(Origin::Peer),
+    };
+    let delivered = match origin {
+        Some(o) => gw.links.deliver_answers(&o, vec![answer]).await,
+        None => {
+            orphan("undeliverable");
+            false
         }
-    });
+    };
+    if !delivered {
+        // Not delivered: a copy sent again may still get through.
+        forget_routed(gw, &tok).await;
+    }
 }
 
-/// Whether this is the first answer routed by token for the request `tok` names (within the
+/// Whether this is the first answer routed by token for the request `tok` names: through the
+/// store when there is one (across restarts and replicas), else remembered here (within the
 /// request timeout, while at most 65,536 such requests are remembered).
-fn first_routed(gw: &Gateway, tok: &Token) -> bool {
+async fn first_routed(gw: &Gateway, tok: &Token) -> bool {
+    if let Some(first) = work::route_once(gw, tok.instance, tok.request_id).await {
+        return first;
+    }
     const REMEMBERED: usize = 1 << 16;
     let Ok(mut seen) = gw.routed_by_token.lock() else {
         return true;
@@ -159,14 +190,16 @@ fn first_routed(gw: &Gateway, tok: &Token) -> bool {
 }
 
 /// Undo [`first_routed`] for `tok` (its delivery failed).
-fn forget_routed(gw: &Gateway, tok: &Token) {
+async fn forget_routed(gw: &Gateway, tok: &Token) {
+    work::unroute(gw, tok.instance, tok.request_id).await;
     if let Ok(mut seen) = gw.routed_by_token.lock() {
         seen.remove(&(tok.instance, tok.request_id));
     }
 }
 
 /// Hand `t` to the replica that issued `tok` until it is taken, that replica says it is not
-/// its own (then route it by token), or the request's deadline passes (then drop it: routing
+/// its own (then route it by token), or the request's deadline passes: then kept work that
+/// sent it (taken over by another replica) records it, and otherwise it is dropped (routing
 /// it by token instead could follow the 504 that replica may already have given).
 async fn hand_over(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg) {
     let issued = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(tok.issued));
@@ -184,15 +217,12 @@ async fn hand_over(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg) {
             Some(Handoff::Taken) => return,
             Some(Handoff::Unreachable) => {
                 if !backoff.wait(deadline).await {
-                    gw.metrics()
-                        .orphan_answers
-                        .with_label_values(&["undeliverable"])
-                        .inc();
                     tracing::warn!(
                         tid = %t.transaction_id,
                         replica = tok.replica(),
-                        "answer dropped: its replica stayed unreachable until the request's deadline"
+                        "the replica that sent the request stayed unreachable until its deadline"
                     );
+                    unclaimed(gw, tok, t, leg, true).await;
                     return;
                 }
             }
@@ -238,31 +268,26 @@ pub(crate) fn take_handed_answer(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let handoffs = &gw.metrics().handoffs;
-    if tok.instance != links.keys.instance() {
-        if tok.replica() == gw.cfg().cluster.replica {
-            // Our index, an earlier process: routed by its token here, where every copy of
-            // it for this index arrives, so it is routed once.
-            handoffs.with_label_values(&["received"]).inc();
-            let leg = tok.leg;
-            route_unclaimed(gw, tok, t, leg, false);
-            return (StatusCode::OK, "routed by its token\n".into());
-        }
+    // Waited for here: a request of this process, or kept work resumed here.
+    if links
+        .pending
+        .complete((tok.instance, tok.request_id), t.clone())
+    {
+        handoffs.with_label_values(&["received"]).inc();
+        return (StatusCode::OK, "delivered\n".into());
+    }
+    let ours = tok.instance == links.keys.instance();
+    if !ours && tok.replica() != gw.cfg().cluster.replica {
         handoffs.with_label_values(&["not-ours"]).inc();
         return (StatusCode::CONFLICT, "not issued by this replica\n".into());
     }
+    // Ours with nobody waiting (kept work waiting for its next attempt records it; else it
+    // is late), or our index in an earlier process (routed here, where every copy of it for
+    // this index arrives, so it is routed once).
     handoffs.with_label_values(&["received"]).inc();
-    if links.pending.complete(tok.request_id, t) {
-        (StatusCode::OK, "delivered\n".into())
-    } else {
-        gw.metrics()
-            .orphan_answers
-            .with_label_values(&["late"])
-            .inc();
-        (
-            StatusCode::OK,
-            "late: its request was already answered\n".into(),
-        )
-    }
+    let leg = tok.leg;
+    route_unclaimed(gw, tok, t, leg, ours);
+    (StatusCode::OK, "taken\n".into())
 }
 
 #[cfg(test)]
@@ -301,9 +326,9 @@ mod tests {
         let b = answer(&theirs, Mode::Response);
         let (st, _) = take_handed_answer(&gw, b.as_bytes(), Some(&keys.sign(b.as_bytes())));
         assert_eq!(st, StatusCode::CONFLICT);
-        // Ours, with nothing waiting: taken and dropped as late (no second answer).
+        // Ours, with nothing waiting: taken (and dropped as late: no second answer).
         let (st, msg) = take_handed_answer(&gw, body.as_bytes(), Some(&mac));
         assert_eq!(st, StatusCode::OK);
-        assert!(msg.contains("late"), "{msg}");
+        assert!(msg.contains("taken"), "{msg}");
     }
 }

@@ -7,23 +7,62 @@
 //! does not know is still answered with its `wv:+MSISDN` where policy allows (the use case
 //! "add a user by number regardless of whether that user is registered").
 
+use super::keep::Keep;
 use super::normalize;
 use super::route::Plan;
 use super::state::Gateway;
+use crate::config::Queue;
 use crate::error::Failure;
 use crate::links::{Dest, Part};
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::primitives::SearchResponse;
 use crate::ssp::{DetailedResult, E164, Entity, EntityKind, Primitive, Status, status};
 
-/// Forward `request` along `plan` and return the one answer for the originator.
+/// What a fan-out came to.
+#[derive(Debug)]
+pub(crate) struct Spread {
+    /// The answer for the originator: the parts' answers merged, a part that waits for its
+    /// destination counted with its failure.
+    pub answer: Primitive,
+    /// When parts wait for their destination (store-and-forward): how their sender hears of
+    /// it, and the answer with those parts counted as accepted for delivery.
+    pub waiting: Option<(Queue, Primitive)>,
+}
+
+impl Spread {
+    fn done(answer: Primitive) -> Spread {
+        Spread {
+            answer,
+            waiting: None,
+        }
+    }
+}
+
+/// The status of a part kept for delivery while its destination cannot be reached.
+pub(crate) fn accepted_status() -> Status {
+    Status::with(status::OK, "accepted for delivery")
+}
+
+/// The queue of all waiting parts together: the sender's answer waits if any part's does.
+fn together(a: Option<Queue>, b: Option<Queue>) -> Option<Queue> {
+    match (a, b) {
+        (Some(Queue::Hold), _) | (_, Some(Queue::Hold)) => Some(Queue::Hold),
+        (Some(q), _) | (None, Some(q)) => Some(q),
+        (None, None) => None,
+    }
+}
+
+/// Forward `request` along `plan`. `keep`: the kept work it belongs to (its parts go with
+/// the tokens they first went with, answered parts are not sent again, and a part whose
+/// destination cannot be reached now may wait for it).
 pub(crate) async fn run(
     gw: &Gateway,
     mut plan: Plan,
     request: Primitive,
     origin_tid: &str,
     origin_peer: &str,
-) -> Primitive {
+    keep: Option<&Keep<'_>>,
+) -> Spread {
     let parts = plan.groups.len();
     // Both below the route-by bound plus one (checked by the route stage).
     let of = u8::try_from(parts).unwrap_or(u8::MAX);
@@ -32,33 +71,110 @@ pub(crate) async fn run(
         origin_peer,
         index: u8::try_from(index).unwrap_or(u8::MAX),
         of,
+        issued: None,
     };
     if parts == 1
         && plan.failed.is_empty()
-        && let Some((dest, _)) = plan.groups.pop()
+        && let Some((dest, ids)) = plan.groups.pop()
     {
         // One destination for everything: the request goes on moved, not copied, and its
         // answer is the answer.
         let form = AnswerForm::of(&request);
-        return match forward(gw, &dest, request, part(0)).await {
-            Ok(a) => a,
-            Err(f) => form.answer(f.status()),
+        return match kept(gw, &dest, &ids, request, part(0), keep, false).await {
+            Ok(a) => Spread::done(a),
+            Err(f) => {
+                let waits = keep.and_then(|k| k.waits(Some(&dest), &f));
+                Spread {
+                    answer: form.clone().answer(f.status()),
+                    waiting: waits.map(|q| (q, form.answer(accepted_status()))),
+                }
+            }
         };
     }
     let req = &request;
     let futs = plan.groups.into_iter().enumerate().map(|(i, (dest, ids))| {
-        let keep: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let p = req.part(&keep);
+        let keep_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let p = req.part(&keep_ids);
         Box::pin(async move {
-            let answer = forward(gw, &dest, p, part(i)).await;
-            PartResult {
-                answer: answer.unwrap_or_else(|f| AnswerForm::of(req).answer(f.status())),
-                ids,
+            match kept(gw, &dest, &ids, p, part(i), keep, true).await {
+                Ok(answer) => PartResult {
+                    answer,
+                    ids,
+                    waits: None,
+                },
+                Err(f) => PartResult {
+                    answer: AnswerForm::of(req).answer(f.status()),
+                    waits: keep.and_then(|k| k.waits(Some(&dest), &f)),
+                    ids,
+                },
             }
         })
     });
-    let results = join_all(futs.collect()).await;
-    merge(req, results, plan.failed)
+    let mut results = join_all(futs.collect()).await;
+    // IDs the route stage could not place for now (DNS down) may wait like a destination
+    // that cannot be reached.
+    let mut failed = Vec::new();
+    for (id, f) in plan.failed {
+        match keep.and_then(|k| k.waits(None, &f)) {
+            Some(q) => results.push(PartResult {
+                answer: AnswerForm::of(req).answer(f.status()),
+                ids: vec![id],
+                waits: Some(q),
+            }),
+            None => failed.push((id, f)),
+        }
+    }
+    let queue = results.iter().fold(None, |q, r| together(q, r.waits));
+    let Some(queue) = queue else {
+        return Spread::done(merge(req, results, failed));
+    };
+    let accepting: Vec<PartResult> = results
+        .iter()
+        .map(|r| match r.waits {
+            Some(_) => PartResult {
+                answer: AnswerForm::of(req).answer(accepted_status()),
+                ids: r.ids.clone(),
+                waits: None,
+            },
+            None => r.clone(),
+        })
+        .collect();
+    Spread {
+        answer: merge(req, results, failed.clone()),
+        waiting: Some((queue, merge(req, accepting, failed))),
+    }
+}
+
+/// One part to its destination, as part of kept work when there is one: an answer the store
+/// already holds for it is the answer; else it goes with its recorded token (recorded now
+/// if it has none), and its answer is recorded when `record` (a split request: the work's
+/// own answer is recorded by the caller otherwise).
+async fn kept(
+    gw: &Gateway,
+    dest: &Dest,
+    ids: &[String],
+    request: Primitive,
+    part: Part<'_>,
+    keep: Option<&Keep<'_>>,
+    record: bool,
+) -> Result<Primitive, Failure> {
+    let Some(k) = keep else {
+        return forward(gw, dest, request, part).await;
+    };
+    let key = super::keep::part_key(dest, ids);
+    if let Some(a) = k.stored(&key) {
+        return Ok(a);
+    }
+    let issued = k.token(&key, dest, part).await?;
+    let p = Part {
+        issued: issued.as_ref(),
+        ..part
+    };
+    let answer = forward(gw, dest, request, p).await;
+    if record && let Ok(a) = &answer {
+        k.record(&key, a).await;
+    }
+    answer
 }
 
 /// One part to its destination. Between operators a number search travels as `+E164`.
@@ -144,6 +260,8 @@ pub(crate) struct PartResult {
     pub ids: Vec<String>,
     /// The answer primitive (success or error form).
     pub answer: Primitive,
+    /// Whether it waits for its destination, in which queue.
+    pub waits: Option<Queue>,
 }
 
 fn detail_for(ids: &[String], st: &Status) -> Vec<DetailedResult> {
@@ -283,6 +401,7 @@ mod tests {
             vec![PartResult {
                 ids: vec!["wv:a".into()],
                 answer: a.clone(),
+                waits: None,
             }],
             vec![],
         );
@@ -299,10 +418,12 @@ mod tests {
                 PartResult {
                     ids: vec!["wv:a".into()],
                     answer: ok_answer(200),
+                    waits: None,
                 },
                 PartResult {
                     ids: vec!["wv:b".into()],
                     answer: AnswerForm::of(&req).answer(down.status()),
+                    waits: None,
                 },
             ],
             vec![("wv:x".into(), Failure::local(Kind::NoRoute, "no route"))],
@@ -323,10 +444,12 @@ mod tests {
                 PartResult {
                     ids: vec!["wv:a".into()],
                     answer: ok_answer(200),
+                    waits: None,
                 },
                 PartResult {
                     ids: vec!["wv:b".into()],
                     answer: ok_answer(200),
+                    waits: None,
                 },
             ],
             vec![],

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::admit::{self, Slot};
+use super::admit;
+use super::relay::{self, metered};
 use super::state::Gateway;
-use super::{answer, fanout, identify, ingress, normalize, policy, route};
+use super::{answer, fanout, identify, ingress, work};
 use crate::config::ResponseMode;
 use crate::error::{Failure, Kind, Side};
 use crate::links::Origin;
@@ -132,7 +133,7 @@ pub async fn handle(
             // The answers ride in the HTTP response.
             let futs = requests.into_iter().map(|t| {
                 let origin = &origin;
-                Box::pin(async move { request(gw, origin, t, None).await })
+                Box::pin(async move { request(gw, origin, t).await })
             });
             immediate.extend(fanout::join_all(futs.collect()).await);
             respond(http, Some(gw.links.answer_body(&origin, immediate)))
@@ -140,19 +141,12 @@ pub async fn handle(
         ResponseMode::Async => {
             // Admitted before anything is spawned, so overload or a flood costs no task per
             // request; each answer is POSTed back on its own.
-            let mut spawned = 0;
+            let mut admitted = Vec::new();
             let mut refused = Vec::new();
             let mut last_refusal = None;
             for t in requests {
                 match admit::slot(gw, &origin) {
-                    Ok(slot) => {
-                        spawned += 1;
-                        let (g, o) = (gw.clone(), origin.clone());
-                        gw.drain().spawn(async move {
-                            let answer = request(&g, &o, t, Some(slot)).await;
-                            g.links.deliver_answers(&o, vec![answer]).await;
-                        });
-                    }
+                    Ok(slot) => admitted.push((t, slot)),
                     Err(f) => {
                         let label = t.primitive.label();
                         let answer = metered(gw, &origin, label, async {
@@ -164,8 +158,17 @@ pub async fn handle(
                     }
                 }
             }
+            let taken = admitted.len();
+            // Kept before the sender hears 200 (`work`): accepted means durable.
+            if taken > 0
+                && let Err(f) = work::take_in(gw, &origin, admitted).await
+            {
+                // Not all of it could be kept: the sender sends it again, and what was kept
+                // is recognised then.
+                return refuse(&f);
+            }
             if let Some(f) = last_refusal {
-                if spawned == 0 && answers_taken == 0 {
+                if taken == 0 && answers_taken == 0 {
                     // Nothing of this POST taken in: HTTP 503, no SSP answers (the sender
                     // sends it all again later; no answer is given twice).
                     return refuse(&f);
@@ -185,40 +188,24 @@ pub async fn handle(
     }
 }
 
-/// One request from `origin`, from admission to its answer. `slot`: its in-flight slot when
-/// the caller already took it.
-async fn request(
-    gw: &Arc<Gateway>,
-    origin: &Origin,
-    t: Transaction,
-    slot: Option<Slot>,
-) -> Transaction {
+/// One request from a synchronous `origin`, from admission to its answer (in the HTTP
+/// response: nothing is acknowledged before it, so nothing needs keeping).
+async fn request(gw: &Arc<Gateway>, origin: &Origin, t: Transaction) -> Transaction {
     let Transaction {
         transaction_id: tid,
-        mut primitive,
+        primitive,
         ..
     } = t;
     let label = primitive.label();
     let answer = metered(gw, origin, label, async {
-        let form = AnswerForm::of(&primitive);
         // Admit: an in-flight slot and the sender's rate.
-        let _slot = match slot.map_or_else(|| admit::slot(gw, origin), Ok) {
+        let _slot = match admit::slot(gw, origin) {
             Ok(s) => s,
-            Err(f) => return form.answer(f.status()),
+            Err(f) => return AnswerForm::of(&primitive).answer(f.status()),
         };
-        // Policy: anti-spoofing (901), the originating user's rate.
-        if let Err(f) = policy::check(gw, origin, &primitive).await {
-            return form.answer(f.status());
-        }
-        // Normalize: what real peers write that the profile does not say.
-        normalize::request(gw, origin, &mut primitive);
-        // Route: a destination for each route-by ID (531 for a peer's non-subscribers).
-        let plan = match route::plan(gw, origin, &primitive).await {
-            Ok(p) => p,
-            Err(f) => return form.answer(f.status()),
-        };
-        // Fan-out: split per destination, forward over the links, merge the answers.
-        fanout::run(gw, plan, primitive, &tid, origin.domain()).await
+        relay::stages(gw, origin, &tid, primitive, true, None)
+            .await
+            .answer
     })
     .await;
     Transaction::response(tid, answer)
@@ -245,39 +232,4 @@ fn setup(
             "the core is authenticated by address or certificate; no association is needed",
         )),
     }
-}
-
-/// Count, gauge and time the handling of one request around `answer`.
-async fn metered(
-    gw: &Gateway,
-    origin: &Origin,
-    primitive: &'static str,
-    answer: impl std::future::Future<Output = Primitive>,
-) -> Primitive {
-    let m = gw.metrics();
-    let direction = origin.direction();
-    let started = std::time::Instant::now();
-    m.requests.with_label_values(&[direction, primitive]).inc();
-    // Decremented on drop: a handler dropped mid-request (its client went away) leaves.
-    struct InFlight(prometheus::IntGauge);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let in_flight = InFlight(m.in_flight.with_label_values(&[direction]));
-    in_flight.0.inc();
-    let answer = answer.await;
-    drop(in_flight);
-    let mut buf = [0u8; 5];
-    m.answers
-        .with_label_values(&[
-            direction,
-            crate::ops::metrics::code_label(answer.answer_code(), &mut buf),
-        ])
-        .inc();
-    m.latency
-        .with_label_values(&[direction])
-        .observe(started.elapsed().as_secs_f64());
-    answer
 }

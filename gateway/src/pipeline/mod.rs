@@ -1,8 +1,9 @@
 //! The request path, as stages. [`handle`](handle::handle) reads top to bottom as the whole
 //! path for every listener and both directions (start reading there):
 //!
-//! ingress → identify → admit → policy → route → fan-out (forward over the links, merge) →
-//! answer (correlation of the far sides' answers with what waits for them).
+//! ingress → identify → admit → (work: kept durably, for asynchronous senders) → relay
+//! (policy → normalize → route → fan-out: forward over the links, merge) → answer
+//! (correlation of the far sides' answers with what waits for them).
 //!
 //! Each stage is one module; they share the [`Gateway`] state and know nothing of the
 //! listeners, which only hand POSTs to [`handle`](handle::handle).
@@ -13,11 +14,16 @@ mod fanout;
 mod handle;
 mod identify;
 mod ingress;
+mod keep;
+mod lease;
 mod names;
 mod normalize;
 mod policy;
+mod relay;
 pub mod route;
 mod state;
+mod work;
 
 pub use handle::{Listener, handle};
 pub use state::Gateway;
+pub(crate) use work::{housekeeping, release, renew, take_over};

@@ -29,8 +29,11 @@ pub struct Gateway {
     /// Answers with forged or foreign transaction IDs, per source address.
     pub(crate) forged: crate::budget::Budget,
     /// Predecessors' requests already answered by token: (instance, request ID) -> issued.
-    /// A sender retrying an answer must not give the originator a second one.
+    /// A sender retrying an answer must not give the originator a second one. (Without a
+    /// state store only; with one, the store remembers, across restarts and replicas.)
     pub(crate) routed_by_token: Mutex<HashMap<(u32, u64), u32>>,
+    /// Kept work: the state store and what this process holds of it.
+    pub(crate) works: super::lease::Works,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -41,8 +44,14 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// The name this replica leases work under: the same across its restarts, so that a
+/// restarted process takes back at once what its predecessor held.
+fn owner(cfg: &Config) -> String {
+    format!("{}/{}", cfg.operator.public_domain, cfg.cluster.replica)
+}
+
 impl Gateway {
-    /// The state over `links`.
+    /// The state over `links` (work carried in memory only; see [`Gateway::keeping`]).
     pub fn new(links: Links, resolver: Option<Arc<Resolver>>) -> Gateway {
         let cfg = links.cfg.clone();
         Gateway {
@@ -54,9 +63,21 @@ impl Gateway {
             names: super::names::Names::default(),
             forged: crate::budget::Budget::new(cfg.policy.failure_rate, cfg.policy.failure_burst),
             routed_by_token: Mutex::default(),
+            works: super::lease::Works::new(None, owner(&cfg)),
             links: Arc::new(links),
             resolver,
         }
+    }
+
+    /// The same, keeping work in `store`.
+    pub fn keeping(mut self, store: Arc<crate::store::Store>) -> Gateway {
+        self.works = super::lease::Works::new(Some(store), owner(self.cfg()));
+        self
+    }
+
+    /// The state store, if work is kept.
+    pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
+        self.works.store()
     }
 
     /// The configuration.

@@ -59,12 +59,14 @@ impl From<tokio_postgres::Error> for StoreError {
 pub struct NewWork {
     /// Who sent it: "" for our core, else the peer's domain.
     pub origin: String,
-    /// The sender's transaction ID; for a peer, what a resend is recognised by.
+    /// The sender's transaction ID; what a resend is recognised by.
     pub origin_tid: String,
     /// The request transaction, as SSP XML.
     pub request: String,
-    /// Its answer is due by then (Unix ms).
+    /// Its answer is due by then (Unix ms), unless it may wait.
     pub deadline: i64,
+    /// It may be tried until then (Unix ms): its validity, for what may wait; else `deadline`.
+    pub expires: i64,
 }
 
 /// A kept request.
@@ -80,12 +82,19 @@ pub struct Work {
     pub request: String,
     /// When it was accepted (Unix ms).
     pub accepted_at: i64,
-    /// Its answer is due by then (Unix ms).
+    /// See [`NewWork::deadline`].
     pub deadline: i64,
-    /// Attempts made so far (store-and-forward).
+    /// See [`NewWork::expires`].
+    pub expires: i64,
+    /// Attempts made so far.
     pub attempts: i64,
-    /// Its answer, once known.
+    /// The answer for its sender, once known.
     pub answer: Option<String>,
+    /// Whether that answer was delivered.
+    pub answer_sent: bool,
+    /// Whether the sender was told "accepted for delivery" while the request waits to be
+    /// forwarded (store-and-forward): its answer is then not the end of the work.
+    pub queued: bool,
 }
 
 /// What keeping a request came to.
@@ -93,27 +102,45 @@ pub struct Work {
 pub enum Put {
     /// Kept: a new request.
     New(String),
-    /// The same request (origin and transaction ID) is known: still in hand, or answered
+    /// A request with this origin and transaction ID is known: still in hand, or answered
     /// (with the answer, to send again).
     Known {
         /// Its key.
         id: String,
         /// Its answer, if it has one.
         answer: Option<String>,
+        /// Whether it is the same request (a resend), not another one that reuses the
+        /// transaction ID (a sender that restarted and counts its IDs from the start again).
+        same: bool,
     },
 }
 
-/// The transaction ID a part of a request was sent with.
+/// One part of a request as it was sent: its key (destination and IDs), the transaction ID it
+/// went with (so that it goes again with the same one, which the receiver recognises), and
+/// its answer once known (so that it is not sent again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentPart {
-    /// The part's index.
-    pub part: i64,
+    /// Destination and route-by IDs of the part.
+    pub key: String,
     /// The token.
     pub token: String,
     /// The issuing process's instance.
     pub instance: i64,
     /// The request ID in the token.
     pub request_id: i64,
+    /// Its answer, as SSP XML, once known.
+    pub answer: Option<String>,
+}
+
+/// What became of an answer no request in this process waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// It answers a part of kept work (id): recorded there, for whoever handles that work.
+    Recorded(String),
+    /// That part was already answered, or its work is done: a second answer.
+    Duplicate,
+    /// No kept work sent that token.
+    Unknown,
 }
 
 /// The store: one backend.
@@ -128,10 +155,21 @@ pub enum Store {
 /// Where the state lives (`[store] url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// A SQLite file.
-    Sqlite(std::path::PathBuf),
+    /// A SQLite file, and whether commits wait for the disk (`synchronous = FULL`) or only
+    /// for the operating system (`NORMAL`: survives a crash of the process, not of the host).
+    Sqlite(std::path::PathBuf, Durability),
     /// A PostgreSQL connection string (`postgres://user@host:port/db`).
     Postgres(String),
+}
+
+/// How far a SQLite commit goes before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// To the disk (fsync on every commit; a commit survives power loss).
+    #[default]
+    Disk,
+    /// To the operating system (survives the process being killed, not the host failing).
+    Os,
 }
 
 /// The schema, in numbered steps (the number of steps applied is stored in `ssp_schema`).
@@ -143,22 +181,27 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE work (
         request TEXT NOT NULL,
         accepted_at BIGINT NOT NULL,
         deadline BIGINT NOT NULL,
+        expires BIGINT NOT NULL,
         next_at BIGINT NOT NULL,
         attempts BIGINT NOT NULL DEFAULT 0,
         owner TEXT NOT NULL DEFAULT '',
         lease_until BIGINT NOT NULL DEFAULT 0,
         answer TEXT,
+        answer_sent BIGINT,
+        queued BIGINT NOT NULL DEFAULT 0,
         done_at BIGINT
     );
     CREATE UNIQUE INDEX work_origin ON work (origin, origin_tid);
-    CREATE INDEX work_open ON work (done_at, lease_until);
+    CREATE INDEX work_due ON work (done_at, next_at);
+    CREATE INDEX work_done ON work (done_at);
     CREATE TABLE parts (
         work_id TEXT NOT NULL,
-        part BIGINT NOT NULL,
+        key TEXT NOT NULL,
         token TEXT NOT NULL,
         instance BIGINT NOT NULL,
         request_id BIGINT NOT NULL,
-        PRIMARY KEY (work_id, part)
+        answer TEXT,
+        PRIMARY KEY (work_id, key)
     );
     CREATE INDEX parts_token ON parts (instance, request_id);
     CREATE TABLE routed (
@@ -174,6 +217,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE work (
         expires BIGINT,
         PRIMARY KEY (ns, key)
     );"];
+
+/// The columns of `work` a [`Work`] is read from, in its fields' order.
+const WORK_COLUMNS: &str = "id, origin, origin_tid, request, accepted_at, deadline, expires, \
+     attempts, answer, answer_sent IS NOT NULL, queued <> 0";
 
 /// A fresh work key: 128 random bits.
 fn new_id() -> String {
@@ -193,15 +240,25 @@ impl Store {
     /// Open (creating and migrating as needed).
     pub async fn open(at: &Location) -> Result<Store, StoreError> {
         match at {
-            Location::Sqlite(path) => Ok(Store::Sqlite(sqlite::Sqlite::open(path).await?)),
+            Location::Sqlite(path, durability) => Ok(Store::Sqlite(
+                sqlite::Sqlite::open(path, *durability).await?,
+            )),
             Location::Postgres(url) => Ok(Store::Postgres(Box::new(
                 postgres::Postgres::open(url).await?,
             ))),
         }
     }
 
-    /// Keep a request before it is acknowledged. A request a peer sends again (same origin
-    /// and transaction ID) is [`Put::Known`].
+    /// Which engine, for logs and metrics.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Keep a request before it is acknowledged, leased to `owner`. A request sent again
+    /// (same origin and transaction ID) is [`Put::Known`].
     pub async fn put_work(
         &self,
         w: NewWork,
@@ -213,8 +270,14 @@ impl Store {
         dispatch!(self, s => s.put_work(id, w, owner.to_owned(), now, now + ms(lease)).await)
     }
 
-    /// Take the work that is not done and that nobody else holds: its lease ran out, or it
-    /// was `owner`'s (a restart), at most `limit` items, leased to `owner`.
+    /// Give up every lease `owner` holds: at start, what a predecessor of the same name held
+    /// (it is gone) becomes free at once instead of when its leases run out.
+    pub async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.release(owner.to_owned()).await)
+    }
+
+    /// Take work that is due and that nobody holds (never leased, released, or its lease ran
+    /// out: its holder died), at most `limit` items, oldest first, leased to `owner`.
     pub async fn take_over(
         &self,
         owner: &str,
@@ -239,27 +302,56 @@ impl Store {
         dispatch!(self, s => s.renew(owner.to_owned(), ids, until).await)
     }
 
-    /// Record the token part `part` of work `id` is sent with (before it is sent).
+    /// Record the token a part of work `id` is sent with (before it is sent). A part already
+    /// recorded keeps its first token.
     pub async fn sent_part(&self, id: &str, p: SentPart) -> Result<(), StoreError> {
         dispatch!(self, s => s.sent_part(id.to_owned(), p).await)
     }
 
-    /// The tokens the parts of work `id` were sent with.
+    /// The parts of work `id` sent so far.
     pub async fn parts(&self, id: &str) -> Result<Vec<SentPart>, StoreError> {
         dispatch!(self, s => s.parts(id.to_owned()).await)
     }
 
-    /// Record the answer of work `id` (before it is delivered).
-    pub async fn answered(&self, id: &str, answer: String) -> Result<(), StoreError> {
-        dispatch!(self, s => s.answered(id.to_owned(), answer).await)
+    /// Record the answer of part `key` of work `id`.
+    pub async fn part_answered(
+        &self,
+        id: &str,
+        key: &str,
+        answer: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.part_answered(id.to_owned(), key.to_owned(), answer).await)
     }
 
-    /// Work `id` is done: its answer was delivered (kept as a tombstone until purged).
+    /// An answer to the token (`instance`, `request_id`) that nobody here waited for:
+    /// recorded on the part of kept work that was sent with it, if any.
+    pub async fn claim(
+        &self,
+        instance: i64,
+        request_id: i64,
+        answer: String,
+    ) -> Result<Claim, StoreError> {
+        dispatch!(self, s => s.claim(instance, request_id, answer).await)
+    }
+
+    /// Record the answer for the sender of work `id` (before it is delivered). `queued`: it
+    /// says "accepted for delivery", and the work goes on after it.
+    pub async fn answered(&self, id: &str, answer: String, queued: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.answered(id.to_owned(), answer, queued).await)
+    }
+
+    /// The answer of work `id` was delivered; the work is done unless it is queued.
+    pub async fn delivered(&self, id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delivered(id.to_owned(), now_ms()).await)
+    }
+
+    /// Work `id` is done (kept as a tombstone until purged, so a resend is recognised).
     pub async fn done(&self, id: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.done(id.to_owned(), now_ms()).await)
     }
 
-    /// Work `id` waits: its next attempt at `next_at`, `attempts` made.
+    /// Work `id` waits: its next attempt at `next_at`, `attempts` made; its lease is given
+    /// up, so whichever replica is free then takes it.
     pub async fn reschedule(
         &self,
         id: &str,
@@ -269,7 +361,8 @@ impl Store {
         dispatch!(self, s => s.reschedule(id.to_owned(), next_at, attempts).await)
     }
 
-    /// Forget tombstones done before `before`, routed records and expired kv entries.
+    /// Forget work done before `before` (and its parts), routed records older than that, and
+    /// expired kv entries. Returns how much work was forgotten.
     pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.purge(before, now_ms()).await)
     }
@@ -285,7 +378,7 @@ impl Store {
         dispatch!(self, s => s.unroute(instance, request_id).await)
     }
 
-    /// How much work waits, and the age (ms) of the oldest.
+    /// How much work is open, and the age (ms) of the oldest.
     pub async fn depth(&self) -> Result<(i64, i64), StoreError> {
         let now = now_ms();
         dispatch!(self, s => s.depth(now).await)
@@ -300,6 +393,12 @@ impl Store {
         expires: Option<i64>,
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.kv_put(ns.to_owned(), key.to_owned(), value.to_owned(), expires).await)
+    }
+
+    /// Set `key` in `ns` unless it is set; the value it holds afterwards (so replicas racing
+    /// to create a shared secret all end up with the one that won).
+    pub async fn kv_init(&self, ns: &str, key: &str, value: &str) -> Result<String, StoreError> {
+        dispatch!(self, s => s.kv_init(ns.to_owned(), key.to_owned(), value.to_owned()).await)
     }
 
     /// The value of `key` in `ns`, unless expired.

@@ -4,16 +4,20 @@
 //! committed). Work is leased with `FOR UPDATE SKIP LOCKED`, so two replicas never take the
 //! same item.
 
+use std::sync::Arc;
+
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Row};
 
-use super::{MIGRATIONS, NewWork, Put, SentPart, StoreError, Work};
+use super::{Claim, MIGRATIONS, NewWork, Put, SentPart, StoreError, WORK_COLUMNS, Work};
 
 /// The backend.
 #[derive(Debug)]
 pub struct Postgres {
     url: String,
-    client: Mutex<Option<Client>>,
+    /// The connection, shared by concurrent calls (tokio-postgres pipelines them); replaced
+    /// when it breaks.
+    client: Mutex<Option<Arc<Client>>>,
 }
 
 /// Serialises migrations between replicas starting at once (any constant will do).
@@ -37,8 +41,11 @@ fn work(r: &Row) -> Work {
         request: r.get(3),
         accepted_at: r.get(4),
         deadline: r.get(5),
-        attempts: r.get(6),
-        answer: r.get(7),
+        expires: r.get(6),
+        attempts: r.get(7),
+        answer: r.get(8),
+        answer_sent: r.get(9),
+        queued: r.get(10),
     }
 }
 
@@ -71,32 +78,29 @@ impl Postgres {
         t.commit().await?;
         Ok(Postgres {
             url: url.to_owned(),
-            client: Mutex::new(Some(client)),
+            client: Mutex::new(Some(Arc::new(client))),
         })
     }
 
     /// Run `f` on the connection, reopening it first if it broke; a failure that ends the
-    /// connection drops it, so the next call reconnects.
+    /// connection drops it, so the next call reconnects. Every statement is one implicit
+    /// transaction, committed when it returns.
     async fn with<T>(
         &self,
-        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+        f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.url).await?);
-        }
-        let Some(client) = guard.as_mut() else {
-            return Err(StoreError("no connection".into()));
-        };
-        match f(client).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if client.is_closed() {
-                    *guard = None;
+        let client = {
+            let mut guard = self.client.lock().await;
+            match guard.as_ref().filter(|c| !c.is_closed()) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(connect(&self.url).await?);
+                    *guard = Some(c.clone());
+                    c
                 }
-                Err(e.into())
             }
-        }
+        };
+        f(&client).await.map_err(StoreError::from)
     }
 
     pub(super) async fn put_work(
@@ -111,8 +115,8 @@ impl Postgres {
             let inserted = c
                 .query_opt(
                     "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline,
-                         next_at, owner, lease_until)
-                     VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)
+                         expires, next_at, owner, lease_until)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $5, $8, $9)
                      ON CONFLICT (origin, origin_tid) DO NOTHING
                      RETURNING id",
                     &[
@@ -122,6 +126,7 @@ impl Postgres {
                         &w.request,
                         &now,
                         &w.deadline,
+                        &w.expires,
                         &owner,
                         &lease_until,
                     ],
@@ -132,14 +137,26 @@ impl Postgres {
             }
             let r = c
                 .query_one(
-                    "SELECT id, answer FROM work WHERE origin = $1 AND origin_tid = $2",
+                    "SELECT id, answer, request FROM work WHERE origin = $1 AND origin_tid = $2",
                     &[&w.origin, &w.origin_tid],
                 )
                 .await?;
             Ok(Put::Known {
                 id: r.get(0),
                 answer: r.get(1),
+                same: r.get::<_, String>(2) == w.request,
             })
+        })
+        .await
+    }
+
+    pub(super) async fn release(&self, owner: String) -> Result<u64, StoreError> {
+        self.with(async |c| {
+            c.execute(
+                "UPDATE work SET owner = '', lease_until = 0 WHERE owner = $1 AND done_at IS NULL",
+                &[&owner],
+            )
+            .await
         })
         .await
     }
@@ -154,12 +171,14 @@ impl Postgres {
         self.with(async |c| {
             let rows = c
                 .query(
-                    "UPDATE work SET owner = $1, lease_until = $2
-                     WHERE id IN (SELECT id FROM work
-                                  WHERE done_at IS NULL AND (lease_until < $3 OR owner = $1)
-                                  ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-                     RETURNING id, origin, origin_tid, request, accepted_at, deadline, attempts,
-                               answer",
+                    &format!(
+                        "UPDATE work SET owner = $1, lease_until = $2
+                         WHERE id IN (SELECT id FROM work
+                                      WHERE done_at IS NULL AND next_at <= $3
+                                        AND lease_until <= $3
+                                      ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+                         RETURNING {WORK_COLUMNS}"
+                    ),
                     &[&owner, &lease_until, &now, &limit],
                 )
                 .await?;
@@ -176,7 +195,8 @@ impl Postgres {
     ) -> Result<(), StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET lease_until = $1 WHERE id = ANY($2) AND owner = $3",
+                "UPDATE work SET lease_until = $1
+                 WHERE id = ANY($2) AND owner = $3 AND done_at IS NULL",
                 &[&until, &ids, &owner],
             )
             .await
@@ -188,10 +208,10 @@ impl Postgres {
     pub(super) async fn sent_part(&self, id: String, p: SentPart) -> Result<(), StoreError> {
         self.with(async |c| {
             c.execute(
-                "INSERT INTO parts (work_id, part, token, instance, request_id)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (work_id, part) DO NOTHING",
-                &[&id, &p.part, &p.token, &p.instance, &p.request_id],
+                "INSERT INTO parts (work_id, key, token, instance, request_id, answer)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (work_id, key) DO NOTHING",
+                &[&id, &p.key, &p.token, &p.instance, &p.request_id, &p.answer],
             )
             .await
             .map(|_| ())
@@ -203,41 +223,114 @@ impl Postgres {
         self.with(async |c| {
             let rows = c
                 .query(
-                    "SELECT part, token, instance, request_id FROM parts WHERE work_id = $1
-                     ORDER BY part",
+                    "SELECT key, token, instance, request_id, answer FROM parts
+                     WHERE work_id = $1 ORDER BY key",
                     &[&id],
                 )
                 .await?;
             Ok(rows
                 .iter()
                 .map(|r| SentPart {
-                    part: r.get(0),
+                    key: r.get(0),
                     token: r.get(1),
                     instance: r.get(2),
                     request_id: r.get(3),
+                    answer: r.get(4),
                 })
                 .collect())
         })
         .await
     }
 
-    pub(super) async fn answered(&self, id: String, answer: String) -> Result<(), StoreError> {
+    pub(super) async fn part_answered(
+        &self,
+        id: String,
+        key: String,
+        answer: String,
+    ) -> Result<(), StoreError> {
         self.with(async |c| {
-            c.execute("UPDATE work SET answer = $1 WHERE id = $2", &[&answer, &id])
-                .await
-                .map(|_| ())
+            c.execute(
+                "UPDATE parts SET answer = $1 WHERE work_id = $2 AND key = $3 AND answer IS NULL",
+                &[&answer, &id, &key],
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub(super) async fn claim(
+        &self,
+        instance: i64,
+        request_id: i64,
+        answer: String,
+    ) -> Result<Claim, StoreError> {
+        self.with(async |c| {
+            // One statement: find the part, record the answer only if it has none and its
+            // work is open (the row lock makes a concurrent second answer see the first).
+            let row = c
+                .query_opt(
+                    "WITH p AS (
+                         SELECT p.work_id, p.key, w.done_at IS NULL AS open
+                         FROM parts p JOIN work w ON w.id = p.work_id
+                         WHERE p.instance = $1 AND p.request_id = $2),
+                     u AS (
+                         UPDATE parts SET answer = $3 FROM p
+                         WHERE parts.work_id = p.work_id AND parts.key = p.key AND p.open
+                           AND parts.answer IS NULL
+                         RETURNING parts.work_id)
+                     SELECT p.work_id, (SELECT COUNT(*) FROM u) FROM p",
+                    &[&instance, &request_id, &answer],
+                )
+                .await?;
+            Ok(match row {
+                None => Claim::Unknown,
+                Some(r) if r.get::<_, i64>(1) > 0 => Claim::Recorded(r.get(0)),
+                Some(_) => Claim::Duplicate,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn answered(
+        &self,
+        id: String,
+        answer: String,
+        queued: bool,
+    ) -> Result<(), StoreError> {
+        self.with(async |c| {
+            c.execute(
+                "UPDATE work SET answer = $1, queued = $2 WHERE id = $3",
+                &[&answer, &i64::from(queued), &id],
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub(super) async fn delivered(&self, id: String, now: i64) -> Result<(), StoreError> {
+        self.with(async |c| {
+            c.execute(
+                "UPDATE work SET answer_sent = $1,
+                     done_at = CASE WHEN queued = 0 THEN $1 ELSE done_at END
+                 WHERE id = $2",
+                &[&now, &id],
+            )
+            .await
+            .map(|_| ())
         })
         .await
     }
 
     pub(super) async fn done(&self, id: String, now: i64) -> Result<(), StoreError> {
         self.with(async |c| {
-            let t = c.transaction().await?;
-            t.execute("UPDATE work SET done_at = $1 WHERE id = $2", &[&now, &id])
-                .await?;
-            t.execute("DELETE FROM parts WHERE work_id = $1", &[&id])
-                .await?;
-            t.commit().await
+            c.execute(
+                "UPDATE work SET done_at = $1 WHERE id = $2 AND done_at IS NULL",
+                &[&now, &id],
+            )
+            .await
+            .map(|_| ())
         })
         .await
     }
@@ -250,7 +343,8 @@ impl Postgres {
     ) -> Result<(), StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET next_at = $1, attempts = $2 WHERE id = $3",
+                "UPDATE work SET next_at = $1, attempts = $2, owner = '', lease_until = 0
+                 WHERE id = $3",
                 &[&next_at, &attempts, &id],
             )
             .await
@@ -261,14 +355,19 @@ impl Postgres {
 
     pub(super) async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         self.with(async |c| {
-            let n = c
-                .execute("DELETE FROM work WHERE done_at < $1", &[&before])
+            let r = c
+                .query_one(
+                    "WITH w AS (DELETE FROM work WHERE done_at < $1 RETURNING id),
+                          p AS (DELETE FROM parts WHERE work_id IN (SELECT id FROM w))
+                     SELECT COUNT(*) FROM w",
+                    &[&before],
+                )
                 .await?;
             c.execute("DELETE FROM routed WHERE at < $1", &[&before])
                 .await?;
             c.execute("DELETE FROM kv WHERE expires < $1", &[&now])
                 .await?;
-            Ok(n)
+            Ok(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))
         })
         .await
     }
@@ -333,6 +432,28 @@ impl Postgres {
             )
             .await
             .map(|_| ())
+        })
+        .await
+    }
+
+    pub(super) async fn kv_init(
+        &self,
+        ns: String,
+        key: String,
+        value: String,
+    ) -> Result<String, StoreError> {
+        self.with(async |c| {
+            c.execute(
+                "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3) ON CONFLICT (ns, key) DO NOTHING",
+                &[&ns, &key, &value],
+            )
+            .await?;
+            Ok(c.query_one(
+                "SELECT value FROM kv WHERE ns = $1 AND key = $2",
+                &[&ns, &key],
+            )
+            .await?
+            .get(0))
         })
         .await
     }

@@ -8,7 +8,9 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
-use super::{MIGRATIONS, NewWork, Put, SentPart, StoreError, Work};
+use super::{
+    Claim, Durability, MIGRATIONS, NewWork, Put, SentPart, StoreError, WORK_COLUMNS, Work,
+};
 
 /// What a job reports once its batch is committed (or not).
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -25,11 +27,15 @@ pub struct Sqlite {
     jobs: std::sync::mpsc::Sender<Job>,
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
-         CREATE TABLE IF NOT EXISTS ssp_schema (version BIGINT NOT NULL);",
-    )?;
+fn migrate(conn: &mut Connection, durability: Durability) -> Result<(), StoreError> {
+    let sync = match durability {
+        Durability::Disk => "FULL",
+        Durability::Os => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;
+         CREATE TABLE IF NOT EXISTS ssp_schema (version BIGINT NOT NULL);"
+    ))?;
     let t = conn.transaction()?;
     let applied: i64 = t
         .query_row("SELECT version FROM ssp_schema", [], |r| r.get(0))
@@ -81,7 +87,7 @@ fn run(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
 
 impl Sqlite {
     /// Open `path` (its folder is made), migrate, and start the connection's thread.
-    pub async fn open(path: &Path) -> Result<Sqlite, StoreError> {
+    pub async fn open(path: &Path, durability: Durability) -> Result<Sqlite, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
@@ -94,7 +100,7 @@ impl Sqlite {
             .spawn(move || {
                 let opened = Connection::open(&path)
                     .map_err(|e| StoreError(format!("{}: {e}", path.display())))
-                    .and_then(|mut c| migrate(&mut c).map(|()| c));
+                    .and_then(|mut c| migrate(&mut c, durability).map(|()| c));
                 match opened {
                     Ok(c) => {
                         let _ = ready_tx.send(Ok(()));
@@ -119,7 +125,19 @@ impl Sqlite {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |t| {
-            let r = t.and_then(f);
+            // Each job in a savepoint of the batch's transaction: a job that fails leaves
+            // nothing half done, and the others still commit.
+            let r = t.and_then(|t| {
+                t.execute_batch("SAVEPOINT job")?;
+                let r = f(t);
+                let end = if r.is_ok() {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                t.execute_batch(end)?;
+                r
+            });
             Box::new(move |committed| {
                 let _ = tx.send(committed.and(r));
             })
@@ -140,20 +158,21 @@ impl Sqlite {
         lease_until: i64,
     ) -> Result<Put, StoreError> {
         self.call(move |t| {
-            let known: Option<(String, Option<String>)> = t
+            let known: Option<(String, Option<String>, String)> = t
                 .query_row(
-                    "SELECT id, answer FROM work WHERE origin = ?1 AND origin_tid = ?2",
+                    "SELECT id, answer, request FROM work WHERE origin = ?1 AND origin_tid = ?2",
                     params![w.origin, w.origin_tid],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            if let Some((id, answer)) = known {
-                return Ok(Put::Known { id, answer });
+            if let Some((id, answer, request)) = known {
+                let same = request == w.request;
+                return Ok(Put::Known { id, answer, same });
             }
             t.execute(
-                "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline, next_at,
-                     owner, lease_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8)",
+                "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline, expires,
+                     next_at, owner, lease_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5, ?8, ?9)",
                 params![
                     id,
                     w.origin,
@@ -161,11 +180,24 @@ impl Sqlite {
                     w.request,
                     now,
                     w.deadline,
+                    w.expires,
                     owner,
                     lease_until
                 ],
             )?;
             Ok(Put::New(id))
+        })
+        .await
+    }
+
+    pub(super) async fn release(&self, owner: String) -> Result<u64, StoreError> {
+        self.call(move |t| {
+            let n = t.execute(
+                "UPDATE work SET owner = '', lease_until = 0
+                 WHERE owner = ?1 AND done_at IS NULL",
+                params![owner],
+            )?;
+            Ok(n as u64)
         })
         .await
     }
@@ -178,13 +210,13 @@ impl Sqlite {
         limit: i64,
     ) -> Result<Vec<Work>, StoreError> {
         self.call(move |t| {
-            let mut q = t.prepare(
+            let mut q = t.prepare(&format!(
                 "UPDATE work SET owner = ?1, lease_until = ?2
                  WHERE id IN (SELECT id FROM work
-                              WHERE done_at IS NULL AND (lease_until < ?3 OR owner = ?1)
+                              WHERE done_at IS NULL AND next_at <= ?3 AND lease_until <= ?3
                               ORDER BY next_at LIMIT ?4)
-                 RETURNING id, origin, origin_tid, request, accepted_at, deadline, attempts, answer",
-            )?;
+                 RETURNING {WORK_COLUMNS}"
+            ))?;
             let rows = q.query_map(params![owner, lease_until, now, limit], |r| {
                 Ok(Work {
                     id: r.get(0)?,
@@ -193,8 +225,11 @@ impl Sqlite {
                     request: r.get(3)?,
                     accepted_at: r.get(4)?,
                     deadline: r.get(5)?,
-                    attempts: r.get(6)?,
-                    answer: r.get(7)?,
+                    expires: r.get(6)?,
+                    attempts: r.get(7)?,
+                    answer: r.get(8)?,
+                    answer_sent: r.get(9)?,
+                    queued: r.get(10)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -209,8 +244,9 @@ impl Sqlite {
         until: i64,
     ) -> Result<(), StoreError> {
         self.call(move |t| {
-            let mut q =
-                t.prepare("UPDATE work SET lease_until = ?1 WHERE id = ?2 AND owner = ?3")?;
+            let mut q = t.prepare(
+                "UPDATE work SET lease_until = ?1 WHERE id = ?2 AND owner = ?3 AND done_at IS NULL",
+            )?;
             for id in ids {
                 q.execute(params![until, id, owner])?;
             }
@@ -222,10 +258,10 @@ impl Sqlite {
     pub(super) async fn sent_part(&self, id: String, p: SentPart) -> Result<(), StoreError> {
         self.call(move |t| {
             t.execute(
-                "INSERT INTO parts (work_id, part, token, instance, request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (work_id, part) DO NOTHING",
-                params![id, p.part, p.token, p.instance, p.request_id],
+                "INSERT INTO parts (work_id, key, token, instance, request_id, answer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (work_id, key) DO NOTHING",
+                params![id, p.key, p.token, p.instance, p.request_id, p.answer],
             )?;
             Ok(())
         })
@@ -235,14 +271,16 @@ impl Sqlite {
     pub(super) async fn parts(&self, id: String) -> Result<Vec<SentPart>, StoreError> {
         self.call(move |t| {
             let mut q = t.prepare(
-                "SELECT part, token, instance, request_id FROM parts WHERE work_id = ?1 ORDER BY part",
+                "SELECT key, token, instance, request_id, answer FROM parts WHERE work_id = ?1
+                 ORDER BY key",
             )?;
             let rows = q.query_map(params![id], |r| {
                 Ok(SentPart {
-                    part: r.get(0)?,
+                    key: r.get(0)?,
                     token: r.get(1)?,
                     instance: r.get(2)?,
                     request_id: r.get(3)?,
+                    answer: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -250,11 +288,76 @@ impl Sqlite {
         .await
     }
 
-    pub(super) async fn answered(&self, id: String, answer: String) -> Result<(), StoreError> {
+    pub(super) async fn part_answered(
+        &self,
+        id: String,
+        key: String,
+        answer: String,
+    ) -> Result<(), StoreError> {
         self.call(move |t| {
             t.execute(
-                "UPDATE work SET answer = ?1 WHERE id = ?2",
-                params![answer, id],
+                "UPDATE parts SET answer = ?1 WHERE work_id = ?2 AND key = ?3 AND answer IS NULL",
+                params![answer, id, key],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn claim(
+        &self,
+        instance: i64,
+        request_id: i64,
+        answer: String,
+    ) -> Result<Claim, StoreError> {
+        self.call(move |t| {
+            let found: Option<(String, String, bool, bool)> = t
+                .query_row(
+                    "SELECT p.work_id, p.key, p.answer IS NOT NULL, w.done_at IS NOT NULL
+                     FROM parts p JOIN work w ON w.id = p.work_id
+                     WHERE p.instance = ?1 AND p.request_id = ?2",
+                    params![instance, request_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((id, key, answered, done)) = found else {
+                return Ok(Claim::Unknown);
+            };
+            if answered || done {
+                return Ok(Claim::Duplicate);
+            }
+            t.execute(
+                "UPDATE parts SET answer = ?1 WHERE work_id = ?2 AND key = ?3",
+                params![answer, id, key],
+            )?;
+            Ok(Claim::Recorded(id))
+        })
+        .await
+    }
+
+    pub(super) async fn answered(
+        &self,
+        id: String,
+        answer: String,
+        queued: bool,
+    ) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "UPDATE work SET answer = ?1, queued = ?2 WHERE id = ?3",
+                params![answer, i64::from(queued), id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn delivered(&self, id: String, now: i64) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "UPDATE work SET answer_sent = ?1,
+                     done_at = CASE WHEN queued = 0 THEN ?1 ELSE done_at END
+                 WHERE id = ?2",
+                params![now, id],
             )?;
             Ok(())
         })
@@ -264,10 +367,9 @@ impl Sqlite {
     pub(super) async fn done(&self, id: String, now: i64) -> Result<(), StoreError> {
         self.call(move |t| {
             t.execute(
-                "UPDATE work SET done_at = ?1 WHERE id = ?2",
+                "UPDATE work SET done_at = ?1 WHERE id = ?2 AND done_at IS NULL",
                 params![now, id],
             )?;
-            t.execute("DELETE FROM parts WHERE work_id = ?1", params![id])?;
             Ok(())
         })
         .await
@@ -281,7 +383,8 @@ impl Sqlite {
     ) -> Result<(), StoreError> {
         self.call(move |t| {
             t.execute(
-                "UPDATE work SET next_at = ?1, attempts = ?2 WHERE id = ?3",
+                "UPDATE work SET next_at = ?1, attempts = ?2, owner = '', lease_until = 0
+                 WHERE id = ?3",
                 params![next_at, attempts, id],
             )?;
             Ok(())
@@ -291,6 +394,10 @@ impl Sqlite {
 
     pub(super) async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         self.call(move |t| {
+            t.execute(
+                "DELETE FROM parts WHERE work_id IN (SELECT id FROM work WHERE done_at < ?1)",
+                params![before],
+            )?;
             let n = t.execute("DELETE FROM work WHERE done_at < ?1", params![before])?;
             t.execute("DELETE FROM routed WHERE at < ?1", params![before])?;
             t.execute("DELETE FROM kv WHERE expires < ?1", params![now])?;
@@ -335,6 +442,26 @@ impl Sqlite {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             Ok((n, oldest.map_or(0, |o| now - o)))
+        })
+        .await
+    }
+
+    pub(super) async fn kv_init(
+        &self,
+        ns: String,
+        key: String,
+        value: String,
+    ) -> Result<String, StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "INSERT INTO kv (ns, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (ns, key) DO NOTHING",
+                params![ns, key, value],
+            )?;
+            Ok(t.query_row(
+                "SELECT value FROM kv WHERE ns = ?1 AND key = ?2",
+                params![ns, key],
+                |r| r.get(0),
+            )?)
         })
         .await
     }

@@ -1,0 +1,119 @@
+//! Relay: one request, admitted, through the stages that decide and carry it: policy (the
+//! first time only), normalize, route, fan-out. The same for a synchronous sender's request
+//! (answered in the HTTP response) and for kept work (an asynchronous sender's, possibly
+//! resumed after a restart or tried again after its destination came back).
+
+use std::future::Future;
+
+use super::fanout::{self, Spread};
+use super::keep::Keep;
+use super::state::Gateway;
+use super::{normalize, policy, route};
+use crate::error::Failure;
+use crate::links::Origin;
+use crate::ssp::Primitive;
+use crate::ssp::answer::AnswerForm;
+
+/// Policy (when `fresh`: a request tried again was checked when it came in), normalize,
+/// route, fan-out. `keep`: the kept work it is, if any.
+pub(crate) async fn stages(
+    gw: &Gateway,
+    origin: &Origin,
+    tid: &str,
+    mut primitive: Primitive,
+    fresh: bool,
+    keep: Option<&Keep<'_>>,
+) -> Spread {
+    let form = AnswerForm::of(&primitive);
+    let refused = |f: Failure| Spread {
+        answer: form.clone().answer(f.status()),
+        waiting: None,
+    };
+    // Policy: anti-spoofing (901), the originating user's rate.
+    if fresh && let Err(f) = policy::check(gw, origin, &primitive).await {
+        return refused(f);
+    }
+    // Normalize: what real peers write that the profile does not say.
+    normalize::request(gw, origin, &mut primitive);
+    // Route: a destination for each route-by ID (531 for a peer's non-subscribers). A
+    // request that cannot be placed now (DNS down) may wait, as may an unreachable one.
+    let plan = match route::plan(gw, origin, &primitive).await {
+        Ok(p) => p,
+        Err(f) => {
+            let waits = keep.and_then(|k| k.waits(None, &f));
+            return Spread {
+                answer: form.clone().answer(f.status()),
+                waiting: waits.map(|q| (q, form.answer(fanout::accepted_status()))),
+            };
+        }
+    };
+    // Fan-out: split per destination, forward over the links, merge the answers.
+    fanout::run(gw, plan, primitive, tid, origin.domain(), keep).await
+}
+
+/// Count, gauge and time the handling of one request around `answer`.
+pub(crate) async fn metered(
+    gw: &Gateway,
+    origin: &Origin,
+    primitive: &'static str,
+    answer: impl Future<Output = Primitive>,
+) -> Primitive {
+    let started = std::time::Instant::now();
+    count_request(gw, origin, primitive);
+    let in_flight = InFlight::new(gw, origin);
+    let answer = answer.await;
+    drop(in_flight);
+    count_answer(gw, origin, &answer, started.elapsed());
+    answer
+}
+
+/// Count a request taken in.
+pub(crate) fn count_request(gw: &Gateway, origin: &Origin, primitive: &'static str) {
+    gw.metrics()
+        .requests
+        .with_label_values(&[origin.direction(), primitive])
+        .inc();
+}
+
+/// Count an answer given, `took` after its request came in.
+pub(crate) fn count_answer(
+    gw: &Gateway,
+    origin: &Origin,
+    answer: &Primitive,
+    took: std::time::Duration,
+) {
+    let m = gw.metrics();
+    let direction = origin.direction();
+    let mut buf = [0u8; 5];
+    m.answers
+        .with_label_values(&[
+            direction,
+            crate::ops::metrics::code_label(answer.answer_code(), &mut buf),
+        ])
+        .inc();
+    m.latency
+        .with_label_values(&[direction])
+        .observe(took.as_secs_f64());
+}
+
+/// A request being relayed, on the in-flight gauge while it lives (a handler dropped
+/// mid-request, its client gone, leaves it too).
+pub(crate) struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    /// On the gauge of `origin`'s direction.
+    pub(crate) fn new(gw: &Gateway, origin: &Origin) -> InFlight {
+        let g = gw
+            .metrics()
+            .in_flight
+            .with_label_values(&[origin.direction()]);
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

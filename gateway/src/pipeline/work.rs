@@ -1,0 +1,665 @@
+//! Kept work: exactly one answer for every request an asynchronous sender hands over, across
+//! crashes, restarts and replicas; and store-and-forward for what may wait.
+//!
+//! A request from an asynchronous sender (the core, or a peer that takes its answers as POSTs
+//! of their own) is committed to the state store before the sender hears HTTP 200, and stays
+//! there until its answer has been delivered; then a while longer (`[store] keep`) as a
+//! tombstone, so that the same request sent again is recognised and answered again instead of
+//! being relayed twice. A worker carries one piece of work:
+//!
+//! 1. an answer recorded but not yet delivered is delivered first;
+//! 2. an attempt: the relay stages, each part sent with the token it first went with
+//!    (recorded before it is sent, so that a receiver recognises a resend) and a split
+//!    request's part answers recorded (so that an answered part is not sent again);
+//! 3. the outcome: the answer for the sender, recorded, then delivered. When parts wait for a
+//!    destination that cannot be reached now and the request may wait (a message, a delivery
+//!    report: `PROTOCOL.md` §10), the work is tried again later, with backoff, until its
+//!    validity ends; its sender is told "accepted for delivery" at once (`queue = "accept"`)
+//!    or hears only the outcome (`"hold"`). A message that is still undelivered when its
+//!    validity ends is reported to its sender as a delivery report, when it asked for one.
+//!
+//! Work is leased to the replica that handles it. Each replica takes over what is due and
+//! held by nobody: work to try again, the work of a replica that died (its lease ran out),
+//! and the work of this replica's previous process (released at start).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admit::Slot;
+use super::fanout;
+use super::keep::{Keep, decode, encode, store_failure};
+use super::relay::{self, InFlight};
+use super::state::Gateway;
+use crate::config::Queue;
+use crate::error::{Failure, Kind, Retry};
+use crate::links::{Dest, Origin, Part, Remote, Source};
+use crate::ssp::answer::AnswerForm;
+use crate::ssp::primitives::DeliveryStatusReport;
+use crate::ssp::{Entity, Primitive, Status, Transaction};
+use crate::store::{self, Claim, NewWork, Put, Store, StoreError, ms, now_ms};
+
+/// One piece of work in a worker's hands.
+struct Job {
+    /// Its key in the store (none without a store).
+    id: Option<String>,
+    /// Who sent it, where its answer goes.
+    origin: Origin,
+    /// The sender's transaction ID.
+    tid: String,
+    /// The request as the sender sent it.
+    request: Primitive,
+    /// When it was accepted (Unix ms).
+    accepted_at: i64,
+    /// Until when it may be tried (Unix ms).
+    expires: i64,
+    /// Attempts made.
+    attempts: i64,
+    /// An answer recorded and not yet delivered.
+    answer: Option<Primitive>,
+    /// The sender was told "accepted for delivery"; the outcome is still to come.
+    queued: bool,
+    /// Just accepted: policy has not seen it yet.
+    fresh: bool,
+}
+
+/// What taking in one request came to.
+enum Kept {
+    /// New work.
+    New(Box<Job>),
+    /// A resend of work answered before: its answer, to deliver again.
+    Answered(Box<Transaction>),
+    /// A resend of work still in hand.
+    InHand,
+}
+
+/// The primitives that may wait for their destination.
+fn may_wait(p: &Primitive) -> bool {
+    matches!(
+        p,
+        Primitive::SendMessageRequest(_) | Primitive::DeliveryStatusReport(_)
+    )
+}
+
+fn event(gw: &Gateway, what: &str) {
+    gw.metrics().work.with_label_values(&[what]).inc();
+}
+
+/// When a request accepted `now` is due (its answer), and until when it may be tried (its
+/// own validity or `[store] max_validity`, whichever is shorter, for what may wait).
+fn times(gw: &Gateway, p: &Primitive, now: i64) -> (i64, i64) {
+    let cfg = gw.cfg();
+    let deadline = now + ms(cfg.timeouts.request);
+    if !may_wait(p) {
+        return (deadline, deadline);
+    }
+    let own = match p {
+        Primitive::SendMessageRequest(r) => r
+            .info
+            .as_ref()
+            .and_then(|i| i.validity.as_deref())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
+        _ => None,
+    };
+    let validity = own
+        .map_or(cfg.store.max_validity, |v| v.min(cfg.store.max_validity))
+        .max(cfg.timeouts.request);
+    (deadline, now + ms(validity))
+}
+
+/// Take in requests from an asynchronous sender, each with its in-flight slot: kept (when
+/// there is a store) before the caller acknowledges them, then carried on tasks of their own.
+/// A request sent again is recognised: answered again if it was answered, else left to the
+/// work in hand. Err: some could not be kept (the sender must send the POST again; what was
+/// kept is recognised then).
+pub(crate) async fn take_in(
+    gw: &Arc<Gateway>,
+    origin: &Origin,
+    admitted: Vec<(Transaction, Slot)>,
+) -> Result<(), Failure> {
+    let now = now_ms();
+    for (t, _) in &admitted {
+        relay::count_request(gw, origin, t.primitive.label());
+    }
+    let Some(store) = gw.works.store().cloned() else {
+        for (t, slot) in admitted {
+            let (_, expires) = times(gw, &t.primitive, now);
+            start(gw, job(None, origin, t, now, expires), Some(slot));
+        }
+        return Ok(());
+    };
+    let futs = admitted.into_iter().map(|(t, slot)| {
+        let store = &store;
+        Box::pin(async move { (keep_one(gw, store, origin, t, now).await, slot) })
+    });
+    let mut failure = None;
+    for (kept, slot) in fanout::join_all(futs.collect()).await {
+        match kept {
+            Ok(Kept::New(job)) => {
+                event(gw, "kept");
+                start(gw, *job, Some(slot));
+            }
+            Ok(Kept::Answered(answer)) => {
+                event(gw, "resent");
+                let (g, o) = (gw.clone(), origin.clone());
+                gw.drain().spawn(async move {
+                    g.links.deliver_answers(&o, vec![*answer]).await;
+                });
+            }
+            Ok(Kept::InHand) => event(gw, "resent"),
+            Err(f) => failure = Some(f),
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+fn job(id: Option<String>, origin: &Origin, t: Transaction, now: i64, expires: i64) -> Job {
+    Job {
+        id,
+        origin: origin.clone(),
+        tid: t.transaction_id,
+        request: t.primitive,
+        accepted_at: now,
+        expires,
+        attempts: 0,
+        answer: None,
+        queued: false,
+        fresh: true,
+    }
+}
+
+/// Keep one request (committed when this returns).
+async fn keep_one(
+    gw: &Gateway,
+    store: &Store,
+    origin: &Origin,
+    t: Transaction,
+    now: i64,
+) -> Result<Kept, Failure> {
+    let (xml, t) = encode(t);
+    let (deadline, expires) = times(gw, &t.primitive, now);
+    let new = NewWork {
+        origin: origin.domain().to_owned(),
+        origin_tid: t.transaction_id.clone(),
+        request: xml,
+        deadline,
+        expires,
+    };
+    let (owner, lease) = (gw.works.owner(), gw.cfg().store.lease);
+    let mut put = store.put_work(new.clone(), owner, lease).await;
+    if let Ok(Put::Known { same: false, .. }) = put {
+        // The sender reused a transaction ID for another request (it restarted and counts
+        // from the start again): another request, kept under an ID of its own.
+        let digest = ring::digest::digest(&ring::digest::SHA256, new.request.as_bytes());
+        let tag: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        tracing::info!(origin = %new.origin, tid = %new.origin_tid, "transaction ID reused for another request");
+        let again = NewWork {
+            origin_tid: format!("{}#{tag}", new.origin_tid),
+            ..new
+        };
+        put = store.put_work(again, owner, lease).await;
+    }
+    match put.map_err(|e| store_failure(&gw.links, "keep", e))? {
+        Put::New(id) => Ok(Kept::New(Box::new(job(Some(id), origin, t, now, expires)))),
+        Put::Known {
+            answer: Some(a), ..
+        } => Ok(decode(&gw.links, &a).map_or(Kept::InHand, |t| Kept::Answered(Box::new(t)))),
+        Put::Known { answer: None, .. } => Ok(Kept::InHand),
+    }
+}
+
+/// Carry `job` on a task of its own (tracked by the drain), holding `slot`.
+fn start(gw: &Arc<Gateway>, job: Job, slot: Option<Slot>) {
+    let hand = job.id.as_deref().map(|id| gw.works.hold(id));
+    let g = gw.clone();
+    gw.drain().spawn(async move {
+        let _slot = slot;
+        let _hand = hand;
+        carry(&g, job).await;
+    });
+}
+
+/// Carry one piece of work as far as it goes now.
+async fn carry(gw: &Arc<Gateway>, mut job: Job) {
+    let _in_flight = InFlight::new(gw, &job.origin);
+    // 1. An answer recorded and not delivered goes first.
+    if let Some(answer) = job.answer.take()
+        && (!deliver(gw, &mut job, answer).await || !job.queued)
+    {
+        return;
+    }
+    let keep = match (gw.works.store(), &job.id) {
+        (Some(store), Some(id)) => match store.parts(id).await {
+            Ok(parts) => Some(Keep {
+                links: &gw.links,
+                store: store.clone(),
+                id: id.clone(),
+                parts,
+                may_wait: may_wait(&job.request) && now_ms() < job.expires,
+            }),
+            // Its lease runs out and it is taken up again.
+            Err(e) => {
+                store_failure(&gw.links, "parts", e);
+                return;
+            }
+        },
+        _ => None,
+    };
+    // Queued work whose report is under way: the report is what is left.
+    if job.queued
+        && let Some(k) = &keep
+        && let Some((key, ids, answered)) = k.reporting()
+    {
+        if !answered {
+            report(gw, &mut job, k, &key, ids).await;
+            return;
+        }
+        done(gw, &job).await;
+        return;
+    }
+    // Resumed after its deadline (the gateway was down): what came, or the failure.
+    if !job.fresh && !job.queued && now_ms() >= job.expires {
+        let answer = keep
+            .as_ref()
+            .and_then(Keep::only_answer)
+            .unwrap_or_else(|| {
+                let f = Failure::local(
+                    Kind::Timeout,
+                    "not answered before its deadline (the gateway restarted)",
+                );
+                AnswerForm::of(&job.request).answer(f.status())
+            });
+        drop(keep);
+        answered(gw, &mut job, answer).await;
+        return;
+    }
+    // 2. An attempt.
+    let spread = relay::stages(
+        gw,
+        &job.origin,
+        &job.tid,
+        job.request.clone(),
+        job.fresh,
+        keep.as_ref(),
+    )
+    .await;
+    job.fresh = false;
+    job.attempts += 1;
+    // 3. Its outcome.
+    match spread.waiting {
+        Some((queue, accepted)) if job.id.is_some() && now_ms() < job.expires => {
+            drop(keep);
+            if queue == Queue::Accept && !job.queued {
+                event(gw, "accepted");
+                job.queued = true;
+                if !answered(gw, &mut job, accepted).await {
+                    return;
+                }
+            }
+            reschedule(gw, &job).await;
+        }
+        _ => {
+            // Tried before and now past its validity, still failing: it waited in vain.
+            let failing = !failed_ids(&job.request, &spread.answer).is_empty();
+            if failing && job.attempts > 1 && now_ms() >= job.expires {
+                event(gw, "expired");
+            }
+            if !job.queued {
+                drop(keep);
+                answered(gw, &mut job, spread.answer).await;
+                return;
+            }
+            // The sender was told "accepted": this is the outcome it asked a report of.
+            let failed = failed_ids(&job.request, &spread.answer);
+            match keep {
+                Some(k) if !failed.is_empty() && wants_report(&job.request) => {
+                    let key = format!("report|{}", failed.join(","));
+                    report(gw, &mut job, &k, &key, failed).await;
+                }
+                _ => done(gw, &job).await,
+            }
+        }
+    }
+}
+
+/// Record `answer` for the sender (counted), then deliver it. Whether it was delivered.
+async fn answered(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
+    let took = Duration::from_millis(u64::try_from(now_ms() - job.accepted_at).unwrap_or(0));
+    relay::count_answer(gw, &job.origin, &answer, took);
+    if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
+        let (xml, t) = encode(Transaction::response(job.tid.clone(), answer));
+        if let Err(e) = store.answered(id, xml, job.queued).await {
+            // Delivered all the same; if the work is taken up again, the request is sent
+            // again with its token and the receiver answers it again.
+            store_failure(&gw.links, "answer", e);
+        }
+        return deliver(gw, job, t.primitive).await;
+    }
+    deliver(gw, job, answer).await
+}
+
+/// Deliver the recorded answer; on failure the work waits to deliver it again, until its
+/// validity and `[store] max_validity` have passed.
+async fn deliver(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
+    let t = Transaction::response(job.tid.clone(), answer);
+    if gw.links.deliver_answers(&job.origin, vec![t]).await {
+        if let (Some(store), Some(id)) = (gw.works.store(), &job.id)
+            && let Err(e) = store.delivered(id).await
+        {
+            store_failure(&gw.links, "delivered", e);
+        }
+        if !job.queued {
+            event(gw, "done");
+        }
+        return true;
+    }
+    let give_up = job
+        .expires
+        .max(job.accepted_at + ms(gw.cfg().store.max_validity));
+    if job.id.is_none() {
+        return false;
+    }
+    if now_ms() >= give_up {
+        event(gw, "undeliverable");
+        tracing::error!(
+            origin = job.origin.domain(),
+            tid = %job.tid,
+            "answer could not be delivered to its sender within the validity; dropped"
+        );
+        done(gw, job).await;
+        return false;
+    }
+    reschedule(gw, job).await;
+    false
+}
+
+/// The work is over.
+async fn done(gw: &Gateway, job: &Job) {
+    event(gw, "done");
+    if let (Some(store), Some(id)) = (gw.works.store(), &job.id)
+        && let Err(e) = store.done(id).await
+    {
+        store_failure(&gw.links, "done", e);
+    }
+}
+
+/// The work waits: its next attempt after a backoff (doubling from `[store] retry_min` up
+/// to `retry_max`), at the latest when its validity ends, so that its outcome is on time.
+async fn reschedule(gw: &Gateway, job: &Job) {
+    let (Some(store), Some(id)) = (gw.works.store(), &job.id) else {
+        return;
+    };
+    let s = &gw.cfg().store;
+    let doublings = u32::try_from(job.attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    let wait = s
+        .retry_min
+        .saturating_mul(1u32 << doublings)
+        .min(s.retry_max);
+    let now = now_ms();
+    let mut next = now + ms(wait);
+    if now < job.expires {
+        next = next.min(job.expires);
+    }
+    event(gw, "retried");
+    if let Err(e) = store.reschedule(id, next, job.attempts).await {
+        // Its lease runs out and it is taken up again.
+        store_failure(&gw.links, "reschedule", e);
+    }
+}
+
+/// Whether the sender asked for a delivery report.
+fn wants_report(p: &Primitive) -> bool {
+    match p {
+        Primitive::SendMessageRequest(r) => r.delivery_report.as_deref().is_some_and(|v| {
+            ["yes", "t", "true"]
+                .iter()
+                .any(|w| v.trim().eq_ignore_ascii_case(w))
+        }),
+        _ => false,
+    }
+}
+
+/// The recipients `answer` says were not reached.
+fn failed_ids(request: &Primitive, answer: &Primitive) -> Vec<String> {
+    match answer.answer_status() {
+        Some(st) if st.is_success() && st.details.is_empty() => Vec::new(),
+        None => Vec::new(),
+        Some(st) if !st.details.is_empty() => st
+            .details
+            .iter()
+            .filter(|d| d.code >= 300)
+            .flat_map(|d| d.ids.iter().map(|e| e.id.clone()))
+            .collect(),
+        Some(_) => request
+            .route_by()
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect(),
+    }
+}
+
+/// Send the sender a delivery report: the message did not reach `ids` within its validity.
+async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, key: &str, ids: Vec<String>) {
+    let Primitive::SendMessageRequest(m) = &job.request else {
+        done(gw, job).await;
+        return;
+    };
+    let mut info = m.info.clone().unwrap_or_default();
+    if let Some(r) = info.recipient.as_mut() {
+        r.entities = ids.iter().map(|id| Entity::user(id.clone())).collect();
+    }
+    let dsr = Primitive::DeliveryStatusReport(DeliveryStatusReport {
+        result: Some(Status::with(
+            crate::ssp::status::TIMEOUT,
+            "not delivered within its validity",
+        )),
+        info: Some(info),
+        ..Default::default()
+    });
+    let dest = match &job.origin {
+        Origin::Core => Dest::Core,
+        Origin::Peer(p) => Dest::Imps(Remote {
+            domain: p.cfg.domain.clone(),
+            urls: Vec::new(),
+            source: Source::Peering,
+        }),
+    };
+    let part = Part {
+        origin_tid: &job.tid,
+        origin_peer: "",
+        index: 0,
+        of: 1,
+        issued: None,
+    };
+    let sent = match keep.token(key, &dest, part).await {
+        Ok(issued) => {
+            let p = Part {
+                issued: issued.as_ref(),
+                ..part
+            };
+            gw.links.send(&dest, dsr, p).await
+        }
+        Err(f) => Err(f),
+    };
+    match sent {
+        Ok(a) => {
+            event(gw, "reported");
+            keep.record(key, &a).await;
+            done(gw, job).await;
+        }
+        Err(f)
+            if f.kind.retry() != Retry::Never
+                && now_ms() < job.expires + ms(gw.cfg().store.max_validity) =>
+        {
+            reschedule(gw, job).await;
+        }
+        Err(f) => {
+            tracing::warn!(tid = %job.tid, reason = %f, "delivery report could not be sent");
+            done(gw, job).await;
+        }
+    }
+}
+
+/// The work of `w`, as a job (`None`: it does not decode, or its sender is not known).
+fn resumed(gw: &Gateway, w: store::Work) -> Option<Job> {
+    let origin = if w.origin.is_empty() {
+        Origin::Core
+    } else {
+        Origin::Peer(gw.links.peers.get(&w.origin)?)
+    };
+    let t = decode(&gw.links, &w.request)?;
+    let answer = match (&w.answer, w.answer_sent) {
+        (Some(a), false) => Some(decode(&gw.links, a)?.primitive),
+        _ => None,
+    };
+    Some(Job {
+        id: Some(w.id),
+        origin,
+        tid: t.transaction_id,
+        request: t.primitive,
+        accepted_at: w.accepted_at,
+        expires: w.expires,
+        attempts: w.attempts,
+        answer,
+        queued: w.queued,
+        fresh: false,
+    })
+}
+
+/// Take up work that is due and held by nobody (a retry, a dead replica's, a previous
+/// process's), as far as in-flight slots allow: at most half of those free, so that new
+/// requests are never starved by old ones.
+pub(crate) async fn take_over(gw: &Arc<Gateway>) {
+    let Some(store) = gw.works.store().cloned() else {
+        return;
+    };
+    if gw.drain().is_draining() {
+        return;
+    }
+    let free = gw.in_flight.available_permits() / 2;
+    if free == 0 {
+        return;
+    }
+    let limit = i64::try_from(free.min(256)).unwrap_or(256);
+    let taken = match store
+        .take_over(gw.works.owner(), gw.cfg().store.lease, limit)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            store_failure(&gw.links, "take-over", e);
+            return;
+        }
+    };
+    for w in taken {
+        let id = w.id.clone();
+        match resumed(gw, w) {
+            Some(job) => {
+                event(gw, "taken");
+                let slot = gw.in_flight.clone().try_acquire_owned().ok();
+                start(gw, job, slot);
+            }
+            None => {
+                tracing::error!(work = %id, "kept work that cannot be read back (or whose sender is unknown) dropped");
+                event(gw, "unreadable");
+                if let Err(e) = store.done(&id).await {
+                    store_failure(&gw.links, "done", e);
+                }
+            }
+        }
+    }
+}
+
+/// At start: what this replica's previous process held is free at once.
+pub(crate) async fn release(gw: &Gateway) -> Result<u64, StoreError> {
+    match gw.works.store() {
+        Some(s) => s.release(gw.works.owner()).await,
+        None => Ok(0),
+    }
+}
+
+/// Keep the leases of the work in hand.
+pub(crate) async fn renew(gw: &Gateway) {
+    let Some(store) = gw.works.store() else {
+        return;
+    };
+    let held = gw.works.held();
+    if let Err(e) = store
+        .renew(gw.works.owner(), held, gw.cfg().store.lease)
+        .await
+    {
+        store_failure(&gw.links, "renew", e);
+    }
+}
+
+/// Gauges of the queue, and tombstones past `[store] keep` forgotten.
+pub(crate) async fn housekeeping(gw: &Gateway) {
+    let Some(store) = gw.works.store() else {
+        return;
+    };
+    match store.depth().await {
+        Ok((n, oldest)) => {
+            let m = gw.metrics();
+            m.queue_depth.set(n);
+            m.queue_oldest.set(oldest / 1000);
+        }
+        Err(e) => {
+            store_failure(&gw.links, "depth", e);
+        }
+    }
+    if let Err(e) = store.purge(now_ms() - ms(gw.cfg().store.keep)).await {
+        store_failure(&gw.links, "purge", e);
+    }
+}
+
+/// An answer nobody in this process waited for, to a token kept work may have sent:
+/// recorded there (the work uses it when it is next carried), or known as a second answer.
+/// `Ok(false)`: no kept work sent that token.
+pub(crate) async fn claim(
+    gw: &Gateway,
+    instance: u32,
+    request_id: u64,
+    t: Transaction,
+) -> Result<Option<Claim>, Failure> {
+    let Some(store) = gw.works.store() else {
+        return Ok(None);
+    };
+    let (xml, _) = encode(t);
+    store
+        .claim(
+            i64::from(instance),
+            i64::try_from(request_id).unwrap_or(i64::MAX),
+            xml,
+        )
+        .await
+        .map(Some)
+        .map_err(|e| store_failure(&gw.links, "claim", e))
+}
+
+/// Whether this is the first time the answer to the request of a process that is gone is
+/// routed by its token (through the store when there is one: across restarts and replicas).
+pub(crate) async fn route_once(gw: &Gateway, instance: u32, request_id: u64) -> Option<bool> {
+    let store = gw.works.store()?;
+    let rid = i64::try_from(request_id).unwrap_or(i64::MAX);
+    match store.route_once(i64::from(instance), rid).await {
+        Ok(first) => Some(first),
+        Err(e) => {
+            store_failure(&gw.links, "route-once", e);
+            // Not routed: a copy sent again may still get through.
+            Some(false)
+        }
+    }
+}
+
+/// Undo [`route_once`] (the delivery failed).
+pub(crate) async fn unroute(gw: &Gateway, instance: u32, request_id: u64) {
+    if let Some(store) = gw.works.store() {
+        let rid = i64::try_from(request_id).unwrap_or(i64::MAX);
+        if let Err(e) = store.unroute(i64::from(instance), rid).await {
+            store_failure(&gw.links, "unroute", e);
+        }
+    }
+}

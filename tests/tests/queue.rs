@@ -1,0 +1,183 @@
+//! Kept work and store-and-forward, end to end over loopback: a message to a peer that cannot
+//! be reached waits for it (its sender told "accepted for delivery" at once, or only of the
+//! outcome), arrives when the peer is back, and is reported to its sender when its validity
+//! ends undelivered; a request sent again is answered again, never relayed twice.
+//! (`fault.rs` kills processes; these tests stop and start gateways in-process.)
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use ssp_gateway::ops::metrics::Metrics;
+use ssp_gateway::ssp::primitives::SendMessageRequest;
+use ssp_gateway::ssp::{
+    ContentData, Message, MessageInfo, NS_WV_SSP_13, Party, Primitive, Transaction,
+};
+use ssp_testbed::attacker;
+use ssp_testbed::core_sim::WireDir;
+use ssp_testbed::federation::{Federation, OperatorSpec};
+
+const A: &str = "+46701234567";
+const B: &str = "+4915112345678";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Operator X, its store-and-forward as `store` says (retries close together, for tests).
+fn x(store: &str) -> OperatorSpec {
+    let mut s = OperatorSpec::new('x', "46").user("usera", A, "User A");
+    s.extra_toml = format!(
+        "[[route]]\nprefix = \"+49\"\npeer = \"opy.example\"\n\
+         [store]\nretry_min = \"100ms\"\nretry_max = \"400ms\"\n{store}"
+    );
+    s
+}
+
+fn y() -> OperatorSpec {
+    let mut s = OperatorSpec::new('y', "49").user("userb", B, "User B");
+    s.extra_toml = "[[route]]\nprefix = \"+46\"\npeer = \"opx.example\"\n".into();
+    s
+}
+
+fn work_events(fed: &Federation, i: usize, event: &str) -> u64 {
+    let g = &fed.ops[i].gateway.as_ref().unwrap().gateway;
+    Metrics::counter_value(&g.metrics().work, &[event])
+}
+
+/// Poll `cond` until it holds or `within` passes.
+async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_message_is_accepted_at_once_and_delivered_when_the_peer_is_back() {
+    let mut fed = Federation::start(vec![x("queue = \"accept\"\n"), y()]).await;
+    fed.stop_gateway(1).await;
+    let (cx, cy) = (fed.ops[0].core.clone(), fed.ops[1].core.clone());
+    let (_mid, st) = cx
+        .send_message("usera", &[&format!("wv:{B}")], "while you were out", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(
+        st.description.as_deref(),
+        Some("accepted for delivery"),
+        "{st:?}"
+    );
+    // Tried again while Y is down.
+    assert!(
+        eventually(WAIT, || work_events(&fed, 0, "retried") >= 2).await,
+        "retried"
+    );
+    assert!(cy.received("userb").is_empty());
+    fed.restart_gateway(1).await;
+    let got = cy.message("userb", 0, WAIT).await.expect("delivered");
+    assert_eq!(got.text, "while you were out");
+    // Y's core reports the delivery; the report reaches A.
+    let report = cx.report("usera", 0, WAIT).await.expect("delivery report");
+    assert_eq!(report.code, 200);
+    assert!(
+        eventually(WAIT, || work_events(&fed, 0, "done") >= 1).await,
+        "the kept work is done"
+    );
+    assert_eq!(cy.received("userb").len(), 1, "delivered once");
+    assert_eq!(cx.delivery_reports("usera").len(), 1, "reported once");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_message_is_answered_only_on_delivery() {
+    let mut fed = Federation::start(vec![x("queue = \"hold\"\n"), y()]).await;
+    fed.stop_gateway(1).await;
+    let (cx, cy) = (fed.ops[0].core.clone(), fed.ops[1].core.clone());
+    let send = tokio::spawn(async move {
+        cx.send_message("usera", &[&format!("wv:{B}")], "held", false)
+            .await
+    });
+    assert!(
+        eventually(WAIT, || work_events(&fed, 0, "retried") >= 2).await,
+        "retried while Y is down"
+    );
+    assert!(!send.is_finished(), "no answer while the message waits");
+    fed.restart_gateway(1).await;
+    let (_mid, st) = send.await.unwrap().unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_ne!(st.description.as_deref(), Some("accepted for delivery"));
+    assert_eq!(cy.received("userb").len(), 1);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_undelivered_within_its_validity_is_reported_to_its_sender() {
+    let mut fed =
+        Federation::start(vec![x("queue = \"accept\"\nmax_validity = \"2s\"\n"), y()]).await;
+    fed.stop_gateway(1).await;
+    let cx = fed.ops[0].core.clone();
+    let started = std::time::Instant::now();
+    let (_mid, st) = cx
+        .send_message("usera", &[&format!("wv:{B}")], "too late", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    let report = cx.report("usera", 0, WAIT).await.expect("failure report");
+    assert_eq!(report.code, 504, "{report:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "reported when the validity ended, not before"
+    );
+    assert_eq!(work_events(&fed, 0, "expired"), 1);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_is_answered_again_and_relayed_once() {
+    let fed = Federation::start(vec![x(""), y()]).await;
+    let (cx, cy) = (fed.ops[0].core.clone(), fed.ops[1].core.clone());
+    let core_addr = fed.ops[0].gateway.as_ref().unwrap().core_addr.unwrap();
+    // What the core sends, written out here so that the same transaction ID goes twice.
+    let request = Primitive::SendMessageRequest(SendMessageRequest {
+        delivery_report: Some("No".into()),
+        info: Some(MessageInfo {
+            content_type: Some("text/plain".into()),
+            recipient: Some(Party::user(format!("wv:{B}"))),
+            sender: Some(Party::user(cx.core_id("usera"))),
+            ..Default::default()
+        }),
+        content: Some(ContentData {
+            content_type: Some("text/plain".into()),
+            data: "once only".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let body = Message::session(
+        "core-1@core.opx.example",
+        vec![Transaction::request("resent-1", request)],
+    )
+    .emit(NS_WV_SSP_13);
+    let answers = || {
+        cx.wire_log()
+            .iter()
+            .filter(|(d, b)| *d == WireDir::Received && b.contains("resent-1"))
+            .count()
+    };
+    for n in 1..=2 {
+        let mut c = attacker::tcp_from([127, 0, 0, 1], core_addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut c, &attacker::post(&body))
+            .await
+            .unwrap();
+        let (code, _) = attacker::response(&mut c).await.unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            eventually(WAIT, || answers() == n).await,
+            "answer {n} of 2 reached the core"
+        );
+    }
+    assert_eq!(work_events(&fed, 0, "resent"), 1);
+    assert_eq!(cy.received("userb").len(), 1, "relayed once");
+    fed.shutdown().await;
+}
