@@ -79,6 +79,91 @@ pub struct CoreSimConfig {
     pub session_id: String,
     /// Address to listen on (default: an ephemeral loopback port).
     pub listen: Option<std::net::SocketAddr>,
+    /// What the core remembers across restarts (its database): answers given by transaction
+    /// ID, messages delivered, answers received. Default: a fresh one per instance.
+    pub ledger: Option<Arc<Ledger>>,
+    /// How the core's own transaction IDs start (`<prefix>-<n>`): a restarted core given
+    /// another prefix does not reuse its predecessor's IDs.
+    pub tid_prefix: String,
+    /// How long an asynchronous core takes to answer (a slow core keeps requests in flight).
+    pub answer_delay: Duration,
+    /// A connection per request (no keep-alive), so that a TCP balancer in front of several
+    /// gateway replicas spreads the requests.
+    pub fresh_connections: bool,
+}
+
+/// What a core remembers across its restarts, as a real core's database would, and what the
+/// fault suite counts: the answer it gave to each transaction ID (an idempotent receiver
+/// answers a resend with it, and does not deliver twice), each message delivered (by its
+/// text), and each answer received for its own requests (by transaction ID).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    given: HashMap<String, Primitive>,
+    delivered: HashMap<String, Vec<String>>,
+    answers: HashMap<String, Vec<u16>>,
+    resends: u64,
+}
+
+impl Ledger {
+    /// The transaction IDs under which the message with `text` was delivered.
+    pub fn deliveries(&self, text: &str) -> Vec<String> {
+        lock(&self.state)
+            .delivered
+            .get(text)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The answer codes received for our request `tid`, in order.
+    pub fn answers(&self, tid: &str) -> Vec<u16> {
+        lock(&self.state)
+            .answers
+            .get(tid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Requests received again with a transaction ID already answered (answered again, not
+    /// handled twice).
+    pub fn resends(&self) -> u64 {
+        lock(&self.state).resends
+    }
+
+    fn given(&self, tid: &str) -> Option<Primitive> {
+        let mut st = lock(&self.state);
+        let p = st.given.get(tid).cloned();
+        if p.is_some() {
+            st.resends += 1;
+        }
+        p
+    }
+
+    fn give(&self, tid: &str, answer: &Primitive) {
+        lock(&self.state)
+            .given
+            .insert(tid.to_owned(), answer.clone());
+    }
+
+    fn delivered(&self, text: &str, tid: &str) {
+        lock(&self.state)
+            .delivered
+            .entry(text.to_owned())
+            .or_default()
+            .push(tid.to_owned());
+    }
+
+    fn answered(&self, tid: &str, code: u16) {
+        lock(&self.state)
+            .answers
+            .entry(tid.to_owned())
+            .or_default()
+            .push(code);
+    }
 }
 
 impl CoreSimConfig {
@@ -89,6 +174,10 @@ impl CoreSimConfig {
             mode,
             session_id: format!("core-1@{core_domain}"),
             listen: None,
+            ledger: None,
+            tid_prefix: "core".into(),
+            answer_delay: Duration::ZERO,
+            fresh_connections: false,
         }
     }
 }
@@ -214,6 +303,8 @@ struct Inner {
     client: Client<HttpConnector, Full<Bytes>>,
     gateway_url: Mutex<Option<String>>,
     state: Mutex<State>,
+    /// What it remembers across restarts.
+    ledger: Arc<Ledger>,
     /// Our outstanding requests by transactionID, waiting for an asynchronous response.
     pending: Mutex<HashMap<String, oneshot::Sender<Primitive>>>,
     wire: Mutex<Vec<(WireDir, String)>>,
@@ -247,13 +338,21 @@ impl CoreSim {
         let domain = cfg.core_domain.trim().to_ascii_lowercase();
         let (stop, stop_rx) = watch::channel(false);
         let (changed, _) = watch::channel(0u64);
+        let client = {
+            let mut b = Client::builder(TokioExecutor::new());
+            if cfg.fresh_connections {
+                b.pool_max_idle_per_host(0);
+            }
+            b.build_http()
+        };
         let inner = Arc::new(Inner {
+            ledger: cfg.ledger.clone().unwrap_or_default(),
             service_id: format!("wv:@{domain}"),
             domain,
             cfg,
             addr,
             codec: Codec::default(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client,
             gateway_url: Mutex::new(None),
             state: Mutex::new(State::default()),
             pending: Mutex::new(HashMap::new()),
@@ -360,32 +459,7 @@ impl CoreSim {
         if remote_to.is_empty() {
             return Ok((local_id, merge(&results)));
         }
-        let req = SendMessageRequest {
-            delivery_report: Some(if delivery_report { "Yes" } else { "No" }.into()),
-            meta: Some(MetaInfo::client(&inner.service_id, &from)),
-            info: Some(MessageInfo {
-                content_type: Some("text/plain".into()),
-                content_size: Some(text.len().to_string()),
-                recipient: Some(Party {
-                    entities: remote_to.iter().map(|id| Entity::user(*id)).collect(),
-                    ext: Ext::default(),
-                }),
-                sender: Some(Party::user(from.clone())),
-                date_time: Some(DateTime {
-                    format: Some("iso8601".into()),
-                    value: iso8601_now(),
-                    ext: Ext::default(),
-                }),
-                ..MessageInfo::default()
-            }),
-            content: Some(ContentData {
-                content_type: Some("text/plain".into()),
-                encoding: Some("base64".into()),
-                data: B64.encode(text.as_bytes()),
-                ext: Ext::default(),
-            }),
-            ext: Ext::default(),
-        };
+        let req = message_request(&inner.service_id, &from, &remote_to, text, delivery_report);
         let (remote_id, remote_status) =
             match inner.request(Primitive::SendMessageRequest(req)).await? {
                 Primitive::SendMessageResponse(r) => (
@@ -413,6 +487,36 @@ impl CoreSim {
             results.push(((*id).to_owned(), code));
         }
         Ok((local_id, merge(&results)))
+    }
+
+    /// Send a message from a local user without waiting for its answer: `Ok(tid)` once the
+    /// gateway accepted it (HTTP 200). Its answer, when it comes, is in the ledger.
+    pub async fn send_accepted(
+        &self,
+        from_local: &str,
+        to: &str,
+        text: &str,
+    ) -> anyhow::Result<String> {
+        let inner = &self.inner;
+        let from = inner.existing_core_id(from_local)?;
+        let req = message_request(&inner.service_id, &from, &[to], text, false);
+        let tid = inner.next_tid();
+        let body = inner.session_body(vec![Transaction::request(
+            tid.clone(),
+            Primitive::SendMessageRequest(req),
+        )]);
+        let (http, _) = timeout(DEADLINE, inner.post(body))
+            .await
+            .map_err(|_| anyhow!("{tid}: no HTTP answer within {DEADLINE:?}"))??;
+        if !http.is_success() {
+            bail!("{tid}: HTTP {http}");
+        }
+        Ok(tid)
+    }
+
+    /// What the core remembers across restarts (shared with the instances that follow it).
+    pub fn ledger(&self) -> Arc<Ledger> {
+        self.inner.ledger.clone()
     }
 
     /// Messages delivered to a local user, oldest first.
@@ -785,6 +889,14 @@ impl Inner {
         self.bump();
     }
 
+    fn next_tid(&self) -> String {
+        format!(
+            "{}-{}",
+            self.cfg.tid_prefix,
+            self.tid_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     fn next_id(&self, prefix: &str) -> String {
         format!("{prefix}-{}", self.seq.fetch_add(1, Ordering::Relaxed))
     }
@@ -931,7 +1043,20 @@ impl Inner {
                     self.complete(t);
                 }
                 Mode::Request => {
+                    // An idempotent receiver: a transaction ID answered before gets the same
+                    // answer, and nothing is handled twice.
+                    if let Some(given) = self.ledger.given(&t.transaction_id) {
+                        responses.push(Transaction::response(t.transaction_id, given));
+                        continue;
+                    }
                     let (resp, more) = self.handle_request(&t.primitive);
+                    if let Primitive::SendMessageRequest(m) = &t.primitive
+                        && resp.answer_status().is_none_or(Status::is_success)
+                    {
+                        let text = m.content.as_ref().map(content_text).unwrap_or_default();
+                        self.ledger.delivered(&text, &t.transaction_id);
+                    }
+                    self.ledger.give(&t.transaction_id, &resp);
                     responses.push(Transaction::response(t.transaction_id, resp));
                     followups.extend(more);
                 }
@@ -968,7 +1093,11 @@ impl Inner {
             }
             CoreMode::Async => {
                 let me = self.clone();
+                let delay = self.cfg.answer_delay;
                 self.spawn(async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     // The response first, then what it triggered (reports, notifications).
                     if !responses.is_empty()
                         && let Err(e) = me.post_responses(responses).await
@@ -985,6 +1114,8 @@ impl Inner {
     }
 
     fn complete(&self, t: Transaction) {
+        self.ledger
+            .answered(&t.transaction_id, t.primitive.answer_code());
         match lock(&self.pending).remove(&t.transaction_id) {
             Some(tx) => {
                 let _ = tx.send(t.primitive);
@@ -1038,7 +1169,7 @@ impl Inner {
     /// Send one request to the gateway and wait for its response: from the HTTP body (a
     /// synchronous peer) or from a later POST with the same transactionID (an asynchronous one).
     async fn request(self: &Arc<Self>, prim: Primitive) -> anyhow::Result<Primitive> {
-        let tid = format!("core-{}", self.tid_seq.fetch_add(1, Ordering::Relaxed));
+        let tid = self.next_tid();
         let body = self.session_body(vec![Transaction::request(tid.clone(), prim)]);
         let (tx, rx) = oneshot::channel();
         // Registered before sending: an asynchronous answer may overtake the HTTP 200.
@@ -1497,6 +1628,42 @@ fn presence_request(service: &str, user: &str, kind: EntityKind, target: &str) -
         meta: Some(MetaInfo::client(service, user)),
         users: vec![Entity::new(kind, target)],
         ..PresenceRequest::default()
+    }
+}
+
+/// The `SendMessageRequest` a local user `from` sends to `to`.
+fn message_request(
+    service_id: &str,
+    from: &str,
+    to: &[&str],
+    text: &str,
+    delivery_report: bool,
+) -> SendMessageRequest {
+    SendMessageRequest {
+        delivery_report: Some(if delivery_report { "Yes" } else { "No" }.into()),
+        meta: Some(MetaInfo::client(service_id, from)),
+        info: Some(MessageInfo {
+            content_type: Some("text/plain".into()),
+            content_size: Some(text.len().to_string()),
+            recipient: Some(Party {
+                entities: to.iter().map(|id| Entity::user(*id)).collect(),
+                ext: Ext::default(),
+            }),
+            sender: Some(Party::user(from.to_owned())),
+            date_time: Some(DateTime {
+                format: Some("iso8601".into()),
+                value: iso8601_now(),
+                ext: Ext::default(),
+            }),
+            ..MessageInfo::default()
+        }),
+        content: Some(ContentData {
+            content_type: Some("text/plain".into()),
+            encoding: Some("base64".into()),
+            data: B64.encode(text.as_bytes()),
+            ext: Ext::default(),
+        }),
+        ext: Ext::default(),
     }
 }
 

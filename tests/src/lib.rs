@@ -4,6 +4,8 @@
 //! - [`baraza_peer`]: a peer that behaves exactly as the real Baraza captures show;
 //! - [`federation`]: operators (core simulator + gateway) on loopback with test-time certificates;
 //! - [`dnslab`]: zones served by an in-process hickory-server or a real NSD;
+//! - [`faults`]: the fault-injection rig (gateway processes killed and restarted, counted traffic);
+//! - [`pglab`]: a PostgreSQL server started by the tests;
 //! - [`ladder`]: the load ladder (origin, relay, pass-through, load generator).
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +14,7 @@ pub mod baraza_peer;
 pub mod core_sim;
 pub mod dates;
 pub mod dnslab;
+pub mod faults;
 pub mod federation;
 pub mod ladder;
 pub mod pglab;

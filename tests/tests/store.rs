@@ -183,6 +183,27 @@ async fn contract(s: &Store) {
     );
     s.kv_delete("sip.dialogs", "a").await.unwrap();
     assert!(s.kv_list("sip.dialogs").await.unwrap().is_empty());
+    // A translator's table: what it reloads after a restart, expiring entries gone.
+    let subs = s.table("sip.subscriptions");
+    subs.put(
+        "wv:+4915112345678",
+        "{\"expires\":3600}",
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    subs.put("wv:+4915112345679", "{}", Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        subs.list().await.unwrap(),
+        vec![(
+            "wv:+4915112345678".to_owned(),
+            "{\"expires\":3600}".to_owned()
+        )]
+    );
+    subs.delete("wv:+4915112345678").await.unwrap();
+    assert_eq!(subs.get("wv:+4915112345678").await.unwrap(), None);
     // The first value set stays.
     assert_eq!(s.kv_init("gateway", "k", "one").await.unwrap(), "one");
     assert_eq!(s.kv_init("gateway", "k", "two").await.unwrap(), "one");

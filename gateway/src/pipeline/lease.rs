@@ -50,6 +50,11 @@ impl Works {
             .unwrap_or_default()
     }
 
+    /// Whether work `id` is in hand here.
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        self.in_hand.lock().map(|h| h.contains(id)).unwrap_or(false)
+    }
+
     /// Hold work `id` until the returned guard is dropped.
     pub(crate) fn hold(&self, id: &str) -> Hand {
         if let Ok(mut h) = self.in_hand.lock() {

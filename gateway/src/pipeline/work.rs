@@ -32,6 +32,7 @@ use super::relay::{self, InFlight};
 use super::state::Gateway;
 use crate::config::Queue;
 use crate::error::{Failure, Kind, Retry};
+use crate::links::exchange::Backoff;
 use crate::links::{Dest, Origin, Part, Remote, Source};
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::primitives::DeliveryStatusReport;
@@ -346,10 +347,8 @@ async fn answered(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
 async fn deliver(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
     let t = Transaction::response(job.tid.clone(), answer);
     if gw.links.deliver_answers(&job.origin, vec![t]).await {
-        if let (Some(store), Some(id)) = (gw.works.store(), &job.id)
-            && let Err(e) = store.delivered(id).await
-        {
-            store_failure(&gw.links, "delivered", e);
+        if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
+            recorded(gw, "delivered", || store.delivered(id)).await;
         }
         if !job.queued {
             event(gw, "done");
@@ -379,10 +378,32 @@ async fn deliver(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
 /// The work is over.
 async fn done(gw: &Gateway, job: &Job) {
     event(gw, "done");
-    if let (Some(store), Some(id)) = (gw.works.store(), &job.id)
-        && let Err(e) = store.done(id).await
-    {
-        store_failure(&gw.links, "done", e);
+    if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
+        recorded(gw, "done", || store.done(id)).await;
+    }
+}
+
+/// A write that records what has happened (an answer delivered, work done or put off): tried
+/// again while the store is away (a database restart), for up to four leases, the work held
+/// here meanwhile so that it is not taken up a second time. After that the work is taken up
+/// again when its lease has run out, and its sender may get its answer twice.
+async fn recorded<F, Fut>(gw: &Gateway, op: &'static str, mut write: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + gw.cfg().store.lease * 4;
+    let mut backoff = Backoff::new(Duration::from_secs(1));
+    loop {
+        match write().await {
+            Ok(()) => return,
+            Err(e) => {
+                store_failure(&gw.links, op, e);
+                if !backoff.wait(deadline).await {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -404,10 +425,10 @@ async fn reschedule(gw: &Gateway, job: &Job) {
         next = next.min(job.expires);
     }
     event(gw, "retried");
-    if let Err(e) = store.reschedule(id, next, job.attempts).await {
-        // Its lease runs out and it is taken up again.
-        store_failure(&gw.links, "reschedule", e);
-    }
+    recorded(gw, "reschedule", || {
+        store.reschedule(id, next, job.attempts)
+    })
+    .await;
 }
 
 /// Whether the sender asked for a delivery report.
@@ -556,6 +577,10 @@ pub(crate) async fn take_over(gw: &Arc<Gateway>) {
     };
     for w in taken {
         let id = w.id.clone();
+        if gw.works.holds(&id) {
+            // Still in hand here (its worker is waiting for the store to record it).
+            continue;
+        }
         match resumed(gw, w) {
             Some(job) => {
                 event(gw, "taken");

@@ -14,8 +14,12 @@
 //!   after a crash is sent again with the same one (the receiver recognises it).
 //! - **routed**: answers routed by their token alone (a request of a process that is gone):
 //!   routed once, across restarts and replicas.
-//! - **kv**: state of the translators (dialogs, subscriptions, rosters), by namespace and
-//!   key, with an optional expiry.
+//! - **kv**: state of the translators, by namespace and key, with an optional expiry, through
+//!   [`Store::table`]: a translator keeps what it must not forget across a restart, and what
+//!   another replica must find, in a table of its own: `sip.dialogs` and `sip.subscriptions`
+//!   (a SUBSCRIBE dialog per watched presentity, refreshed before its expiry, so presence
+//!   resumes after a restart without a new subscription from the core), `xmpp.subscriptions`
+//!   and `xmpp.rosters` (presence subscriptions per JID pair); `gateway` holds the token key.
 //!
 //! Time is Unix milliseconds throughout; every write that promises durability is committed
 //! before the call returns (SQLite batches concurrent writes into one commit).
@@ -384,6 +388,11 @@ impl Store {
         dispatch!(self, s => s.depth(now).await)
     }
 
+    /// The key-value table `ns` (see the module's documentation for the names in use).
+    pub fn table(&self, ns: &'static str) -> Table<'_> {
+        Table { store: self, ns }
+    }
+
     /// Set `key` in namespace `ns` (expiring at `expires`, Unix ms, if given).
     pub async fn kv_put(
         &self,
@@ -414,5 +423,41 @@ impl Store {
     /// Every live (key, value) of `ns`.
     pub async fn kv_list(&self, ns: &str) -> Result<Vec<(String, String)>, StoreError> {
         dispatch!(self, s => s.kv_list(ns.to_owned(), now_ms()).await)
+    }
+}
+
+/// One namespace of the key-value state: values (the caller's own encoding, JSON or SSP XML)
+/// by key, each optionally expiring. Every write is committed when it returns.
+#[derive(Debug, Clone, Copy)]
+pub struct Table<'a> {
+    store: &'a Store,
+    ns: &'static str,
+}
+
+impl Table<'_> {
+    /// Set `key` to `value`, forgotten after `ttl` if given.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let expires = ttl.map(|t| now_ms() + ms(t));
+        self.store.kv_put(self.ns, key, value, expires).await
+    }
+
+    /// The value of `key`, unless absent or expired.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.store.kv_get(self.ns, key).await
+    }
+
+    /// Forget `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.store.kv_delete(self.ns, key).await
+    }
+
+    /// Every live (key, value), by key (what a translator reloads at start).
+    pub async fn list(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.store.kv_list(self.ns).await
     }
 }
