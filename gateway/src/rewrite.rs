@@ -239,17 +239,28 @@ impl Rewriter {
         msg.emit(namespace)
     }
 
-    /// Replace every hidden name in `v` with the public domain.
+    /// Replace every hidden name in `v` with the public domain. A replacement can make a new
+    /// occurrence out of what precedes it (`xcore.core.opx.example` becomes
+    /// `xcore.opx.example`, which holds `core.opx.example` again), so passes are repeated;
+    /// a value that still holds one after a few is replaced whole.
     fn scrub(&self, v: &mut String) {
-        for h in &self.hidden {
-            // Resume after each replacement: the public domain may itself end with a hidden
-            // name's suffix, and rescanning it would never terminate.
-            let mut from = 0;
-            while let Some(pos) = find_ignore_ascii_case(&v.as_bytes()[from..], h.as_bytes()) {
-                let at = from + pos;
-                v.replace_range(at..at + h.len(), &self.public_domain);
-                from = at + self.public_domain.len();
+        for _ in 0..4 {
+            if self.leaks(v).is_none() {
+                return;
             }
+            for h in &self.hidden {
+                // Resume after each replacement: the public domain may itself end with a
+                // hidden name's suffix, and rescanning it would never terminate.
+                let mut from = 0;
+                while let Some(pos) = find_ignore_ascii_case(&v.as_bytes()[from..], h.as_bytes()) {
+                    let at = from + pos;
+                    v.replace_range(at..at + h.len(), &self.public_domain);
+                    from = at + self.public_domain.len();
+                }
+            }
+        }
+        if self.leaks(v).is_some() {
+            *v = self.public_domain.clone();
         }
     }
 }
@@ -407,6 +418,21 @@ mod tests {
             let out = rw.outbound_id(&dir, id, PeerView::default());
             assert_eq!(rw.inbound_id(&dir, &out), id);
         }
+    }
+
+    #[test]
+    fn scrubbing_does_not_make_a_hidden_name_out_of_what_precedes_it() {
+        // Found by the rewrite_ssp fuzz target: "xcore." + the public domain holds the core
+        // domain again after one replacement.
+        let (rw, dir) = setup();
+        let xml = r#"<?xml version='1.0'?>
+<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
+<Session sessionID="7@b.test"><Transaction mode="Response" transactionID="t7">
+<SearchResponse searchID="s-1" completionFlag="T xcore.core.opx.example V"><Status code="200"/>
+</SearchResponse></Transaction></Session></WV-SSP-Message>"#;
+        let mut m = Codec::default().parse(xml.as_bytes()).unwrap();
+        let out = rw.emit_outbound(&dir, &mut m, PeerView::default(), NS_WV_SSP_13);
+        assert!(rw.leaks(&out).is_none(), "{out}");
     }
 
     #[test]
