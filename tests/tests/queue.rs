@@ -133,12 +133,10 @@ async fn message_undelivered_within_its_validity_is_reported_to_its_sender() {
     fed.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_sent_again_is_answered_again_and_relayed_once() {
-    let fed = Federation::start(vec![x(""), y()]).await;
-    let (cx, cy) = (fed.ops[0].core.clone(), fed.ops[1].core.clone());
-    let core_addr = fed.ops[0].gateway.as_ref().unwrap().core_addr.unwrap();
-    // What the core sends, written out here so that the same transaction ID goes twice.
+/// A SendMessage from user A of core X to B, written out here so that a test chooses its
+/// transaction ID (and sends it again).
+fn raw_message(fed: &Federation, tid: &str, text: &str) -> String {
+    let cx = &fed.ops[0].core;
     let request = Primitive::SendMessageRequest(SendMessageRequest {
         delivery_report: Some("No".into()),
         info: Some(MessageInfo {
@@ -149,35 +147,103 @@ async fn a_request_sent_again_is_answered_again_and_relayed_once() {
         }),
         content: Some(ContentData {
             content_type: Some("text/plain".into()),
-            data: "once only".into(),
+            data: text.into(),
             ..Default::default()
         }),
         ..Default::default()
     });
-    let body = Message::session(
+    Message::session(
         "core-1@core.opx.example",
-        vec![Transaction::request("resent-1", request)],
+        vec![Transaction::request(tid, request)],
     )
-    .emit(NS_WV_SSP_13);
-    let answers = || {
-        cx.wire_log()
-            .iter()
-            .filter(|(d, b)| *d == WireDir::Received && b.contains("resent-1"))
-            .count()
-    };
+    .emit(NS_WV_SSP_13)
+}
+
+/// POST `body` to gateway X's core listener as core X does; the HTTP status.
+async fn post_from_core(fed: &Federation, body: &str) -> u16 {
+    let core_addr = fed.ops[0].gateway.as_ref().unwrap().core_addr.unwrap();
+    let mut c = attacker::tcp_from([127, 0, 0, 1], core_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut c, &attacker::post(body))
+        .await
+        .unwrap();
+    attacker::response(&mut c).await.unwrap().0
+}
+
+/// How many answers with transaction ID `tid` core X has received.
+fn answers_to(fed: &Federation, tid: &str) -> usize {
+    fed.ops[0]
+        .core
+        .wire_log()
+        .iter()
+        .filter(|(d, b)| *d == WireDir::Received && b.contains(&format!("\"{tid}\"")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_is_answered_again_and_relayed_once() {
+    let fed = Federation::start(vec![x(""), y()]).await;
+    let cy = fed.ops[1].core.clone();
+    let body = raw_message(&fed, "resent-1", "once only");
     for n in 1..=2 {
-        let mut c = attacker::tcp_from([127, 0, 0, 1], core_addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut c, &attacker::post(&body))
-            .await
-            .unwrap();
-        let (code, _) = attacker::response(&mut c).await.unwrap();
-        assert_eq!(code, 200);
+        assert_eq!(post_from_core(&fed, &body).await, 200);
         assert!(
-            eventually(WAIT, || answers() == n).await,
+            eventually(WAIT, || answers_to(&fed, "resent-1") == n).await,
             "answer {n} of 2 reached the core"
         );
     }
     assert_eq!(work_events(&fed, 0, "resent"), 1);
     assert_eq!(cy.received("userb").len(), 1, "relayed once");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_while_it_waits_is_left_to_the_work_in_hand() {
+    let mut fed = Federation::start(vec![x("queue = \"hold\"\n"), y()]).await;
+    fed.stop_gateway(1).await;
+    let cy = fed.ops[1].core.clone();
+    let body = raw_message(&fed, "waiting-1", "sent twice, wanted once");
+    assert_eq!(post_from_core(&fed, &body).await, 200);
+    assert!(
+        eventually(WAIT, || work_events(&fed, 0, "retried") >= 1).await,
+        "waiting for Y"
+    );
+    // The core's resend (it heard nothing yet) is recognised: no second piece of work.
+    assert_eq!(post_from_core(&fed, &body).await, 200);
+    assert_eq!(work_events(&fed, 0, "resent"), 1);
+    assert_eq!(work_events(&fed, 0, "kept"), 1);
+    fed.restart_gateway(1).await;
+    assert!(
+        eventually(WAIT, || answers_to(&fed, "waiting-1") >= 1).await,
+        "answered once delivered"
+    );
+    assert!(
+        eventually(WAIT, || work_events(&fed, 0, "done") >= 1).await,
+        "the kept work is done"
+    );
+    assert_eq!(cy.received("userb").len(), 1, "relayed once");
+    assert_eq!(answers_to(&fed, "waiting-1"), 1, "answered once");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_id_reused_for_another_request_is_another_request() {
+    let fed = Federation::start(vec![x(""), y()]).await;
+    let cy = fed.ops[1].core.clone();
+    // A core that restarted and counts its transaction IDs from the start again.
+    for (n, text) in [(1, "before the restart"), (2, "after the restart")] {
+        let body = raw_message(&fed, "reused-1", text);
+        assert_eq!(post_from_core(&fed, &body).await, 200);
+        assert!(
+            eventually(WAIT, || answers_to(&fed, "reused-1") == n).await,
+            "answer {n} of 2 reached the core"
+        );
+    }
+    assert_eq!(work_events(&fed, 0, "resent"), 0);
+    assert!(
+        eventually(WAIT, || cy.received("userb").len() == 2).await,
+        "both delivered"
+    );
+    let texts: Vec<String> = cy.received("userb").into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["before the restart", "after the restart"]);
     fed.shutdown().await;
 }

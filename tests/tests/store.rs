@@ -47,7 +47,8 @@ async fn contract(s: &Store) {
         Put::Known {
             id: id.clone(),
             answer: None,
-            same: true
+            same: true,
+            done: false
         }
     );
     // The same transaction ID with another request (a sender that restarted its count).
@@ -85,15 +86,44 @@ async fn contract(s: &Store) {
         taken.iter().map(|w| &w.id).collect::<Vec<_>>(),
         vec![&other]
     );
-    // Parts and their tokens: the first token stays.
-    s.sent_part(&id, part("peer:opz.example|wv:+1", "g2.abc", 42))
+    assert!(taken[0].resumed, "taken from a holder whose lease ran out");
+    // Fenced: the holder whose lease ran out finds its writes refused and learns it lost
+    // the work when it renews.
+    assert!(
+        !s.answered("r0", &other, "<stale/>".into(), false)
+            .await
+            .unwrap()
+    );
+    assert!(!s.delivered("r0", &other, false, None).await.unwrap());
+    assert!(!s.done("r0", &other).await.unwrap());
+    assert!(
+        s.sent_part("r0", &other, part("core|wv:c", "g2.stale", 41))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.renew("r0", vec![other.clone(), id.clone()], LEASE)
+            .await
+            .unwrap(),
+        vec![other.clone()]
+    );
+    // Parts and their tokens: the first token stays (and is what the caller sends with).
+    let first = s
+        .sent_part("r0", &id, part("peer:opz.example|wv:+1", "g2.abc", 42))
         .await
+        .unwrap()
         .unwrap();
-    s.sent_part(&id, part("peer:opz.example|wv:+1", "g2.other", 43))
+    assert_eq!(first.token, "g2.abc");
+    let again = s
+        .sent_part("r0", &id, part("peer:opz.example|wv:+1", "g2.other", 43))
         .await
+        .unwrap()
         .unwrap();
-    s.sent_part(&id, part("core|wv:b", "g2.core", 44))
+    assert_eq!((again.token.as_str(), again.request_id), ("g2.abc", 42));
+    s.sent_part("r0", &id, part("core|wv:b", "g2.core", 44))
         .await
+        .unwrap()
         .unwrap();
     let parts = s.parts(&id).await.unwrap();
     assert_eq!(parts.len(), 2);
@@ -119,8 +149,12 @@ async fn contract(s: &Store) {
     assert_eq!(parts[1].answer.as_deref(), Some("<part answer/>"));
     // Answered, then delivered: done, known with its answer, no longer taken over; a late
     // answer to its part is a duplicate.
-    s.answered(&id, "<answer/>".into(), false).await.unwrap();
-    s.delivered(&id).await.unwrap();
+    assert!(
+        s.answered("r0", &id, "<answer/>".into(), false)
+            .await
+            .unwrap()
+    );
+    assert!(s.delivered("r0", &id, false, None).await.unwrap());
     assert_eq!(
         s.put_work(work("opy.example", "t1"), "r0", LEASE)
             .await
@@ -128,7 +162,8 @@ async fn contract(s: &Store) {
         Put::Known {
             id: id.clone(),
             answer: Some("<answer/>".into()),
-            same: true
+            same: true,
+            done: true
         }
     );
     assert_eq!(
@@ -138,19 +173,46 @@ async fn contract(s: &Store) {
     let (n, _) = s.depth().await.unwrap();
     assert_eq!(n, 1, "one still open");
     // Queued (the sender was told "accepted"): delivering that answer does not end it.
-    s.answered(&other, "<accepted/>".into(), true)
-        .await
-        .unwrap();
-    s.delivered(&other).await.unwrap();
+    assert!(
+        s.answered("r1", &other, "<accepted/>".into(), true)
+            .await
+            .unwrap()
+    );
+    assert!(s.delivered("r1", &other, true, None).await.unwrap());
     assert_eq!(s.depth().await.unwrap().0, 1);
-    // Rescheduled: not taken before it is due, then taken by whoever is free.
-    s.reschedule(&other, now_ms() + 60_000, 3).await.unwrap();
-    assert!(s.take_over("r1", LEASE, 100).await.unwrap().is_empty());
-    s.reschedule(&other, now_ms() - 1, 3).await.unwrap();
-    let again = s.take_over("r0", LEASE, 100).await.unwrap();
+    // Rescheduled: its lease given up, not taken before it is due, then taken by whoever is
+    // free (not "resumed": nobody held it).
+    assert!(
+        s.reschedule("r1", &other, Duration::from_millis(400), 3)
+            .await
+            .unwrap()
+    );
+    assert!(s.take_over("r0", LEASE, 100).await.unwrap().is_empty());
+    assert!(
+        s.renew("r1", vec![other.clone()], LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "work put off is not lost"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        let w = s.take_over("r0", LEASE, 100).await.unwrap();
+        if !w.is_empty() || std::time::Instant::now() > deadline {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again.len(), 1, "taken when due");
     assert_eq!(again[0].attempts, 3);
-    assert!(again[0].answer_sent && again[0].queued);
-    s.done(&other).await.unwrap();
+    assert!(again[0].answer_sent && again[0].queued && !again[0].resumed);
+    assert!(!again[0].forwarded);
+    assert!(s.forwarded("r0", &other).await.unwrap());
+    assert!(
+        !s.done("r1", &other).await.unwrap(),
+        "r1 no longer holds it"
+    );
+    assert!(s.done("r0", &other).await.unwrap());
     assert_eq!(s.depth().await.unwrap().0, 0);
     // Tombstones (and their parts) go when purged.
     assert_eq!(s.purge(now_ms() + 1).await.unwrap(), 2);
@@ -308,4 +370,47 @@ async fn store_postgres_keeps_its_promises_across_a_server_restart() {
         back.iter().any(|w| w.id == id),
         "committed work survives: {id} not in {back:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_postgres_replicas_taking_over_at_once_share_the_work_without_overlap() {
+    let pg = PgLab::start().await.unwrap();
+    let at = Location::Postgres(pg.url());
+    let a = std::sync::Arc::new(Store::open(&at).await.unwrap());
+    let b = std::sync::Arc::new(Store::open(&at).await.unwrap());
+    let mut all = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let Put::New(id) = a
+            .put_work(work("opy.example", &format!("w{i}")), "gone", LEASE)
+            .await
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        all.insert(id);
+    }
+    a.release("gone").await.unwrap();
+    // Both replicas take small batches as fast as they can until nothing is left.
+    let grab = |s: std::sync::Arc<Store>, me: &'static str| async move {
+        let mut mine = Vec::new();
+        for _ in 0..1000 {
+            let w = s.take_over(me, LEASE, 7).await.unwrap();
+            if w.is_empty() {
+                break;
+            }
+            mine.extend(w.into_iter().map(|w| w.id));
+        }
+        mine
+    };
+    let (ta, tb) = tokio::join!(
+        tokio::spawn(grab(a.clone(), "a")),
+        tokio::spawn(grab(b.clone(), "b"))
+    );
+    let (ta, tb) = (ta.unwrap(), tb.unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    for id in ta.iter().chain(tb.iter()) {
+        assert!(seen.insert(id.clone()), "{id} taken twice");
+    }
+    assert_eq!(seen, all, "every piece taken once");
+    eprintln!("replica a took {}, replica b took {}", ta.len(), tb.len());
 }

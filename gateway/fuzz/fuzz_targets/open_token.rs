@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= 10 {
         let (head, rest) = data.split_at(10);
         let rest = String::from_utf8_lossy(rest);
-        let (tid, peer) = rest.split_at(rest.len() / 2);
+        // Cut near the middle, on a character boundary (lossy decoding makes 3-byte U+FFFD).
+        let mut cut = rest.len() / 2;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (tid, peer) = rest.split_at(cut);
         let id = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
         let leg = if head[8] & 1 == 0 { Leg::ToPeer } else { Leg::ToCore };
         let s = keys.issue(leg, id, head[9], head[8], tid, peer);

@@ -207,6 +207,22 @@ mod tests {
     }
 
     #[test]
+    fn replicas_on_sqlite_are_a_warning() {
+        let cluster = "\n[listen]\nadmin = \"127.0.0.1:9900\"\n[cluster]\nreplica = 0\nsiblings = [\"http://127.0.0.1:9900\", \"http://127.0.0.1:9901\"]\n";
+        let c = load(&format!("{MIN}{cluster}")).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("replicas do not share")),
+            "{:?}",
+            c.warnings
+        );
+        let shared =
+            format!("{MIN}{cluster}\n[store]\nurl = \"postgres://gw@127.0.0.1:5432/ssp\"\n");
+        assert!(load(&shared).unwrap().warnings.is_empty());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

@@ -150,6 +150,14 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
                 .to_owned(),
         );
     }
+    if cluster.siblings.len() > 1 && matches!(store.location, crate::store::Location::Sqlite(..)) {
+        warnings.push(
+            "[cluster] siblings with a SQLite [store]: replicas do not share kept work, so a \
+             dead replica's messages wait for it to come back; set [store] url to a shared \
+             postgres:// database"
+                .to_owned(),
+        );
+    }
     Config {
         warnings,
         path: std::path::PathBuf::new(),

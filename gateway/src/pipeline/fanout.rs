@@ -170,7 +170,12 @@ async fn kept(
         issued: issued.as_ref(),
         ..part
     };
-    let answer = forward(gw, dest, request, p).await;
+    let answer = match forward(gw, dest, request, p).await {
+        // The answer may have reached another replica, or come after the wait here ended,
+        // and been recorded on the work.
+        Err(f) if f.kind == crate::error::Kind::Timeout => k.recheck(&key).await.ok_or(f),
+        other => other,
+    };
     if record && let Ok(a) = &answer {
         k.record(&key, a).await;
     }

@@ -35,7 +35,8 @@ pub(crate) fn decode(links: &Links, xml: &str) -> Option<Transaction> {
     }
 }
 
-/// The key of one part of a request: its destination and its route-by IDs.
+/// The key of one part of a request: its destination and its route-by IDs; long ones (many
+/// IDs) as a digest, so that every key stays well inside any database's index limits.
 pub(crate) fn part_key(dest: &Dest, ids: &[String]) -> String {
     let d = match dest {
         Dest::Core => "core".to_owned(),
@@ -43,8 +44,21 @@ pub(crate) fn part_key(dest: &Dest, ids: &[String]) -> String {
         Dest::LastResort(r) => format!("last:{}", r.domain),
         Dest::Fail(_) => "none".to_owned(),
     };
-    format!("{d}|{}", ids.join(","))
+    let key = format!("{d}|{}", ids.join("\u{1f}"));
+    if key.len() <= 200 {
+        return key;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{d}#{hex}")
 }
+
+/// The key of the part that is the delivery report of a message that lapsed.
+pub(crate) const REPORT: &str = "report";
+
+/// The key-value table where the recipients of a pending delivery report are kept (so that
+/// the report is the same when it is sent again after a restart).
+const REPORTS: &str = "work.reports";
 
 /// A store failure: counted, logged (sampled), and what the sender is told.
 pub(crate) fn store_failure(links: &Links, op: &'static str, e: StoreError) -> Failure {
@@ -65,6 +79,8 @@ pub(crate) fn store_failure(links: &Links, op: &'static str, e: StoreError) -> F
 pub(crate) struct Keep<'a> {
     pub(crate) links: &'a Links,
     pub(crate) store: Arc<Store>,
+    /// Who holds the work (this replica's lease name).
+    pub(crate) owner: &'a str,
     pub(crate) id: String,
     pub(crate) parts: Vec<SentPart>,
     /// The request may wait (a message or report, within its validity).
@@ -103,11 +119,32 @@ impl Keep<'_> {
             request_id: i64::try_from(issued.request_id).unwrap_or(i64::MAX),
             answer: None,
         };
-        self.store
-            .sent_part(&self.id, sent)
+        let stored = self
+            .store
+            .sent_part(self.owner, &self.id, sent)
             .await
             .map_err(|e| store_failure(self.links, "part", e))?;
-        Ok(Some(issued))
+        match stored {
+            // Ours, or the one another holder recorded first (then it goes with that one).
+            Some(p) if p.token == issued.tid => Ok(Some(issued)),
+            Some(p) => Ok(Some(Issued {
+                tid: p.token,
+                instance: u32::try_from(p.instance).unwrap_or(0),
+                request_id: u64::try_from(p.request_id).unwrap_or(0),
+            })),
+            None => Err(Failure::local(
+                Kind::StoreUnavailable,
+                "this replica's lease on the request ran out",
+            )),
+        }
+    }
+
+    /// The answer the store holds for part `key` now: one that arrived while nobody here
+    /// waited for it (another replica took it in, or it came late).
+    pub(crate) async fn recheck(&self, key: &str) -> Option<Primitive> {
+        let parts = self.store.parts(&self.id).await.ok()?;
+        let p = parts.into_iter().find(|p| p.key == key)?;
+        decode(self.links, p.answer.as_deref()?).map(|t| t.primitive)
     }
 
     /// Record the answer of part `key` (so that it is not sent again).
@@ -135,17 +172,31 @@ impl Keep<'_> {
         (q != Queue::Off).then_some(q)
     }
 
-    /// The recipients of the delivery report this work is sending, if it is at that stage.
-    pub(crate) fn reporting(&self) -> Option<(String, Vec<String>, bool)> {
-        let p = self.parts.iter().find(|p| p.key.starts_with("report|"))?;
-        let ids = p
-            .key
-            .trim_start_matches("report|")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        Some((p.key.clone(), ids, p.answer.is_some()))
+    /// Whether the delivery report of this (lapsed) work is under way, and whether it was
+    /// answered.
+    pub(crate) fn reporting(&self) -> Option<bool> {
+        let p = self.parts.iter().find(|p| p.key == REPORT)?;
+        Some(p.answer.is_some())
+    }
+
+    /// Keep the recipients a delivery report names, before it is first sent.
+    pub(crate) async fn keep_report(&self, ids: &[String]) -> Result<(), Failure> {
+        let value = serde_json::to_string(ids).unwrap_or_default();
+        self.store
+            .table(REPORTS)
+            .put(
+                &self.id,
+                &value,
+                Some(self.links.cfg.store.max_validity * 2),
+            )
+            .await
+            .map_err(|e| store_failure(self.links, "report", e))
+    }
+
+    /// The recipients the pending delivery report names.
+    pub(crate) async fn report_ids(&self) -> Option<Vec<String>> {
+        let v = self.store.table(REPORTS).get(&self.id).await.ok()??;
+        serde_json::from_str(&v).ok()
     }
 
     /// The one answer of a request sent whole, if it came.

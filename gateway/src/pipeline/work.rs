@@ -7,7 +7,8 @@
 //! tombstone, so that the same request sent again is recognised and answered again instead of
 //! being relayed twice. A worker carries one piece of work:
 //!
-//! 1. an answer recorded but not yet delivered is delivered first;
+//! 1. an answer recorded but not yet delivered is delivered first (for a message accepted
+//!    for delivery, forwarding goes on whether or not that answer got through);
 //! 2. an attempt: the relay stages, each part sent with the token it first went with
 //!    (recorded before it is sent, so that a receiver recognises a resend) and a split
 //!    request's part answers recorded (so that an answered part is not sent again);
@@ -20,14 +21,17 @@
 //!
 //! Work is leased to the replica that handles it. Each replica takes over what is due and
 //! held by nobody: work to try again, the work of a replica that died (its lease ran out),
-//! and the work of this replica's previous process (released at start).
+//! and the work of this replica's previous process (released at start). Every write a worker
+//! makes names its lease: a worker whose lease ran out (a database away for longer than the
+//! lease) finds its write refused and stops, so two replicas never carry one piece of work
+//! past that point; the renewal loop tells the workers of leases it lost.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::admit::Slot;
 use super::fanout;
-use super::keep::{Keep, decode, encode, store_failure};
+use super::keep::{Keep, REPORT, decode, encode, store_failure};
 use super::relay::{self, InFlight};
 use super::state::Gateway;
 use crate::config::Queue;
@@ -59,6 +63,8 @@ struct Job {
     answer: Option<Primitive>,
     /// The sender was told "accepted for delivery"; the outcome is still to come.
     queued: bool,
+    /// Queued work that reached its outcome: only the sender's answer is left to deliver.
+    forwarded: bool,
     /// Just accepted: policy has not seen it yet.
     fresh: bool,
 }
@@ -71,6 +77,9 @@ enum Kept {
     Answered(Box<Transaction>),
     /// A resend of work still in hand.
     InHand,
+    /// A resend of work that ended without an answer to give again (it could not be read
+    /// back): the sender gets an error now.
+    Unanswerable(Box<Transaction>),
 }
 
 /// The primitives that may wait for their destination.
@@ -148,6 +157,13 @@ pub(crate) async fn take_in(
                 });
             }
             Ok(Kept::InHand) => event(gw, "resent"),
+            Ok(Kept::Unanswerable(answer)) => {
+                event(gw, "resent");
+                let (g, o) = (gw.clone(), origin.clone());
+                gw.drain().spawn(async move {
+                    g.links.deliver_answers(&o, vec![*answer]).await;
+                });
+            }
             Err(f) => failure = Some(f),
         }
     }
@@ -165,6 +181,7 @@ fn job(id: Option<String>, origin: &Origin, t: Transaction, now: i64, expires: i
         attempts: 0,
         answer: None,
         queued: false,
+        forwarded: false,
         fresh: true,
     }
 }
@@ -208,6 +225,18 @@ async fn keep_one(
         Put::Known {
             answer: Some(a), ..
         } => Ok(decode(&gw.links, &a).map_or(Kept::InHand, |t| Kept::Answered(Box::new(t)))),
+        Put::Known {
+            answer: None,
+            done: true,
+            ..
+        } => {
+            let f = Failure::local(Kind::Internal, "this request ended without an answer");
+            let answer = AnswerForm::of(&t.primitive).answer(f.status());
+            Ok(Kept::Unanswerable(Box::new(Transaction::response(
+                t.transaction_id,
+                answer,
+            ))))
+        }
         Put::Known { answer: None, .. } => Ok(Kept::InHand),
     }
 }
@@ -223,20 +252,45 @@ fn start(gw: &Arc<Gateway>, job: Job, slot: Option<Slot>) {
     });
 }
 
+/// What delivering an answer came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Delivered, and recorded as delivered.
+    Delivered,
+    /// Not now: to be tried again (or given up: too late).
+    Later,
+    /// This replica no longer holds the work: the worker stops.
+    Lost,
+}
+
 /// Carry one piece of work as far as it goes now.
 async fn carry(gw: &Arc<Gateway>, mut job: Job) {
     let _in_flight = InFlight::new(gw, &job.origin);
-    // 1. An answer recorded and not delivered goes first.
-    if let Some(answer) = job.answer.take()
-        && (!deliver(gw, &mut job, answer).await || !job.queued)
-    {
-        return;
+    // 1. An answer recorded and not delivered goes first. A message accepted for delivery
+    //    is forwarded whether or not that answer gets through now (it is tried again).
+    if let Some(answer) = job.answer.take() {
+        match deliver(gw, &mut job, answer).await {
+            Delivery::Lost => return,
+            Delivery::Delivered if !job.queued => return,
+            Delivery::Later if !job.queued => return put_off(gw, &job).await,
+            Delivery::Delivered | Delivery::Later => {}
+        }
+        if job.forwarded {
+            // Only that answer was left.
+            return if job.answer.is_none() {
+                done(gw, &job).await
+            } else {
+                put_off(gw, &job).await
+            };
+        }
     }
+    let owner = gw.works.owner();
     let keep = match (gw.works.store(), &job.id) {
         (Some(store), Some(id)) => match store.parts(id).await {
             Ok(parts) => Some(Keep {
                 links: &gw.links,
                 store: store.clone(),
+                owner,
                 id: id.clone(),
                 parts,
                 may_wait: may_wait(&job.request) && now_ms() < job.expires,
@@ -249,17 +303,16 @@ async fn carry(gw: &Arc<Gateway>, mut job: Job) {
         },
         _ => None,
     };
-    // Queued work whose report is under way: the report is what is left.
+    // Queued work whose delivery report is under way: the report is what is left.
     if job.queued
         && let Some(k) = &keep
-        && let Some((key, ids, answered)) = k.reporting()
+        && let Some(answered) = k.reporting()
     {
-        if !answered {
-            report(gw, &mut job, k, &key, ids).await;
-            return;
+        if answered {
+            return outcome_reached(gw, &mut job).await;
         }
-        done(gw, &job).await;
-        return;
+        let ids = k.report_ids().await.unwrap_or_default();
+        return report(gw, &mut job, k, ids).await;
     }
     // Resumed after its deadline (the gateway was down): what came, or the failure.
     if !job.fresh && !job.queued && now_ms() >= job.expires {
@@ -274,8 +327,7 @@ async fn carry(gw: &Arc<Gateway>, mut job: Job) {
                 AnswerForm::of(&job.request).answer(f.status())
             });
         drop(keep);
-        answered(gw, &mut job, answer).await;
-        return;
+        return answer_sender(gw, &mut job, answer).await;
     }
     // 2. An attempt.
     let spread = relay::stages(
@@ -289,77 +341,126 @@ async fn carry(gw: &Arc<Gateway>, mut job: Job) {
     .await;
     job.fresh = false;
     job.attempts += 1;
+    if job.id.as_deref().is_some_and(|id| gw.works.is_lost(id)) {
+        return;
+    }
     // 3. Its outcome.
     match spread.waiting {
         Some((queue, accepted)) if job.id.is_some() && now_ms() < job.expires => {
             drop(keep);
             if queue == Queue::Accept && !job.queued {
+                // Recorded before the sender hears it: "accepted" is a promise.
+                if !record_answer(gw, &job, &accepted, true).await {
+                    return;
+                }
                 event(gw, "accepted");
                 job.queued = true;
-                if !answered(gw, &mut job, accepted).await {
+                if deliver(gw, &mut job, accepted).await == Delivery::Lost {
                     return;
                 }
             }
-            reschedule(gw, &job).await;
+            put_off(gw, &job).await;
         }
         _ => {
-            // Tried before and now past its validity, still failing: it waited in vain.
-            let failing = !failed_ids(&job.request, &spread.answer).is_empty();
-            if failing && job.attempts > 1 && now_ms() >= job.expires {
+            let lapsed = job.attempts > 1 && now_ms() >= job.expires;
+            let failed = failed_ids(&job.request, &spread.answer);
+            if lapsed && !failed.is_empty() {
                 event(gw, "expired");
             }
             if !job.queued {
                 drop(keep);
-                answered(gw, &mut job, spread.answer).await;
-                return;
+                return answer_sender(gw, &mut job, spread.answer).await;
             }
-            // The sender was told "accepted": this is the outcome it asked a report of.
-            let failed = failed_ids(&job.request, &spread.answer);
+            // The sender was told "accepted": this is the outcome, reported when it asked.
             match keep {
                 Some(k) if !failed.is_empty() && wants_report(&job.request) => {
-                    let key = format!("report|{}", failed.join(","));
-                    report(gw, &mut job, &k, &key, failed).await;
+                    if k.keep_report(&failed).await.is_err() {
+                        return; // its lease runs out, and it is taken up again
+                    }
+                    report(gw, &mut job, &k, failed).await;
                 }
-                _ => done(gw, &job).await,
+                _ => outcome_reached(gw, &mut job).await,
             }
         }
     }
 }
 
-/// Record `answer` for the sender (counted), then deliver it. Whether it was delivered.
-async fn answered(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
-    let took = Duration::from_millis(u64::try_from(now_ms() - job.accepted_at).unwrap_or(0));
-    relay::count_answer(gw, &job.origin, &answer, took);
-    if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
-        let (xml, t) = encode(Transaction::response(job.tid.clone(), answer));
-        if let Err(e) = store.answered(id, xml, job.queued).await {
-            // Delivered all the same; if the work is taken up again, the request is sent
-            // again with its token and the receiver answers it again.
+/// Record `answer` for the sender of the work (a store failure is logged). False when this
+/// replica no longer holds the work.
+async fn record_answer(gw: &Gateway, job: &Job, answer: &Primitive, queued: bool) -> bool {
+    let (Some(store), Some(id)) = (gw.works.store(), &job.id) else {
+        return true;
+    };
+    let (xml, _) = encode(Transaction::response(job.tid.clone(), answer.clone()));
+    match store.answered(gw.works.owner(), id, xml, queued).await {
+        Ok(held) => held,
+        Err(e) => {
             store_failure(&gw.links, "answer", e);
+            // "Accepted" is not given unless recorded; a final answer is delivered all the
+            // same (and recorded with its delivery).
+            !queued
         }
-        return deliver(gw, job, t.primitive).await;
     }
-    deliver(gw, job, answer).await
 }
 
-/// Deliver the recorded answer; on failure the work waits to deliver it again, until its
-/// validity and `[store] max_validity` have passed.
-async fn deliver(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
+/// The final answer for the sender: counted, recorded, delivered (or put off).
+async fn answer_sender(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) {
+    let took = Duration::from_millis(u64::try_from(now_ms() - job.accepted_at).unwrap_or(0));
+    relay::count_answer(gw, &job.origin, &answer, took);
+    if !record_answer(gw, job, &answer, false).await {
+        return;
+    }
+    if deliver(gw, job, answer).await == Delivery::Later {
+        put_off(gw, job).await;
+    }
+}
+
+/// Queued work reached its outcome: done once the sender's answer is delivered, else it
+/// waits to deliver that.
+async fn outcome_reached(gw: &Gateway, job: &mut Job) {
+    job.forwarded = true;
+    if job.answer.is_some() {
+        if let (Some(store), Some(id)) = (gw.works.store(), &job.id)
+            && !recorded(gw, "forwarded", || store.forwarded(gw.works.owner(), id)).await
+        {
+            return;
+        }
+        return put_off(gw, job).await;
+    }
+    done(gw, job).await;
+}
+
+/// Deliver an answer to the work's sender. Not delivered: kept in `job.answer` to be tried
+/// again, until the work's validity and `[store] max_validity` have passed (then given up
+/// and counted).
+async fn deliver(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> Delivery {
+    if job.id.as_deref().is_some_and(|id| gw.works.is_lost(id)) {
+        return Delivery::Lost;
+    }
     let t = Transaction::response(job.tid.clone(), answer);
+    let (xml, t) = encode(t);
     if gw.links.deliver_answers(&job.origin, vec![t]).await {
         if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
-            recorded(gw, "delivered", || store.delivered(id)).await;
+            let (owner, queued) = (gw.works.owner(), job.queued);
+            let xml = Some(xml);
+            if !recorded(gw, "delivered", || {
+                store.delivered(owner, id, queued, xml.clone())
+            })
+            .await
+            {
+                return Delivery::Lost;
+            }
         }
         if !job.queued {
             event(gw, "done");
         }
-        return true;
+        return Delivery::Delivered;
     }
     let give_up = job
         .expires
         .max(job.accepted_at + ms(gw.cfg().store.max_validity));
     if job.id.is_none() {
-        return false;
+        return Delivery::Later;
     }
     if now_ms() >= give_up {
         event(gw, "undeliverable");
@@ -368,39 +469,47 @@ async fn deliver(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) -> bool {
             tid = %job.tid,
             "answer could not be delivered to its sender within the validity; dropped"
         );
-        done(gw, job).await;
-        return false;
+        // As if delivered: nothing more to do for it.
+        if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
+            let (owner, queued) = (gw.works.owner(), job.queued);
+            if !recorded(gw, "delivered", || store.delivered(owner, id, queued, None)).await {
+                return Delivery::Lost;
+            }
+        }
+        return Delivery::Delivered;
     }
-    reschedule(gw, job).await;
-    false
+    if let Some(a) = decode(&gw.links, &xml) {
+        job.answer = Some(a.primitive);
+    }
+    Delivery::Later
 }
 
 /// The work is over.
 async fn done(gw: &Gateway, job: &Job) {
     event(gw, "done");
     if let (Some(store), Some(id)) = (gw.works.store(), &job.id) {
-        recorded(gw, "done", || store.done(id)).await;
+        recorded(gw, "done", || store.done(gw.works.owner(), id)).await;
     }
 }
 
 /// A write that records what has happened (an answer delivered, work done or put off): tried
 /// again while the store is away (a database restart), for up to four leases, the work held
-/// here meanwhile so that it is not taken up a second time. After that the work is taken up
-/// again when its lease has run out, and its sender may get its answer twice.
-async fn recorded<F, Fut>(gw: &Gateway, op: &'static str, mut write: F)
+/// here meanwhile so that it is not taken up a second time by this process. Whether this
+/// replica still holds the work (false: the write was refused, or never got through).
+async fn recorded<F, Fut>(gw: &Gateway, op: &'static str, mut write: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
 {
     let deadline = tokio::time::Instant::now() + gw.cfg().store.lease * 4;
     let mut backoff = Backoff::new(Duration::from_secs(1));
     loop {
         match write().await {
-            Ok(()) => return,
+            Ok(held) => return held,
             Err(e) => {
                 store_failure(&gw.links, op, e);
                 if !backoff.wait(deadline).await {
-                    return;
+                    return false;
                 }
             }
         }
@@ -409,24 +518,25 @@ where
 
 /// The work waits: its next attempt after a backoff (doubling from `[store] retry_min` up
 /// to `retry_max`), at the latest when its validity ends, so that its outcome is on time.
-async fn reschedule(gw: &Gateway, job: &Job) {
+async fn put_off(gw: &Gateway, job: &Job) {
     let (Some(store), Some(id)) = (gw.works.store(), &job.id) else {
         return;
     };
     let s = &gw.cfg().store;
     let doublings = u32::try_from(job.attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    let wait = s
+    let mut wait = s
         .retry_min
         .saturating_mul(1u32 << doublings)
         .min(s.retry_max);
     let now = now_ms();
-    let mut next = now + ms(wait);
     if now < job.expires {
-        next = next.min(job.expires);
+        wait = wait.min(Duration::from_millis(
+            u64::try_from(job.expires - now).unwrap_or(0),
+        ));
     }
     event(gw, "retried");
     recorded(gw, "reschedule", || {
-        store.reschedule(id, next, job.attempts)
+        store.reschedule(gw.works.owner(), id, wait, job.attempts)
     })
     .await;
 }
@@ -443,40 +553,57 @@ fn wants_report(p: &Primitive) -> bool {
     }
 }
 
-/// The recipients `answer` says were not reached.
+/// The recipients `answer` says were not reached: only recipients of the request (a far
+/// side cannot make the gateway report on anybody else).
 fn failed_ids(request: &Primitive, answer: &Primitive) -> Vec<String> {
+    let recipients: Vec<String> = request
+        .route_by()
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
     match answer.answer_status() {
-        Some(st) if st.is_success() && st.details.is_empty() => Vec::new(),
         None => Vec::new(),
-        Some(st) if !st.details.is_empty() => st
-            .details
-            .iter()
-            .filter(|d| d.code >= 300)
-            .flat_map(|d| d.ids.iter().map(|e| e.id.clone()))
-            .collect(),
-        Some(_) => request
-            .route_by()
-            .iter()
-            .map(|r| r.as_str().to_owned())
-            .collect(),
+        Some(st) if st.is_success() && st.details.is_empty() => Vec::new(),
+        Some(st) if !st.details.is_empty() => {
+            let mut failed: Vec<String> = recipients
+                .into_iter()
+                .filter(|r| {
+                    st.details
+                        .iter()
+                        .filter(|d| d.code >= 300)
+                        .any(|d| d.ids.iter().any(|e| e.id.eq_ignore_ascii_case(r)))
+                })
+                .collect();
+            failed.dedup();
+            failed
+        }
+        Some(_) => recipients,
     }
 }
 
-/// Send the sender a delivery report: the message did not reach `ids` within its validity.
-async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, key: &str, ids: Vec<String>) {
+/// Send the sender a delivery report: the message did not reach `ids` (its validity
+/// ended, or the destination refused it for good).
+async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, ids: Vec<String>) {
     let Primitive::SendMessageRequest(m) = &job.request else {
-        done(gw, job).await;
-        return;
+        return outcome_reached(gw, job).await;
     };
     let mut info = m.info.clone().unwrap_or_default();
     if let Some(r) = info.recipient.as_mut() {
         r.entities = ids.iter().map(|id| Entity::user(id.clone())).collect();
     }
-    let dsr = Primitive::DeliveryStatusReport(DeliveryStatusReport {
-        result: Some(Status::with(
+    let result = if now_ms() >= job.expires {
+        Status::with(
             crate::ssp::status::TIMEOUT,
             "not delivered within its validity",
-        )),
+        )
+    } else {
+        Status::with(
+            crate::ssp::status::UNAVAILABLE,
+            "not delivered: the destination refused it",
+        )
+    };
+    let dsr = Primitive::DeliveryStatusReport(DeliveryStatusReport {
+        result: Some(result),
         info: Some(info),
         ..Default::default()
     });
@@ -495,7 +622,7 @@ async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, key: &str, id
         of: 1,
         issued: None,
     };
-    let sent = match keep.token(key, &dest, part).await {
+    let sent = match keep.token(REPORT, &dest, part).await {
         Ok(issued) => {
             let p = Part {
                 issued: issued.as_ref(),
@@ -508,18 +635,18 @@ async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, key: &str, id
     match sent {
         Ok(a) => {
             event(gw, "reported");
-            keep.record(key, &a).await;
-            done(gw, job).await;
+            keep.record(REPORT, &a).await;
+            outcome_reached(gw, job).await;
         }
         Err(f)
             if f.kind.retry() != Retry::Never
                 && now_ms() < job.expires + ms(gw.cfg().store.max_validity) =>
         {
-            reschedule(gw, job).await;
+            put_off(gw, job).await;
         }
         Err(f) => {
             tracing::warn!(tid = %job.tid, reason = %f, "delivery report could not be sent");
-            done(gw, job).await;
+            outcome_reached(gw, job).await;
         }
     }
 }
@@ -546,6 +673,7 @@ fn resumed(gw: &Gateway, w: store::Work) -> Option<Job> {
         attempts: w.attempts,
         answer,
         queued: w.queued,
+        forwarded: w.forwarded,
         fresh: false,
     })
 }
@@ -581,16 +709,18 @@ pub(crate) async fn take_over(gw: &Arc<Gateway>) {
             // Still in hand here (its worker is waiting for the store to record it).
             continue;
         }
+        let from_holder = w.resumed;
         match resumed(gw, w) {
             Some(job) => {
-                event(gw, "taken");
+                // Taken from a holder that is gone, or picked up when due.
+                event(gw, if from_holder { "resumed" } else { "due" });
                 let slot = gw.in_flight.clone().try_acquire_owned().ok();
                 start(gw, job, slot);
             }
             None => {
                 tracing::error!(work = %id, "kept work that cannot be read back (or whose sender is unknown) dropped");
                 event(gw, "unreadable");
-                if let Err(e) = store.done(&id).await {
+                if let Err(e) = store.done(gw.works.owner(), &id).await {
                     store_failure(&gw.links, "done", e);
                 }
             }
@@ -612,11 +742,22 @@ pub(crate) async fn renew(gw: &Gateway) {
         return;
     };
     let held = gw.works.held();
-    if let Err(e) = store
+    match store
         .renew(gw.works.owner(), held, gw.cfg().store.lease)
         .await
     {
-        store_failure(&gw.links, "renew", e);
+        Ok(lost) if !lost.is_empty() => {
+            tracing::warn!(
+                n = lost.len(),
+                "leases ran out while the store was away; that work is left to whoever took it"
+            );
+            event(gw, "lease-lost");
+            gw.works.lose(&lost);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            store_failure(&gw.links, "renew", e);
+        }
     }
 }
 

@@ -99,6 +99,12 @@ pub struct Work {
     /// Whether the sender was told "accepted for delivery" while the request waits to be
     /// forwarded (store-and-forward): its answer is then not the end of the work.
     pub queued: bool,
+    /// Whether queued work has reached its outcome (delivered, or failed for good and
+    /// reported): what is left is delivering the sender's answer.
+    pub forwarded: bool,
+    /// Whether it was taken from a holder that is gone (its lease ran out, or its process
+    /// restarted), rather than picked up when due.
+    pub resumed: bool,
 }
 
 /// What keeping a request came to.
@@ -116,6 +122,8 @@ pub enum Put {
         /// Whether it is the same request (a resend), not another one that reuses the
         /// transaction ID (a sender that restarted and counts its IDs from the start again).
         same: bool,
+        /// Whether it is done (a tombstone).
+        done: bool,
     },
 }
 
@@ -193,6 +201,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE work (
         answer TEXT,
         answer_sent BIGINT,
         queued BIGINT NOT NULL DEFAULT 0,
+        forwarded_at BIGINT,
         done_at BIGINT
     );
     CREATE UNIQUE INDEX work_origin ON work (origin, origin_tid);
@@ -222,9 +231,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE work (
         PRIMARY KEY (ns, key)
     );"];
 
-/// The columns of `work` a [`Work`] is read from, in its fields' order.
+/// The columns of `work` a [`Work`] is read from, in its fields' order (`resumed` comes from
+/// the lease it was taken from, see the backends).
 const WORK_COLUMNS: &str = "id, origin, origin_tid, request, accepted_at, deadline, expires, \
-     attempts, answer, answer_sent IS NOT NULL, queued <> 0";
+     attempts, answer, answer_sent IS NOT NULL, queued <> 0, forwarded_at IS NOT NULL";
 
 /// A fresh work key: 128 random bits.
 fn new_id() -> String {
@@ -269,9 +279,7 @@ impl Store {
         owner: &str,
         lease: Duration,
     ) -> Result<Put, StoreError> {
-        let id = new_id();
-        let now = now_ms();
-        dispatch!(self, s => s.put_work(id, w, owner.to_owned(), now, now + ms(lease)).await)
+        dispatch!(self, s => s.put_work(new_id(), w, owner.to_owned(), now_ms(), ms(lease)).await)
     }
 
     /// Give up every lease `owner` holds: at start, what a predecessor of the same name held
@@ -280,36 +288,44 @@ impl Store {
         dispatch!(self, s => s.release(owner.to_owned()).await)
     }
 
-    /// Take work that is due and that nobody holds (never leased, released, or its lease ran
-    /// out: its holder died), at most `limit` items, oldest first, leased to `owner`.
+    /// Take work that is due and that nobody holds (never leased, put off, released, or its
+    /// lease ran out: its holder died), at most `limit` items, oldest first, leased to
+    /// `owner`. Lease times are the database's clock (PostgreSQL: the server's), so replicas
+    /// whose clocks differ agree on when a lease has run out.
     pub async fn take_over(
         &self,
         owner: &str,
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<Work>, StoreError> {
-        let now = now_ms();
-        dispatch!(self, s => s.take_over(owner.to_owned(), now, now + ms(lease), limit).await)
+        dispatch!(self, s => s.take_over(owner.to_owned(), ms(lease), limit).await)
     }
 
-    /// Extend the lease on `ids` (held by `owner`).
+    /// Extend the lease on `ids` (held by `owner`). Returns those another owner holds now
+    /// (taken over after this one's lease ran out): their workers must stop. Work put off
+    /// or ended meanwhile is not among them.
     pub async fn renew(
         &self,
         owner: &str,
         ids: Vec<String>,
         lease: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let until = now_ms() + ms(lease);
-        dispatch!(self, s => s.renew(owner.to_owned(), ids, until).await)
+        dispatch!(self, s => s.renew(owner.to_owned(), ids, ms(lease)).await)
     }
 
-    /// Record the token a part of work `id` is sent with (before it is sent). A part already
-    /// recorded keeps its first token.
-    pub async fn sent_part(&self, id: &str, p: SentPart) -> Result<(), StoreError> {
-        dispatch!(self, s => s.sent_part(id.to_owned(), p).await)
+    /// Record the token a part of work `id` is sent with (before it is sent), if `owner`
+    /// still holds the work. The part as stored (a part recorded before keeps its first
+    /// token); `None` when `owner` lost the work.
+    pub async fn sent_part(
+        &self,
+        owner: &str,
+        id: &str,
+        p: SentPart,
+    ) -> Result<Option<SentPart>, StoreError> {
+        dispatch!(self, s => s.sent_part(owner.to_owned(), id.to_owned(), p).await)
     }
 
     /// The parts of work `id` sent so far.
@@ -317,7 +333,7 @@ impl Store {
         dispatch!(self, s => s.parts(id.to_owned()).await)
     }
 
-    /// Record the answer of part `key` of work `id`.
+    /// Record the answer of part `key` of work `id` (the first one stays).
     pub async fn part_answered(
         &self,
         id: &str,
@@ -339,30 +355,52 @@ impl Store {
     }
 
     /// Record the answer for the sender of work `id` (before it is delivered). `queued`: it
-    /// says "accepted for delivery", and the work goes on after it.
-    pub async fn answered(&self, id: &str, answer: String, queued: bool) -> Result<(), StoreError> {
-        dispatch!(self, s => s.answered(id.to_owned(), answer, queued).await)
+    /// says "accepted for delivery", and the work goes on after it. False: `owner` no longer
+    /// holds the work.
+    pub async fn answered(
+        &self,
+        owner: &str,
+        id: &str,
+        answer: String,
+        queued: bool,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.answered(owner.to_owned(), id.to_owned(), answer, queued).await)
     }
 
-    /// The answer of work `id` was delivered; the work is done unless it is queued.
-    pub async fn delivered(&self, id: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.delivered(id.to_owned(), now_ms()).await)
+    /// The answer of work `id` was delivered (`answer`: recorded now if it was not before);
+    /// the work is done unless it is `queued`. False: `owner` no longer holds the work.
+    pub async fn delivered(
+        &self,
+        owner: &str,
+        id: &str,
+        queued: bool,
+        answer: Option<String>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delivered(owner.to_owned(), id.to_owned(), queued, answer, now_ms()).await)
+    }
+
+    /// Queued work `id` has reached its outcome. False: `owner` no longer holds the work.
+    pub async fn forwarded(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.forwarded(owner.to_owned(), id.to_owned(), now_ms()).await)
     }
 
     /// Work `id` is done (kept as a tombstone until purged, so a resend is recognised).
-    pub async fn done(&self, id: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.done(id.to_owned(), now_ms()).await)
+    /// False: `owner` no longer holds the work.
+    pub async fn done(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.done(owner.to_owned(), id.to_owned(), now_ms()).await)
     }
 
-    /// Work `id` waits: its next attempt at `next_at`, `attempts` made; its lease is given
-    /// up, so whichever replica is free then takes it.
+    /// Work `id` waits: its next attempt `wait` from now (the database's clock), `attempts`
+    /// made; its lease is given up, so whichever replica is free then takes it. False:
+    /// `owner` no longer holds the work.
     pub async fn reschedule(
         &self,
+        owner: &str,
         id: &str,
-        next_at: i64,
+        wait: Duration,
         attempts: i64,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.reschedule(id.to_owned(), next_at, attempts).await)
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.reschedule(owner.to_owned(), id.to_owned(), ms(wait), attempts).await)
     }
 
     /// Forget work done before `before` (and its parts), routed records older than that, and

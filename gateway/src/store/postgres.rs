@@ -1,10 +1,12 @@
-//! The PostgreSQL backend, for replicas that share their state. One connection, reopened
-//! when it breaks (a server restart): a call made while the server is away fails, and the
-//! gateway refuses what it would have had to promise (nothing is acknowledged that is not
-//! committed). Work is leased with `FOR UPDATE SKIP LOCKED`, so two replicas never take the
-//! same item.
+//! The PostgreSQL backend, for replicas that share their state. One pipelined connection,
+//! reopened when it breaks (a server restart) or a call takes longer than a few seconds (a
+//! host that drops packets): a call made while the server is away fails, and the gateway
+//! refuses what it would have had to promise (nothing is acknowledged that is not committed).
+//! Work is leased with `FOR UPDATE SKIP LOCKED` on the server's clock, so two replicas never
+//! take the same item, whatever their own clocks say.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Row};
@@ -14,17 +16,27 @@ use super::{Claim, MIGRATIONS, NewWork, Put, SentPart, StoreError, WORK_COLUMNS,
 /// The backend.
 #[derive(Debug)]
 pub struct Postgres {
-    url: String,
+    config: tokio_postgres::Config,
     /// The connection, shared by concurrent calls (tokio-postgres pipelines them); replaced
-    /// when it breaks.
+    /// when it breaks or a call takes too long.
     client: Mutex<Option<Arc<Client>>>,
 }
 
 /// Serialises migrations between replicas starting at once (any constant will do).
 const MIGRATION_LOCK: i64 = 0x5350_4757;
 
-async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+/// The longest a connection attempt or a call may take: a database host that drops packets
+/// must not hang the requests that wait for it (they are refused with 503 instead).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's clock, in Unix milliseconds: lease times are read and written with it, so
+/// replicas whose clocks differ agree on when a lease has run out.
+const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+    let (client, conn) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| StoreError(format!("no connection within {CALL_TIMEOUT:?}")))??;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "state store connection ended");
@@ -46,13 +58,31 @@ fn work(r: &Row) -> Work {
         answer: r.get(8),
         answer_sent: r.get(9),
         queued: r.get(10),
+        forwarded: r.get(11),
+        resumed: r.get(12),
+    }
+}
+
+fn part(r: &Row) -> SentPart {
+    SentPart {
+        key: r.get(0),
+        token: r.get(1),
+        instance: r.get(2),
+        request_id: r.get(3),
+        answer: r.get(4),
     }
 }
 
 impl Postgres {
     /// Connect and migrate.
     pub async fn open(url: &str) -> Result<Postgres, StoreError> {
-        let mut client = connect(url).await?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError(format!("{url}: {e}")))?;
+        config
+            .connect_timeout(CALL_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        let mut client = connect(&config).await?;
         let t = client.transaction().await?;
         t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -77,14 +107,14 @@ impl Postgres {
         }
         t.commit().await?;
         Ok(Postgres {
-            url: url.to_owned(),
+            config,
             client: Mutex::new(Some(Arc::new(client))),
         })
     }
 
-    /// Run `f` on the connection, reopening it first if it broke; a failure that ends the
-    /// connection drops it, so the next call reconnects. Every statement is one implicit
-    /// transaction, committed when it returns.
+    /// Run `f` on the connection, reopening it first if it broke. A call that fails on a
+    /// closed connection, or takes longer than [`CALL_TIMEOUT`], drops it, so the next call
+    /// reconnects. Every statement is one implicit transaction, committed when it returns.
     async fn with<T>(
         &self,
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
@@ -94,13 +124,25 @@ impl Postgres {
             match guard.as_ref().filter(|c| !c.is_closed()) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Arc::new(connect(&self.url).await?);
+                    *guard = None;
+                    let c = Arc::new(connect(&self.config).await?);
                     *guard = Some(c.clone());
                     c
                 }
             }
         };
-        f(&client).await.map_err(StoreError::from)
+        match tokio::time::timeout(CALL_TIMEOUT, f(&client)).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => {
+                let mut guard = self.client.lock().await;
+                if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                    *guard = None;
+                }
+                Err(StoreError(format!(
+                    "no answer from the database within {CALL_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     pub(super) async fn put_work(
@@ -109,16 +151,18 @@ impl Postgres {
         w: NewWork,
         owner: String,
         now: i64,
-        lease_until: i64,
+        lease: i64,
     ) -> Result<Put, StoreError> {
         self.with(async |c| {
             let inserted = c
                 .query_opt(
-                    "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline,
-                         expires, next_at, owner, lease_until)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $5, $8, $9)
-                     ON CONFLICT (origin, origin_tid) DO NOTHING
-                     RETURNING id",
+                    &format!(
+                        "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline,
+                             expires, next_at, owner, lease_until)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $5, $8, {NOW} + $9)
+                         ON CONFLICT (origin, origin_tid) DO NOTHING
+                         RETURNING id"
+                    ),
                     &[
                         &id,
                         &w.origin,
@@ -128,7 +172,7 @@ impl Postgres {
                         &w.deadline,
                         &w.expires,
                         &owner,
-                        &lease_until,
+                        &lease,
                     ],
                 )
                 .await?;
@@ -137,7 +181,8 @@ impl Postgres {
             }
             let r = c
                 .query_one(
-                    "SELECT id, answer, request FROM work WHERE origin = $1 AND origin_tid = $2",
+                    "SELECT id, answer, request, done_at IS NOT NULL FROM work
+                     WHERE origin = $1 AND origin_tid = $2",
                     &[&w.origin, &w.origin_tid],
                 )
                 .await?;
@@ -145,6 +190,7 @@ impl Postgres {
                 id: r.get(0),
                 answer: r.get(1),
                 same: r.get::<_, String>(2) == w.request,
+                done: r.get(3),
             })
         })
         .await
@@ -152,8 +198,9 @@ impl Postgres {
 
     pub(super) async fn release(&self, owner: String) -> Result<u64, StoreError> {
         self.with(async |c| {
+            // The owner stays: whoever takes it next knows it was taken from a holder.
             c.execute(
-                "UPDATE work SET owner = '', lease_until = 0 WHERE owner = $1 AND done_at IS NULL",
+                "UPDATE work SET lease_until = 0 WHERE owner = $1 AND done_at IS NULL",
                 &[&owner],
             )
             .await
@@ -164,22 +211,27 @@ impl Postgres {
     pub(super) async fn take_over(
         &self,
         owner: String,
-        now: i64,
-        lease_until: i64,
+        lease: i64,
         limit: i64,
     ) -> Result<Vec<Work>, StoreError> {
         self.with(async |c| {
             let rows = c
                 .query(
                     &format!(
-                        "UPDATE work SET owner = $1, lease_until = $2
-                         WHERE id IN (SELECT id FROM work
-                                      WHERE done_at IS NULL AND next_at <= $3
-                                        AND lease_until <= $3
-                                      ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-                         RETURNING {WORK_COLUMNS}"
+                        "WITH due AS (
+                             SELECT id, owner AS was FROM work
+                             WHERE done_at IS NULL AND next_at <= {NOW} AND lease_until <= {NOW}
+                             ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         UPDATE work SET owner = $1, lease_until = {NOW} + $2
+                         FROM due WHERE work.id = due.id
+                         RETURNING {cols}, due.was <> ''",
+                        cols = WORK_COLUMNS
+                            .split(", ")
+                            .map(|c| format!("work.{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
-                    &[&owner, &lease_until, &now, &limit],
+                    &[&owner, &lease, &limit],
                 )
                 .await?;
             Ok(rows.iter().map(work).collect())
@@ -191,30 +243,62 @@ impl Postgres {
         &self,
         owner: String,
         ids: Vec<String>,
-        until: i64,
-    ) -> Result<(), StoreError> {
+        lease: i64,
+    ) -> Result<Vec<String>, StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET lease_until = $1
-                 WHERE id = ANY($2) AND owner = $3 AND done_at IS NULL",
-                &[&until, &ids, &owner],
+                &format!(
+                    "UPDATE work SET lease_until = {NOW} + $1
+                     WHERE id = ANY($2) AND owner = $3 AND done_at IS NULL"
+                ),
+                &[&lease, &ids, &owner],
             )
-            .await
-            .map(|_| ())
+            .await?;
+            // Lost: taken by another replica (work put off or ended is not lost).
+            let lost = c
+                .query(
+                    "SELECT id FROM work WHERE id = ANY($1) AND owner NOT IN ($2, '')
+                     AND done_at IS NULL",
+                    &[&ids, &owner],
+                )
+                .await?;
+            Ok(lost.iter().map(|r| r.get(0)).collect())
         })
         .await
     }
 
-    pub(super) async fn sent_part(&self, id: String, p: SentPart) -> Result<(), StoreError> {
+    pub(super) async fn sent_part(
+        &self,
+        owner: String,
+        id: String,
+        p: SentPart,
+    ) -> Result<Option<SentPart>, StoreError> {
         self.with(async |c| {
+            // Only while the work is held; the part that was there first stays.
+            let held = c
+                .query_opt(
+                    "SELECT 1 FROM work WHERE id = $1 AND owner = $2 AND done_at IS NULL",
+                    &[&id, &owner],
+                )
+                .await?;
+            if held.is_none() {
+                return Ok(None);
+            }
             c.execute(
                 "INSERT INTO parts (work_id, key, token, instance, request_id, answer)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (work_id, key) DO NOTHING",
                 &[&id, &p.key, &p.token, &p.instance, &p.request_id, &p.answer],
             )
-            .await
-            .map(|_| ())
+            .await?;
+            let r = c
+                .query_one(
+                    "SELECT key, token, instance, request_id, answer FROM parts
+                     WHERE work_id = $1 AND key = $2",
+                    &[&id, &p.key],
+                )
+                .await?;
+            Ok(Some(part(&r)))
         })
         .await
     }
@@ -228,16 +312,7 @@ impl Postgres {
                     &[&id],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| SentPart {
-                    key: r.get(0),
-                    token: r.get(1),
-                    instance: r.get(2),
-                    request_id: r.get(3),
-                    answer: r.get(4),
-                })
-                .collect())
+            Ok(rows.iter().map(part).collect())
         })
         .await
     }
@@ -294,61 +369,96 @@ impl Postgres {
 
     pub(super) async fn answered(
         &self,
+        owner: String,
         id: String,
         answer: String,
         queued: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET answer = $1, queued = $2 WHERE id = $3",
-                &[&answer, &i64::from(queued), &id],
+                "UPDATE work SET answer = $1, queued = $2
+                 WHERE id = $3 AND owner = $4 AND done_at IS NULL",
+                &[&answer, &i64::from(queued), &id, &owner],
             )
             .await
-            .map(|_| ())
+            .map(|n| n == 1)
         })
         .await
     }
 
-    pub(super) async fn delivered(&self, id: String, now: i64) -> Result<(), StoreError> {
+    pub(super) async fn delivered(
+        &self,
+        owner: String,
+        id: String,
+        queued: bool,
+        answer: Option<String>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET answer_sent = $1,
-                     done_at = CASE WHEN queued = 0 THEN $1 ELSE done_at END
-                 WHERE id = $2",
-                &[&now, &id],
+                "UPDATE work SET answer_sent = $1, answer = COALESCE(answer, $2),
+                     done_at = CASE WHEN $3 THEN done_at ELSE $1 END
+                 WHERE id = $4 AND owner = $5 AND done_at IS NULL",
+                &[&now, &answer, &queued, &id, &owner],
             )
             .await
-            .map(|_| ())
+            .map(|n| n == 1)
         })
         .await
     }
 
-    pub(super) async fn done(&self, id: String, now: i64) -> Result<(), StoreError> {
+    pub(super) async fn forwarded(
+        &self,
+        owner: String,
+        id: String,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET done_at = $1 WHERE id = $2 AND done_at IS NULL",
-                &[&now, &id],
+                "UPDATE work SET forwarded_at = $1 WHERE id = $2 AND owner = $3 AND done_at IS NULL",
+                &[&now, &id, &owner],
             )
             .await
-            .map(|_| ())
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn done(
+        &self,
+        owner: String,
+        id: String,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(async |c| {
+            c.execute(
+                "UPDATE work SET done_at = $1 WHERE id = $2 AND owner = $3 AND done_at IS NULL",
+                &[&now, &id, &owner],
+            )
+            .await
+            .map(|n| n == 1)
         })
         .await
     }
 
     pub(super) async fn reschedule(
         &self,
+        owner: String,
         id: String,
-        next_at: i64,
+        wait: i64,
         attempts: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.with(async |c| {
             c.execute(
-                "UPDATE work SET next_at = $1, attempts = $2, owner = '', lease_until = 0
-                 WHERE id = $3",
-                &[&next_at, &attempts, &id],
+                &format!(
+                    "UPDATE work SET next_at = {NOW} + $1, attempts = $2, owner = '',
+                         lease_until = 0
+                     WHERE id = $3 AND owner = $4 AND done_at IS NULL"
+                ),
+                &[&wait, &attempts, &id, &owner],
             )
             .await
-            .map(|_| ())
+            .map(|n| n == 1)
         })
         .await
     }

@@ -77,8 +77,29 @@ fn run(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 continue;
             }
         };
-        let done: Vec<Done> = batch.into_iter().map(|j| j(Ok(&t))).collect();
-        let committed = t.commit().map_err(StoreError::from);
+        // A job's failure is rolled back to its savepoint; but a failure that ends the whole
+        // transaction (a full disk, an I/O error) leaves the connection in autocommit, where
+        // later jobs would commit one by one: the rest of the batch fails instead, and so does
+        // the batch.
+        let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+        let mut broken = None;
+        for j in batch {
+            match &broken {
+                Some(e) => done.push(j(Err(StoreError::clone(e)))),
+                None => {
+                    done.push(j(Ok(&t)));
+                    if t.is_autocommit() {
+                        broken = Some(StoreError(
+                            "the transaction was rolled back by the database".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let committed = match broken {
+            Some(e) => Err(e),
+            None => t.commit().map_err(StoreError::from),
+        };
         for d in done {
             d(committed.clone());
         }
@@ -155,19 +176,25 @@ impl Sqlite {
         w: NewWork,
         owner: String,
         now: i64,
-        lease_until: i64,
+        lease: i64,
     ) -> Result<Put, StoreError> {
         self.call(move |t| {
-            let known: Option<(String, Option<String>, String)> = t
+            let known: Option<(String, Option<String>, String, bool)> = t
                 .query_row(
-                    "SELECT id, answer, request FROM work WHERE origin = ?1 AND origin_tid = ?2",
+                    "SELECT id, answer, request, done_at IS NOT NULL FROM work
+                     WHERE origin = ?1 AND origin_tid = ?2",
                     params![w.origin, w.origin_tid],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
-            if let Some((id, answer, request)) = known {
+            if let Some((id, answer, request, done)) = known {
                 let same = request == w.request;
-                return Ok(Put::Known { id, answer, same });
+                return Ok(Put::Known {
+                    id,
+                    answer,
+                    same,
+                    done,
+                });
             }
             t.execute(
                 "INSERT INTO work (id, origin, origin_tid, request, accepted_at, deadline, expires,
@@ -182,7 +209,7 @@ impl Sqlite {
                     w.deadline,
                     w.expires,
                     owner,
-                    lease_until
+                    now + lease
                 ],
             )?;
             Ok(Put::New(id))
@@ -192,9 +219,9 @@ impl Sqlite {
 
     pub(super) async fn release(&self, owner: String) -> Result<u64, StoreError> {
         self.call(move |t| {
+            // The owner stays: whoever takes it next knows it was taken from a holder.
             let n = t.execute(
-                "UPDATE work SET owner = '', lease_until = 0
-                 WHERE owner = ?1 AND done_at IS NULL",
+                "UPDATE work SET lease_until = 0 WHERE owner = ?1 AND done_at IS NULL",
                 params![owner],
             )?;
             Ok(n as u64)
@@ -205,19 +232,18 @@ impl Sqlite {
     pub(super) async fn take_over(
         &self,
         owner: String,
-        now: i64,
-        lease_until: i64,
+        lease: i64,
         limit: i64,
     ) -> Result<Vec<Work>, StoreError> {
         self.call(move |t| {
+            let now = super::now_ms();
+            // One job, so one transaction of one connection: nobody else takes them between.
             let mut q = t.prepare(&format!(
-                "UPDATE work SET owner = ?1, lease_until = ?2
-                 WHERE id IN (SELECT id FROM work
-                              WHERE done_at IS NULL AND next_at <= ?3 AND lease_until <= ?3
-                              ORDER BY next_at LIMIT ?4)
-                 RETURNING {WORK_COLUMNS}"
+                "SELECT {WORK_COLUMNS}, owner <> '' FROM work
+                 WHERE done_at IS NULL AND next_at <= ?1 AND lease_until <= ?1
+                 ORDER BY next_at LIMIT ?2"
             ))?;
-            let rows = q.query_map(params![owner, lease_until, now, limit], |r| {
+            let rows = q.query_map(params![now, limit], |r| {
                 Ok(Work {
                     id: r.get(0)?,
                     origin: r.get(1)?,
@@ -230,9 +256,17 @@ impl Sqlite {
                     answer: r.get(8)?,
                     answer_sent: r.get(9)?,
                     queued: r.get(10)?,
+                    forwarded: r.get(11)?,
+                    resumed: r.get(12)?,
                 })
             })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let taken = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut lease_q =
+                t.prepare("UPDATE work SET owner = ?1, lease_until = ?2 WHERE id = ?3")?;
+            for w in &taken {
+                lease_q.execute(params![owner, now + lease, w.id])?;
+            }
+            Ok(taken)
         })
         .await
     }
@@ -241,29 +275,66 @@ impl Sqlite {
         &self,
         owner: String,
         ids: Vec<String>,
-        until: i64,
-    ) -> Result<(), StoreError> {
+        lease: i64,
+    ) -> Result<Vec<String>, StoreError> {
         self.call(move |t| {
+            let until = super::now_ms() + lease;
             let mut q = t.prepare(
                 "UPDATE work SET lease_until = ?1 WHERE id = ?2 AND owner = ?3 AND done_at IS NULL",
             )?;
+            // Lost: taken by another replica (work put off or ended is not lost).
+            let mut other = t.prepare(
+                "SELECT EXISTS (SELECT 1 FROM work WHERE id = ?1 AND owner NOT IN (?2, '')
+                 AND done_at IS NULL)",
+            )?;
+            let mut lost = Vec::new();
             for id in ids {
-                q.execute(params![until, id, owner])?;
+                if q.execute(params![until, id, owner])? == 0
+                    && other.query_row(params![id, owner], |r| r.get::<_, bool>(0))?
+                {
+                    lost.push(id);
+                }
             }
-            Ok(())
+            Ok(lost)
         })
         .await
     }
 
-    pub(super) async fn sent_part(&self, id: String, p: SentPart) -> Result<(), StoreError> {
+    pub(super) async fn sent_part(
+        &self,
+        owner: String,
+        id: String,
+        p: SentPart,
+    ) -> Result<Option<SentPart>, StoreError> {
         self.call(move |t| {
+            let held: bool = t.query_row(
+                "SELECT EXISTS (SELECT 1 FROM work WHERE id = ?1 AND owner = ?2 AND done_at IS NULL)",
+                params![id, owner],
+                |r| r.get(0),
+            )?;
+            if !held {
+                return Ok(None);
+            }
             t.execute(
                 "INSERT INTO parts (work_id, key, token, instance, request_id, answer)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (work_id, key) DO NOTHING",
                 params![id, p.key, p.token, p.instance, p.request_id, p.answer],
             )?;
-            Ok(())
+            Ok(Some(t.query_row(
+                "SELECT key, token, instance, request_id, answer FROM parts
+                 WHERE work_id = ?1 AND key = ?2",
+                params![id, p.key],
+                |r| {
+                    Ok(SentPart {
+                        key: r.get(0)?,
+                        token: r.get(1)?,
+                        instance: r.get(2)?,
+                        request_id: r.get(3)?,
+                        answer: r.get(4)?,
+                    })
+                },
+            )?))
         })
         .await
     }
@@ -337,57 +408,88 @@ impl Sqlite {
 
     pub(super) async fn answered(
         &self,
+        owner: String,
         id: String,
         answer: String,
         queued: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.call(move |t| {
-            t.execute(
-                "UPDATE work SET answer = ?1, queued = ?2 WHERE id = ?3",
-                params![answer, i64::from(queued), id],
+            let n = t.execute(
+                "UPDATE work SET answer = ?1, queued = ?2
+                 WHERE id = ?3 AND owner = ?4 AND done_at IS NULL",
+                params![answer, i64::from(queued), id, owner],
             )?;
-            Ok(())
+            Ok(n == 1)
         })
         .await
     }
 
-    pub(super) async fn delivered(&self, id: String, now: i64) -> Result<(), StoreError> {
+    pub(super) async fn delivered(
+        &self,
+        owner: String,
+        id: String,
+        queued: bool,
+        answer: Option<String>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         self.call(move |t| {
-            t.execute(
-                "UPDATE work SET answer_sent = ?1,
-                     done_at = CASE WHEN queued = 0 THEN ?1 ELSE done_at END
-                 WHERE id = ?2",
-                params![now, id],
+            let n = t.execute(
+                "UPDATE work SET answer_sent = ?1, answer = COALESCE(answer, ?2),
+                     done_at = CASE WHEN ?3 THEN done_at ELSE ?1 END
+                 WHERE id = ?4 AND owner = ?5 AND done_at IS NULL",
+                params![now, answer, queued, id, owner],
             )?;
-            Ok(())
+            Ok(n == 1)
         })
         .await
     }
 
-    pub(super) async fn done(&self, id: String, now: i64) -> Result<(), StoreError> {
+    pub(super) async fn forwarded(
+        &self,
+        owner: String,
+        id: String,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         self.call(move |t| {
-            t.execute(
-                "UPDATE work SET done_at = ?1 WHERE id = ?2 AND done_at IS NULL",
-                params![now, id],
+            let n = t.execute(
+                "UPDATE work SET forwarded_at = ?1 WHERE id = ?2 AND owner = ?3 AND done_at IS NULL",
+                params![now, id, owner],
             )?;
-            Ok(())
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn done(
+        &self,
+        owner: String,
+        id: String,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.call(move |t| {
+            let n = t.execute(
+                "UPDATE work SET done_at = ?1 WHERE id = ?2 AND owner = ?3 AND done_at IS NULL",
+                params![now, id, owner],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
 
     pub(super) async fn reschedule(
         &self,
+        owner: String,
         id: String,
-        next_at: i64,
+        wait: i64,
         attempts: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.call(move |t| {
-            t.execute(
+            let n = t.execute(
                 "UPDATE work SET next_at = ?1, attempts = ?2, owner = '', lease_until = 0
-                 WHERE id = ?3",
-                params![next_at, attempts, id],
+                 WHERE id = ?3 AND owner = ?4 AND done_at IS NULL",
+                params![super::now_ms() + wait, attempts, id, owner],
             )?;
-            Ok(())
+            Ok(n == 1)
         })
         .await
     }
