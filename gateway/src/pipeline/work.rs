@@ -40,7 +40,7 @@ use crate::links::exchange::Backoff;
 use crate::links::{Dest, Origin, Part, Remote, Source};
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::primitives::DeliveryStatusReport;
-use crate::ssp::{Entity, Primitive, Status, Transaction};
+use crate::ssp::{Entity, Primitive, Transaction};
 use crate::store::{self, Claim, NewWork, Put, Store, StoreError, ms, now_ms};
 
 /// One piece of work in a worker's hands.
@@ -591,17 +591,17 @@ async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, ids: Vec<Stri
     if let Some(r) = info.recipient.as_mut() {
         r.entities = ids.iter().map(|id| Entity::user(id.clone())).collect();
     }
-    let result = if now_ms() >= job.expires {
-        Status::with(
-            crate::ssp::status::TIMEOUT,
-            "not delivered within its validity",
-        )
+    let mut result = if now_ms() >= job.expires {
+        Failure::local(Kind::Timeout, "not delivered within its validity").status()
     } else {
-        Status::with(
-            crate::ssp::status::UNAVAILABLE,
+        Failure::local(
+            Kind::Unreachable,
             "not delivered: the destination refused it",
         )
+        .status()
     };
+    // A report is not an invitation to send the message again.
+    result.try_again = None;
     let dsr = Primitive::DeliveryStatusReport(DeliveryStatusReport {
         result: Some(result),
         info: Some(info),
