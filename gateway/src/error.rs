@@ -73,6 +73,8 @@ pub enum Kind {
     Unverifiable,
     /// The state store cannot keep what the gateway would have to promise.
     StoreUnavailable,
+    /// The recipient (or the far side on its behalf) declined it for good.
+    Declined,
     /// The gateway failed itself.
     Internal,
 }
@@ -115,6 +117,7 @@ impl Kind {
             Kind::UnknownUser => code::UNKNOWN_USER,
             Kind::SearchTooBroad => code::SEARCH_TOO_BROAD,
             Kind::Spoofed => code::ADDRESS_ERROR,
+            Kind::Declined => code::BLOCKED,
             Kind::Internal => code::INTERNAL,
         }
     }
@@ -172,6 +175,7 @@ impl Kind {
             Kind::UnknownUser => "relay",
             Kind::SearchTooBroad => "search",
             Kind::Spoofed => "spoof",
+            Kind::Declined => "declined",
             Kind::Unverifiable => "unverified",
             Kind::StoreUnavailable => "store",
             Kind::Internal => "internal",

@@ -18,3 +18,4 @@ pub mod faults;
 pub mod federation;
 pub mod ladder;
 pub mod pglab;
+pub mod siplab;

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod listen;
+mod sip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub enum StartError {
     /// The state store cannot be opened.
     #[error("{0} (check [store] url)")]
     Store(#[from] crate::store::StoreError),
+    /// The SIP translator cannot listen.
+    #[error("{0} (check [sip] listen)")]
+    Sip(String),
 }
 
 /// Options the config file does not carry (tests, the demo).
@@ -375,6 +379,14 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         }
     }
 
+    let sip_addr = match sip::start(&gw).await? {
+        Some((addr, task)) => {
+            tasks.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+
     if gw.links.siblings.is_some() {
         let g = gw.clone();
         let last = Arc::new(tokio::sync::Mutex::new(Vec::new()));
@@ -420,7 +432,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     let [peer_addr, core_addr, admin_addr] = addrs;
     tracing::info!(
         public_domain = %cfg.operator.public_domain,
-        peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr,
+        peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr, sip = ?sip_addr,
         store = gw.store().map_or("none", |s| s.engine()),
         resumed = released,
         "gateway started"

@@ -7,6 +7,7 @@
 mod locate;
 mod raw;
 mod schema;
+mod sip;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,28 @@ impl<'a> Check<'a> {
 }
 
 /// Shorthand for building key paths.
+/// `path` with `more` steps after it.
+pub(crate) fn at(path: &[Step], more: &[Step]) -> Vec<Step> {
+    [path, more].concat()
+}
+
+pub(crate) fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+pub(crate) fn domain(check: &mut Check<'_>, path: &[Step], d: &str) -> String {
+    if !valid_domain(d) {
+        check.err(path, format!("{d:?} is not a valid domain name"));
+    }
+    d.to_ascii_lowercase()
+}
+
 pub(crate) fn k(s: &str) -> Step {
     Step::Key(s.to_owned())
 }
@@ -204,6 +227,31 @@ mod tests {
         assert!(load(&routed).unwrap().warnings.is_empty());
         let off = format!("{MIN}\n[policy]\noriginator_check = \"off\"\n{peer}");
         assert!(load(&off).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn sip_section_is_checked_with_key_and_line() {
+        let ok = format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\n[[sip.peer]]\ndomain = \"opb.example\"\naddresses = [\"127.0.0.0/8\", \"::1\"]\n"
+        );
+        let c = load(&ok).unwrap();
+        let sip = c.sip.as_ref().unwrap();
+        assert!(
+            sip.peer_at("OPB.example", "127.0.0.9".parse().unwrap())
+                .is_some()
+        );
+        assert!(
+            sip.peer_at("opb.example", "10.0.0.1".parse().unwrap())
+                .is_none()
+        );
+        let e = load(&format!("{MIN}[sip]\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.listen"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        let e = load(&format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\n[[sip.peer]]\ndomain = \"opb.example\"\naddresses = [\"localhost\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.peer[0].addresses[0]"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,28 @@ pub(super) struct RawConfig {
     pub(super) cluster: RawCluster,
     #[serde(default)]
     pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) sip: Option<RawSip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSip {
+    pub(super) listen: String,
+    #[serde(default)]
+    pub(super) advertise: Option<String>,
+    #[serde(default)]
+    pub(super) max_body: Option<i64>,
+    #[serde(default, rename = "peer")]
+    pub(super) peers: Vec<RawSipPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSipPeer {
+    pub(super) domain: String,
+    #[serde(default)]
+    pub(super) addresses: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

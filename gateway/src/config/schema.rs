@@ -330,6 +330,38 @@ pub enum Queue {
     Off,
 }
 
+/// `[sip]`: the SIP/SIMPLE translator's listener and the SIP operators it trusts.
+#[derive(Debug, Clone)]
+pub struct SipSpec {
+    /// Where it listens, UDP and TCP on the same port.
+    pub listen: std::net::SocketAddr,
+    /// The address:port other SIP servers reach it at (Via, Contact), when not `listen`.
+    pub advertise: Option<std::net::SocketAddr>,
+    /// The largest SIP body taken or sent (bytes).
+    pub max_body: usize,
+    /// SIP operators whose requests are taken, each by domain.
+    pub peers: Vec<SipPeerSpec>,
+}
+
+/// One `[[sip.peer]]`: a SIP operator's domain and where its requests come from.
+#[derive(Debug, Clone)]
+pub struct SipPeerSpec {
+    /// Its domain (what its users' `From` names).
+    pub domain: String,
+    /// The networks its servers send from (UDP and TCP carry no certificate).
+    pub addresses: Vec<ipnet::IpNet>,
+}
+
+impl SipSpec {
+    /// The trusted SIP operator whose domain is `domain`, if `ip` is one of its addresses.
+    pub fn peer_at(&self, domain: &str, ip: std::net::IpAddr) -> Option<&SipPeerSpec> {
+        self.peers
+            .iter()
+            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+            .filter(|p| p.addresses.iter().any(|n| n.contains(&ip)))
+    }
+}
+
 /// `[store]`: where durable state lives and how long work is kept and retried.
 #[derive(Debug, Clone)]
 pub struct StoreSpec {
@@ -412,6 +444,8 @@ pub struct Config {
     pub cluster: Cluster,
     /// `[store]`.
     pub store: StoreSpec,
+    /// `[sip]`: the SIP/SIMPLE translator (none: SIP-only destinations are not reached).
+    pub sip: Option<SipSpec>,
     /// Settings that load but probably do not do what was meant (`check` prints them, `run`
     /// logs them).
     pub warnings: Vec<String>,

@@ -8,30 +8,8 @@ use std::time::Duration;
 use super::locate::Step;
 use super::raw::*;
 use super::schema::*;
-use super::{Check, k, parse_duration};
+use super::{Check, at, domain, k, parse_duration, valid_domain};
 use crate::ssp::ids::{E164, NumberPlan, WvId};
-
-/// `path` with `more` steps after it.
-fn at(path: &[Step], more: &[Step]) -> Vec<Step> {
-    [path, more].concat()
-}
-
-fn valid_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-fn domain(check: &mut Check<'_>, path: &[Step], d: &str) -> String {
-    if !valid_domain(d) {
-        check.err(path, format!("{d:?} is not a valid domain name"));
-    }
-    d.to_ascii_lowercase()
-}
 
 fn digits(check: &mut Check<'_>, path: &[Step], s: &str, what: &str) -> String {
     let d = s.trim_start_matches('+');
@@ -105,6 +83,7 @@ fn queue(check: &mut Check<'_>, path: &[Step], v: Option<&str>, default: Queue) 
 pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Config {
     let (operator, plan) = operator(check, base, raw.gateway);
     let store = store(check, base, &operator, raw.store);
+    let sip = raw.sip.map(|r| super::sip::validate(check, r));
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);
@@ -175,6 +154,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
         resolver,
         cluster,
         store,
+        sip,
     }
 }
 

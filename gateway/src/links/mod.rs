@@ -15,6 +15,7 @@ pub(crate) mod exchange;
 pub mod http;
 pub(crate) mod peer;
 mod pending;
+pub(crate) mod sip;
 
 pub use cluster::Conflict;
 pub use peer::PeerRt;
@@ -88,6 +89,8 @@ pub enum Dest {
     Imps(Remote),
     /// The gateway of last resort (an SSP peer that reaches what we cannot).
     LastResort(Remote),
+    /// A destination reachable by SIP only: the SIP/SIMPLE translator.
+    Sip(sip::SipTarget),
     /// Nowhere: the requester gets this.
     Fail(Failure),
 }
@@ -99,6 +102,9 @@ pub enum Origin {
     Core,
     /// A peer operator (inbound traffic).
     Peer(Arc<PeerRt>),
+    /// A SIP operator `[[sip.peer]]` trusts, by domain (inbound through the translator;
+    /// answered in its SIP transaction).
+    Sip(Arc<str>),
 }
 
 impl Origin {
@@ -106,7 +112,7 @@ impl Origin {
     pub fn direction(&self) -> &'static str {
         match self {
             Origin::Core => "outbound",
-            Origin::Peer(_) => "inbound",
+            Origin::Peer(_) | Origin::Sip(_) => "inbound",
         }
     }
 
@@ -114,7 +120,7 @@ impl Origin {
     pub fn leg(&self) -> Leg {
         match self {
             Origin::Core => Leg::ToCore,
-            Origin::Peer(_) => Leg::ToPeer,
+            Origin::Peer(_) | Origin::Sip(_) => Leg::ToPeer,
         }
     }
 
@@ -123,6 +129,7 @@ impl Origin {
         match self {
             Origin::Core => "",
             Origin::Peer(p) => &p.cfg.domain,
+            Origin::Sip(d) => d,
         }
     }
 }
@@ -195,6 +202,8 @@ pub struct Links {
     pub(crate) logs: crate::ops::logs::Sampler,
     /// Bounds of the association's responder role.
     pub(crate) assoc_bounds: Arc<assoc::Bounds>,
+    /// The SIP/SIMPLE translator, once its listeners are bound (`[sip]`).
+    pub(crate) sip: std::sync::OnceLock<sip::SipLink>,
     assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tap: Option<WireTap>,
 }
@@ -267,6 +276,7 @@ impl Links {
             ),
             metrics: p.metrics,
             drain: p.drain,
+            sip: std::sync::OnceLock::new(),
             assoc_locks: std::sync::Mutex::new(HashMap::new()),
             tap: p.tap,
             cfg,
@@ -284,6 +294,7 @@ impl Links {
         match dest {
             Dest::Core => self.to_core(request, part).await,
             Dest::Imps(r) | Dest::LastResort(r) => self.to_peer(r, request, part).await,
+            Dest::Sip(t) => self.to_sip(t, request).await,
             Dest::Fail(f) => Err(f.clone()),
         }
     }
@@ -294,6 +305,8 @@ impl Links {
         let (leg, peer) = match dest {
             Dest::Core => (Leg::ToCore, part.origin_peer.to_owned()),
             Dest::Imps(r) | Dest::LastResort(r) => (Leg::ToPeer, r.domain.to_ascii_lowercase()),
+            // No SSP transaction ID goes over SIP; kept work records the token all the same.
+            Dest::Sip(t) => (Leg::ToPeer, t.domain.to_ascii_lowercase()),
             Dest::Fail(_) => return None,
         };
         Some(self.issue_for(leg, part, &peer))
@@ -316,6 +329,8 @@ impl Links {
         match origin {
             Origin::Core => self.core.as_ref().map(|c| c.mode).unwrap_or_default(),
             Origin::Peer(p) => p.cfg.mode,
+            // Answered in the SIP transaction, like a synchronous sender.
+            Origin::Sip(_) => ResponseMode::Sync,
         }
     }
 
@@ -324,6 +339,7 @@ impl Links {
         match origin {
             Origin::Core => self.core_body(answers).1,
             Origin::Peer(p) => self.peer_body(p, answers).1,
+            Origin::Sip(_) => String::new(),
         }
     }
 
@@ -333,6 +349,8 @@ impl Links {
         match origin {
             Origin::Core => self.answers_to_core(answers).await,
             Origin::Peer(p) => self.answers_to_peer(p, answers).await,
+            // Its answers went in its SIP transactions; there is nowhere to send more.
+            Origin::Sip(_) => false,
         }
     }
 

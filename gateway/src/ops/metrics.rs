@@ -62,6 +62,10 @@ pub struct Metrics {
     pub work: IntCounterVec,
     /// State store operations that failed, by operation.
     pub store_errors: IntCounterVec,
+    /// SIP requests of the translator, by direction (`out`: sent, `in`: received), method
+    /// and result (`request` when one came in, then the answer class `2xx`…`6xx`, or
+    /// `error` when none came).
+    pub sip: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,6 +134,12 @@ impl Metrics {
             queue_depth,
             queue_oldest,
             work: counter(&r, "work_total", "Kept work, by event", &["event"]),
+            sip: counter(
+                &r,
+                "sip_requests_total",
+                "SIP requests of the SIP/SIMPLE translator",
+                &["direction", "method", "result"],
+            ),
             store_errors: counter(
                 &r,
                 "store_errors_total",
@@ -231,6 +241,19 @@ impl Metrics {
 /// A status code as decimal text in `buf` (a metric label, without allocating). SSP codes
 /// have three digits; anything else a far side sends is `other`, so the far side cannot grow
 /// the number of series.
+/// The class of a SIP or HTTP status code as a label: `2xx` … `6xx`, else `other`.
+pub fn class_label(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        600..=699 => "6xx",
+        _ => "other",
+    }
+}
+
 pub fn code_label(code: u16, buf: &mut [u8; 5]) -> &str {
     if !(100..=999).contains(&code) {
         return "other";

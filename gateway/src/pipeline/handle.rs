@@ -188,6 +188,13 @@ pub async fn handle(
     }
 }
 
+/// A request a translator took in (SIP), from admission to its answer: the same stages as
+/// an SSP peer's, answered in the translator's own transaction (nothing is acknowledged
+/// before the answer, so nothing needs keeping).
+pub(crate) async fn translated(gw: &Arc<Gateway>, origin: &Origin, t: Transaction) -> Transaction {
+    request(gw, origin, t).await
+}
+
 /// One request from a synchronous `origin`, from admission to its answer (in the HTTP
 /// response: nothing is acknowledged before it, so nothing needs keeping).
 async fn request(gw: &Arc<Gateway>, origin: &Origin, t: Transaction) -> Transaction {

@@ -42,6 +42,7 @@ pub(crate) fn part_key(dest: &Dest, ids: &[String]) -> String {
         Dest::Core => "core".to_owned(),
         Dest::Imps(r) => format!("ssp:{}", r.domain),
         Dest::LastResort(r) => format!("last:{}", r.domain),
+        Dest::Sip(t) => format!("sip:{}", t.uri),
         Dest::Fail(_) => "none".to_owned(),
     };
     let key = format!("{d}|{}", ids.join("\u{1f}"));
@@ -167,7 +168,7 @@ impl Keep<'_> {
             Some(Dest::Imps(r) | Dest::LastResort(r)) => {
                 cfg.peer(&r.domain).map_or(cfg.store.queue, |p| p.queue)
             }
-            Some(Dest::Fail(_)) | None => cfg.store.queue,
+            Some(Dest::Sip(_) | Dest::Fail(_)) | None => cfg.store.queue,
         };
         (q != Queue::Off).then_some(q)
     }

@@ -24,6 +24,7 @@ pub mod route;
 mod state;
 mod work;
 
+pub(crate) use handle::translated;
 pub use handle::{Listener, handle};
 pub use state::Gateway;
 pub(crate) use work::{housekeeping, release, renew, take_over};

@@ -11,6 +11,7 @@ use super::state::Gateway;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::{Failure, Kind};
+use crate::links::sip::{SipServer, SipTarget};
 use crate::links::{Dest, Origin, Remote, Source};
 use crate::resolve::{Decision, Protocol, Svc};
 use crate::rewrite::Rewriter;
@@ -49,7 +50,8 @@ pub(crate) async fn plan(gw: &Gateway, origin: &Origin, req: &Primitive) -> Resu
     let route_by = req.route_by();
     let mut plan = Plan::default();
     match origin {
-        Origin::Peer(_) => {
+        // Peers, SSP or SIP, reach our core only.
+        Origin::Peer(_) | Origin::Sip(_) => {
             if route_by.is_empty() {
                 // Nothing to route by (a vendor primitive): for the core to answer.
                 plan.groups.push((Dest::Core, Vec::new()));
@@ -156,6 +158,9 @@ async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
     match r.decide(&target, svc).await {
         Ok(d) => {
             learn_name(gw, &d);
+            if d.protocol == Protocol::Sip && gw.links.sip.get().is_some() {
+                return sip_destination(&d, rb.as_str());
+            }
             destination(
                 &d,
                 &cfg.operator.public_domain,
@@ -198,6 +203,40 @@ fn learn_name(gw: &Gateway, d: &Decision) {
     {
         gw.names.learn(n, &id);
     }
+}
+
+/// A destination DNS shows reachable by SIP (and not by IMPS): the translator, to the URI
+/// ENUM gave or the user at the domain, over the servers SRV gave (TCP when the SRV name
+/// says so or for `sips`, else UDP).
+fn sip_destination(d: &Decision, what: &str) -> Dest {
+    let domain = d.domain.clone().unwrap_or_default();
+    let tcp = d
+        .srv
+        .as_deref()
+        .is_some_and(|s| s.contains("._tcp.") || s.starts_with("_sips."));
+    let servers: Vec<SipServer> = d
+        .targets
+        .iter()
+        .flat_map(|t| {
+            t.addrs.iter().map(move |a| SipServer {
+                addr: std::net::SocketAddr::new(*a, t.port),
+                tcp,
+            })
+        })
+        .collect();
+    if servers.is_empty() {
+        return no_route(what);
+    }
+    let uri = crate::links::sip::map::request_uri(
+        d.enum_hit.as_ref().map(|h| h.uri.as_str()),
+        what,
+        &domain,
+    );
+    Dest::Sip(SipTarget {
+        domain,
+        uri,
+        servers,
+    })
 }
 
 /// The destination a DNS decision gives for `what` (a route-by value, for the status

@@ -614,6 +614,8 @@ async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, ids: Vec<Stri
             urls: Vec::new(),
             source: Source::Peering,
         }),
+        // Not kept (answered in its SIP transaction): there is no report to send.
+        Origin::Sip(_) => return outcome_reached(gw, job).await,
     };
     let part = Part {
         origin_tid: &job.tid,

@@ -143,6 +143,8 @@ pub struct Decision {
     /// Whether the domain is in the static peering table (no DNS for server location).
     #[serde(skip)]
     pub peering: bool,
+    /// The SRV name the targets came from (for SIP it says the transport: `_sip._tcp`).
+    pub srv: Option<String>,
 }
 
 impl Decision {
@@ -157,6 +159,7 @@ impl Decision {
             targets: Vec::new(),
             ttl: u32::MAX,
             peering: false,
+            srv: None,
         }
     }
 
@@ -695,6 +698,7 @@ impl Resolver {
                             Fallback::Sip => Protocol::Sip,
                             Fallback::Xmpp => Protocol::Xmpp,
                         };
+                        d.srv = Some(name.clone());
                         d.targets = t;
                         d.ttl = d.ttl.min(ttl);
                         return Ok(());

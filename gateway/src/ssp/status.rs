@@ -24,6 +24,8 @@ pub const DOMAIN_NOT_SUPPORTED: u16 = 516;
 pub const UNKNOWN_USER: u16 = 531;
 /// Search too broad (wildcards or partial numbers refused).
 pub const SEARCH_TOO_BROAD: u16 = 537;
+/// The recipient declined (blocked) it.
+pub const BLOCKED: u16 = 532;
 /// Invalid or expired SSP session.
 pub const INVALID_SESSION: u16 = 604;
 /// Multiple errors (Baraza's envelope for per-ID errors).
@@ -46,6 +48,7 @@ pub fn description(code: u16) -> &'static str {
         504 => "Timeout",
         516 => "Domain not supported",
         531 => "Unknown user",
+        532 => "Recipient blocked the message",
         537 => "Too broad search criteria",
         604 => "Invalid session",
         900 => "Multiple errors",

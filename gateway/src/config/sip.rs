@@ -1,0 +1,88 @@
+//! `[sip]`: the SIP/SIMPLE translator's listener and the SIP operators whose requests it
+//! takes (`[[sip.peer]]`, by domain and source network: SIP over UDP and TCP carries no
+//! certificate, so where a request comes from is what proves its domain).
+
+use super::locate::Step;
+use super::raw::RawSip;
+use super::schema::{SipPeerSpec, SipSpec};
+use super::{Check, at, domain, k};
+
+/// The largest SIP body by default: a MESSAGE is meant for short texts (RFC 3428 says
+/// 1300 bytes over UDP); this bounds what a peer can make the gateway hold.
+const MAX_BODY: usize = 16 * 1024;
+
+pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
+    let path = |key: &str| vec![k("sip"), k(key)];
+    let listen = match r.listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => a,
+        Ok(_) => {
+            check.err(
+                &path("listen"),
+                "give a port: SIP peers must know where to send",
+            );
+            std::net::SocketAddr::from(([127, 0, 0, 1], 5060))
+        }
+        Err(_) => {
+            check.err(
+                &path("listen"),
+                format!("{:?} is not an address:port", r.listen),
+            );
+            std::net::SocketAddr::from(([127, 0, 0, 1], 5060))
+        }
+    };
+    let advertise = r.advertise.as_deref().and_then(|a| match a.parse() {
+        Ok(sa) => Some(sa),
+        Err(_) => {
+            check.err(&path("advertise"), format!("{a:?} is not an address:port"));
+            None
+        }
+    });
+    let max_body = match r.max_body {
+        None => MAX_BODY,
+        Some(n) if (1..=65_000).contains(&n) => usize::try_from(n).unwrap_or(MAX_BODY),
+        Some(n) => {
+            check.err(
+                &path("max_body"),
+                format!("{n} is not within 1..=65000 bytes"),
+            );
+            MAX_BODY
+        }
+    };
+    let mut peers = Vec::new();
+    for (i, p) in r.peers.into_iter().enumerate() {
+        let base = at(&path("peer"), &[Step::Index(i)]);
+        let d = domain(check, &at(&base, &[k("domain")]), &p.domain);
+        if p.addresses.is_empty() {
+            check.err(
+                &at(&base, &[k("addresses")]),
+                "name the networks this operator's SIP servers send from",
+            );
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in p.addresses.iter().enumerate() {
+            let net = a
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => addresses.push(n),
+                Err(_) => check.err(
+                    &at(&base, &[k("addresses"), Step::Index(j)]),
+                    format!("{a:?} is not an IP address or network"),
+                ),
+            }
+        }
+        if peers.iter().any(|q: &SipPeerSpec| q.domain == d) {
+            check.err(&at(&base, &[k("domain")]), format!("{d} is listed twice"));
+        }
+        peers.push(SipPeerSpec {
+            domain: d,
+            addresses,
+        });
+    }
+    SipSpec {
+        listen,
+        advertise,
+        max_body,
+        peers,
+    }
+}

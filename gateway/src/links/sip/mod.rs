@@ -1,0 +1,381 @@
+//! The SIP/SIMPLE translator: a link like the core and the SSP peers, for destinations DNS
+//! shows reachable by SIP and not by IMPS (the use cases' alternative flows), and a source of
+//! requests from the SIP operators `[[sip.peer]]` trusts.
+//!
+//! - Outbound: a `SendMessageRequest` becomes a `MESSAGE` (RFC 3428) from our user as
+//!   `sip:+MSISDN@<public domain>;user=phone` to the URI DNS gave; the SIP answer becomes the
+//!   SSP answer (`map`). What may wait (a 480, a 5xx, a timeout) waits like any message.
+//! - Inbound: a `MESSAGE` to one of our subscribers from a trusted SIP operator becomes a
+//!   `SendMessageRequest` to the core; its sender is `wv:+MSISDN` when ENUM places the number
+//!   at the sending domain (the same anti-spoofing as SSP), else `wv:user@domain`.
+//!
+//! Presence (SUBSCRIBE/NOTIFY with PIDF) is not carried yet: those requests get 405 over SSP
+//! and over SIP. The SIP stack itself is behind `stack`.
+
+pub(crate) mod map;
+pub(crate) mod stack;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+
+use super::Links;
+use crate::config::SipSpec;
+use crate::error::{Failure, Kind, Side};
+use crate::rewrite::PeerView;
+use crate::ssp::primitives::{SendMessageRequest, SendMessageResponse};
+use crate::ssp::{ContentData, MessageInfo, Party, Primitive, Status, Transaction, status};
+use map::SipAddress;
+use stack::{Incoming, Outgoing, Requests, Stack, Transport};
+
+/// Bodies above this go over TCP, whatever the server offers first (RFC 3261 §18.1.1).
+const UDP_MAX: usize = 1300;
+
+/// One SIP server of a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Whether DNS offered it for TCP (else UDP).
+    pub tcp: bool,
+}
+
+/// A destination reachable by SIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTarget {
+    /// Its domain.
+    pub domain: String,
+    /// The Request-URI.
+    pub uri: String,
+    /// Its servers, in the order to try.
+    pub servers: Vec<SipServer>,
+}
+
+/// The SIP link: the stack and what it was configured with.
+#[derive(Debug)]
+pub(crate) struct SipLink {
+    stack: Stack,
+    spec: SipSpec,
+}
+
+impl SipLink {
+    /// Bind the SIP listeners of `spec`; `timeout` bounds each transaction. The incoming
+    /// requests are the caller's to serve.
+    pub(crate) async fn bind(
+        spec: &SipSpec,
+        timeout: Duration,
+    ) -> Result<(SipLink, Requests), stack::StackError> {
+        let (stack, requests) = Stack::bind(spec.listen, spec.advertise, timeout).await?;
+        Ok((
+            SipLink {
+                stack,
+                spec: spec.clone(),
+            },
+            requests,
+        ))
+    }
+
+    /// Where SIP peers reach us.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.stack.local()
+    }
+
+    /// Close the listeners.
+    pub(crate) fn stop(&self) {
+        self.stack.stop();
+    }
+}
+
+/// A refusal of an incoming SIP request: its code, reason (logged) and extra headers.
+#[derive(Debug)]
+pub(crate) struct SipRefusal {
+    /// The SIP status code.
+    pub(crate) code: u16,
+    /// Why (for the log).
+    pub(crate) why: String,
+    /// Extra headers (`Allow`, `Accept`).
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+fn refuse(code: u16, why: impl Into<String>) -> SipRefusal {
+    SipRefusal {
+        code,
+        why: why.into(),
+        headers: Vec::new(),
+    }
+}
+
+impl Links {
+    fn sip_link(&self) -> Result<&SipLink, Failure> {
+        self.sip
+            .get()
+            .ok_or_else(|| Failure::local(Kind::NotSupported, "the SIP translator is not running"))
+    }
+
+    /// Send `request` (core IDs, as the pipeline holds it) to a SIP destination.
+    pub(crate) async fn to_sip(
+        &self,
+        target: &SipTarget,
+        request: Primitive,
+    ) -> Result<Primitive, Failure> {
+        let link = self.sip_link()?;
+        let Primitive::SendMessageRequest(m) = request else {
+            return Err(Failure::local(
+                Kind::NotSupported,
+                format!(
+                    "{} cannot be carried to {} over SIP (presence over SIP is not supported yet)",
+                    request.name(),
+                    target.domain
+                ),
+            ));
+        };
+        let info = m.info.clone().unwrap_or_default();
+        let sender = info
+            .sender
+            .as_ref()
+            .and_then(|p| p.entities.first())
+            .map(|e| e.id.clone())
+            .unwrap_or_default();
+        let public = {
+            let dir = self.dir.load();
+            self.rw.outbound_id(&dir, &sender, PeerView::default())
+        };
+        let from = crate::ssp::WvId::parse(&public)
+            .ok()
+            .and_then(|id| id.e164())
+            .map(|n| map::our_user(n, &self.cfg.operator.public_domain))
+            .ok_or_else(|| {
+                Failure::local(
+                    Kind::InvalidUserId,
+                    "the sender has no number to be named by over SIP",
+                )
+            })?;
+        let (ctype, body) = content(&m, &info)?;
+        if body.len() > link.spec.max_body {
+            return Err(Failure::local(
+                Kind::TooLarge,
+                format!(
+                    "a {} byte message; SIP takes at most {}",
+                    body.len(),
+                    link.spec.max_body
+                ),
+            ));
+        }
+        let mut last = Failure::local(
+            Kind::Unreachable,
+            format!("no SIP server for {}", target.domain),
+        );
+        for server in &target.servers {
+            let transport = if server.tcp || body.len() > UDP_MAX {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            };
+            let out = Outgoing {
+                method: "MESSAGE",
+                uri: target.uri.clone(),
+                from: from.clone(),
+                to: target.uri.clone(),
+                headers: Vec::new(),
+                body: Some((ctype.clone(), body.clone())),
+                dest: server.addr,
+                transport,
+            };
+            let started = std::time::Instant::now();
+            let reply = link.stack.request(out).await;
+            self.metrics
+                .sip
+                .with_label_values(&[
+                    "out",
+                    "MESSAGE",
+                    reply
+                        .as_ref()
+                        .map_or("error", |r| crate::ops::metrics::class_label(r.code)),
+                ])
+                .inc();
+            match reply {
+                Ok(r) => match map::failure(r.code, &r.reason) {
+                    None => {
+                        tracing::debug!(to = %target.uri, code = r.code, took = ?started.elapsed(), "SIP MESSAGE delivered");
+                        return Ok(Primitive::SendMessageResponse(SendMessageResponse {
+                            message_id: info
+                                .message_id
+                                .clone()
+                                .or_else(|| Some(format!("sip-{:016x}", rand::random::<u64>()))),
+                            status: Some(Status::with(status::OK, "Successful")),
+                            ..Default::default()
+                        }));
+                    }
+                    // Another server may do better only when this one failed as a server.
+                    Some(f) if matches!(r.code, 408 | 500 | 503) => last = f,
+                    Some(f) => return Err(f),
+                },
+                Err(e) => {
+                    last = Failure::local(Kind::Unreachable, e.to_string());
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// An incoming SIP request as an SSP request for the core: the trusted SIP domain it
+    /// comes from, and the transaction. Refused: the SIP answer to give.
+    pub(crate) async fn take_sip(
+        &self,
+        req: &Incoming,
+    ) -> Result<(String, Transaction), SipRefusal> {
+        let link = self.sip_link().map_err(|f| refuse(503, f.to_string()))?;
+        self.metrics
+            .sip
+            .with_label_values(&["in", method_label(&req.method), "request"])
+            .inc();
+        if req.method != "MESSAGE" {
+            let mut r = refuse(405, format!("{} is not taken", req.method));
+            r.headers.push(("Allow", "MESSAGE, OPTIONS".into()));
+            return Err(r);
+        }
+        let from = map::address(&req.from).ok_or_else(|| refuse(400, "no usable From"))?;
+        let source = req.source.map(|s| s.ip().to_canonical());
+        let trusted = source.and_then(|ip| link.spec.peer_at(&from.host, ip));
+        if trusted.is_none() {
+            return Err(refuse(
+                403,
+                format!(
+                    "{} is not a SIP operator trusted from {}",
+                    from.host,
+                    source.map_or("an unknown address".into(), |s| s.to_string())
+                ),
+            ));
+        }
+        if req.body.len() > link.spec.max_body {
+            return Err(refuse(413, format!("a {} byte body", req.body.len())));
+        }
+        let ctype = req.content_type.clone().unwrap_or_default();
+        if !map::is_text(&ctype) {
+            let mut r = refuse(415, format!("content type {ctype:?}"));
+            r.headers.push(("Accept", "text/plain".into()));
+            return Err(r);
+        }
+        let text = String::from_utf8(req.body.clone())
+            .map_err(|_| refuse(400, "the text is not UTF-8"))?;
+        let to = map::address(&req.uri).ok_or_else(|| refuse(404, "no usable Request-URI"))?;
+        let ours = to.host.is_empty() || to.host == self.cfg.operator.public_domain;
+        let recipient = match (ours, to.number()) {
+            (true, Some(n)) => format!("wv:+{}", n.digits()),
+            // No open relay: only our subscribers, by number, at our domain.
+            _ => return Err(refuse(404, format!("{} is not a subscriber here", req.uri))),
+        };
+        let sender = self.sip_sender(&from).await?;
+        let message = SendMessageRequest {
+            delivery_report: Some("No".into()),
+            info: Some(MessageInfo {
+                message_id: Some(format!("sip-{:016x}", rand::random::<u64>())),
+                content_type: Some("text/plain".into()),
+                recipient: Some(Party::user(recipient)),
+                sender: Some(Party::user(sender)),
+                ..Default::default()
+            }),
+            content: Some(ContentData {
+                content_type: Some("text/plain".into()),
+                data: text,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let tid = format!("sip-{:016x}", rand::random::<u64>());
+        Ok((
+            from.host.clone(),
+            Transaction::request(tid, Primitive::SendMessageRequest(message)),
+        ))
+    }
+
+    /// The SSP ID of a SIP sender: `wv:+MSISDN` when ENUM places the number at the sending
+    /// domain, `wv:user@domain` for a user named otherwise. A number placed elsewhere (or
+    /// that DNS cannot place now) is refused: the same anti-spoofing as SSP.
+    async fn sip_sender(&self, from: &SipAddress) -> Result<String, SipRefusal> {
+        let Some(n) = from.number() else {
+            let user = from.user.to_ascii_lowercase();
+            if !user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(refuse(400, "a From user that is no IMPS user ID"));
+            }
+            return Ok(format!("wv:{user}@{}", from.host));
+        };
+        let Some(r) = &self.resolver else {
+            return Err(refuse(
+                403,
+                format!("+{} cannot be verified: no resolver", n.digits()),
+            ));
+        };
+        match r.place(n, &from.host).await {
+            Ok(()) => Ok(format!("wv:+{}", n.digits())),
+            Err(crate::resolve::Unplaced::Elsewhere) => Err(refuse(
+                403,
+                format!("+{} does not belong to {}", n.digits(), from.host),
+            )),
+            Err(crate::resolve::Unplaced::Unverifiable(e)) => {
+                let mut r = refuse(503, format!("+{} cannot be verified now: {e}", n.digits()));
+                r.headers.push(("Retry-After", "30".into()));
+                Err(r)
+            }
+        }
+    }
+
+    /// Count an answer given to an incoming SIP request.
+    pub(crate) fn count_sip_answer(&self, method: &str, code: u16) {
+        self.metrics
+            .sip
+            .with_label_values(&[
+                "in",
+                method_label(method),
+                crate::ops::metrics::class_label(code),
+            ])
+            .inc();
+    }
+}
+
+/// The method as a metric label (closed set).
+fn method_label(m: &str) -> &'static str {
+    match m {
+        "MESSAGE" => "MESSAGE",
+        "SUBSCRIBE" => "SUBSCRIBE",
+        "NOTIFY" => "NOTIFY",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The content type and bytes of an SSP message (base64 content decoded).
+fn content(m: &SendMessageRequest, info: &MessageInfo) -> Result<(String, Vec<u8>), Failure> {
+    let c = m
+        .content
+        .as_ref()
+        .ok_or_else(|| Failure::new(Kind::Malformed, Side::Core, "a message without content"))?;
+    let ctype = c
+        .content_type
+        .clone()
+        .or_else(|| info.content_type.clone())
+        .unwrap_or_else(|| "text/plain".into());
+    let ctype = if map::is_text(&ctype) && !ctype.contains("charset") {
+        format!("{ctype};charset=UTF-8")
+    } else {
+        ctype
+    };
+    let body = if c
+        .encoding
+        .as_deref()
+        .is_some_and(|e| e.eq_ignore_ascii_case("base64"))
+    {
+        base64::engine::general_purpose::STANDARD
+            .decode(c.data.as_bytes())
+            .map_err(|e| {
+                Failure::new(Kind::Malformed, Side::Core, format!("base64 content: {e}"))
+            })?
+    } else {
+        c.data.clone().into_bytes()
+    };
+    Ok((ctype, body))
+}

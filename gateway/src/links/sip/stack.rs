@@ -1,0 +1,319 @@
+//! The SIP stack (rsipstack) behind one small interface: bind UDP and TCP on one port, hand
+//! over incoming requests as plain values with a way to answer them, and send one
+//! out-of-dialog request to a chosen address for its final answer. Nothing else in the
+//! gateway names an rsipstack type, so the stack can be replaced here alone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsipstack::EndpointBuilder;
+use rsipstack::platform::CancellationToken;
+use rsipstack::sip::{Header, HeadersExt, Method, SipMessage, StatusCodeKind};
+use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption};
+use rsipstack::transaction::key::{TransactionKey, TransactionRole};
+use rsipstack::transaction::{Transaction, TransactionReceiver, make_tag};
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
+
+/// A SIP stack failure (binding, building or sending a request).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("SIP: {0}")]
+pub(crate) struct StackError(pub(crate) String);
+
+fn err(e: impl std::fmt::Display) -> StackError {
+    StackError(e.to_string())
+}
+
+/// Which transport a request goes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// UDP (RFC 3261's default; bodies up to about 1300 bytes).
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Transport {
+    fn stack(self) -> rsipstack::sip::Transport {
+        match self {
+            Transport::Udp => rsipstack::sip::Transport::Udp,
+            Transport::Tcp => rsipstack::sip::Transport::Tcp,
+        }
+    }
+
+    /// `udp` or `tcp`, for logs and metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// One request to send out of any dialog.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    /// `MESSAGE`, `SUBSCRIBE`, …
+    pub(crate) method: &'static str,
+    /// The Request-URI.
+    pub(crate) uri: String,
+    /// The From URI (a tag is added).
+    pub(crate) from: String,
+    /// The To URI.
+    pub(crate) to: String,
+    /// Extra headers (name, value).
+    pub(crate) headers: Vec<(&'static str, String)>,
+    /// The body and its content type.
+    pub(crate) body: Option<(String, Vec<u8>)>,
+    /// Where to send it.
+    pub(crate) dest: SocketAddr,
+    /// Over what.
+    pub(crate) transport: Transport,
+}
+
+/// The final answer to a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    /// The status code (a timeout is a local 408).
+    pub(crate) code: u16,
+    /// The reason phrase.
+    pub(crate) reason: String,
+}
+
+/// The SIP endpoint: its listeners and transaction layer.
+pub(crate) struct Stack {
+    inner: Arc<EndpointInner>,
+    cancel: CancellationToken,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("local", &self.local).finish()
+    }
+}
+
+impl Stack {
+    /// Bind UDP and TCP on `listen` (advertised as `advertise`), with `timeout` as the
+    /// transaction timeout (RFC 3261 Timer B/F). Returns the stack and its incoming
+    /// requests; the stack runs until [`Stack::stop`].
+    pub(crate) async fn bind(
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<(Stack, Requests), StackError> {
+        let cancel = CancellationToken::new();
+        let layer = TransportLayer::new(cancel.child_token());
+        // UDP first: the first listener is what Via and Contact name by default.
+        let udp = UdpConnection::create_connection(listen, advertise, Some(cancel.child_token()))
+            .await
+            .map_err(|e| err(format!("cannot listen on udp {listen}: {e}")))?;
+        layer.add_transport(udp.into());
+        // The TCP listener binds when the endpoint serves; check the port is free now, so a
+        // busy port is a start error and not a warning later.
+        drop(
+            std::net::TcpListener::bind(listen)
+                .map_err(|e| err(format!("cannot listen on tcp {listen}: {e}")))?,
+        );
+        let tcp = TcpListenerConnection::new(listen, advertise)
+            .await
+            .map_err(|e| err(format!("cannot listen on tcp {listen}: {e}")))?;
+        layer.add_transport(tcp.into());
+        let option = EndpointOption {
+            t1x64: timeout,
+            ..Default::default()
+        };
+        let endpoint = EndpointBuilder::new()
+            .with_user_agent(concat!("ssp-gateway/", env!("CARGO_PKG_VERSION")))
+            .with_transport_layer(layer)
+            .with_cancel_token(cancel.child_token())
+            .with_option(option)
+            .build();
+        let incoming = endpoint.incoming_transactions().map_err(err)?;
+        let inner = endpoint.inner.clone();
+        let serving = inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serving.serve().await {
+                tracing::error!(error = %e, "SIP endpoint stopped");
+            }
+        });
+        Ok((
+            Stack {
+                inner,
+                cancel: cancel.clone(),
+                local: advertise.unwrap_or(listen),
+            },
+            Requests {
+                rx: incoming,
+                cancel,
+            },
+        ))
+    }
+
+    /// Where peers reach this stack.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Close the listeners and end every transaction.
+    pub(crate) fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Send `out` and wait for its final answer (at most the transaction timeout: then a
+    /// local 408).
+    pub(crate) async fn request(&self, out: Outgoing) -> Result<Reply, StackError> {
+        let t = out.transport.stack();
+        let local = self
+            .inner
+            .transport_layer
+            .get_listen_addrs()
+            .into_iter()
+            .find(|a| a.r#type == Some(t))
+            .ok_or_else(|| err(format!("no {} listener", out.transport.as_str())))?;
+        let via = self.inner.get_via(Some(local), None).map_err(err)?;
+        let uri = |s: &str| rsipstack::sip::Uri::try_from(s).map_err(err);
+        let from = rsipstack::sip::typed::From {
+            display_name: None,
+            uri: uri(&out.from)?,
+            params: vec![],
+        }
+        .with_tag(make_tag());
+        let to = rsipstack::sip::typed::To {
+            display_name: None,
+            uri: uri(&out.to)?,
+            params: vec![],
+        };
+        let method = out
+            .method
+            .parse::<Method>()
+            .map_err(|_| err(format!("unknown method {}", out.method)))?;
+        let mut req = self
+            .inner
+            .make_request(method, uri(&out.uri)?, via, from, to, 1, None);
+        for (name, value) in out.headers {
+            req.headers
+                .push(rsipstack::sip::headers::make_header(name, value));
+        }
+        if let Some((ctype, body)) = out.body {
+            req.headers.push(Header::ContentType(ctype.into()));
+            req.body = body;
+        }
+        let key = TransactionKey::from_request(&req, TransactionRole::Client).map_err(err)?;
+        let mut tx = Transaction::new_client(key, req, self.inner.clone(), None);
+        tx.destination = Some(SipAddr::new(t, out.dest.into()));
+        // A TCP connect to a black hole would wait for the kernel's SYN timeout.
+        let limit = self.inner.option.t1x64;
+        match tokio::time::timeout(limit, tx.send()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(err(e)),
+            Err(_) => {
+                return Ok(Reply {
+                    code: 408,
+                    reason: "no connection".into(),
+                });
+            }
+        }
+        while let Some(msg) = tx.receive().await {
+            if let SipMessage::Response(r) = msg
+                && r.status_code.kind() != StatusCodeKind::Provisional
+            {
+                return Ok(Reply {
+                    code: r.status_code.code(),
+                    reason: r.status_code.text().to_string(),
+                });
+            }
+        }
+        Ok(Reply {
+            code: 408,
+            reason: "transaction ended without a final answer".into(),
+        })
+    }
+}
+
+/// Incoming requests, in arrival order.
+pub(crate) struct Requests {
+    rx: TransactionReceiver,
+    cancel: CancellationToken,
+}
+
+impl Requests {
+    /// The next request (`None`: the stack stopped).
+    pub(crate) async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            let tx = tokio::select! {
+                t = self.rx.recv() => t?,
+                () = self.cancel.cancelled() => return None,
+            };
+            // ACKs and CANCELs of transactions we never started need no answer.
+            if matches!(tx.original.method, Method::Ack | Method::Cancel) {
+                continue;
+            }
+            return Some(Incoming::of(tx));
+        }
+    }
+}
+
+/// One incoming request: what the translator reads, and the way to answer it.
+pub(crate) struct Incoming {
+    /// The method, as written.
+    pub(crate) method: String,
+    /// The Request-URI.
+    pub(crate) uri: String,
+    /// The From header's value.
+    pub(crate) from: String,
+    /// The Call-ID.
+    pub(crate) call_id: String,
+    /// Content-Type, if any.
+    pub(crate) content_type: Option<String>,
+    /// The body.
+    pub(crate) body: Vec<u8>,
+    /// The address it came from.
+    pub(crate) source: Option<SocketAddr>,
+    /// The transport it came over.
+    pub(crate) transport: Transport,
+    tx: Transaction,
+}
+
+impl Incoming {
+    fn of(tx: Transaction) -> Incoming {
+        let req = &tx.original;
+        let value = |name: &str| req.header_value(name).unwrap_or_default();
+        let (transport, source) = tx
+            .connection
+            .as_ref()
+            .map(|c| {
+                let t = if c.transport() == rsipstack::sip::Transport::Udp {
+                    Transport::Udp
+                } else {
+                    Transport::Tcp
+                };
+                (t, c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()))
+            })
+            .unwrap_or((Transport::Udp, None));
+        Incoming {
+            method: req.method.to_string(),
+            uri: req.uri.to_string(),
+            from: value("From"),
+            call_id: value("Call-ID"),
+            content_type: req.header_value("Content-Type"),
+            body: req.body.clone(),
+            source,
+            transport,
+            tx,
+        }
+    }
+
+    /// Answer with `code` and extra headers (name, value).
+    pub(crate) async fn answer(mut self, code: u16, headers: Vec<(&'static str, String)>) {
+        let headers = headers
+            .into_iter()
+            .map(|(n, v)| rsipstack::sip::headers::make_header(n, v))
+            .collect();
+        let status = rsipstack::sip::StatusCode::from(code);
+        if let Err(e) = self.tx.reply_with(status, headers, None).await {
+            tracing::debug!(error = %e, code, "SIP answer not sent");
+        }
+    }
+}

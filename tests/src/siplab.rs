@@ -1,0 +1,268 @@
+//! A SIP/SIMPLE operator on loopback for the translator's tests: Kamailio (Debian's
+//! `kamailio`) as its proxy and registrar, and sipp (`sip-tester`) as its users, started by
+//! PID on high ports and stopped when dropped.
+//!
+//! Kamailio serves one domain: REGISTER records a user's contact, a MESSAGE to a registered
+//! user is relayed to it (480 when the user is not registered), and requests for the
+//! gateway's domain are forwarded to the gateway's SIP port (what DNS would do for a real
+//! operator; Kamailio runs with `dns=no` here).
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::federation::TempDir;
+
+/// Kamailio's modules on Debian.
+const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
+
+/// Whether Kamailio and sipp are installed.
+pub fn available() -> bool {
+    which("kamailio") && which("sipp") && Path::new(MODULES).join("registrar.so").exists()
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p)
+            .chain([PathBuf::from("/usr/sbin")])
+            .any(|d| d.join(bin).exists())
+    })
+}
+
+/// Whether something is bound to UDP `port` on 127.0.0.1 (a bind there fails).
+fn udp_bound(port: u16) -> bool {
+    UdpSocket::bind(("127.0.0.1", port)).is_err()
+}
+
+/// Poll `cond` every 20 ms until it holds or `within` passes.
+fn poll(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// A running Kamailio.
+pub struct Kamailio {
+    child: Child,
+    dir: TempDir,
+    /// Its UDP and TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Kamailio {
+    /// Start Kamailio for `domain` on `port`, forwarding requests for `gateway_domain` to
+    /// the gateway's SIP port.
+    pub fn start(
+        domain: &str,
+        port: u16,
+        gateway_domain: &str,
+        gateway_port: u16,
+    ) -> anyhow::Result<Kamailio> {
+        let dir = TempDir::new("ssp-kamailio");
+        let cfg = format!(
+            r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=2
+listen=udp:127.0.0.1:{port}
+listen=tcp:127.0.0.1:{port}
+alias="{domain}"
+dns=no
+rev_dns=no
+mpath="{MODULES}"
+loadmodule "kex.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+modparam("usrloc", "db_mode", 0)
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    xlog("L_INFO", "REQ $rm $ru from $fu\n");
+    if ($rd == "{gateway_domain}") {{
+        $du = "sip:127.0.0.1:{gateway_port}";
+        t_relay();
+        exit;
+    }}
+    if (is_method("REGISTER")) {{ save("location"); exit; }}
+    if (is_method("MESSAGE")) {{
+        if (!lookup("location")) {{ sl_send_reply("480", "Temporarily Unavailable"); exit; }}
+        t_relay();
+        exit;
+    }}
+    sl_send_reply("405", "Method Not Allowed");
+}}
+"#
+        );
+        let cfg_path = dir.0.join("kamailio.cfg");
+        std::fs::write(&cfg_path, cfg)?;
+        let run = dir.0.join("run");
+        std::fs::create_dir_all(&run)?;
+        let log = std::fs::File::create(dir.0.join("kamailio.log"))?;
+        let child = Command::new("kamailio")
+            .args(["-DD", "-E", "-f"])
+            .arg(&cfg_path)
+            .arg("-P")
+            .arg(run.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(&run)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut k = Kamailio { child, dir, port };
+        let up = poll(Duration::from_secs(10), || {
+            udp_bound(port) && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !up || k.child.try_wait()?.is_some() {
+            anyhow::bail!("kamailio did not start:\n{}", k.log());
+        }
+        Ok(k)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("kamailio.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // The main process takes its children down on SIGTERM.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sipp scenarios of the tests (`tests/fixtures/sip/`).
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/sip")
+        .join(name)
+}
+
+/// A sipp user agent that waits for requests (UAS): it answers `calls` of them as its
+/// scenario says, logging every message it sees.
+pub struct SippUas {
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl SippUas {
+    /// Start `scenario` on UDP `port`, for `calls` incoming requests.
+    pub fn start(scenario_name: &str, port: u16, calls: u32) -> anyhow::Result<SippUas> {
+        let dir = TempDir::new("ssp-sipp");
+        let log = dir.0.join("messages.log");
+        let child = Command::new("sipp")
+            .arg("-sf")
+            .arg(scenario(scenario_name))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                &calls.to_string(),
+                "-nd",
+                "-nostdin",
+                "-timeout",
+                "60s",
+            ])
+            .arg("-trace_msg")
+            .arg("-message_file")
+            .arg(&log)
+            .arg("-trace_err")
+            .arg("-error_file")
+            .arg(dir.0.join("errors.log"))
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut uas = SippUas {
+            child,
+            log,
+            _dir: dir,
+        };
+        if !poll(Duration::from_secs(10), || udp_bound(port)) || uas.child.try_wait()?.is_some() {
+            anyhow::bail!("sipp UAS did not start on {port}");
+        }
+        Ok(uas)
+    }
+
+    /// Every message it sent and received so far.
+    pub fn messages(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (at most `within`) for it to finish its calls: its exit code (0: all passed).
+    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+        let mut code = None;
+        poll(within, || {
+            code = self.child.try_wait().ok().flatten().and_then(|s| s.code());
+            code.is_some()
+        });
+        code
+    }
+}
+
+impl Drop for SippUas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a sipp client scenario (UAC) once against `server` from UDP `port`, with `vars`
+/// (`-key name value`, used as `[name]`); its exit code (0: passed) and the messages it saw.
+pub fn uac(
+    scenario_name: &str,
+    server: u16,
+    port: u16,
+    vars: &[(&str, &str)],
+) -> anyhow::Result<(i32, String)> {
+    let dir = TempDir::new("ssp-sipp");
+    let log = dir.0.join("messages.log");
+    let mut cmd = Command::new("sipp");
+    cmd.arg(format!("127.0.0.1:{server}"))
+        .arg("-sf")
+        .arg(scenario(scenario_name))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", "1", "-nd", "-nostdin", "-timeout", "30s"])
+        .arg("-trace_msg")
+        .arg("-message_file")
+        .arg(&log)
+        .current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in vars {
+        cmd.args(["-key", k, v]);
+    }
+    let status = cmd.status()?;
+    Ok((
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    ))
+}
