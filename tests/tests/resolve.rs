@@ -130,6 +130,22 @@ fn lab() -> Vec<Zone> {
                 "{} 300 IN NAPTR 100 10 \"u\" \"sip+E2U\" \"!^.*$!sip:old@noimps.lab.example!\" .",
                 owner("+442079460134")
             ),
+            // The first NAPTR leads nowhere (a domain with nothing), the next of its ORDER to
+            // a SIP server: routed by the next one.
+            n(
+                "+442079460138",
+                100,
+                10,
+                "E2U+im",
+                "im:gone@nothing.lab.example",
+            ),
+            n(
+                "+442079460138",
+                100,
+                20,
+                "E2U+sip",
+                "sip:+442079460138@noimps.lab.example",
+            ),
             // A domain with nothing at all.
             n(
                 "+442079460135",
@@ -314,6 +330,13 @@ async fn every_case(ns: SocketAddr) {
     assert_eq!(
         decide(&r, "+442079460135", Svc::Im).await.protocol,
         Protocol::None
+    );
+    // A first NAPTR that leads nowhere does not end the search: the next one routes.
+    let d = decide(&r, "+442079460138", Svc::Im).await;
+    assert_eq!(d.protocol, Protocol::Sip);
+    assert_eq!(
+        d.enum_hit.as_ref().unwrap().uri,
+        "sip:+442079460138@noimps.lab.example"
     );
     // XMPP through _xmpp-server._tcp.
     let d = decide(&r, "+442079460136", Svc::Im).await;

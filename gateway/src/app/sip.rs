@@ -80,7 +80,12 @@ async fn serve(gw: &Arc<Gateway>, req: Incoming) {
             let code = map::sip_code(answer.primitive.answer_code());
             tracing::debug!(call_id = %req.call_id, from = %domain, code, "SIP MESSAGE relayed to the core");
             gw.links.count_sip_answer(&req.method, code);
-            req.answer(code, Vec::new()).await;
+            let headers = if code == 503 {
+                vec![("Retry-After", "30".to_owned())]
+            } else {
+                Vec::new()
+            };
+            req.answer(code, headers).await;
         }
     }
 }

@@ -586,32 +586,53 @@ impl Resolver {
             self.to_last_resort(&mut d, trace);
             return Ok(d);
         };
-        let c = &r.candidate;
-        tr(trace, || {
-            format!(
-                "chosen NAPTR: order {} preference {} service {} -> {}",
-                c.order, c.preference, c.service, c.uri
-            )
-        });
-        d.enum_hit = Some(EnumHit {
-            uri: c.uri.clone(),
-            service: c.service.to_string(),
-            order: c.order,
-            preference: c.preference,
-        });
-        d.ttl = r.min_ttl;
-        let Some(domain) = ddds::uri_domain(&c.uri) else {
-            tr(trace, || format!("URI {} names no domain", c.uri));
-            self.to_last_resort(&mut d, trace);
-            return Ok(d);
-        };
-        // The URI scheme narrows what to look for: im:/pres: any protocol, sip:/xmpp: that one.
-        let only = match c.service {
-            Service::Sip => Some(Fallback::Sip),
-            Service::Xmpp => Some(Fallback::Xmpp),
-            _ => None,
-        };
-        self.locate(&mut d, &domain, only, trace).await?;
+        // RFC 3402 and RFC 6116: the chosen NAPTR, then the others of its ORDER in
+        // PREFERENCE order. A candidate whose domain has no usable server for its protocol
+        // does not end the search; the next one is tried. Nothing usable: the first
+        // candidate's outcome (the gateway of last resort, or no route).
+        let mut first: Option<Decision> = None;
+        let mut ttl = r.min_ttl;
+        for c in std::iter::once(&r.candidate).chain(r.others.iter()) {
+            tr(trace, || {
+                format!(
+                    "chosen NAPTR: order {} preference {} service {} -> {}",
+                    c.order, c.preference, c.service, c.uri
+                )
+            });
+            let mut d = d.clone();
+            d.enum_hit = Some(EnumHit {
+                uri: c.uri.clone(),
+                service: c.service.to_string(),
+                order: c.order,
+                preference: c.preference,
+            });
+            d.ttl = ttl;
+            match ddds::uri_domain(&c.uri) {
+                None => {
+                    tr(trace, || format!("URI {} names no domain", c.uri));
+                    self.to_last_resort(&mut d, trace);
+                }
+                Some(domain) => {
+                    // The URI scheme narrows what to look for: im:/pres: any protocol,
+                    // sip:/xmpp: that one.
+                    let only = match c.service {
+                        Service::Sip => Some(Fallback::Sip),
+                        Service::Xmpp => Some(Fallback::Xmpp),
+                        _ => None,
+                    };
+                    self.locate(&mut d, &domain, only, trace).await?;
+                }
+            }
+            ttl = ttl.min(d.ttl);
+            if matches!(d.protocol, Protocol::Imps | Protocol::Sip | Protocol::Xmpp) {
+                d.ttl = ttl;
+                return Ok(d);
+            }
+            tr(trace, || format!("{} leads nowhere: the next NAPTR", c.uri));
+            first.get_or_insert(d);
+        }
+        let mut d = first.unwrap_or(d);
+        d.ttl = ttl;
         Ok(d)
     }
 
