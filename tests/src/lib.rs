@@ -19,3 +19,4 @@ pub mod federation;
 pub mod ladder;
 pub mod pglab;
 pub mod siplab;
+pub mod sipua;

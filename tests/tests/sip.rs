@@ -12,6 +12,7 @@ use ssp_gateway::ops::metrics::Metrics;
 use ssp_testbed::dnslab::{Nsd, Zone, free_port, naptr};
 use ssp_testbed::federation::{DnsKind, Federation, OperatorSpec, federation_zones};
 use ssp_testbed::siplab::{self, Kamailio, SippUas};
+use ssp_testbed::sipua;
 
 const A: &str = "+46701234567";
 const BOB: &str = "+4915112345678";
@@ -143,51 +144,6 @@ async fn uc_5_22_alt_sip_messages_both_ways_by_number_through_kamailio() {
     fed.shutdown().await;
 }
 
-/// One SIP request over UDP from 127.0.0.1 to the gateway: its final status code, if any
-/// came within two seconds.
-async fn sip_udp(
-    gw: u16,
-    method: &str,
-    ruri: &str,
-    from: &str,
-    ctype: &str,
-    body: &str,
-) -> Option<u16> {
-    let raw = {
-        let tag: u64 = rand::random();
-        format!(
-            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{{port}};branch=z9hG4bK{tag:x}\r\n\
-             Max-Forwards: 70\r\nFrom: <{from}>;tag={tag:x}\r\nTo: <{ruri}>\r\n\
-             Call-ID: {tag:x}@127.0.0.1\r\nCSeq: 1 {method}\r\nContent-Type: {ctype}\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    raw_udp(gw, &raw).await
-}
-
-async fn raw_udp(gw: u16, raw: &str) -> Option<u16> {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = sock.local_addr().unwrap().port();
-    let raw = raw.replace("{port}", &port.to_string());
-    sock.send_to(raw.as_bytes(), ("127.0.0.1", gw))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        let text = String::from_utf8_lossy(&buf[..n]);
-        let code: u16 = text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
-        if code >= 200 {
-            return Some(code);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uc_5_22_alt_sip_bad_input_gets_sip_errors_and_loses_nothing_else() {
     let sip_port = free_port();
@@ -197,7 +153,7 @@ async fn uc_5_22_alt_sip_bad_input_gets_sip_errors_and_loses_nothing_else() {
     let bob = format!("sip:{BOB}@opb.example;user=phone");
     let text = "text/plain;charset=UTF-8";
     let send = |ruri: String, from: String, ctype: &'static str, body: String| async move {
-        sip_udp(sip_port, "MESSAGE", &ruri, &from, ctype, &body).await
+        sipua::request(sip_port, "MESSAGE", &ruri, &from, ctype, &body).await
     };
     assert_eq!(
         send(ours.clone(), bob.clone(), text, "first".into()).await,
@@ -233,13 +189,13 @@ async fn uc_5_22_alt_sip_bad_input_gets_sip_errors_and_loses_nothing_else() {
     );
     // What the translator does not take yet.
     assert_eq!(
-        sip_udp(sip_port, "SUBSCRIBE", &ours, &bob, text, "").await,
+        sipua::request(sip_port, "SUBSCRIBE", &ours, &bob, text, "").await,
         Some(405)
     );
     // A malformed request is dropped without an answer; the next one is served.
-    assert_eq!(raw_udp(sip_port, "GARBAGE\r\n\r\n").await, None);
+    assert_eq!(sipua::raw_request(sip_port, "GARBAGE\r\n\r\n").await, None);
     assert_eq!(
-        raw_udp(
+        sipua::raw_request(
             sip_port,
             "MESSAGE sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n"
         )

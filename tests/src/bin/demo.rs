@@ -1,7 +1,9 @@
-//! The demo: a federation of three operators on loopback (core simulators, gateways from real
-//! config files, dev certificates made on the fly, an in-process DNS with ENUM and SRV), playing
-//! the use cases 5.20, 5.21, 5.22 (`gateway/PROTOCOL.md`) and a number port, with a trace of every SSP hop and
-//! of the DNS records that decided each route. Exits 0 when every step did what it should.
+//! The demo: a federation of three IMPS operators on loopback (core simulators, gateways from
+//! real config files, dev certificates made on the fly, an in-process DNS with ENUM and SRV),
+//! and a fourth that speaks SIP/SIMPLE only (an in-process SIP phone behind ENUM `E2U+sip`),
+//! playing the use cases 5.20, 5.21, 5.22 (`gateway/PROTOCOL.md`), 5.22's SIP alternative
+//! flow and a number port, with a trace of every SSP hop and of the DNS records that decided
+//! each route. Exits 0 when every step did what it should.
 //!
 //! `cargo run -p ssp-testbed --bin demo [-- --keep-running]`
 
@@ -12,11 +14,15 @@ use ssp_gateway::links::TapDir;
 use ssp_gateway::resolve::{Svc, Trace};
 use ssp_gateway::ssp::{Body, Codec, Message, Mode, Primitive};
 use ssp_testbed::core_sim::CoreSim;
+use ssp_testbed::dnslab::{Zone, free_port, naptr};
 use ssp_testbed::federation::{DnsKind, Federation, OperatorSpec, federation_zones};
+use ssp_testbed::sipua::{self, SipUa};
 
 const A: &str = "+46701234567";
 const B: &str = "+4915112345678";
 const C: &str = "+4917600000003";
+/// Dave, at W: an operator with a SIP/SIMPLE server and no IMPS server.
+const D: &str = "+4930123456789";
 const TTL: u32 = 60;
 const WAIT: Duration = Duration::from_secs(8);
 const X: usize = 0;
@@ -26,8 +32,9 @@ const Z: usize = 2;
 const USAGE: &str = "usage: demo [--keep-running]
 
 Starts three simulated operators (X, Y, Z) on loopback, each an IMPS core simulator behind an
-ssp-gateway, with an in-process DNS serving ENUM (e164.arpa) and SRV (example), and plays the
-use cases of gateway/PROTOCOL.md and a number port. --keep-running leaves everything up afterwards and prints
+ssp-gateway, a fourth (W) with a SIP phone only, and an in-process DNS serving ENUM
+(e164.arpa) and SRV (example), and plays the use cases of gateway/PROTOCOL.md (with the SIP
+alternative flow) and a number port. --keep-running leaves everything up afterwards and prints
 how to poke at it; stop it with Ctrl-C.";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -63,12 +70,16 @@ async fn main() -> Result<()> {
 
 struct Demo {
     fed: Federation,
+    /// Dave's SIP phone at W.
+    phone: SipUa,
+    /// Gateway X's SIP port.
+    x_sip: u16,
     codec: Codec,
     /// How much of the wire log has been printed.
     shown: usize,
 }
 
-fn operators() -> Vec<OperatorSpec> {
+fn operators(x_sip: u16) -> Vec<OperatorSpec> {
     let mut ops = vec![
         OperatorSpec::new('x', "46").user("usera", A, "Alice"),
         OperatorSpec::new('y', "49").user("userb", B, "Bob"),
@@ -78,7 +89,29 @@ fn operators() -> Vec<OperatorSpec> {
         // Nobody is configured with anybody: every destination comes from DNS.
         o.static_peering = false;
     }
+    // X also speaks SIP, and takes SIP messages from W's proxy (here: Dave's phone).
+    ops[0].extra_toml = format!(
+        "\n[sip]\nlisten = \"127.0.0.1:{x_sip}\"\n\n[[sip.peer]]\ndomain = \"opw.example\"\naddresses = [\"127.0.0.1\"]\n"
+    );
     ops
+}
+
+/// The DNS: the IMPS operators' ENUM and SRV records, Bob at `b_at`, and Dave at W by SIP
+/// (ENUM `E2U+sip`, SRV `_sip._udp.opw.example` to his phone).
+fn zones(gateways: &[(String, u16)], b_at: &str, phone: u16) -> Vec<Zone> {
+    let mut z = federation_zones(gateways, &numbers(b_at), TTL);
+    z[0].add(&naptr(
+        D,
+        "e164.arpa",
+        100,
+        10,
+        "E2U+sip",
+        &format!("sip:{D}@opw.example"),
+        TTL,
+    ));
+    z[1].add(&format!("_sip._udp.opw {TTL} IN SRV 10 0 {phone} sip.opw"));
+    z[1].add(&format!("sip.opw {TTL} IN A 127.0.0.1"));
+    z
 }
 
 fn numbers(b_at: &str) -> Vec<(String, String)> {
@@ -98,6 +131,7 @@ fn name(domain: &str) -> &'static str {
         "opx.example" => "X",
         "opy.example" => "Y",
         "opz.example" => "Z",
+        "opw.example" => "W",
         _ => "?",
     }
 }
@@ -111,8 +145,11 @@ impl Demo {
             "on loopback: one IMPS core simulator and one ssp-gateway each, an in-process DNS,"
         );
         println!("and certificates from a development CA made just now.\n");
-        let fed = Federation::start_dns(operators(), DnsKind::InProc, |gws| {
-            federation_zones(gws, &numbers("opy.example"), TTL)
+        let phone = SipUa::start(0).await?;
+        let x_sip = free_port();
+        let port = phone.port;
+        let fed = Federation::start_dns(operators(x_sip), DnsKind::InProc, move |gws| {
+            zones(gws, "opy.example", port)
         })
         .await;
         let dns = fed
@@ -142,10 +179,15 @@ impl Demo {
             "  DNS {dns}: e164.arpa (ENUM NAPTR per number, TTL {TTL} s) and example (SRV _imps-server._tcp per operator)"
         );
         println!(
+            "  W opw.example  SIP/SIMPLE only: Dave = sip:{D}@opw.example, his phone on udp 127.0.0.1:{port}; X speaks SIP on udp/tcp 127.0.0.1:{x_sip}"
+        );
+        println!(
             "  The gateways have no peering entries and no routes: everything below is found in DNS."
         );
         Ok(Demo {
             fed,
+            phone,
+            x_sip,
             codec: Codec::default(),
             shown: 0,
         })
@@ -159,6 +201,7 @@ impl Demo {
         self.uc_5_20().await?;
         self.uc_5_21().await?;
         self.uc_5_22().await?;
+        self.uc_5_22_sip().await?;
         self.porting().await?;
         Ok(())
     }
@@ -281,7 +324,16 @@ impl Demo {
             "      => {} by {}, {} (valid {} s)",
             decision.domain.as_deref().unwrap_or("-"),
             decision.protocol.as_str(),
-            decision.urls().join(" "),
+            if decision.protocol == ssp_gateway::resolve::Protocol::Sip {
+                let servers: Vec<String> = decision
+                    .targets
+                    .iter()
+                    .flat_map(|t| t.addrs.iter().map(move |a| format!("sip {a}:{}", t.port)))
+                    .collect();
+                servers.join(" ")
+            } else {
+                decision.urls().join(" ")
+            },
             decision.ttl
         );
         Ok(())
@@ -436,6 +488,59 @@ impl Demo {
         Ok(())
     }
 
+    async fn uc_5_22_sip(&mut self) -> Result<()> {
+        let cx = self.core(X);
+        self.heading("Use case 5.22, alternative flow: Alice and Dave, whose operator W speaks SIP/SIMPLE only");
+        self.show_dns(X, D, Svc::Im).await?;
+        self.step(
+            "Alice sends to wv:+4930123456789: ENUM says sip:, so X's gateway sends a SIP MESSAGE",
+        );
+        let (_, st) = cx
+            .send_message("usera", &[&wv(D)], "Hi Dave!", false)
+            .await?;
+        ensure!(st.code == 200, "send answered {}", st.code);
+        ensure!(
+            self.phone.wait_for(1, WAIT).await,
+            "Dave's phone got nothing"
+        );
+        self.show_wire().await;
+        let got = self.phone.received()[0].clone();
+        println!(
+            "   SIP MESSAGE -> Dave's phone: {:?} from {}",
+            got.text, got.from
+        );
+        ensure!(
+            got.from.contains(&format!("sip:{A}@opx.example")),
+            "Alice is not named by her number over SIP: {}",
+            got.from
+        );
+
+        self.step("Dave answers with a SIP MESSAGE to Alice's number at opx.example");
+        let code = sipua::request(
+            self.x_sip,
+            "MESSAGE",
+            &format!("sip:{A}@opx.example;user=phone"),
+            &format!("sip:{D}@opw.example;user=phone"),
+            "text/plain;charset=UTF-8",
+            "Hi Alice, Dave here",
+        )
+        .await;
+        ensure!(code == Some(200), "Dave's MESSAGE answered {code:?}");
+        let back = cx
+            .received("usera")
+            .into_iter()
+            .find(|m| m.text == "Hi Alice, Dave here")
+            .context("Alice got nothing from Dave")?;
+        self.show_wire().await;
+        println!("   Alice received {:?} from {}", back.text, back.from);
+        ensure!(
+            back.from == wv(D),
+            "Dave is not named by his number: {}",
+            back.from
+        );
+        Ok(())
+    }
+
     async fn porting(&mut self) -> Result<()> {
         let (cx, cy, cz) = (self.core(X), self.core(Y), self.core(Z));
         self.heading("Number portability: Bob moves +4915112345678 from Y to Z");
@@ -451,7 +556,7 @@ impl Demo {
         self.fed.set_directory(Y, &y_dir);
         cz.add_user("userb", Some(B), "Bob");
         self.fed.set_directory(Z, &cz.directory_csv());
-        let zones = federation_zones(&self.fed.gateway_ports(), &numbers("opz.example"), TTL);
+        let zones = zones(&self.fed.gateway_ports(), "opz.example", self.phone.port);
         self.fed.reload_dns(&zones).await?;
         let contacts = cx.contact_entries("usera");
 

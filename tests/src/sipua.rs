@@ -1,0 +1,154 @@
+//! A minimal SIP user agent over UDP, in process: for the demo's SIMPLE-only operator (its
+//! user's phone) and for tests that send hand-written SIP requests. It answers every MESSAGE
+//! it receives with 200 and keeps what it got; it sends one request at a time from a socket
+//! of its own and reads the final answer. (The real far ends of the tests are Kamailio and
+//! sipp: `siplab`.)
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+
+/// A MESSAGE the agent received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The From header's value.
+    pub from: String,
+    /// The body.
+    pub text: String,
+}
+
+/// A SIP phone on a UDP port of 127.0.0.1.
+pub struct SipUa {
+    /// Its port.
+    pub port: u16,
+    inbox: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SipUa {
+    /// Listen on `port` (0: any).
+    pub async fn start(port: u16) -> anyhow::Result<SipUa> {
+        let sock = UdpSocket::bind(("127.0.0.1", port)).await?;
+        let port = sock.local_addr()?.port();
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let keep = inbox.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    continue;
+                };
+                if !head.starts_with("MESSAGE ") {
+                    continue;
+                }
+                if let Ok(mut v) = keep.lock() {
+                    v.push(Received {
+                        from: header(head, "From").unwrap_or_default(),
+                        text: body.to_owned(),
+                    });
+                }
+                let _ = sock.send_to(answer(head, 200, "OK").as_bytes(), from).await;
+            }
+        });
+        Ok(SipUa { port, inbox, task })
+    }
+
+    /// The MESSAGEs received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.inbox.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Wait (at most `within`) until `n` MESSAGEs came.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.received().len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.received().len() >= n
+    }
+}
+
+impl Drop for SipUa {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The value of header `name` in a message head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// A final answer to the request whose head is `head`.
+fn answer(head: &str, code: u16, reason: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in head.lines().skip(1) {
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{l}\r\n")),
+            "to" if !l.contains("tag=") => out.push_str(&format!("{l};tag=ua{code}\r\n")),
+            "to" => out.push_str(&format!("{l}\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// Send one `method` request from a socket of its own to 127.0.0.1:`to`: its final status
+/// code, if one came within two seconds.
+pub async fn request(
+    to: u16,
+    method: &str,
+    ruri: &str,
+    from: &str,
+    ctype: &str,
+    body: &str,
+) -> Option<u16> {
+    let tag: u64 = rand::random();
+    let raw = format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{{port}};branch=z9hG4bK{tag:x}\r\n\
+         Max-Forwards: 70\r\nFrom: <{from}>;tag={tag:x}\r\nTo: <{ruri}>\r\n\
+         Call-ID: {tag:x}@127.0.0.1\r\nCSeq: 1 {method}\r\nContent-Type: {ctype}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw_request(to, &raw).await
+}
+
+/// Send `raw` (`{port}` replaced by the sending socket's port) to 127.0.0.1:`to`: the final
+/// status code of the first answer within two seconds, if any.
+pub async fn raw_request(to: u16, raw: &str) -> Option<u16> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    let port = sock.local_addr().ok()?.port();
+    let raw = raw.replace("{port}", &port.to_string());
+    sock.send_to(raw.as_bytes(), ("127.0.0.1", to)).await.ok()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let code: u16 = text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
+        if code >= 200 {
+            return Some(code);
+        }
+    }
+}
