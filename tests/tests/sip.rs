@@ -214,3 +214,18 @@ async fn uc_5_22_alt_sip_bad_input_gets_sip_errors_and_loses_nothing_else() {
     );
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_20_alt_sip_contact_added_by_number() {
+    let fed = operator_x(free_port(), free_port()).await;
+    let cx = fed.ops[0].core.clone();
+    // Bob's number is placed at a SIP operator (ENUM E2U+sip): SIP has no search, so the
+    // gateway answers with the number's own ID, which the core can add and write to.
+    let (st, hits) = cx.search_msisdn("usera", BOB).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(
+        hits.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        [format!("wv:{BOB}")]
+    );
+    fed.shutdown().await;
+}

@@ -12,7 +12,7 @@ use super::normalize;
 use super::route::Plan;
 use super::state::Gateway;
 use crate::config::Queue;
-use crate::error::Failure;
+use crate::error::{Failure, Kind};
 use crate::links::{Dest, Part};
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::primitives::SearchResponse;
@@ -190,6 +190,23 @@ async fn forward(
     part: Part<'_>,
 ) -> Result<Primitive, Failure> {
     let (Dest::Imps(remote) | Dest::LastResort(remote)) = dest else {
+        if let (Dest::Sip(t), Primitive::SearchRequest(_)) = (dest, &request) {
+            // SIP has no search: a number DNS places at a SIP operator is the ID to add
+            // (use case 5.20: a contact is added whether or not the far side speaks IMPS).
+            return match canonical_search(gw, request).1 {
+                Some(n) => Ok(number_found(
+                    n,
+                    &format!("reachable by SIP at {}; the number is the ID", t.domain),
+                )),
+                None => Err(Failure::local(
+                    Kind::NotSupported,
+                    format!(
+                        "only a search by number reaches {}, a SIP operator",
+                        t.domain
+                    ),
+                )),
+            };
+        }
         return gw.links.send(dest, request, part).await;
     };
     let (mut request, searched) = canonical_search(gw, request);
@@ -239,23 +256,25 @@ fn unregistered_search(gw: &Gateway, n: E164, answer: Result<Primitive, Failure>
         Ok(p) => p.answer_code() == status::UNKNOWN_USER,
     };
     if unknown && gw.cfg().policy.search_unregistered_answer {
-        return Primitive::SearchResponse(SearchResponse {
-            search_id: None,
-            findings: Some("1".into()),
-            completion_flag: Some("T".into()),
-            search_index: Some("1".into()),
-            status: Some(Status::with(
-                status::OK,
-                "number not registered at its operator; returned as is",
-            )),
-            results: vec![Entity::user(format!("wv:+{n}"))],
-            ext: Default::default(),
-        });
+        return number_found(n, "number not registered at its operator; returned as is");
     }
     match answer {
         Ok(p) => p,
         Err(f) => AnswerForm::Search.answer(f.status()),
     }
+}
+
+/// A search by number answered with the number's own `wv:+MSISDN`, `why` as the description.
+fn number_found(n: E164, why: &str) -> Primitive {
+    Primitive::SearchResponse(SearchResponse {
+        search_id: None,
+        findings: Some("1".into()),
+        completion_flag: Some("T".into()),
+        search_index: Some("1".into()),
+        status: Some(Status::with(status::OK, why.to_owned())),
+        results: vec![Entity::user(format!("wv:+{n}"))],
+        ext: Default::default(),
+    })
 }
 
 /// One part of a split request, and what became of it.
