@@ -3,9 +3,12 @@
 //! PID on high ports and stopped when dropped.
 //!
 //! Kamailio serves one domain: REGISTER records a user's contact, a MESSAGE to a registered
-//! user is relayed to it (480 when the user is not registered), and requests for the
-//! gateway's domain are forwarded to the gateway's SIP port (what DNS would do for a real
-//! operator; Kamailio runs with `dns=no` here).
+//! user is relayed to it (480 when the user is not registered), PUBLISH and SUBSCRIBE for
+//! presence are served by its presence server (`presence`, `presence_xml`, on db_text,
+//! every watcher authorised), requests for the gateway's domain are forwarded to the
+//! gateway's SIP port (what DNS would do for a real operator; Kamailio runs with `dns=no`
+//! here), and other requests in a dialog (the gateway's NOTIFYs to a watcher) are relayed to
+//! their Request-URI.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -17,9 +20,38 @@ use crate::federation::TempDir;
 /// Kamailio's modules on Debian.
 const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
 
-/// Whether Kamailio and sipp are installed.
+/// Kamailio's db_text table definitions on Debian.
+const DBTEXT: &str = "/usr/share/kamailio/dbtext/kamailio";
+
+/// Whether Kamailio (with its presence modules) and sipp are installed.
 pub fn available() -> bool {
-    which("kamailio") && which("sipp") && Path::new(MODULES).join("registrar.so").exists()
+    which("kamailio")
+        && which("sipp")
+        && Path::new(MODULES).join("registrar.so").exists()
+        && Path::new(MODULES).join("presence_xml.so").exists()
+}
+
+/// A fresh db_text database for the presence server in `dir`: the tables it uses, with the
+/// columns Kamailio leaves empty made nullable (else it refuses its own rows on restart).
+fn presence_db(dir: &Path) -> anyhow::Result<PathBuf> {
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db)?;
+    for t in [
+        "version",
+        "presentity",
+        "active_watchers",
+        "watchers",
+        "xcap",
+    ] {
+        let text = std::fs::read_to_string(Path::new(DBTEXT).join(t))?;
+        let text = if t == "presentity" {
+            text.replacen("sender(string)", "sender(string,null)", 1)
+        } else {
+            text
+        };
+        std::fs::write(db.join(t), text)?;
+    }
+    Ok(db)
 }
 
 fn which(bin: &str) -> bool {
@@ -65,6 +97,8 @@ impl Kamailio {
         gateway_port: u16,
     ) -> anyhow::Result<Kamailio> {
         let dir = TempDir::new("ssp-kamailio");
+        let db = presence_db(&dir.0)?;
+        let db = db.display();
         let cfg = format!(
             r#"#!KAMAILIO
 debug=2
@@ -88,7 +122,14 @@ loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
+loadmodule "db_text.so"
+loadmodule "presence.so"
+loadmodule "presence_xml.so"
 modparam("usrloc", "db_mode", 0)
+modparam("presence", "db_url", "text://{db}")
+modparam("presence", "server_address", "sip:pres@127.0.0.1:{port}")
+modparam("presence_xml", "db_url", "text://{db}")
+modparam("presence_xml", "force_active", 1)
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     xlog("L_INFO", "REQ $rm $ru from $fu\n");
@@ -97,6 +138,13 @@ request_route {{
         t_relay();
         exit;
     }}
+    if (is_method("PUBLISH|SUBSCRIBE")) {{
+        if (!t_newtran()) {{ sl_reply_error(); exit; }}
+        if (is_method("PUBLISH")) {{ handle_publish(); }} else {{ handle_subscribe(); }}
+        t_release();
+        exit;
+    }}
+    if (has_totag()) {{ t_relay(); exit; }}
     if (is_method("REGISTER")) {{ save("location"); exit; }}
     if (is_method("MESSAGE")) {{
         if (!lookup("location")) {{ sl_send_reply("480", "Temporarily Unavailable"); exit; }}

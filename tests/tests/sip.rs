@@ -2,8 +2,9 @@
 //! registrar, sipp as its user Bob (`+4915112345678` at `opb.example`), NSD serving ENUM
 //! (`E2U+sip` for Bob's number) and the operator's SIP SRV record. Use case 5.22's
 //! alternative flow: an IMPS user and a SIP user exchange messages by phone number, both
-//! ways, through the gateway; and what a SIP peer may not do is refused with the right SIP
-//! error.
+//! ways, through the gateway; use case 5.21's: our user watches the SIP user's presence
+//! (SUBSCRIBE dialog with Kamailio's presence server, PIDF from the user's PUBLISH); and
+//! what a SIP peer may not do is refused with the right SIP error.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
@@ -50,8 +51,43 @@ fn zones(gateways: &[(String, u16)], proxy: u16) -> Vec<Zone> {
 }
 
 fn sip_count(fed: &Federation, direction: &str, result: &str) -> u64 {
+    sip_method_count(fed, direction, "MESSAGE", result)
+}
+
+fn sip_method_count(fed: &Federation, direction: &str, method: &str, result: &str) -> u64 {
     let g = &fed.ops[0].gateway.as_ref().unwrap().gateway;
-    Metrics::counter_value(&g.metrics().sip, &[direction, "MESSAGE", result])
+    Metrics::counter_value(&g.metrics().sip, &[direction, method, result])
+}
+
+/// Bob publishes his presence to his operator's presence server (sipp, PIDF with RPID),
+/// replacing the publication `etag` names if any: the new publication's SIP-ETag.
+fn publish(
+    kamailio: &Kamailio,
+    etag: Option<&str>,
+    basic: &str,
+    activity: &str,
+    note: &str,
+) -> String {
+    let mut keys = vec![
+        ("user", BOB),
+        ("domain", "opb.example"),
+        ("basic", basic),
+        ("activity", activity),
+        ("note", note),
+    ];
+    let scenario = match etag {
+        Some(e) => {
+            keys.push(("etag", e));
+            "publish_modify.xml"
+        }
+        None => "publish.xml",
+    };
+    let (rc, log) = siplab::uac(scenario, kamailio.port, free_port(), &keys).unwrap();
+    assert_eq!(rc, 0, "Bob publishes:\n{log}\n{}", kamailio.log());
+    log.lines()
+        .find_map(|l| l.trim().strip_prefix("SIP-ETag:"))
+        .map(|e| e.trim().to_owned())
+        .expect("the presence server names the publication")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,9 +223,9 @@ async fn uc_5_22_alt_sip_bad_input_gets_sip_errors_and_loses_nothing_else() {
         send(ours.clone(), bob.clone(), text, "y".repeat(1500)).await,
         Some(413)
     );
-    // What the translator does not take yet.
+    // What the translator does not take.
     assert_eq!(
-        sipua::request(sip_port, "SUBSCRIBE", &ours, &bob, text, "").await,
+        sipua::request(sip_port, "INFO", &ours, &bob, text, "").await,
         Some(405)
     );
     // A malformed request is dropped without an answer; the next one is served.
@@ -227,5 +263,345 @@ async fn uc_5_20_alt_sip_contact_added_by_number() {
         hits.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
         [format!("wv:{BOB}")]
     );
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_sip_our_user_watches_a_sip_user_by_number() {
+    let (sip_port, proxy) = (free_port(), free_port());
+    let kamailio = Kamailio::start("opb.example", proxy, "opx.example", sip_port).unwrap();
+    let fed = operator_x(sip_port, proxy).await;
+    let cx = fed.ops[0].core.clone();
+    let bob = format!("wv:{BOB}");
+    let latest = |cx: &ssp_testbed::core_sim::CoreSim| cx.presence_seen("usera").last().cloned();
+    // Bob is online and in a meeting before A subscribes.
+    let etag = publish(&kamailio, None, "open", "busy", "In a meeting");
+
+    // SubscribeRequest -> SUBSCRIBE (ENUM E2U+sip, SRV to the proxy's presence server); its
+    // first NOTIFY carries Bob's state to the core as a PresenceNotification.
+    let st = cx.subscribe("usera", &bob).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}\n{}", kamailio.log());
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.availability == "DISCREET"))
+            .await,
+        "Bob's state reached the core: {:?}\n{}",
+        cx.presence_seen("usera"),
+        kamailio.log()
+    );
+    let p = latest(&cx).unwrap();
+    assert_eq!(p.presentity, bob, "the presentity by number");
+    assert_eq!(p.online, Some(true));
+    assert_eq!(p.status_text, "In a meeting");
+
+    // Bob goes away: the next NOTIFY is the next notification.
+    publish(&kamailio, Some(&etag), "open", "away", "Back soon");
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "Back soon"))
+            .await,
+        "{:?}",
+        cx.presence_seen("usera")
+    );
+    assert_eq!(latest(&cx).unwrap().availability, "NOT_AVAILABLE");
+    let seen = cx.presence_seen("usera").len();
+
+    // GetPresenceRequest is a fetch: the state of the moment, no new notification.
+    let (st, values) = cx.get_presence("usera", &bob).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0].availability, "NOT_AVAILABLE");
+    assert_eq!(values[0].status_text, "Back soon");
+
+    // UnsubscribeRequest ends the dialog (SUBSCRIBE Expires: 0); the server's last NOTIFY
+    // (terminated) is answered 200 and tells the core nothing.
+    let notifies = sip_method_count(&fed, "in", "NOTIFY", "2xx");
+    let st = cx.unsubscribe("usera", &bob).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sip_method_count(&fed, "in", "NOTIFY", "2xx") == notifies
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        sip_method_count(&fed, "in", "NOTIFY", "2xx") > notifies,
+        "the terminating NOTIFY was taken\n{}",
+        kamailio.log()
+    );
+    assert_eq!(
+        g.metrics().sip_subscriptions.get(),
+        0,
+        "no subscription left"
+    );
+    assert_eq!(
+        cx.presence_seen("usera").len(),
+        seen,
+        "nothing after the end"
+    );
+    assert_eq!(sip_method_count(&fed, "in", "NOTIFY", "4xx"), 0);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_sip_a_sip_user_watches_our_user_by_number() {
+    let (sip_port, proxy, bob_port) = (free_port(), free_port(), free_port());
+    let kamailio = Kamailio::start("opb.example", proxy, "opx.example", sip_port).unwrap();
+    let fed = operator_x(sip_port, proxy).await;
+    let cx = fed.ops[0].core.clone();
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    // Bob's phone subscribes to A's number through his proxy and waits, answering each
+    // NOTIFY, until A is busy; then it ends the subscription.
+    let watch = tokio::task::spawn_blocking(move || {
+        siplab::uac(
+            "watch.xml",
+            proxy,
+            bob_port,
+            &[
+                ("from", BOB),
+                ("from_domain", "opb.example"),
+                ("to", A),
+                ("to_domain", "opx.example"),
+            ],
+        )
+    });
+    // The core hears a SubscribeRequest from Bob by number, and grants it.
+    assert!(
+        cx.wait_until(WAIT, |c| c
+            .watchers("usera")
+            .iter()
+            .any(|w| w.contains(BOB)))
+            .await,
+        "Bob watches A at the core: {:?}\n{}",
+        cx.watchers("usera"),
+        kamailio.log()
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while g.metrics().sip_watches.get() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(g.metrics().sip_watches.get(), 1, "the watch is kept");
+    // A's new state goes to Bob as a NOTIFY with PIDF.
+    cx.set_presence("usera", "DISCREET", "Busy now")
+        .await
+        .unwrap();
+    let (rc, log) = watch.await.unwrap().unwrap();
+    assert_eq!(rc, 0, "Bob's phone saw A busy:\n{log}\n{}", kamailio.log());
+    assert!(log.contains("Busy now"), "the note: {log}");
+    assert!(
+        log.contains(&format!("entity=\"sip:{A}@opx.example;user=phone\"")),
+        "A by number: {log}"
+    );
+    assert!(!log.contains("core.opx.example"), "no core name: {log}");
+    assert!(
+        log.contains("Subscription-State: terminated"),
+        "the last NOTIFY: {log}"
+    );
+    // Bob's Expires: 0 ended it at the core too.
+    assert!(
+        cx.wait_until(WAIT, |c| !c
+            .watchers("usera")
+            .iter()
+            .any(|w| w.contains(BOB)))
+            .await,
+        "{:?}",
+        cx.watchers("usera")
+    );
+    assert_eq!(g.metrics().sip_watches.get(), 0);
+    fed.shutdown().await;
+}
+
+/// A NOTIFY or SUBSCRIBE written by hand (`{port}` is the sending socket's).
+#[allow(clippy::too_many_arguments)]
+fn presence_request(
+    method: &str,
+    ruri: &str,
+    from: &str,
+    to: &str,
+    call_id: &str,
+    headers: &str,
+    ctype: &str,
+    body: &str,
+) -> String {
+    let branch: u64 = rand::random();
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{{port}};branch=z9hG4bK{branch:x}\r\n\
+         Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+         CSeq: {} {method}\r\nContact: <sip:ua@127.0.0.1:{{port}}>\r\n{headers}\
+         Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        branch % 1000 + 1,
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_sip_bad_presence_input_gets_sip_errors_and_loses_nothing_else() {
+    // Bob's operator's presence server is an in-process agent that grants every SUBSCRIBE,
+    // so the test can write NOTIFYs in the dialog by hand.
+    let server = sipua::SipUa::start(0).await.unwrap();
+    let sip_port = free_port();
+    let fed = operator_x(sip_port, server.port).await;
+    let cx = fed.ops[0].core.clone();
+    let st = cx.subscribe("usera", &format!("wv:{BOB}")).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(server.wait_for_subscribes(1, WAIT).await);
+    let sub = server.subscribes()[0].clone();
+    let our_tag = sub
+        .from
+        .rsplit_once("tag=")
+        .map(|(_, t)| t.split(';').next().unwrap_or(t).to_owned())
+        .unwrap();
+    let bob = format!("<sip:{BOB}@opb.example>;tag=srv");
+    let a = format!("<sip:{A}@opx.example;user=phone>;tag={our_tag}");
+    let pidf = |basic: &str, activity: &str| {
+        format!(
+            "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"sip:{BOB}@opb.example\"><tuple id=\"t\"><status><basic>{basic}</basic></status></tuple><person xmlns=\"urn:ietf:params:xml:ns:pidf:data-model\"><rpid:activities><rpid:{activity}/></rpid:activities></person></presence>"
+        )
+    };
+    let notify = |call_id: &str, event: &str, ctype: &str, body: String| {
+        let raw = presence_request(
+            "NOTIFY",
+            &format!("sip:{A}@127.0.0.1:{sip_port}"),
+            &bob,
+            &a,
+            call_id,
+            &format!("Event: {event}\r\nSubscription-State: active;expires=600\r\n"),
+            ctype,
+            &body,
+        );
+        async move { sipua::raw_request(sip_port, &raw).await }
+    };
+    let xml = "application/pidf+xml";
+    let bomb = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE p [<!ENTITY a \"{}\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;\">]><presence xmlns=\"urn:ietf:params:xml:ns:pidf\"><note>&b;&b;&b;</note></presence>",
+        "x".repeat(50)
+    );
+    assert_eq!(
+        notify(&sub.call_id, "presence", xml, bomb).await,
+        Some(400),
+        "an entity bomb"
+    );
+    assert_eq!(
+        notify(&sub.call_id, "presence", xml, "<presence".into()).await,
+        Some(400),
+        "malformed PIDF"
+    );
+    assert_eq!(
+        notify(&sub.call_id, "dialog", xml, pidf("open", "busy")).await,
+        Some(489),
+        "another event package"
+    );
+    assert_eq!(
+        notify(&sub.call_id, "presence", "text/plain", "online".into()).await,
+        Some(415)
+    );
+    assert_eq!(
+        notify(&sub.call_id, "presence", xml, "y".repeat(1500)).await,
+        Some(413)
+    );
+    assert_eq!(
+        notify("not-a-dialog@x", "presence", xml, pidf("open", "busy")).await,
+        Some(481),
+        "no such subscription"
+    );
+    // Nothing of that reached the core; a good NOTIFY does.
+    assert!(cx.presence_seen("usera").is_empty());
+    assert_eq!(
+        notify(&sub.call_id, "presence", xml, pidf("open", "away")).await,
+        Some(200)
+    );
+    assert!(
+        cx.wait_until(WAIT, |c| c.presence_seen("usera").len() == 1)
+            .await
+    );
+    assert_eq!(cx.presence_seen("usera")[0].availability, "NOT_AVAILABLE");
+
+    // SUBSCRIBEs to our users that are refused before the core hears of them.
+    let ours = format!("sip:{A}@opx.example;user=phone");
+    let subscribe = |ruri: String, from: String, event: &str, expires: u32| {
+        let raw = presence_request(
+            "SUBSCRIBE",
+            &ruri,
+            &format!("<{from}>;tag=w1"),
+            &format!("<{ruri}>"),
+            &format!("{}@127.0.0.1", rand::random::<u64>()),
+            &format!("Event: {event}\r\nExpires: {expires}\r\n"),
+            "application/pidf+xml",
+            "",
+        );
+        async move { sipua::raw_request(sip_port, &raw).await }
+    };
+    let bob_uri = format!("sip:{BOB}@opb.example;user=phone");
+    assert_eq!(
+        subscribe(ours.clone(), "sip:eve@evil.example".into(), "presence", 600).await,
+        Some(403),
+        "an untrusted domain"
+    );
+    assert_eq!(
+        subscribe(ours.clone(), bob_uri.clone(), "message-summary", 600).await,
+        Some(489)
+    );
+    assert_eq!(
+        subscribe(ours.clone(), bob_uri.clone(), "presence", 5).await,
+        Some(423),
+        "too short"
+    );
+    assert_eq!(
+        subscribe(
+            "sip:+46700000000@opx.example;user=phone".into(),
+            bob_uri.clone(),
+            "presence",
+            600
+        )
+        .await,
+        Some(404),
+        "not our subscriber"
+    );
+    assert_eq!(
+        subscribe(
+            ours,
+            "sip:+46709999999@opb.example".to_owned(),
+            "presence",
+            600
+        )
+        .await,
+        Some(403),
+        "a number ENUM places elsewhere"
+    );
+    assert!(cx.watchers("usera").is_empty(), "the core heard of none");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_sip_presence_resumes_after_a_gateway_restart() {
+    let (sip_port, proxy) = (free_port(), free_port());
+    let kamailio = Kamailio::start("opb.example", proxy, "opx.example", sip_port).unwrap();
+    let mut fed = operator_x(sip_port, proxy).await;
+    let cx = fed.ops[0].core.clone();
+    let latest = |cx: &ssp_testbed::core_sim::CoreSim| cx.presence_seen("usera").last().cloned();
+    let etag = publish(&kamailio, None, "open", "busy", "In a meeting");
+    let st = cx.subscribe("usera", &format!("wv:{BOB}")).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.availability == "DISCREET"))
+            .await
+    );
+    // The gateway stops and starts again on the same ports and state store; the core does
+    // not subscribe again. Bob's next change still reaches it: the dialog was kept.
+    fed.stop_gateway(0).await;
+    fed.restart_gateway(0).await;
+    publish(&kamailio, Some(&etag), "open", "away", "After the restart");
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "After the restart"))
+            .await,
+        "{:?}\n{}",
+        cx.presence_seen("usera"),
+        kamailio.log()
+    );
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    assert_eq!(g.metrics().sip_subscriptions.get(), 1, "taken up at start");
     fed.shutdown().await;
 }

@@ -11,9 +11,14 @@ use tokio::task::JoinHandle;
 
 use super::StartError;
 use crate::links::Origin;
+use crate::links::sip::presence::Notified;
 use crate::links::sip::stack::Incoming;
-use crate::links::sip::{SipLink, map};
+use crate::links::sip::watch::Subscribed;
+use crate::links::sip::{self, SipLink, map};
 use crate::pipeline::{self, Gateway};
+
+/// How often the presence subscriptions are looked at for a refresh.
+const REFRESH_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bind and serve the SIP listener when `[sip]` is configured: where it listens, and the
 /// task that serves it (ends when the gateway stops).
@@ -23,7 +28,7 @@ pub(super) async fn start(
     let Some(spec) = gw.cfg().sip.clone() else {
         return Ok(None);
     };
-    let (link, mut requests) = SipLink::bind(&spec, gw.cfg().timeouts.request)
+    let (link, mut requests) = SipLink::bind(&spec, gw.cfg().timeouts.request, gw.store().cloned())
         .await
         .map_err(|e| StartError::Sip(e.to_string()))?;
     let addr = link.local();
@@ -32,6 +37,18 @@ pub(super) async fn start(
             "the SIP translator was started twice".into(),
         ));
     }
+    // Presence subscriptions are refreshed before they run out.
+    let g = gw.clone();
+    gw.drain().every(REFRESH_TICK, move || {
+        let g = g.clone();
+        async move {
+            g.links.refresh_sip_subscriptions().await;
+            for (domain, t) in g.links.expire_watches().await {
+                let origin = Origin::Sip(Arc::from(domain.as_str()));
+                pipeline::translated(&g, &origin, t).await;
+            }
+        }
+    });
     let g = gw.clone();
     let task = tokio::spawn(async move {
         let drain = g.drain().clone();
@@ -60,9 +77,13 @@ pub(super) async fn start(
 async fn serve(gw: &Arc<Gateway>, req: Incoming) {
     if req.method == "OPTIONS" {
         gw.links.count_sip_answer(&req.method, 200);
-        return req
-            .answer(200, vec![("Allow", "MESSAGE, OPTIONS".into())])
-            .await;
+        return req.answer(200, vec![("Allow", sip::ALLOW.into())]).await;
+    }
+    if req.method == "NOTIFY" {
+        return notify(gw, req).await;
+    }
+    if req.method == "SUBSCRIBE" {
+        return subscribe(gw, req).await;
     }
     match gw.links.take_sip(&req).await {
         Err(r) => {
@@ -86,6 +107,100 @@ async fn serve(gw: &Arc<Gateway>, req: Incoming) {
                 Vec::new()
             };
             req.answer(code, headers).await;
+        }
+    }
+}
+
+/// A NOTIFY: answered at once (the far side's transaction must not wait on our core); a
+/// changed state then goes to the core as a `PresenceNotification`. Presence does not wait:
+/// a core that cannot take it now misses this state and gets the next one.
+async fn notify(gw: &Arc<Gateway>, req: Incoming) {
+    match gw.links.take_notify(&req).await {
+        Err(r) => {
+            tracing::debug!(call_id = %req.call_id, code = r.code, why = %r.why, "SIP NOTIFY refused");
+            gw.links.count_sip_answer(&req.method, r.code);
+            req.answer(r.code, r.headers).await;
+        }
+        Ok(n) => {
+            gw.links.count_sip_answer(&req.method, 200);
+            req.answer(200, Vec::new()).await;
+            if let Notified::Core(domain, t) = n {
+                let origin = Origin::Sip(Arc::from(domain.as_str()));
+                let answer = pipeline::translated(gw, &origin, *t).await;
+                let code = answer.primitive.answer_code();
+                if code != 200 {
+                    tracing::info!(from = %domain, code, "presence from SIP not taken by the core");
+                }
+            }
+        }
+    }
+}
+
+/// A SUBSCRIBE from a SIP user to one of ours (the gateway as notifier): a new watch goes to
+/// the core as a `SubscribeRequest` and is answered with the core's verdict, then the first
+/// NOTIFY; a refresh is answered here; an end goes to the core as an `UnsubscribeRequest`;
+/// a fetch as a `GetPresenceRequest`, its answer in the one NOTIFY.
+async fn subscribe(gw: &Arc<Gateway>, req: Incoming) {
+    let answered = |code: u16, w: &sip::watch::Watch, expires: u64| {
+        let mut h = vec![("Expires", expires.to_string())];
+        if code == 200 {
+            h.push(("Contact", format!("<{}>", w.presentity_uri)));
+        }
+        gw.links.count_sip_answer("SUBSCRIBE", code);
+        h
+    };
+    match gw.links.take_subscribe(&req).await {
+        Err(r) => {
+            tracing::debug!(call_id = %req.call_id, code = r.code, why = %r.why, "SIP SUBSCRIBE refused");
+            gw.links.count_sip_answer(&req.method, r.code);
+            req.answer(r.code, r.headers).await;
+        }
+        Ok(Subscribed::Refreshed(w, expires)) => {
+            let h = answered(200, &w, u64::from(expires));
+            let tag = w.dialog.local_tag.clone();
+            req.answer_in_dialog(200, h, &tag).await;
+            gw.links.notify_refresh(&w).await;
+        }
+        Ok(Subscribed::Ended(domain, t, w)) => {
+            gw.links.drop_watch(&w).await;
+            let h = answered(200, &w, 0);
+            let tag = w.dialog.local_tag.clone();
+            req.answer_in_dialog(200, h, &tag).await;
+            gw.links.notify_end(&w, "timeout").await;
+            let origin = Origin::Sip(Arc::from(domain.as_str()));
+            pipeline::translated(gw, &origin, t).await;
+        }
+        Ok(Subscribed::Fetch(domain, t, w)) => {
+            let origin = Origin::Sip(Arc::from(domain.as_str()));
+            let answer = pipeline::translated(gw, &origin, t).await;
+            let code = map::sip_code(answer.primitive.answer_code());
+            let h = answered(code, &w, 0);
+            let tag = w.dialog.local_tag.clone();
+            req.answer_in_dialog(code, h, &tag).await;
+            if code == 200 {
+                gw.links.notify_fetch(&w, &answer.primitive).await;
+            }
+        }
+        Ok(Subscribed::New(domain, t, w)) => {
+            // Kept before the core hears of it: its first notification may come before its
+            // answer, and is held until the 200 has gone.
+            gw.links.hold_watch(&w).await;
+            let origin = Origin::Sip(Arc::from(domain.as_str()));
+            let answer = pipeline::translated(gw, &origin, t).await;
+            let code = map::sip_code(answer.primitive.answer_code());
+            let expires = w
+                .expires_at
+                .saturating_sub(crate::links::sip::dialogs::now());
+            let h = answered(code, &w, expires);
+            let tag = w.dialog.local_tag.clone();
+            if code != 200 {
+                gw.links.drop_watch(&w).await;
+                req.answer(code, h).await;
+                return;
+            }
+            tracing::info!(watcher = %w.watcher, presentity = %w.presentity, "SIP watch made");
+            req.answer_in_dialog(200, h, &tag).await;
+            gw.links.confirm_watch(&w.dialog.call_id).await;
         }
     }
 }

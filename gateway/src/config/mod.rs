@@ -252,6 +252,18 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("sip.peer[0].addresses[0]"), "{e}");
+        assert_eq!(sip.subscribe_expires, 3600, "an hour by default");
+        let c = load(&format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\nsubscribe_expires = \"10m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.as_ref().unwrap().subscribe_expires, 600);
+        let e = load(&format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\nsubscribe_expires = \"2s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.subscribe_expires"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub(super) struct RawSip {
     pub(super) advertise: Option<String>,
     #[serde(default)]
     pub(super) max_body: Option<i64>,
+    #[serde(default)]
+    pub(super) subscribe_expires: Option<String>,
     #[serde(default, rename = "peer")]
     pub(super) peers: Vec<RawSipPeer>,
 }

@@ -339,6 +339,8 @@ pub struct SipSpec {
     pub advertise: Option<std::net::SocketAddr>,
     /// The largest SIP body taken or sent (bytes).
     pub max_body: usize,
+    /// How long a presence subscription is asked for (seconds); refreshed before it ends.
+    pub subscribe_expires: u32,
     /// SIP operators whose requests are taken, each by domain.
     pub peers: Vec<SipPeerSpec>,
 }

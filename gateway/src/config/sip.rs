@@ -11,6 +11,9 @@ use super::{Check, at, domain, k};
 /// 1300 bytes over UDP); this bounds what a peer can make the gateway hold.
 const MAX_BODY: usize = 16 * 1024;
 
+/// How long a presence subscription is asked for by default (RFC 3856 suggests an hour).
+const SUBSCRIBE_EXPIRES: u32 = 3600;
+
 pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
     let path = |key: &str| vec![k("sip"), k(key)];
     let listen = match r.listen.parse::<std::net::SocketAddr>() {
@@ -48,6 +51,23 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
             MAX_BODY
         }
     };
+    let subscribe_expires = match r.subscribe_expires.as_deref().map(super::parse_duration) {
+        None => SUBSCRIBE_EXPIRES,
+        Some(Ok(d)) if (10..=86_400).contains(&d.as_secs()) => {
+            u32::try_from(d.as_secs()).unwrap_or(SUBSCRIBE_EXPIRES)
+        }
+        Some(Ok(_)) => {
+            check.err(
+                &path("subscribe_expires"),
+                "must be within 10s..=24h (refreshed before it ends)",
+            );
+            SUBSCRIBE_EXPIRES
+        }
+        Some(Err(e)) => {
+            check.err(&path("subscribe_expires"), e);
+            SUBSCRIBE_EXPIRES
+        }
+    };
     let mut peers = Vec::new();
     for (i, p) in r.peers.into_iter().enumerate() {
         let base = at(&path("peer"), &[Step::Index(i)]);
@@ -83,6 +103,7 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
         listen,
         advertise,
         max_body,
+        subscribe_expires,
         peers,
     }
 }

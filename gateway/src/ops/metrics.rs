@@ -66,6 +66,10 @@ pub struct Metrics {
     /// and result (`request` when one came in, then the answer class `2xx`…`6xx`, or
     /// `error` when none came).
     pub sip: IntCounterVec,
+    /// Presence subscriptions the SIP translator keeps for our users (SUBSCRIBE dialogs).
+    pub sip_subscriptions: IntGauge,
+    /// SIP users' presence subscriptions to our users (the gateway as notifier).
+    pub sip_watches: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,9 +134,19 @@ impl Metrics {
             "queue_oldest_seconds",
             "Age of the oldest kept work not yet done",
         );
+        let sip_subscriptions = gauge(
+            "sip_subscriptions",
+            "Presence subscriptions kept by the SIP translator",
+        );
+        let sip_watches = gauge(
+            "sip_watches",
+            "SIP users' presence subscriptions to our users",
+        );
         Metrics {
             queue_depth,
             queue_oldest,
+            sip_subscriptions,
+            sip_watches,
             work: counter(&r, "work_total", "Kept work, by event", &["event"]),
             sip: counter(
                 &r,

@@ -490,7 +490,7 @@ impl Demo {
 
     async fn uc_5_22_sip(&mut self) -> Result<()> {
         let cx = self.core(X);
-        self.heading("Use case 5.22, alternative flow: Alice and Dave, whose operator W speaks SIP/SIMPLE only");
+        self.heading("Use cases 5.22 and 5.21, alternative flows: Alice and Dave, whose operator W speaks SIP/SIMPLE only");
         self.show_dns(X, D, Svc::Im).await?;
         self.step(
             "Alice sends to wv:+4930123456789: ENUM says sip:, so X's gateway sends a SIP MESSAGE",
@@ -537,6 +537,34 @@ impl Demo {
             back.from == wv(D),
             "Dave is not named by his number: {}",
             back.from
+        );
+
+        self.step("Alice watches Dave's presence: a SIP SUBSCRIBE; the NOTIFY's PIDF becomes a PresenceNotification");
+        self.phone
+            .set_presence(&format!("sip:{D}@opw.example"), "open", "busy", "On a call");
+        let st = cx.subscribe("usera", &wv(D)).await?;
+        ensure!(st.code == 200, "subscription answered {}", st.code);
+        ensure!(
+            cx.wait_until(WAIT, |c| c
+                .presence_seen("usera")
+                .iter()
+                .any(|p| p.presentity == wv(D)))
+                .await,
+            "no presence of Dave reached Alice"
+        );
+        self.show_wire().await;
+        let p = cx
+            .presence_seen("usera")
+            .into_iter()
+            .rfind(|p| p.presentity == wv(D))
+            .context("Dave's presence")?;
+        println!(
+            "   Alice sees Dave: online {:?}, {}, {:?}",
+            p.online, p.availability, p.status_text
+        );
+        ensure!(
+            p.availability == "DISCREET" && p.status_text == "On a call",
+            "Dave's presence mapped wrong: {p:?}"
         );
         Ok(())
     }

@@ -79,6 +79,22 @@ pub(crate) fn our_user(n: E164, public_domain: &str) -> String {
     format!("sip:+{}@{public_domain};user=phone", n.digits())
 }
 
+/// Our user's public ID (`wv:+MSISDN`) as a SIP URI at our domain (a name, when the ID is
+/// not a number: `sip:user@domain`).
+pub(crate) fn our_number_uri(public: &str, public_domain: &str) -> String {
+    match crate::ssp::WvId::parse(public)
+        .ok()
+        .and_then(|id| id.e164())
+    {
+        Some(n) => our_user(n, public_domain),
+        None => {
+            let user = public.strip_prefix("wv:").unwrap_or(public);
+            let user = user.split('@').next().unwrap_or(user);
+            format!("sip:{user}@{public_domain}")
+        }
+    }
+}
+
 /// The Request-URI for a destination: the SIP URI DNS gave (ENUM `sip:`), the user at the
 /// domain an `im:`/`pres:` URI names, the number at the domain, or the `wv:` user there.
 pub(crate) fn request_uri(enum_uri: Option<&str>, target: &str, domain: &str) -> String {
@@ -145,9 +161,98 @@ pub(crate) fn is_text(content_type: &str) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/plain"))
 }
 
+/// The `tag` parameter of a From or To header value (after the URI's closing `>`, or after
+/// a bare URI's parameters).
+pub(crate) fn tag(value: &str) -> Option<&str> {
+    let params = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value,
+    };
+    params.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("tag")
+            .then_some(v.trim())
+            .filter(|v| !v.is_empty())
+    })
+}
+
+/// The URI of a Contact header value (`<sip:x@h:p;transport=udp>;expires=60`, or bare).
+pub(crate) fn contact_uri(value: &str) -> Option<String> {
+    let v = value.split(',').next()?.trim();
+    let uri = match (v.find('<'), v.find('>')) {
+        (Some(a), Some(b)) if a < b => &v[a + 1..b],
+        _ => v.split(';').next()?,
+    };
+    let uri = uri.trim();
+    let lower = uri.to_ascii_lowercase();
+    (lower.starts_with("sip:") || lower.starts_with("sips:")).then(|| uri.to_owned())
+}
+
+/// A `Subscription-State` header (RFC 6665 §8.2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubState {
+    /// `active`, `pending` or `terminated` (lower case; others as written).
+    pub(crate) state: String,
+    /// The `reason` parameter.
+    pub(crate) reason: Option<String>,
+    /// The `expires` parameter.
+    pub(crate) expires: Option<u32>,
+}
+
+impl SubState {
+    /// Whether the subscription has ended.
+    pub(crate) fn terminated(&self) -> bool {
+        self.state == "terminated"
+    }
+}
+
+/// Read a `Subscription-State` value.
+pub(crate) fn sub_state(value: &str) -> SubState {
+    let mut parts = value.split(';');
+    let state = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let (mut reason, mut expires) = (None, None);
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "reason" => reason = Some(v.trim().to_ascii_lowercase()),
+                "expires" => expires = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    SubState {
+        state,
+        reason,
+        expires,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_contacts_and_subscription_states() {
+        assert_eq!(tag("<sip:a@b>;tag=abc;x=1"), Some("abc"));
+        assert_eq!(tag("sip:a@b;user=phone;tag=9"), Some("9"));
+        assert_eq!(tag("<sip:a@b;tag=inside>"), None);
+        assert_eq!(tag("<sip:a@b>;tag="), None);
+        assert_eq!(
+            contact_uri("<sip:pres@127.0.0.1:15070;transport=udp>;expires=60").as_deref(),
+            Some("sip:pres@127.0.0.1:15070;transport=udp")
+        );
+        assert_eq!(
+            contact_uri("sip:pres@127.0.0.1").as_deref(),
+            Some("sip:pres@127.0.0.1")
+        );
+        assert_eq!(contact_uri("<mailto:x@y>"), None);
+        let s = sub_state("terminated;reason=timeout");
+        assert!(s.terminated());
+        assert_eq!(s.reason.as_deref(), Some("timeout"));
+        let s = sub_state("Active ; expires=600");
+        assert_eq!((s.state.as_str(), s.expires), ("active", Some(600)));
+    }
 
     #[test]
     fn addresses_in_header_values_and_uris() {

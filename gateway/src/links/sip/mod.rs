@@ -9,11 +9,19 @@
 //!   `SendMessageRequest` to the core; its sender is `wv:+MSISDN` when ENUM places the number
 //!   at the sending domain (the same anti-spoofing as SSP), else `wv:user@domain`.
 //!
-//! Presence (SUBSCRIBE/NOTIFY with PIDF) is not carried yet: those requests get 405 over SSP
-//! and over SIP. The SIP stack itself is behind `stack`.
+//! - Presence, our users watching SIP users: `presence` (SUBSCRIBE dialogs, NOTIFY to
+//!   `PresenceNotification`); SIP users watching ours: `watch` (SUBSCRIBE to
+//!   `SubscribeRequest`, the core's `PresenceNotification` to NOTIFY). The PIDF codec and
+//!   the presence mapping are in `pidf`.
+//!
+//! The SIP stack itself is behind `stack`.
 
+pub(crate) mod dialogs;
 pub(crate) mod map;
+pub(crate) mod pidf;
+pub(crate) mod presence;
 pub(crate) mod stack;
+pub(crate) mod watch;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +36,9 @@ use crate::ssp::primitives::{SendMessageRequest, SendMessageResponse};
 use crate::ssp::{ContentData, MessageInfo, Party, Primitive, Status, Transaction, status};
 use map::SipAddress;
 use stack::{Incoming, Outgoing, Requests, Stack, Transport};
+
+/// The methods the translator takes.
+pub(crate) const ALLOW: &str = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS";
 
 /// Bodies above this go over TCP, whatever the server offers first (RFC 3261 §18.1.1).
 const UDP_MAX: usize = 1300;
@@ -57,23 +68,41 @@ pub struct SipTarget {
 pub(crate) struct SipLink {
     stack: Stack,
     spec: SipSpec,
+    subs: presence::Subscriptions,
+    watches: watch::Watches,
 }
 
 impl SipLink {
     /// Bind the SIP listeners of `spec`; `timeout` bounds each transaction. The incoming
     /// requests are the caller's to serve.
+    /// The presence subscriptions kept in `store` are taken up again.
     pub(crate) async fn bind(
         spec: &SipSpec,
         timeout: Duration,
+        store: Option<std::sync::Arc<crate::store::Store>>,
     ) -> Result<(SipLink, Requests), stack::StackError> {
         let (stack, requests) = Stack::bind(spec.listen, spec.advertise, timeout).await?;
         Ok((
             SipLink {
                 stack,
                 spec: spec.clone(),
+                subs: presence::Subscriptions::load(store.clone()).await,
+                watches: watch::load(store).await,
             },
             requests,
         ))
+    }
+
+    /// Our Contact for a request from `from` (our user's URI) over `transport`: the user at
+    /// this stack's address, so what comes in the dialog comes here.
+    fn contact(&self, from: &str, transport: Transport) -> String {
+        let user = map::address(from).map(|a| a.user).unwrap_or_default();
+        let at = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        format!("sip:{at}{};transport={}", self.local(), transport.as_str())
     }
 
     /// Where SIP peers reach us.
@@ -120,15 +149,22 @@ impl Links {
         request: Primitive,
     ) -> Result<Primitive, Failure> {
         let link = self.sip_link()?;
-        let Primitive::SendMessageRequest(m) = request else {
-            return Err(Failure::local(
-                Kind::NotSupported,
-                format!(
-                    "{} cannot be carried to {} over SIP (presence over SIP is not supported yet)",
-                    request.name(),
-                    target.domain
-                ),
-            ));
+        let m = match request {
+            Primitive::SendMessageRequest(m) => m,
+            Primitive::SubscribeRequest(r) => return self.sip_subscribe(link, target, &r).await,
+            Primitive::UnsubscribeRequest(r) => return self.sip_unsubscribe(link, &r).await,
+            Primitive::GetPresenceRequest(r) => return self.sip_fetch(link, target, &r).await,
+            Primitive::PresenceNotification(n) => return self.sip_notify(link, &n).await,
+            other => {
+                return Err(Failure::local(
+                    Kind::NotSupported,
+                    format!(
+                        "{} cannot be carried to {} over SIP",
+                        other.name(),
+                        target.domain
+                    ),
+                ));
+            }
         };
         let info = m.info.clone().unwrap_or_default();
         let sender = info
@@ -162,61 +198,35 @@ impl Links {
                 ),
             ));
         }
-        let mut last = Failure::local(
-            Kind::Unreachable,
-            format!("no SIP server for {}", target.domain),
-        );
-        for server in &target.servers {
-            let transport = if server.tcp || body.len() > UDP_MAX {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            };
-            let out = Outgoing {
-                method: "MESSAGE",
-                uri: target.uri.clone(),
-                from: from.clone(),
-                to: target.uri.clone(),
-                headers: Vec::new(),
-                body: Some((ctype.clone(), body.clone())),
-                dest: server.addr,
-                transport,
-            };
-            let started = std::time::Instant::now();
-            let reply = link.stack.request(out).await;
-            self.metrics
-                .sip
-                .with_label_values(&[
-                    "out",
-                    "MESSAGE",
-                    reply
-                        .as_ref()
-                        .map_or("error", |r| crate::ops::metrics::class_label(r.code)),
-                ])
-                .inc();
-            match reply {
-                Ok(r) => match map::failure(r.code, &r.reason) {
-                    None => {
-                        tracing::debug!(to = %target.uri, code = r.code, took = ?started.elapsed(), "SIP MESSAGE delivered");
-                        return Ok(Primitive::SendMessageResponse(SendMessageResponse {
-                            message_id: info
-                                .message_id
-                                .clone()
-                                .or_else(|| Some(format!("sip-{:016x}", rand::random::<u64>()))),
-                            status: Some(Status::with(status::OK, "Successful")),
-                            ..Default::default()
-                        }));
-                    }
-                    // Another server may do better only when this one failed as a server.
-                    Some(f) if matches!(r.code, 408 | 500 | 503) => last = f,
-                    Some(f) => return Err(f),
-                },
-                Err(e) => {
-                    last = Failure::local(Kind::Unreachable, e.to_string());
-                }
+        let out = Outgoing {
+            method: "MESSAGE",
+            uri: target.uri.clone(),
+            from,
+            to: target.uri.clone(),
+            headers: Vec::new(),
+            body: Some((ctype, body.clone())),
+            dest: SocketAddr::from(([127, 0, 0, 1], 0)),
+            transport: Transport::Udp,
+            dialog: None,
+            call_id: None,
+            contact: None,
+        };
+        let started = std::time::Instant::now();
+        let (reply, _) = self.sip_send(link, target, &out, body.len()).await?;
+        match map::failure(reply.code, &reply.reason) {
+            None => {
+                tracing::debug!(to = %target.uri, code = reply.code, took = ?started.elapsed(), "SIP MESSAGE delivered");
+                Ok(Primitive::SendMessageResponse(SendMessageResponse {
+                    message_id: info
+                        .message_id
+                        .clone()
+                        .or_else(|| Some(format!("sip-{:016x}", rand::random::<u64>()))),
+                    status: Some(Status::with(status::OK, "Successful")),
+                    ..Default::default()
+                }))
             }
+            Some(f) => Err(f),
         }
-        Err(last)
     }
 
     /// An incoming SIP request as an SSP request for the core: the trusted SIP domain it
@@ -231,22 +241,10 @@ impl Links {
             .with_label_values(&["in", method_label(&req.method), "request"])
             .inc();
         if req.method != "MESSAGE" {
+            // NOTIFY and SUBSCRIBE have their own (`presence`, `watch`).
             let mut r = refuse(405, format!("{} is not taken", req.method));
-            r.headers.push(("Allow", "MESSAGE, OPTIONS".into()));
+            r.headers.push(("Allow", ALLOW.into()));
             return Err(r);
-        }
-        let from = map::address(&req.from).ok_or_else(|| refuse(400, "no usable From"))?;
-        let source = req.source.map(|s| s.ip().to_canonical());
-        let trusted = source.and_then(|ip| link.spec.peer_at(&from.host, ip));
-        if trusted.is_none() {
-            return Err(refuse(
-                403,
-                format!(
-                    "{} is not a SIP operator trusted from {}",
-                    from.host,
-                    source.map_or("an unknown address".into(), |s| s.to_string())
-                ),
-            ));
         }
         if req.body.len() > link.spec.max_body {
             return Err(refuse(413, format!("a {} byte body", req.body.len())));
@@ -259,14 +257,7 @@ impl Links {
         }
         let text = String::from_utf8(req.body.clone())
             .map_err(|_| refuse(400, "the text is not UTF-8"))?;
-        let to = map::address(&req.uri).ok_or_else(|| refuse(404, "no usable Request-URI"))?;
-        let ours = to.host.is_empty() || to.host == self.cfg.operator.public_domain;
-        let recipient = match (ours, to.number()) {
-            (true, Some(n)) => format!("wv:+{}", n.digits()),
-            // No open relay: only our subscribers, by number, at our domain.
-            _ => return Err(refuse(404, format!("{} is not a subscriber here", req.uri))),
-        };
-        let sender = self.sip_sender(&from).await?;
+        let (domain, recipient, sender) = self.sip_parties(link, req).await?;
         let message = SendMessageRequest {
             delivery_report: Some("No".into()),
             info: Some(MessageInfo {
@@ -285,9 +276,40 @@ impl Links {
         };
         let tid = format!("sip-{:016x}", rand::random::<u64>());
         Ok((
-            from.host.clone(),
+            domain,
             Transaction::request(tid, Primitive::SendMessageRequest(message)),
         ))
+    }
+
+    /// Who an incoming request is from and for: the trusted SIP domain it comes from (else
+    /// 403), our subscriber it names by number at our domain (else 404: no open relay), and
+    /// the sender's SSP ID (`sip_sender`).
+    pub(super) async fn sip_parties(
+        &self,
+        link: &SipLink,
+        req: &Incoming,
+    ) -> Result<(String, String, String), SipRefusal> {
+        let from = map::address(&req.from).ok_or_else(|| refuse(400, "no usable From"))?;
+        let source = req.source.map(|s| s.ip().to_canonical());
+        let trusted = source.and_then(|ip| link.spec.peer_at(&from.host, ip));
+        if trusted.is_none() {
+            return Err(refuse(
+                403,
+                format!(
+                    "{} is not a SIP operator trusted from {}",
+                    from.host,
+                    source.map_or("an unknown address".into(), |s| s.to_string())
+                ),
+            ));
+        }
+        let to = map::address(&req.uri).ok_or_else(|| refuse(404, "no usable Request-URI"))?;
+        let ours = to.host.is_empty() || to.host == self.cfg.operator.public_domain;
+        let recipient = match (ours, to.number()) {
+            (true, Some(n)) => format!("wv:+{}", n.digits()),
+            _ => return Err(refuse(404, format!("{} is not a subscriber here", req.uri))),
+        };
+        let sender = self.sip_sender(&from).await?;
+        Ok((from.host, recipient, sender))
     }
 
     /// The SSP ID of a SIP sender: `wv:+MSISDN` when ENUM places the number at the sending

@@ -70,6 +70,26 @@ pub(crate) struct Outgoing {
     pub(crate) dest: SocketAddr,
     /// Over what.
     pub(crate) transport: Transport,
+    /// The dialog it belongs to (a refresh or end of a subscription); `None`: out of any
+    /// dialog, with a new Call-ID and From tag unless `call_id` is given.
+    pub(crate) dialog: Option<DialogIds>,
+    /// A Call-ID chosen by the caller (to match what comes back before the answer does).
+    pub(crate) call_id: Option<String>,
+    /// The Contact to give (where the far side sends requests in the dialog this makes).
+    pub(crate) contact: Option<String>,
+}
+
+/// What names a dialog (RFC 3261 §12), and the next CSeq in it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DialogIds {
+    /// The Call-ID.
+    pub(crate) call_id: String,
+    /// Our tag (From, in requests we send).
+    pub(crate) local_tag: String,
+    /// Theirs (To, in requests we send); empty until their answer or first request.
+    pub(crate) remote_tag: String,
+    /// The CSeq of the next request we send.
+    pub(crate) cseq: u32,
 }
 
 /// The final answer to a request.
@@ -79,6 +99,33 @@ pub(crate) struct Reply {
     pub(crate) code: u16,
     /// The reason phrase.
     pub(crate) reason: String,
+    /// The Call-ID and our From tag the request went with.
+    pub(crate) call_id: String,
+    /// Our From tag.
+    pub(crate) local_tag: String,
+    /// The To tag of the answer (the far side's half of the dialog).
+    pub(crate) remote_tag: Option<String>,
+    /// The answer's Contact URI (where requests in the dialog go).
+    pub(crate) contact: Option<String>,
+    /// The answer's `Expires` (a subscription's granted duration).
+    pub(crate) expires: Option<u32>,
+    /// The answer's `Min-Expires` (with a 423).
+    pub(crate) min_expires: Option<u32>,
+}
+
+impl Reply {
+    fn local(code: u16, reason: &str, call_id: &str, local_tag: &str) -> Reply {
+        Reply {
+            code,
+            reason: reason.into(),
+            call_id: call_id.into(),
+            local_tag: local_tag.into(),
+            remote_tag: None,
+            contact: None,
+            expires: None,
+            min_expires: None,
+        }
+    }
 }
 
 /// The SIP endpoint: its listeners and transaction layer.
@@ -174,24 +221,52 @@ impl Stack {
             .ok_or_else(|| err(format!("no {} listener", out.transport.as_str())))?;
         let via = self.inner.get_via(Some(local), None).map_err(err)?;
         let uri = |s: &str| rsipstack::sip::Uri::try_from(s).map_err(err);
+        let (call_id, local_tag, remote_tag, seq) = match &out.dialog {
+            Some(d) => (
+                d.call_id.clone(),
+                d.local_tag.clone(),
+                Some(d.remote_tag.clone()).filter(|t| !t.is_empty()),
+                d.cseq,
+            ),
+            None => (
+                out.call_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>())),
+                make_tag().to_string(),
+                None,
+                1,
+            ),
+        };
         let from = rsipstack::sip::typed::From {
             display_name: None,
             uri: uri(&out.from)?,
             params: vec![],
         }
-        .with_tag(make_tag());
-        let to = rsipstack::sip::typed::To {
+        .with_tag(local_tag.clone().into());
+        let mut to = rsipstack::sip::typed::To {
             display_name: None,
             uri: uri(&out.to)?,
             params: vec![],
         };
+        if let Some(t) = remote_tag {
+            to = to.with_tag(t.into());
+        }
         let method = out
             .method
             .parse::<Method>()
             .map_err(|_| err(format!("unknown method {}", out.method)))?;
-        let mut req = self
-            .inner
-            .make_request(method, uri(&out.uri)?, via, from, to, 1, None);
+        let mut req = self.inner.make_request(
+            method,
+            uri(&out.uri)?,
+            via,
+            from,
+            to,
+            seq,
+            Some(call_id.clone().into()),
+        );
+        if let Some(c) = &out.contact {
+            req.headers.push(Header::Contact(format!("<{c}>").into()));
+        }
         for (name, value) in out.headers {
             req.headers
                 .push(rsipstack::sip::headers::make_header(name, value));
@@ -208,27 +283,38 @@ impl Stack {
         match tokio::time::timeout(limit, tx.send()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(e)),
-            Err(_) => {
-                return Ok(Reply {
-                    code: 408,
-                    reason: "no connection".into(),
-                });
-            }
+            Err(_) => return Ok(Reply::local(408, "no connection", &call_id, &local_tag)),
         }
         while let Some(msg) = tx.receive().await {
             if let SipMessage::Response(r) = msg
                 && r.status_code.kind() != StatusCodeKind::Provisional
             {
+                let number = |name: &str| {
+                    r.header_value(name)
+                        .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
+                };
                 return Ok(Reply {
                     code: r.status_code.code(),
                     reason: r.status_code.text().to_string(),
+                    remote_tag: r
+                        .header_value("To")
+                        .and_then(|v| super::map::tag(&v).map(str::to_owned)),
+                    contact: r
+                        .header_value("Contact")
+                        .and_then(|v| super::map::contact_uri(&v)),
+                    expires: number("Expires"),
+                    min_expires: number("Min-Expires"),
+                    call_id,
+                    local_tag,
                 });
             }
         }
-        Ok(Reply {
-            code: 408,
-            reason: "transaction ended without a final answer".into(),
-        })
+        Ok(Reply::local(
+            408,
+            "transaction ended without a final answer",
+            &call_id,
+            &local_tag,
+        ))
     }
 }
 
@@ -263,6 +349,8 @@ pub(crate) struct Incoming {
     pub(crate) uri: String,
     /// The From header's value.
     pub(crate) from: String,
+    /// The To header's value.
+    pub(crate) to: String,
     /// The Call-ID.
     pub(crate) call_id: String,
     /// Content-Type, if any.
@@ -296,6 +384,7 @@ impl Incoming {
             method: req.method.to_string(),
             uri: req.uri.to_string(),
             from: value("From"),
+            to: value("To"),
             call_id: value("Call-ID"),
             content_type: req.header_value("Content-Type"),
             body: req.body.clone(),
@@ -303,6 +392,28 @@ impl Incoming {
             transport,
             tx,
         }
+    }
+
+    /// The value of header `name` (the first one), if present.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.tx.original.header_value(name)
+    }
+
+    /// Answer with `code` and extra headers (name, value), and `to_tag` as our tag in the To
+    /// header (a dialog this answer makes; else a tag of the stack's choosing).
+    pub(crate) async fn answer_in_dialog(
+        mut self,
+        code: u16,
+        headers: Vec<(&'static str, String)>,
+        to_tag: &str,
+    ) {
+        if let Ok(to) = self.tx.original.to_header()
+            && to.tag().ok().flatten().is_none()
+        {
+            let tagged = to.clone().with_tag(to_tag.to_owned().into());
+            self.tx.original.headers.unique_push(tagged.into());
+        }
+        self.answer(code, headers).await;
     }
 
     /// Answer with `code` and extra headers (name, value).

@@ -1,0 +1,449 @@
+//! Presence over SIP/SIMPLE, SIP users watching our users (RFC 3856, RFC 6665; the
+//! gateway is the notifier): a `SUBSCRIBE` to one of our subscribers by number becomes an
+//! SSP `SubscribeRequest` to the core, and the dialog is kept; the core's
+//! `PresenceNotification`s for that watcher become `NOTIFY`s with PIDF in it. A refresh is
+//! answered here; `Expires: 0` ends it (`UnsubscribeRequest` to the core); a `SUBSCRIBE`
+//! with `Expires: 0` outside any dialog is a fetch (`GetPresenceRequest`). A watch that runs
+//! out unrefreshed is ended the same way.
+//!
+//! The first NOTIFY goes after the 200 (RFC 6665 §4.2.1.2) with the state the core gave by
+//! then: what the core says before the 200 is held, not sent ahead of it. Watches are kept
+//! in the state store's `sip.dialogs` table, so they survive a restart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::dialogs::{Dialog, Dialogs, now};
+use super::map;
+use super::pidf::{self, Presence};
+use super::stack::{DialogIds, Incoming, Outgoing, Transport};
+use super::{SipLink, SipRefusal, SipServer, SipTarget, refuse};
+use crate::error::{Failure, Kind};
+use crate::links::Links;
+use crate::rewrite::PeerView;
+use crate::ssp::primitives::{PresenceNotification, PresenceRequest};
+use crate::ssp::{Entity, MetaInfo, Primitive, Status, Transaction, status};
+use crate::store::Store;
+
+/// The store table the watches are kept in.
+const TABLE: &str = "sip.dialogs";
+
+/// The longest and shortest subscription a SIP watcher is granted (seconds).
+const MAX_EXPIRES: u32 = 3600;
+const MIN_EXPIRES: u32 = 60;
+
+/// A SIP user watching one of ours: the dialog, and what it is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Watch {
+    /// The dialog (our tag is the To tag we answered with; the CSeq is our next NOTIFY's).
+    pub(crate) dialog: DialogIds,
+    /// The watcher's SSP ID (`wv:+MSISDN` or `wv:user@domain`).
+    pub(crate) watcher: String,
+    /// The watcher's SIP URI (To of our NOTIFYs).
+    pub(crate) watcher_uri: String,
+    /// Our user's public ID (`wv:+MSISDN`).
+    pub(crate) presentity: String,
+    /// The same as a SIP URI (From of our NOTIFYs).
+    pub(crate) presentity_uri: String,
+    /// The watcher's Contact (Request-URI of our NOTIFYs).
+    pub(crate) target: String,
+    /// Where NOTIFYs are sent: the SIP server the SUBSCRIBE came from, the operator's
+    /// trusted border (a watcher's Contact is often not reachable from another operator).
+    pub(crate) dest: SocketAddr,
+    /// Over TCP (else UDP).
+    pub(crate) tcp: bool,
+    /// The watcher's trusted SIP domain.
+    pub(crate) domain: String,
+    /// When it runs out (Unix seconds).
+    pub(crate) expires_at: u64,
+    /// Answered: NOTIFYs may go (before, the state is held in `last`).
+    #[serde(default)]
+    pub(crate) confirmed: bool,
+    /// The last state (sent, or held until the 200).
+    #[serde(skip)]
+    pub(crate) last: Option<Presence>,
+}
+
+impl Dialog for Watch {
+    fn call_id(&self) -> &str {
+        &self.dialog.call_id
+    }
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+/// The watches of SIP users.
+pub(crate) type Watches = Dialogs<Watch>;
+
+/// The watches kept in `store` (what a restarted process takes up again).
+pub(crate) async fn load(store: Option<Arc<Store>>) -> Watches {
+    Dialogs::load(TABLE, store).await
+}
+
+/// Which SSP request a watch gives the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// `SubscribeRequest`: a new watch.
+    Subscribe,
+    /// `UnsubscribeRequest`: it ended.
+    Unsubscribe,
+    /// `GetPresenceRequest`: a fetch.
+    Fetch,
+}
+
+/// What an incoming SUBSCRIBE comes to.
+pub(crate) enum Subscribed {
+    /// A new watch: the request for the core, and the watch to keep once it agrees.
+    New(String, Transaction, Watch),
+    /// A fetch (`Expires: 0`, no dialog): the request for the core, and the watch-to-be
+    /// whose one NOTIFY carries the answer.
+    Fetch(String, Transaction, Watch),
+    /// A refresh of a kept watch, for this long.
+    Refreshed(Watch, u32),
+    /// The end of a kept watch: the `UnsubscribeRequest` for the core.
+    Ended(String, Transaction, Watch),
+}
+
+impl Links {
+    /// An incoming SUBSCRIBE: in a dialog of ours a refresh or an end; else a new watch (or
+    /// a fetch) of our subscriber by a trusted SIP operator's user.
+    pub(crate) async fn take_subscribe(&self, req: &Incoming) -> Result<Subscribed, SipRefusal> {
+        let link = self.sip.get().ok_or_else(|| refuse(503, "no SIP link"))?;
+        self.metrics
+            .sip
+            .with_label_values(&["in", "SUBSCRIBE", "request"])
+            .inc();
+        let event = req.header("Event").unwrap_or_default();
+        if !event
+            .split(';')
+            .next()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case("presence"))
+        {
+            let mut r = refuse(489, format!("event {event:?}"));
+            r.headers.push(("Allow-Events", "presence".into()));
+            return Err(r);
+        }
+        if let Some(accept) = req.header("Accept")
+            && !accept.to_ascii_lowercase().contains(pidf::CONTENT_TYPE)
+        {
+            let mut r = refuse(406, format!("accepts {accept:?}"));
+            r.headers.push(("Accept", pidf::CONTENT_TYPE.into()));
+            return Err(r);
+        }
+        let asked = req
+            .header("Expires")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(MAX_EXPIRES);
+        if asked != 0 && asked < MIN_EXPIRES {
+            let mut r = refuse(423, format!("{asked} s asked"));
+            r.headers.push(("Min-Expires", MIN_EXPIRES.to_string()));
+            return Err(r);
+        }
+        let expires = asked.min(MAX_EXPIRES);
+        // In a dialog of ours: a refresh, or the end.
+        if let Some(ours) = map::tag(&req.to) {
+            let Some(mut w) = link.watches.find(&req.call_id).await else {
+                return Err(refuse(481, "no such subscription"));
+            };
+            if w.dialog.local_tag != ours
+                || map::tag(&req.from) != Some(w.dialog.remote_tag.as_str())
+            {
+                return Err(refuse(481, "no such subscription (tags)"));
+            }
+            let source = req.source.map(|s| s.ip().to_canonical());
+            if source.is_none_or(|ip| link.spec.peer_at(&w.domain, ip).is_none()) {
+                return Err(refuse(403, "a refresh from an untrusted address"));
+            }
+            if expires == 0 {
+                let t = presence_request(&w, Ask::Unsubscribe);
+                return Ok(Subscribed::Ended(w.domain.clone(), t, w));
+            }
+            w.expires_at = now() + u64::from(expires);
+            link.watches.keep(w.clone()).await;
+            return Ok(Subscribed::Refreshed(w, expires));
+        }
+        let (domain, presentity, watcher) = self.sip_parties(link, req).await?;
+        let from = map::address(&req.from).ok_or_else(|| refuse(400, "no usable From"))?;
+        let remote_tag = map::tag(&req.from)
+            .ok_or_else(|| refuse(400, "a From without a tag"))?
+            .to_owned();
+        let contact = req
+            .header("Contact")
+            .and_then(|c| map::contact_uri(&c))
+            .ok_or_else(|| refuse(400, "no usable Contact"))?;
+        let dest = req.source.ok_or_else(|| refuse(400, "no source address"))?;
+        let w = Watch {
+            dialog: DialogIds {
+                call_id: req.call_id.clone(),
+                local_tag: format!("{:016x}", rand::random::<u64>()),
+                remote_tag,
+                cseq: 1,
+            },
+            watcher,
+            watcher_uri: format!("sip:{}@{}", from.user, from.host),
+            presentity_uri: map::our_number_uri(&presentity, &self.cfg.operator.public_domain),
+            presentity,
+            target: contact,
+            dest,
+            tcp: req.transport == Transport::Tcp,
+            domain: domain.clone(),
+            expires_at: now() + u64::from(expires),
+            confirmed: false,
+            last: None,
+        };
+        let fetch = expires == 0;
+        let t = presence_request(&w, if fetch { Ask::Fetch } else { Ask::Subscribe });
+        Ok(if fetch {
+            Subscribed::Fetch(domain, t, w)
+        } else {
+            Subscribed::New(domain, t, w)
+        })
+    }
+
+    /// Keep a watch before the core hears of it (its first notification may come before its
+    /// answer does).
+    pub(crate) async fn hold_watch(&self, w: &Watch) {
+        if let Some(link) = self.sip.get() {
+            link.watches.keep(w.clone()).await;
+            self.count_watches(link);
+        }
+    }
+
+    /// Forget a watch (the core refused it, it ended, or it ran out).
+    pub(crate) async fn drop_watch(&self, w: &Watch) {
+        if let Some(link) = self.sip.get() {
+            link.watches.forget(&w.dialog.call_id).await;
+            self.count_watches(link);
+        }
+    }
+
+    fn count_watches(&self, link: &SipLink) {
+        self.metrics
+            .sip_watches
+            .set(i64::try_from(link.watches.len()).unwrap_or(i64::MAX));
+    }
+
+    /// The watch answered 200: NOTIFYs may go from now on, and the first one does now, with
+    /// the state the core gave so far (none: an empty body, "nothing known yet").
+    pub(crate) async fn confirm_watch(&self, call_id: &str) {
+        let Some(link) = self.sip.get() else { return };
+        let w = {
+            let mut all = link.watches.lock();
+            let Some(w) = all.get_mut(call_id) else {
+                return;
+            };
+            w.confirmed = true;
+            w.clone()
+        };
+        link.watches.keep(w.clone()).await;
+        let state = format!(
+            "active;expires={}",
+            w.expires_at.saturating_sub(now()).max(1)
+        );
+        let _ = self.send_notify(link, &w, &state, w.last.as_ref()).await;
+    }
+
+    /// The one NOTIFY of a fetch: the state the core answered with, the dialog ended.
+    pub(crate) async fn notify_fetch(&self, w: &Watch, answer: &Primitive) {
+        let Some(link) = self.sip.get() else { return };
+        let p = match answer {
+            Primitive::GetPresenceResponse(r) => r.values.first().map(pidf::from_ssp),
+            _ => None,
+        };
+        let _ = self
+            .send_notify(link, w, "terminated;reason=timeout", p.as_ref())
+            .await;
+    }
+
+    /// The last NOTIFY of a watch that ended (`reason`: `timeout` for an unsubscribe or a
+    /// watch run out, `noresource` when the core refused).
+    pub(crate) async fn notify_end(&self, w: &Watch, reason: &str) {
+        let Some(link) = self.sip.get() else { return };
+        let _ = self
+            .send_notify(link, w, &format!("terminated;reason={reason}"), None)
+            .await;
+    }
+
+    /// A refresh answered: a NOTIFY with the last state (RFC 6665 §4.2.1.2).
+    pub(crate) async fn notify_refresh(&self, w: &Watch) {
+        let Some(link) = self.sip.get() else { return };
+        let state = format!(
+            "active;expires={}",
+            w.expires_at.saturating_sub(now()).max(1)
+        );
+        let _ = self.send_notify(link, w, &state, w.last.as_ref()).await;
+    }
+
+    /// Watches that ran out unrefreshed: forgotten, each with its last NOTIFY; the
+    /// `UnsubscribeRequest`s for the core are returned.
+    pub(crate) async fn expire_watches(&self) -> Vec<(String, Transaction)> {
+        let Some(link) = self.sip.get() else {
+            return Vec::new();
+        };
+        let t = now();
+        let mut out = Vec::new();
+        for w in link.watches.select(|w| w.expires_at <= t) {
+            tracing::info!(watcher = %w.watcher, presentity = %w.presentity, "SIP watch ran out unrefreshed");
+            self.drop_watch(&w).await;
+            self.notify_end(&w, "timeout").await;
+            out.push((w.domain.clone(), presence_request(&w, Ask::Unsubscribe)));
+        }
+        out
+    }
+
+    /// The core's `PresenceNotification` for SIP watchers: a NOTIFY in each of their watches
+    /// of the presentities it names.
+    pub(super) async fn sip_notify(
+        &self,
+        link: &SipLink,
+        n: &PresenceNotification,
+    ) -> Result<Primitive, Failure> {
+        let values: Vec<(String, Presence)> = {
+            let dir = self.dir.load();
+            n.values
+                .iter()
+                .map(|v| {
+                    let public = self.rw.outbound_id(&dir, &v.user_id, PeerView::default());
+                    (public, pidf::from_ssp(v))
+                })
+                .collect()
+        };
+        let mut sent = 0;
+        let mut failure = None;
+        for watcher in &n.watchers {
+            let watches = link.watches.select(|w| {
+                w.watcher.eq_ignore_ascii_case(&watcher.id)
+                    && values
+                        .iter()
+                        .any(|(p, _)| p.eq_ignore_ascii_case(&w.presentity))
+            });
+            for w in watches {
+                let Some((_, p)) = values
+                    .iter()
+                    .find(|(p, _)| p.eq_ignore_ascii_case(&w.presentity))
+                else {
+                    continue;
+                };
+                match self.watch_state(link, &w, p.clone()).await {
+                    Ok(()) => sent += 1,
+                    Err(f) => failure = Some(f),
+                }
+            }
+        }
+        match (sent, failure) {
+            (0, Some(f)) => Err(f),
+            (0, None) => Err(Failure::local(
+                Kind::UnknownUser,
+                "no SIP watcher of that presentity here",
+            )),
+            _ => Ok(Primitive::Status(Status::with(status::OK, "Successful"))),
+        }
+    }
+
+    /// A new state for watch `w`: held until its 200, else sent (unless unchanged).
+    async fn watch_state(&self, link: &SipLink, w: &Watch, p: Presence) -> Result<(), Failure> {
+        let w = {
+            let mut all = link.watches.lock();
+            let Some(kept) = all.get_mut(&w.dialog.call_id) else {
+                return Ok(());
+            };
+            if kept.last.as_ref() == Some(&p) && kept.confirmed {
+                return Ok(());
+            }
+            kept.last = Some(p.clone());
+            if !kept.confirmed {
+                return Ok(());
+            }
+            kept.clone()
+        };
+        let state = format!(
+            "active;expires={}",
+            w.expires_at.saturating_sub(now()).max(1)
+        );
+        self.send_notify(link, &w, &state, Some(&p)).await
+    }
+
+    /// One NOTIFY in watch `w` (its CSeq taken under the lock, so NOTIFYs are numbered in
+    /// the order they are made). A watch the far side no longer knows (481) is ended.
+    async fn send_notify(
+        &self,
+        link: &SipLink,
+        w: &Watch,
+        state: &str,
+        p: Option<&Presence>,
+    ) -> Result<(), Failure> {
+        let cseq = {
+            let mut all = link.watches.lock();
+            match all.get_mut(&w.dialog.call_id) {
+                Some(kept) => {
+                    kept.dialog.cseq += 1;
+                    kept.dialog.cseq - 1
+                }
+                // Ended already (its last NOTIFY): numbered after the rest.
+                None => w.dialog.cseq + 1,
+            }
+        };
+        let body = p.map(|p| {
+            (
+                pidf::CONTENT_TYPE.to_owned(),
+                pidf::emit(&w.presentity_uri, p).into_bytes(),
+            )
+        });
+        let len = body.as_ref().map_or(0, |(_, b)| b.len());
+        let out = Outgoing {
+            method: "NOTIFY",
+            uri: w.target.clone(),
+            from: w.presentity_uri.clone(),
+            to: w.watcher_uri.clone(),
+            headers: vec![
+                ("Event", "presence".into()),
+                ("Subscription-State", state.to_owned()),
+            ],
+            body,
+            dest: w.dest,
+            transport: Transport::Udp,
+            dialog: Some(DialogIds {
+                cseq,
+                ..w.dialog.clone()
+            }),
+            call_id: None,
+            contact: Some(w.presentity_uri.clone()),
+        };
+        let target = SipTarget {
+            domain: w.domain.clone(),
+            uri: w.target.clone(),
+            servers: vec![SipServer {
+                addr: w.dest,
+                tcp: w.tcp,
+            }],
+        };
+        let (reply, _) = self.sip_send(link, &target, &out, len).await?;
+        if matches!(reply.code, 481 | 404 | 410) {
+            tracing::info!(watcher = %w.watcher, code = reply.code, "SIP watcher gone; watch ended");
+            self.drop_watch(w).await;
+        }
+        match map::failure(reply.code, &reply.reason) {
+            None => Ok(()),
+            Some(f) => Err(f),
+        }
+    }
+}
+
+/// The SSP request `ask` of watch `w`, from its watcher for its presentity.
+fn presence_request(w: &Watch, ask: Ask) -> Transaction {
+    let r = PresenceRequest {
+        meta: Some(MetaInfo::client(&format!("wv:@{}", w.domain), &w.watcher)),
+        users: vec![Entity::user(w.presentity.clone())],
+        ..Default::default()
+    };
+    let tid = format!("sip-{:016x}", rand::random::<u64>());
+    let p = match ask {
+        Ask::Subscribe => Primitive::SubscribeRequest(r),
+        Ask::Unsubscribe => Primitive::UnsubscribeRequest(r),
+        Ask::Fetch => Primitive::GetPresenceRequest(r),
+    };
+    Transaction::request(tid, p)
+}
