@@ -133,7 +133,7 @@ modparam("presence_xml", "force_active", 1)
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     xlog("L_INFO", "REQ $rm $ru from $fu\n");
-    if ($rd == "{gateway_domain}") {{
+    if ($rd == "{gateway_domain}" || ($rd == "127.0.0.1" && $rp == {gateway_port})) {{
         $du = "sip:127.0.0.1:{gateway_port}";
         t_relay();
         exit;

@@ -22,6 +22,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Operator X (IMPS, with the translator on `sip_port`, trusting opb.example from loopback)
 /// and the DNS that places Bob at the SIP operator whose proxy listens on `proxy`.
 async fn operator_x(sip_port: u16, proxy: u16) -> Federation {
+    operator_x_with(sip_port, proxy, "").await
+}
+
+/// The same, with `peer_extra` added to opb.example's `[[sip.peer]]`.
+async fn operator_x_with(sip_port: u16, proxy: u16, peer_extra: &str) -> Federation {
     assert!(
         siplab::available() && Nsd::available(),
         "kamailio, sipp and nsd are needed (tests/run installs them)"
@@ -29,7 +34,7 @@ async fn operator_x(sip_port: u16, proxy: u16) -> Federation {
     let mut x = OperatorSpec::new('x', "46").user("usera", A, "User A");
     x.extra_toml = format!(
         "\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\nmax_body = 1000\n\n\
-         [[sip.peer]]\ndomain = \"opb.example\"\naddresses = [\"127.0.0.1\"]\n"
+         [[sip.peer]]\ndomain = \"opb.example\"\naddresses = [\"127.0.0.1\"]\n{peer_extra}"
     );
     Federation::start_dns(vec![x], DnsKind::Nsd, move |gws| zones(gws, proxy)).await
 }
@@ -412,6 +417,10 @@ async fn uc_5_21_alt_sip_a_sip_user_watches_our_user_by_number() {
     fed.shutdown().await;
 }
 
+/// The CSeq of the next request written by hand (one sequence: NOTIFYs in a dialog must
+/// come in order).
+static CSEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 /// A NOTIFY or SUBSCRIBE written by hand (`{port}` is the sending socket's).
 #[allow(clippy::too_many_arguments)]
 fn presence_request(
@@ -430,7 +439,7 @@ fn presence_request(
          Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
          CSeq: {} {method}\r\nContact: <sip:ua@127.0.0.1:{{port}}>\r\n{headers}\
          Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
-        branch % 1000 + 1,
+        CSEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         body.len()
     )
 }
@@ -452,7 +461,8 @@ async fn uc_5_21_alt_sip_bad_presence_input_gets_sip_errors_and_loses_nothing_el
         .rsplit_once("tag=")
         .map(|(_, t)| t.split(';').next().unwrap_or(t).to_owned())
         .unwrap();
-    let bob = format!("<sip:{BOB}@opb.example>;tag=srv");
+    // The in-process server answered the SUBSCRIBE with To tag ua200: its half of the dialog.
+    let bob = format!("<sip:{BOB}@opb.example>;tag=ua200");
     let a = format!("<sip:{A}@opx.example;user=phone>;tag={our_tag}");
     let pidf = |basic: &str, activity: &str| {
         format!(
@@ -516,6 +526,23 @@ async fn uc_5_21_alt_sip_bad_presence_input_gets_sip_errors_and_loses_nothing_el
             .await
     );
     assert_eq!(cx.presence_seen("usera")[0].availability, "NOT_AVAILABLE");
+    // A NOTIFY from another fork of the SUBSCRIBE (another From tag) is not this dialog.
+    let fork = presence_request(
+        "NOTIFY",
+        &format!("sip:{A}@127.0.0.1:{sip_port}"),
+        &format!("<sip:{BOB}@opb.example>;tag=other"),
+        &a,
+        &sub.call_id,
+        "Event: presence\r\nSubscription-State: active;expires=600\r\n",
+        xml,
+        &pidf("open", "busy"),
+    );
+    assert_eq!(sipua::raw_request(sip_port, &fork).await, Some(481));
+    assert_eq!(
+        cx.presence_seen("usera").len(),
+        1,
+        "nothing else reached the core"
+    );
 
     // SUBSCRIBEs to our users that are refused before the core hears of them.
     let ours = format!("sip:{A}@opx.example;user=phone");
@@ -603,5 +630,35 @@ async fn uc_5_21_alt_sip_presence_resumes_after_a_gateway_restart() {
     );
     let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
     assert_eq!(g.metrics().sip_subscriptions.get(), 1, "taken up at start");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_sip_an_operator_over_its_rate_gets_503() {
+    let sip_port = free_port();
+    let fed = operator_x_with(sip_port, free_port(), "rate = 1\nburst = 2\n").await;
+    let cx = fed.ops[0].core.clone();
+    let ours = format!("sip:{A}@opx.example;user=phone");
+    let bob = format!("sip:{BOB}@opb.example;user=phone");
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let text = format!("burst {i}");
+        codes.push(
+            sipua::request(sip_port, "MESSAGE", &ours, &bob, "text/plain", &text)
+                .await
+                .unwrap(),
+        );
+    }
+    let taken = codes.iter().filter(|c| **c == 200).count();
+    assert!(
+        (2..=3).contains(&taken),
+        "the burst is taken, the rest refused: {codes:?}"
+    );
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    assert_eq!(
+        cx.received("usera").len(),
+        taken,
+        "nothing refused was delivered"
+    );
     fed.shutdown().await;
 }

@@ -28,9 +28,15 @@ pub(super) async fn start(
     let Some(spec) = gw.cfg().sip.clone() else {
         return Ok(None);
     };
-    let (link, mut requests) = SipLink::bind(&spec, gw.cfg().timeouts.request, gw.store().cloned())
-        .await
-        .map_err(|e| StartError::Sip(e.to_string()))?;
+    let owner = format!(
+        "{}/{}",
+        gw.cfg().operator.public_domain,
+        gw.cfg().cluster.replica
+    );
+    let (link, mut requests) =
+        SipLink::bind(&spec, gw.cfg().timeouts.request, gw.store().cloned(), owner)
+            .await
+            .map_err(|e| StartError::Sip(e.to_string()))?;
     let addr = link.local();
     if gw.links.sip.set(link).is_err() {
         return Err(StartError::Sip(
@@ -42,10 +48,10 @@ pub(super) async fn start(
     gw.drain().every(REFRESH_TICK, move || {
         let g = g.clone();
         async move {
-            g.links.refresh_sip_subscriptions().await;
-            for (domain, t) in g.links.expire_watches().await {
-                let origin = Origin::Sip(Arc::from(domain.as_str()));
-                pipeline::translated(&g, &origin, t).await;
+            let mut tell = g.links.refresh_sip_subscriptions().await;
+            tell.extend(g.links.expire_watches().await);
+            for (domain, t) in tell {
+                to_core(&g, &domain, t).await;
             }
         }
     });
@@ -111,9 +117,25 @@ async fn serve(gw: &Arc<Gateway>, req: Incoming) {
     }
 }
 
+/// A request the SIP side makes of the core (a notification, an unsubscribe), carried by
+/// the pipeline like an SSP peer's: its SSP answer code.
+async fn to_core(gw: &Arc<Gateway>, domain: &str, t: crate::ssp::Transaction) -> u16 {
+    let origin = Origin::Sip(Arc::from(domain));
+    let name = t.primitive.label();
+    let code = pipeline::translated(gw, &origin, t)
+        .await
+        .primitive
+        .answer_code();
+    if code != 200 {
+        tracing::info!(from = %domain, code, request = name, "presence from SIP not taken by the core");
+    }
+    code
+}
+
 /// A NOTIFY: answered at once (the far side's transaction must not wait on our core); a
 /// changed state then goes to the core as a `PresenceNotification`. Presence does not wait:
-/// a core that cannot take it now misses this state and gets the next one.
+/// a core that cannot take it now misses this state, and the next NOTIFY (even with the
+/// same state) tries again.
 async fn notify(gw: &Arc<Gateway>, req: Incoming) {
     match gw.links.take_notify(&req).await {
         Err(r) => {
@@ -124,12 +146,17 @@ async fn notify(gw: &Arc<Gateway>, req: Incoming) {
         Ok(n) => {
             gw.links.count_sip_answer(&req.method, 200);
             req.answer(200, Vec::new()).await;
-            if let Notified::Core(domain, t) = n {
-                let origin = Origin::Sip(Arc::from(domain.as_str()));
-                let answer = pipeline::translated(gw, &origin, *t).await;
-                let code = answer.primitive.answer_code();
-                if code != 200 {
-                    tracing::info!(from = %domain, code, "presence from SIP not taken by the core");
+            match n {
+                Notified::Nothing => {}
+                Notified::Core(domain, t, call_id, p) => {
+                    if to_core(gw, &domain, *t).await == 200 {
+                        gw.links.sip_told(&call_id, p).await;
+                    }
+                }
+                Notified::Again(sub) => {
+                    if let Some((domain, t)) = gw.links.sip_resubscribe(&sub).await {
+                        to_core(gw, &domain, t).await;
+                    }
                 }
             }
         }
@@ -144,7 +171,8 @@ async fn subscribe(gw: &Arc<Gateway>, req: Incoming) {
     let answered = |code: u16, w: &sip::watch::Watch, expires: u64| {
         let mut h = vec![("Expires", expires.to_string())];
         if code == 200 {
-            h.push(("Contact", format!("<{}>", w.presentity_uri)));
+            let contact = gw.links.sip_contact(&w.presentity_uri, req.transport);
+            h.push(("Contact", format!("<{contact}>")));
         }
         gw.links.count_sip_answer("SUBSCRIBE", code);
         h
@@ -167,8 +195,7 @@ async fn subscribe(gw: &Arc<Gateway>, req: Incoming) {
             let tag = w.dialog.local_tag.clone();
             req.answer_in_dialog(200, h, &tag).await;
             gw.links.notify_end(&w, "timeout").await;
-            let origin = Origin::Sip(Arc::from(domain.as_str()));
-            pipeline::translated(gw, &origin, t).await;
+            to_core(gw, &domain, t).await;
         }
         Ok(Subscribed::Fetch(domain, t, w)) => {
             let origin = Origin::Sip(Arc::from(domain.as_str()));
@@ -200,7 +227,7 @@ async fn subscribe(gw: &Arc<Gateway>, req: Incoming) {
             }
             tracing::info!(watcher = %w.watcher, presentity = %w.presentity, "SIP watch made");
             req.answer_in_dialog(200, h, &tag).await;
-            gw.links.confirm_watch(&w.dialog.call_id).await;
+            gw.links.confirm_watch(&w).await;
         }
     }
 }

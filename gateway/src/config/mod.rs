@@ -253,6 +253,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("sip.peer[0].addresses[0]"), "{e}");
         assert_eq!(sip.subscribe_expires, 3600, "an hour by default");
+        let e = load(&format!("{MIN}[sip]\nlisten = \"0.0.0.0:5060\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.advertise"), "{e}");
         let c = load(&format!(
             "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\nsubscribe_expires = \"10m\"\n"
         ))

@@ -55,6 +55,10 @@ pub(super) struct RawSipPeer {
     pub(super) domain: String,
     #[serde(default)]
     pub(super) addresses: Vec<String>,
+    #[serde(default)]
+    pub(super) rate: Option<u32>,
+    #[serde(default)]
+    pub(super) burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

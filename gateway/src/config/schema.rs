@@ -352,6 +352,10 @@ pub struct SipPeerSpec {
     pub domain: String,
     /// The networks its servers send from (UDP and TCP carry no certificate).
     pub addresses: Vec<ipnet::IpNet>,
+    /// Requests per second taken from it (MESSAGE and new SUBSCRIBEs), and the burst.
+    pub rate: u32,
+    /// The burst above `rate`.
+    pub burst: u32,
 }
 
 impl SipSpec {

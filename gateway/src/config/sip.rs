@@ -11,6 +11,9 @@ use super::{Check, at, domain, k};
 /// 1300 bytes over UDP); this bounds what a peer can make the gateway hold.
 const MAX_BODY: usize = 16 * 1024;
 
+/// Requests per second a SIP operator may send by default (as an SSP peer's default).
+const PEER_RATE: u32 = 500;
+
 /// How long a presence subscription is asked for by default (RFC 3856 suggests an hour).
 const SUBSCRIBE_EXPIRES: u32 = 3600;
 
@@ -40,6 +43,14 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
             None
         }
     });
+    if listen.ip().is_unspecified() && advertise.is_none() {
+        check.err(
+            &path("advertise"),
+            format!(
+                "listen is {listen}, a wildcard: give the address SIP peers reach (Via, Contact)"
+            ),
+        );
+    }
     let max_body = match r.max_body {
         None => MAX_BODY,
         Some(n) if (1..=65_000).contains(&n) => usize::try_from(n).unwrap_or(MAX_BODY),
@@ -94,9 +105,15 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
         if peers.iter().any(|q: &SipPeerSpec| q.domain == d) {
             check.err(&at(&base, &[k("domain")]), format!("{d} is listed twice"));
         }
+        let rate = p.rate.unwrap_or(PEER_RATE);
+        if rate == 0 {
+            check.err(&at(&base, &[k("rate")]), "must be at least 1 per second");
+        }
         peers.push(SipPeerSpec {
             domain: d,
             addresses,
+            rate,
+            burst: p.burst.unwrap_or(rate.saturating_mul(2)),
         });
     }
     SipSpec {

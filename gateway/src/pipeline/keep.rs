@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::config::Queue;
 use crate::error::{Failure, Kind, Retry};
 use crate::links::{Dest, Issued, Links, Part};
-use crate::ssp::{Body, Message, NS_WV_SSP_13, Primitive, Status, Transaction};
+use crate::ssp::{Body, Message, NS_WV_SSP_13, Primitive, Transaction};
 use crate::store::{SentPart, Store, StoreError};
 
 /// A transaction as stored, and the transaction back.
@@ -23,7 +23,10 @@ pub(crate) fn encode(t: Transaction) -> (String, Transaction) {
     // The message was built from `t` just above, so it is there; the fallback is never used.
     (
         xml,
-        t.unwrap_or_else(|| Transaction::request("", Primitive::Status(Status::new(500)))),
+        t.unwrap_or_else(|| {
+            let f = Failure::local(Kind::Internal, "a kept transaction lost in encoding");
+            Transaction::request("", Primitive::Status(f.status()))
+        }),
     )
 }
 

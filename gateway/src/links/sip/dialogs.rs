@@ -1,6 +1,12 @@
 //! The SIP dialogs the translator keeps (subscriptions either way), by Call-ID: in memory for
-//! this process, and in a table of the state store so that a restarted process, or another
-//! replica the far side reaches, takes them up again.
+//! this process, and in a table of the state store so that a restarted process takes up
+//! the dialogs it made.
+//!
+//! Each dialog names the replica that made it: a replica takes up only its own at start and
+//! alone refreshes and numbers them; a request in a dialog of another replica (the far side
+//! reached this one) is still recognised from the store, and answered, without being taken
+//! over. Changes are made in place under the lock ([`Dialogs::update`]), so that a change
+//! made while another is on its way to the far side is never written over by a stale copy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +30,12 @@ pub(crate) trait Dialog: Clone + Serialize + DeserializeOwned {
     fn call_id(&self) -> &str;
     /// When it runs out (Unix seconds).
     fn expires_at(&self) -> u64;
+    /// The replica that made it.
+    fn owner(&self) -> &str;
+    /// Whether it is only being made (not stored yet).
+    fn pending(&self) -> bool {
+        false
+    }
 }
 
 /// Dialogs of one kind, kept in store table `table`.
@@ -35,17 +47,22 @@ pub(crate) struct Dialogs<T> {
 }
 
 impl<T: Dialog> Dialogs<T> {
-    /// The dialogs `store` keeps in `table` (none without a store).
-    pub(crate) async fn load(table: &'static str, store: Option<Arc<Store>>) -> Dialogs<T> {
+    /// The dialogs `store` keeps in `table` for replica `owner` (none without a store).
+    pub(crate) async fn load(
+        table: &'static str,
+        store: Option<Arc<Store>>,
+        owner: &str,
+    ) -> Dialogs<T> {
         let mut by_call = HashMap::new();
         if let Some(s) = &store {
             match s.table(table).list().await {
                 Ok(rows) => {
                     for (k, v) in rows {
                         match serde_json::from_str::<T>(&v) {
-                            Ok(d) => {
+                            Ok(d) if d.owner() == owner => {
                                 by_call.insert(k, d);
                             }
+                            Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(table, call_id = %k, error = %e, "unreadable SIP dialog dropped");
                             }
@@ -69,34 +86,63 @@ impl<T: Dialog> Dialogs<T> {
         self.by_call.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many there are.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+    /// How many there are that `count` counts.
+    pub(crate) fn count(&self, count: impl Fn(&T) -> bool) -> usize {
+        self.lock().values().filter(|d| count(d)).count()
+    }
+
+    /// Hold `d` in memory only (a dialog being made: not stored until it is).
+    pub(crate) fn hold(&self, d: T) {
+        self.lock().insert(d.call_id().to_owned(), d);
     }
 
     /// Keep `d` (in memory at once, in the store before returning; a store that fails is
     /// logged: the dialog lives on in this process).
     pub(crate) async fn keep(&self, d: T) {
-        let key = d.call_id().to_owned();
+        self.lock().insert(d.call_id().to_owned(), d.clone());
+        self.store(&d).await;
+    }
+
+    async fn store(&self, d: &T) {
+        let Some(s) = &self.store else { return };
+        if d.pending() {
+            return;
+        }
+        let key = d.call_id();
         let ttl = Duration::from_secs(d.expires_at().saturating_sub(now()) + 60);
-        let value = serde_json::to_string(&d);
-        self.lock().insert(key.clone(), d);
-        if let Some(s) = &self.store {
-            let stored = match value {
-                Ok(v) => s
-                    .table(self.table)
-                    .put(&key, &v, Some(ttl))
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = stored {
-                tracing::warn!(table = self.table, call_id = %key, error = %e, "SIP dialog not stored");
-            }
+        let stored = match serde_json::to_string(d) {
+            Ok(v) => s
+                .table(self.table)
+                .put(key, &v, Some(ttl))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(table = self.table, call_id = %key, error = %e, "SIP dialog not stored");
         }
     }
 
-    /// Forget the dialog of `call_id`.
+    /// Change the dialog of `call_id` in place with `change` (which says whether to store
+    /// the result): the dialog as changed, or `None` if there is none (ended meanwhile).
+    pub(crate) async fn update<R>(
+        &self,
+        call_id: &str,
+        change: impl FnOnce(&mut T) -> (bool, R),
+    ) -> Option<(T, R)> {
+        let (d, store, r) = {
+            let mut all = self.lock();
+            let d = all.get_mut(call_id)?;
+            let (store, r) = change(d);
+            (d.clone(), store, r)
+        };
+        if store {
+            self.store(&d).await;
+        }
+        Some((d, r))
+    }
+
+    /// Forget the dialog of `call_id` (memory and store).
     pub(crate) async fn forget(&self, call_id: &str) -> Option<T> {
         let gone = self.lock().remove(call_id);
         if let Some(s) = &self.store
@@ -107,17 +153,25 @@ impl<T: Dialog> Dialogs<T> {
         gone
     }
 
-    /// The dialog of `call_id`: this process's, else one the store knows (made before a
-    /// restart, or by another replica).
+    /// Forget the dialog of `call_id` in memory now (a dialog never stored; for a guard).
+    pub(crate) fn drop_held(&self, call_id: &str) {
+        self.lock().remove(call_id);
+    }
+
+    /// Whether this process holds the dialog of `call_id`.
+    pub(crate) fn holds(&self, call_id: &str) -> bool {
+        self.lock().contains_key(call_id)
+    }
+
+    /// The dialog of `call_id`: this process's, else one the store knows (another replica's,
+    /// or one ended here that the store has not forgotten), read without taking it up.
     pub(crate) async fn find(&self, call_id: &str) -> Option<T> {
         if let Some(d) = self.lock().get(call_id) {
             return Some(d.clone());
         }
         let store = self.store.as_ref()?;
         let v = store.table(self.table).get(call_id).await.ok()??;
-        let d: T = serde_json::from_str(&v).ok()?;
-        self.lock().insert(call_id.to_owned(), d.clone());
-        Some(d)
+        serde_json::from_str(&v).ok()
     }
 
     /// Those that `pick` chooses.

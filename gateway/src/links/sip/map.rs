@@ -189,6 +189,28 @@ pub(crate) fn contact_uri(value: &str) -> Option<String> {
     (lower.starts_with("sip:") || lower.starts_with("sips:")).then(|| uri.to_owned())
 }
 
+/// The comma-separated values of a header that lists them (Route, Record-Route), commas
+/// inside `<…>` or quotes kept.
+pub(crate) fn split_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0usize);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth <= 0 => {
+                out.push(value[start..i].trim().to_owned());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim().to_owned());
+    out.retain(|v| !v.is_empty());
+    out
+}
+
 /// A `Subscription-State` header (RFC 6665 §8.2.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SubState {
@@ -250,6 +272,10 @@ mod tests {
         let s = sub_state("terminated;reason=timeout");
         assert!(s.terminated());
         assert_eq!(s.reason.as_deref(), Some("timeout"));
+        assert_eq!(
+            split_list("<sip:p1;lr>, <sip:p2;lr;x=\"a,b\">,\"n, m\" <sip:p3>"),
+            ["<sip:p1;lr>", "<sip:p2;lr;x=\"a,b\">", "\"n, m\" <sip:p3>"]
+        );
         let s = sub_state("Active ; expires=600");
         assert_eq!((s.state.as_str(), s.expires), ("active", Some(600)));
     }

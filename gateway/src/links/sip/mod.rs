@@ -24,6 +24,7 @@ pub(crate) mod stack;
 pub(crate) mod watch;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use base64::Engine;
@@ -70,24 +71,43 @@ pub(crate) struct SipLink {
     spec: SipSpec,
     subs: presence::Subscriptions,
     watches: watch::Watches,
+    /// The replica this is (its dialogs are its own).
+    owner: String,
+    /// Each `[[sip.peer]]`'s rate limit, by domain.
+    limits: std::collections::HashMap<String, governor::DefaultDirectRateLimiter>,
 }
 
 impl SipLink {
     /// Bind the SIP listeners of `spec`; `timeout` bounds each transaction. The incoming
     /// requests are the caller's to serve.
-    /// The presence subscriptions kept in `store` are taken up again.
+    /// The presence dialogs replica `owner` kept in `store` are taken up again.
     pub(crate) async fn bind(
         spec: &SipSpec,
         timeout: Duration,
         store: Option<std::sync::Arc<crate::store::Store>>,
+        owner: String,
     ) -> Result<(SipLink, Requests), stack::StackError> {
         let (stack, requests) = Stack::bind(spec.listen, spec.advertise, timeout).await?;
         Ok((
             SipLink {
                 stack,
                 spec: spec.clone(),
-                subs: presence::Subscriptions::load(store.clone()).await,
-                watches: watch::load(store).await,
+                subs: presence::Subscriptions::load(store.clone(), &owner).await,
+                watches: watch::load(store, &owner).await,
+                owner,
+                limits: spec
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let rate = NonZeroU32::new(p.rate.max(1)).unwrap_or(NonZeroU32::MIN);
+                        let burst = NonZeroU32::new(p.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+                        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+                        (
+                            p.domain.to_ascii_lowercase(),
+                            governor::RateLimiter::direct(quota),
+                        )
+                    })
+                    .collect(),
             },
             requests,
         ))
@@ -95,7 +115,7 @@ impl SipLink {
 
     /// Our Contact for a request from `from` (our user's URI) over `transport`: the user at
     /// this stack's address, so what comes in the dialog comes here.
-    fn contact(&self, from: &str, transport: Transport) -> String {
+    pub(crate) fn contact(&self, from: &str, transport: Transport) -> String {
         let user = map::address(from).map(|a| a.user).unwrap_or_default();
         let at = if user.is_empty() {
             String::new()
@@ -208,8 +228,8 @@ impl Links {
             dest: SocketAddr::from(([127, 0, 0, 1], 0)),
             transport: Transport::Udp,
             dialog: None,
-            call_id: None,
             contact: None,
+            route: Vec::new(),
         };
         let started = std::time::Instant::now();
         let (reply, _) = self.sip_send(link, target, &out, body.len()).await?;
@@ -301,6 +321,17 @@ impl Links {
                     source.map_or("an unknown address".into(), |s| s.to_string())
                 ),
             ));
+        }
+        // Its rate (RFC 6357: 503 with Retry-After is SIP's way to say "slow down").
+        if link
+            .limits
+            .get(&from.host)
+            .is_some_and(|l| l.check().is_err())
+        {
+            self.metrics.refused.with_label_values(&["rate"]).inc();
+            let mut r = refuse(503, format!("rate limit for {} exceeded", from.host));
+            r.headers.push(("Retry-After", "1".into()));
+            return Err(r);
         }
         let to = map::address(&req.uri).ok_or_else(|| refuse(404, "no usable Request-URI"))?;
         let ours = to.host.is_empty() || to.host == self.cfg.operator.public_domain;

@@ -2,22 +2,28 @@
 //! `SubscribeRequest` becomes a `SUBSCRIBE` (`Event: presence`, PIDF) whose dialog the
 //! gateway keeps, refreshes before it runs out, and ends with `Expires: 0` on
 //! `UnsubscribeRequest`; each `NOTIFY` in it becomes a `PresenceNotification` to the core
-//! (unchanged states are not repeated); `GetPresenceRequest` is a fetch (a `SUBSCRIBE` with
-//! `Expires: 0`, answered with the state its one `NOTIFY` carries).
+//! (a state the core already has is not repeated); `GetPresenceRequest` is a fetch (a
+//! `SUBSCRIBE` with `Expires: 0`, answered with the state its one `NOTIFY` carries).
 //!
-//! Dialogs are kept in the state store's `sip.subscriptions` table (by Call-ID) as well as
-//! in memory, so a restarted gateway, or another replica the far side reaches, recognises
-//! the NOTIFYs of subscriptions made before, and refreshes them: presence resumes without a
-//! new subscription from the core.
+//! A dialog is pending (memory only) until its SUBSCRIBE is answered, then active (also in
+//! the state store's `sip.subscriptions` table, so a restarted gateway recognises its
+//! NOTIFYs and refreshes it: presence resumes without a new subscription from the core),
+//! then ending once we sent `Expires: 0` (kept to take the far side's last NOTIFY). Every
+//! change is made in place (`Dialogs::update`), so a refresh answered after an unsubscribe
+//! cannot bring the subscription back. A subscription the far side ends is made again when
+//! its reason allows it (`deactivated`, `timeout`); otherwise, and when one runs out
+//! unrefreshed, the core is told the presentity is offline, so no watcher waits on a state
+//! that will not change.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::dialogs::{Dialogs, now};
+use super::dialogs::{Dialog, Dialogs, now};
 use super::map;
 use super::pidf::{self, Presence};
 use super::stack::{DialogIds, Incoming, Outgoing, Reply, Transport};
@@ -33,13 +39,31 @@ use crate::store::Store;
 const TABLE: &str = "sip.subscriptions";
 
 /// How long an ended subscription waits for its last NOTIFY (RFC 3261 Timer F).
-const ENDING: std::time::Duration = std::time::Duration::from_secs(32);
+const ENDING: Duration = Duration::from_secs(32);
+
+/// How long a refresh that failed waits before it is tried again.
+const RETRY: u64 = 30;
+
+/// Where a subscription is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Phase {
+    /// SUBSCRIBE sent, not answered yet (memory only).
+    Pending,
+    /// Answered 2xx: refreshed until ended.
+    Active,
+    /// `Expires: 0` sent: waiting only for the last NOTIFY.
+    Ending,
+}
 
 /// One subscription of ours: the dialog and what it is for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Subscription {
-    /// The dialog.
+    /// The dialog (our tag chosen before the SUBSCRIBE went; the CSeq is our next one).
     pub(crate) dialog: DialogIds,
+    /// The route set: `Route` headers of our requests in the dialog.
+    pub(crate) route: Vec<String>,
+    /// The highest CSeq of the far side's NOTIFYs taken.
+    pub(crate) remote_cseq: u32,
     /// Our watching user's public ID (`wv:+MSISDN`).
     pub(crate) watcher: String,
     /// The same as a SIP URI (From).
@@ -58,62 +82,123 @@ pub(crate) struct Subscription {
     pub(crate) domain: String,
     /// When it runs out (Unix seconds).
     pub(crate) expires_at: u64,
-    /// How long each refresh asks for (seconds).
+    /// How long the far side granted it last (seconds): it is refreshed with a fifth of
+    /// that left.
+    pub(crate) granted: u32,
+    /// How long each refresh asks for (seconds; raised by a 423).
     pub(crate) period: u32,
-    /// Ended by us (`Expires: 0` sent): kept only to take the far side's last NOTIFY, until
-    /// `expires_at`.
-    #[serde(default)]
-    pub(crate) ending: bool,
-    /// The last state told to the core (not repeated).
+    /// Where it is in its life.
+    pub(crate) phase: Phase,
+    /// No refresh before this (Unix seconds; after a failed one).
+    pub(crate) retry_at: u64,
+    /// The replica that made it.
+    pub(crate) owner: String,
+    /// The last state the core took (not repeated).
     #[serde(skip)]
     pub(crate) last: Option<Presence>,
 }
 
-impl super::dialogs::Dialog for Subscription {
+impl Dialog for Subscription {
     fn call_id(&self) -> &str {
         &self.dialog.call_id
     }
     fn expires_at(&self) -> u64 {
         self.expires_at
     }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+    fn pending(&self) -> bool {
+        self.phase == Phase::Pending
+    }
 }
+
+/// A fetch waiting for its NOTIFY: our tag, and where the state goes.
+type Fetch = (String, oneshot::Sender<Presence>);
 
 /// The subscriptions of this process, and the fetches waiting for their NOTIFY.
 #[derive(Debug)]
 pub(crate) struct Subscriptions {
     kept: Dialogs<Subscription>,
-    fetches: Mutex<HashMap<String, oneshot::Sender<Presence>>>,
+    fetches: Mutex<HashMap<String, Fetch>>,
 }
 
 impl Subscriptions {
-    /// The subscriptions kept in `store` (what a restarted process takes up again).
-    pub(crate) async fn load(store: Option<Arc<Store>>) -> Subscriptions {
+    /// The subscriptions replica `owner` kept in `store`.
+    pub(crate) async fn load(store: Option<Arc<Store>>, owner: &str) -> Subscriptions {
         Subscriptions {
-            kept: Dialogs::load(TABLE, store).await,
+            kept: Dialogs::load(TABLE, store, owner).await,
             fetches: Mutex::new(HashMap::new()),
         }
     }
 
-    fn fetches(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Presence>>> {
+    fn fetches(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fetch>> {
         self.fetches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn by_parties(&self, watcher: &str, presentity: &str) -> Option<Subscription> {
+    fn active(&self, watcher: &str, presentity: &str) -> Option<Subscription> {
         self.kept
             .select(|s| {
-                !s.ending && s.watcher == watcher && s.presentity.eq_ignore_ascii_case(presentity)
+                s.phase == Phase::Active
+                    && s.watcher == watcher
+                    && s.presentity.eq_ignore_ascii_case(presentity)
             })
             .into_iter()
             .next()
+    }
+
+    /// Whether `ip` is the server of one of our subscriptions.
+    fn serves(&self, ip: std::net::IpAddr) -> bool {
+        self.kept.count(|s| s.server.ip().to_canonical() == ip) > 0
+    }
+}
+
+/// Takes a dialog held while it is made out of memory if the making is abandoned (its
+/// caller gave up, or it failed).
+struct Held<'a> {
+    subs: &'a Subscriptions,
+    call_id: String,
+    armed: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.subs.kept.drop_held(&self.call_id);
+        }
+    }
+}
+
+/// Takes a fetch's waiter away when the fetch ends, however it ends.
+struct Waiting<'a> {
+    subs: &'a Subscriptions,
+    call_id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.subs.fetches().remove(&self.call_id);
     }
 }
 
 /// What an incoming NOTIFY comes to.
 pub(crate) enum Notified {
-    /// Nothing for the core (pending, unchanged, ended, a fetch's answer).
+    /// Nothing for the core (pending, unchanged, ended by us, a fetch's answer).
     Nothing,
-    /// A `PresenceNotification` for the core, from this SIP domain.
-    Core(String, Box<Transaction>),
+    /// A `PresenceNotification` for the core, from this SIP domain; once the core took it,
+    /// [`Links::sip_told`] with the dialog's Call-ID and the state.
+    Core(String, Box<Transaction>, String, Presence),
+    /// The far side ended the subscription in a way that asks for a new one (RFC 6665
+    /// §4.1.3: `deactivated`, `timeout`): [`Links::sip_resubscribe`].
+    Again(Box<Subscription>),
+}
+
+fn tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn new_call_id() -> String {
+    format!("{:032x}@ssp", rand::random::<u128>())
 }
 
 impl Links {
@@ -151,8 +236,9 @@ impl Links {
             .ok_or_else(|| Failure::local(Kind::Malformed, "no presentity"))
     }
 
-    /// Send `out` to the servers of `target` in turn: the first final answer from a server
-    /// that did not fail as a server, and the server that gave it.
+    /// Send `out` to the servers of `target` in turn, all within one transaction timeout:
+    /// the first final answer from a server that did not fail as a server, and the server
+    /// that gave it.
     pub(super) async fn sip_send(
         &self,
         link: &SipLink,
@@ -160,6 +246,7 @@ impl Links {
         out: &Outgoing,
         body_len: usize,
     ) -> Result<(Reply, SipServer), Failure> {
+        let deadline = tokio::time::Instant::now() + self.cfg.timeouts.request;
         let mut last = Err(Failure::local(
             Kind::Unreachable,
             format!("no SIP server for {}", target.domain),
@@ -176,7 +263,16 @@ impl Links {
             if let Some(c) = &mut o.contact {
                 *c = link.contact(c, transport);
             }
-            let reply = link.stack.request(o).await;
+            let reply = match tokio::time::timeout_at(deadline, link.stack.request(o)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.count_sip_out(out.method, None);
+                    return Err(Failure::local(
+                        Kind::Timeout,
+                        format!("no SIP answer from {} in time", target.domain),
+                    ));
+                }
+            };
             self.count_sip_out(out.method, reply.as_ref().ok().map(|r| r.code));
             let used = SipServer {
                 addr: server.addr,
@@ -192,7 +288,7 @@ impl Links {
         last
     }
 
-    /// Count a request we sent and its answer (`None`: not sent).
+    /// Count a request we sent and its answer (`None`: none came).
     pub(super) fn count_sip_out(&self, method: &'static str, code: Option<u16>) {
         self.metrics
             .sip
@@ -204,7 +300,15 @@ impl Links {
             .inc();
     }
 
-    /// `SubscribeRequest` to a SIP destination: a SUBSCRIBE dialog, kept.
+    fn count_subscriptions(&self, link: &SipLink) {
+        let n = link.subs.kept.count(|s| s.phase == Phase::Active);
+        self.metrics
+            .sip_subscriptions
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// `SubscribeRequest` to a SIP destination: a SUBSCRIBE dialog, kept. Subscribing again
+    /// refreshes the one there is (RFC 6665 §4.1.2.1).
     pub(super) async fn sip_subscribe(
         &self,
         link: &SipLink,
@@ -213,33 +317,39 @@ impl Links {
     ) -> Result<Primitive, Failure> {
         let (watcher, watcher_uri) = self.sip_watcher(r)?;
         let presentity = Self::sip_presentity(r)?;
-        if let Some(old) = link.subs.by_parties(&watcher, &presentity) {
-            // Subscribing again refreshes the one there is (RFC 6665 §4.1.2.1).
-            return match self.sip_refresh(link, old).await {
-                Ok(()) => Ok(ok()),
-                Err(f) => Err(f),
-            };
+        if let Some(old) = link.subs.active(&watcher, &presentity) {
+            self.sip_refresh(link, &old.dialog.call_id).await?;
+            return Ok(ok());
         }
-        let period = link.spec.subscribe_expires;
-        let call_id = format!("{:032x}@ssp", rand::random::<u128>());
-        let out = subscribe_out(
-            target.uri.clone(),
-            watcher_uri.clone(),
-            target.uri.clone(),
-            period,
-            None,
-            Some(call_id.clone()),
-        );
-        // Known before it is sent: the first NOTIFY may come before the answer does.
-        let pending = Subscription {
-            dialog: DialogIds {
-                call_id: call_id.clone(),
-                local_tag: String::new(),
-                remote_tag: String::new(),
-                cseq: 2,
-            },
+        self.sip_make(link, target, watcher, watcher_uri, presentity)
+            .await?;
+        Ok(ok())
+    }
+
+    /// Make a new subscription of `watcher` to `presentity` at `target`.
+    async fn sip_make(
+        &self,
+        link: &SipLink,
+        target: &SipTarget,
+        watcher: String,
+        watcher_uri: String,
+        presentity: String,
+    ) -> Result<(), Failure> {
+        let mut period = link.spec.subscribe_expires;
+        let call_id = new_call_id();
+        let dialog = DialogIds {
+            call_id: call_id.clone(),
+            local_tag: tag(),
+            remote_tag: String::new(),
+            cseq: 1,
+        };
+        // Held before it is sent: the first NOTIFY may come before the answer does.
+        link.subs.kept.hold(Subscription {
+            dialog: dialog.clone(),
+            route: Vec::new(),
+            remote_cseq: 0,
             watcher,
-            watcher_uri,
+            watcher_uri: watcher_uri.clone(),
             presentity,
             presentity_uri: target.uri.clone(),
             target: target.uri.clone(),
@@ -247,167 +357,202 @@ impl Links {
             tcp: false,
             domain: target.domain.clone(),
             expires_at: now() + u64::from(period),
+            granted: period,
             period,
-            ending: false,
+            phase: Phase::Pending,
+            retry_at: 0,
+            owner: link.owner.clone(),
             last: None,
+        });
+        let mut held = Held {
+            subs: &link.subs,
+            call_id: call_id.clone(),
+            armed: true,
         };
-        link.subs
-            .kept
-            .lock()
-            .insert(call_id.clone(), pending.clone());
-        let mut sent = self.sip_send(link, target, &out, 0).await;
-        let mut retried = false;
-        // 423: the far side wants longer; asked once more for its Min-Expires (RFC 6665 §4.1.2.1).
-        if let Ok((r, _)) = &sent
-            && r.code == 423
-            && let Some(min) = r.min_expires.filter(|m| (period..=86_400).contains(m))
+        let subscribe = |expires: u32, cseq: u32| Outgoing {
+            dialog: Some(DialogIds {
+                cseq,
+                ..dialog.clone()
+            }),
+            ..subscribe_out(
+                target.uri.clone(),
+                watcher_uri.clone(),
+                target.uri.clone(),
+                expires,
+                Vec::new(),
+            )
+        };
+        let (mut reply, mut server) = self
+            .sip_send(link, target, &subscribe(period, 1), 0)
+            .await?;
+        let mut cseq = 2;
+        // 423: the far side wants longer; asked once more for its Min-Expires.
+        if reply.code == 423
+            && let Some(min) = reply.min_expires.filter(|m| (period..=86_400).contains(m))
         {
-            let again = Outgoing {
-                dialog: Some(DialogIds {
-                    call_id: call_id.clone(),
-                    local_tag: r.local_tag.clone(),
-                    remote_tag: String::new(),
-                    cseq: 2,
-                }),
-                ..subscribe_out(
-                    target.uri.clone(),
-                    pending.watcher_uri.clone(),
-                    target.uri.clone(),
-                    min,
-                    None,
-                    None,
-                )
-            };
-            sent = self.sip_send(link, target, &again, 0).await;
-            retried = true;
+            period = min;
+            (reply, server) = self
+                .sip_send(link, target, &subscribe(period, 2), 0)
+                .await?;
+            cseq = 3;
         }
-        let (reply, server) = match sent {
-            Ok(x) => x,
-            Err(f) => {
-                link.subs.kept.lock().remove(&call_id);
-                return Err(f);
-            }
-        };
         if let Some(f) = map::failure(reply.code, &reply.reason) {
-            link.subs.kept.lock().remove(&call_id);
             return Err(f);
         }
-        let mut sub = link
+        let granted = reply.expires.unwrap_or(period);
+        let made = link
             .subs
             .kept
-            .lock()
-            .get(&call_id)
-            .cloned()
-            .unwrap_or(pending);
-        sub.dialog.local_tag = reply.local_tag.clone();
-        if let Some(t) = &reply.remote_tag {
-            sub.dialog.remote_tag = t.clone();
-        }
-        if let Some(c) = &reply.contact {
-            sub.target = c.clone();
-        }
-        sub.server = server.addr;
-        sub.tcp = server.tcp;
-        sub.expires_at = now() + u64::from(reply.expires.unwrap_or(period));
-        if retried {
-            sub.dialog.cseq = 3;
-        }
+            .update(&call_id, |s| {
+                if let Some(t) = &reply.remote_tag
+                    && s.dialog.remote_tag.is_empty()
+                {
+                    s.dialog.remote_tag = t.clone();
+                }
+                s.dialog.cseq = cseq;
+                // The far side's Record-Route, reversed, is our route set (§12.1.2).
+                s.route = reply.record_route.iter().rev().cloned().collect();
+                if let Some(c) = &reply.contact {
+                    s.target = c.clone();
+                }
+                s.server = server.addr;
+                s.tcp = server.tcp;
+                s.period = period;
+                s.granted = granted;
+                s.expires_at = now() + u64::from(granted);
+                s.phase = Phase::Active;
+                (true, ())
+            })
+            .await;
+        held.armed = false;
+        let Some((sub, ())) = made else {
+            // Its NOTIFY said `terminated` before the answer was taken: refused, in effect.
+            return Err(Failure::new(
+                Kind::Declined,
+                crate::error::Side::Peer,
+                format!("{} ended the subscription at once", target.domain),
+            ));
+        };
         tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, call_id = %call_id, code = reply.code, "SIP presence subscription made");
-        link.subs.kept.keep(sub).await;
-        self.metrics.sip_subscriptions.set(gauge(link));
-        Ok(ok())
+        self.count_subscriptions(link);
+        Ok(())
     }
 
-    /// Refresh `sub` in its dialog; a dialog the far side no longer knows (481) is made anew.
-    async fn sip_refresh(&self, link: &SipLink, mut sub: Subscription) -> Result<(), Failure> {
+    /// Refresh the subscription of `call_id` in its dialog. A dialog the far side no longer
+    /// knows (481) is made anew; a 423 raises what is asked for next time; other failures
+    /// wait [`RETRY`] seconds.
+    async fn sip_refresh(&self, link: &SipLink, call_id: &str) -> Result<(), Failure> {
+        let taken = link
+            .subs
+            .kept
+            .update(call_id, |s| {
+                if s.phase != Phase::Active {
+                    return (false, None);
+                }
+                let cseq = s.dialog.cseq;
+                s.dialog.cseq += 1;
+                (true, Some(cseq))
+            })
+            .await;
+        let Some((sub, Some(cseq))) = taken else {
+            return Ok(());
+        };
         let out = Outgoing {
-            dialog: Some(sub.dialog.clone()),
+            dialog: Some(DialogIds {
+                cseq,
+                ..sub.dialog.clone()
+            }),
             ..subscribe_out(
                 sub.target.clone(),
                 sub.watcher_uri.clone(),
                 sub.presentity_uri.clone(),
                 sub.period,
-                None,
-                None,
+                sub.route.clone(),
             )
         };
-        let target = sub.in_dialog_target();
-        sub.dialog.cseq += 1;
-        let (reply, _) = self.sip_send(link, &target, &out, 0).await?;
-        if reply.code == 481 {
-            link.subs.kept.forget(&sub.dialog.call_id).await;
-            let fresh = SipTarget {
-                domain: sub.domain.clone(),
-                uri: sub.presentity_uri.clone(),
-                servers: vec![SipServer {
-                    addr: sub.server,
-                    tcp: sub.tcp,
-                }],
-            };
-            let req = PresenceRequest {
-                users: vec![Entity::user(sub.presentity.clone())],
-                ..Default::default()
-            };
-            return self
-                .sip_subscribe_as(link, &fresh, &req, &sub.watcher, &sub.watcher_uri)
-                .await
-                .map(|_| ());
+        let sent = self.sip_send(link, &sub.in_dialog_target(), &out, 0).await;
+        let code = sent.as_ref().map_or(0, |(r, _)| r.code);
+        if code == 481 {
+            if link.subs.kept.forget(call_id).await.is_some() {
+                tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, "SIP subscription unknown to the far side; made anew");
+                self.sip_resubscribe(&sub).await;
+            }
+            return Ok(());
         }
-        if let Some(f) = map::failure(reply.code, &reply.reason) {
-            link.subs.kept.keep(sub).await;
-            return Err(f);
-        }
-        sub.expires_at = now() + u64::from(reply.expires.unwrap_or(sub.period));
-        link.subs.kept.keep(sub).await;
-        Ok(())
+        let result = match &sent {
+            Ok((r, _)) => map::failure(r.code, &r.reason).map_or(Ok(()), Err),
+            Err(f) => Err(f.clone()),
+        };
+        link.subs
+            .kept
+            .update(call_id, |s| {
+                // Ended meanwhile (an unsubscribe): left as it is.
+                if s.phase != Phase::Active {
+                    return (false, ());
+                }
+                match &sent {
+                    Ok((r, _)) if (200..300).contains(&r.code) => {
+                        s.granted = r.expires.unwrap_or(s.period);
+                        s.expires_at = now() + u64::from(s.granted);
+                        s.retry_at = 0;
+                    }
+                    Ok((r, _)) if r.code == 423 => {
+                        if let Some(min) = r.min_expires.filter(|m| *m <= 86_400) {
+                            s.period = s.period.max(min);
+                        }
+                    }
+                    _ => s.retry_at = now() + RETRY,
+                }
+                (true, ())
+            })
+            .await;
+        result
     }
 
-    /// A new subscription for a watcher already known by its public ID and URI (a refresh
-    /// the far side had forgotten).
-    async fn sip_subscribe_as(
+    /// Make `old`'s subscription again (the far side forgot or ended it), at the server that
+    /// had it; if that fails, the core is told the presentity is offline.
+    pub(crate) async fn sip_resubscribe(
         &self,
-        link: &SipLink,
-        target: &SipTarget,
-        r: &PresenceRequest,
-        watcher: &str,
-        watcher_uri: &str,
-    ) -> Result<Primitive, Failure> {
-        let presentity = Self::sip_presentity(r)?;
-        let period = link.spec.subscribe_expires;
-        let out = subscribe_out(
-            target.uri.clone(),
-            watcher_uri.to_owned(),
-            target.uri.clone(),
-            period,
-            None,
-            None,
-        );
-        let (reply, server) = self.sip_send(link, target, &out, 0).await?;
-        if let Some(f) = map::failure(reply.code, &reply.reason) {
-            return Err(f);
-        }
-        let sub = Subscription {
-            dialog: DialogIds {
-                call_id: reply.call_id.clone(),
-                local_tag: reply.local_tag.clone(),
-                remote_tag: reply.remote_tag.clone().unwrap_or_default(),
-                cseq: 2,
-            },
-            watcher: watcher.to_owned(),
-            watcher_uri: watcher_uri.to_owned(),
-            presentity,
-            presentity_uri: target.uri.clone(),
-            target: reply.contact.clone().unwrap_or_else(|| target.uri.clone()),
-            server: server.addr,
-            tcp: server.tcp,
-            domain: target.domain.clone(),
-            expires_at: now() + u64::from(reply.expires.unwrap_or(period)),
-            period,
-            ending: false,
-            last: None,
+        old: &Subscription,
+    ) -> Option<(String, Transaction)> {
+        let link = self.sip.get()?;
+        let target = SipTarget {
+            domain: old.domain.clone(),
+            uri: old.presentity_uri.clone(),
+            servers: vec![SipServer {
+                addr: old.server,
+                tcp: old.tcp,
+            }],
         };
-        link.subs.kept.keep(sub).await;
-        Ok(ok())
+        let made = self
+            .sip_make(
+                link,
+                &target,
+                old.watcher.clone(),
+                old.watcher_uri.clone(),
+                old.presentity.clone(),
+            )
+            .await;
+        match made {
+            Ok(()) => None,
+            Err(f) => {
+                tracing::info!(watcher = %old.watcher, presentity = %old.presentity, error = %f, "SIP subscription not made again; the watcher is told the presentity is offline");
+                Some(offline(old))
+            }
+        }
+    }
+
+    /// The core took `p` from the dialog of `call_id`: the same state is not sent again.
+    pub(crate) async fn sip_told(&self, call_id: &str, p: Presence) {
+        if let Some(link) = self.sip.get() {
+            link.subs
+                .kept
+                .update(call_id, |s| {
+                    s.last = Some(p);
+                    (false, ())
+                })
+                .await;
+        }
     }
 
     /// `UnsubscribeRequest` to a SIP destination: the dialog ends with `Expires: 0`. Ended on
@@ -419,30 +564,40 @@ impl Links {
     ) -> Result<Primitive, Failure> {
         let (watcher, _) = self.sip_watcher(r)?;
         let presentity = Self::sip_presentity(r)?;
-        let Some(sub) = link.subs.by_parties(&watcher, &presentity) else {
+        let Some(sub) = link.subs.active(&watcher, &presentity) else {
+            return Ok(ok());
+        };
+        // Kept a little longer, ending: the far side's last NOTIFY (terminated) is still
+        // answered 200 (a 481 would make it clean up what it already ended).
+        let taken = link
+            .subs
+            .kept
+            .update(&sub.dialog.call_id, |s| {
+                let cseq = s.dialog.cseq;
+                s.dialog.cseq += 1;
+                s.phase = Phase::Ending;
+                s.expires_at = now() + ENDING.as_secs();
+                (true, cseq)
+            })
+            .await;
+        self.count_subscriptions(link);
+        let Some((sub, cseq)) = taken else {
             return Ok(ok());
         };
         let out = Outgoing {
-            dialog: Some(sub.dialog.clone()),
+            dialog: Some(DialogIds {
+                cseq,
+                ..sub.dialog.clone()
+            }),
             ..subscribe_out(
                 sub.target.clone(),
                 sub.watcher_uri.clone(),
                 sub.presentity_uri.clone(),
                 0,
-                None,
-                None,
+                sub.route.clone(),
             )
         };
-        // Kept a little longer, ending: the far side's last NOTIFY (terminated) is still
-        // answered 200 (a 481 would make it clean up what it already ended).
-        let mut ending = sub.clone();
-        ending.ending = true;
-        ending.expires_at = now() + ENDING.as_secs();
-        ending.dialog.cseq += 1;
-        link.subs.kept.keep(ending).await;
-        self.metrics.sip_subscriptions.set(gauge(link));
-        let sent = self.sip_send(link, &sub.in_dialog_target(), &out, 0).await;
-        match sent {
+        match self.sip_send(link, &sub.in_dialog_target(), &out, 0).await {
             Ok((reply, _)) => {
                 tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, code = reply.code, "SIP presence subscription ended");
             }
@@ -454,45 +609,54 @@ impl Links {
     }
 
     /// `GetPresenceRequest` to a SIP destination: a fetch (SUBSCRIBE `Expires: 0`), answered
-    /// with the state its NOTIFY carries.
+    /// with the state its NOTIFY carries, all within one request timeout.
     pub(super) async fn sip_fetch(
         &self,
         link: &SipLink,
         target: &SipTarget,
         r: &PresenceRequest,
     ) -> Result<Primitive, Failure> {
+        let deadline = tokio::time::Instant::now() + self.cfg.timeouts.request;
         let (_, watcher_uri) = self.sip_watcher(r)?;
         let presentity = Self::sip_presentity(r)?;
-        let call_id = format!("{:032x}@ssp", rand::random::<u128>());
+        let dialog = DialogIds {
+            call_id: new_call_id(),
+            local_tag: tag(),
+            remote_tag: String::new(),
+            cseq: 1,
+        };
         let (tx, rx) = oneshot::channel();
-        link.subs.fetches().insert(call_id.clone(), tx);
-        let out = subscribe_out(
-            target.uri.clone(),
-            watcher_uri,
-            target.uri.clone(),
-            0,
-            None,
-            Some(call_id.clone()),
-        );
-        let result = async {
-            let (reply, _) = self.sip_send(link, target, &out, 0).await?;
-            if let Some(f) = map::failure(reply.code, &reply.reason) {
-                return Err(f);
-            }
-            tokio::time::timeout(self.cfg.timeouts.request, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| {
-                    Failure::local(
-                        Kind::Timeout,
-                        format!("no NOTIFY from {} for the fetch", target.domain),
-                    )
-                })
+        link.subs
+            .fetches()
+            .insert(dialog.call_id.clone(), (dialog.local_tag.clone(), tx));
+        let _waiting = Waiting {
+            subs: &link.subs,
+            call_id: dialog.call_id.clone(),
+        };
+        let out = Outgoing {
+            dialog: Some(dialog),
+            ..subscribe_out(
+                target.uri.clone(),
+                watcher_uri,
+                target.uri.clone(),
+                0,
+                Vec::new(),
+            )
+        };
+        let (reply, _) = self.sip_send(link, target, &out, 0).await?;
+        if let Some(f) = map::failure(reply.code, &reply.reason) {
+            return Err(f);
         }
-        .await;
-        link.subs.fetches().remove(&call_id);
-        let p = result?;
+        let p = tokio::time::timeout_at(deadline, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Failure::local(
+                    Kind::Timeout,
+                    format!("no NOTIFY from {} for the fetch", target.domain),
+                )
+            })?;
         Ok(Primitive::GetPresenceResponse(GetPresenceResponse {
             status: Some(Status::with(status::OK, "Successful")),
             values: vec![pidf::to_ssp(&presentity, &p)],
@@ -500,37 +664,42 @@ impl Links {
         }))
     }
 
-    /// Refresh the subscriptions that run out within a fifth of their period (at least 10 s);
-    /// drop those that ran out. Called every few seconds by the listener's task.
-    pub(crate) async fn refresh_sip_subscriptions(&self) {
-        let Some(link) = self.sip.get() else { return };
-        self.metrics.sip_subscriptions.set(gauge(link));
+    /// Refresh the subscriptions with a fifth of what was granted left (at least 10 s), not
+    /// before a failed refresh's retry time; forget those ended or run out. What the core
+    /// must be told (a subscription ran out unrefreshed: offline) is returned.
+    pub(crate) async fn refresh_sip_subscriptions(&self) -> Vec<(String, Transaction)> {
+        let Some(link) = self.sip.get() else {
+            return Vec::new();
+        };
+        let mut tell = Vec::new();
         let t = now();
-        for sub in link
-            .subs
-            .kept
-            .select(|s| s.expires_at <= t + (u64::from(s.period) / 5).max(10))
-        {
-            if sub.ending {
-                if sub.expires_at <= now() {
-                    link.subs.kept.forget(&sub.dialog.call_id).await;
-                }
-                continue;
-            }
+        for sub in link.subs.kept.select(|s| {
+            s.phase != Phase::Pending
+                && s.retry_at <= t
+                && s.expires_at <= t + (u64::from(s.granted) / 5).max(10)
+        }) {
             if sub.expires_at <= now() {
-                tracing::warn!(watcher = %sub.watcher, presentity = %sub.presentity, "SIP presence subscription ran out unrefreshed");
+                if sub.phase == Phase::Active {
+                    tracing::warn!(watcher = %sub.watcher, presentity = %sub.presentity, "SIP presence subscription ran out unrefreshed; the watcher is told the presentity is offline");
+                    tell.push(offline(&sub));
+                }
                 link.subs.kept.forget(&sub.dialog.call_id).await;
                 continue;
             }
-            let (w, p) = (sub.watcher.clone(), sub.presentity.clone());
-            if let Err(f) = self.sip_refresh(link, sub).await {
-                tracing::warn!(watcher = %w, presentity = %p, error = %f, "SIP presence subscription not refreshed; tried again");
+            if sub.phase != Phase::Active {
+                continue;
+            }
+            if let Err(f) = self.sip_refresh(link, &sub.dialog.call_id).await {
+                tracing::warn!(watcher = %sub.watcher, presentity = %sub.presentity, error = %f, "SIP presence subscription not refreshed; tried again later");
             }
         }
+        self.count_subscriptions(link);
+        tell
     }
 
     /// An incoming NOTIFY: for a subscription of ours (else 481), from where it was made or
-    /// a trusted address of its domain (else 403), `Event: presence` with PIDF.
+    /// a trusted address of its domain (else 403), `Event: presence` with PIDF, in CSeq
+    /// order (else 500).
     pub(crate) async fn take_notify(&self, req: &Incoming) -> Result<Notified, SipRefusal> {
         let link = self.sip.get().ok_or_else(|| refuse(503, "no SIP link"))?;
         let ours = map::tag(&req.to).unwrap_or_default().to_owned();
@@ -541,7 +710,23 @@ impl Links {
             r.headers.push(("Allow-Events", "presence".into()));
             return Err(r);
         }
-        let state = map::sub_state(&req.header("Subscription-State").unwrap_or_default());
+        let state = map::sub_state(
+            &req.header("Subscription-State")
+                .ok_or_else(|| refuse(400, "no Subscription-State"))?,
+        );
+        // Only from a SIP operator we trust or a server we subscribed at: nobody else makes
+        // the gateway look anything up.
+        let source = req.source.map(|s| s.ip().to_canonical());
+        let known = source.is_some_and(|ip| {
+            link.spec
+                .peers
+                .iter()
+                .any(|p| p.addresses.iter().any(|n| n.contains(&ip)))
+                || link.subs.serves(ip)
+        });
+        if !known {
+            return Err(refuse(403, "a NOTIFY from an address we do not know"));
+        }
         let presence = || -> Result<Presence, SipRefusal> {
             if req.body.len() > link.spec.max_body {
                 return Err(refuse(413, format!("a {} byte body", req.body.len())));
@@ -555,20 +740,31 @@ impl Links {
             }
             pidf::parse(&req.body, link.spec.max_body).map_err(|e| refuse(400, e.to_string()))
         };
-        // A fetch's NOTIFY.
-        let fetch = link.subs.fetches().remove(&req.call_id);
-        if let Some(tx) = fetch {
+        // A fetch's NOTIFY (its tag must be the one the fetch went with).
+        let fetch = {
+            let mut f = link.subs.fetches();
+            match f.get(&req.call_id) {
+                Some((t, _)) if *t == ours => f.remove(&req.call_id),
+                _ => None,
+            }
+        };
+        if let Some((_, tx)) = fetch {
             let p = presence()?;
             let _ = tx.send(p);
             return Ok(Notified::Nothing);
         }
-        let Some(mut sub) = link.subs.kept.find(&req.call_id).await else {
+        let Some(sub) = link.subs.kept.find(&req.call_id).await else {
             return Err(refuse(481, "no such subscription"));
         };
-        if !sub.dialog.local_tag.is_empty() && ours != sub.dialog.local_tag {
-            return Err(refuse(481, "no such subscription (tag)"));
+        if ours != sub.dialog.local_tag {
+            return Err(refuse(481, "no such subscription (our tag)"));
         }
-        let source = req.source.map(|s| s.ip().to_canonical());
+        let theirs = map::tag(&req.from).unwrap_or_default();
+        if !sub.dialog.remote_tag.is_empty() && theirs != sub.dialog.remote_tag {
+            // Another fork of the SUBSCRIBE: one dialog is kept (RFC 6665 §4.1.2.4 allows
+            // refusing the others).
+            return Err(refuse(481, "no such subscription (another fork)"));
+        }
         let trusted = source.is_some_and(|ip| {
             ip == sub.server.ip().to_canonical() || link.spec.peer_at(&sub.domain, ip).is_some()
         });
@@ -582,48 +778,90 @@ impl Links {
             ));
         }
         let p = presence()?;
-        if sub.dialog.remote_tag.is_empty()
-            && let Some(t) = map::tag(&req.from)
-        {
-            sub.dialog.remote_tag = t.to_owned();
+        let cseq = req.cseq().unwrap_or(0);
+        if !link.subs.kept.holds(&req.call_id) {
+            // Another replica's dialog (the far side reached this one): recognised and
+            // answered, not taken over; what it says still reaches the core.
+            return Ok(if state.terminated() || sub.phase != Phase::Active {
+                Notified::Nothing
+            } else {
+                notified(&sub, p)
+            });
         }
-        if state.terminated() {
-            if !sub.ending {
-                tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, reason = ?state.reason, "SIP presence subscription ended by the far side");
-            }
-            link.subs.kept.forget(&sub.dialog.call_id).await;
-            self.metrics.sip_subscriptions.set(gauge(link));
-            return Ok(Notified::Nothing);
-        }
-        if sub.ending {
-            // Ended here: what it says now is for nobody.
-            return Ok(Notified::Nothing);
-        }
-        if let Some(e) = state.expires {
-            sub.expires_at = now() + u64::from(e);
-        }
-        let changed = state.state != "pending" && sub.last.as_ref() != Some(&p);
-        if changed {
-            sub.last = Some(p.clone());
-        }
-        link.subs.kept.keep(sub.clone()).await;
-        if !changed {
-            return Ok(Notified::Nothing);
-        }
-        let note = PresenceNotification {
-            watchers: vec![Entity::user(sub.watcher.clone())],
-            values: vec![pidf::to_ssp(&sub.presentity, &p)],
-            ..Default::default()
+        let order = link
+            .subs
+            .kept
+            .update(&req.call_id, |s| {
+                if cseq != 0 && cseq <= s.remote_cseq {
+                    return (false, false);
+                }
+                s.remote_cseq = cseq;
+                if s.dialog.remote_tag.is_empty() {
+                    s.dialog.remote_tag = theirs.to_owned();
+                }
+                if let Some(e) = state.expires.filter(|_| !state.terminated()) {
+                    s.expires_at = now() + u64::from(e);
+                    s.granted = e;
+                }
+                (s.phase != Phase::Pending, true)
+            })
+            .await;
+        let Some((sub, true)) = order else {
+            return match order {
+                None => Err(refuse(481, "no such subscription")),
+                Some(_) => Err(refuse(500, "a NOTIFY out of CSeq order")),
+            };
         };
-        let tid = format!("sip-{:016x}", rand::random::<u64>());
-        Ok(Notified::Core(
-            sub.domain.clone(),
-            Box::new(Transaction::request(
-                tid,
-                Primitive::PresenceNotification(note),
-            )),
-        ))
+        if state.terminated() {
+            let ending = sub.phase == Phase::Ending;
+            link.subs.kept.forget(&sub.dialog.call_id).await;
+            self.count_subscriptions(link);
+            if ending {
+                return Ok(Notified::Nothing);
+            }
+            let reason = state.reason.as_deref().unwrap_or("");
+            tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, reason, "SIP presence subscription ended by the far side");
+            return Ok(match reason {
+                // RFC 6665 §4.1.3: these ask for a new subscription.
+                "deactivated" | "timeout" | "" if sub.phase == Phase::Active => {
+                    Notified::Again(Box::new(sub))
+                }
+                _ => {
+                    let (domain, t) = offline(&sub);
+                    Notified::Core(domain, Box::new(t), String::new(), Presence::offline())
+                }
+            });
+        }
+        if sub.phase == Phase::Ending || state.state == "pending" || sub.last.as_ref() == Some(&p) {
+            return Ok(Notified::Nothing);
+        }
+        Ok(notified(&sub, p))
     }
+}
+
+/// The `PresenceNotification` for `sub`'s watcher saying `p`, and the domain it is from.
+fn notification(sub: &Subscription, p: &Presence) -> (String, Transaction) {
+    let note = PresenceNotification {
+        watchers: vec![Entity::user(sub.watcher.clone())],
+        values: vec![pidf::to_ssp(&sub.presentity, p)],
+        ..Default::default()
+    };
+    let tid = format!("sip-{:016x}", rand::random::<u64>());
+    (
+        sub.domain.clone(),
+        Transaction::request(tid, Primitive::PresenceNotification(note)),
+    )
+}
+
+/// [`notification`] as what a NOTIFY comes to.
+fn notified(sub: &Subscription, p: Presence) -> Notified {
+    let (domain, t) = notification(sub, &p);
+    Notified::Core(domain, Box::new(t), sub.dialog.call_id.clone(), p)
+}
+
+/// The core's word that `sub`'s presentity is offline (the subscription ended for good).
+fn offline(sub: &Subscription) -> (String, Transaction) {
+    notification(sub, &Presence::offline())
 }
 
 impl Subscription {
@@ -646,8 +884,7 @@ fn subscribe_out(
     from: String,
     to: String,
     expires: u32,
-    dialog: Option<DialogIds>,
-    call_id: Option<String>,
+    route: Vec<String>,
 ) -> Outgoing {
     Outgoing {
         method: "SUBSCRIBE",
@@ -664,14 +901,9 @@ fn subscribe_out(
         body: None,
         dest: SocketAddr::from(([127, 0, 0, 1], 0)),
         transport: Transport::Udp,
-        dialog,
-        call_id,
+        dialog: None,
+        route,
     }
-}
-
-/// The number of subscriptions (those ending not counted), as a gauge value.
-fn gauge(link: &SipLink) -> i64 {
-    i64::try_from(link.subs.kept.select(|s| !s.ending).len()).unwrap_or(i64::MAX)
 }
 
 fn ok() -> Primitive {

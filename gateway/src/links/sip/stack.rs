@@ -70,13 +70,14 @@ pub(crate) struct Outgoing {
     pub(crate) dest: SocketAddr,
     /// Over what.
     pub(crate) transport: Transport,
-    /// The dialog it belongs to (a refresh or end of a subscription); `None`: out of any
-    /// dialog, with a new Call-ID and From tag unless `call_id` is given.
+    /// The dialog it is in, or makes with the Call-ID and our tag chosen by the caller (to
+    /// match what comes back before the answer does); `None`: out of any dialog, with a new
+    /// Call-ID and From tag.
     pub(crate) dialog: Option<DialogIds>,
-    /// A Call-ID chosen by the caller (to match what comes back before the answer does).
-    pub(crate) call_id: Option<String>,
     /// The Contact to give (where the far side sends requests in the dialog this makes).
     pub(crate) contact: Option<String>,
+    /// The dialog's route set, as `Route` headers in this order (RFC 3261 §12.2.1.1).
+    pub(crate) route: Vec<String>,
 }
 
 /// What names a dialog (RFC 3261 §12), and the next CSeq in it.
@@ -99,10 +100,6 @@ pub(crate) struct Reply {
     pub(crate) code: u16,
     /// The reason phrase.
     pub(crate) reason: String,
-    /// The Call-ID and our From tag the request went with.
-    pub(crate) call_id: String,
-    /// Our From tag.
-    pub(crate) local_tag: String,
     /// The To tag of the answer (the far side's half of the dialog).
     pub(crate) remote_tag: Option<String>,
     /// The answer's Contact URI (where requests in the dialog go).
@@ -111,21 +108,33 @@ pub(crate) struct Reply {
     pub(crate) expires: Option<u32>,
     /// The answer's `Min-Expires` (with a 423).
     pub(crate) min_expires: Option<u32>,
+    /// The answer's `Record-Route` values, in the order they came (a UAC's route set is
+    /// their reverse).
+    pub(crate) record_route: Vec<String>,
 }
 
 impl Reply {
-    fn local(code: u16, reason: &str, call_id: &str, local_tag: &str) -> Reply {
+    fn local(code: u16, reason: &str) -> Reply {
         Reply {
             code,
             reason: reason.into(),
-            call_id: call_id.into(),
-            local_tag: local_tag.into(),
             remote_tag: None,
             contact: None,
             expires: None,
             min_expires: None,
+            record_route: Vec::new(),
         }
     }
+}
+
+/// Every value of header `name` in `headers`, in order (a header may also list several
+/// values separated by commas).
+fn all_values<'a>(headers: impl IntoIterator<Item = &'a Header>, name: &str) -> Vec<String> {
+    headers
+        .into_iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .flat_map(|h| super::map::split_list(h.value()))
+        .collect()
 }
 
 /// The SIP endpoint: its listeners and transaction layer.
@@ -229,9 +238,7 @@ impl Stack {
                 d.cseq,
             ),
             None => (
-                out.call_id
-                    .clone()
-                    .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>())),
+                format!("{:032x}", rand::random::<u128>()),
                 make_tag().to_string(),
                 None,
                 1,
@@ -267,6 +274,10 @@ impl Stack {
         if let Some(c) = &out.contact {
             req.headers.push(Header::Contact(format!("<{c}>").into()));
         }
+        for r in &out.route {
+            req.headers
+                .push(rsipstack::sip::headers::make_header("Route", r.clone()));
+        }
         for (name, value) in out.headers {
             req.headers
                 .push(rsipstack::sip::headers::make_header(name, value));
@@ -283,7 +294,7 @@ impl Stack {
         match tokio::time::timeout(limit, tx.send()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(e)),
-            Err(_) => return Ok(Reply::local(408, "no connection", &call_id, &local_tag)),
+            Err(_) => return Ok(Reply::local(408, "no connection")),
         }
         while let Some(msg) = tx.receive().await {
             if let SipMessage::Response(r) = msg
@@ -304,16 +315,13 @@ impl Stack {
                         .and_then(|v| super::map::contact_uri(&v)),
                     expires: number("Expires"),
                     min_expires: number("Min-Expires"),
-                    call_id,
-                    local_tag,
+                    record_route: all_values(r.headers.iter(), "Record-Route"),
                 });
             }
         }
         Ok(Reply::local(
             408,
             "transaction ended without a final answer",
-            &call_id,
-            &local_tag,
         ))
     }
 }
@@ -399,6 +407,16 @@ impl Incoming {
         self.tx.original.header_value(name)
     }
 
+    /// Every value of header `name`, in order.
+    pub(crate) fn headers(&self, name: &str) -> Vec<String> {
+        all_values(self.tx.original.headers.iter(), name)
+    }
+
+    /// Its CSeq number.
+    pub(crate) fn cseq(&self) -> Option<u32> {
+        self.header("CSeq")?.split_whitespace().next()?.parse().ok()
+    }
+
     /// Answer with `code` and extra headers (name, value), and `to_tag` as our tag in the To
     /// header (a dialog this answer makes; else a tag of the stack's choosing).
     pub(crate) async fn answer_in_dialog(
@@ -412,6 +430,13 @@ impl Incoming {
         {
             let tagged = to.clone().with_tag(to_tag.to_owned().into());
             self.tx.original.headers.unique_push(tagged.into());
+        }
+        // A 2xx that makes a dialog carries the request's Record-Route (RFC 3261 §12.1.1).
+        let mut headers = headers;
+        if (200..300).contains(&code) {
+            for r in self.headers("Record-Route") {
+                headers.push(("Record-Route", r));
+            }
         }
         self.answer(code, headers).await;
     }

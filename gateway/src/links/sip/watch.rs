@@ -34,11 +34,17 @@ const TABLE: &str = "sip.dialogs";
 const MAX_EXPIRES: u32 = 3600;
 const MIN_EXPIRES: u32 = 60;
 
+/// How far a restarted process moves its NOTIFY numbering on (more than it sends between
+/// two writes of a watch).
+const CSEQ_JUMP: u32 = 100;
+
 /// A SIP user watching one of ours: the dialog, and what it is for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Watch {
     /// The dialog (our tag is the To tag we answered with; the CSeq is our next NOTIFY's).
     pub(crate) dialog: DialogIds,
+    /// The route set: the SUBSCRIBE's Record-Route, as `Route` headers of our NOTIFYs.
+    pub(crate) route: Vec<String>,
     /// The watcher's SSP ID (`wv:+MSISDN` or `wv:user@domain`).
     pub(crate) watcher: String,
     /// The watcher's SIP URI (To of our NOTIFYs).
@@ -49,8 +55,9 @@ pub(crate) struct Watch {
     pub(crate) presentity_uri: String,
     /// The watcher's Contact (Request-URI of our NOTIFYs).
     pub(crate) target: String,
-    /// Where NOTIFYs are sent: the SIP server the SUBSCRIBE came from, the operator's
-    /// trusted border (a watcher's Contact is often not reachable from another operator).
+    /// Where NOTIFYs are sent: the SIP server the SUBSCRIBE (or its last refresh) came
+    /// from, the operator's trusted border (a watcher's Contact is often not reachable from
+    /// another operator).
     pub(crate) dest: SocketAddr,
     /// Over TCP (else UDP).
     pub(crate) tcp: bool,
@@ -61,6 +68,8 @@ pub(crate) struct Watch {
     /// Answered: NOTIFYs may go (before, the state is held in `last`).
     #[serde(default)]
     pub(crate) confirmed: bool,
+    /// The replica that made it.
+    pub(crate) owner: String,
     /// The last state (sent, or held until the 200).
     #[serde(skip)]
     pub(crate) last: Option<Presence>,
@@ -73,14 +82,23 @@ impl Dialog for Watch {
     fn expires_at(&self) -> u64 {
         self.expires_at
     }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
 }
 
 /// The watches of SIP users.
 pub(crate) type Watches = Dialogs<Watch>;
 
-/// The watches kept in `store` (what a restarted process takes up again).
-pub(crate) async fn load(store: Option<Arc<Store>>) -> Watches {
-    Dialogs::load(TABLE, store).await
+/// The watches replica `owner` kept in `store` (what a restarted process takes up again).
+/// Their NOTIFY numbering jumps ahead: the last numbers a process sent before it died may
+/// not have been stored.
+pub(crate) async fn load(store: Option<Arc<Store>>, owner: &str) -> Watches {
+    let w: Watches = Dialogs::load(TABLE, store, owner).await;
+    for d in w.lock().values_mut() {
+        d.dialog.cseq = d.dialog.cseq.saturating_add(CSEQ_JUMP);
+    }
+    w
 }
 
 /// Which SSP request a watch gives the core.
@@ -126,8 +144,11 @@ impl Links {
             r.headers.push(("Allow-Events", "presence".into()));
             return Err(r);
         }
-        if let Some(accept) = req.header("Accept")
-            && !accept.to_ascii_lowercase().contains(pidf::CONTENT_TYPE)
+        let accept = req.headers("Accept");
+        if !accept.is_empty()
+            && !accept
+                .iter()
+                .any(|a| a.to_ascii_lowercase().contains(pidf::CONTENT_TYPE))
         {
             let mut r = refuse(406, format!("accepts {accept:?}"));
             r.headers.push(("Accept", pidf::CONTENT_TYPE.into()));
@@ -145,7 +166,8 @@ impl Links {
         let expires = asked.min(MAX_EXPIRES);
         // In a dialog of ours: a refresh, or the end.
         if let Some(ours) = map::tag(&req.to) {
-            let Some(mut w) = link.watches.find(&req.call_id).await else {
+            let source = req.source.map(|s| s.ip().to_canonical());
+            let Some(w) = link.watches.find(&req.call_id).await else {
                 return Err(refuse(481, "no such subscription"));
             };
             if w.dialog.local_tag != ours
@@ -153,7 +175,6 @@ impl Links {
             {
                 return Err(refuse(481, "no such subscription (tags)"));
             }
-            let source = req.source.map(|s| s.ip().to_canonical());
             if source.is_none_or(|ip| link.spec.peer_at(&w.domain, ip).is_none()) {
                 return Err(refuse(403, "a refresh from an untrusted address"));
             }
@@ -161,8 +182,22 @@ impl Links {
                 let t = presence_request(&w, Ask::Unsubscribe);
                 return Ok(Subscribed::Ended(w.domain.clone(), t, w));
             }
-            w.expires_at = now() + u64::from(expires);
-            link.watches.keep(w.clone()).await;
+            // Later NOTIFYs go where this refresh came from (a TCP connection may be new).
+            let (dest, tcp) = (req.source, req.transport == Transport::Tcp);
+            let refreshed = link
+                .watches
+                .update(&req.call_id, |w| {
+                    w.expires_at = now() + u64::from(expires);
+                    if let Some(d) = dest {
+                        w.dest = d;
+                        w.tcp = tcp;
+                    }
+                    (true, ())
+                })
+                .await;
+            let Some((w, ())) = refreshed else {
+                return Err(refuse(481, "no such subscription"));
+            };
             return Ok(Subscribed::Refreshed(w, expires));
         }
         let (domain, presentity, watcher) = self.sip_parties(link, req).await?;
@@ -182,6 +217,7 @@ impl Links {
                 remote_tag,
                 cseq: 1,
             },
+            route: req.headers("Record-Route"),
             watcher,
             watcher_uri: format!("sip:{}@{}", from.user, from.host),
             presentity_uri: map::our_number_uri(&presentity, &self.cfg.operator.public_domain),
@@ -192,6 +228,7 @@ impl Links {
             domain: domain.clone(),
             expires_at: now() + u64::from(expires),
             confirmed: false,
+            owner: link.owner.clone(),
             last: None,
         };
         let fetch = expires == 0;
@@ -204,12 +241,27 @@ impl Links {
     }
 
     /// Keep a watch before the core hears of it (its first notification may come before its
-    /// answer does).
+    /// answer does). A watch of the same watcher on the same user before it is replaced
+    /// (a phone that lost its dialog subscribes again), so watches never pile up.
     pub(crate) async fn hold_watch(&self, w: &Watch) {
         if let Some(link) = self.sip.get() {
+            for old in link.watches.select(|o| {
+                o.watcher.eq_ignore_ascii_case(&w.watcher)
+                    && o.presentity.eq_ignore_ascii_case(&w.presentity)
+            }) {
+                link.watches.forget(&old.dialog.call_id).await;
+            }
             link.watches.keep(w.clone()).await;
             self.count_watches(link);
         }
+    }
+
+    /// Our Contact for a dialog our user `uri` is in, over `transport` (`uri` itself when
+    /// the translator is not running).
+    pub(crate) fn sip_contact(&self, uri: &str, transport: Transport) -> String {
+        self.sip
+            .get()
+            .map_or_else(|| uri.to_owned(), |l| l.contact(uri, transport))
     }
 
     /// Forget a watch (the core refused it, it ended, or it ran out).
@@ -223,27 +275,25 @@ impl Links {
     fn count_watches(&self, link: &SipLink) {
         self.metrics
             .sip_watches
-            .set(i64::try_from(link.watches.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(link.watches.count(|_| true)).unwrap_or(i64::MAX));
     }
 
     /// The watch answered 200: NOTIFYs may go from now on, and the first one does now, with
     /// the state the core gave so far (none: an empty body, "nothing known yet").
-    pub(crate) async fn confirm_watch(&self, call_id: &str) {
+    pub(crate) async fn confirm_watch(&self, w: &Watch) {
         let Some(link) = self.sip.get() else { return };
-        let w = {
-            let mut all = link.watches.lock();
-            let Some(w) = all.get_mut(call_id) else {
-                return;
-            };
-            w.confirmed = true;
-            w.clone()
-        };
-        link.watches.keep(w.clone()).await;
-        let state = format!(
-            "active;expires={}",
-            w.expires_at.saturating_sub(now()).max(1)
-        );
-        let _ = self.send_notify(link, &w, &state, w.last.as_ref()).await;
+        let confirmed = link
+            .watches
+            .update(&w.dialog.call_id, |k| {
+                k.confirmed = true;
+                (true, ())
+            })
+            .await;
+        if confirmed.is_some() {
+            let _ = self
+                .send_notify(link, w, Subscription::Active, Says::Last)
+                .await;
+        }
     }
 
     /// The one NOTIFY of a fetch: the state the core answered with, the dialog ended.
@@ -254,27 +304,25 @@ impl Links {
             _ => None,
         };
         let _ = self
-            .send_notify(link, w, "terminated;reason=timeout", p.as_ref())
+            .send_notify(link, w, Subscription::Ended("timeout"), Says::This(p))
             .await;
     }
 
     /// The last NOTIFY of a watch that ended (`reason`: `timeout` for an unsubscribe or a
-    /// watch run out, `noresource` when the core refused).
-    pub(crate) async fn notify_end(&self, w: &Watch, reason: &str) {
+    /// watch run out).
+    pub(crate) async fn notify_end(&self, w: &Watch, reason: &'static str) {
         let Some(link) = self.sip.get() else { return };
         let _ = self
-            .send_notify(link, w, &format!("terminated;reason={reason}"), None)
+            .send_notify(link, w, Subscription::Ended(reason), Says::This(None))
             .await;
     }
 
     /// A refresh answered: a NOTIFY with the last state (RFC 6665 §4.2.1.2).
     pub(crate) async fn notify_refresh(&self, w: &Watch) {
         let Some(link) = self.sip.get() else { return };
-        let state = format!(
-            "active;expires={}",
-            w.expires_at.saturating_sub(now()).max(1)
-        );
-        let _ = self.send_notify(link, w, &state, w.last.as_ref()).await;
+        let _ = self
+            .send_notify(link, w, Subscription::Active, Says::Last)
+            .await;
     }
 
     /// Watches that ran out unrefreshed: forgotten, each with its last NOTIFY; the
@@ -343,53 +391,72 @@ impl Links {
         }
     }
 
-    /// A new state for watch `w`: held until its 200, else sent (unless unchanged).
+    /// A new state for watch `w`: held until its 200 (the first NOTIFY carries it), else
+    /// sent unless unchanged.
     async fn watch_state(&self, link: &SipLink, w: &Watch, p: Presence) -> Result<(), Failure> {
-        let w = {
-            let mut all = link.watches.lock();
-            let Some(kept) = all.get_mut(&w.dialog.call_id) else {
-                return Ok(());
-            };
-            if kept.last.as_ref() == Some(&p) && kept.confirmed {
-                return Ok(());
+        let send = link
+            .watches
+            .update(&w.dialog.call_id, |k| {
+                if k.confirmed && k.last.as_ref() == Some(&p) {
+                    return (false, false);
+                }
+                k.last = Some(p.clone());
+                (false, k.confirmed)
+            })
+            .await;
+        match send {
+            Some((w, true)) => {
+                self.send_notify(link, &w, Subscription::Active, Says::This(Some(p)))
+                    .await
             }
-            kept.last = Some(p.clone());
-            if !kept.confirmed {
-                return Ok(());
-            }
-            kept.clone()
-        };
-        let state = format!(
-            "active;expires={}",
-            w.expires_at.saturating_sub(now()).max(1)
-        );
-        self.send_notify(link, &w, &state, Some(&p)).await
+            _ => Ok(()),
+        }
     }
 
-    /// One NOTIFY in watch `w` (its CSeq taken under the lock, so NOTIFYs are numbered in
-    /// the order they are made). A watch the far side no longer knows (481) is ended.
+    /// One NOTIFY in watch `w`: its number (and, for [`Says::Last`], the state) taken under
+    /// the lock and stored with the watch, so NOTIFYs are numbered in the order they are
+    /// made, across restarts too. A watch the far side no longer knows (481) is ended.
     async fn send_notify(
         &self,
         link: &SipLink,
         w: &Watch,
-        state: &str,
-        p: Option<&Presence>,
+        sub: Subscription,
+        says: Says,
     ) -> Result<(), Failure> {
-        let cseq = {
-            let mut all = link.watches.lock();
-            match all.get_mut(&w.dialog.call_id) {
-                Some(kept) => {
-                    kept.dialog.cseq += 1;
-                    kept.dialog.cseq - 1
-                }
-                // Ended already (its last NOTIFY): numbered after the rest.
-                None => w.dialog.cseq + 1,
+        let taken = link
+            .watches
+            .update(&w.dialog.call_id, |k| {
+                let cseq = k.dialog.cseq;
+                k.dialog.cseq += 1;
+                let p = match &says {
+                    Says::Last => k.last.clone(),
+                    Says::This(p) => p.clone(),
+                };
+                (true, (cseq, p))
+            })
+            .await;
+        let (w, cseq, p) = match taken {
+            Some((k, (cseq, p))) => (k, cseq, p),
+            // Ended already (its last NOTIFY): numbered after the rest.
+            None => {
+                let p = match says {
+                    Says::Last => w.last.clone(),
+                    Says::This(p) => p,
+                };
+                (w.clone(), w.dialog.cseq, p)
             }
+        };
+        let state = match sub {
+            Subscription::Active => format!(
+                "active;expires={}",
+                w.expires_at.saturating_sub(now()).max(1)
+            ),
+            Subscription::Ended(reason) => format!("terminated;reason={reason}"),
         };
         let body = p.map(|p| {
             (
                 pidf::CONTENT_TYPE.to_owned(),
-                pidf::emit(&w.presentity_uri, p).into_bytes(),
+                pidf::emit(&w.presentity_uri, &p).into_bytes(),
             )
         });
         let len = body.as_ref().map_or(0, |(_, b)| b.len());
@@ -398,10 +465,7 @@ impl Links {
             uri: w.target.clone(),
             from: w.presentity_uri.clone(),
             to: w.watcher_uri.clone(),
-            headers: vec![
-                ("Event", "presence".into()),
-                ("Subscription-State", state.to_owned()),
-            ],
+            headers: vec![("Event", "presence".into()), ("Subscription-State", state)],
             body,
             dest: w.dest,
             transport: Transport::Udp,
@@ -409,8 +473,8 @@ impl Links {
                 cseq,
                 ..w.dialog.clone()
             }),
-            call_id: None,
             contact: Some(w.presentity_uri.clone()),
+            route: w.route.clone(),
         };
         let target = SipTarget {
             domain: w.domain.clone(),
@@ -423,13 +487,30 @@ impl Links {
         let (reply, _) = self.sip_send(link, &target, &out, len).await?;
         if matches!(reply.code, 481 | 404 | 410) {
             tracing::info!(watcher = %w.watcher, code = reply.code, "SIP watcher gone; watch ended");
-            self.drop_watch(w).await;
+            self.drop_watch(&w).await;
         }
         match map::failure(reply.code, &reply.reason) {
             None => Ok(()),
             Some(f) => Err(f),
         }
     }
+}
+
+/// The `Subscription-State` of a NOTIFY.
+#[derive(Debug, Clone, Copy)]
+enum Subscription {
+    /// `active;expires=…`.
+    Active,
+    /// `terminated;reason=…`.
+    Ended(&'static str),
+}
+
+/// What a NOTIFY says.
+enum Says {
+    /// The watch's last state, as it is when the NOTIFY is numbered.
+    Last,
+    /// This state (`None`: nothing, an empty body).
+    This(Option<Presence>),
 }
 
 /// The SSP request `ask` of watch `w`, from its watcher for its presentity.
