@@ -193,20 +193,7 @@ impl Links {
             .and_then(|p| p.entities.first())
             .map(|e| e.id.clone())
             .unwrap_or_default();
-        let public = {
-            let dir = self.dir.load();
-            self.rw.outbound_id(&dir, &sender, PeerView::default())
-        };
-        let from = crate::ssp::WvId::parse(&public)
-            .ok()
-            .and_then(|id| id.e164())
-            .map(|n| map::our_user(n, &self.cfg.operator.public_domain))
-            .ok_or_else(|| {
-                Failure::local(
-                    Kind::InvalidUserId,
-                    "the sender has no number to be named by over SIP",
-                )
-            })?;
+        let (_, from) = self.sip_our_user(&sender, "sender")?;
         let (ctype, body) = content(&m, &info)?;
         if body.len() > link.spec.max_body {
             return Err(Failure::local(
@@ -247,6 +234,30 @@ impl Links {
             }
             Some(f) => Err(f),
         }
+    }
+
+    /// Our user `core_id` (the `what` of a request: sender, watcher) as (public ID, SIP URI
+    /// by number at our domain); a user with no number cannot be named over SIP.
+    pub(super) fn sip_our_user(
+        &self,
+        core_id: &str,
+        what: &str,
+    ) -> Result<(String, String), Failure> {
+        let public = {
+            let dir = self.dir.load();
+            self.rw.outbound_id(&dir, core_id, PeerView::default())
+        };
+        let uri = crate::ssp::WvId::parse(&public)
+            .ok()
+            .and_then(|id| id.e164())
+            .map(|n| map::our_user(n, &self.cfg.operator.public_domain))
+            .ok_or_else(|| {
+                Failure::local(
+                    Kind::InvalidUserId,
+                    format!("the {what} has no number to be named by over SIP"),
+                )
+            })?;
+        Ok((public, uri))
     }
 
     /// An incoming SIP request as an SSP request for the core: the trusted SIP domain it

@@ -30,7 +30,6 @@ use super::stack::{DialogIds, Incoming, Outgoing, Reply, Transport};
 use super::{SipLink, SipRefusal, SipServer, SipTarget, refuse};
 use crate::error::{Failure, Kind};
 use crate::links::Links;
-use crate::rewrite::PeerView;
 use crate::ssp::primitives::{GetPresenceResponse, PresenceNotification, PresenceRequest};
 use crate::ssp::{Entity, Primitive, Status, Transaction, status};
 use crate::store::Store;
@@ -202,30 +201,14 @@ fn new_call_id() -> String {
 }
 
 impl Links {
-    /// Our watcher (core ID in `meta`) as (public ID, SIP URI); a watcher with no number
-    /// cannot be named over SIP.
+    /// Our watcher (core ID in `meta`) as (public ID, SIP URI).
     fn sip_watcher(&self, r: &PresenceRequest) -> Result<(String, String), Failure> {
         let core_id = r
             .meta
             .as_ref()
             .and_then(|m| m.requestor_user())
-            .unwrap_or_default()
-            .to_owned();
-        let public = {
-            let dir = self.dir.load();
-            self.rw.outbound_id(&dir, &core_id, PeerView::default())
-        };
-        let uri = crate::ssp::WvId::parse(&public)
-            .ok()
-            .and_then(|id| id.e164())
-            .map(|n| map::our_user(n, &self.cfg.operator.public_domain))
-            .ok_or_else(|| {
-                Failure::local(
-                    Kind::InvalidUserId,
-                    "the watcher has no number to be named by over SIP",
-                )
-            })?;
-        Ok((public, uri))
+            .unwrap_or_default();
+        self.sip_our_user(core_id, "watcher")
     }
 
     /// The presentity of a request for one SIP destination (the part the route stage gave).
@@ -457,19 +440,7 @@ impl Links {
         let Some((sub, Some(cseq))) = taken else {
             return Ok(());
         };
-        let out = Outgoing {
-            dialog: Some(DialogIds {
-                cseq,
-                ..sub.dialog.clone()
-            }),
-            ..subscribe_out(
-                sub.target.clone(),
-                sub.watcher_uri.clone(),
-                sub.presentity_uri.clone(),
-                sub.period,
-                sub.route.clone(),
-            )
-        };
+        let out = sub.in_dialog(cseq, sub.period);
         let sent = self.sip_send(link, &sub.in_dialog_target(), &out, 0).await;
         let code = sent.as_ref().map_or(0, |(r, _)| r.code);
         if code == 481 {
@@ -584,19 +555,7 @@ impl Links {
         let Some((sub, cseq)) = taken else {
             return Ok(ok());
         };
-        let out = Outgoing {
-            dialog: Some(DialogIds {
-                cseq,
-                ..sub.dialog.clone()
-            }),
-            ..subscribe_out(
-                sub.target.clone(),
-                sub.watcher_uri.clone(),
-                sub.presentity_uri.clone(),
-                0,
-                sub.route.clone(),
-            )
-        };
+        let out = sub.in_dialog(cseq, 0);
         match self.sip_send(link, &sub.in_dialog_target(), &out, 0).await {
             Ok((reply, _)) => {
                 tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, code = reply.code, "SIP presence subscription ended");
@@ -865,6 +824,23 @@ fn offline(sub: &Subscription) -> (String, Transaction) {
 }
 
 impl Subscription {
+    /// A SUBSCRIBE in this dialog numbered `cseq`, asking for `expires` seconds.
+    fn in_dialog(&self, cseq: u32, expires: u32) -> Outgoing {
+        Outgoing {
+            dialog: Some(DialogIds {
+                cseq,
+                ..self.dialog.clone()
+            }),
+            ..subscribe_out(
+                self.target.clone(),
+                self.watcher_uri.clone(),
+                self.presentity_uri.clone(),
+                expires,
+                self.route.clone(),
+            )
+        }
+    }
+
     /// The destination of requests in this dialog: the server that took it.
     fn in_dialog_target(&self) -> SipTarget {
         SipTarget {
