@@ -27,13 +27,24 @@ async fn operator_x(sip_port: u16, proxy: u16) -> Federation {
 
 /// The same, with `peer_extra` added to opb.example's `[[sip.peer]]`.
 async fn operator_x_with(sip_port: u16, proxy: u16, peer_extra: &str) -> Federation {
+    operator_x_sip(sip_port, proxy, "", peer_extra).await
+}
+
+/// The same, with `sip_extra` added to `[sip]` and `peer_extra` to opb.example's
+/// `[[sip.peer]]`.
+async fn operator_x_sip(
+    sip_port: u16,
+    proxy: u16,
+    sip_extra: &str,
+    peer_extra: &str,
+) -> Federation {
     assert!(
         siplab::available() && Nsd::available(),
         "kamailio, sipp and nsd are needed (tests/run installs them)"
     );
     let mut x = OperatorSpec::new('x', "46").user("usera", A, "User A");
     x.extra_toml = format!(
-        "\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\nmax_body = 1000\n\n\
+        "\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\nmax_body = 1000\n{sip_extra}\n\
          [[sip.peer]]\ndomain = \"opb.example\"\naddresses = [\"127.0.0.1\"]\n{peer_extra}"
     );
     Federation::start_dns(vec![x], DnsKind::Nsd, move |gws| zones(gws, proxy)).await
@@ -660,5 +671,41 @@ async fn uc_5_22_alt_sip_an_operator_over_its_rate_gets_503() {
         taken,
         "nothing refused was delivered"
     );
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_sip_subscriptions_are_refreshed_before_they_end() {
+    let (sip_port, proxy) = (free_port(), free_port());
+    let kamailio = Kamailio::start("opb.example", proxy, "opx.example", sip_port).unwrap();
+    // Twenty seconds asked for: refreshed with ten left, well before the end.
+    let fed = operator_x_sip(sip_port, proxy, "subscribe_expires = \"20s\"\n", "").await;
+    let cx = fed.ops[0].core.clone();
+    let latest = |cx: &ssp_testbed::core_sim::CoreSim| cx.presence_seen("usera").last().cloned();
+    let etag = publish(&kamailio, None, "open", "busy", "Before the refresh");
+    let st = cx.subscribe("usera", &format!("wv:{BOB}")).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    let subscribes = || sip_method_count(&fed, "out", "SUBSCRIBE", "2xx");
+    assert_eq!(subscribes(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while subscribes() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        subscribes() >= 2,
+        "refreshed in its dialog\n{}",
+        kamailio.log()
+    );
+    // The refreshed dialog still carries Bob's changes.
+    publish(&kamailio, Some(&etag), "open", "away", "After the refresh");
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "After the refresh"))
+            .await,
+        "{:?}",
+        cx.presence_seen("usera")
+    );
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    assert_eq!(g.metrics().sip_subscriptions.get(), 1);
     fed.shutdown().await;
 }

@@ -444,11 +444,19 @@ impl Links {
         let sent = self.sip_send(link, &sub.in_dialog_target(), &out, 0).await;
         let code = sent.as_ref().map_or(0, |(r, _)| r.code);
         if code == 481 {
-            if link.subs.kept.forget(call_id).await.is_some() {
-                tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, "SIP subscription unknown to the far side; made anew");
-                self.sip_resubscribe(&sub).await;
+            if link.subs.kept.forget(call_id).await.is_none() {
+                return Ok(());
             }
-            return Ok(());
+            tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, "SIP subscription unknown to the far side; made anew");
+            return self
+                .sip_make(
+                    link,
+                    &sub.anew_target(),
+                    sub.watcher.clone(),
+                    sub.watcher_uri.clone(),
+                    sub.presentity.clone(),
+                )
+                .await;
         }
         let result = match &sent {
             Ok((r, _)) => map::failure(r.code, &r.reason).map_or(Ok(()), Err),
@@ -487,18 +495,10 @@ impl Links {
         old: &Subscription,
     ) -> Option<(String, Transaction)> {
         let link = self.sip.get()?;
-        let target = SipTarget {
-            domain: old.domain.clone(),
-            uri: old.presentity_uri.clone(),
-            servers: vec![SipServer {
-                addr: old.server,
-                tcp: old.tcp,
-            }],
-        };
         let made = self
             .sip_make(
                 link,
-                &target,
+                &old.anew_target(),
                 old.watcher.clone(),
                 old.watcher_uri.clone(),
                 old.presentity.clone(),
@@ -649,7 +649,13 @@ impl Links {
                 continue;
             }
             if let Err(f) = self.sip_refresh(link, &sub.dialog.call_id).await {
-                tracing::warn!(watcher = %sub.watcher, presentity = %sub.presentity, error = %f, "SIP presence subscription not refreshed; tried again later");
+                if link.subs.kept.holds(&sub.dialog.call_id) {
+                    tracing::warn!(watcher = %sub.watcher, presentity = %sub.presentity, error = %f, "SIP presence subscription not refreshed; tried again later");
+                } else {
+                    // Forgotten by the far side and not made again: the watcher is told.
+                    tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, error = %f, "SIP subscription not made again; the watcher is told the presentity is offline");
+                    tell.push(offline(&sub));
+                }
             }
         }
         self.count_subscriptions(link);
@@ -838,6 +844,18 @@ impl Subscription {
                 expires,
                 self.route.clone(),
             )
+        }
+    }
+
+    /// Where to make this subscription anew: the presentity at the server that had it.
+    fn anew_target(&self) -> SipTarget {
+        SipTarget {
+            domain: self.domain.clone(),
+            uri: self.presentity_uri.clone(),
+            servers: vec![SipServer {
+                addr: self.server,
+                tcp: self.tcp,
+            }],
         }
     }
 
