@@ -103,6 +103,24 @@ impl<T: Dialog> Dialogs<T> {
         self.store(&d).await;
     }
 
+    /// Write `d` to the store only (a dialog of another replica, changed here: the replica
+    /// that holds it reads the change back before it acts on its own copy).
+    pub(crate) async fn put_stored(&self, d: &T) {
+        self.store(d).await;
+    }
+
+    /// The store's copy of the dialog of `call_id` (`None`: no store, or not there).
+    pub(crate) async fn stored(&self, call_id: &str) -> Option<T> {
+        let store = self.store.as_ref()?;
+        let v = store.table(self.table).get(call_id).await.ok()??;
+        serde_json::from_str(&v).ok()
+    }
+
+    /// Whether there is a store (without one, this process's memory is all there is).
+    pub(crate) fn stores(&self) -> bool {
+        self.store.is_some()
+    }
+
     async fn store(&self, d: &T) {
         let Some(s) = &self.store else { return };
         if d.pending() {
@@ -169,9 +187,7 @@ impl<T: Dialog> Dialogs<T> {
         if let Some(d) = self.lock().get(call_id) {
             return Some(d.clone());
         }
-        let store = self.store.as_ref()?;
-        let v = store.table(self.table).get(call_id).await.ok()??;
-        serde_json::from_str(&v).ok()
+        self.stored(call_id).await
     }
 
     /// Those that `pick` chooses.

@@ -184,14 +184,24 @@ impl Links {
             }
             // Later NOTIFYs go where this refresh came from (a TCP connection may be new).
             let (dest, tcp) = (req.source, req.transport == Transport::Tcp);
+            let refresh = |w: &mut Watch| {
+                w.expires_at = now() + u64::from(expires);
+                if let Some(d) = dest {
+                    w.dest = d;
+                    w.tcp = tcp;
+                }
+            };
+            if !link.watches.holds(&req.call_id) {
+                // Another replica's watch: the refresh is stored for it to read back.
+                let mut w = w;
+                refresh(&mut w);
+                link.watches.put_stored(&w).await;
+                return Ok(Subscribed::Refreshed(w, expires));
+            }
             let refreshed = link
                 .watches
                 .update(&req.call_id, |w| {
-                    w.expires_at = now() + u64::from(expires);
-                    if let Some(d) = dest {
-                        w.dest = d;
-                        w.tcp = tcp;
-                    }
+                    refresh(w);
                     (true, ())
                 })
                 .await;
@@ -334,6 +344,27 @@ impl Links {
         let t = now();
         let mut out = Vec::new();
         for w in link.watches.select(|w| w.expires_at <= t) {
+            // Another replica may have taken a refresh or the end of it: the store says.
+            if link.watches.stores() {
+                match link.watches.stored(&w.dialog.call_id).await {
+                    None => {
+                        link.watches.drop_held(&w.dialog.call_id);
+                        continue;
+                    }
+                    Some(s) if s.expires_at > t => {
+                        link.watches
+                            .update(&w.dialog.call_id, |k| {
+                                k.expires_at = s.expires_at;
+                                k.dest = s.dest;
+                                k.tcp = s.tcp;
+                                (false, ())
+                            })
+                            .await;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
             tracing::info!(watcher = %w.watcher, presentity = %w.presentity, "SIP watch ran out unrefreshed");
             self.drop_watch(&w).await;
             self.notify_end(&w, "timeout").await;
