@@ -709,3 +709,38 @@ async fn uc_5_21_alt_sip_subscriptions_are_refreshed_before_they_end() {
     assert_eq!(g.metrics().sip_subscriptions.get(), 1);
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_sip_delivery_report_from_the_sip_answer() {
+    // Bob's phone (in process) answers 200: his user agent took the message.
+    let phone = sipua::SipUa::start(0).await.unwrap();
+    let fed = operator_x(free_port(), phone.port).await;
+    let cx = fed.ops[0].core.clone();
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{BOB}")], "Report this", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(phone.wait_for(1, WAIT).await, "Bob's phone got it");
+    assert!(
+        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
+            .await,
+        "the sender got a delivery report"
+    );
+    let r = cx.delivery_reports("usera")[0].clone();
+    assert_eq!(r.code, 200, "{r:?}");
+    assert_eq!(
+        r.recipient,
+        format!("wv:{BOB}"),
+        "reported by Bob, by number"
+    );
+    // Without a report asked for, none comes.
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{BOB}")], "No report", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200);
+    assert!(phone.wait_for(2, WAIT).await);
+    assert_eq!(cx.delivery_reports("usera").len(), 1);
+    fed.shutdown().await;
+}

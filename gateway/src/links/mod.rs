@@ -294,7 +294,8 @@ impl Links {
         match dest {
             Dest::Core => self.to_core(request, part).await,
             Dest::Imps(r) | Dest::LastResort(r) => self.to_peer(r, request, part).await,
-            Dest::Sip(t) => self.to_sip(t, request).await,
+            // Boxed: the SIP legs are deep futures, kept off the stack of every request.
+            Dest::Sip(t) => Box::pin(self.to_sip(t, request)).await,
             Dest::Fail(f) => Err(f.clone()),
         }
     }

@@ -13,7 +13,7 @@ use super::route::Plan;
 use super::state::Gateway;
 use crate::config::Queue;
 use crate::error::{Failure, Kind};
-use crate::links::{Dest, Part};
+use crate::links::{Dest, Part, sip};
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::primitives::SearchResponse;
 use crate::ssp::{DetailedResult, E164, Entity, EntityKind, Primitive, Status, status};
@@ -207,6 +207,12 @@ async fn forward(
                 )),
             };
         }
+        if let Dest::Sip(t) = dest
+            && super::work::wants_report(&request)
+        {
+            // Boxed: a rare path that would otherwise grow every request's future.
+            return Box::pin(sip_reported(gw, dest, t, request, part)).await;
+        }
         return gw.links.send(dest, request, part).await;
     };
     let (mut request, searched) = canonical_search(gw, request);
@@ -219,6 +225,58 @@ async fn forward(
         Some(n) => Ok(unregistered_search(gw, n, answer)),
         None => answer,
     }
+}
+
+/// A message to a SIP destination whose sender asked for a delivery report. SIP has no
+/// report of its own: a 200 from the far end (its user agent took the message) is reported
+/// to the sender here, as a `DeliveryStatusReport` to our core; a report that cannot be
+/// given is logged (the message itself was delivered and answered).
+async fn sip_reported(
+    gw: &Gateway,
+    dest: &Dest,
+    t: &crate::links::sip::SipTarget,
+    request: Primitive,
+    part: Part<'_>,
+) -> Result<Primitive, Failure> {
+    let info = match &request {
+        Primitive::SendMessageRequest(m) => m.info.clone(),
+        _ => None,
+    };
+    let answer = gw.links.send(dest, request, part).await;
+    let delivered = answer.as_ref().is_ok_and(|a| {
+        a.answer_status()
+            .is_some_and(|s| s.description.as_deref() == Some(sip::DELIVERED))
+    });
+    if !delivered {
+        return answer;
+    }
+    let recipient = info
+        .as_ref()
+        .and_then(|i| i.recipient.as_ref())
+        .and_then(|r| r.entities.first())
+        .map(|e| e.id.clone())
+        .unwrap_or_default();
+    let dsr = Primitive::DeliveryStatusReport(crate::ssp::primitives::DeliveryStatusReport {
+        meta: Some(crate::ssp::MetaInfo::client(
+            &format!("wv:@{}", t.domain),
+            &recipient,
+        )),
+        result: Some(Status::with(status::OK, sip::DELIVERED)),
+        info,
+        ..Default::default()
+    });
+    let tid = format!("{}-report", part.origin_tid);
+    let report = Part {
+        origin_tid: &tid,
+        origin_peer: "",
+        index: 0,
+        of: 1,
+        issued: None,
+    };
+    if let Err(f) = gw.links.send(&Dest::Core, dsr, report).await {
+        tracing::warn!(to = %t.domain, reason = %f, "delivery report for a SIP message not given to the core");
+    }
+    answer
 }
 
 /// A search by mobile number with the number rewritten to `+E164`, and that number.

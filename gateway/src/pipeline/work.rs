@@ -542,7 +542,7 @@ async fn put_off(gw: &Gateway, job: &Job) {
 }
 
 /// Whether the sender asked for a delivery report.
-fn wants_report(p: &Primitive) -> bool {
+pub(crate) fn wants_report(p: &Primitive) -> bool {
     match p {
         Primitive::SendMessageRequest(r) => r.delivery_report.as_deref().is_some_and(|v| {
             ["yes", "t", "true"]

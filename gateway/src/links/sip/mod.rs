@@ -38,6 +38,10 @@ use crate::ssp::{ContentData, MessageInfo, Party, Primitive, Status, Transaction
 use map::SipAddress;
 use stack::{Incoming, Outgoing, Requests, Stack, Transport};
 
+/// The description of a `SendMessageResponse` for a MESSAGE the far end answered 200 (its
+/// user agent took it): what a delivery report is made from.
+pub(crate) const DELIVERED: &str = "Delivered";
+
 /// The methods the translator takes.
 pub(crate) const ALLOW: &str = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS";
 
@@ -228,7 +232,15 @@ impl Links {
                         .message_id
                         .clone()
                         .or_else(|| Some(format!("sip-{:016x}", rand::random::<u64>()))),
-                    status: Some(Status::with(status::OK, "Successful")),
+                    // 200: the far end took it; 202: stored for later (Kamailio's msilo).
+                    status: Some(Status::with(
+                        status::OK,
+                        if reply.code == 200 {
+                            DELIVERED
+                        } else {
+                            "Accepted for later delivery"
+                        },
+                    )),
                     ..Default::default()
                 }))
             }
