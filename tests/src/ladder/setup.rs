@@ -92,7 +92,8 @@ pub struct GatewayFiles {
 
 /// Write gateway `domain`'s config, directory and key under `dir`: its core is `origin`
 /// (synchronous answers), `peer` is its one peer (synchronous, found by DNS SRV), and every
-/// rate limit is far above the load so the limiter runs but never refuses.
+/// rate limit and per-source bound is far above the load, so the limiters run but never
+/// refuse.
 #[allow(clippy::too_many_arguments)]
 pub fn write_gateway(
     dir: &Path,
@@ -142,6 +143,15 @@ pub fn write_gateway(
 [policy]
 originator_rate = 10000000
 originator_burst = 10000000
+# The generator is one source: the per-source bounds against hostile peers are set far
+# above the load too (a new TLS connection per request, 1,000 idle connections).
+failure_rate = 10000000
+failure_burst = 10000000
+
+[limits]
+max_connections_per_source = 1000000
+max_unauthenticated = 1000000
+max_unauthenticated_per_source = 1000000
 
 [resolver]
 nameservers = ["{dns}"]
