@@ -28,3 +28,33 @@ pub mod store;
 pub mod tls;
 pub mod token;
 pub mod web;
+
+/// Entry points for the fuzz targets (`gateway/fuzz`) into parsers that are otherwise
+/// reached only from inside the SIP translator. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A PIDF body as a NOTIFY brings it (at most `max_body` bytes): whether it is taken,
+    /// and if so that what it says, written back as PIDF, reads the same.
+    pub fn pidf(body: &[u8], max_body: usize) -> bool {
+        use crate::links::sip::pidf;
+        match pidf::parse(body, max_body) {
+            Ok(p) => {
+                let again = pidf::emit("sip:fuzz@example.net", &p);
+                assert_eq!(pidf::parse(again.as_bytes(), usize::MAX).ok(), Some(p));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A SIP header value as the translator reads it: an address, a tag, a Contact, a
+    /// route list, a subscription state.
+    pub fn sip_header(value: &str) {
+        use crate::links::sip::map;
+        let _ = map::address(value).and_then(|a| a.number());
+        let _ = map::tag(value);
+        let _ = map::contact_uri(value);
+        let _ = map::split_list(value);
+        let _ = map::sub_state(value).terminated();
+    }
+}
