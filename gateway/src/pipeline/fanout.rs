@@ -208,7 +208,7 @@ async fn forward(
             };
         }
         if let Dest::Sip(t) = dest
-            && super::work::wants_report(&request)
+            && request.wants_report()
         {
             // Boxed: a rare path that would otherwise grow every request's future.
             return Box::pin(sip_reported(gw, dest, t, request, part)).await;

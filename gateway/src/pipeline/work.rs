@@ -373,7 +373,7 @@ async fn carry(gw: &Arc<Gateway>, mut job: Job) {
             }
             // The sender was told "accepted": this is the outcome, reported when it asked.
             match keep {
-                Some(k) if !failed.is_empty() && wants_report(&job.request) => {
+                Some(k) if !failed.is_empty() && job.request.wants_report() => {
                     if k.keep_report(&failed).await.is_err() {
                         return; // its lease runs out, and it is taken up again
                     }
@@ -539,18 +539,6 @@ async fn put_off(gw: &Gateway, job: &Job) {
         store.reschedule(gw.works.owner(), id, wait, job.attempts)
     })
     .await;
-}
-
-/// Whether the sender asked for a delivery report.
-pub(crate) fn wants_report(p: &Primitive) -> bool {
-    match p {
-        Primitive::SendMessageRequest(r) => r.delivery_report.as_deref().is_some_and(|v| {
-            ["yes", "t", "true"]
-                .iter()
-                .any(|w| v.trim().eq_ignore_ascii_case(w))
-        }),
-        _ => false,
-    }
 }
 
 /// The recipients `answer` says were not reached: only recipients of the request (a far

@@ -11,6 +11,19 @@ use super::primitives::{GetPresenceResponse, Primitive, SearchResponse, SendMess
 use super::status;
 
 impl Primitive {
+    /// Whether the sender of this message asked for a delivery report (`DeliveryReport`
+    /// Yes, T or true).
+    pub fn wants_report(&self) -> bool {
+        match self {
+            Primitive::SendMessageRequest(r) => r.delivery_report.as_deref().is_some_and(|v| {
+                ["yes", "t", "true"]
+                    .iter()
+                    .any(|w| v.trim().eq_ignore_ascii_case(w))
+            }),
+            _ => false,
+        }
+    }
+
     /// The list of entities a request is routed by, for the primitives whose route-by IDs are
     /// such a list (recipients, presentities, watchers, invitees): the ones a request can be
     /// split by. `None` for the others (a delivery report names one sender, a search one
