@@ -8,7 +8,9 @@
 //! every watcher authorised), requests for the gateway's domain are forwarded to the
 //! gateway's SIP port (what DNS would do for a real operator; Kamailio runs with `dns=no`
 //! here), and other requests in a dialog (the gateway's NOTIFYs to a watcher) are relayed to
-//! their Request-URI.
+//! their Request-URI. With TLS (`KamailioTls`, the `tls` module) it also listens for SIP over
+//! TLS, asking for and presenting certificates of the test CA, and forwards requests for the
+//! gateway's domain to the gateway's TLS port.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,27 @@ pub struct Kamailio {
     pub port: u16,
 }
 
+/// Kamailio's SIP over TLS: where it listens, and its certificate (PEM) from the test CA,
+/// whose certificate is `ca_pem`. It asks the gateway for a certificate and presents its
+/// own when it connects to the gateway.
+pub struct KamailioTls<'a> {
+    /// Its TLS port on 127.0.0.1.
+    pub port: u16,
+    /// The gateway's TLS port (requests for the gateway's domain go there, over TLS).
+    pub gateway_port: u16,
+    /// The anchor both sides' certificates chain to.
+    pub ca_pem: &'a str,
+    /// Its certificate.
+    pub cert_pem: &'a str,
+    /// Its private key.
+    pub key_pem: &'a str,
+}
+
+/// Whether Kamailio's TLS module is installed (Debian `kamailio-tls-modules`).
+pub fn tls_available() -> bool {
+    available() && Path::new(MODULES).join("tls.so").exists()
+}
+
 impl Kamailio {
     /// Start Kamailio for `domain` on `port`, forwarding requests for `gateway_domain` to
     /// the gateway's SIP port.
@@ -96,9 +119,50 @@ impl Kamailio {
         gateway_domain: &str,
         gateway_port: u16,
     ) -> anyhow::Result<Kamailio> {
+        Kamailio::start_with(domain, port, gateway_domain, gateway_port, None)
+    }
+
+    /// The same, with SIP over TLS as `tls` says: requests for the gateway go to its TLS
+    /// port, over TLS.
+    pub fn start_with(
+        domain: &str,
+        port: u16,
+        gateway_domain: &str,
+        gateway_port: u16,
+        tls: Option<&KamailioTls<'_>>,
+    ) -> anyhow::Result<Kamailio> {
         let dir = TempDir::new("ssp-kamailio");
         let db = presence_db(&dir.0)?;
         let db = db.display();
+        let (tls_head, to_gateway) = match tls {
+            None => (String::new(), format!("sip:127.0.0.1:{gateway_port}")),
+            Some(t) => {
+                for (name, pem) in [
+                    ("ca.pem", t.ca_pem),
+                    ("cert.pem", t.cert_pem),
+                    ("key.pem", t.key_pem),
+                ] {
+                    std::fs::write(dir.0.join(name), pem)?;
+                }
+                let d = dir.0.display();
+                let side = |name: &str| {
+                    format!(
+                        "[{name}:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n\
+                         require_certificate = yes\nprivate_key = {d}/key.pem\n\
+                         certificate = {d}/cert.pem\nca_list = {d}/ca.pem\n\n"
+                    )
+                };
+                std::fs::write(dir.0.join("tls.cfg"), side("server") + &side("client"))?;
+                (
+                    format!(
+                        "enable_tls=yes\nlisten=tls:127.0.0.1:{}\nloadmodule \"{MODULES}tls.so\"\n\
+                         modparam(\"tls\", \"config\", \"{d}/tls.cfg\")\n",
+                        t.port
+                    ),
+                    format!("sip:127.0.0.1:{};transport=tls", t.gateway_port),
+                )
+            }
+        };
         let cfg = format!(
             r#"#!KAMAILIO
 debug=2
@@ -107,7 +171,7 @@ children=2
 tcp_children=2
 listen=udp:127.0.0.1:{port}
 listen=tcp:127.0.0.1:{port}
-alias="{domain}"
+{tls_head}alias="{domain}"
 dns=no
 rev_dns=no
 mpath="{MODULES}"
@@ -132,9 +196,9 @@ modparam("presence_xml", "db_url", "text://{db}")
 modparam("presence_xml", "force_active", 1)
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    xlog("L_INFO", "REQ $rm $ru from $fu\n");
+    xlog("L_INFO", "REQ $rm $ru from $fu over $pr\n");
     if ($rd == "{gateway_domain}" || ($rd == "127.0.0.1" && $rp == {gateway_port})) {{
-        $du = "sip:127.0.0.1:{gateway_port}";
+        $du = "{to_gateway}";
         t_relay();
         exit;
     }}
@@ -172,8 +236,11 @@ request_route {{
             .stderr(log)
             .spawn()?;
         let mut k = Kamailio { child, dir, port };
+        let tls_port = tls.map(|t| t.port);
         let up = poll(Duration::from_secs(10), || {
-            udp_bound(port) && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            udp_bound(port)
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && tls_port.is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())
         });
         if !up || k.child.try_wait()?.is_some() {
             anyhow::bail!("kamailio did not start:\n{}", k.log());

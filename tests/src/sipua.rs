@@ -244,3 +244,87 @@ pub async fn raw_request(to: u16, raw: &str) -> Option<u16> {
         }
     }
 }
+
+/// Send one `method` request over TLS to 127.0.0.1:`to`, checking the server's certificate
+/// against `ca` for `server_name` and presenting one `ca` issues for `identity` (none: no
+/// certificate): the final status code, if one came within two seconds (`None` too when the
+/// handshake or the connection failed).
+#[allow(clippy::too_many_arguments)] // a request's parts, named as in `request`
+pub async fn tls_request(
+    to: u16,
+    ca: &ssp_gateway::certs::DevCa,
+    identity: Option<&str>,
+    server_name: &str,
+    method: &str,
+    ruri: &str,
+    from: &str,
+    body: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).ok()?;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots);
+    let cfg = match identity {
+        Some(domain) => {
+            let issued = ca.issue(domain).ok()?;
+            let key = <rustls_pki_types::PrivateKeyDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(
+                issued.key_pem.as_bytes(),
+            )
+            .ok()?;
+            builder.with_client_auth_cert(vec![issued.der], key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned()).ok()?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", to))
+        .await
+        .ok()?;
+    let port = tcp.local_addr().ok()?.port();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut tls = tokio::time::timeout_at(
+        deadline,
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let tag: u64 = rand::random();
+    let raw = format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK{tag:x}\r\n\
+         Max-Forwards: 70\r\nFrom: <{from}>;tag={tag:x}\r\nTo: <{ruri}>\r\n\
+         Call-ID: {tag:x}@127.0.0.1\r\nCSeq: 1 {method}\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(raw.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        // Answers end with an empty body here; take the first final one.
+        let text = String::from_utf8_lossy(&got).into_owned();
+        for head in text.split("\r\n\r\n") {
+            if let Some(code) = head
+                .trim_start()
+                .strip_prefix("SIP/2.0 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|c| c.parse::<u16>().ok())
+                && code >= 200
+            {
+                return Some(code);
+            }
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! alternative flow: an IMPS user and a SIP user exchange messages by phone number, both
 //! ways, through the gateway; use case 5.21's: our user watches the SIP user's presence
 //! (SUBSCRIBE dialog with Kamailio's presence server, PIDF from the user's PUBLISH); and
-//! what a SIP peer may not do is refused with the right SIP error.
+//! what a SIP peer may not do is refused with the right SIP error; and the same over SIP over
+//! TLS, with an operator trusted by its certificate.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use ssp_gateway::ops::metrics::Metrics;
 use ssp_testbed::dnslab::{Nsd, Zone, free_port, naptr};
 use ssp_testbed::federation::{DnsKind, Federation, OperatorSpec, federation_zones};
-use ssp_testbed::siplab::{self, Kamailio, SippUas};
+use ssp_testbed::siplab::{self, Kamailio, KamailioTls, SippUas};
 use ssp_testbed::sipua;
 
 const A: &str = "+46701234567";
@@ -193,6 +194,177 @@ async fn uc_5_22_alt_sip_messages_both_ways_by_number_through_kamailio() {
     );
     assert_eq!(sip_count(&fed, "out", "2xx"), 2);
     assert_eq!(sip_count(&fed, "in", "2xx"), 1);
+    fed.shutdown().await;
+}
+
+/// Operator B's SIP servers offered over TLS only (`_sips._tcp`), at Kamailio's TLS port.
+fn tls_zones(gateways: &[(String, u16)], proxy_tls: u16) -> Vec<Zone> {
+    let mut z = federation_zones(gateways, &[(A.into(), "opx.example".into())], 60);
+    z[0].add(&naptr(
+        BOB,
+        "e164.arpa",
+        100,
+        10,
+        "E2U+sip",
+        &format!("sip:{BOB}@opb.example"),
+        60,
+    ));
+    z[1].add(&format!(
+        "_sips._tcp.opb 60 IN SRV 10 0 {proxy_tls} sip.opb"
+    ));
+    z[1].add("sip.opb 60 IN A 127.0.0.1");
+    z
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_sip_messages_both_ways_over_tls_trusted_by_certificate() {
+    assert!(
+        siplab::tls_available() && Nsd::available(),
+        "kamailio with its TLS module, sipp and nsd are needed (tests/run installs them)"
+    );
+    let [
+        sip_port,
+        sip_tls,
+        proxy,
+        proxy_tls,
+        bob_phone,
+        bob_reg,
+        bob_out,
+    ] = std::array::from_fn(|_| free_port());
+    // Operator B is trusted by its certificate alone: no source addresses.
+    let mut x = OperatorSpec::new('x', "46").user("usera", A, "User A");
+    x.extra_toml = format!(
+        "\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\ntls_listen = \"127.0.0.1:{sip_tls}\"\n\
+         [[sip.peer]]\ndomain = \"opb.example\"\ntls = true\n"
+    );
+    let fed =
+        Federation::start_dns(vec![x], DnsKind::Nsd, move |gws| tls_zones(gws, proxy_tls)).await;
+    let cx = fed.ops[0].core.clone();
+    let issued = fed.ca.issue("opb.example").unwrap();
+    let kamailio = Kamailio::start_with(
+        "opb.example",
+        proxy,
+        "opx.example",
+        sip_port,
+        Some(&KamailioTls {
+            port: proxy_tls,
+            gateway_port: sip_tls,
+            ca_pem: fed.ca.cert_pem(),
+            cert_pem: &issued.cert_pem,
+            key_pem: &issued.key_pem,
+        }),
+    )
+    .unwrap();
+    let mut phone = SippUas::start("uas_message.xml", bob_phone, 1).unwrap();
+    let port = bob_phone.to_string();
+    let (rc, log) = siplab::uac(
+        "register.xml",
+        proxy,
+        bob_reg,
+        &[
+            ("user", BOB),
+            ("domain", "opb.example"),
+            ("contact_port", &port),
+        ],
+    )
+    .unwrap();
+    assert_eq!(rc, 0, "Bob registers:\n{log}\n{}", kamailio.log());
+
+    // IMPS → SIP: SRV offers B's proxy over TLS only; the gateway opens TLS to it, checks its
+    // certificate names opb.example and presents ours.
+    let (_, st) = cx
+        .send_message(
+            "usera",
+            &[&format!("wv:{BOB}")],
+            "Hello Bob over TLS",
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}\n{}", kamailio.log());
+    assert!(
+        kamailio.log().contains(&format!(
+            "REQ MESSAGE sip:{BOB}@opb.example from sip:{A}@opx.example;user=phone over tls"
+        )),
+        "the MESSAGE reached Kamailio over TLS:\n{}",
+        kamailio.log()
+    );
+    assert_eq!(phone.wait(WAIT), Some(0), "Bob's phone took it");
+    assert!(phone.messages().contains("Hello Bob over TLS"));
+
+    // SIP → IMPS: Kamailio relays Bob's MESSAGE to the gateway's TLS port with B's
+    // certificate, which is what makes it trusted.
+    let (rc, log) = siplab::uac(
+        "uac_message.xml",
+        proxy,
+        bob_out,
+        &[
+            ("from", BOB),
+            ("from_domain", "opb.example"),
+            ("to", A),
+            ("to_domain", "opx.example"),
+            ("text", "Hi A over TLS"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        rc,
+        0,
+        "Bob's MESSAGE is answered 200:\n{log}\n{}",
+        kamailio.log()
+    );
+    let got = cx
+        .message("usera", 0, WAIT)
+        .await
+        .expect("delivered to the core");
+    assert_eq!(
+        (got.text.as_str(), got.from.as_str()),
+        ("Hi A over TLS", format!("wv:{BOB}").as_str())
+    );
+
+    // Who is not B: the same From over UDP from a loopback address (B is trusted by
+    // certificate only), over TLS with another operator's certificate, or with none.
+    let ours = format!("sip:{A}@opx.example;user=phone");
+    let bob = format!("sip:{BOB}@opb.example;user=phone");
+    assert_eq!(
+        sipua::request(sip_port, "MESSAGE", &ours, &bob, "text/plain", "by address").await,
+        Some(403)
+    );
+    let over_tls = |identity: Option<&'static str>, text: &'static str| {
+        let (ours, bob, ca) = (ours.clone(), bob.clone(), &fed.ca);
+        async move {
+            sipua::tls_request(
+                sip_tls,
+                ca,
+                identity,
+                "opx.example",
+                "MESSAGE",
+                &ours,
+                &bob,
+                text,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        over_tls(Some("opc.example"), "C's certificate").await,
+        Some(403)
+    );
+    assert_eq!(over_tls(None, "no certificate").await, Some(403));
+    // B's own certificate, on a connection of its own: taken.
+    assert_eq!(
+        over_tls(Some("opb.example"), "B directly over TLS").await,
+        Some(200)
+    );
+    let texts: Vec<String> = cx.received("usera").into_iter().map(|m| m.text).collect();
+    assert_eq!(
+        texts,
+        ["Hi A over TLS", "B directly over TLS"],
+        "only B's reached the core"
+    );
+    assert_eq!(sip_count(&fed, "out", "2xx"), 1);
+    assert_eq!(sip_count(&fed, "in", "2xx"), 2);
+    assert_eq!(sip_count(&fed, "in", "4xx"), 3);
     fed.shutdown().await;
 }
 

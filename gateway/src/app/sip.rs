@@ -33,10 +33,15 @@ pub(super) async fn start(
         gw.cfg().operator.public_domain,
         gw.cfg().cluster.replica
     );
-    let (link, mut requests) =
-        SipLink::bind(&spec, gw.cfg().timeouts.request, gw.store().cloned(), owner)
-            .await
-            .map_err(|e| StartError::Sip(e.to_string()))?;
+    let (link, mut requests) = SipLink::bind(
+        &spec,
+        &gw.cfg().tls,
+        gw.cfg().timeouts.request,
+        gw.store().cloned(),
+        owner,
+    )
+    .await
+    .map_err(|e| StartError::Sip(e.to_string()))?;
     let addr = link.local();
     if gw.links.sip.set(link).is_err() {
         return Err(StartError::Sip(

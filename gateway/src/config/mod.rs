@@ -269,6 +269,44 @@ mod tests {
     }
 
     #[test]
+    fn sip_over_tls_is_checked() {
+        // TLS presents our certificate.
+        let e = load(&format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\ntls_listen = \"127.0.0.1:5061\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.tls_listen"), "{e}");
+        assert!(e.to_string().contains("[tls] cert and key"), "{e}");
+        let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let e = load(&format!(
+            "{MIN}{tls}[sip]\nlisten = \"127.0.0.1:5060\"\ntls_listen = \"127.0.0.1:5060\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("a port of its own"), "{e}");
+        // A peer is trusted by address, by certificate, or both; never by nothing.
+        let e = load(&format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\n[[sip.peer]]\ndomain = \"opb.example\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.peer[0].addresses"), "{e}");
+        let e = load(&format!(
+            "{MIN}[sip]\nlisten = \"127.0.0.1:5060\"\n[[sip.peer]]\ndomain = \"opb.example\"\ntls = true\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sip.peer[0].tls"), "{e}");
+        let c = load(&format!(
+            "{MIN}{tls}[sip]\nlisten = \"127.0.0.1:5060\"\ntls_listen = \"127.0.0.1:5061\"\n\
+             [[sip.peer]]\ndomain = \"opb.example\"\ntls = true\ntrust = [\"b-ca.pem\"]\n"
+        ))
+        .unwrap();
+        let sip = c.sip.as_ref().unwrap();
+        assert_eq!(sip.tls_listen, Some("127.0.0.1:5061".parse().unwrap()));
+        let b = sip.peer("opb.example").unwrap();
+        assert!(b.tls && b.addresses.is_empty());
+        assert!(b.trust[0].ends_with("b-ca.pem"));
+    }
+
+    #[test]
     fn replicas_on_sqlite_are_a_warning() {
         let cluster = "\n[listen]\nadmin = \"127.0.0.1:9900\"\n[cluster]\nreplica = 0\nsiblings = [\"http://127.0.0.1:9900\", \"http://127.0.0.1:9901\"]\n";
         let c = load(&format!("{MIN}{cluster}")).unwrap();

@@ -42,6 +42,8 @@ pub(super) struct RawSip {
     #[serde(default)]
     pub(super) advertise: Option<String>,
     #[serde(default)]
+    pub(super) tls_listen: Option<String>,
+    #[serde(default)]
     pub(super) max_body: Option<i64>,
     #[serde(default)]
     pub(super) subscribe_expires: Option<String>,
@@ -55,6 +57,10 @@ pub(super) struct RawSipPeer {
     pub(super) domain: String,
     #[serde(default)]
     pub(super) addresses: Vec<String>,
+    #[serde(default)]
+    pub(super) tls: bool,
+    #[serde(default)]
+    pub(super) trust: Vec<String>,
     #[serde(default)]
     pub(super) rate: Option<u32>,
     #[serde(default)]

@@ -337,6 +337,9 @@ pub struct SipSpec {
     pub listen: std::net::SocketAddr,
     /// The address:port other SIP servers reach it at (Via, Contact), when not `listen`.
     pub advertise: Option<std::net::SocketAddr>,
+    /// Where it listens for SIP over TLS (RFC 5630, RFC 5922: `[tls] cert` names our
+    /// domain), if it does.
+    pub tls_listen: Option<std::net::SocketAddr>,
     /// The largest SIP body taken or sent (bytes).
     pub max_body: usize,
     /// How long a presence subscription is asked for (seconds); refreshed before it ends.
@@ -352,6 +355,11 @@ pub struct SipPeerSpec {
     pub domain: String,
     /// The networks its servers send from (UDP and TCP carry no certificate).
     pub addresses: Vec<ipnet::IpNet>,
+    /// Trusted over TLS when its certificate names its domain (RFC 5922).
+    pub tls: bool,
+    /// The anchors its certificates chain to (else `[tls] trust`); also what its servers'
+    /// certificates are checked against when the gateway connects to them.
+    pub trust: Vec<std::path::PathBuf>,
     /// Requests per second taken from it (MESSAGE and new SUBSCRIBEs), and the burst.
     pub rate: u32,
     /// The burst above `rate`.
@@ -359,6 +367,13 @@ pub struct SipPeerSpec {
 }
 
 impl SipSpec {
+    /// The `[[sip.peer]]` of `domain`.
+    pub fn peer(&self, domain: &str) -> Option<&SipPeerSpec> {
+        self.peers
+            .iter()
+            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+    }
+
     /// The trusted SIP operator whose domain is `domain`, if `ip` is one of its addresses.
     pub fn peer_at(&self, domain: &str, ip: std::net::IpAddr) -> Option<&SipPeerSpec> {
         self.peers

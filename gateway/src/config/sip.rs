@@ -1,6 +1,6 @@
-//! `[sip]`: the SIP/SIMPLE translator's listener and the SIP operators whose requests it
-//! takes (`[[sip.peer]]`, by domain and source network: SIP over UDP and TCP carries no
-//! certificate, so where a request comes from is what proves its domain).
+//! `[sip]`: the SIP/SIMPLE translator's listeners and the SIP operators whose requests it
+//! takes (`[[sip.peer]]`, by domain: over UDP and TCP, which carry no certificate, where a
+//! request comes from is what proves its domain; over TLS, a certificate naming it).
 
 use super::locate::Step;
 use super::raw::RawSip;
@@ -17,7 +17,15 @@ const PEER_RATE: u32 = 500;
 /// How long a presence subscription is asked for by default (RFC 3856 suggests an hour).
 const SUBSCRIBE_EXPIRES: u32 = 3600;
 
-pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
+/// `[sip]`; `base` is the config file's folder (for `trust` paths), `identity` whether
+/// `[tls] cert` and `key` are set (SIP over TLS presents them).
+pub(super) fn validate(
+    check: &mut Check<'_>,
+    base: &std::path::Path,
+    r: RawSip,
+    identity: bool,
+) -> SipSpec {
+    let dir = base;
     let path = |key: &str| vec![k("sip"), k(key)];
     let listen = match r.listen.parse::<std::net::SocketAddr>() {
         Ok(a) if a.port() != 0 => a,
@@ -49,6 +57,26 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
             format!(
                 "listen is {listen}, a wildcard: give the address SIP peers reach (Via, Contact)"
             ),
+        );
+    }
+    let tls_listen = r.tls_listen.as_deref().and_then(|a| match a.parse() {
+        Ok(sa) if sa == listen => {
+            check.err(
+                &path("tls_listen"),
+                format!("{a} is listen's address too: TLS needs a port of its own"),
+            );
+            None
+        }
+        Ok(sa) => Some(sa),
+        Err(_) => {
+            check.err(&path("tls_listen"), format!("{a:?} is not an address:port"));
+            None
+        }
+    });
+    if tls_listen.is_some() && !identity {
+        check.err(
+            &path("tls_listen"),
+            "SIP over TLS presents our certificate: set [tls] cert and key",
         );
     }
     let max_body = match r.max_body {
@@ -83,10 +111,22 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
     for (i, p) in r.peers.into_iter().enumerate() {
         let base = at(&path("peer"), &[Step::Index(i)]);
         let d = domain(check, &at(&base, &[k("domain")]), &p.domain);
-        if p.addresses.is_empty() {
+        let trust = p
+            .trust
+            .iter()
+            .map(|t| super::Config::resolve_path(dir, t))
+            .collect();
+        if p.addresses.is_empty() && !p.tls {
             check.err(
                 &at(&base, &[k("addresses")]),
-                "name the networks this operator's SIP servers send from",
+                "name the networks this operator's SIP servers send from, or set tls = true \
+                 to trust it by its certificate",
+            );
+        }
+        if p.tls && tls_listen.is_none() {
+            check.err(
+                &at(&base, &[k("tls")]),
+                "its requests come over TLS: set [sip] tls_listen",
             );
         }
         let mut addresses = Vec::new();
@@ -112,6 +152,8 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
         peers.push(SipPeerSpec {
             domain: d,
             addresses,
+            tls: p.tls,
+            trust,
             rate,
             burst: p.burst.unwrap_or(rate.saturating_mul(2)),
         });
@@ -119,6 +161,7 @@ pub(super) fn validate(check: &mut Check<'_>, r: RawSip) -> SipSpec {
     SipSpec {
         listen,
         advertise,
+        tls_listen,
         max_body,
         subscribe_expires,
         peers,

@@ -83,7 +83,10 @@ fn queue(check: &mut Check<'_>, path: &[Step], v: Option<&str>, default: Queue) 
 pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Config {
     let (operator, plan) = operator(check, base, raw.gateway);
     let store = store(check, base, &operator, raw.store);
-    let sip = raw.sip.map(|r| super::sip::validate(check, r));
+    let identity = raw.tls.cert.is_some() && raw.tls.key.is_some();
+    let sip = raw
+        .sip
+        .map(|r| super::sip::validate(check, base, r, identity));
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);

@@ -206,14 +206,12 @@ fn learn_name(gw: &Gateway, d: &Decision) {
 }
 
 /// A destination DNS shows reachable by SIP (and not by IMPS): the translator, to the URI
-/// ENUM gave or the user at the domain, over the servers SRV gave (TCP when the SRV name
-/// says so or for `sips`, else UDP).
+/// ENUM gave or the user at the domain, over the servers SRV gave (TLS for `_sips._tcp`,
+/// TCP when the SRV name says so, else UDP).
 fn sip_destination(d: &Decision, what: &str) -> Dest {
     let domain = d.domain.clone().unwrap_or_default();
-    let tcp = d
-        .srv
-        .as_deref()
-        .is_some_and(|s| s.contains("._tcp.") || s.starts_with("_sips."));
+    let tls = d.srv.as_deref().is_some_and(|s| s.starts_with("_sips."));
+    let tcp = tls || d.srv.as_deref().is_some_and(|s| s.contains("._tcp."));
     let servers: Vec<SipServer> = d
         .targets
         .iter()
@@ -221,6 +219,7 @@ fn sip_destination(d: &Decision, what: &str) -> Dest {
             t.addrs.iter().map(move |a| SipServer {
                 addr: std::net::SocketAddr::new(*a, t.port),
                 tcp,
+                tls,
             })
         })
         .collect();

@@ -21,6 +21,7 @@ pub(crate) mod map;
 pub(crate) mod pidf;
 pub(crate) mod presence;
 pub(crate) mod stack;
+pub(crate) mod trust;
 pub(crate) mod watch;
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub struct SipServer {
     pub addr: SocketAddr,
     /// Whether DNS offered it for TCP (else UDP).
     pub tcp: bool,
+    /// Whether DNS offered it for TLS (`_sips._tcp`, `SIPS+D2T`): never sent to in clear.
+    pub tls: bool,
 }
 
 /// A destination reachable by SIP.
@@ -79,6 +82,8 @@ pub(crate) struct SipLink {
     owner: String,
     /// Each `[[sip.peer]]`'s rate limit, by domain.
     limits: std::collections::HashMap<String, governor::DefaultDirectRateLimiter>,
+    /// The certificate check of each peer trusted over TLS.
+    certs: trust::CertChecks,
 }
 
 impl SipLink {
@@ -87,11 +92,14 @@ impl SipLink {
     /// The presence dialogs replica `owner` kept in `store` are taken up again.
     pub(crate) async fn bind(
         spec: &SipSpec,
+        tls: &crate::config::TlsSpec,
         timeout: Duration,
         store: Option<std::sync::Arc<crate::store::Store>>,
         owner: String,
     ) -> Result<(SipLink, Requests), stack::StackError> {
-        let (stack, requests) = Stack::bind(spec.listen, spec.advertise, timeout).await?;
+        let (setup, certs) =
+            trust::setup(spec, tls).map_err(|e| stack::StackError(format!("SIP over TLS: {e}")))?;
+        let (stack, requests) = Stack::bind(spec.listen, spec.advertise, setup, timeout).await?;
         Ok((
             SipLink {
                 stack,
@@ -112,6 +120,7 @@ impl SipLink {
                         )
                     })
                     .collect(),
+                certs,
             },
             requests,
         ))
@@ -126,12 +135,25 @@ impl SipLink {
         } else {
             format!("{user}@")
         };
-        format!("sip:{at}{};transport={}", self.local(), transport.as_str())
+        format!(
+            "sip:{at}{};transport={}",
+            self.stack.local_for(transport),
+            transport.as_str()
+        )
     }
 
     /// Where SIP peers reach us.
     pub(crate) fn local(&self) -> SocketAddr {
         self.stack.local()
+    }
+
+    /// The `[[sip.peer]]` that `req`, claiming to come from `domain`, is trusted as.
+    pub(crate) fn trusted(
+        &self,
+        domain: &str,
+        req: &Incoming,
+    ) -> Option<&crate::config::SipPeerSpec> {
+        trust::peer_of(&self.spec, &self.certs, domain, req)
     }
 
     /// Close the listeners.
@@ -218,6 +240,7 @@ impl Links {
             body: Some((ctype, body.clone())),
             dest: SocketAddr::from(([127, 0, 0, 1], 0)),
             transport: Transport::Udp,
+            domain: target.domain.clone(),
             dialog: None,
             contact: None,
             route: Vec::new(),
@@ -333,15 +356,15 @@ impl Links {
         req: &Incoming,
     ) -> Result<(String, String, String), SipRefusal> {
         let from = map::address(&req.from).ok_or_else(|| refuse(400, "no usable From"))?;
-        let source = req.source.map(|s| s.ip().to_canonical());
-        let trusted = source.and_then(|ip| link.spec.peer_at(&from.host, ip));
-        if trusted.is_none() {
+        if link.trusted(&from.host, req).is_none() {
             return Err(refuse(
                 403,
                 format!(
-                    "{} is not a SIP operator trusted from {}",
+                    "{} is not a SIP operator trusted from {} over {}",
                     from.host,
-                    source.map_or("an unknown address".into(), |s| s.to_string())
+                    req.source
+                        .map_or("an unknown address".into(), |s| s.to_string()),
+                    req.transport.as_str()
                 ),
             ));
         }

@@ -77,6 +77,9 @@ pub(crate) struct Subscription {
     pub(crate) server: SocketAddr,
     /// Over TCP (else UDP).
     pub(crate) tcp: bool,
+    /// Over TLS (and TCP).
+    #[serde(default)]
+    pub(crate) tls: bool,
     /// The presentity's domain.
     pub(crate) domain: String,
     /// When it runs out (Unix seconds).
@@ -235,14 +238,13 @@ impl Links {
             format!("no SIP server for {}", target.domain),
         ));
         for server in &target.servers {
-            let transport = if server.tcp || body_len > super::UDP_MAX {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            };
+            // TLS when DNS offered it (never downgraded); TCP when offered or the body is
+            // too big for a datagram.
+            let transport = Transport::of(server.tcp || body_len > super::UDP_MAX, server.tls);
             let mut o = out.clone();
             o.dest = server.addr;
             o.transport = transport;
+            o.domain.clone_from(&target.domain);
             if let Some(c) = &mut o.contact {
                 *c = link.contact(c, transport);
             }
@@ -259,7 +261,8 @@ impl Links {
             self.count_sip_out(out.method, reply.as_ref().ok().map(|r| r.code));
             let used = SipServer {
                 addr: server.addr,
-                tcp: transport == Transport::Tcp,
+                tcp: transport != Transport::Udp,
+                tls: transport == Transport::Tls,
             };
             match reply {
                 // Another server may do better only when this one failed as a server.
@@ -338,6 +341,7 @@ impl Links {
             target: target.uri.clone(),
             server: target.servers.first().map_or(link.local(), |s| s.addr),
             tcp: false,
+            tls: false,
             domain: target.domain.clone(),
             expires_at: now() + u64::from(period),
             granted: period,
@@ -400,6 +404,7 @@ impl Links {
                 }
                 s.server = server.addr;
                 s.tcp = server.tcp;
+                s.tls = server.tls;
                 s.period = period;
                 s.granted = granted;
                 s.expires_at = now() + u64::from(granted);
@@ -730,9 +735,8 @@ impl Links {
             // refusing the others).
             return Err(refuse(481, "no such subscription (another fork)"));
         }
-        let trusted = source.is_some_and(|ip| {
-            ip == sub.server.ip().to_canonical() || link.spec.peer_at(&sub.domain, ip).is_some()
-        });
+        let trusted = source.is_some_and(|ip| ip == sub.server.ip().to_canonical())
+            || link.trusted(&sub.domain, req).is_some();
         if !trusted {
             return Err(refuse(
                 403,
@@ -855,6 +859,7 @@ impl Subscription {
             servers: vec![SipServer {
                 addr: self.server,
                 tcp: self.tcp,
+                tls: self.tls,
             }],
         }
     }
@@ -867,6 +872,7 @@ impl Subscription {
             servers: vec![SipServer {
                 addr: self.server,
                 tcp: self.tcp,
+                tls: self.tls,
             }],
         }
     }
@@ -895,6 +901,7 @@ fn subscribe_out(
         body: None,
         dest: SocketAddr::from(([127, 0, 0, 1], 0)),
         transport: Transport::Udp,
+        domain: String::new(),
         dialog: None,
         route,
     }

@@ -61,6 +61,9 @@ pub(crate) struct Watch {
     pub(crate) dest: SocketAddr,
     /// Over TCP (else UDP).
     pub(crate) tcp: bool,
+    /// Over TLS: the connection the watcher's server opened (and TCP).
+    #[serde(default)]
+    pub(crate) tls: bool,
     /// The watcher's trusted SIP domain.
     pub(crate) domain: String,
     /// When it runs out (Unix seconds).
@@ -166,7 +169,6 @@ impl Links {
         let expires = asked.min(MAX_EXPIRES);
         // In a dialog of ours: a refresh, or the end.
         if let Some(ours) = map::tag(&req.to) {
-            let source = req.source.map(|s| s.ip().to_canonical());
             let Some(w) = link.watches.find(&req.call_id).await else {
                 return Err(refuse(481, "no such subscription"));
             };
@@ -175,7 +177,7 @@ impl Links {
             {
                 return Err(refuse(481, "no such subscription (tags)"));
             }
-            if source.is_none_or(|ip| link.spec.peer_at(&w.domain, ip).is_none()) {
+            if link.trusted(&w.domain, req).is_none() {
                 return Err(refuse(403, "a refresh from an untrusted address"));
             }
             if expires == 0 {
@@ -183,12 +185,17 @@ impl Links {
                 return Ok(Subscribed::Ended(w.domain.clone(), t, w));
             }
             // Later NOTIFYs go where this refresh came from (a TCP connection may be new).
-            let (dest, tcp) = (req.source, req.transport == Transport::Tcp);
+            let (dest, tcp, tls) = (
+                req.source,
+                req.transport != Transport::Udp,
+                req.transport == Transport::Tls,
+            );
             let refresh = |w: &mut Watch| {
                 w.expires_at = now() + u64::from(expires);
                 if let Some(d) = dest {
                     w.dest = d;
                     w.tcp = tcp;
+                    w.tls = tls;
                 }
             };
             if !link.watches.holds(&req.call_id) {
@@ -234,7 +241,8 @@ impl Links {
             presentity,
             target: contact,
             dest,
-            tcp: req.transport == Transport::Tcp,
+            tcp: req.transport != Transport::Udp,
+            tls: req.transport == Transport::Tls,
             domain: domain.clone(),
             expires_at: now() + u64::from(expires),
             confirmed: false,
@@ -357,6 +365,7 @@ impl Links {
                                 k.expires_at = s.expires_at;
                                 k.dest = s.dest;
                                 k.tcp = s.tcp;
+                                k.tls = s.tls;
                                 (false, ())
                             })
                             .await;
@@ -500,6 +509,7 @@ impl Links {
             body,
             dest: w.dest,
             transport: Transport::Udp,
+            domain: w.domain.clone(),
             dialog: Some(DialogIds {
                 cseq,
                 ..w.dialog.clone()
@@ -513,6 +523,7 @@ impl Links {
             servers: vec![SipServer {
                 addr: w.dest,
                 tcp: w.tcp,
+                tls: w.tls,
             }],
         };
         let (reply, _) = self.sip_send(link, &target, &out, len).await?;

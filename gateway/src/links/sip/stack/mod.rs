@@ -1,7 +1,11 @@
-//! The SIP stack (rsipstack) behind one small interface: bind UDP and TCP on one port, hand
-//! over incoming requests as plain values with a way to answer them, and send one
-//! out-of-dialog request to a chosen address for its final answer. Nothing else in the
+//! The SIP stack (rsipstack) behind one small interface: bind UDP and TCP on one port (and
+//! TLS on another, `tls`), hand over incoming requests as plain values with a way to answer
+//! them, and send one request to a chosen address for its final answer. Nothing else in the
 //! gateway names an rsipstack type, so the stack can be replaced here alone.
+
+mod tls;
+
+pub(crate) use tls::{Chain, TlsSetup};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ pub(crate) enum Transport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS over TCP (`sips`, `_sips._tcp`).
+    Tls,
 }
 
 impl Transport {
@@ -39,14 +45,25 @@ impl Transport {
         match self {
             Transport::Udp => rsipstack::sip::Transport::Udp,
             Transport::Tcp => rsipstack::sip::Transport::Tcp,
+            Transport::Tls => rsipstack::sip::Transport::Tls,
         }
     }
 
-    /// `udp` or `tcp`, for logs and metrics.
+    /// `udp`, `tcp` or `tls`, for logs, metrics and `transport=` URI parameters.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// The transport of a kept dialog (`tcp`, `tls` as stored).
+    pub(crate) fn of(tcp: bool, tls: bool) -> Transport {
+        match (tcp, tls) {
+            (_, true) => Transport::Tls,
+            (true, false) => Transport::Tcp,
+            (false, false) => Transport::Udp,
         }
     }
 }
@@ -70,6 +87,8 @@ pub(crate) struct Outgoing {
     pub(crate) dest: SocketAddr,
     /// Over what.
     pub(crate) transport: Transport,
+    /// The far side's SIP domain: over TLS, the name its server's certificate must carry.
+    pub(crate) domain: String,
     /// The dialog it is in, or makes with the Call-ID and our tag chosen by the caller (to
     /// match what comes back before the answer does); `None`: out of any dialog, with a new
     /// Call-ID and From tag.
@@ -142,6 +161,7 @@ pub(crate) struct Stack {
     inner: Arc<EndpointInner>,
     cancel: CancellationToken,
     local: SocketAddr,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -151,15 +171,20 @@ impl std::fmt::Debug for Stack {
 }
 
 impl Stack {
-    /// Bind UDP and TCP on `listen` (advertised as `advertise`), with `timeout` as the
-    /// transaction timeout (RFC 3261 Timer B/F). Returns the stack and its incoming
-    /// requests; the stack runs until [`Stack::stop`].
+    /// Bind UDP and TCP on `listen` (advertised as `advertise`), and TLS as `tls` says, with
+    /// `timeout` as the transaction timeout (RFC 3261 Timer B/F). Returns the stack and its
+    /// incoming requests; the stack runs until [`Stack::stop`].
     pub(crate) async fn bind(
         listen: SocketAddr,
         advertise: Option<SocketAddr>,
+        tls: Option<TlsSetup>,
         timeout: Duration,
     ) -> Result<(Stack, Requests), StackError> {
         let cancel = CancellationToken::new();
+        let tls = match tls {
+            Some(setup) => Some(tls::Tls::bind(setup, cancel.child_token()).await?),
+            None => None,
+        };
         let layer = TransportLayer::new(cancel.child_token());
         // UDP first: the first listener is what Via and Contact name by default.
         let udp = UdpConnection::create_connection(listen, advertise, Some(cancel.child_token()))
@@ -194,15 +219,22 @@ impl Stack {
                 tracing::error!(error = %e, "SIP endpoint stopped");
             }
         });
+        let tls = tls.map(|(t, listener)| {
+            let t = Arc::new(t);
+            t.serve(listener, inner.clone());
+            t
+        });
         Ok((
             Stack {
                 inner,
                 cancel: cancel.clone(),
                 local: advertise.unwrap_or(listen),
+                tls: tls.clone(),
             },
             Requests {
                 rx: incoming,
                 cancel,
+                flows: tls.map(|t| t.flows.clone()),
             },
         ))
     }
@@ -210,6 +242,14 @@ impl Stack {
     /// Where peers reach this stack.
     pub(crate) fn local(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Where peers reach this stack over `transport` (TLS has a port of its own).
+    pub(crate) fn local_for(&self, transport: Transport) -> SocketAddr {
+        match (&self.tls, transport) {
+            (Some(t), Transport::Tls) => t.setup.advertise,
+            _ => self.local,
+        }
     }
 
     /// Close the listeners and end every transaction.
@@ -221,13 +261,19 @@ impl Stack {
     /// local 408).
     pub(crate) async fn request(&self, out: Outgoing) -> Result<Reply, StackError> {
         let t = out.transport.stack();
-        let local = self
-            .inner
-            .transport_layer
-            .get_listen_addrs()
-            .into_iter()
-            .find(|a| a.r#type == Some(t))
-            .ok_or_else(|| err(format!("no {} listener", out.transport.as_str())))?;
+        let local = match (&self.tls, out.transport) {
+            (Some(tls), Transport::Tls) => tls.local(),
+            (None, Transport::Tls) => {
+                return Err(err("SIP over TLS is not set up ([sip] tls_listen)"));
+            }
+            _ => self
+                .inner
+                .transport_layer
+                .get_listen_addrs()
+                .into_iter()
+                .find(|a| a.r#type == Some(t))
+                .ok_or_else(|| err(format!("no {} listener", out.transport.as_str())))?,
+        };
         let via = self.inner.get_via(Some(local), None).map_err(err)?;
         let uri = |s: &str| rsipstack::sip::Uri::try_from(s).map_err(err);
         let (call_id, local_tag, remote_tag, seq) = match &out.dialog {
@@ -291,9 +337,15 @@ impl Stack {
         tx.destination = Some(SipAddr::new(t, out.dest.into()));
         // A TCP connect to a black hole would wait for the kernel's SYN timeout.
         let limit = self.inner.option.t1x64;
-        match tokio::time::timeout(limit, tx.send()).await {
+        let send = async {
+            if let (Some(tls), Transport::Tls) = (&self.tls, out.transport) {
+                tls.ensure(&self.inner, out.dest, &out.domain).await?;
+            }
+            tx.send().await.map_err(err)
+        };
+        match tokio::time::timeout(limit, send).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(err(e)),
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(Reply::local(408, "no connection")),
         }
         while let Some(msg) = tx.receive().await {
@@ -330,6 +382,7 @@ impl Stack {
 pub(crate) struct Requests {
     rx: TransactionReceiver,
     cancel: CancellationToken,
+    flows: Option<Arc<tls::Flows>>,
 }
 
 impl Requests {
@@ -344,7 +397,7 @@ impl Requests {
             if matches!(tx.original.method, Method::Ack | Method::Cancel) {
                 continue;
             }
-            return Some(Incoming::of(tx));
+            return Some(Incoming::of(tx, self.flows.as_deref()));
         }
     }
 }
@@ -369,25 +422,32 @@ pub(crate) struct Incoming {
     pub(crate) source: Option<SocketAddr>,
     /// The transport it came over.
     pub(crate) transport: Transport,
+    /// Over TLS: the certificate chain the far end of the connection presented (checked
+    /// against the listener's anchors in the handshake).
+    pub(crate) peer_chain: Option<Chain>,
     tx: Transaction,
 }
 
 impl Incoming {
-    fn of(tx: Transaction) -> Incoming {
+    fn of(tx: Transaction, flows: Option<&tls::Flows>) -> Incoming {
         let req = &tx.original;
         let value = |name: &str| req.header_value(name).unwrap_or_default();
         let (transport, source) = tx
             .connection
             .as_ref()
             .map(|c| {
-                let t = if c.transport() == rsipstack::sip::Transport::Udp {
-                    Transport::Udp
-                } else {
-                    Transport::Tcp
+                let t = match c.transport() {
+                    rsipstack::sip::Transport::Udp => Transport::Udp,
+                    rsipstack::sip::Transport::Tls => Transport::Tls,
+                    _ => Transport::Tcp,
                 };
                 (t, c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()))
             })
             .unwrap_or((Transport::Udp, None));
+        let peer_chain = match (transport, source, flows) {
+            (Transport::Tls, Some(s), Some(f)) => f.chain(s),
+            _ => None,
+        };
         Incoming {
             method: req.method.to_string(),
             uri: req.uri.to_string(),
@@ -398,6 +458,7 @@ impl Incoming {
             body: req.body.clone(),
             source,
             transport,
+            peer_chain,
             tx,
         }
     }
