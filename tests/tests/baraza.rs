@@ -339,7 +339,10 @@ async fn baraza_notifications_are_delivered_on_acknowledgement() {
     }
     assert!(reported(), "the core's report reached Baraza");
     let answers = |code| {
-        ssp_gateway::ops::metrics::Metrics::counter_value(&g.metrics().answers, &["outbound", code])
+        ssp_gateway::ops::metrics::Metrics::counter_value(
+            &g.metrics().answers,
+            &["outbound", "ssp", code],
+        )
     };
     let deadline = std::time::Instant::now() + WAIT;
     while answers("200") < 2 && std::time::Instant::now() < deadline {

@@ -254,8 +254,8 @@ async fn answers_reaching_the_other_replica_are_handed_over() {
         ["503", "504"]
             .iter()
             .map(|c| {
-                Metrics::counter_value(&g.gateway.metrics().answers, &["outbound", c])
-                    + Metrics::counter_value(&g.gateway.metrics().answers, &["inbound", c])
+                Metrics::counter_value(&g.gateway.metrics().answers, &["outbound", "ssp", c])
+                    + Metrics::counter_value(&g.gateway.metrics().answers, &["inbound", "ssp", c])
             })
             .sum::<u64>()
     };

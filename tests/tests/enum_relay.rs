@@ -121,7 +121,7 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(spoofs(), 1);
-    let answered_901 = Metrics::counter_value(&gy.metrics().answers, &["inbound", "901"]);
+    let answered_901 = Metrics::counter_value(&gy.metrics().answers, &["inbound", "ssp", "901"]);
     assert_eq!(answered_901, 1);
     // A's number is X's: accepted and delivered.
     let (status, _) = client.post(&url, send(A), &[], WAIT).await.unwrap();
@@ -150,7 +150,7 @@ async fn originator_must_be_placed_at_the_sending_peer_by_enum() {
     }
     assert_eq!(unverified(), 1);
     assert_eq!(
-        Metrics::counter_value(&gy.metrics().answers, &["inbound", "503"]),
+        Metrics::counter_value(&gy.metrics().answers, &["inbound", "ssp", "503"]),
         1
     );
     assert_eq!(spoofs(), 1, "not counted as a spoof");

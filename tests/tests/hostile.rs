@@ -371,7 +371,7 @@ async fn hostile_spoofed_originators_are_refused_without_a_resolver() {
     assert!(
         eventually(WAIT, || Metrics::counter_value(
             &m.answers,
-            &["inbound", "901"]
+            &["inbound", "ssp", "901"]
         ) == 2)
         .await,
         "both refused with 901"

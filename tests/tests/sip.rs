@@ -194,6 +194,31 @@ async fn uc_5_22_alt_sip_messages_both_ways_by_number_through_kamailio() {
     );
     assert_eq!(sip_count(&fed, "out", "2xx"), 2);
     assert_eq!(sip_count(&fed, "in", "2xx"), 1);
+    // The protocol dimension: Bob's MESSAGE came in SIP, both of A's went out SIP.
+    let m = fed.ops[0].gateway.as_ref().unwrap().gateway.metrics();
+    let requests = |d, p| Metrics::counter_value(&m.requests, &[d, p, "SendMessageRequest"]);
+    assert_eq!(
+        (requests("inbound", "sip"), requests("inbound", "ssp")),
+        (1, 0)
+    );
+    assert_eq!(requests("outbound", "ssp"), 2, "the core speaks SSP");
+    assert_eq!(
+        Metrics::counter_value(&m.answers, &["inbound", "sip", "200"]),
+        1
+    );
+    assert_eq!(Metrics::counter_value(&m.deliveries, &["sip", "ok"]), 2);
+    assert_eq!(
+        Metrics::counter_value(&m.deliveries, &["ssp", "ok"]),
+        1,
+        "Bob's to the core"
+    );
+    let text = m.render();
+    assert!(
+        text.contains(
+            "ssp_request_duration_seconds_count{direction=\"inbound\",protocol=\"sip\"} 1"
+        ),
+        "{text}"
+    );
     fed.shutdown().await;
 }
 

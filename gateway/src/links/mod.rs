@@ -116,6 +116,15 @@ impl Origin {
         }
     }
 
+    /// The protocol its requests arrive in, as a metric label: `ssp` (the core, SSP peers)
+    /// or `sip` (the SIP translator).
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Origin::Core | Origin::Peer(_) => "ssp",
+            Origin::Sip(_) => "sip",
+        }
+    }
+
     /// Which leg our requests to it travel (the answers it sends us are to those).
     pub fn leg(&self) -> Leg {
         match self {

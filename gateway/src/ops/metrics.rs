@@ -10,13 +10,16 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// SSP requests accepted, by direction (`inbound` from peers, `outbound` from the core)
-    /// and primitive.
+    /// SSP requests accepted, by direction (`inbound` from peers, `outbound` from the core),
+    /// the protocol they came in (`ssp`, or `sip` through the translator) and primitive.
     pub requests: IntCounterVec,
-    /// SSP answers produced, by direction and status code.
+    /// SSP answers produced, by direction, protocol and status code.
     pub answers: IntCounterVec,
-    /// Time from accepting a request to having its answer, by direction.
+    /// Time from accepting a request to having its answer, by direction and protocol.
     pub latency: HistogramVec,
+    /// Parts of requests handed to a destination, by the protocol they went out in (`ssp`
+    /// to a peer or the core, `sip` through the translator) and result (`ok`, `failed`).
+    pub deliveries: IntCounterVec,
     /// Requests being relayed now, by direction.
     pub in_flight: IntGaugeVec,
     /// Failed deliveries to a peer or the core, by destination and reason.
@@ -101,7 +104,7 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0,
                 ]),
-            &["direction"],
+            &["direction", "protocol"],
         )
         .unwrap_or_else(|e| unreachable_metric("request_duration_seconds", e));
         let _ = r.register(Box::new(latency.clone()));
@@ -164,13 +167,19 @@ impl Metrics {
                 &r,
                 "requests_total",
                 "SSP requests accepted",
-                &["direction", "primitive"],
+                &["direction", "protocol", "primitive"],
             ),
             answers: counter(
                 &r,
                 "answers_total",
                 "SSP answers produced",
-                &["direction", "code"],
+                &["direction", "protocol", "code"],
+            ),
+            deliveries: counter(
+                &r,
+                "deliveries_total",
+                "Request parts handed to a destination",
+                &["protocol", "result"],
             ),
             latency,
             in_flight,

@@ -182,8 +182,28 @@ async fn kept(
     answer
 }
 
-/// One part to its destination. Between operators a number search travels as `+E164`.
+/// One part to its destination, counted by the protocol it goes out in.
 async fn forward(
+    gw: &Gateway,
+    dest: &Dest,
+    request: Primitive,
+    part: Part<'_>,
+) -> Result<Primitive, Failure> {
+    let answer = forward_part(gw, dest, request, part).await;
+    let protocol = if matches!(dest, Dest::Sip(_)) {
+        "sip"
+    } else {
+        "ssp"
+    };
+    gw.metrics()
+        .deliveries
+        .with_label_values(&[protocol, if answer.is_ok() { "ok" } else { "failed" }])
+        .inc();
+    answer
+}
+
+/// One part to its destination. Between operators a number search travels as `+E164`.
+async fn forward_part(
     gw: &Gateway,
     dest: &Dest,
     request: Primitive,

@@ -71,7 +71,7 @@ pub(crate) async fn metered(
 pub(crate) fn count_request(gw: &Gateway, origin: &Origin, primitive: &'static str) {
     gw.metrics()
         .requests
-        .with_label_values(&[origin.direction(), primitive])
+        .with_label_values(&[origin.direction(), origin.protocol(), primitive])
         .inc();
 }
 
@@ -83,16 +83,17 @@ pub(crate) fn count_answer(
     took: std::time::Duration,
 ) {
     let m = gw.metrics();
-    let direction = origin.direction();
+    let (direction, protocol) = (origin.direction(), origin.protocol());
     let mut buf = [0u8; 5];
     m.answers
         .with_label_values(&[
             direction,
+            protocol,
             crate::ops::metrics::code_label(answer.answer_code(), &mut buf),
         ])
         .inc();
     m.latency
-        .with_label_values(&[direction])
+        .with_label_values(&[direction, protocol])
         .observe(took.as_secs_f64());
 }
 
