@@ -47,6 +47,13 @@ pub mod fuzzing {
         }
     }
 
+    /// A `message/cpim` body as a MESSAGE brings it: the wrapper, and the IMDN notification
+    /// it may carry (whether one was read).
+    pub fn cpim(body: &[u8], max_body: usize) -> bool {
+        use crate::links::sip::imdn;
+        imdn::unwrap(body).is_ok_and(|c| imdn::notification(&c.body, max_body).is_ok())
+    }
+
     /// A SIP header value as the translator reads it: an address, a tag, a Contact, a
     /// route list, a subscription state.
     pub fn sip_header(value: &str) {

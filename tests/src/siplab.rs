@@ -290,9 +290,23 @@ pub struct SippUas {
 impl SippUas {
     /// Start `scenario` on UDP `port`, for `calls` incoming requests.
     pub fn start(scenario_name: &str, port: u16, calls: u32) -> anyhow::Result<SippUas> {
+        SippUas::start_with(scenario_name, port, calls, &[])
+    }
+
+    /// The same, with `vars` (`-key name value`, used as `[name]`).
+    pub fn start_with(
+        scenario_name: &str,
+        port: u16,
+        calls: u32,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<SippUas> {
         let dir = TempDir::new("ssp-sipp");
         let log = dir.0.join("messages.log");
-        let child = Command::new("sipp")
+        let mut cmd = Command::new("sipp");
+        for (k, v) in vars {
+            cmd.args(["-key", k, v]);
+        }
+        let child = cmd
             .arg("-sf")
             .arg(scenario(scenario_name))
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])

@@ -941,3 +941,101 @@ async fn uc_5_22_alt_sip_delivery_report_from_the_sip_answer() {
     assert_eq!(cx.delivery_reports("usera").len(), 1);
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_sip_delivery_report_from_an_imdn_notification() {
+    let [sip_port, proxy, bob_phone, bob_reg] = std::array::from_fn(|_| free_port());
+    let kamailio = Kamailio::start("opb.example", proxy, "opx.example", sip_port).unwrap();
+    // opb.example's users' agents speak IMDN.
+    let fed = operator_x_with(sip_port, proxy, "imdn = true").await;
+    let cx = fed.ops[0].core.clone();
+    let mut phone = SippUas::start_with(
+        "uas_imdn.xml",
+        bob_phone,
+        1,
+        &[
+            ("from", BOB),
+            ("from_domain", "opb.example"),
+            ("to", A),
+            ("to_domain", "opx.example"),
+        ],
+    )
+    .unwrap();
+    let port = bob_phone.to_string();
+    let (rc, log) = siplab::uac(
+        "register.xml",
+        proxy,
+        bob_reg,
+        &[
+            ("user", BOB),
+            ("domain", "opb.example"),
+            ("contact_port", &port),
+        ],
+    )
+    .unwrap();
+    assert_eq!(rc, 0, "Bob registers:\n{log}\n{}", kamailio.log());
+
+    // A report asked for: the MESSAGE goes in CPIM asking for notifications; the SIP 200
+    // says nothing of delivery yet.
+    let (_, st) = cx
+        .send_message(
+            "usera",
+            &[&format!("wv:{BOB}")],
+            "Tell me when you have it",
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}\n{}", kamailio.log());
+    // Bob's phone takes it and notifies "delivered" through its proxy; the sender gets the
+    // report from that.
+    assert_eq!(
+        phone.wait(WAIT),
+        Some(0),
+        "Bob's phone:\n{}\n{}",
+        phone.messages(),
+        kamailio.log()
+    );
+    let seen = phone.messages();
+    assert!(seen.contains("Content-Type: message/cpim"), "{seen}");
+    assert!(seen.contains("Tell me when you have it"), "{seen}");
+    assert!(
+        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
+            .await,
+        "the sender got a delivery report:\n{}",
+        kamailio.log()
+    );
+    let r = cx.delivery_reports("usera")[0].clone();
+    assert_eq!(r.code, 200, "{r:?}");
+    assert_eq!(
+        r.recipient,
+        format!("wv:{BOB}"),
+        "reported by Bob, by number"
+    );
+    assert_eq!(
+        cx.delivery_reports("usera").len(),
+        1,
+        "one report, from the notification"
+    );
+    // The same notification again finds nothing awaiting it (404): no second report.
+    let ours = format!("sip:{A}@opx.example;user=phone");
+    let bob = format!("sip:{BOB}@opb.example;user=phone");
+    let mid = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("imdn.Message-ID: "))
+        .expect("the message's imdn.Message-ID")
+        .trim()
+        .to_owned();
+    let cpim = format!(
+        "NS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: again\r\n\r\n\
+         Content-Type: message/imdn+xml\r\n\r\n\
+         <imdn xmlns=\"urn:ietf:params:xml:ns:imdn\"><message-id>{mid}</message-id>\
+         <delivery-notification><status><delivered/></status></delivery-notification></imdn>"
+    );
+    assert_eq!(
+        sipua::request(sip_port, "MESSAGE", &ours, &bob, "message/cpim", &cpim).await,
+        Some(404)
+    );
+    assert_eq!(cx.delivery_reports("usera").len(), 1);
+    fed.shutdown().await;
+}

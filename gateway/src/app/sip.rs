@@ -106,10 +106,17 @@ async fn serve(gw: &Arc<Gateway>, req: Incoming) {
             gw.links.count_sip_answer(&req.method, r.code);
             req.answer(r.code, r.headers).await;
         }
-        Ok((domain, t)) => {
+        Ok(sip::Taken {
+            domain,
+            transaction: t,
+            notification,
+        }) => {
             let origin = Origin::Sip(Arc::from(domain.as_str()));
             let answer = pipeline::translated(gw, &origin, t).await;
             let code = map::sip_code(answer.primitive.answer_code());
+            if let (200, Some(id)) = (code, notification) {
+                gw.links.notified(&id).await;
+            }
             tracing::debug!(call_id = %req.call_id, from = %domain, code, "SIP MESSAGE relayed to the core");
             gw.links.count_sip_answer(&req.method, code);
             let headers = if code == 503 {

@@ -62,6 +62,8 @@ pub(super) struct RawSipPeer {
     #[serde(default)]
     pub(super) trust: Vec<String>,
     #[serde(default)]
+    pub(super) imdn: bool,
+    #[serde(default)]
     pub(super) rate: Option<u32>,
     #[serde(default)]
     pub(super) burst: Option<u32>,

@@ -360,6 +360,9 @@ pub struct SipPeerSpec {
     /// The anchors its certificates chain to (else `[tls] trust`); also what its servers'
     /// certificates are checked against when the gateway connects to them.
     pub trust: Vec<std::path::PathBuf>,
+    /// Its users' agents answer IMDN (RFC 5438) delivery notifications: a report asked for
+    /// is taken from one.
+    pub imdn: bool,
     /// Requests per second taken from it (MESSAGE and new SUBSCRIBEs), and the burst.
     pub rate: u32,
     /// The burst above `rate`.

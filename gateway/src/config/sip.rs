@@ -154,6 +154,7 @@ pub(super) fn validate(
             addresses,
             tls: p.tls,
             trust,
+            imdn: p.imdn,
             rate,
             burst: p.burst.unwrap_or(rate.saturating_mul(2)),
         });

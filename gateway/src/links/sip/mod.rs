@@ -17,6 +17,7 @@
 //! The SIP stack itself is behind `stack`.
 
 pub(crate) mod dialogs;
+pub(crate) mod imdn;
 pub(crate) mod map;
 pub(crate) mod pidf;
 pub(crate) mod presence;
@@ -84,6 +85,24 @@ pub(crate) struct SipLink {
     limits: std::collections::HashMap<String, governor::DefaultDirectRateLimiter>,
     /// The certificate check of each peer trusted over TLS.
     certs: trust::CertChecks,
+    /// The state store (messages awaiting an IMDN notification are kept in it).
+    store: Option<std::sync::Arc<crate::store::Store>>,
+}
+
+/// The store table of messages awaiting a delivery notification, by `imdn.Message-ID`.
+const IMDN_TABLE: &str = "sip.imdn";
+
+/// A message sent with a delivery notification asked for: what its report is made of.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct AwaitingNotification {
+    /// The SIP domain it went to (the notification must come from there).
+    domain: String,
+    /// Our sender's public ID (`wv:+MSISDN`).
+    sender: String,
+    /// The recipient's ID as the core wrote it.
+    recipient: String,
+    /// The SSP message ID.
+    message_id: Option<String>,
 }
 
 impl SipLink {
@@ -105,7 +124,8 @@ impl SipLink {
                 stack,
                 spec: spec.clone(),
                 subs: presence::Subscriptions::load(store.clone(), &owner).await,
-                watches: watch::load(store, &owner).await,
+                watches: watch::load(store.clone(), &owner).await,
+                store,
                 owner,
                 limits: spec
                     .peers
@@ -162,6 +182,17 @@ impl SipLink {
     }
 }
 
+/// An incoming SIP request taken, as an SSP request for the core.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The trusted SIP domain it comes from.
+    pub(crate) domain: String,
+    /// The SSP request.
+    pub(crate) transaction: Transaction,
+    /// An IMDN notification's message ID: to forget once the core has the report.
+    pub(crate) notification: Option<String>,
+}
+
 /// A refusal of an incoming SIP request: its code, reason (logged) and extra headers.
 #[derive(Debug)]
 pub(crate) struct SipRefusal {
@@ -195,6 +226,7 @@ impl Links {
         request: Primitive,
     ) -> Result<Primitive, Failure> {
         let link = self.sip_link()?;
+        let wants_report = request.wants_report();
         let m = match request {
             Primitive::SendMessageRequest(m) => m,
             Primitive::SubscribeRequest(r) => return self.sip_subscribe(link, target, &r).await,
@@ -219,8 +251,20 @@ impl Links {
             .and_then(|p| p.entities.first())
             .map(|e| e.id.clone())
             .unwrap_or_default();
-        let (_, from) = self.sip_our_user(&sender, "sender")?;
+        let (public, from) = self.sip_our_user(&sender, "sender")?;
         let (ctype, body) = content(&m, &info)?;
+        // A report asked of a peer whose agents speak IMDN comes from its notification.
+        let imdn_id = (wants_report
+            && link.store.is_some()
+            && link.spec.peer(&target.domain).is_some_and(|p| p.imdn))
+        .then(|| format!("{:032x}", rand::random::<u128>()));
+        let (ctype, body) = match &imdn_id {
+            Some(id) => (
+                imdn::CPIM.to_owned(),
+                imdn::wrap(&from, &target.uri, id, &ctype, &body),
+            ),
+            None => (ctype, body),
+        };
         if body.len() > link.spec.max_body {
             return Err(Failure::local(
                 Kind::TooLarge,
@@ -250,15 +294,36 @@ impl Links {
         match map::failure(reply.code, &reply.reason) {
             None => {
                 tracing::debug!(to = %target.uri, code = reply.code, took = ?started.elapsed(), "SIP MESSAGE delivered");
+                let awaits = match &imdn_id {
+                    Some(id) => {
+                        let recipient = info
+                            .recipient
+                            .as_ref()
+                            .and_then(|r| r.entities.first())
+                            .map(|e| e.id.clone())
+                            .unwrap_or_default();
+                        let a = AwaitingNotification {
+                            domain: target.domain.clone(),
+                            sender: public,
+                            recipient,
+                            message_id: info.message_id.clone(),
+                        };
+                        self.await_notification(link, id, &a).await
+                    }
+                    None => false,
+                };
                 Ok(Primitive::SendMessageResponse(SendMessageResponse {
                     message_id: info
                         .message_id
                         .clone()
                         .or_else(|| Some(format!("sip-{:016x}", rand::random::<u64>()))),
-                    // 200: the far end took it; 202: stored for later (Kamailio's msilo).
+                    // 200: the far end took it; 202: stored for later (Kamailio's msilo); with
+                    // IMDN, the far end's agent says later whether it was delivered.
                     status: Some(Status::with(
                         status::OK,
-                        if reply.code == 200 {
+                        if awaits {
+                            "Sent; its delivery will be notified"
+                        } else if reply.code == 200 {
                             DELIVERED
                         } else {
                             "Accepted for later delivery"
@@ -269,6 +334,102 @@ impl Links {
             }
             Some(f) => Err(f),
         }
+    }
+
+    /// Keep `a` until its notification `id` comes (or the message's validity ends): whether
+    /// it is kept (else the report comes from the SIP answer, as without IMDN).
+    async fn await_notification(&self, link: &SipLink, id: &str, a: &AwaitingNotification) -> bool {
+        let (Some(store), Ok(v)) = (&link.store, serde_json::to_string(a)) else {
+            return false;
+        };
+        match store
+            .table(IMDN_TABLE)
+            .put(id, &v, Some(self.cfg.store.max_validity))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["sip-imdn"])
+                    .inc();
+                tracing::warn!(error = %e, "a message awaiting IMDN not kept; its report comes from the SIP answer");
+                false
+            }
+        }
+    }
+
+    /// The notification `id` was reported to the core: forget its message.
+    pub(crate) async fn notified(&self, id: &str) {
+        if let Ok(link) = self.sip_link()
+            && let Some(store) = &link.store
+            && let Err(e) = store.table(IMDN_TABLE).delete(id).await
+        {
+            self.metrics
+                .store_errors
+                .with_label_values(&["sip-imdn"])
+                .inc();
+            tracing::warn!(error = %e, id, "a reported IMDN notification not forgotten");
+        }
+    }
+
+    /// An IMDN notification (in `cpim`, of `req`) as a `DeliveryStatusReport` for the core,
+    /// when it comes from the domain its message went to and names our user who sent it.
+    async fn sip_notification(
+        &self,
+        link: &SipLink,
+        req: &Incoming,
+        cpim: &imdn::Cpim,
+    ) -> Result<Taken, SipRefusal> {
+        let n = imdn::notification(&cpim.body, link.spec.max_body)
+            .map_err(|e| refuse(400, e.to_string()))?;
+        let (domain, ours, theirs) = self.sip_parties(link, req).await?;
+        let store = link
+            .store
+            .as_ref()
+            .ok_or_else(|| refuse(404, "no message awaits a notification"))?;
+        let a: AwaitingNotification = match store.table(IMDN_TABLE).get(&n.message_id).await {
+            Ok(Some(v)) => serde_json::from_str(&v)
+                .map_err(|e| refuse(500, format!("a kept IMDN record: {e}")))?,
+            Ok(None) => {
+                return Err(refuse(
+                    404,
+                    format!("no message {:?} awaits a notification", n.message_id),
+                ));
+            }
+            Err(e) => {
+                let mut r = refuse(503, format!("the store: {e}"));
+                r.headers.push(("Retry-After", "30".into()));
+                return Err(r);
+            }
+        };
+        if !a.domain.eq_ignore_ascii_case(&domain) || a.sender != ours {
+            return Err(refuse(
+                403,
+                format!("{domain} notifies of a message it was not sent"),
+            ));
+        }
+        let (code, description) = n.disposition.status();
+        let dsr = crate::ssp::primitives::DeliveryStatusReport {
+            meta: Some(crate::ssp::MetaInfo::client(
+                &format!("wv:@{domain}"),
+                &theirs,
+            )),
+            result: Some(Status::with(code, description)),
+            info: Some(MessageInfo {
+                message_id: a.message_id,
+                recipient: Some(Party::user(a.recipient)),
+                sender: Some(Party::user(a.sender)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let tid = format!("sip-{:016x}", rand::random::<u64>());
+        Ok(Taken {
+            domain,
+            transaction: Transaction::request(tid, Primitive::DeliveryStatusReport(dsr)),
+            notification: Some(n.message_id),
+        })
     }
 
     /// Our user `core_id` (the `what` of a request: sender, watcher) as (public ID, SIP URI
@@ -297,10 +458,7 @@ impl Links {
 
     /// An incoming SIP request as an SSP request for the core: the trusted SIP domain it
     /// comes from, and the transaction. Refused: the SIP answer to give.
-    pub(crate) async fn take_sip(
-        &self,
-        req: &Incoming,
-    ) -> Result<(String, Transaction), SipRefusal> {
+    pub(crate) async fn take_sip(&self, req: &Incoming) -> Result<Taken, SipRefusal> {
         let link = self.sip_link().map_err(|f| refuse(503, f.to_string()))?;
         self.metrics
             .sip
@@ -315,14 +473,30 @@ impl Links {
         if req.body.len() > link.spec.max_body {
             return Err(refuse(413, format!("a {} byte body", req.body.len())));
         }
-        let ctype = req.content_type.clone().unwrap_or_default();
+        let mut ctype = req.content_type.clone().unwrap_or_default();
+        let mut body = &req.body;
+        let cpim;
+        if ctype
+            .split(';')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case(imdn::CPIM))
+        {
+            // CPIM (RFC 3862): a delivery notification, or a message in a wrapper.
+            cpim = imdn::unwrap(&req.body).map_err(|e| refuse(400, e.to_string()))?;
+            if cpim.is_notification() {
+                return self.sip_notification(link, req, &cpim).await;
+            }
+            ctype.clone_from(&cpim.content_type);
+            body = &cpim.body;
+        }
         if !map::is_text(&ctype) {
             let mut r = refuse(415, format!("content type {ctype:?}"));
-            r.headers.push(("Accept", "text/plain".into()));
+            r.headers
+                .push(("Accept", format!("text/plain, {}", imdn::CPIM)));
             return Err(r);
         }
-        let text = String::from_utf8(req.body.clone())
-            .map_err(|_| refuse(400, "the text is not UTF-8"))?;
+        let text =
+            String::from_utf8(body.clone()).map_err(|_| refuse(400, "the text is not UTF-8"))?;
         let (domain, recipient, sender) = self.sip_parties(link, req).await?;
         let message = SendMessageRequest {
             delivery_report: Some("No".into()),
@@ -341,10 +515,11 @@ impl Links {
             ..Default::default()
         };
         let tid = format!("sip-{:016x}", rand::random::<u64>());
-        Ok((
+        Ok(Taken {
             domain,
-            Transaction::request(tid, Primitive::SendMessageRequest(message)),
-        ))
+            transaction: Transaction::request(tid, Primitive::SendMessageRequest(message)),
+            notification: None,
+        })
     }
 
     /// Who an incoming request is from and for: the trusted SIP domain it comes from (else

@@ -155,6 +155,7 @@ mod tests {
             addresses: Vec::new(),
             tls,
             trust: Vec::new(),
+            imdn: false,
             rate: 10,
             burst: 10,
         }
