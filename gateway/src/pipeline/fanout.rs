@@ -189,16 +189,20 @@ async fn forward(
     request: Primitive,
     part: Part<'_>,
 ) -> Result<Primitive, Failure> {
-    let answer = forward_part(gw, dest, request, part).await;
-    let protocol = if matches!(dest, Dest::Sip(_)) {
-        "sip"
-    } else {
-        "ssp"
+    // What is answered here (a failed route, a number search for a SIP operator) was not
+    // handed to anyone.
+    let protocol = match (dest, &request) {
+        (Dest::Fail(_), _) | (Dest::Sip(_), Primitive::SearchRequest(_)) => None,
+        (Dest::Sip(_), _) => Some("sip"),
+        _ => Some("ssp"),
     };
-    gw.metrics()
-        .deliveries
-        .with_label_values(&[protocol, if answer.is_ok() { "ok" } else { "failed" }])
-        .inc();
+    let answer = forward_part(gw, dest, request, part).await;
+    if let Some(p) = protocol {
+        gw.metrics()
+            .deliveries
+            .with_label_values(&[p, if answer.is_ok() { "ok" } else { "failed" }])
+            .inc();
+    }
     answer
 }
 

@@ -141,6 +141,14 @@ pub(crate) fn unwrap(body: &[u8]) -> Result<Cpim, ImdnError> {
                 .split_once(':')
                 .ok_or(ImdnError::Cpim("a line that is no header"))?;
             let (name, value) = (name.trim(), value.trim());
+            // A header name is a token (CPIM's `imdn.` prefixes included).
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                return Err(ImdnError::Cpim("a line that is no header"));
+            }
             if block == 0 && name.eq_ignore_ascii_case("imdn.Message-ID") {
                 message_id = Some(value.to_owned());
             }

@@ -254,10 +254,33 @@ impl Links {
         let (public, from) = self.sip_our_user(&sender, "sender")?;
         let (ctype, body) = content(&m, &info)?;
         // A report asked of a peer whose agents speak IMDN comes from its notification.
-        let imdn_id = (wants_report
+        // The message's ID, chosen once: the answer and a later report carry the same.
+        let message_id = info
+            .message_id
+            .clone()
+            .unwrap_or_else(|| format!("sip-{:016x}", rand::random::<u64>()));
+        let mut imdn_id = (wants_report
             && link.store.is_some()
             && link.spec.peer(&target.domain).is_some_and(|p| p.imdn))
         .then(|| format!("{:032x}", rand::random::<u128>()));
+        // What the notification will be matched against is kept before the message goes: the
+        // far end may notify before its answer reaches us. Not kept: no IMDN is asked for.
+        if let Some(id) = &imdn_id {
+            let a = AwaitingNotification {
+                domain: target.domain.clone(),
+                sender: public.clone(),
+                recipient: info
+                    .recipient
+                    .as_ref()
+                    .and_then(|r| r.entities.first())
+                    .map(|e| e.id.clone())
+                    .unwrap_or_default(),
+                message_id: Some(message_id.clone()),
+            };
+            if !self.await_notification(link, id, &a).await {
+                imdn_id = None;
+            }
+        }
         let (ctype, body) = match &imdn_id {
             Some(id) => (
                 imdn::CPIM.to_owned(),
@@ -290,33 +313,22 @@ impl Links {
             route: Vec::new(),
         };
         let started = std::time::Instant::now();
-        let (reply, _) = self.sip_send(link, target, &out, body.len()).await?;
-        match map::failure(reply.code, &reply.reason) {
+        let sent = self.sip_send(link, target, &out, body.len()).await;
+        let failed = match &sent {
+            Ok((reply, _)) => map::failure(reply.code, &reply.reason),
+            Err(f) => Some(f.clone()),
+        };
+        if let (Some(_), Some(id)) = (&failed, &imdn_id) {
+            // No notification will come for a message not taken (a retry asks anew).
+            self.notified(id).await;
+        }
+        let (reply, _) = sent?;
+        match failed {
             None => {
                 tracing::debug!(to = %target.uri, code = reply.code, took = ?started.elapsed(), "SIP MESSAGE delivered");
-                let awaits = match &imdn_id {
-                    Some(id) => {
-                        let recipient = info
-                            .recipient
-                            .as_ref()
-                            .and_then(|r| r.entities.first())
-                            .map(|e| e.id.clone())
-                            .unwrap_or_default();
-                        let a = AwaitingNotification {
-                            domain: target.domain.clone(),
-                            sender: public,
-                            recipient,
-                            message_id: info.message_id.clone(),
-                        };
-                        self.await_notification(link, id, &a).await
-                    }
-                    None => false,
-                };
+                let awaits = imdn_id.is_some();
                 Ok(Primitive::SendMessageResponse(SendMessageResponse {
-                    message_id: info
-                        .message_id
-                        .clone()
-                        .or_else(|| Some(format!("sip-{:016x}", rand::random::<u64>()))),
+                    message_id: Some(message_id),
                     // 200: the far end took it; 202: stored for later (Kamailio's msilo); with
                     // IMDN, the far end's agent says later whether it was delivered.
                     status: Some(Status::with(

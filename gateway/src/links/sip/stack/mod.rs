@@ -333,19 +333,28 @@ impl Stack {
             req.body = body;
         }
         let key = TransactionKey::from_request(&req, TransactionRole::Client).map_err(err)?;
-        let mut tx = Transaction::new_client(key, req, self.inner.clone(), None);
-        tx.destination = Some(SipAddr::new(t, out.dest.into()));
         // A TCP connect to a black hole would wait for the kernel's SYN timeout.
         let limit = self.inner.option.t1x64;
-        let send = async {
-            if let (Some(tls), Transport::Tls) = (&self.tls, out.transport) {
-                tls.ensure(&self.inner, out.dest, &out.domain).await?;
+        let started = tokio::time::Instant::now();
+        // Over TLS the flow is chosen here, for the destination's domain, and handed to the
+        // transaction: rsipstack never picks one by address (nor opens one unchecked).
+        let conn = match (&self.tls, out.transport) {
+            (Some(tls), Transport::Tls) => {
+                match tokio::time::timeout(limit, tls.ensure(&self.inner, out.dest, &out.domain))
+                    .await
+                {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Ok(Reply::local(408, "no connection")),
+                }
             }
-            tx.send().await.map_err(err)
+            _ => None,
         };
-        match tokio::time::timeout(limit, send).await {
+        let mut tx = Transaction::new_client(key, req, self.inner.clone(), conn);
+        tx.destination = Some(SipAddr::new(t, out.dest.into()));
+        match tokio::time::timeout_at(started + limit, tx.send()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(err(e)),
             Err(_) => return Ok(Reply::local(408, "no connection")),
         }
         while let Some(msg) = tx.receive().await {
@@ -432,7 +441,7 @@ impl Incoming {
     fn of(tx: Transaction, flows: Option<&tls::Flows>) -> Incoming {
         let req = &tx.original;
         let value = |name: &str| req.header_value(name).unwrap_or_default();
-        let (transport, source) = tx
+        let (transport, source, local) = tx
             .connection
             .as_ref()
             .map(|c| {
@@ -441,11 +450,16 @@ impl Incoming {
                     rsipstack::sip::Transport::Tls => Transport::Tls,
                     _ => Transport::Tcp,
                 };
-                (t, c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()))
+                (
+                    t,
+                    c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()),
+                    c.get_addr().get_socketaddr().ok(),
+                )
             })
-            .unwrap_or((Transport::Udp, None));
-        let peer_chain = match (transport, source, flows) {
-            (Transport::Tls, Some(s), Some(f)) => f.chain(s),
+            .unwrap_or((Transport::Udp, None, None));
+        // The chain of the very connection it came on (its two ends tell it apart).
+        let peer_chain = match (transport, local, source, flows) {
+            (Transport::Tls, Some(l), Some(s), Some(f)) => f.chain((l, s)),
             _ => None,
         };
         Incoming {

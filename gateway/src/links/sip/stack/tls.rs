@@ -8,9 +8,12 @@
 //! *domain* it is sending to, not the address DNS gave; and each handshake needs a deadline
 //! and a bound on the connections held, as every other listener of the gateway has.
 //!
-//! Each TLS flow (accepted or opened) is kept in [`Flows`] by its remote address with the
-//! certificate the far side presented, until rsipstack retires the connection (its cancel
-//! token fires): a request that arrives on a flow is attributed to that certificate.
+//! Each TLS flow (accepted or opened) is kept in [`Flows`] by its two addresses with the
+//! certificate chain the far side presented, until rsipstack retires the connection (its
+//! cancel token fires): a request that arrives on a flow is attributed to that chain. A
+//! request the gateway sends goes on a flow it opened to that SIP domain's server (checked
+//! for that domain), or on one that server's operator opened with a certificate naming the
+//! domain; the connection is handed to the transaction, never looked up by address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,9 +32,15 @@ use super::{StackError, err};
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// TLS connections held at once (accepted and opened together): a bound on what a far side
-/// can make the gateway keep.
-const MAX_FLOWS: usize = 1024;
+/// TLS connections taken at once: a bound on what far sides can make the gateway keep.
+const MAX_ACCEPTED: usize = 1024;
+
+/// Of those, from one source address (one host cannot take them all).
+const MAX_PER_SOURCE: usize = 32;
+
+/// TLS connections the gateway opens, held at once (a budget of their own, so connections
+/// made to the gateway cannot keep it from reaching servers).
+const MAX_OPENED: usize = 256;
 
 /// What SIP over TLS is set up with.
 #[derive(Clone)]
@@ -64,6 +73,10 @@ struct Flow {
     id: u64,
     token: CancellationToken,
     chain: Option<Chain>,
+    conn: SipConnection,
+    /// Opened by us to a server whose certificate was checked for this (lowercase) domain;
+    /// `None`: opened to us.
+    verified_for: Option<String>,
 }
 
 /// A certificate chain a far side presented, end entity first.
@@ -76,15 +89,18 @@ fn chain_of(conn: &rustls::CommonState) -> Option<Chain> {
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
 }
 
-/// The live TLS flows, by remote address.
+/// A flow's two ends (local, remote): what tells connections apart.
+type Ends = (SocketAddr, SocketAddr);
+
+/// The live TLS flows, by their two ends.
 #[derive(Default)]
 pub(super) struct Flows {
-    map: Mutex<HashMap<SocketAddr, Flow>>,
+    map: Mutex<HashMap<Ends, Flow>>,
     next: AtomicU64,
 }
 
 impl Flows {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<SocketAddr, Flow>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Ends, Flow>) -> T) -> T {
         let mut m = self
             .map
             .lock()
@@ -92,50 +108,94 @@ impl Flows {
         f(&mut m)
     }
 
-    /// Whether a flow to `addr` is up.
-    fn live(&self, addr: SocketAddr) -> bool {
-        self.with(|m| m.get(&addr).is_some_and(|f| !f.token.is_cancelled()))
+    /// A live flow to `remote` that may carry a request to `domain`'s server.
+    fn for_domain(&self, remote: SocketAddr, domain: &str) -> Option<SipConnection> {
+        self.with(|m| {
+            m.iter()
+                .filter(|((_, r), f)| *r == remote && !f.token.is_cancelled())
+                .find(|(_, f)| match &f.verified_for {
+                    Some(d) => d == domain,
+                    None => f
+                        .chain
+                        .as_ref()
+                        .and_then(|c| c.first())
+                        .is_some_and(|ee| crate::tls::cert_names_domain(ee, domain)),
+                })
+                .map(|(_, f)| f.conn.clone())
+        })
     }
 
-    /// The certificate chain the far end of the flow from `addr` presented, if any.
-    pub(super) fn chain(&self, addr: SocketAddr) -> Option<Chain> {
-        self.with(|m| m.get(&addr).and_then(|f| f.chain.clone()))
+    /// The certificate chain the far end of the flow between `ends` presented, if any.
+    pub(super) fn chain(&self, ends: Ends) -> Option<Chain> {
+        self.with(|m| {
+            m.get(&ends)
+                .filter(|f| !f.token.is_cancelled())
+                .and_then(|f| f.chain.clone())
+        })
     }
 
     fn len(&self) -> usize {
         self.with(|m| m.len())
     }
 
-    /// Keep the flow with `addr` until its token fires.
-    fn keep(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        token: CancellationToken,
-        chain: Option<Chain>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
+    /// Keep the flow between `ends` until its token fires; `held` (its permits) is let go
+    /// then.
+    fn keep<H: Send + 'static>(self: &Arc<Self>, ends: Ends, flow: Flow, held: H) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.with(|m| {
-            m.insert(
-                addr,
-                Flow {
-                    id,
-                    token: token.clone(),
-                    chain,
-                },
-            )
-        });
+        let token = flow.token.clone();
+        self.with(|m| m.insert(ends, Flow { id, ..flow }));
         let flows = self.clone();
         tokio::spawn(async move {
             token.cancelled().await;
-            // A newer flow with the same address is not this one's to remove.
+            // A newer flow between the same ends is not this one's to remove.
             flows.with(|m| {
-                if m.get(&addr).is_some_and(|f| f.id == id) {
-                    m.remove(&addr);
+                if m.get(&ends).is_some_and(|f| f.id == id) {
+                    m.remove(&ends);
                 }
             });
-            drop(permit);
+            drop(held);
         });
+    }
+}
+
+/// Connections taken from each source address, counted while they live.
+type SourceCounts = Arc<Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection's place in its source address's count, given back when dropped.
+struct PerSource {
+    counts: SourceCounts,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn take(counts: &SourceCounts, ip: std::net::IpAddr) -> Option<PerSource> {
+        let mut c = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = c.entry(ip).or_default();
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(PerSource {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerSource {
+    fn drop(&mut self) {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -143,7 +203,9 @@ impl Flows {
 pub(super) struct Tls {
     pub(super) setup: TlsSetup,
     pub(super) flows: Arc<Flows>,
-    limit: Arc<tokio::sync::Semaphore>,
+    accepted: Arc<tokio::sync::Semaphore>,
+    per_source: SourceCounts,
+    opened: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -160,7 +222,9 @@ impl Tls {
             Tls {
                 setup,
                 flows: Arc::new(Flows::default()),
-                limit: Arc::new(tokio::sync::Semaphore::new(MAX_FLOWS)),
+                accepted: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED)),
+                per_source: SourceCounts::default(),
+                opened: Arc::new(tokio::sync::Semaphore::new(MAX_OPENED)),
                 cancel,
             },
             listener,
@@ -196,8 +260,15 @@ impl Tls {
                         continue;
                     }
                 };
-                let Ok(permit) = tls.limit.clone().try_acquire_owned() else {
+                let Ok(permit) = tls.accepted.clone().try_acquire_owned() else {
                     tracing::debug!(%remote, flows = tls.flows.len(), "SIP TLS connection refused: too many held");
+                    continue;
+                };
+                let Some(source) = PerSource::take(&tls.per_source, remote.ip()) else {
+                    tracing::debug!(%remote, "SIP TLS connection refused: too many from this address");
+                    continue;
+                };
+                let Ok(local) = tcp.local_addr() else {
                     continue;
                 };
                 let (tls, acceptor, inner) = (tls.clone(), acceptor.clone(), inner.clone());
@@ -216,19 +287,23 @@ impl Tls {
                     let chain = chain_of(stream.get_ref().1);
                     let token = tls.cancel.child_token();
                     let far = SipAddr::new(rsipstack::sip::Transport::Tls, remote.into());
-                    match TlsConnection::from_server_stream(
-                        stream,
-                        tls.local(),
-                        far,
-                        Some(token.clone()),
-                    )
-                    .await
+                    // The connection's real local address: with the remote one, what tells it
+                    // apart from every other flow.
+                    let near = SipAddr::new(rsipstack::sip::Transport::Tls, local.into());
+                    match TlsConnection::from_server_stream(stream, near, far, Some(token.clone()))
+                        .await
                     {
                         Ok(conn) => {
-                            tls.flows.keep(remote, token, chain, Some(permit));
-                            inner
-                                .transport_layer
-                                .add_connection(SipConnection::Tls(conn));
+                            let conn = SipConnection::Tls(conn);
+                            let flow = Flow {
+                                id: 0,
+                                token,
+                                chain,
+                                conn: conn.clone(),
+                                verified_for: None,
+                            };
+                            tls.flows.keep((local, remote), flow, (permit, source));
+                            inner.transport_layer.add_connection(conn);
                         }
                         Err(e) => {
                             tracing::debug!(%remote, error = %e, "SIP TLS connection not taken")
@@ -239,18 +314,23 @@ impl Tls {
         });
     }
 
-    /// Make sure a TLS flow to `dest` is up, opening one whose server must prove `domain`
-    /// (RFC 5922 §7.2: the SIP domain, not the address DNS resolved it to).
+    /// A TLS flow to `dest` for a request to `domain`'s server: one the gateway opened and
+    /// checked for that domain, or one that server's operator opened with a certificate
+    /// naming it; else a new one whose server must prove `domain` (RFC 5922 §7.2: the SIP
+    /// domain, not the address DNS resolved it to).
     pub(super) async fn ensure(
         &self,
         inner: &EndpointInner,
         dest: SocketAddr,
         domain: &str,
-    ) -> Result<(), StackError> {
-        if self.flows.live(dest) {
-            return Ok(());
-        }
+    ) -> Result<SipConnection, StackError> {
         let domain = domain.to_ascii_lowercase();
+        if domain.is_empty() {
+            return Err(err("no SIP domain to check a TLS server against"));
+        }
+        if let Some(conn) = self.flows.for_domain(dest, &domain) {
+            return Ok(conn);
+        }
         let cfg = self
             .setup
             .clients
@@ -268,10 +348,10 @@ impl Tls {
             ))
         })?;
         let permit = self
-            .limit
+            .opened
             .clone()
             .try_acquire_owned()
-            .map_err(|_| err("too many SIP TLS connections held"))?;
+            .map_err(|_| err("too many SIP TLS connections opened"))?;
         let open = async {
             let tcp = tokio::net::TcpStream::connect(dest)
                 .await
@@ -285,15 +365,27 @@ impl Tls {
             .await
             .map_err(|_| err(format!("TLS with {dest} not set up in time")))??;
         let chain = chain_of(stream.get_ref().1);
+        let local = stream
+            .get_ref()
+            .0
+            .local_addr()
+            .map_err(|e| err(format!("TLS with {dest}: {e}")))?;
         let token = self.cancel.child_token();
         let far = SipAddr::new(rsipstack::sip::Transport::Tls, dest.into());
-        let conn = TlsConnection::from_client_stream(stream, far, Some(token.clone()))
-            .await
-            .map_err(err)?;
-        self.flows.keep(dest, token, chain, Some(permit));
-        inner
-            .transport_layer
-            .add_connection(SipConnection::Tls(conn));
-        Ok(())
+        let conn = SipConnection::Tls(
+            TlsConnection::from_client_stream(stream, far, Some(token.clone()))
+                .await
+                .map_err(err)?,
+        );
+        let flow = Flow {
+            id: 0,
+            token,
+            chain,
+            conn: conn.clone(),
+            verified_for: Some(domain),
+        };
+        self.flows.keep((local, dest), flow, permit);
+        inner.transport_layer.add_connection(conn.clone());
+        Ok(conn)
     }
 }
