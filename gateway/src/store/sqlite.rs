@@ -36,7 +36,7 @@ fn migrate(conn: &mut Connection, durability: Durability) -> Result<(), StoreErr
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;
          CREATE TABLE IF NOT EXISTS ssp_schema (version BIGINT NOT NULL);"
     ))?;
-    let t = conn.transaction()?;
+    let t = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let applied: i64 = t
         .query_row("SELECT version FROM ssp_schema", [], |r| r.get(0))
         .optional()?
@@ -66,7 +66,11 @@ fn run(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let t = match conn.transaction() {
+        // IMMEDIATE: the write lock is taken at BEGIN, where busy_timeout waits for another
+        // process sharing the file (replicas on one host). A deferred transaction that
+        // read first and then wants to write fails at once with "database is locked" when
+        // the other process committed in between (SQLITE_BUSY_SNAPSHOT: no waiting helps).
+        let t = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(t) => t,
             Err(e) => {
                 // Each job still gets its answer: the error.
