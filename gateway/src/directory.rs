@@ -1,8 +1,9 @@
 //! The subscriber directory: which MSISDNs are ours, and the core user ID of each.
 //!
 //! Two sources, consulted in this order:
-//! 1. explicit entries from a CSV file (`msisdn,core_id`; see `routes/directory.csv`), which
-//!    also carry ported-out numbers as `msisdn,-`;
+//! 1. explicit entries from a CSV file (`msisdn,core_id`, read as RFC 4180 CSV: quoted
+//!    fields understood, a record of another length refused; see `routes/directory.csv`),
+//!    which also carry ported-out numbers as `msisdn,-`;
 //! 2. templates such as `wv:{national}@core.opx.example` <-> `+46{national}`, optionally
 //!    restricted to number ranges.
 //!
@@ -135,7 +136,9 @@ impl Directory {
         Ok(dir)
     }
 
-    /// Add the entries of a CSV text (`msisdn,core_id` per line; `#` comments; `-` = ported out).
+    /// Add the entries of a CSV text (RFC 4180: `msisdn,core_id` per record, fields may be
+    /// quoted as spreadsheets write them; whole-line `#` comments; `-` = ported out). A
+    /// record with another number of fields is an error naming the file and line.
     pub fn load_csv(&mut self, file: &Path, text: &str) -> Result<(), DirectoryError> {
         let err = |line: usize, message: String| DirectoryError {
             file: file.to_owned(),
@@ -146,17 +149,41 @@ impl Directory {
         let estimate = text.len() / 40;
         self.by_msisdn.reserve(estimate);
         self.by_core.reserve(estimate);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .comment(Some(b'#'))
+            .trim(csv::Trim::All)
+            // Field counts are checked here, to say which line and what was expected.
+            .flexible(true)
+            .from_reader(text.as_bytes());
         let mut first = true;
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            let l = raw.split('#').next().unwrap_or("").trim();
-            if l.is_empty() {
-                continue;
+        let mut record = csv::StringRecord::new();
+        loop {
+            let more = reader.read_record(&mut record).map_err(|e| {
+                let line = e
+                    .position()
+                    .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
+                err(line, format!("not CSV: {}", csv_reason(&e)))
+            })?;
+            if !more {
+                break;
             }
-            let (num, core) = l
-                .split_once(',')
-                .ok_or_else(|| err(line, format!("expected 'msisdn,core_id', got {l:?}")))?;
-            let (num, core) = (num.trim(), core.trim());
+            let line = record
+                .position()
+                .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
+            if record.len() == 1 && record.get(0).is_some_and(str::is_empty) {
+                continue; // a line of blanks
+            }
+            let (Some(num), Some(core), 2) = (record.get(0), record.get(1), record.len()) else {
+                return Err(err(
+                    line,
+                    format!(
+                        "expected 2 fields (msisdn,core_id), got {}: {:?}",
+                        record.len(),
+                        record.iter().collect::<Vec<_>>().join(",")
+                    ),
+                ));
+            };
             if std::mem::take(&mut first) && num.eq_ignore_ascii_case("msisdn") {
                 continue; // header row
             }
@@ -227,6 +254,15 @@ impl Directory {
     }
 }
 
+/// What is wrong with CSV text, without the position (the caller names file and line).
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => "a field is not UTF-8".into(),
+        csv::ErrorKind::Io(e) => e.to_string(),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +287,7 @@ mod tests {
         let mut d = Directory::load(&spec()).unwrap();
         d.load_csv(
             Path::new("dir.csv"),
-            "msisdn,core_id\n# comment\n+46701234567, wv:UserA@core.opx.example\n+4915100000001,wv:ported-in@core.opx.example # ported in\n+46701230000,-\n",
+            "msisdn,core_id\n# comment\n+46701234567, wv:UserA@core.opx.example\n# ported in\n+4915100000001,wv:ported-in@core.opx.example\n\n+46701230000,-\n",
         )
         .unwrap();
         assert_eq!(
@@ -329,5 +365,41 @@ mod tests {
             .load_csv(Path::new("d.csv"), "+46701234569,wv:/room@x\n")
             .unwrap_err();
         assert!(e.message.contains("column core_id"), "{e}");
+    }
+
+    #[test]
+    fn csv_is_read_strictly_as_csv() {
+        // A third field is an error naming the line, not part of the core ID.
+        let e = Directory::default()
+            .load_csv(
+                Path::new("d.csv"),
+                "+46701234567,wv:a@x\n+46701234570,wv:x@core.opx.example,extra\n",
+            )
+            .unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("expected 2 fields"), "{e}");
+        // Quoted fields, as spreadsheet exports write them, are understood.
+        let mut d = Directory::default();
+        d.load_csv(
+            Path::new("d.csv"),
+            "\"msisdn\",\"core_id\"\n\"+46701234567\",\"wv:q@core.opx.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d.core_id(n("+46701234567")).as_deref(),
+            Some("wv:q@core.opx.example")
+        );
+        // A comma inside quotes is part of the field, not a third one.
+        let mut d = Directory::default();
+        d.load_csv(Path::new("d.csv"), "+46701234567,\"wv:a,b@x\"\n")
+            .unwrap();
+        assert_eq!(d.core_id(n("+46701234567")).as_deref(), Some("wv:a,b@x"));
+        let e = Directory::default()
+            .load_csv(Path::new("d.csv"), "+46701234567,wv:a@x # trailing\n")
+            .unwrap_err();
+        assert!(
+            e.message.contains("column core_id"),
+            "comments are whole lines: {e}"
+        );
     }
 }
