@@ -170,7 +170,7 @@ impl Directory {
             }
             let line = record
                 .position()
-                .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
+                .map_or(1, |p| usize::try_from(p.line()).unwrap_or(1));
             if record.len() == 1 && record.get(0).is_some_and(str::is_empty) {
                 continue; // a line of blanks
             }
