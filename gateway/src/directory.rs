@@ -162,7 +162,7 @@ impl Directory {
             let more = reader.read_record(&mut record).map_err(|e| {
                 let line = e
                     .position()
-                    .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
+                    .map_or(1, |p| usize::try_from(p.line()).unwrap_or(1));
                 err(line, format!("not CSV: {}", csv_reason(&e)))
             })?;
             if !more {
