@@ -132,6 +132,14 @@ impl Metrics {
             let _ = r.register(Box::new(g.clone()));
             g
         };
+        // Which build answers the scrape (constant 1, the version as a label).
+        if let Ok(info) = IntGaugeVec::new(
+            Opts::new("build_info", "The gateway's build, as labels"),
+            &["version"],
+        ) {
+            info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            let _ = r.register(Box::new(info));
+        }
         let queue_depth = gauge("queue_depth", "Kept work not yet done");
         let queue_oldest = gauge(
             "queue_oldest_seconds",
@@ -244,6 +252,61 @@ impl Metrics {
             ),
             registry: r,
         }
+        .zero()
+    }
+
+    /// Create the series that alerts and the dashboard divide by or compare against, at
+    /// zero, so they have data before the first event (an error ratio with no error series
+    /// yet is "no data", not 0).
+    fn zero(self) -> Metrics {
+        for d in ["inbound", "outbound"] {
+            self.in_flight.with_label_values(&[d]);
+            for p in ["ssp", "sip"] {
+                self.latency.with_label_values(&[d, p]);
+                for code in ["200", "503", "504", "531", "901"] {
+                    self.answers.with_label_values(&[d, p, code]);
+                }
+            }
+            self.requests
+                .with_label_values(&[d, "ssp", "SendMessageRequest"]);
+        }
+        for p in ["ssp", "sip"] {
+            for r in ["ok", "failed"] {
+                self.deliveries.with_label_values(&[p, r]);
+            }
+        }
+        self.delivery_failures
+            .with_label_values(&["core", "no-answer"]);
+        for r in ["rate", "spoof", "relay", "auth"] {
+            self.refused.with_label_values(&[r]);
+        }
+        for r in ["parse", "size", "media"] {
+            self.bad_messages.with_label_values(&[r]);
+        }
+        for l in ["peer", "core"] {
+            self.tls_failures.with_label_values(&[l]);
+        }
+        for t in ["naptr", "srv", "a"] {
+            for r in ["ok", "error"] {
+                self.dns_lookups.with_label_values(&[t, r]);
+            }
+        }
+        for r in ["hit", "miss", "stale", "negative"] {
+            self.route_cache.with_label_values(&[r]);
+        }
+        for r in ["unknown", "wrong-leg", "undeliverable"] {
+            self.orphan_answers.with_label_values(&[r]);
+        }
+        for r in ["taken", "not-theirs", "unreachable", "received", "not-ours"] {
+            self.handoffs.with_label_values(&[r]);
+        }
+        for e in [
+            "kept", "resent", "resumed", "retried", "accepted", "expired", "done",
+        ] {
+            self.work.with_label_values(&[e]);
+        }
+        self.store_errors.with_label_values(&["put"]);
+        self
     }
 
     /// The Prometheus text exposition.

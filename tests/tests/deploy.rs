@@ -1,0 +1,105 @@
+//! The deploy artefacts against the gateway: the alert rules pass `promtool check rules`
+//! and their unit tests (`deploy/prometheus/rules_test.yaml`), and every metric the rules
+//! and the Grafana dashboard use is exported, with a sample, before anything has happened
+//! (so a ratio is 0 and a panel shows a line, not "No data").
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(repo("deploy/prometheus"))
+        .output()
+        .expect("promtool is needed (Debian prometheus; tests/run installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let (ok, out) = promtool(&["check", "rules", "rules.yaml"]);
+    assert!(ok, "promtool check rules:\n{out}");
+    let (ok, out) = promtool(&["test", "rules", "rules_test.yaml"]);
+    assert!(ok, "promtool test rules:\n{out}");
+}
+
+/// The `ssp_…` metric names in `text` (recording rules, which hold a `:`, left out).
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .match_indices("ssp_")
+        .filter(|(i, _)| {
+            // A name starts here: not inside another identifier or a recording rule name.
+            *i == 0 || {
+                let b = text.as_bytes()[i - 1];
+                !(b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+            }
+        })
+        .map(|(i, _)| {
+            text[i..]
+                .bytes()
+                .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+                .map(char::from)
+                .collect::<String>()
+        })
+        .filter(|n| !text.contains(&format!("{n}:")))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn every_metric_the_rules_and_dashboard_use_is_exported_from_the_start() {
+    let exposed = ssp_gateway::ops::metrics::Metrics::new().render();
+    let mut used = Vec::new();
+    for f in [
+        "deploy/prometheus/rules.yaml",
+        "deploy/grafana/ssp-gateway.json",
+    ] {
+        used.extend(metric_names(&std::fs::read_to_string(repo(f)).unwrap()));
+    }
+    used.sort();
+    used.dedup();
+    assert!(
+        used.len() >= 10,
+        "the rules and dashboard name metrics: {used:?}"
+    );
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| {
+            // A sample line of the series: `name{…} value` or `name value`.
+            !exposed
+                .lines()
+                .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used but without a sample before any traffic: {missing:?}\n{exposed}"
+    );
+    // Which build it is.
+    assert!(
+        exposed.contains(&format!(
+            "ssp_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{exposed}"
+    );
+    // The error series the error ratio divides are there at zero.
+    assert!(
+        exposed
+            .contains("ssp_answers_total{code=\"503\",direction=\"inbound\",protocol=\"ssp\"} 0")
+    );
+}
