@@ -17,13 +17,14 @@ use std::sync::Arc;
 use crate::config::{DirectorySpec, TemplateSpec};
 use crate::ssp::ids::{E164, WvId};
 
-/// A directory load error naming the file and line.
+/// A directory load error naming the file and line (`file:line: message`; `file: message`
+/// when the file as a whole is the problem).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
+#[error("{}{}: {message}", file.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
 pub struct DirectoryError {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line (0 when the file could not be read).
+    /// 1-based line (0 when the file as a whole is the problem: it could not be read).
     pub line: usize,
     /// What is wrong.
     pub message: String,
@@ -129,7 +130,7 @@ impl Directory {
             let text = std::fs::read_to_string(file).map_err(|e| DirectoryError {
                 file: file.clone(),
                 line: 0,
-                message: format!("cannot read: {e}"),
+                message: format!("cannot read the subscriber directory ([directory] file): {e}"),
             })?;
             dir.load_csv(file, &text)?;
         }

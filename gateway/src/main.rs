@@ -122,8 +122,10 @@ fn init_logs(json: bool) {
         // The SIP stack logs every datagram at info: only its warnings by default, so that
         // a SIP peer cannot flood the log.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn"));
+    // Colour only for a person at a terminal: a log file or journald gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         b.json().init();

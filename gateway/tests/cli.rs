@@ -145,6 +145,59 @@ fn check_names_what_is_wrong() {
     std::fs::remove_file(&ca).unwrap();
     let err = failing("missing trust anchors");
     assert!(err.contains("ca.pem: cannot read certificates"), "{err}");
+
+    // A config that is not there: what could not be read, without a made-up line.
+    let out = run(&["check", "--config", "/nonexistent/gw.toml"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/gw.toml: cannot read the configuration file:"),
+        "{err}"
+    );
+    // A directory file that is not there: which file, named by which key.
+    std::fs::rename(&csv, sb.path("routes/moved.csv")).unwrap();
+    let err = failing("missing directory");
+    assert!(
+        err.contains("directory.csv: cannot read the subscriber directory ([directory] file)"),
+        "{err}"
+    );
+    // A bad number is quoted as written, its '+' included; a third field is refused.
+    std::fs::write(&csv, "+4670123abc,wv:x@core.opx.example\n").unwrap();
+    let err = failing("bad number");
+    assert!(
+        err.contains("directory.csv:1: column msisdn: \"+4670123abc\""),
+        "{err}"
+    );
+    std::fs::write(&csv, "+46701234570,wv:x@core.opx.example,extra\n").unwrap();
+    let err = failing("third field");
+    assert!(err.contains("directory.csv:1: expected 2 fields"), "{err}");
+    std::fs::write(&csv, &rows).unwrap();
+}
+
+#[test]
+fn a_busy_listen_address_names_its_key_and_file() {
+    let sb = Sandbox::new("busy");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let cfg = sb.path("routes/example.toml");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "peer = \"127.0.0.1:18444\"",
+        &format!("peer = \"127.0.0.1:{port}\""),
+        1,
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} ([listen] peer in "
+        )) && err.contains("example.toml)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes when not at a terminal: {err}"
+    );
 }
 
 #[test]

@@ -36,9 +36,18 @@ pub enum StartError {
     /// TLS problem.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Binding a listener failed.
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
+    /// Binding a listener failed: the key that names it, the config file, the address.
+    #[error("cannot listen on {addr} ([listen] {key} in {}): {error}", file.display())]
+    Bind {
+        /// The `[listen]` key.
+        key: &'static str,
+        /// The config file.
+        file: std::path::PathBuf,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
     /// Key file problem.
     #[error(transparent)]
     Keys(#[from] crate::token::KeyError),
@@ -46,7 +55,7 @@ pub enum StartError {
     #[error("{0} (check [store] url)")]
     Store(#[from] crate::store::StoreError),
     /// The SIP translator cannot listen.
-    #[error("{0} (check [sip] listen)")]
+    #[error("{0} (check [sip] listen and tls_listen)")]
     Sip(String),
 }
 
@@ -237,25 +246,36 @@ pub fn check(cfg: Config) -> Result<Gateway, StartError> {
     Ok(gw)
 }
 
-/// A listener: the pre-bound one, else one bound to the configured address, else none.
+/// A listener's address for the log: the address, or `off`.
+fn shown(a: Option<SocketAddr>) -> String {
+    a.map_or_else(|| "off".to_owned(), |a| a.to_string())
+}
+
+/// A listener: the pre-bound one, else one bound to the configured address (`[listen]
+/// key` of the config at `file`), else none.
 async fn listener(
     pre: Option<std::net::TcpListener>,
     addr: Option<SocketAddr>,
+    key: &'static str,
+    file: &std::path::Path,
 ) -> Result<Option<TcpListener>, StartError> {
     let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let bind = |addr: SocketAddr, error: std::io::Error| StartError::Bind {
+        key,
+        file: file.to_owned(),
+        addr,
+        error,
+    };
     match (pre, addr) {
         (Some(l), _) => {
             let a = l.local_addr().unwrap_or(unknown);
-            l.set_nonblocking(true)
-                .map_err(|e| StartError::Bind(a, e))?;
-            TcpListener::from_std(l)
-                .map(Some)
-                .map_err(|e| StartError::Bind(a, e))
+            l.set_nonblocking(true).map_err(|e| bind(a, e))?;
+            TcpListener::from_std(l).map(Some).map_err(|e| bind(a, e))
         }
         (None, Some(addr)) => TcpListener::bind(addr)
             .await
             .map(Some)
-            .map_err(|e| StartError::Bind(addr, e)),
+            .map_err(|e| bind(addr, e)),
         (None, None) => Ok(None),
     }
 }
@@ -365,15 +385,25 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     let mut tasks = Vec::new();
     let pre = std::mem::take(&mut opts.listeners);
     let mut addrs = [None; 3];
-    for (slot, (serves, pre, addr)) in [
-        (Serves::Pipeline(Listener::Peer), pre.peer, cfg.listen.peer),
-        (Serves::Pipeline(Listener::Core), pre.core, cfg.listen.core),
-        (Serves::Admin, pre.admin, cfg.listen.admin),
+    for (slot, (serves, pre, addr, key)) in [
+        (
+            Serves::Pipeline(Listener::Peer),
+            pre.peer,
+            cfg.listen.peer,
+            "peer",
+        ),
+        (
+            Serves::Pipeline(Listener::Core),
+            pre.core,
+            cfg.listen.core,
+            "core",
+        ),
+        (Serves::Admin, pre.admin, cfg.listen.admin, "admin"),
     ]
     .into_iter()
     .enumerate()
     {
-        if let Some(l) = listener(pre, addr).await? {
+        if let Some(l) = listener(pre, addr, key, &cfg.path).await? {
             addrs[slot] = l.local_addr().ok();
             tasks.push(tokio::spawn(serve(&gw, serves, l)?));
         }
@@ -432,7 +462,8 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     let [peer_addr, core_addr, admin_addr] = addrs;
     tracing::info!(
         public_domain = %cfg.operator.public_domain,
-        peer = ?peer_addr, core = ?core_addr, admin = ?admin_addr, sip = ?sip_addr,
+        peer = %shown(peer_addr), core = %shown(core_addr), admin = %shown(admin_addr),
+        sip = %shown(sip_addr),
         store = gw.store().map_or("none", |s| s.engine()),
         resumed = released,
         "gateway started"

@@ -17,9 +17,10 @@ pub use schema::*;
 
 use locate::{Step, line_of, render};
 
-/// A configuration error: where, which key, what is wrong.
+/// A configuration error: where, which key, what is wrong (`file:line: key: message`; the
+/// line and key when known).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{}: {}{}", file.display(), line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default(), message)]
+#[error("{}{}: {}{}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default(), message)]
 pub struct ConfigError {
     /// The file.
     pub file: PathBuf,
@@ -127,7 +128,7 @@ impl Config {
             file: path.to_owned(),
             line: None,
             key: None,
-            message: format!("cannot read: {e}"),
+            message: format!("cannot read the configuration file: {e}"),
         })?;
         Config::from_str(path, &src)
     }

@@ -287,10 +287,10 @@ impl E164 {
             .map_err(|_| NumberError::Invalid(d.to_owned()))
     }
 
-    /// From `+digits` exactly.
+    /// From `+digits` exactly (an error names the text as given, `+` included).
     pub fn parse(s: &str) -> Result<E164, NumberError> {
         match s.strip_prefix('+') {
-            Some(d) => E164::from_digits(d),
+            Some(d) => E164::from_digits(d).map_err(|_| NumberError::Invalid(s.to_owned())),
             None => Err(NumberError::Invalid(s.to_owned())),
         }
     }
