@@ -84,6 +84,26 @@ async fn relay_routes_by_enum_and_srv_from_nsd() {
         .unwrap();
     assert_eq!(st.code, 516, "{st:?}");
     fed.assert_topology_hidden();
+    // Y, found only through DNS, goes away: its failures are counted under `unlisted`, so
+    // domains that DNS names cannot grow the number of series.
+    let mut fed = fed;
+    fed.stop_gateway(1).await;
+    let _ = fed.ops[0]
+        .core
+        .send_message("usera", &["wv:+4915112345678"], "while Y is down", false)
+        .await;
+    let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
+    let failures = gx.metrics().render();
+    assert!(
+        failures.contains("ssp_delivery_failures_total{destination=\"unlisted\""),
+        "{failures}"
+    );
+    assert!(
+        !failures
+            .lines()
+            .any(|l| l.starts_with("ssp_delivery_failures_total") && l.contains("opy.example")),
+        "{failures}"
+    );
     fed.shutdown().await;
 }
 

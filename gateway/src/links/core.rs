@@ -84,6 +84,7 @@ impl CoreLink {
     pub(crate) fn target(&self) -> Target<'_> {
         Target {
             label: "core",
+            metric: "core",
             side: Side::Core,
             client: &self.client,
             urls: &self.urls,

@@ -20,8 +20,11 @@ use crate::ssp::{Body, Message, Mode, Primitive, Status, Transaction, status};
 
 /// Where to send: a client and URLs in failover order.
 pub struct Target<'a> {
-    /// Label for logs and metrics (`core` or the peer domain).
+    /// Label for logs (`core` or the peer domain).
     pub label: &'a str,
+    /// Label for metrics: `core`, a `[[peer]]` domain, or `unlisted` for peers found only
+    /// through DNS (so the far sides cannot grow the number of series).
+    pub metric: &'a str,
     /// Whose side the far end is.
     pub side: Side,
     /// The client (TLS profile and pool).
@@ -152,7 +155,7 @@ impl Links {
                         );
                         self.metrics
                             .delivery_failures
-                            .with_label_values(&[target.label, "no-answer"])
+                            .with_label_values(&[target.metric, "no-answer"])
                             .inc();
                         Err(Failure::new(
                             Kind::Timeout,
@@ -223,11 +226,11 @@ impl Links {
             {
                 Ok((s, _)) if s.is_server_error() => {
                     last = format!("{url} answered HTTP {}", s.as_u16());
-                    self.delivery_failed(target.label, "http-5xx", &last);
+                    self.delivery_failed(target, "http-5xx", &last);
                 }
                 Ok(r) => return Ok(r),
                 Err(SendError::Timeout) => {
-                    self.delivery_failed(target.label, "timeout", url);
+                    self.delivery_failed(target, "timeout", url);
                     return Err(Failure::new(
                         Kind::Timeout,
                         target.side,
@@ -242,7 +245,7 @@ impl Links {
                         _ => "no-response",
                     };
                     last = format!("{url}: {e}");
-                    self.delivery_failed(target.label, reason, &last);
+                    self.delivery_failed(target, reason, &last);
                 }
             }
         }
@@ -253,7 +256,8 @@ impl Links {
         ))
     }
 
-    fn delivery_failed(&self, label: &str, reason: &str, detail: &dyn std::fmt::Display) {
+    fn delivery_failed(&self, target: &Target<'_>, reason: &str, detail: &dyn std::fmt::Display) {
+        let label = target.label;
         crate::sampled!(
             self.logs,
             "delivery-failed",
@@ -261,7 +265,7 @@ impl Links {
         );
         self.metrics
             .delivery_failures
-            .with_label_values(&[label, reason])
+            .with_label_values(&[target.metric, reason])
             .inc();
     }
 

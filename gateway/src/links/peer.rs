@@ -37,6 +37,8 @@ pub struct PeerRt {
     pub limiter: DefaultDirectRateLimiter,
     /// Our session ID towards it when no association exists (mutual TLS peers).
     pub session_id: String,
+    /// Listed as a `[[peer]]` (else found only through DNS).
+    pub listed: bool,
 }
 
 impl std::fmt::Debug for PeerRt {
@@ -77,6 +79,11 @@ impl PeerRt {
     pub fn target<'a>(&'a self, urls: &'a [Uri]) -> Target<'a> {
         Target {
             label: &self.cfg.domain,
+            metric: if self.listed {
+                &self.cfg.domain
+            } else {
+                "unlisted"
+            },
             side: Side::Peer,
             client: &self.client,
             urls,
@@ -269,6 +276,7 @@ impl PeerTable {
             cert_check,
             limiter: RateLimiter::direct(quota(p.rate, p.burst)),
             session_id: format!("gw-{:08x}@{}", rand::random::<u32>(), self.public_domain),
+            listed: self.cfg.peers.iter().any(|q| q.domain == p.domain),
             cfg: p,
         })
     }
