@@ -89,6 +89,16 @@ fn every_metric_the_rules_and_dashboard_use_is_exported_from_the_start() {
         missing.is_empty(),
         "used but without a sample before any traffic: {missing:?}\n{exposed}"
     );
+    // The process: CPU, memory, descriptors, as every exporter names them.
+    for m in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(exposed.lines().any(|l| l.starts_with(m)), "{m}\n{exposed}");
+    }
     // Which build it is.
     assert!(
         exposed.contains(&format!(

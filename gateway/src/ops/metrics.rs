@@ -10,6 +10,10 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// The process's CPU, memory and descriptors (read at each scrape).
+    process: Option<std::sync::Arc<super::process::Process>>,
+    /// Where those are registered (without the `ssp_` prefix).
+    unprefixed: Registry,
     /// SSP requests accepted, by direction (`inbound` from peers, `outbound` from the core),
     /// the protocol they came in (`ssp`, or `sip` through the translator) and primitive.
     pub requests: IntCounterVec,
@@ -98,6 +102,9 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Metrics {
         let r = Registry::new_custom(Some("ssp".into()), None).unwrap_or_default();
+        // The process metrics keep their usual names, outside the `ssp_` prefix.
+        let unprefixed = Registry::new();
+        let process = super::process::Process::register(&unprefixed).map(std::sync::Arc::new);
         let latency = HistogramVec::new(
             HistogramOpts::new("request_duration_seconds", "Time to answer an SSP request")
                 .buckets(vec![
@@ -251,6 +258,8 @@ impl Metrics {
                 &["event"],
             ),
             registry: r,
+            process,
+            unprefixed,
         }
         .zero()
     }
@@ -311,8 +320,13 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(p) = &self.process {
+            p.update();
+        }
+        let mut families = self.registry.gather();
+        families.extend(self.unprefixed.gather());
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 

@@ -3,3 +3,4 @@
 pub(crate) mod admin;
 pub mod logs;
 pub mod metrics;
+mod process;
