@@ -137,22 +137,28 @@ fn init_logs(json: bool) {
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = ssp_gateway::config::Config::load(&config)?;
+    use ssp_gateway::app::notify::notify;
     let running = ssp_gateway::app::start(cfg, Default::default()).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // The listeners are bound and the signals handled: systemd may call us started.
+    notify("READY=1\nSTATUS=serving");
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                notify("RELOADING=1");
                 if let Err(e) = running.gateway.reload() {
                     tracing::error!(error = %e, "reload failed; the previous directory stays in use");
                 }
+                notify("READY=1\nSTATUS=serving");
             }
         }
     }
     tracing::info!("shutting down: draining open requests");
+    notify("STOPPING=1\nSTATUS=draining");
     running.shutdown().await;
     Ok(())
 }

@@ -242,3 +242,55 @@ fn resolve_refuses_a_target_that_is_neither_number_nor_domain() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+    let sb = Sandbox::new("notify");
+    let cfg = sb.path("routes/example.toml");
+    let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    for default in ["127.0.0.1:18444", "127.0.0.1:18080", "127.0.0.1:19080"] {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        text_cfg = text_cfg.replacen(default, &format!("127.0.0.1:{port}"), 1);
+    }
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let socket = sb.path("notify.sock");
+    let listener = UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = listener.recv(&mut buf).expect("READY=1 within 20 s");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("READY=1"), "{said}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = listener.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("STOPPING=1"), "{said}");
+    // Drained and stopped cleanly (bounded: the drain deadline of the example config).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 60 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod listen;
+pub mod notify;
 mod sip;
 
 use std::net::SocketAddr;
