@@ -28,6 +28,12 @@ pub enum CertError {
         /// The error.
         err: std::io::Error,
     },
+    /// An operator name that is not a domain.
+    #[error("{0:?} is not a domain name (a certificate names the operator's public domain)")]
+    NotADomain(String),
+    /// Files that would be overwritten.
+    #[error("{} already exist{}; give --force to replace them", .0.join(", "), if .0.len() == 1 { "s" } else { "" })]
+    Exists(Vec<String>),
 }
 
 /// An issued certificate with its key.
@@ -153,14 +159,40 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertError> {
     Ok(())
 }
 
-/// `ssp-gateway certs dev`: a CA and one certificate per operator domain under `out`.
-pub fn write_dev(out: &Path, operators: &[String]) -> Result<Vec<String>, CertError> {
+/// Whether `name` is a domain a certificate can name: a DNS name with at least two labels,
+/// not an IP address.
+fn is_domain(name: &str) -> bool {
+    name.contains('.')
+        && name.parse::<std::net::IpAddr>().is_err()
+        && matches!(
+            rustls_pki_types::ServerName::try_from(name),
+            Ok(rustls_pki_types::ServerName::DnsName(_))
+        )
+}
+
+/// `ssp-gateway certs dev`: a CA and one certificate per operator domain under `out`; every
+/// file written, in order. Existing files are replaced only with `force`.
+pub fn write_dev(out: &Path, operators: &[String], force: bool) -> Result<Vec<String>, CertError> {
+    if let Some(bad) = operators.iter().find(|o| !is_domain(o)) {
+        return Err(CertError::NotADomain(bad.clone()));
+    }
+    let mut files = vec![out.join("ca.pem"), out.join("ca.key")];
+    for op in operators {
+        files.push(out.join(op).join("cert.pem"));
+        files.push(out.join(op).join("key.pem"));
+    }
+    let existing: Vec<String> = files
+        .iter()
+        .filter(|f| f.exists())
+        .map(|f| f.display().to_string())
+        .collect();
+    if !force && !existing.is_empty() {
+        return Err(CertError::Exists(existing));
+    }
     let ca = DevCa::new("ssp-gateway development CA")?;
     ca.write_ca(out)?;
-    let mut written = vec![out.join("ca.pem").display().to_string()];
     for op in operators {
         ca.write_operator(out, op)?;
-        written.push(out.join(op).join("cert.pem").display().to_string());
     }
-    Ok(written)
+    Ok(files.iter().map(|f| f.display().to_string()).collect())
 }

@@ -17,13 +17,39 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What `run --help` says beyond the options: the man page of the service.
+const RUN_HELP: &str = "\
+CONFIGURATION:
+    FILE is TOML (routes/example.toml documents every key). Paths in it are relative to the
+    file. `ssp-gateway check --config FILE` validates it and everything it names without
+    binding a port; errors name the file, line and key.
+
+ENVIRONMENT:
+    RUST_LOG        log filter (default: info,rsipstack=warn), e.g. RUST_LOG=debug or
+                    RUST_LOG=info,ssp_gateway::links=debug
+    NOTIFY_SOCKET   set by systemd (Type=notify): READY=1 once the listeners are bound,
+                    RELOADING=1 around a reload, STOPPING=1 when draining begins
+
+SIGNALS:
+    SIGTERM, SIGINT  stop taking requests (HTTP 503, /ready 503), answer open ones within
+                     [timeouts] drain plus the request deadline, then exit
+    SIGHUP           reload the subscriber directory (the old one stays if the new fails)
+
+EXIT STATUS:
+    0  stopped after draining
+    1  could not start (configuration, certificates, a busy address, the state store) or
+       failed while running; the reason is the last line on stderr
+
+Logs go to stderr: text, coloured only at a terminal, or JSON lines with --json-logs.";
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the gateway. SIGTERM/SIGINT: stop accepting, drain, exit. SIGHUP: reload the
-    /// subscriber directory.
+    /// Run the gateway (SIGTERM/SIGINT: drain and exit; SIGHUP: reload the subscriber
+    /// directory).
+    #[command(after_long_help = RUN_HELP)]
     Run {
-        /// The config file.
-        #[arg(long, short)]
+        /// The configuration file (TOML; see routes/example.toml).
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// Log as JSON lines instead of text.
         #[arg(long)]
@@ -40,10 +66,10 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Name server IP:PORT (overrides the config; repeatable).
-        #[arg(long)]
+        #[arg(long, value_name = "IP:PORT", action = clap::ArgAction::Append)]
         nameserver: Vec<std::net::SocketAddr>,
         /// ENUM suffix (overrides the config; repeatable; default e164.arpa).
-        #[arg(long)]
+        #[arg(long, value_name = "SUFFIX", action = clap::ArgAction::Append)]
         suffix: Vec<String>,
         /// im (messaging, search) or pres (presence).
         #[arg(long)]
@@ -75,9 +101,14 @@ enum CertsCmd {
         /// Output directory (ca.pem, ca.key, <domain>/cert.pem, <domain>/key.pem).
         #[arg(long)]
         out: PathBuf,
-        /// Operator domains, e.g. --operator opx.example --operator opy.example.
-        #[arg(long = "operator", required = true)]
+        /// An operator domain to issue a certificate for (repeatable: --operator opx.example
+        /// --operator opy.example).
+        #[arg(long = "operator", required = true, value_name = "DOMAIN", action = clap::ArgAction::Append)]
         operators: Vec<String>,
+        /// Replace a CA, certificates or keys that already exist in --out (they are not
+        /// replaced otherwise: a CA's key is what every certificate issued so far hangs on).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -213,9 +244,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Certs {
-            cmd: CertsCmd::Dev { out, operators },
+            cmd:
+                CertsCmd::Dev {
+                    out,
+                    operators,
+                    force,
+                },
         } => {
-            for f in ssp_gateway::certs::write_dev(&out, &operators)? {
+            for f in ssp_gateway::certs::write_dev(&out, &operators, force)? {
                 println!("wrote {f}");
             }
             Ok(ExitCode::SUCCESS)

@@ -294,3 +294,75 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn certs_dev_refuses_what_is_no_domain_and_keeps_what_exists() {
+    let sb = Sandbox::new("certs");
+    let out_dir = sb.path("certs/dev");
+    let dev = |extra: &[&str]| {
+        let mut args = vec!["certs", "dev", "--out", out_dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // The sandbox made them: a second run without --force replaces nothing and says which.
+    let ca_before = std::fs::read(out_dir.join("ca.key")).unwrap();
+    let out = dev(&["--operator", "opx.example"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("ca.key") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("ca.key")).unwrap(), ca_before);
+    // Not a domain: refused before anything is written.
+    for bad in ["localhost", "127.0.0.1", "not a domain", "bad..example"] {
+        let out = dev(&["--force", "--operator", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(
+            text(&out.stderr).contains("is not a domain name"),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(out_dir.join("ca.key")).unwrap(), ca_before);
+    // With --force: replaced, and every file written is listed.
+    let out = dev(&[
+        "--force",
+        "--operator",
+        "opx.example",
+        "--operator",
+        "opz.example",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "opx.example/cert.pem",
+        "opx.example/key.pem",
+        "opz.example/cert.pem",
+        "opz.example/key.pem",
+    ] {
+        assert!(said.contains(f), "{f} not listed: {said}");
+    }
+    assert_ne!(std::fs::read(out_dir.join("ca.key")).unwrap(), ca_before);
+}
+
+#[test]
+fn run_help_is_the_manual() {
+    let out = run(&["run", "--help"]);
+    let said = text(&out.stdout);
+    for what in [
+        "RUST_LOG",
+        "NOTIFY_SOCKET",
+        "SIGTERM",
+        "SIGHUP",
+        "EXIT STATUS",
+        "--config <FILE>",
+    ] {
+        assert!(said.contains(what), "{what}: {said}");
+    }
+    let out = run(&["resolve", "--help"]);
+    assert!(
+        text(&out.stdout).contains("repeatable"),
+        "{}",
+        text(&out.stdout)
+    );
+}
