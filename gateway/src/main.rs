@@ -92,6 +92,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SspCmd,
     },
+    /// Ask a running gateway's admin listener whether it serves (GET /ready, else /health):
+    /// exit 0 when it answers 200 within 3 s, 1 otherwise. For container health checks,
+    /// which have no HTTP client of their own.
+    Health {
+        /// The admin listener's address.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// The path to ask (`/ready` fails while draining; `/health` only when dead).
+        #[arg(long, default_value = "/health")]
+        path: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +157,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The HTTP status of `GET path` at `admin`, within 3 s.
+fn health(admin: std::net::SocketAddr, path: &str) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    let limit = std::time::Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, limit)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{admin}: not an HTTP answer"))
 }
 
 fn init_logs(json: bool) {
@@ -255,6 +286,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("wrote {f}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Health { admin, path } => {
+            let status = health(admin, &path)?;
+            if status == 200 {
+                println!("{admin}{path}: {status}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                anyhow::bail!("{admin}{path}: HTTP {status}")
+            }
         }
         Cmd::Check { config } => {
             let cfg = ssp_gateway::config::Config::load(&config)?;

@@ -250,11 +250,13 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     let sb = Sandbox::new("notify");
     let cfg = sb.path("routes/example.toml");
     let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    let mut admin = String::new();
     for default in ["127.0.0.1:18444", "127.0.0.1:18080", "127.0.0.1:19080"] {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = free.local_addr().unwrap().port();
         drop(free);
-        text_cfg = text_cfg.replacen(default, &format!("127.0.0.1:{port}"), 1);
+        admin = format!("127.0.0.1:{port}");
+        text_cfg = text_cfg.replacen(default, &admin, 1);
     }
     std::fs::write(&cfg, text_cfg).unwrap();
     let socket = sb.path("notify.sock");
@@ -273,6 +275,9 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     let n = listener.recv(&mut buf).expect("READY=1 within 20 s");
     let said = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(said.starts_with("READY=1"), "{said}");
+    // The container health check asks the admin listener.
+    let out = run(&["health", "--admin", &admin]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -293,6 +298,8 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    let out = run(&["health", "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(1), "nothing serves any more");
 }
 
 #[test]
