@@ -283,10 +283,97 @@ impl PeerCertCheck {
     }
 }
 
+/// When `cert` stops being valid (its `notAfter`, Unix seconds), read from the DER by hand:
+/// webpki checks validity but does not say it, and this is the one field needed.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    /// The content of the DER element at the start of `input` if its tag is `tag`, and what
+    /// follows it.
+    fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = input.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |a, b| (a << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| rest.split_at(len))
+    }
+    /// What follows the element at the start of `input`, whatever its tag.
+    fn skip(input: &[u8]) -> Option<&[u8]> {
+        element(input, *input.first()?).map(|(_, rest)| rest)
+    }
+    let (certificate, _) = element(cert.as_ref(), 0x30)?;
+    let (tbs, _) = element(certificate, 0x30)?;
+    // [0] version (optional), serialNumber, signature, issuer, then validity.
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = skip(rest)?;
+    }
+    for _ in 0..3 {
+        rest = skip(rest)?;
+    }
+    let (validity, _) = element(rest, 0x30)?;
+    let after = skip(validity)?;
+    let (digits, four) = match after.first()? {
+        0x17 => (element(after, 0x17)?.0, false), // UTCTime: YYMMDDHHMMSSZ
+        0x18 => (element(after, 0x18)?.0, true),  // GeneralizedTime: YYYYMMDDHHMMSSZ
+        _ => return None,
+    };
+    let text = std::str::from_utf8(digits).ok()?.strip_suffix('Z')?;
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (year, at) = if four {
+        (num(0..4)?, 4)
+    } else {
+        let yy = num(0..2)?;
+        (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+    };
+    let (month, day) = (num(at..at + 2)?, num(at + 2..at + 4)?);
+    let (h, m, sec) = (
+        num(at + 4..at + 6)?,
+        num(at + 6..at + 8)?,
+        num(at + 8..at + 10)?,
+    );
+    // Days from the civil date (Howard Hinnant's algorithm), March-based years.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::certs::DevCa;
+
+    #[test]
+    fn not_after_is_read_from_the_certificate() {
+        let ca = DevCa::new("Test CA").unwrap();
+        let a = ca.issue("opx.example").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let end = not_after(&a.der).unwrap();
+        // Development certificates are issued for years, not days.
+        assert!(end > now + 300 * 86_400, "{end} vs {now}");
+        assert!(end < now + 40 * 366 * 86_400, "{end} vs {now}");
+        assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x01])), None);
+        assert_eq!(not_after(&CertificateDer::from(Vec::new())), None);
+    }
 
     #[test]
     fn identity_and_pins() {

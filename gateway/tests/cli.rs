@@ -278,6 +278,28 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     // The container health check asks the admin listener.
     let out = run(&["health", "--admin", &admin]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Its metrics say when each configured certificate ends (ours and the anchor).
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let ends: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ssp_certificate_expiry_seconds{"))
+        .collect();
+    assert!(
+        ends.iter().any(|l| l.contains("opx.example/cert.pem"))
+            && ends.iter().any(|l| l.contains("ca.pem")),
+        "{metrics}"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

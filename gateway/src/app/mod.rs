@@ -247,6 +247,40 @@ pub fn check(cfg: Config) -> Result<Gateway, StartError> {
     Ok(gw)
 }
 
+/// Export when every certificate the configuration names (ours, and each trust anchor)
+/// stops being valid, so an alert can warn weeks ahead.
+fn certificate_expiry(cfg: &Config, m: &Metrics) {
+    let mut files: Vec<&std::path::Path> = Vec::new();
+    files.extend(cfg.tls.cert.as_deref());
+    files.extend(cfg.tls.trust.iter().map(|p| p.as_path()));
+    if let Some(c) = &cfg.core {
+        files.extend(c.trust.iter().map(|p| p.as_path()));
+    }
+    for p in &cfg.peers {
+        files.extend(p.trust.iter().map(|p| p.as_path()));
+    }
+    if let Some(s) = &cfg.sip {
+        for p in &s.peers {
+            files.extend(p.trust.iter().map(|p| p.as_path()));
+        }
+    }
+    files.sort();
+    files.dedup();
+    for f in files {
+        let Ok(certs) = tls::load_certs(f) else {
+            continue;
+        };
+        let file = f.display().to_string();
+        for (i, c) in certs.iter().enumerate() {
+            if let Some(end) = tls::not_after(c) {
+                m.certificates
+                    .with_label_values(&[&file, &i.to_string()])
+                    .set(end);
+            }
+        }
+    }
+}
+
 /// A listener's address for the log: the address, or `off`.
 fn shown(a: Option<SocketAddr>) -> String {
     a.map_or_else(|| "off".to_owned(), |a| a.to_string())
@@ -460,6 +494,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     for w in &cfg.warnings {
         tracing::warn!(config = %cfg.path.display(), "{w}");
     }
+    certificate_expiry(&cfg, gw.metrics());
     let [peer_addr, core_addr, admin_addr] = addrs;
     tracing::info!(
         public_domain = %cfg.operator.public_domain,

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub sip_subscriptions: IntGauge,
     /// SIP users' presence subscriptions to our users (the gateway as notifier).
     pub sip_watches: IntGauge,
+    /// When each configured certificate (ours, the trust anchors) stops being valid, Unix
+    /// seconds, by file and position in it.
+    pub certificates: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,7 +163,17 @@ impl Metrics {
             "sip_watches",
             "SIP users' presence subscriptions to our users",
         );
+        let certificates = IntGaugeVec::new(
+            Opts::new(
+                "certificate_expiry_seconds",
+                "When a configured certificate stops being valid (Unix seconds)",
+            ),
+            &["file", "cert"],
+        )
+        .unwrap_or_else(|e| unreachable_metric("certificate_expiry_seconds", e));
+        let _ = r.register(Box::new(certificates.clone()));
         Metrics {
+            certificates,
             queue_depth,
             queue_oldest,
             sip_subscriptions,
