@@ -33,7 +33,9 @@ ENVIRONMENT:
 SIGNALS:
     SIGTERM, SIGINT  stop taking requests (HTTP 503, /ready 503), answer open ones within
                      [timeouts] drain plus the request deadline, then exit
-    SIGHUP           reload the subscriber directory (the old one stays if the new fails)
+    SIGHUP           reload: the config file is checked whole and the subscriber directory
+                     put in use; refused whole if either fails (what runs stays); other
+                     changed sections are named, in use after a restart
 
 EXIT STATUS:
     0  stopped after draining
@@ -44,8 +46,7 @@ Logs go to stderr: text, coloured only at a terminal, or JSON lines with --json-
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the gateway (SIGTERM/SIGINT: drain and exit; SIGHUP: reload the subscriber
-    /// directory).
+    /// Run the gateway (SIGTERM/SIGINT: drain and exit; SIGHUP: reload).
     #[command(after_long_help = RUN_HELP)]
     Run {
         /// The configuration file (TOML; see routes/example.toml).
@@ -212,9 +213,8 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify("RELOADING=1");
-                if let Err(e) = running.gateway.reload() {
-                    tracing::error!(error = %e, "reload failed; the previous directory stays in use");
-                }
+                // Logged and counted by the gateway; what runs stays if it is refused.
+                let _ = running.gateway.reload();
                 notify("READY=1\nSTATUS=serving");
             }
         }

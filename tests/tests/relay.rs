@@ -771,3 +771,55 @@ async fn core_listener_with_tls_and_client_certificates() {
     );
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart() {
+    let fed = Federation::start(vec![x(), y()]).await;
+    let (cx, cy) = (&fed.ops[0].core, &fed.ops[1].core);
+    let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
+    let reloads =
+        |r: &str| ssp_gateway::ops::metrics::Metrics::counter_value(&gx.metrics().reloads, &[r]);
+    let cfg = fed.ops[0].config_path.clone();
+    let good = std::fs::read_to_string(&cfg).unwrap();
+
+    // A config that does not load: refused whole, counted; X serves as before.
+    std::fs::write(&cfg, format!("{good}\n[timeouts]\nrequest = \"soon\"\n")).unwrap();
+    let csv = std::fs::read_to_string(&fed.ops[0].directory_path).unwrap();
+    std::fs::write(
+        &fed.ops[0].directory_path,
+        format!("{csv}+46701234599,wv:new@core.opx.example\n"),
+    )
+    .unwrap();
+    let e = gx.reload().unwrap_err();
+    assert!(
+        e.to_string().contains("gateway.toml:"),
+        "names the file: {e}"
+    );
+    assert_eq!((reloads("ok"), reloads("failed")), (0, 1));
+    assert_eq!(
+        gx.directory().len(),
+        2,
+        "the directory was not touched either"
+    );
+    let (_mid, st) = cx
+        .send_message("usera", &[&id(B)], "still served", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(cy.message("userb", 0, WAIT).await.is_some());
+
+    // A good one: the directory is in use; a changed deadline is named as waiting for a
+    // restart, not silently ignored.
+    std::fs::write(
+        &cfg,
+        good.replacen("[timeouts]", "[timeouts]\nhandshake = \"4s\"", 1),
+    )
+    .unwrap();
+    let r = gx.reload().unwrap();
+    assert_eq!(r.entries, 3);
+    assert_eq!(r.pending, ["[timeouts]"], "{r:?}");
+    assert_eq!((reloads("ok"), reloads("failed")), (1, 1));
+    std::fs::write(&cfg, &good).unwrap();
+    assert!(gx.reload().unwrap().pending.is_empty());
+    fed.shutdown().await;
+}

@@ -33,8 +33,15 @@ impl Admin for Ops {
 
     fn reload(&self) -> Result<String, String> {
         match self.0.reload() {
-            Ok(n) => Ok(format!("reloaded: {n} directory entries\n")),
-            Err(e) => Err(format!("reload failed, previous directory kept: {e}\n")),
+            Ok(r) if r.pending.is_empty() => {
+                Ok(format!("reloaded: {} directory entries\n", r.entries))
+            }
+            Ok(r) => Ok(format!(
+                "reloaded: {} directory entries; changed, in use after a restart: {}\n",
+                r.entries,
+                r.pending.join(", ")
+            )),
+            Err(e) => Err(format!("reload refused, what runs stays in use: {e}\n")),
         }
     }
 

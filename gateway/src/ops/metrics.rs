@@ -80,6 +80,8 @@ pub struct Metrics {
     /// When each configured certificate (ours, the trust anchors) stops being valid, Unix
     /// seconds, by file and position in it.
     pub certificates: IntGaugeVec,
+    /// Reloads (SIGHUP, `POST /reload`), by result (`ok`, `failed`: refused whole).
+    pub reloads: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,6 +181,7 @@ impl Metrics {
             sip_subscriptions,
             sip_watches,
             work: counter(&r, "work_total", "Kept work, by event", &["event"]),
+            reloads: counter(&r, "reloads_total", "Reloads, by result", &["result"]),
             sip: counter(
                 &r,
                 "sip_requests_total",
@@ -328,6 +331,9 @@ impl Metrics {
             self.work.with_label_values(&[e]);
         }
         self.store_errors.with_label_values(&["put"]);
+        for r in ["ok", "failed"] {
+            self.reloads.with_label_values(&[r]);
+        }
         self
     }
 

@@ -125,10 +125,43 @@ impl Gateway {
         &self.links
     }
 
-    /// Reload the subscriber directory from its file (SIGHUP, `POST /reload`). The old one
-    /// stays in use if the new one does not load.
-    pub fn reload(&self) -> Result<usize, crate::directory::DirectoryError> {
-        let dir = Directory::load(&self.cfg().directory)?;
+    /// Reload (SIGHUP, `POST /reload`): the configuration file is read and checked whole,
+    /// and the subscriber directory it names is loaded and put in use. Anything that fails
+    /// to load refuses the reload whole: what runs stays, the error is logged and counted
+    /// (`ssp_reloads_total{result="failed"}`). Other sections that changed are named in
+    /// the answer and the log: they take effect at the next restart.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let result = self.reload_checked();
+        let m = self.metrics();
+        match &result {
+            Ok(r) => {
+                m.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(entries = r.entries, "directory reloaded");
+                if !r.pending.is_empty() {
+                    tracing::warn!(
+                        config = %self.cfg().path.display(),
+                        sections = ?r.pending,
+                        "changed in the configuration, in use after a restart"
+                    );
+                }
+            }
+            Err(e) => {
+                m.reloads.with_label_values(&["failed"]).inc();
+                tracing::error!(error = %e, "reload refused; what runs stays in use");
+            }
+        }
+        result
+    }
+
+    fn reload_checked(&self) -> Result<Reloaded, ReloadError> {
+        let running = self.cfg();
+        // The file as it is now (a configuration built in memory, with no file, is its own).
+        let new = if running.path.is_file() {
+            Config::load(&running.path)?
+        } else {
+            Config::clone(running)
+        };
+        let dir = Directory::load(&new.directory)?;
         let n = dir.len();
         self.links.dir.store(Arc::new(dir));
         self.metrics().directory_entries.set(n as i64);
@@ -136,7 +169,60 @@ impl Gateway {
             // Cached routes may point where a number no longer is.
             r.clear();
         }
-        tracing::info!(entries = n, "directory reloaded");
-        Ok(n)
+        Ok(Reloaded {
+            entries: n,
+            pending: changed_sections(running, &new),
+        })
     }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Directory entries now in use.
+    pub entries: usize,
+    /// Sections of the configuration that changed and are in use only after a restart.
+    pub pending: Vec<&'static str>,
+}
+
+/// Why a reload was refused (what runs stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration file does not load.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The subscriber directory does not load.
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
+}
+
+/// The sections of `new` that differ from `old`, other than `[directory]` (which a reload
+/// puts in use). Compared by their checked values, so comments and layout do not count.
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut v = Vec::new();
+    for (name, changed) in [
+        (
+            "[gateway]",
+            differs(&old.operator, &new.operator) || differs(&old.plan, &new.plan),
+        ),
+        ("[listen] (addresses)", differs(&old.listen, &new.listen)),
+        ("[tls]", differs(&old.tls, &new.tls)),
+        ("[core]", differs(&old.core, &new.core)),
+        ("[[peer]]", differs(&old.peers, &new.peers)),
+        ("[[route]]", differs(&old.routes, &new.routes)),
+        ("[resolver]", differs(&old.resolver, &new.resolver)),
+        ("[timeouts]", differs(&old.timeouts, &new.timeouts)),
+        ("[limits]", differs(&old.limits, &new.limits)),
+        ("[policy]", differs(&old.policy, &new.policy)),
+        ("[store]", differs(&old.store, &new.store)),
+        ("[cluster]", differs(&old.cluster, &new.cluster)),
+        ("[sip]", differs(&old.sip, &new.sip)),
+    ] {
+        if changed {
+            v.push(name);
+        }
+    }
+    v
 }
