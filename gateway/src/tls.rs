@@ -90,6 +90,94 @@ pub fn load_identity(
     Ok((chain, k))
 }
 
+/// Our certificate and key, taken up again when their files change (an ACME client or
+/// cert-manager renewing them): every handshake, either side, uses the current pair.
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
+    /// The files' modification times when `current` was read.
+    stamp: std::sync::Mutex<Option<(std::time::SystemTime, std::time::SystemTime)>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl CertStore {
+    /// Read `cert` and `key` (checked to belong together).
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        let stamp = modified(cert).zip(modified(key));
+        let ck = Self::read(cert, key)?;
+        Ok(Arc::new(CertStore {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: arc_swap::ArcSwap::from_pointee(ck),
+            stamp: std::sync::Mutex::new(stamp),
+        }))
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, TlsError> {
+        let (chain, k) = load_identity(cert, key)?;
+        Ok(rustls::sign::CertifiedKey::from_der(chain, k, &provider())?)
+    }
+
+    /// The chain in use now.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+
+    /// Take the files up again if they changed since they were read: `Ok(true)` when the
+    /// pair in use was replaced. A pair that does not load (half written, a key that does
+    /// not match yet) leaves the current one in use and is tried again next time.
+    pub fn refresh(&self) -> Result<bool, TlsError> {
+        let now = modified(&self.cert).zip(modified(&self.key));
+        let mut stamp = self
+            .stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.is_none() || now == *stamp {
+            return Ok(false);
+        }
+        let ck = Self::read(&self.cert, &self.key)?;
+        self.current.store(Arc::new(ck));
+        *stamp = now;
+        Ok(true)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// A root store from PEM files.
 pub fn load_roots(paths: &[PathBuf]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
@@ -137,6 +225,31 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// [`server_config`] with our certificate from `store` (renewals taken up live).
+pub fn server_config_from(
+    store: Arc<CertStore>,
+    client_roots: Option<RootCertStore>,
+    require_client_cert: bool,
+) -> Result<ServerConfig, TlsError> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_roots {
+        Some(roots) if !roots.is_empty() => {
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            if !require_client_cert {
+                v = v.allow_unauthenticated();
+            }
+            builder.with_client_cert_verifier(
+                v.build().map_err(|e| TlsError::Verifier(e.to_string()))?,
+            )
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(store);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// How a client verifies the server it connects to.
 #[derive(Debug, Clone)]
 pub enum ServerTrust {
@@ -172,6 +285,19 @@ pub fn client_config(
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    Ok(cfg)
+}
+
+/// [`client_config`] presenting our certificate from `store` (renewals taken up live).
+pub fn client_config_from(
+    trust: ServerTrust,
+    identity: Option<Arc<CertStore>>,
+    alpn_h2: bool,
+) -> Result<ClientConfig, TlsError> {
+    let mut cfg = client_config(trust, None, alpn_h2)?;
+    if let Some(store) = identity {
+        cfg.client_auth_cert_resolver = store;
+    }
     Ok(cfg)
 }
 

@@ -823,3 +823,75 @@ async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart
     assert!(gx.reload().unwrap().pending.is_empty());
     fed.shutdown().await;
 }
+
+/// The certificate Y's peer listener presents now (the SHA-256 pin of its end entity).
+async fn presented(fed: &Federation, i: usize) -> String {
+    let addr = fed.ops[i]
+        .peer_url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(fed.ca.cert_der()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(fed.ops[i].spec.domain.clone()).unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls::pin_of(&s.get_ref().1.peer_certificates().unwrap()[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_certificate_renewed_on_disk_is_taken_up_with_traffic_flowing() {
+    let fed = Arc::new(Federation::start(vec![x(), y()]).await);
+    let before = presented(&fed, 1).await;
+    // Messages from A to B all along.
+    const N: usize = 60;
+    let traffic = {
+        let fed = fed.clone();
+        tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..N {
+                let (_mid, st) = fed.ops[0]
+                    .core
+                    .send_message("usera", &[&id(B)], &format!("m{i}"), false)
+                    .await
+                    .unwrap();
+                ok += usize::from(st.code == 200);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ok
+        })
+    };
+    // Y's certificate is renewed on disk (what an ACME client or cert-manager does).
+    let issued = fed
+        .ca
+        .write_operator(&fed.dir.0.join("certs"), "opy.example")
+        .unwrap();
+    let renewed = tls::pin_of(&issued.der);
+    assert_ne!(renewed, before);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while presented(&fed, 1).await != renewed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Y still presents the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        traffic.await.unwrap(),
+        N,
+        "every message answered 200 through the renewal"
+    );
+    assert_eq!(fed.ops[1].core.received("userb").len(), N, "and delivered");
+    let fed = Arc::try_unwrap(fed).ok().unwrap();
+    fed.shutdown().await;
+}

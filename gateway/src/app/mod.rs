@@ -185,22 +185,20 @@ async fn open_store(cfg: &Config) -> Result<(Arc<Store>, Vec<u8>), StartError> {
 
 type Acceptor = (tokio_rustls::TlsAcceptor, std::time::Duration);
 
+/// How often our certificate and key files are looked at for a renewal.
+const CERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// TLS for the peer listener: our certificate, and the peers' trust anchors for client
 /// certificates (optional there: association-authenticated peers have none).
 fn peer_tls(gw: &Gateway) -> Result<Acceptor, StartError> {
     let cfg = gw.cfg();
-    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+    let Some(identity) = gw.links.identity.clone() else {
         return Err(StartError::Tls(TlsError::Verifier(
             "peer listener without [tls] cert/key".into(),
         )));
     };
     let roots = gw.links.peers.listener_roots()?;
-    let sc = tls::server_config(
-        tls::load_certs(cert)?,
-        tls::load_key(key)?,
-        Some(roots),
-        false,
-    )?;
+    let sc = tls::server_config_from(identity, Some(roots), false)?;
     Ok((
         tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
         cfg.timeouts.handshake,
@@ -214,7 +212,7 @@ fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
     let Some(c) = cfg.core.as_ref().filter(|c| c.tls) else {
         return Ok(None);
     };
-    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+    let Some(identity) = gw.links.identity.clone() else {
         return Err(StartError::Tls(TlsError::Verifier(
             "core TLS without [tls] cert/key".into(),
         )));
@@ -225,7 +223,7 @@ fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
         Some(tls::load_roots(&c.trust)?)
     };
     let require = c.auth == crate::config::CoreAuth::Mtls;
-    let sc = tls::server_config(tls::load_certs(cert)?, tls::load_key(key)?, roots, require)?;
+    let sc = tls::server_config_from(identity, roots, require)?;
     Ok(Some((
         tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
         cfg.timeouts.handshake,
@@ -495,6 +493,24 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         tracing::warn!(config = %cfg.path.display(), "{w}");
     }
     certificate_expiry(&cfg, gw.metrics());
+    // Renewed certificate files (an ACME client, cert-manager) are taken up without a
+    // reload: every new handshake, on every listener and link, presents the new pair.
+    if let Some(identity) = gw.links.identity.clone() {
+        let (g, cfg2) = (gw.clone(), cfg.clone());
+        gw.drain().every(CERT_TICK, move || {
+            match identity.refresh() {
+                Ok(true) => {
+                    tracing::info!("certificate and key renewed from their files");
+                    certificate_expiry(&cfg2, g.metrics());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewed certificate files do not load yet; the current pair stays")
+                }
+            }
+            std::future::ready(())
+        });
+    }
     let [peer_addr, core_addr, admin_addr] = addrs;
     tracing::info!(
         public_domain = %cfg.operator.public_domain,

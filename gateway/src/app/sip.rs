@@ -36,6 +36,7 @@ pub(super) async fn start(
     let (link, mut requests) = SipLink::bind(
         &spec,
         &gw.cfg().tls,
+        gw.links.identity.clone(),
         gw.cfg().timeouts.request,
         gw.store().cloned(),
         owner,

@@ -59,11 +59,11 @@ impl CoreLink {
             .map_err(|_| TlsError::Verifier(format!("core url {:?}", c.url)))?;
         let tls_cfg = match trust {
             Some(t) => {
-                let ident = identity.map(|i| (i.chain.clone(), i.key.clone_key()));
+                let ident = identity.cloned();
                 let name = uri.host().unwrap_or("localhost").to_owned();
                 let name = rustls_pki_types::ServerName::try_from(name)
                     .map_err(|e| TlsError::Verifier(e.to_string()))?;
-                Some((Arc::new(tls::client_config(t, ident, false)?), name))
+                Some((Arc::new(tls::client_config_from(t, ident, false)?), name))
             }
             None => None,
         };

@@ -199,6 +199,8 @@ pub struct Links {
     pub(crate) assoc: Associations,
     /// The core.
     pub(crate) core: Option<CoreLink>,
+    /// Our certificate and key (`[tls]`), for every listener and client that presents them.
+    pub(crate) identity: Option<peer::Identity>,
     /// Client for the other replicas' admin listeners (`[cluster] siblings`).
     pub(crate) siblings: Option<SspClient>,
     /// DNS, for peers known only by their domain.
@@ -248,11 +250,12 @@ impl Links {
     /// start-up).
     pub fn new(p: LinkParts) -> Result<Links, TlsError> {
         let cfg = p.cfg;
-        let identity = peer::Identity::load(&cfg)?;
+        let identity = peer::identity(&cfg)?;
         let peers = PeerTable::new(cfg.clone(), identity.clone())?;
         let core = CoreLink::new(&cfg, identity.as_ref())?;
         let t = &cfg.timeouts;
         Ok(Links {
+            identity,
             rw: Rewriter::new(&cfg),
             codec: Codec {
                 limits: cfg.limits.xml,

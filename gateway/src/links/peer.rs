@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::Uri;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
 use tokio::time::Instant;
 
@@ -49,28 +49,14 @@ impl std::fmt::Debug for PeerRt {
     }
 }
 
-/// Our TLS identity, loaded once.
-#[derive(Debug, Clone)]
-pub(crate) struct Identity {
-    /// Certificate chain.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// Key.
-    pub key: Arc<PrivateKeyDer<'static>>,
-}
+/// Our TLS identity: `[tls] cert` and `key`, taken up again when their files change.
+pub(crate) type Identity = Arc<tls::CertStore>;
 
-impl Identity {
-    /// `[tls] cert` and `key`, when both are configured.
-    pub(crate) fn load(cfg: &Config) -> Result<Option<Identity>, TlsError> {
-        match (&cfg.tls.cert, &cfg.tls.key) {
-            (Some(c), Some(k)) => {
-                let (chain, key) = tls::load_identity(c, k)?;
-                Ok(Some(Identity {
-                    chain,
-                    key: Arc::new(key),
-                }))
-            }
-            _ => Ok(None),
-        }
+/// `[tls] cert` and `key`, when both are configured.
+pub(crate) fn identity(cfg: &Config) -> Result<Option<Identity>, TlsError> {
+    match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => tls::CertStore::load(c, k).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -242,13 +228,11 @@ impl PeerTable {
         let client_tls = match trust {
             Some(trust) => {
                 let ident = if p.client_cert {
-                    self.identity
-                        .as_ref()
-                        .map(|i| (i.chain.clone(), i.key.clone_key()))
+                    self.identity.clone()
                 } else {
                     None
                 };
-                let cfg = tls::client_config(trust, ident, true)?;
+                let cfg = tls::client_config_from(trust, ident, true)?;
                 let name = ServerName::try_from(p.tls_name.clone()).map_err(|e| {
                     TlsError::Verifier(format!("peer {}: tls_name {:?}: {e}", p.domain, p.tls_name))
                 })?;

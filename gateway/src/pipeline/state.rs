@@ -162,6 +162,15 @@ impl Gateway {
             Config::clone(running)
         };
         let dir = Directory::load(&new.directory)?;
+        // Our certificate and key, if their files changed (renewed): checked before anything
+        // is put in use, so a pair that does not load refuses the reload whole.
+        let renewed = match &self.links.identity {
+            Some(i) => i.refresh()?,
+            None => false,
+        };
+        if renewed {
+            tracing::info!("certificate and key renewed from their files");
+        }
         let n = dir.len();
         self.links.dir.store(Arc::new(dir));
         self.metrics().directory_entries.set(n as i64);
@@ -194,10 +203,13 @@ pub enum ReloadError {
     /// The subscriber directory does not load.
     #[error(transparent)]
     Directory(#[from] crate::directory::DirectoryError),
+    /// Our renewed certificate or key does not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The sections of `new` that differ from `old`, other than `[directory]` (which a reload
-/// puts in use). Compared by their checked values, so comments and layout do not count.
+/// puts in use; so are renewed certificate and key files, `[tls]` naming the same ones). Compared by their checked values, so comments and layout do not count.
 fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");

@@ -112,12 +112,13 @@ impl SipLink {
     pub(crate) async fn bind(
         spec: &SipSpec,
         tls: &crate::config::TlsSpec,
+        identity: Option<std::sync::Arc<crate::tls::CertStore>>,
         timeout: Duration,
         store: Option<std::sync::Arc<crate::store::Store>>,
         owner: String,
     ) -> Result<(SipLink, Requests), stack::StackError> {
-        let (setup, certs) =
-            trust::setup(spec, tls).map_err(|e| stack::StackError(format!("SIP over TLS: {e}")))?;
+        let (setup, certs) = trust::setup(spec, tls, identity)
+            .map_err(|e| stack::StackError(format!("SIP over TLS: {e}")))?;
         let (stack, requests) = Stack::bind(spec.listen, spec.advertise, setup, timeout).await?;
         Ok((
             SipLink {

@@ -28,16 +28,16 @@ pub(crate) type CertChecks = HashMap<String, PeerCertCheck>;
 pub(crate) fn setup(
     spec: &SipSpec,
     tls_cfg: &TlsSpec,
+    identity: Option<Arc<tls::CertStore>>,
 ) -> Result<(Option<TlsSetup>, CertChecks), TlsError> {
     let Some(listen) = spec.tls_listen else {
         return Ok((None, CertChecks::new()));
     };
-    let (Some(cert), Some(key)) = (&tls_cfg.cert, &tls_cfg.key) else {
+    let Some(identity) = identity else {
         return Err(TlsError::Verifier(
             "SIP over TLS needs [tls] cert and key".into(),
         ));
     };
-    let (chain, key) = tls::load_identity(cert, key)?;
     let anchors = |p: &SipPeerSpec| {
         if p.trust.is_empty() {
             tls_cfg.trust.clone()
@@ -62,13 +62,13 @@ pub(crate) fn setup(
     let client_roots = (!all.is_empty())
         .then(|| tls::load_roots(&all))
         .transpose()?;
-    let mut server = tls::server_config(chain.clone(), key.clone_key(), client_roots, false)?;
+    let mut server = tls::server_config_from(identity.clone(), client_roots, false)?;
     server.alpn_protocols.clear();
     let client = |paths: &[std::path::PathBuf]| -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let roots = tls::load_roots(paths)?;
-        let mut c = tls::client_config(
+        let mut c = tls::client_config_from(
             ServerTrust::Roots(Arc::new(roots)),
-            Some((chain.clone(), key.clone_key())),
+            Some(identity.clone()),
             false,
         )?;
         c.alpn_protocols.clear();
