@@ -198,17 +198,14 @@ pub fn pin_of(cert: &CertificateDer<'_>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Server-side TLS for a listener. `client_roots`: anchors a presented client certificate must
-/// chain to; `require_client_cert`: refuse clients without one.
-pub fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+/// The server side up to the certificate: the client certificates asked for, if any.
+fn server_builder(
     client_roots: Option<RootCertStore>,
     require_client_cert: bool,
-) -> Result<ServerConfig, TlsError> {
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match client_roots {
+    Ok(match client_roots {
         Some(roots) if !roots.is_empty() => {
             let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             if !require_client_cert {
@@ -219,8 +216,19 @@ pub fn server_config(
             )
         }
         _ => builder.with_no_client_auth(),
-    };
-    let mut cfg = builder.with_single_cert(chain, key)?;
+    })
+}
+
+/// Server-side TLS for a listener. `client_roots`: anchors a presented client certificate must
+/// chain to; `require_client_cert`: refuse clients without one.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: Option<RootCertStore>,
+    require_client_cert: bool,
+) -> Result<ServerConfig, TlsError> {
+    let mut cfg =
+        server_builder(client_roots, require_client_cert)?.with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -231,21 +239,7 @@ pub fn server_config_from(
     client_roots: Option<RootCertStore>,
     require_client_cert: bool,
 ) -> Result<ServerConfig, TlsError> {
-    let builder =
-        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match client_roots {
-        Some(roots) if !roots.is_empty() => {
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-            if !require_client_cert {
-                v = v.allow_unauthenticated();
-            }
-            builder.with_client_cert_verifier(
-                v.build().map_err(|e| TlsError::Verifier(e.to_string()))?,
-            )
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    let mut cfg = builder.with_cert_resolver(store);
+    let mut cfg = server_builder(client_roots, require_client_cert)?.with_cert_resolver(store);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -107,6 +107,23 @@ fn publish(
         .expect("the presence server names the publication")
 }
 
+/// Bob's phone (listening on `phone`) registers with his operator's proxy, from `from`.
+fn register_bob(kamailio: &Kamailio, from: u16, phone: u16) {
+    let port = phone.to_string();
+    let (rc, log) = siplab::uac(
+        "register.xml",
+        kamailio.port,
+        from,
+        &[
+            ("user", BOB),
+            ("domain", "opb.example"),
+            ("contact_port", &port),
+        ],
+    )
+    .unwrap();
+    assert_eq!(rc, 0, "Bob registers:\n{log}\n{}", kamailio.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uc_5_22_alt_sip_messages_both_ways_by_number_through_kamailio() {
     let (sip_port, proxy, bob_phone, bob_reg, bob_out) = (
@@ -121,19 +138,7 @@ async fn uc_5_22_alt_sip_messages_both_ways_by_number_through_kamailio() {
     let cx = fed.ops[0].core.clone();
     // Bob's phone answers two messages; it registers with its operator first.
     let mut phone = SippUas::start("uas_message.xml", bob_phone, 2).unwrap();
-    let port = bob_phone.to_string();
-    let (rc, log) = siplab::uac(
-        "register.xml",
-        proxy,
-        bob_reg,
-        &[
-            ("user", BOB),
-            ("domain", "opb.example"),
-            ("contact_port", &port),
-        ],
-    )
-    .unwrap();
-    assert_eq!(rc, 0, "Bob registers:\n{log}\n{}", kamailio.log());
+    register_bob(&kamailio, bob_reg, bob_phone);
 
     // IMPS → SIP: ENUM gives sip:+49…@opb.example, SRV the proxy; a MESSAGE reaches Bob.
     let (_, st) = cx
@@ -281,19 +286,7 @@ async fn uc_5_22_alt_sip_messages_both_ways_over_tls_trusted_by_certificate() {
     )
     .unwrap();
     let mut phone = SippUas::start("uas_message.xml", bob_phone, 1).unwrap();
-    let port = bob_phone.to_string();
-    let (rc, log) = siplab::uac(
-        "register.xml",
-        proxy,
-        bob_reg,
-        &[
-            ("user", BOB),
-            ("domain", "opb.example"),
-            ("contact_port", &port),
-        ],
-    )
-    .unwrap();
-    assert_eq!(rc, 0, "Bob registers:\n{log}\n{}", kamailio.log());
+    register_bob(&kamailio, bob_reg, bob_phone);
 
     // IMPS → SIP: SRV offers B's proxy over TLS only; the gateway opens TLS to it, checks its
     // certificate names opb.example and presents ours.
@@ -961,19 +954,7 @@ async fn uc_5_22_alt_sip_delivery_report_from_an_imdn_notification() {
         ],
     )
     .unwrap();
-    let port = bob_phone.to_string();
-    let (rc, log) = siplab::uac(
-        "register.xml",
-        proxy,
-        bob_reg,
-        &[
-            ("user", BOB),
-            ("domain", "opb.example"),
-            ("contact_port", &port),
-        ],
-    )
-    .unwrap();
-    assert_eq!(rc, 0, "Bob registers:\n{log}\n{}", kamailio.log());
+    register_bob(&kamailio, bob_reg, bob_phone);
 
     // A report asked for: the MESSAGE goes in CPIM asking for notifications; the SIP 200
     // says nothing of delivery yet.
