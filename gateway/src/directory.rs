@@ -169,11 +169,12 @@ impl Directory {
             if !more {
                 break;
             }
-            let line = record
-                .position()
-                .map_or(1, |p| usize::try_from(p.line()).unwrap_or(1));
+            let line = record.position().map_or(1, |p| line_of(text, p.byte()));
             if record.len() == 1 && record.get(0).is_some_and(str::is_empty) {
                 continue; // a line of blanks
+            }
+            if record.get(0).is_some_and(|f| f.starts_with('#')) {
+                continue; // an indented comment line
             }
             let (Some(num), Some(core), 2) = (record.get(0), record.get(1), record.len()) else {
                 return Err(err(
@@ -253,6 +254,24 @@ impl Directory {
             .find_map(|t| t.msisdn_for(canonical_core))
             .filter(|n| !self.ported_out.contains(&n.value()))
     }
+}
+
+/// The line of the record that starts at byte `at` of `text`. The csv reader's own line
+/// number is where it began looking, before the comment and blank lines it skipped.
+fn line_of(text: &str, at: u64) -> usize {
+    let at = usize::try_from(at).unwrap_or(usize::MAX).min(text.len());
+    let mut line = 1 + text.as_bytes()[..at]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count();
+    for l in text.get(at..).unwrap_or("").lines() {
+        let t = l.trim();
+        if !(t.is_empty() || t.starts_with('#')) {
+            break;
+        }
+        line += 1;
+    }
+    line
 }
 
 /// What is wrong with CSV text, without the position (the caller names file and line).
@@ -395,6 +414,14 @@ mod tests {
         d.load_csv(Path::new("d.csv"), "+46701234567,\"wv:a,b@x\"\n")
             .unwrap();
         assert_eq!(d.core_id(n("+46701234567")).as_deref(), Some("wv:a,b@x"));
+        // The line of a bad row after comments and blank lines is its own.
+        let e = Directory::default()
+            .load_csv(
+                Path::new("d.csv"),
+                "# note\n\n  # indented note\n4670,wv:b@x\n",
+            )
+            .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
         let e = Directory::default()
             .load_csv(Path::new("d.csv"), "+46701234567,wv:a@x # trailing\n")
             .unwrap_err();

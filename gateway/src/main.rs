@@ -32,7 +32,8 @@ ENVIRONMENT:
 
 SIGNALS:
     SIGTERM, SIGINT  stop taking requests (HTTP 503, /ready 503), answer open ones within
-                     [timeouts] drain plus the request deadline, then exit
+                     [timeouts] drain plus the request deadline, let connections close
+                     within drain again (2 x drain + request in all), then exit
     SIGHUP           reload: the config file is checked whole and the subscriber directory
                      put in use; refused whole if either fails (what runs stays); other
                      changed sections are named, in use after a restart
@@ -93,7 +94,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SspCmd,
     },
-    /// Ask a running gateway's admin listener whether it serves (GET /ready, else /health):
+    /// Ask a running gateway's admin listener whether it serves (GET --path, /health by default):
     /// exit 0 when it answers 200 within 3 s, 1 otherwise. For container health checks,
     /// which have no HTTP client of their own.
     Health {
@@ -214,7 +215,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 notify("RELOADING=1");
                 // Logged and counted by the gateway; what runs stays if it is refused.
-                let _ = running.gateway.reload();
+                let _ = ssp_gateway::app::reload(&running.gateway);
                 notify("READY=1\nSTATUS=serving");
             }
         }

@@ -96,8 +96,18 @@ pub struct CertStore {
     cert: PathBuf,
     key: PathBuf,
     current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
-    /// The files' modification times when `current` was read.
-    stamp: std::sync::Mutex<Option<(std::time::SystemTime, std::time::SystemTime)>>,
+    /// The files' modification times when `current` was read, and when they last failed to
+    /// load (not tried again, nor logged again, until they change once more).
+    stamp: std::sync::Mutex<Stamps>,
+}
+
+/// Modification times of the certificate and key files.
+type Stamp = Option<(std::time::SystemTime, std::time::SystemTime)>;
+
+#[derive(Default)]
+struct Stamps {
+    loaded: Stamp,
+    failed: Stamp,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -122,7 +132,10 @@ impl CertStore {
             cert: cert.to_owned(),
             key: key.to_owned(),
             current: arc_swap::ArcSwap::from_pointee(ck),
-            stamp: std::sync::Mutex::new(stamp),
+            stamp: std::sync::Mutex::new(Stamps {
+                loaded: stamp,
+                failed: None,
+            }),
         }))
     }
 
@@ -145,13 +158,21 @@ impl CertStore {
             .stamp
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now.is_none() || now == *stamp {
+        if now.is_none() || now == stamp.loaded || now == stamp.failed {
             return Ok(false);
         }
-        let ck = Self::read(&self.cert, &self.key)?;
-        self.current.store(Arc::new(ck));
-        *stamp = now;
-        Ok(true)
+        match Self::read(&self.cert, &self.key) {
+            Ok(ck) => {
+                self.current.store(Arc::new(ck));
+                stamp.loaded = now;
+                stamp.failed = None;
+                Ok(true)
+            }
+            Err(e) => {
+                stamp.failed = now;
+                Err(e)
+            }
+        }
     }
 }
 

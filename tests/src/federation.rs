@@ -491,7 +491,7 @@ impl Federation {
     pub fn set_directory(&self, i: usize, csv: &str) {
         std::fs::write(&self.ops[i].directory_path, csv).unwrap();
         let g = &self.ops[i].gateway.as_ref().unwrap().gateway;
-        g.reload().unwrap();
+        ssp_gateway::app::reload(g).unwrap();
     }
 
     /// Each gateway's (public domain, peer port), as [`federation_zones`] takes them.

@@ -103,6 +103,35 @@ fn every_metric_the_rules_and_dashboard_use_is_exported_from_the_start() {
     ] {
         assert!(exposed.lines().any(|l| l.starts_with(m)), "{m}\n{exposed}");
     }
+    // Every `name{label="value"}` the rules select on (besides `job`) has its series, so an
+    // `increase()` or a ratio over it sees its first event.
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/rules.yaml")).unwrap();
+    for (i, _) in rules.match_indices("ssp_") {
+        let rest = &rules[i..];
+        let Some(open) = rest.find('{') else { continue };
+        let name = &rest[..open];
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            continue;
+        }
+        let Some(close) = rest[open..].find('}') else {
+            continue;
+        };
+        for m in rest[open + 1..open + close].split(',') {
+            let Some((label, value)) = m.split_once('=') else {
+                continue;
+            };
+            if label.ends_with('!') || value.starts_with('~') || label.trim() == "job" {
+                continue; // not an equality
+            }
+            let want = format!("{}={}", label.trim(), value.trim());
+            assert!(
+                exposed
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(&want)),
+                "{name}{{{want}}}: no series before the first event\n{exposed}"
+            );
+        }
+    }
     // Which build it is.
     assert!(
         exposed.contains(&format!(

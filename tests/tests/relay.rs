@@ -790,7 +790,7 @@ async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart
         format!("{csv}+46701234599,wv:new@core.opx.example\n"),
     )
     .unwrap();
-    let e = gx.reload().unwrap_err();
+    let e = ssp_gateway::app::reload(gx).unwrap_err();
     assert!(
         e.to_string().contains("gateway.toml:"),
         "names the file: {e}"
@@ -808,6 +808,17 @@ async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart
     assert_eq!(st.code, 200, "{st:?}");
     assert!(cy.message("userb", 0, WAIT).await.is_some());
 
+    // One that parses but names a trust anchor file that is not there: the next start
+    // would fail on it, so the reload is refused too.
+    std::fs::write(&cfg, good.replacen("ca.pem", "missing-ca.pem", 1)).unwrap();
+    let e = ssp_gateway::app::reload(gx).unwrap_err();
+    assert!(e.to_string().contains("missing-ca.pem"), "{e}");
+    assert_eq!((reloads("ok"), reloads("failed")), (0, 2));
+    // The file gone: refused, not a silent success.
+    std::fs::remove_file(&cfg).unwrap();
+    assert!(ssp_gateway::app::reload(gx).is_err());
+    assert_eq!(reloads("failed"), 3);
+
     // A good one: the directory is in use; a changed deadline is named as waiting for a
     // restart, not silently ignored.
     std::fs::write(
@@ -815,12 +826,12 @@ async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart
         good.replacen("[timeouts]", "[timeouts]\nhandshake = \"4s\"", 1),
     )
     .unwrap();
-    let r = gx.reload().unwrap();
+    let r = ssp_gateway::app::reload(gx).unwrap();
     assert_eq!(r.entries, 3);
     assert_eq!(r.pending, ["[timeouts]"], "{r:?}");
-    assert_eq!((reloads("ok"), reloads("failed")), (1, 1));
+    assert_eq!((reloads("ok"), reloads("failed")), (1, 3));
     std::fs::write(&cfg, &good).unwrap();
-    assert!(gx.reload().unwrap().pending.is_empty());
+    assert!(ssp_gateway::app::reload(gx).unwrap().pending.is_empty());
     fed.shutdown().await;
 }
 

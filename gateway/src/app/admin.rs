@@ -32,7 +32,7 @@ impl Admin for Ops {
     }
 
     fn reload(&self) -> Result<String, String> {
-        match self.0.reload() {
+        match super::reload(&self.0) {
             Ok(r) if r.pending.is_empty() => {
                 Ok(format!("reloaded: {} directory entries\n", r.entries))
             }

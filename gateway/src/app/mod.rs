@@ -245,38 +245,38 @@ pub fn check(cfg: Config) -> Result<Gateway, StartError> {
     Ok(gw)
 }
 
-/// Export when every certificate the configuration names (ours, and each trust anchor)
-/// stops being valid, so an alert can warn weeks ahead.
-fn certificate_expiry(cfg: &Config, m: &Metrics) {
-    let mut files: Vec<&std::path::Path> = Vec::new();
-    files.extend(cfg.tls.cert.as_deref());
-    files.extend(cfg.tls.trust.iter().map(|p| p.as_path()));
-    if let Some(c) = &cfg.core {
-        files.extend(c.trust.iter().map(|p| p.as_path()));
-    }
-    for p in &cfg.peers {
-        files.extend(p.trust.iter().map(|p| p.as_path()));
-    }
-    if let Some(s) = &cfg.sip {
-        for p in &s.peers {
-            files.extend(p.trust.iter().map(|p| p.as_path()));
-        }
-    }
-    files.sort();
-    files.dedup();
-    for f in files {
-        let Ok(certs) = tls::load_certs(f) else {
-            continue;
-        };
-        let file = f.display().to_string();
-        for (i, c) in certs.iter().enumerate() {
-            if let Some(end) = tls::not_after(c) {
-                m.certificates
-                    .with_label_values(&[&file, &i.to_string()])
-                    .set(end);
+/// Reload (SIGHUP, `POST /reload`): the configuration file is read again and checked whole,
+/// as `check` does (everything it names loads: directory, keys, certificates, anchors,
+/// pins), then what can be live is put in use (`Gateway::reload_from`). Anything that fails
+/// refuses the reload whole: what runs stays, the error is logged and counted
+/// (`ssp_reloads_total{result="failed"}`). Sections that changed otherwise are named: they
+/// are in use after a restart.
+pub fn reload(gw: &Gateway) -> Result<pipeline::Reloaded, pipeline::ReloadError> {
+    let result = Config::load(&gw.cfg().path)
+        .map_err(pipeline::ReloadError::from)
+        .and_then(|new| {
+            check(new.clone()).map_err(|e| pipeline::ReloadError::Invalid(e.to_string()))?;
+            gw.reload_from(&new)
+        });
+    let m = gw.metrics();
+    match &result {
+        Ok(r) => {
+            m.reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(entries = r.entries, "reloaded");
+            if !r.pending.is_empty() {
+                tracing::warn!(
+                    config = %gw.cfg().path.display(),
+                    sections = ?r.pending,
+                    "changed in the configuration, in use after a restart"
+                );
             }
         }
+        Err(e) => {
+            m.reloads.with_label_values(&["failed"]).inc();
+            tracing::error!(error = %e, "reload refused; what runs stays in use");
+        }
     }
+    result
 }
 
 /// A listener's address for the log: the address, or `off`.
@@ -492,16 +492,16 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     for w in &cfg.warnings {
         tracing::warn!(config = %cfg.path.display(), "{w}");
     }
-    certificate_expiry(&cfg, gw.metrics());
+    gw.note_certificates();
     // Renewed certificate files (an ACME client, cert-manager) are taken up without a
     // reload: every new handshake, on every listener and link, presents the new pair.
     if let Some(identity) = gw.links.identity.clone() {
-        let (g, cfg2) = (gw.clone(), cfg.clone());
+        let g = gw.clone();
         gw.drain().every(CERT_TICK, move || {
             match identity.refresh() {
                 Ok(true) => {
                     tracing::info!("certificate and key renewed from their files");
-                    certificate_expiry(&cfg2, g.metrics());
+                    g.note_certificates();
                 }
                 Ok(false) => {}
                 Err(e) => {

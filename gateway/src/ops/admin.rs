@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /health` (alive), `GET /ready`
 //! (serving; 503 while draining, so a load balancer or Kubernetes stops sending), `POST
-//! /reload` (re-read the subscriber directory), `POST /cluster/answer` (an answer handed over
+//! /reload` (re-read the configuration, checked whole, and put the directory and renewed
+//! certificates in use), `POST /cluster/answer` (an answer handed over
 //! by another replica; it only completes requests whose HMAC-signed transaction IDs this
 //! process issued), `POST /cluster/self` (this replica's index and process, for a sibling
 //! that signs its request with the shared key). Bind it to a management address only: it has

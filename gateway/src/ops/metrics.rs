@@ -300,8 +300,9 @@ impl Metrics {
                 self.deliveries.with_label_values(&[p, r]);
             }
         }
-        self.delivery_failures
-            .with_label_values(&["core", "no-answer"]);
+        for r in ["connect", "no-response", "timeout", "http-5xx", "no-answer"] {
+            self.delivery_failures.with_label_values(&["core", r]);
+        }
         for r in ["rate", "spoof", "relay", "auth"] {
             self.refused.with_label_values(&[r]);
         }
@@ -326,7 +327,14 @@ impl Metrics {
             self.handoffs.with_label_values(&[r]);
         }
         for e in [
-            "kept", "resent", "resumed", "retried", "accepted", "expired", "done",
+            "kept",
+            "resent",
+            "resumed",
+            "retried",
+            "accepted",
+            "expired",
+            "undeliverable",
+            "done",
         ] {
             self.work.with_label_values(&[e]);
         }

@@ -125,52 +125,24 @@ impl Gateway {
         &self.links
     }
 
-    /// Reload (SIGHUP, `POST /reload`): the configuration file is read and checked whole,
-    /// and the subscriber directory it names is loaded and put in use. Anything that fails
-    /// to load refuses the reload whole: what runs stays, the error is logged and counted
-    /// (`ssp_reloads_total{result="failed"}`). Other sections that changed are named in
-    /// the answer and the log: they take effect at the next restart.
-    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let result = self.reload_checked();
-        let m = self.metrics();
-        match &result {
-            Ok(r) => {
-                m.reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(entries = r.entries, "directory reloaded");
-                if !r.pending.is_empty() {
-                    tracing::warn!(
-                        config = %self.cfg().path.display(),
-                        sections = ?r.pending,
-                        "changed in the configuration, in use after a restart"
-                    );
-                }
-            }
-            Err(e) => {
-                m.reloads.with_label_values(&["failed"]).inc();
-                tracing::error!(error = %e, "reload refused; what runs stays in use");
-            }
-        }
-        result
-    }
-
-    fn reload_checked(&self) -> Result<Reloaded, ReloadError> {
+    /// Put a reloaded configuration `new` in use, as far as it can be live (the caller,
+    /// `app::reload`, has read it from its file and checked it whole): the subscriber
+    /// directory it names, and our certificate and key if their files changed. Anything that
+    /// fails here refuses the reload whole: nothing is stored before every step has loaded.
+    /// The sections that changed otherwise are returned, in use after a restart.
+    pub fn reload_from(&self, new: &Config) -> Result<Reloaded, ReloadError> {
         let running = self.cfg();
-        // The file as it is now (a configuration built in memory, with no file, is its own).
-        let new = if running.path.is_file() {
-            Config::load(&running.path)?
-        } else {
-            Config::clone(running)
-        };
         let dir = Directory::load(&new.directory)?;
-        // Our certificate and key, if their files changed (renewed): checked before anything
-        // is put in use, so a pair that does not load refuses the reload whole.
-        let renewed = match &self.links.identity {
-            Some(i) => i.refresh()?,
+        // Our certificate and key, if their files changed (renewed). A pair that does not
+        // load yet (half written) leaves the current one in use; the directory still goes.
+        let renewed = match self.links.identity.as_ref().map(|i| i.refresh()) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "renewed certificate files do not load yet; the current pair stays");
+                false
+            }
             None => false,
         };
-        if renewed {
-            tracing::info!("certificate and key renewed from their files");
-        }
         let n = dir.len();
         self.links.dir.store(Arc::new(dir));
         self.metrics().directory_entries.set(n as i64);
@@ -178,10 +150,52 @@ impl Gateway {
             // Cached routes may point where a number no longer is.
             r.clear();
         }
+        if renewed {
+            tracing::info!("certificate and key renewed from their files");
+            self.note_certificates();
+        }
         Ok(Reloaded {
             entries: n,
-            pending: changed_sections(running, &new),
+            pending: changed_sections(running, new),
         })
+    }
+
+    /// Export when every certificate the configuration names (ours, and each trust anchor)
+    /// stops being valid, so an alert can warn weeks ahead. Called at start and whenever our
+    /// certificate is renewed; series of certificates no longer there are dropped.
+    pub fn note_certificates(&self) {
+        let cfg = self.cfg();
+        let m = self.metrics();
+        let mut files: Vec<&std::path::Path> = Vec::new();
+        files.extend(cfg.tls.cert.as_deref());
+        files.extend(cfg.tls.trust.iter().map(|p| p.as_path()));
+        if let Some(c) = &cfg.core {
+            files.extend(c.trust.iter().map(|p| p.as_path()));
+        }
+        for p in &cfg.peers {
+            files.extend(p.trust.iter().map(|p| p.as_path()));
+        }
+        if let Some(s) = &cfg.sip {
+            for p in &s.peers {
+                files.extend(p.trust.iter().map(|p| p.as_path()));
+            }
+        }
+        files.sort();
+        files.dedup();
+        m.certificates.reset();
+        for f in files {
+            let Ok(certs) = crate::tls::load_certs(f) else {
+                continue;
+            };
+            let file = f.display().to_string();
+            for (i, c) in certs.iter().enumerate() {
+                if let Some(end) = crate::tls::not_after(c) {
+                    m.certificates
+                        .with_label_values(&[&file, &i.to_string()])
+                        .set(end);
+                }
+            }
+        }
     }
 }
 
@@ -200,12 +214,13 @@ pub enum ReloadError {
     /// The configuration file does not load.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// It loads, but what it names does not (certificates, trust anchors, keys): the next
+    /// start would fail on it.
+    #[error("{0}")]
+    Invalid(String),
     /// The subscriber directory does not load.
     #[error(transparent)]
     Directory(#[from] crate::directory::DirectoryError),
-    /// Our renewed certificate or key does not load.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The sections of `new` that differ from `old`, other than `[directory]` (which a reload
