@@ -478,21 +478,21 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
         let yy = num(0..2)?;
         (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
     };
-    let (month, day) = (num(at..at + 2)?, num(at + 2..at + 4)?);
-    let (h, m, sec) = (
-        num(at + 4..at + 6)?,
-        num(at + 6..at + 8)?,
-        num(at + 8..at + 10)?,
-    );
-    // Days from the civil date (Howard Hinnant's algorithm), March-based years.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+    let small = |r: std::ops::Range<usize>| u8::try_from(num(r)?).ok();
+    let month = time::Month::try_from(small(at..at + 2)?).ok()?;
+    let day = small(at + 2..at + 4)?;
+    let date = time::Date::from_calendar_date(i32::try_from(year).ok()?, month, day).ok()?;
+    let clock = time::Time::from_hms(
+        small(at + 4..at + 6)?,
+        small(at + 6..at + 8)?,
+        small(at + 8..at + 10)?,
+    )
+    .ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 #[cfg(test)]
@@ -512,6 +512,41 @@ mod tests {
         // Development certificates are issued for years, not days.
         assert!(end > now + 300 * 86_400, "{end} vs {now}");
         assert!(end < now + 40 * 366 * 86_400, "{end} vs {now}");
+        // Hand-made certificates with known ends: UTCTime and GeneralizedTime (a leap day).
+        let tlv = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag, u8::try_from(body.len()).unwrap()];
+            v.extend_from_slice(body);
+            v
+        };
+        let cert = |after: Vec<u8>| {
+            let validity = [tlv(0x17, b"000101000000Z"), after].concat();
+            let tbs = [
+                tlv(0xa0, &tlv(0x02, &[2])),
+                tlv(0x02, &[1]),
+                tlv(0x30, &[]),
+                tlv(0x30, &[]),
+                tlv(0x30, &validity),
+            ]
+            .concat();
+            CertificateDer::from(tlv(0x30, &tlv(0x30, &tbs)))
+        };
+        assert_eq!(
+            not_after(&cert(tlv(0x17, b"491231235959Z"))),
+            Some(2_524_607_999)
+        );
+        assert_eq!(
+            not_after(&cert(tlv(0x17, b"500101000000Z"))),
+            Some(-631_152_000)
+        );
+        assert_eq!(
+            not_after(&cert(tlv(0x18, b"20280229120000Z"))),
+            Some(1_835_438_400)
+        );
+        assert_eq!(
+            not_after(&cert(tlv(0x18, b"20270229120000Z"))),
+            None,
+            "no such day"
+        );
         assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x01])), None);
         assert_eq!(not_after(&CertificateDer::from(Vec::new())), None);
     }

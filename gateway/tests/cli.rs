@@ -243,6 +243,16 @@ fn resolve_refuses_a_target_that_is_neither_number_nor_domain() {
     );
 }
 
+/// A child process killed and reaped when the test ends, passed or failed.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     use std::os::unix::net::UnixDatagram;
@@ -264,13 +274,15 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     listener
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &socket)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut buf = [0u8; 512];
     let n = listener.recv(&mut buf).expect("READY=1 within 20 s");
     let said = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -301,7 +313,7 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
         "{metrics}"
     );
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     let n = listener.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
@@ -310,7 +322,7 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_drains() {
     // Drained and stopped cleanly (bounded: the drain deadline of the example config).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(
