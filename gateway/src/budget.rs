@@ -90,6 +90,22 @@ impl Budget {
     }
 }
 
+/// Give `sem`, sized `from` permits, `to` instead: more at once; fewer as holders give
+/// theirs back (the surplus is waited for and forgotten, never taken from a holder).
+pub(crate) fn resize(sem: &std::sync::Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
+    if to > from {
+        sem.add_permits(to - from);
+    } else if to < from {
+        let fewer = u32::try_from(from - to).unwrap_or(u32::MAX);
+        let sem = sem.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = sem.acquire_many_owned(fewer).await {
+                p.forget();
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,9 +34,13 @@ SIGNALS:
     SIGTERM, SIGINT  stop taking requests (HTTP 503, /ready 503), answer open ones within
                      [timeouts] drain plus the request deadline, let connections close
                      within drain again (2 x drain + request in all), then exit
-    SIGHUP           reload: the config file is checked whole and the subscriber directory
-                     put in use; refused whole if either fails (what runs stays); other
-                     changed sections are named, in use after a restart
+    SIGHUP           reload with traffic flowing: the config file is checked and built whole
+                     (peers, routes, resolver, limits, trust anchors and pins, token keys
+                     with a grace period for the old ones, directory, listeners' TLS) and
+                     put in use; refused whole if anything fails (what runs stays); what
+                     cannot change under running sockets (listen addresses, public_domain,
+                     [store], [cluster], [sip], other cert/key files) is named, in use after
+                     a restart
 
 EXIT STATUS:
     0  stopped after draining
@@ -215,7 +219,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 notify("RELOADING=1");
                 // Logged and counted by the gateway; what runs stays if it is refused.
-                let _ = ssp_gateway::app::reload(&running.gateway);
+                let _ = running.reload();
                 notify("READY=1\nSTATUS=serving");
             }
         }

@@ -89,6 +89,11 @@ pub struct TokenKeys {
 /// The keys derived from one secret.
 #[derive(Clone)]
 struct Keys {
+    /// Which secret (its SHA-256), to tell a key kept across a rotation from a new one.
+    id: [u8; 32],
+    /// Retired by a rotation: still opens answers until then (seconds since the epoch);
+    /// `None` for a key of the file in use.
+    until: Option<u32>,
     /// The secret itself, as an HMAC key: MACs between replicas and `g1.` tokens.
     mac: hmac::Key,
     /// Seals tokens.
@@ -124,7 +129,11 @@ impl Keys {
         let seal = aead::UnboundKey::new(&aead::AES_256_GCM, &seal)
             .map(aead::LessSafeKey::new)
             .unwrap_or_else(|_| unreachable_key());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, secret).as_ref());
         Keys {
+            id,
+            until: None,
             mac: hmac::Key::new(hmac::HMAC_SHA256, secret),
             seal: std::sync::Arc::new(seal),
             nonce: hmac::Key::new(hmac::HMAC_SHA256, &nonce),
@@ -182,6 +191,43 @@ impl TokenKeys {
         self
     }
 
+    /// These keys in place of `previous` (a reload): the same process instance, and every
+    /// key of `previous` that is not among these retired, still opening answers (and
+    /// verifying messages between replicas) for as long as an answer is accepted, so that
+    /// answers to requests sent before the rotation still arrive. New tokens are sealed
+    /// with the new first key at once.
+    pub fn rotated_from(mut self, previous: &TokenKeys) -> TokenKeys {
+        let now = now_secs();
+        let until = now.saturating_add(self.max_age_secs);
+        self.instance = previous.instance;
+        for k in &previous.keys {
+            if self.keys.iter().any(|n| n.id == k.id) || k.until.is_some_and(|u| u < now) {
+                continue;
+            }
+            let mut old = k.clone();
+            old.until = Some(old.until.map_or(until, |u| u.min(until)));
+            self.keys.push(old);
+        }
+        self
+    }
+
+    /// Retired keys that still open answers.
+    pub fn retired(&self) -> usize {
+        let now = now_secs();
+        self.keys
+            .iter()
+            .filter(|k| k.until.is_some_and(|u| u >= now))
+            .count()
+    }
+
+    /// The keys that open tokens now: those in use, and retired ones within their grace.
+    fn opening(&self) -> impl Iterator<Item = &Keys> {
+        let now = now_secs();
+        self.keys
+            .iter()
+            .filter(move |k| k.until.is_none_or(|u| u >= now))
+    }
+
     /// HMAC of `data` under the signing key (base64url), for messages between replicas.
     pub fn sign(&self, data: &[u8]) -> String {
         match self.keys.first() {
@@ -195,8 +241,7 @@ impl TokenKeys {
         let Ok(tag) = B64.decode(mac) else {
             return false;
         };
-        self.keys
-            .iter()
+        self.opening()
             .any(|k| hmac::verify(&k.mac, data, &tag).is_ok())
     }
 
@@ -296,7 +341,7 @@ impl TokenKeys {
         let (nonce, sealed) = raw.split_at(12);
         let mut n = [0u8; 12];
         n.copy_from_slice(nonce);
-        for k in &self.keys {
+        for k in self.opening() {
             let mut buf = sealed.to_vec();
             if let Ok(plain) = k.seal.open_in_place(
                 aead::Nonce::assume_unique_for_key(n),
@@ -317,13 +362,22 @@ impl TokenKeys {
         let p = B64.decode(p64).map_err(|_| TokenError::Foreign)?;
         let tag = B64.decode(t64).map_err(|_| TokenError::Foreign)?;
         if !self
-            .keys
-            .iter()
+            .opening()
             .any(|k| hmac::verify(&k.mac, &p, &tag).is_ok())
         {
             return Err(TokenError::BadMac);
         }
         Ok(p)
+    }
+}
+
+/// Whether `a` and `b` are the same secret, in time that does not depend on where they
+/// differ (both are hashed first, so not on their lengths either).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new());
+    match key {
+        Ok(k) => hmac::verify(&k, a, hmac::sign(&k, b).as_ref()).is_ok(),
+        Err(_) => false,
     }
 }
 
@@ -471,6 +525,49 @@ mod tests {
         // A replica without the old key does not.
         let other = TokenKeys::new(&[b"new-key-new-key-new-key-new-key!".to_vec()], 3600);
         assert_eq!(other.open(&s), Err(TokenError::BadMac));
+    }
+
+    #[test]
+    fn a_reload_rotates_the_signing_key_and_retires_the_old_one_for_a_grace_period() {
+        let old = keys().with_replica(3);
+        let before = old.issue(Leg::ToPeer, 1, 0, 1, "t-1", "opy.example");
+        let new = TokenKeys::new(&[b"new-key-new-key-new-key-new-key!".to_vec()], 3600)
+            .rotated_from(&old);
+        assert_eq!(new.instance(), old.instance(), "the same process");
+        assert_eq!(new.retired(), 1);
+        // Answers to requests sent before the rotation still open.
+        assert_eq!(new.open(&before).unwrap().request_id, 1);
+        assert!(new.verify(b"x", &old.sign(b"x")));
+        // New tokens are sealed with the new key: the old keys alone do not open them.
+        let after = new.issue(Leg::ToPeer, 2, 0, 1, "t-2", "opy.example");
+        assert_eq!(old.open(&after), Err(TokenError::BadMac));
+        // The same file again retires nothing; a second rotation keeps the first one's
+        // retired key until its own end, and does not retire a key back in use.
+        let again = TokenKeys::new(&[b"new-key-new-key-new-key-new-key!".to_vec()], 3600)
+            .rotated_from(&new);
+        assert_eq!(again.retired(), 1);
+        let back = keys().rotated_from(&new);
+        assert_eq!(
+            back.retired(),
+            1,
+            "the new key retired, the old one in use again"
+        );
+        // Past its grace a retired key opens nothing.
+        let mut expired = new.clone();
+        for k in &mut expired.keys {
+            if k.until.is_some() {
+                k.until = Some(now_secs() - 1);
+            }
+        }
+        assert_eq!(expired.retired(), 0);
+        assert_eq!(expired.open(&before), Err(TokenError::BadMac));
+        let third = TokenKeys::new(&[b"third-key-third-key-third-key-3!".to_vec()], 3600)
+            .rotated_from(&expired);
+        assert_eq!(
+            (third.keys.len(), third.retired()),
+            (2, 1),
+            "the key in use is retired, the expired one is not carried on"
+        );
     }
 
     #[test]

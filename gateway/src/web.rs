@@ -65,31 +65,56 @@ impl ConnInfo {
 
 /// Per-connection results of checking the client certificate against peers' anchors. A chain
 /// check is a signature verification (about 100 µs); a keep-alive connection carries
-/// thousands of requests with the same certificate, and the peering table does not change
-/// while the process runs, so each result is computed once.
+/// thousands of requests with the same certificate, and the peering table changes only at
+/// a reload, so each result is computed once per table.
 #[derive(Debug, Default)]
 pub struct CertMemo {
-    /// The configured peer the certificate identifies, if any.
-    pub listed: std::sync::OnceLock<Option<String>>,
-    /// Claimed domains (unlisted peers) and whether the certificate passed for them.
-    claimed: std::sync::Mutex<Vec<(String, bool)>>,
+    /// The configured peer the certificate identifies, if any, under the peering table of
+    /// the generation noted.
+    listed: std::sync::Mutex<Option<(u64, Option<String>)>>,
+    /// Claimed domains (unlisted peers) and whether the certificate passed for them, under
+    /// the generation noted.
+    claimed: std::sync::Mutex<(u64, Vec<(String, bool)>)>,
 }
 
 impl CertMemo {
-    /// Whether the certificate passed for `domain`, computing it with `check` the first time.
-    /// At most a few domains are remembered per connection; beyond that `check` runs each
-    /// time (a connection claiming many domains gets no help).
-    pub fn claimed(&self, domain: &str, check: impl FnOnce() -> bool) -> bool {
+    /// The configured peer the certificate identifies under peering table `generation`,
+    /// computing it with `find` the first time (and again once a reload has changed the
+    /// table: a peer whose trust was withdrawn is not one any more on connections it opened
+    /// before).
+    pub fn listed(&self, generation: u64, find: impl FnOnce() -> Option<String>) -> Option<String> {
+        if let Ok(m) = self.listed.lock()
+            && let Some((g, p)) = m.as_ref()
+            && *g == generation
+        {
+            return p.clone();
+        }
+        let p = find();
+        if let Ok(mut m) = self.listed.lock() {
+            *m = Some((generation, p.clone()));
+        }
+        p
+    }
+
+    /// Whether the certificate passed for `domain` under peering table `generation`,
+    /// computing it with `check` the first time. At most a few domains are remembered per
+    /// connection; beyond that `check` runs each time (a connection claiming many domains
+    /// gets no help).
+    pub fn claimed(&self, generation: u64, domain: &str, check: impl FnOnce() -> bool) -> bool {
         if let Ok(v) = self.claimed.lock()
-            && let Some((_, ok)) = v.iter().find(|(d, _)| d == domain)
+            && v.0 == generation
+            && let Some((_, ok)) = v.1.iter().find(|(d, _)| d == domain)
         {
             return *ok;
         }
         let ok = check();
-        if let Ok(mut v) = self.claimed.lock()
-            && v.len() < 8
-        {
-            v.push((domain.to_owned(), ok));
+        if let Ok(mut v) = self.claimed.lock() {
+            if v.0 != generation {
+                *v = (generation, Vec::new());
+            }
+            if v.1.len() < 8 {
+                v.1.push((domain.to_owned(), ok));
+            }
         }
         ok
     }
@@ -341,20 +366,43 @@ mod tests {
             calls.set(calls.get() + 1);
             ok
         };
-        assert!(memo.claimed("opy.example", || check(true)));
-        assert!(memo.claimed("opy.example", || check(false)), "remembered");
-        assert!(!memo.claimed("opz.example", || check(false)));
+        assert!(memo.claimed(0, "opy.example", || check(true)));
         assert!(
-            !memo.claimed("opz.example", || check(true)),
+            memo.claimed(0, "opy.example", || check(false)),
+            "remembered"
+        );
+        assert!(!memo.claimed(0, "opz.example", || check(false)));
+        assert!(
+            !memo.claimed(0, "opz.example", || check(true)),
             "a refusal is remembered too"
         );
         assert_eq!(calls.get(), 2);
         // Beyond eight domains nothing more is remembered (bounded per connection).
         for i in 0..10 {
-            memo.claimed(&format!("d{i}.example"), || check(true));
+            memo.claimed(0, &format!("d{i}.example"), || check(true));
         }
         let before = calls.get();
-        memo.claimed("d9.example", || check(true));
+        memo.claimed(0, "d9.example", || check(true));
         assert_eq!(calls.get(), before + 1);
+        // A reload (a new peering table) makes every answer stale.
+        assert!(
+            !memo.claimed(1, "opy.example", || check(false)),
+            "checked again"
+        );
+        assert_eq!(calls.get(), before + 2);
+        assert_eq!(
+            memo.listed(1, || Some("opy.example".into())).as_deref(),
+            Some("opy.example")
+        );
+        assert_eq!(
+            memo.listed(1, || None).as_deref(),
+            Some("opy.example"),
+            "remembered"
+        );
+        assert_eq!(
+            memo.listed(2, || None),
+            None,
+            "worked out again after a reload"
+        );
     }
 }

@@ -37,6 +37,8 @@ pub struct OperatorSpec {
     pub static_peering: bool,
     /// Extra TOML lines inside each of its `[[peer]]` entries (e.g. `rate = 1`).
     pub peer_toml: String,
+    /// How long its core waits before it answers (asynchronous cores).
+    pub answer_delay: std::time::Duration,
 }
 
 impl OperatorSpec {
@@ -52,6 +54,7 @@ impl OperatorSpec {
             extra_toml: String::new(),
             static_peering: true,
             peer_toml: String::new(),
+            answer_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -380,9 +383,12 @@ impl Federation {
         };
         let mut ops = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            let core = CoreSim::start(CoreSimConfig::new(&spec.core_domain, spec.core_mode))
-                .await
-                .unwrap();
+            let core = CoreSim::start(CoreSimConfig {
+                answer_delay: spec.answer_delay,
+                ..CoreSimConfig::new(&spec.core_domain, spec.core_mode)
+            })
+            .await
+            .unwrap();
             for (local, msisdn, name) in &spec.users {
                 core.add_user(local, Some(msisdn), name);
             }
@@ -490,8 +496,7 @@ impl Federation {
     /// Replace operator `i`'s directory file and reload its gateway (as SIGHUP would).
     pub fn set_directory(&self, i: usize, csv: &str) {
         std::fs::write(&self.ops[i].directory_path, csv).unwrap();
-        let g = &self.ops[i].gateway.as_ref().unwrap().gateway;
-        ssp_gateway::app::reload(g).unwrap();
+        self.ops[i].gateway.as_ref().unwrap().reload().unwrap();
     }
 
     /// Each gateway's (public domain, peer port), as [`federation_zones`] takes them.

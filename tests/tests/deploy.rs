@@ -146,3 +146,60 @@ fn every_metric_the_rules_and_dashboard_use_is_exported_from_the_start() {
             .contains("ssp_answers_total{code=\"503\",direction=\"inbound\",protocol=\"ssp\"} 0")
     );
 }
+
+/// `deploy/pin-images` pins every unpinned `FROM` of a Containerfile by the digest the
+/// registry gives (here a stand-in `skopeo` on the PATH: the tests have no registry), keeps
+/// stage names, and leaves pinned lines alone.
+#[test]
+fn pin_images_pins_every_base_image_by_digest() {
+    let dir = ssp_testbed::federation::TempDir::new("ssp-pin");
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let skopeo = bin.join("skopeo");
+    // Answers a digest made from the reference, so each image gets its own.
+    std::fs::write(
+        &skopeo,
+        "#!/bin/sh\nref=$(echo \"$4\" | sed 's|docker://||')\nprintf 'sha256:%064d\\n' \"$(printf '%s' \"$ref\" | wc -c)\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&skopeo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.0.join("Containerfile");
+    std::fs::copy(repo("deploy/Containerfile"), &file).unwrap();
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file).unwrap()
+            + "FROM docker.io/library/busybox:1@sha256:0000000000000000000000000000000000000000000000000000000000000001\n",
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new(repo("deploy/pin-images"))
+        .arg(&file)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned = std::fs::read_to_string(&file).unwrap();
+    let froms: Vec<&str> = pinned.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 3, "{pinned}");
+    for l in &froms {
+        let image = l.split_whitespace().nth(1).unwrap();
+        let (_, digest) = image.split_once("@sha256:").expect(l);
+        assert_eq!(digest.len(), 64, "{l}");
+    }
+    assert!(
+        froms[0].ends_with(" AS build"),
+        "the stage name stays: {}",
+        froms[0]
+    );
+    assert!(
+        froms[2]
+            .ends_with("@sha256:0000000000000000000000000000000000000000000000000000000000000001"),
+        "a pinned line is left alone: {}",
+        froms[2]
+    );
+}

@@ -776,7 +776,8 @@ async fn core_listener_with_tls_and_client_certificates() {
 async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart() {
     let fed = Federation::start(vec![x(), y()]).await;
     let (cx, cy) = (&fed.ops[0].core, &fed.ops[1].core);
-    let gx = &fed.ops[0].gateway.as_ref().unwrap().gateway;
+    let rx = fed.ops[0].gateway.as_ref().unwrap();
+    let gx = &rx.gateway;
     let reloads =
         |r: &str| ssp_gateway::ops::metrics::Metrics::counter_value(&gx.metrics().reloads, &[r]);
     let cfg = fed.ops[0].config_path.clone();
@@ -790,7 +791,7 @@ async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart
         format!("{csv}+46701234599,wv:new@core.opx.example\n"),
     )
     .unwrap();
-    let e = ssp_gateway::app::reload(gx).unwrap_err();
+    let e = rx.reload().unwrap_err();
     assert!(
         e.to_string().contains("gateway.toml:"),
         "names the file: {e}"
@@ -811,27 +812,34 @@ async fn reload_refuses_a_broken_config_whole_and_names_what_waits_for_a_restart
     // One that parses but names a trust anchor file that is not there: the next start
     // would fail on it, so the reload is refused too.
     std::fs::write(&cfg, good.replacen("ca.pem", "missing-ca.pem", 1)).unwrap();
-    let e = ssp_gateway::app::reload(gx).unwrap_err();
+    let e = rx.reload().unwrap_err();
     assert!(e.to_string().contains("missing-ca.pem"), "{e}");
     assert_eq!((reloads("ok"), reloads("failed")), (0, 2));
     // The file gone: refused, not a silent success.
     std::fs::remove_file(&cfg).unwrap();
-    assert!(ssp_gateway::app::reload(gx).is_err());
+    assert!(rx.reload().is_err());
     assert_eq!(reloads("failed"), 3);
 
-    // A good one: the directory is in use; a changed deadline is named as waiting for a
-    // restart, not silently ignored.
+    // A good one: the directory is in use, and so is a changed deadline; a changed listener
+    // address is named as waiting for a restart, not silently ignored.
+    let peer_line = good
+        .lines()
+        .find(|l| l.starts_with("peer = "))
+        .unwrap()
+        .to_owned();
     std::fs::write(
         &cfg,
-        good.replacen("[timeouts]", "[timeouts]\nhandshake = \"4s\"", 1),
+        good.replacen("[timeouts]", "[timeouts]\nhandshake = \"4s\"", 1)
+            .replacen(&peer_line, "peer = \"127.0.0.1:1\"", 1),
     )
     .unwrap();
-    let r = ssp_gateway::app::reload(gx).unwrap();
+    let r = rx.reload().unwrap();
     assert_eq!(r.entries, 3);
-    assert_eq!(r.pending, ["[timeouts]"], "{r:?}");
+    assert_eq!(r.pending, ["[listen] addresses"], "{r:?}");
+    assert_eq!(gx.cfg().timeouts.handshake, Duration::from_secs(4));
     assert_eq!((reloads("ok"), reloads("failed")), (1, 3));
     std::fs::write(&cfg, &good).unwrap();
-    assert!(ssp_gateway::app::reload(gx).unwrap().pending.is_empty());
+    assert!(rx.reload().unwrap().pending.is_empty());
     fed.shutdown().await;
 }
 

@@ -5,19 +5,27 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 
+use super::Control;
 use crate::ops::admin::Admin;
-use crate::pipeline::{Gateway, answer};
+use crate::pipeline::answer;
 
 /// The gateway, for the admin listener.
-pub(super) struct Ops(pub Arc<Gateway>);
+pub(super) struct Ops(pub Arc<Control>);
 
 impl Admin for Ops {
     fn metrics_text(&self) -> String {
-        self.0.metrics().render()
+        self.0.gw.metrics().render()
+    }
+
+    fn authorized(&self, bearer: Option<&[u8]>) -> bool {
+        match &*self.0.admin_token.load() {
+            None => true,
+            Some(t) => bearer.is_some_and(|b| crate::token::same_secret(b, t.as_bytes())),
+        }
     }
 
     fn ready(&self) -> Result<String, String> {
-        let g = &self.0;
+        let g = &self.0.gw;
         let summary = format!(
             "{} directory entries, {} associations, {} pending\n",
             g.directory().len(),
@@ -32,13 +40,15 @@ impl Admin for Ops {
     }
 
     fn reload(&self) -> Result<String, String> {
-        match super::reload(&self.0) {
-            Ok(r) if r.pending.is_empty() => {
-                Ok(format!("reloaded: {} directory entries\n", r.entries))
-            }
+        match self.0.reload() {
+            Ok(r) if r.pending.is_empty() => Ok(format!(
+                "reloaded: {} directory entries, {} retired token keys\n",
+                r.entries, r.retired_keys
+            )),
             Ok(r) => Ok(format!(
-                "reloaded: {} directory entries; changed, in use after a restart: {}\n",
+                "reloaded: {} directory entries, {} retired token keys; changed, in use after a restart: {}\n",
                 r.entries,
+                r.retired_keys,
                 r.pending.join(", ")
             )),
             Err(e) => Err(format!("reload refused, what runs stays in use: {e}\n")),
@@ -46,14 +56,14 @@ impl Admin for Ops {
     }
 
     fn max_body(&self) -> usize {
-        self.0.cfg().limits.xml.max_body
+        self.0.gw.cfg().limits.xml.max_body
     }
 
     fn self_report(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String) {
-        self.0.links().self_report(body, mac)
+        self.0.gw.links().self_report(body, mac)
     }
 
     async fn cluster_answer(&self, body: Bytes, mac: Option<String>) -> (StatusCode, String) {
-        answer::take_handed_answer(&self.0, &body, mac.as_deref())
+        answer::take_handed_answer(&self.0.gw, &body, mac.as_deref())
     }
 }

@@ -349,7 +349,21 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Serve a listener until the drain stops, then give open connections up to `limits.drain`.
+/// What a reload may change of a listener: its TLS (our certificate checks, the trust
+/// anchors of client certificates) and its bounds. Read for every new connection; a
+/// connection keeps what it was accepted with.
+#[derive(Clone)]
+pub struct Settings {
+    /// TLS: the acceptor and the handshake deadline (none: plain, HTTP/1.1 only).
+    pub tls: Option<(TlsAcceptor, Duration)>,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+/// The settings of a listener, swapped by a reload.
+pub type LiveSettings = Arc<arc_swap::ArcSwap<Settings>>;
+
+/// Serve a listener with fixed settings (see [`serve_live`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(TlsAcceptor, Duration)>,
@@ -358,6 +372,21 @@ pub async fn serve(
     limits: Limits,
     on_event: Arc<dyn Fn(Event) + Send + Sync>,
 ) {
+    let settings = Arc::new(arc_swap::ArcSwap::from_pointee(Settings { tls, limits }));
+    serve_live(listener, settings, handler, drain, on_event).await;
+}
+
+/// Serve a listener until the drain stops, then give open connections up to `limits.drain`.
+/// Whether it speaks TLS is fixed by its first settings; the rest is read again for every
+/// connection.
+pub async fn serve_live(
+    listener: TcpListener,
+    settings: LiveSettings,
+    handler: Handler,
+    drain: Drain,
+    on_event: Arc<dyn Fn(Event) + Send + Sync>,
+) {
+    let first = settings.load_full();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -370,13 +399,17 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(128);
     // Plain listeners (the core side) speak HTTP/1.1 only: no h2 preface sniffing.
-    if tls.is_none() {
+    let plain = first.tls.is_none();
+    if plain {
         builder = builder.http1_only();
     }
     let builder = Arc::new(builder);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(first.limits.max_connections));
+    let mut sized = first.limits.max_connections;
     let sources = Arc::new(Sources::default());
-    let failing = Arc::new(Budget::new(limits.failures.0, limits.failures.1));
+    let mut failures = first.limits.failures;
+    let mut failing = Arc::new(Budget::new(failures.0, failures.1));
+    drop(first);
     // Every connection task, for the wait at the end.
     let conns = Drain::new();
     loop {
@@ -396,6 +429,16 @@ pub async fn serve(
             },
             _ = drain.stopped() => break,
         };
+        let s = settings.load_full();
+        let limits = s.limits;
+        if limits.max_connections != sized {
+            crate::budget::resize(&slots, sized, limits.max_connections);
+            sized = limits.max_connections;
+        }
+        if limits.failures != failures {
+            failures = limits.failures;
+            failing = Arc::new(Budget::new(failures.0, failures.1));
+        }
         let ip = remote.ip().to_canonical();
         if !failing.allows(ip) {
             on_event(Event::Refused("failing-source"));
@@ -412,7 +455,8 @@ pub async fn serve(
         let conn = Conn {
             handler: handler.clone(),
             builder: builder.clone(),
-            tls: tls.clone(),
+            // A listener that started plain stays plain (its HTTP/1-only builder).
+            tls: if plain { None } else { s.tls.clone() },
             on_event: on_event.clone(),
             failing: failing.clone(),
             drain: drain.clone(),
@@ -426,7 +470,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if !conns.idle(limits.drain).await {
+    if !conns.idle(settings.load().limits.drain).await {
         tracing::warn!("drain deadline passed with connections still open");
     }
 }

@@ -7,7 +7,10 @@
 mod admin;
 pub mod listen;
 pub mod notify;
+mod reload;
 mod sip;
+
+pub use reload::{Control, ReloadError, Reloaded};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +21,15 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::drain::Drain;
-use crate::links::{LinkParts, Links, WireTap};
+use crate::links::peer::Identity;
+use crate::links::{LinkParts, Links, Live, WireTap};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{self, Gateway, Listener};
 use crate::resolve::{Clock, Resolver};
 use crate::store::Store;
 use crate::tls::{self, TlsError};
 use crate::token::TokenKeys;
+use reload::Which;
 
 pub use crate::links::TapDir;
 
@@ -49,6 +54,9 @@ pub enum StartError {
         /// Why.
         error: std::io::Error,
     },
+    /// The admin token file cannot be used.
+    #[error("{0}")]
+    Admin(String),
     /// Key file problem.
     #[error(transparent)]
     Keys(#[from] crate::token::KeyError),
@@ -95,6 +103,7 @@ pub struct Running {
     pub core_addr: Option<SocketAddr>,
     /// Bound admin listener.
     pub admin_addr: Option<SocketAddr>,
+    control: Arc<Control>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -108,6 +117,11 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
+    /// Reload (SIGHUP, `POST /reload`): see [`Control::reload`].
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.control.reload()
+    }
+
     /// Phase one of a graceful stop: refuse new requests with HTTP 503 (senders fail over;
     /// nothing accepted is lost) while answers to requests in flight are still taken in, and
     /// wait until those are finished (at most `[timeouts] drain` plus the request deadline).
@@ -152,11 +166,11 @@ fn gateway(cfg: Config, opts: &StartOptions, kept: Option<Vec<u8>>) -> Result<Ga
         cfg,
         dir,
         metrics,
-        resolver: resolver.clone(),
+        resolver,
         tap: opts.tap.clone(),
         drain: Drain::new(),
     })?;
-    Ok(Gateway::new(links, resolver))
+    Ok(Gateway::new(links))
 }
 
 /// The state store of `cfg`, opened (created and migrated as needed), and the token key it
@@ -190,29 +204,27 @@ const CERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// TLS for the peer listener: our certificate, and the peers' trust anchors for client
 /// certificates (optional there: association-authenticated peers have none).
-fn peer_tls(gw: &Gateway) -> Result<Acceptor, StartError> {
-    let cfg = gw.cfg();
-    let Some(identity) = gw.links.identity.clone() else {
+fn peer_tls(identity: Option<&Identity>, live: &Live) -> Result<Acceptor, StartError> {
+    let Some(identity) = identity.cloned() else {
         return Err(StartError::Tls(TlsError::Verifier(
             "peer listener without [tls] cert/key".into(),
         )));
     };
-    let roots = gw.links.peers.listener_roots()?;
+    let roots = live.peers.listener_roots()?;
     let sc = tls::server_config_from(identity, Some(roots), false)?;
     Ok((
         tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
-        cfg.timeouts.handshake,
+        live.cfg.timeouts.handshake,
     ))
 }
 
 /// TLS for the core listener, when `[core] tls` asks for it (client certificates required
 /// when the core authenticates by mTLS).
-fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
-    let cfg = gw.cfg();
+fn core_tls(identity: Option<&Identity>, cfg: &Config) -> Result<Option<Acceptor>, StartError> {
     let Some(c) = cfg.core.as_ref().filter(|c| c.tls) else {
         return Ok(None);
     };
-    let Some(identity) = gw.links.identity.clone() else {
+    let Some(identity) = identity.cloned() else {
         return Err(StartError::Tls(TlsError::Verifier(
             "core TLS without [tls] cert/key".into(),
         )));
@@ -230,53 +242,76 @@ fn core_tls(gw: &Gateway) -> Result<Option<Acceptor>, StartError> {
     )))
 }
 
-/// Everything `start` checks before it binds a port: the directory, the transaction-ID keys,
-/// our certificate and key (and that they match), every peer's and the core's trust anchors
-/// and pins, and the listeners' TLS. `ssp-gateway check` runs this, so a config that passes
-/// it fails to start only for want of its ports.
-pub fn check(cfg: Config) -> Result<Gateway, StartError> {
-    let gw = gateway(cfg, &StartOptions::default(), None)?;
-    if gw.cfg().listen.peer.is_some() {
-        peer_tls(&gw)?;
-    }
-    if gw.cfg().listen.core.is_some() {
-        core_tls(&gw)?;
-    }
-    Ok(gw)
+/// A listener's settings (TLS and bounds) under `live`.
+fn listener_settings(
+    identity: Option<&Identity>,
+    live: &Live,
+    which: Which,
+) -> Result<listen::Settings, StartError> {
+    let cfg = &live.cfg;
+    let (c, t) = (&cfg.limits, &cfg.timeouts);
+    let mut limits = listen::Limits {
+        max_connections: c.max_connections,
+        per_source: c.max_connections_per_source,
+        unauthenticated: c.max_unauthenticated,
+        unauthenticated_per_source: c.max_unauthenticated_per_source,
+        header: t.header,
+        idle: t.idle,
+        drain: t.drain,
+        failures: (cfg.policy.failure_rate, cfg.policy.failure_burst),
+    };
+    let tls = match which {
+        Which::Peer => Some(peer_tls(identity, live)?),
+        Which::Core => core_tls(identity, cfg)?,
+        Which::Admin => {
+            // A management listener: few connections, none of them from peers.
+            limits.max_connections = 64;
+            limits.unauthenticated = 64;
+            None
+        }
+    };
+    Ok(listen::Settings { tls, limits })
 }
 
-/// Reload (SIGHUP, `POST /reload`): the configuration file is read again and checked whole,
-/// as `check` does (everything it names loads: directory, keys, certificates, anchors,
-/// pins), then what can be live is put in use (`Gateway::reload_from`). Anything that fails
-/// refuses the reload whole: what runs stays, the error is logged and counted
-/// (`ssp_reloads_total{result="failed"}`). Sections that changed otherwise are named: they
-/// are in use after a restart.
-pub fn reload(gw: &Gateway) -> Result<pipeline::Reloaded, pipeline::ReloadError> {
-    let result = Config::load(&gw.cfg().path)
-        .map_err(pipeline::ReloadError::from)
-        .and_then(|new| {
-            check(new.clone()).map_err(|e| pipeline::ReloadError::Invalid(e.to_string()))?;
-            gw.reload_from(&new)
-        });
-    let m = gw.metrics();
-    match &result {
-        Ok(r) => {
-            m.reloads.with_label_values(&["ok"]).inc();
-            tracing::info!(entries = r.entries, "reloaded");
-            if !r.pending.is_empty() {
-                tracing::warn!(
-                    config = %gw.cfg().path.display(),
-                    sections = ?r.pending,
-                    "changed in the configuration, in use after a restart"
-                );
-            }
-        }
-        Err(e) => {
-            m.reloads.with_label_values(&["failed"]).inc();
-            tracing::error!(error = %e, "reload refused; what runs stays in use");
-        }
+/// The admin bearer token of `[listen] admin_token_file`, if configured: the file's first
+/// line, at least 16 characters.
+fn admin_token(cfg: &Config) -> Result<Option<String>, StartError> {
+    let Some(path) = &cfg.listen.admin_token_file else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        StartError::Admin(format!(
+            "{} ([listen] admin_token_file in {}): {why}",
+            path.display(),
+            cfg.path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "the first line must be a token of at least 16 printable characters".into(),
+        ));
     }
-    result
+    Ok(Some(token.to_owned()))
+}
+
+/// Everything `start` checks before it binds a port: the directory, the transaction-ID keys,
+/// our certificate and key (and that they match), every peer's and the core's trust anchors
+/// and pins, the listeners' TLS, and the admin token. `ssp-gateway check` runs this, so a
+/// config that passes it fails to start only for want of its ports.
+pub fn check(cfg: Config) -> Result<Gateway, StartError> {
+    let gw = gateway(cfg, &StartOptions::default(), None)?;
+    let (cfg, live) = (gw.cfg(), gw.links.live());
+    let identity = gw.links.identity.as_ref();
+    if cfg.listen.peer.is_some() {
+        listener_settings(identity, &live, Which::Peer)?;
+    }
+    if cfg.listen.core.is_some() {
+        listener_settings(identity, &live, Which::Core)?;
+    }
+    admin_token(&cfg)?;
+    Ok(gw)
 }
 
 /// A listener's address for the log: the address, or `off`.
@@ -313,55 +348,35 @@ async fn listener(
     }
 }
 
-/// What a listener serves.
-#[derive(Debug, Clone, Copy)]
-enum Serves {
-    /// SSP: the request path.
-    Pipeline(Listener),
-    /// The admin endpoints.
-    Admin,
-}
-
-/// The accept loop of one listener: its TLS, its handler, its bounds.
+/// The accept loop of one listener: its TLS, its handler, its bounds (settings a reload
+/// swaps, registered with `ctl`).
 fn serve(
-    gw: &Arc<Gateway>,
-    serves: Serves,
+    ctl: &Arc<Control>,
+    which: Which,
     l: TcpListener,
 ) -> Result<impl std::future::Future<Output = ()> + use<>, StartError> {
-    let cfg = gw.cfg();
+    let gw = &ctl.gw;
     let g = gw.clone();
-    let (c, t) = (&cfg.limits, &cfg.timeouts);
-    let mut limits = listen::Limits {
-        max_connections: c.max_connections,
-        per_source: c.max_connections_per_source,
-        unauthenticated: c.max_unauthenticated,
-        unauthenticated_per_source: c.max_unauthenticated_per_source,
-        header: t.header,
-        idle: t.idle,
-        drain: t.drain,
-        failures: (cfg.policy.failure_rate, cfg.policy.failure_burst),
-    };
-    let (tls, handler, label): (_, listen::Handler, _) = match serves {
-        Serves::Pipeline(which) => {
-            let (tls, label) = match which {
-                Listener::Peer => (Some(peer_tls(gw)?), "peer"),
-                Listener::Core => (core_tls(gw)?, "core"),
+    let settings = listener_settings(gw.links.identity.as_ref(), &gw.links.live(), which)?;
+    let (handler, label): (listen::Handler, _) = match which {
+        Which::Peer | Which::Core => {
+            let (listener, label) = match which {
+                Which::Peer => (Listener::Peer, "peer"),
+                _ => (Listener::Core, "core"),
             };
             let handler: listen::Handler = Arc::new(move |req, info| {
                 let g = g.clone();
-                Box::pin(async move { pipeline::handle(&g, which, req, info).await })
+                Box::pin(async move { pipeline::handle(&g, listener, req, info).await })
             });
-            (tls, handler, label)
+            (handler, label)
         }
-        Serves::Admin => {
-            // A management listener: few connections, none of them from peers.
-            limits.max_connections = 64;
-            limits.unauthenticated = 64;
+        Which::Admin => {
+            let c = ctl.clone();
             let handler: listen::Handler = Arc::new(move |req, _info| {
-                let g = g.clone();
-                Box::pin(async move { crate::ops::admin::handle(&admin::Ops(g), req).await })
+                let c = c.clone();
+                Box::pin(async move { crate::ops::admin::handle(&admin::Ops(c), req).await })
             });
-            (None, handler, "admin")
+            (handler, "admin")
         }
     };
     let g = gw.clone();
@@ -396,12 +411,11 @@ fn serve(
             }
         }
     });
-    Ok(listen::serve(
+    Ok(listen::serve_live(
         l,
-        tls,
+        reload::register(ctl, which, settings),
         handler,
         gw.drain().clone(),
-        limits,
         on_event,
     ))
 }
@@ -410,6 +424,15 @@ fn serve(
 pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, StartError> {
     let (store, kept) = open_store(&cfg).await?;
     let gw = Arc::new(gateway(cfg, &opts, Some(kept))?.keeping(store));
+    let ctl = Arc::new(Control {
+        gw: gw.clone(),
+        resolver: match opts.resolver {
+            Some(_) => reload::ResolverSource::Given,
+            None => reload::ResolverSource::Config(opts.clock.clone().unwrap_or(Clock::System)),
+        },
+        admin_token: arc_swap::ArcSwapOption::from(admin_token(gw.cfg().as_ref())?.map(Arc::new)),
+        listening: std::sync::Mutex::default(),
+    });
     // What this replica's previous process held is free at once (it is gone); taken up by
     // the take-over loop below.
     let released = pipeline::release(&gw).await?;
@@ -418,27 +441,17 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     let mut tasks = Vec::new();
     let pre = std::mem::take(&mut opts.listeners);
     let mut addrs = [None; 3];
-    for (slot, (serves, pre, addr, key)) in [
-        (
-            Serves::Pipeline(Listener::Peer),
-            pre.peer,
-            cfg.listen.peer,
-            "peer",
-        ),
-        (
-            Serves::Pipeline(Listener::Core),
-            pre.core,
-            cfg.listen.core,
-            "core",
-        ),
-        (Serves::Admin, pre.admin, cfg.listen.admin, "admin"),
+    for (slot, (which, pre, addr, key)) in [
+        (Which::Peer, pre.peer, cfg.listen.peer, "peer"),
+        (Which::Core, pre.core, cfg.listen.core, "core"),
+        (Which::Admin, pre.admin, cfg.listen.admin, "admin"),
     ]
     .into_iter()
     .enumerate()
     {
         if let Some(l) = listener(pre, addr, key, &cfg.path).await? {
             addrs[slot] = l.local_addr().ok();
-            tasks.push(tokio::spawn(serve(&gw, serves, l)?));
+            tasks.push(tokio::spawn(serve(&ctl, which, l)?));
         }
     }
 
@@ -482,9 +495,10 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         // domains); forget those back at a full bucket, or new keys would grow them for ever.
         let g = gw.clone();
         tasks.push(drain.every(std::time::Duration::from_secs(10), move || {
-            g.originators.retain_recent();
-            g.originators.shrink_to_fit();
-            g.links.assoc_bounds.shrink();
+            let originators = g.originators.load();
+            originators.retain_recent();
+            originators.shrink_to_fit();
+            g.links.live.load().assoc_bounds.shrink();
             std::future::ready(())
         }));
     }
@@ -522,6 +536,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     );
     Ok(Running {
         gateway: gw,
+        control: ctl,
         peer_addr,
         core_addr,
         admin_addr,

@@ -122,6 +122,8 @@ pub(super) struct RawListen {
     pub(super) peer: Option<String>,
     pub(super) core: Option<String>,
     pub(super) admin: Option<String>,
+    #[serde(default)]
+    pub(super) admin_token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -56,6 +56,9 @@ pub struct Listen {
     pub core: Option<std::net::SocketAddr>,
     /// Admin listener (/metrics, /health, /ready, /reload).
     pub admin: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token the admin listener's mutating endpoints (`POST
+    /// /reload`) ask for (none: they are open to whoever reaches the listener).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `[tls]`.

@@ -90,7 +90,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);
-    let listen = listen(check, &raw.listen);
+    let listen = listen(check, base, &raw.listen);
     let tls = TlsSpec {
         cert: raw
             .tls
@@ -364,7 +364,7 @@ fn routes(check: &mut Check<'_>, peers: &[PeerSpec], raw: Vec<RawRoute>) -> Vec<
 }
 
 /// `[listen]`: the listeners' addresses.
-fn listen(check: &mut Check<'_>, l: &RawListen) -> Listen {
+fn listen(check: &mut Check<'_>, base: &Path, l: &RawListen) -> Listen {
     let mut addr = |key: &str, v: &Option<String>| {
         v.as_deref()
             .and_then(|a| match a.parse::<std::net::SocketAddr>() {
@@ -382,6 +382,10 @@ fn listen(check: &mut Check<'_>, l: &RawListen) -> Listen {
         peer: addr("peer", &l.peer),
         core: addr("core", &l.core),
         admin: addr("admin", &l.admin),
+        admin_token_file: l
+            .admin_token_file
+            .as_deref()
+            .map(|p| Config::resolve_path(base, p)),
     }
 }
 

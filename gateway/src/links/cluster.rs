@@ -89,27 +89,28 @@ pub(crate) enum Handoff {
 
 impl Links {
     /// The admin URL of the replica that issued `tok`, when that is another replica.
-    pub(crate) fn sibling_of(&self, tok: &Token) -> Option<&http::Uri> {
+    pub(crate) fn sibling_of(&self, tok: &Token) -> Option<http::Uri> {
         self.siblings.as_ref()?;
         let replica = tok.replica();
-        if replica == self.cfg.cluster.replica {
+        let cfg = self.cfg();
+        if replica == cfg.cluster.replica {
             return None;
         }
-        self.cfg.cluster.siblings.get(usize::from(replica))
+        cfg.cluster.siblings.get(usize::from(replica)).cloned()
     }
 
     /// One attempt to hand `t` to the replica that issued `tok`.
     pub(crate) async fn hand_off(&self, tok: &Token, t: &Transaction) -> Option<Handoff> {
         let client = self.siblings.as_ref()?;
-        let url = admin_url(self.sibling_of(tok)?, "/cluster/answer")?;
+        let url = admin_url(&self.sibling_of(tok)?, "/cluster/answer")?;
         let body = Message::session("cluster", vec![t.clone()]).emit(NS_WV_SSP_13);
-        let mac = self.keys.sign(body.as_bytes());
+        let mac = self.live.load().keys.sign(body.as_bytes());
         let result = match client
             .post(
                 &url,
                 body,
                 &[(MAC_HEADER, mac)],
-                self.cfg.timeouts.connect.saturating_mul(2),
+                self.cfg().timeouts.connect.saturating_mul(2),
             )
             .await
         {
@@ -140,7 +141,7 @@ impl Links {
     /// `POST /cluster/self`: who this replica is, told to a sibling that proves it holds our
     /// key (the body signed as a hand-over is); 401 otherwise.
     pub fn self_report(&self, body: &[u8], mac: Option<&str>) -> (StatusCode, String) {
-        if !mac.is_some_and(|m| self.keys.verify(body, m)) {
+        if !mac.is_some_and(|m| self.live.load().keys.verify(body, m)) {
             return (
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong hand-over MAC\n".into(),
@@ -148,7 +149,7 @@ impl Links {
         }
         (
             StatusCode::OK,
-            report(self.cfg.cluster.replica, self.keys.instance()),
+            report(self.cfg().cluster.replica, self.live.load().keys.instance()),
         )
     }
 
@@ -159,11 +160,11 @@ impl Links {
         let Some(client) = self.siblings.as_ref() else {
             return Vec::new();
         };
-        let me = self.cfg.cluster.replica;
-        let body = report(me, self.keys.instance());
-        let mac = self.keys.sign(body.as_bytes());
+        let me = self.cfg().cluster.replica;
+        let body = report(me, self.live.load().keys.instance());
+        let mac = self.live.load().keys.sign(body.as_bytes());
         let mut found = Vec::new();
-        for (i, base) in self.cfg.cluster.siblings.iter().enumerate() {
+        for (i, base) in self.cfg().cluster.siblings.iter().enumerate() {
             let Some(url) = admin_url(base, "/cluster/self") else {
                 continue;
             };
@@ -172,12 +173,14 @@ impl Links {
                     &url,
                     body.clone(),
                     &[(MAC_HEADER, mac.clone())],
-                    self.cfg.timeouts.connect.saturating_mul(2),
+                    self.cfg().timeouts.connect.saturating_mul(2),
                 )
                 .await;
             let what = match answer {
                 Ok((StatusCode::OK, b)) => match parse_report(&b) {
-                    Some((r, inst)) if i == usize::from(me) && inst != self.keys.instance() => {
+                    Some((r, inst))
+                        if i == usize::from(me) && inst != self.live.load().keys.instance() =>
+                    {
                         Some(format!(
                             "our own entry is answered by another process (replica {r}, \
                              instance {inst:08x}): two replicas have index {me}, or the list \
@@ -241,13 +244,13 @@ mod tests {
         let body = b"replica 1 instance 01000000\n";
         let (st, _) = links.self_report(body, None);
         assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let (st, _) = links.self_report(body, Some(&links.keys.sign(b"other")));
+        let (st, _) = links.self_report(body, Some(&links.live.load().keys.sign(b"other")));
         assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let (st, text) = links.self_report(body, Some(&links.keys.sign(body)));
+        let (st, text) = links.self_report(body, Some(&links.live.load().keys.sign(body)));
         assert_eq!(st, StatusCode::OK);
         assert_eq!(
             parse_report(text.as_bytes()),
-            Some((0, links.keys.instance()))
+            Some((0, links.live.load().keys.instance()))
         );
         for bad in [
             "",

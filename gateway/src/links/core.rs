@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::exchange::{Outgoing, Target};
 use super::http::{Connector, SspClient};
 use super::peer::Identity;
-use super::{Links, Part};
+use super::{Links, Live, Part};
 use crate::config::{Config, CoreAuth, ResponseMode};
 use crate::error::{Failure, Kind, Side};
 use crate::rewrite::{Direction, PeerView};
@@ -93,36 +93,17 @@ impl CoreLink {
 }
 
 impl Links {
-    fn core_link(&self) -> Result<&CoreLink, Failure> {
-        self.core
-            .as_ref()
-            .ok_or_else(|| Failure::local(Kind::Unreachable, "no [core] configured"))
-    }
-
     fn core_associates(&self) -> bool {
-        self.cfg
+        self.cfg()
             .core
             .as_ref()
             .is_some_and(|c| c.auth == CoreAuth::Association)
     }
 
-    /// How the core wants IDs written (for inbound rewriting).
-    pub(crate) fn core_view(&self) -> PeerView<'_> {
-        PeerView {
-            style: self
-                .cfg
-                .core
-                .as_ref()
-                .map(|c| c.id_style)
-                .unwrap_or_default(),
-            domain: Some(self.rw.public_domain()),
-        }
-    }
-
     /// Our session ID towards the core: the association's when the core associates.
-    fn core_session(&self, core: &CoreLink) -> String {
+    fn core_session(&self, live: &Live, core: &CoreLink) -> String {
         if self.core_associates()
-            && let Some(e) = self.assoc.established(self.rw.primary_core_domain())
+            && let Some(e) = self.assoc.established(live.rw.primary_core_domain())
         {
             return e.our_session;
         }
@@ -135,11 +116,12 @@ impl Links {
         request: Primitive,
         part: Part<'_>,
     ) -> Result<Primitive, Failure> {
-        let core = self.core_link()?;
+        let live = self.live();
+        let core = core_link(&live)?;
         let target = core.target();
-        let deadline = Instant::now() + self.cfg.timeouts.request;
+        let deadline = Instant::now() + live.cfg.timeouts.request;
         let session = if self.core_associates() {
-            let domain = self.rw.primary_core_domain().to_owned();
+            let domain = live.rw.primary_core_domain().to_owned();
             self.associate(&domain, &target, NS_WV_SSP_13, deadline)
                 .await?
                 .our_session
@@ -155,8 +137,8 @@ impl Links {
             vec![Transaction::request(issued.tid.clone(), request)],
         );
         let dir = self.dir.load();
-        self.rw
-            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
+        live.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, core_view(&live));
         drop(dir);
         let body = msg.emit(NS_WV_SSP_13);
         let out = Outgoing {
@@ -171,22 +153,44 @@ impl Links {
 
     /// Answers serialised for the core (IDs mapped to the core's), and the message.
     pub(crate) fn core_body(&self, answers: Vec<Transaction>) -> (Message, String) {
-        let session = match &self.core {
-            Some(c) => self.core_session(c),
+        let live = self.live();
+        let session = match &live.core {
+            Some(c) => self.core_session(&live, c),
             None => String::new(),
         };
         let mut msg = Message::session(session, answers);
         let dir = self.dir.load();
-        self.rw
-            .rewrite(&dir, &mut msg, Direction::Inbound, self.core_view());
+        live.rw
+            .rewrite(&dir, &mut msg, Direction::Inbound, core_view(&live));
         let body = msg.emit(NS_WV_SSP_13);
         (msg, body)
     }
 
     /// POST answers to an asynchronous core; false if they could not be delivered.
     pub(crate) async fn answers_to_core(&self, answers: Vec<Transaction>) -> bool {
-        let Some(core) = &self.core else { return false };
+        let live = self.live();
+        let Some(core) = &live.core else { return false };
         let (msg, body) = self.core_body(answers);
         self.deliver_answers_to(&core.target(), &msg, body).await
+    }
+}
+
+/// The core's link in `live`.
+fn core_link(live: &Live) -> Result<&CoreLink, Failure> {
+    live.core
+        .as_ref()
+        .ok_or_else(|| Failure::local(Kind::Unreachable, "no [core] configured"))
+}
+
+/// How the core wants IDs written (for inbound rewriting).
+pub(crate) fn core_view(live: &Live) -> PeerView<'_> {
+    PeerView {
+        style: live
+            .cfg
+            .core
+            .as_ref()
+            .map(|c| c.id_style)
+            .unwrap_or_default(),
+        domain: Some(live.rw.public_domain()),
     }
 }

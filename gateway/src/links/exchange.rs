@@ -187,7 +187,7 @@ impl Links {
         if body.is_empty() {
             return None;
         }
-        let msg = self.codec.parse(body).ok()?;
+        let msg = self.live.load().codec.parse(body).ok()?;
         let Body::Session(s) = msg.body else {
             return None;
         };
@@ -278,7 +278,7 @@ impl Links {
         body: String,
     ) -> bool {
         let delivered = self
-            .deliver(target, msg, body, self.cfg.timeouts.request)
+            .deliver(target, msg, body, self.cfg().timeouts.request)
             .await;
         if !delivered {
             self.metrics

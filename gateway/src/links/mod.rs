@@ -179,40 +179,103 @@ pub struct Part<'a> {
     pub issued: Option<&'a Issued>,
 }
 
-/// Every link of one gateway.
-pub struct Links {
-    /// The configuration.
+/// What one configuration builds, and a reload replaces whole: a request reads it once per
+/// step ([`Links::live`]), so a reload never shows it half of an old configuration and half
+/// of a new one. What must outlive a reload (requests in flight, associations, the
+/// directory, metrics) is beside it in [`Links`].
+pub(crate) struct Live {
+    /// Which build this is (each is one more than the last): what was worked out under an
+    /// older one (a connection's peer) is worked out again.
+    pub(crate) generation: u64,
+    /// The configuration in use (sections a reload cannot change are the running ones).
     pub(crate) cfg: Arc<Config>,
-    /// Subscriber directory (swapped on reload).
-    pub(crate) dir: ArcSwap<Directory>,
     /// ID rewriting.
     pub(crate) rw: Rewriter,
     /// SSP parsing.
     pub(crate) codec: Codec,
-    /// Transaction-ID tokens.
+    /// Transaction-ID tokens: the signing key, and retired keys still opening answers.
     pub(crate) keys: TokenKeys,
-    /// Requests waiting for asynchronous answers.
-    pub(crate) pending: Pending,
     /// SSP peers.
     pub(crate) peers: PeerTable,
-    /// SSP associations (both roles).
-    pub(crate) assoc: Associations,
     /// The core.
     pub(crate) core: Option<CoreLink>,
+    /// DNS, for destinations and peers known only by their domain.
+    pub(crate) resolver: Option<Arc<Resolver>>,
+    /// Bounds of the association's responder role.
+    pub(crate) assoc_bounds: Arc<assoc::Bounds>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("config", &self.cfg.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Everything `cfg` names, built now (TLS profiles, trust anchors, pins), so mistakes
+    /// surface before anything is put in use. `previous`: what runs now, whose per-peer
+    /// session IDs and association bounds carry over.
+    pub(crate) fn build(
+        cfg: Arc<Config>,
+        identity: Option<&peer::Identity>,
+        keys: TokenKeys,
+        resolver: Option<Arc<Resolver>>,
+        previous: Option<&Live>,
+    ) -> Result<Live, TlsError> {
+        let peers = PeerTable::new(cfg.clone(), identity.cloned(), previous.map(|p| &p.peers))?;
+        let core = CoreLink::new(&cfg, identity)?;
+        let (rate, burst) = (cfg.policy.association_rate, cfg.policy.association_burst);
+        let assoc_bounds = match previous {
+            Some(p)
+                if (
+                    p.cfg.policy.association_rate,
+                    p.cfg.policy.association_burst,
+                ) == (rate, burst) =>
+            {
+                p.assoc_bounds.clone()
+            }
+            _ => Arc::new(assoc::Bounds::new(rate, burst)),
+        };
+        static BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Ok(Live {
+            generation: BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            rw: Rewriter::new(&cfg),
+            codec: Codec {
+                limits: cfg.limits.xml,
+                extra_namespaces: cfg.operator.extra_namespaces.clone(),
+            },
+            keys,
+            peers,
+            core,
+            resolver,
+            assoc_bounds,
+            cfg,
+        })
+    }
+}
+
+/// Every link of one gateway.
+pub struct Links {
+    /// What the configuration in use built (swapped whole on reload).
+    pub(crate) live: ArcSwap<Live>,
+    /// Subscriber directory (swapped on reload).
+    pub(crate) dir: ArcSwap<Directory>,
+    /// Requests waiting for asynchronous answers.
+    pub(crate) pending: Pending,
+    /// SSP associations (both roles).
+    pub(crate) assoc: Associations,
     /// Our certificate and key (`[tls]`), for every listener and client that presents them.
     pub(crate) identity: Option<peer::Identity>,
     /// Client for the other replicas' admin listeners (`[cluster] siblings`).
     pub(crate) siblings: Option<SspClient>,
-    /// DNS, for peers known only by their domain.
-    pub(crate) resolver: Option<Arc<Resolver>>,
     /// Metrics.
     pub(crate) metrics: Metrics,
     /// The shutdown handle: deliveries spawned here are waited for.
     pub(crate) drain: Drain,
     /// Log lines of events a far side can cause, sampled.
     pub(crate) logs: crate::ops::logs::Sampler,
-    /// Bounds of the association's responder role.
-    pub(crate) assoc_bounds: Arc<assoc::Bounds>,
     /// The SIP/SIMPLE translator, once its listeners are bound (`[sip]`).
     pub(crate) sip: std::sync::OnceLock<sip::SipLink>,
     assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -222,7 +285,7 @@ pub struct Links {
 impl std::fmt::Debug for Links {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Links")
-            .field("public_domain", &self.cfg.operator.public_domain)
+            .field("public_domain", &self.cfg().operator.public_domain)
             .finish_non_exhaustive()
     }
 }
@@ -251,37 +314,26 @@ impl Links {
     pub fn new(p: LinkParts) -> Result<Links, TlsError> {
         let cfg = p.cfg;
         let identity = peer::identity(&cfg)?;
-        let peers = PeerTable::new(cfg.clone(), identity.clone())?;
-        let core = CoreLink::new(&cfg, identity.as_ref())?;
         let t = &cfg.timeouts;
+        let siblings = (!cfg.cluster.siblings.is_empty()).then(|| {
+            SspClient::new(
+                http::Connector::new(None, t.connect, t.handshake),
+                t.idle,
+                cfg.limits.xml.max_body,
+            )
+        });
+        let assoc = Associations::new(
+            &cfg.operator.public_domain,
+            std::time::Duration::from_secs(86_400),
+        );
+        let live = Live::build(cfg, identity.as_ref(), p.keys, p.resolver, None)?;
         Ok(Links {
+            live: ArcSwap::from_pointee(live),
             identity,
-            rw: Rewriter::new(&cfg),
-            codec: Codec {
-                limits: cfg.limits.xml,
-                extra_namespaces: cfg.operator.extra_namespaces.clone(),
-            },
             dir: ArcSwap::from_pointee(p.dir),
-            keys: p.keys,
             pending: Pending::new(),
-            peers,
-            assoc: Associations::new(
-                &cfg.operator.public_domain,
-                std::time::Duration::from_secs(86_400),
-            ),
-            core,
-            siblings: (!cfg.cluster.siblings.is_empty()).then(|| {
-                SspClient::new(
-                    http::Connector::new(None, t.connect, t.handshake),
-                    t.idle,
-                    cfg.limits.xml.max_body,
-                )
-            }),
-            resolver: p.resolver,
-            assoc_bounds: Arc::new(assoc::Bounds::new(
-                cfg.policy.association_rate,
-                cfg.policy.association_burst,
-            )),
+            assoc,
+            siblings,
             logs: crate::ops::logs::Sampler::new(
                 crate::ops::logs::EVERY,
                 p.metrics.log_suppressed.clone(),
@@ -291,8 +343,17 @@ impl Links {
             sip: std::sync::OnceLock::new(),
             assoc_locks: std::sync::Mutex::new(HashMap::new()),
             tap: p.tap,
-            cfg,
         })
+    }
+
+    /// What the configuration in use built.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The configuration in use.
+    pub(crate) fn cfg(&self) -> Arc<Config> {
+        self.live.load().cfg.clone()
     }
 
     /// Send one request part to `dest` and return its answer primitive (IDs in public form
@@ -328,11 +389,12 @@ impl Links {
     /// A fresh token on `leg` for `part` (`peer`: the domain it names).
     pub(crate) fn issue_for(&self, leg: Leg, part: Part<'_>, peer: &str) -> Issued {
         let request_id = self.pending.next_id();
+        let live = self.live.load();
         Issued {
-            tid: self
+            tid: live
                 .keys
                 .issue(leg, request_id, part.index, part.of, part.origin_tid, peer),
-            instance: self.keys.instance(),
+            instance: live.keys.instance(),
             request_id,
         }
     }
@@ -340,7 +402,13 @@ impl Links {
     /// How `origin` wants its answers: in the HTTP response, or as POSTs of their own.
     pub fn answer_mode(&self, origin: &Origin) -> ResponseMode {
         match origin {
-            Origin::Core => self.core.as_ref().map(|c| c.mode).unwrap_or_default(),
+            Origin::Core => self
+                .live
+                .load()
+                .core
+                .as_ref()
+                .map(|c| c.mode)
+                .unwrap_or_default(),
             Origin::Peer(p) => p.cfg.mode,
             // Answered in the SIP transaction, like a synchronous sender.
             Origin::Sip(_) => ResponseMode::Sync,

@@ -110,8 +110,14 @@ fn quota(rate: u32, burst: u32) -> Quota {
 }
 
 impl PeerTable {
-    /// Build every configured peer now, so TLS mistakes surface at start-up.
-    pub(crate) fn new(cfg: Arc<Config>, identity: Option<Identity>) -> Result<PeerTable, TlsError> {
+    /// Build every configured peer now, so TLS mistakes surface at start-up (or refuse a
+    /// reload). `previous`: the table in use before a reload; our session ID towards each of
+    /// its peers carries over, so a peer correlating by it sees no change.
+    pub(crate) fn new(
+        cfg: Arc<Config>,
+        identity: Option<Identity>,
+        previous: Option<&PeerTable>,
+    ) -> Result<PeerTable, TlsError> {
         let default_roots = if cfg.tls.trust.is_empty() {
             None
         } else {
@@ -125,7 +131,11 @@ impl PeerTable {
             peers: Mutex::new(HashMap::new()),
         };
         for p in &cfg.peers {
-            let rt = Arc::new(t.build(p.clone())?);
+            let mut rt = t.build(p.clone())?;
+            if let Some(old) = previous.and_then(|o| o.peers.lock().ok()?.get(&p.domain).cloned()) {
+                rt.session_id = old.session_id.clone();
+            }
+            let rt = Arc::new(rt);
             if let Ok(mut m) = t.peers.lock() {
                 m.insert(p.domain.clone(), rt);
             }
@@ -291,7 +301,7 @@ impl Links {
         if !peer.urls.is_empty() {
             return peer.urls.clone();
         }
-        match &self.resolver {
+        match self.live().resolver.clone() {
             Some(r) => r.peer_urls(&peer.cfg.domain).await,
             None => Vec::new(),
         }
@@ -305,7 +315,7 @@ impl Links {
         request: Primitive,
         part: Part<'_>,
     ) -> Result<Primitive, Failure> {
-        let peer = self.peers.get(&r.domain).ok_or_else(|| {
+        let peer = self.live.load().peers.get(&r.domain).ok_or_else(|| {
             Failure::local(
                 Kind::Unreachable,
                 format!("no TLS profile for {}", r.domain),
@@ -317,7 +327,7 @@ impl Links {
             r.urls.iter().filter_map(|u| u.parse().ok()).collect()
         };
         let target = peer.target(&urls);
-        let deadline = Instant::now() + self.cfg.timeouts.request;
+        let deadline = Instant::now() + self.cfg().timeouts.request;
         let session = if peer.cfg.auth == PeerAuth::Association {
             self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline)
                 .await?
@@ -339,9 +349,11 @@ impl Links {
             vec![Transaction::request(issued.tid.clone(), request)],
         );
         let dir = self.dir.load();
-        let body = self
-            .rw
-            .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
+        let body =
+            self.live
+                .load()
+                .rw
+                .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
         drop(dir);
         let out = Outgoing {
             msg: &msg,
@@ -358,9 +370,11 @@ impl Links {
     pub(crate) fn peer_body(&self, peer: &PeerRt, answers: Vec<Transaction>) -> (Message, String) {
         let mut msg = Message::session(self.session_towards(peer), answers);
         let dir = self.dir.load();
-        let body = self
-            .rw
-            .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
+        let body =
+            self.live
+                .load()
+                .rw
+                .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
         (msg, body)
     }
 

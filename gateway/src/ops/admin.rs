@@ -4,8 +4,12 @@
 //! certificates in use), `POST /cluster/answer` (an answer handed over
 //! by another replica; it only completes requests whose HMAC-signed transaction IDs this
 //! process issued), `POST /cluster/self` (this replica's index and process, for a sibling
-//! that signs its request with the shared key). Bind it to a management address only: it has
-//! no authentication of its own.
+//! that signs its request with the shared key).
+//!
+//! Bind it to a management address. `POST /reload` asks for `Authorization: Bearer TOKEN`
+//! when `[listen] admin_token_file` is set (401 otherwise); the cluster endpoints are
+//! authenticated by the HMAC of the shared key; the `GET` endpoints are read-only. A known
+//! path with the wrong method gets 405 with `Allow`, an unknown one 404.
 //!
 //! What these endpoints need of the running gateway is the [`Admin`] trait; the service
 //! implements it, so this module knows nothing of the request path.
@@ -25,6 +29,9 @@ pub(crate) const MAC_HEADER: &str = "ssp-handoff-mac";
 pub(crate) trait Admin {
     /// The Prometheus text exposition.
     fn metrics_text(&self) -> String;
+    /// Whether a mutating request with this bearer token (none: no `Authorization: Bearer`)
+    /// may proceed.
+    fn authorized(&self, bearer: Option<&[u8]>) -> bool;
     /// Whether the gateway takes new requests (`Err` while draining), with a one-line summary.
     fn ready(&self) -> Result<String, String>;
     /// Reload; the summary of what was loaded, or why nothing was.
@@ -71,8 +78,56 @@ async fn signed(
     }
 }
 
+/// The admin endpoints: path, and the one method each answers.
+const ENDPOINTS: [(&str, Method); 6] = [
+    ("/metrics", Method::GET),
+    ("/health", Method::GET),
+    ("/ready", Method::GET),
+    ("/reload", Method::POST),
+    ("/cluster/self", Method::POST),
+    ("/cluster/answer", Method::POST),
+];
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
+    let v = req.headers().get(http::header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at(v.iter().position(|&b| b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+}
+
 /// Handle one admin request.
 pub(crate) async fn handle(gw: &impl Admin, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path();
+    match ENDPOINTS.iter().find(|(p, _)| *p == path) {
+        None => return text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+        Some((_, m)) if m != req.method() => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} takes {m}\n"),
+                "text/plain",
+            );
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static(if *m == Method::GET { "GET" } else { "POST" }),
+            );
+            return r;
+        }
+        Some(_) => {}
+    }
+    if path == "/reload" && !gw.authorized(bearer(&req)) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is needed (Authorization: Bearer, [listen] admin_token_file)\n".into(),
+            "text/plain",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"ssp-gateway admin\""),
+        );
+        return r;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,

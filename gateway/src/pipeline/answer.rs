@@ -40,7 +40,7 @@ pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result
         Origin::Core => Side::Core,
         Origin::Peer(_) | Origin::Sip(_) => Side::Peer,
     };
-    let tok = match links.keys.open(&t.transaction_id) {
+    let tok = match links.live.load().keys.open(&t.transaction_id) {
         Ok(tok) if tok.leg == leg && (leg == Leg::ToCore || tok.peer == from.domain()) => tok,
         Ok(_) => {
             gw.metrics()
@@ -70,7 +70,7 @@ pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result
             ));
         }
     };
-    let ours = tok.instance == links.keys.instance();
+    let ours = tok.instance == links.live.load().keys.instance();
     if links
         .pending
         .complete((tok.instance, tok.request_id), t.clone())
@@ -151,7 +151,7 @@ async fn unclaimed(gw: &Arc<Gateway>, tok: Token, t: Transaction, leg: Leg, ours
     let answer = Transaction::response(tok.origin_tid.clone(), t.primitive);
     let origin = match leg {
         Leg::ToPeer => Some(Origin::Core),
-        Leg::ToCore => gw.links.peers.get(&tok.peer).map(Origin::Peer),
+        Leg::ToCore => gw.links.live.load().peers.get(&tok.peer).map(Origin::Peer),
     };
     let delivered = match origin {
         Some(o) => gw.links.deliver_answers(&o, vec![answer]).await,
@@ -240,13 +240,13 @@ pub(crate) fn take_handed_answer(
     mac: Option<&str>,
 ) -> (StatusCode, String) {
     let links = &gw.links;
-    if !mac.is_some_and(|m| links.keys.verify(body, m)) {
+    if !mac.is_some_and(|m| links.live.load().keys.verify(body, m)) {
         return (
             StatusCode::UNAUTHORIZED,
             "missing or wrong hand-over MAC\n".into(),
         );
     }
-    let msg = match links.codec.parse(body) {
+    let msg = match links.live.load().codec.parse(body) {
         Ok(m) => m,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
@@ -263,7 +263,7 @@ pub(crate) fn take_handed_answer(
             "only answers are handed over\n".into(),
         );
     }
-    let tok = match links.keys.open(&t.transaction_id) {
+    let tok = match links.live.load().keys.open(&t.transaction_id) {
         Ok(tok) => tok,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
@@ -276,7 +276,7 @@ pub(crate) fn take_handed_answer(
         handoffs.with_label_values(&["received"]).inc();
         return (StatusCode::OK, "delivered\n".into());
     }
-    let ours = tok.instance == links.keys.instance();
+    let ours = tok.instance == links.live.load().keys.instance();
     if !ours && tok.replica() != gw.cfg().cluster.replica {
         handoffs.with_label_values(&["not-ours"]).inc();
         return (StatusCode::CONFLICT, "not issued by this replica\n".into());
@@ -303,8 +303,8 @@ mod tests {
 
     #[tokio::test]
     async fn handed_answers_are_authenticated_and_claimed_only_by_their_issuer() {
-        let gw = Arc::new(Gateway::new(crate::links::tests::links(), None));
-        let keys = &gw.links.keys;
+        let gw = Arc::new(Gateway::new(crate::links::tests::links()));
+        let keys = &gw.links.live.load().keys;
         let ours = keys.issue(Leg::ToPeer, 42, 0, 1, "core-t1", "opy.example");
         let body = answer(&ours, Mode::Response);
         let mac = keys.sign(body.as_bytes());

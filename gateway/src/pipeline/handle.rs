@@ -93,7 +93,7 @@ pub async fn handle(
         .transactions
         .iter()
         .any(|t| t.mode == Mode::Response)
-        && !gw.forged.allows(source)
+        && !gw.forged.load().allows(source)
     {
         gw.metrics().refused.with_label_values(&["rate"]).inc();
         return refuse(&Failure::new(
@@ -113,7 +113,7 @@ pub async fn handle(
                 match answer::accept(gw, t, &origin) {
                     Ok(()) => answers_taken += 1,
                     Err(f) => {
-                        gw.forged.fail(source);
+                        gw.forged.load().fail(source);
                         immediate.push(Transaction::response(tid, Primitive::Status(f.status())))
                     }
                 }

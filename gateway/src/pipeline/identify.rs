@@ -23,9 +23,10 @@ fn refused(gw: &Gateway, f: Failure) -> Failure {
 
 /// Which configured peer a connection or session is.
 pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<PeerRt>, Failure> {
-    let peers = &gw.links.peers;
+    let live = gw.links.live();
+    let peers = &live.peers;
     if let Some(certs) = info.certs.as_deref().filter(|c| !c.is_empty()) {
-        let listed = info.memo.listed.get_or_init(|| {
+        let listed = info.memo.listed(live.generation, || {
             peers
                 .all()
                 .into_iter()
@@ -50,7 +51,7 @@ pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<Pee
                         .and_then(|sid| WvId::parse(&sid).ok()?.domain)
                 });
             found = claimed.and_then(|d| {
-                let ok = info.memo.claimed(&d, || {
+                let ok = info.memo.claimed(live.generation, &d, || {
                     cert_names_domain(&certs[0], &d)
                         && peers
                             .get(&d)
@@ -151,7 +152,7 @@ pub(crate) fn core_session(gw: &Gateway, s: &Session) -> Result<(), Failure> {
     if links
         .assoc
         .domain_of_session(&s.session_id)
-        .is_some_and(|d| links.rw.is_own_domain(Some(&d)))
+        .is_some_and(|d| links.live.load().rw.is_own_domain(Some(&d)))
     {
         return Ok(());
     }

@@ -58,7 +58,7 @@ pub(crate) async fn read(
         gw.links
             .tap(TapDir::In, who, &String::from_utf8_lossy(&body));
     }
-    gw.links.codec.parse(&body).map_err(|e| {
+    gw.links.live.load().codec.parse(&body).map_err(|e| {
         crate::sampled!(
             gw.logs(),
             "message-refused",

@@ -32,7 +32,7 @@ pub(crate) fn encode(t: Transaction) -> (String, Transaction) {
 
 /// A stored transaction.
 pub(crate) fn decode(links: &Links, xml: &str) -> Option<Transaction> {
-    match links.codec.parse(xml.as_bytes()).ok()?.body {
+    match links.live.load().codec.parse(xml.as_bytes()).ok()?.body {
         Body::Session(mut s) => s.transactions.pop(),
         Body::Setup(_) => None,
     }
@@ -165,7 +165,7 @@ impl Keep<'_> {
         if !self.may_wait || f.kind.retry() == Retry::Never {
             return None;
         }
-        let cfg = &self.links.cfg;
+        let cfg = &self.links.cfg();
         let q = match dest {
             Some(Dest::Core) => cfg.core.as_ref().map_or(cfg.store.queue, |c| c.queue),
             Some(Dest::Imps(r) | Dest::LastResort(r)) => {
@@ -191,7 +191,7 @@ impl Keep<'_> {
             .put(
                 &self.id,
                 &value,
-                Some(self.links.cfg.store.max_validity * 2),
+                Some(self.links.cfg().store.max_validity * 2),
             )
             .await
             .map_err(|e| store_failure(self.links, "report", e))

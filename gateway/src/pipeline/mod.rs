@@ -26,5 +26,5 @@ mod work;
 
 pub(crate) use handle::translated;
 pub use handle::{Listener, handle};
-pub use state::{Gateway, ReloadError, Reloaded};
+pub use state::Gateway;
 pub(crate) use work::{housekeeping, release, renew, take_over};

@@ -63,6 +63,7 @@ pub(crate) async fn check(gw: &Gateway, origin: &Origin, req: &Primitive) -> Res
     if let Some(user) = req.meta().and_then(|m| m.requestor_user())
         && gw
             .originators
+            .load()
             .check_key(&user.to_ascii_lowercase())
             .is_err()
     {
@@ -123,7 +124,7 @@ async fn number_ok(gw: &Gateway, n: E164, domain: &str) -> Result<(), Verdict> {
             Err(Verdict::Elsewhere)
         };
     }
-    match &gw.resolver {
+    match &gw.resolver() {
         Some(r) => r.place(n, domain).await.map_err(|u| match u {
             Unplaced::Elsewhere => Verdict::Elsewhere,
             Unplaced::Unverifiable(why) => Verdict::Unverifiable(why),

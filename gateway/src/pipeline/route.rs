@@ -102,7 +102,7 @@ fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
             ),
         ))
     };
-    match route_number(cfg, rb) {
+    match route_number(&cfg, rb) {
         Ok(Some(n)) if gw.directory().is_subscriber(n) => Dest::Core,
         Ok(Some(_)) => not_ours(),
         Ok(None) => {
@@ -114,7 +114,7 @@ fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
                 // public domain only where policy accepts it (`PROTOCOL.md` §6). Groups,
                 // contact lists and the service keep their names.
                 Ok(id)
-                    if id.domain.as_deref() == Some(gw.links.rw.public_domain())
+                    if id.domain.as_deref() == Some(gw.links.live.load().rw.public_domain())
                         && (!id.is_user() || cfg.policy.accept_local_names) =>
                 {
                     Dest::Core
@@ -131,14 +131,14 @@ fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
 async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
     let cfg = gw.cfg();
     let dir = gw.directory();
-    if let Some(d) = route_static(cfg, &dir, &gw.links.rw, rb) {
+    if let Some(d) = route_static(&cfg, &dir, &gw.links.live.load().rw, rb) {
         return d;
     }
     drop(dir);
-    let Some(r) = &gw.resolver else {
+    let Some(r) = gw.resolver() else {
         return no_route(rb.as_str());
     };
-    let target = match route_number(cfg, rb) {
+    let target = match route_number(&cfg, rb) {
         Ok(Some(n)) => format!("+{n}"),
         Ok(None) => match rb {
             // Only a host name goes to DNS: anything else (`wv:bob@+4470…`, stray

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::Guard;
+use arc_swap::{ArcSwap, Guard};
 
 use crate::config::Config;
 use crate::directory::Directory;
@@ -18,16 +18,16 @@ use crate::resolve::Resolver;
 pub struct Gateway {
     /// The far sides: core, peers.
     pub(crate) links: Arc<Links>,
-    /// Destination resolution (ENUM/SRV), if configured.
-    pub(crate) resolver: Option<Arc<Resolver>>,
-    /// Per-originator rate limiter (inbound).
-    pub(crate) originators: KeyedLimiter,
-    /// Slots for requests in flight.
+    /// Per-originator rate limiter (inbound; replaced when a reload changes its rate).
+    pub(crate) originators: ArcSwap<KeyedLimiter>,
+    /// Slots for requests in flight (resized by a reload, see [`Gateway::resize_in_flight`]).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// The number of slots `in_flight` was last sized to.
+    in_flight_max: Mutex<usize>,
     /// Names of other operators' users that ENUM gave.
     pub(crate) names: super::names::Names,
     /// Answers with forged or foreign transaction IDs, per source address.
-    pub(crate) forged: crate::budget::Budget,
+    pub(crate) forged: ArcSwap<crate::budget::Budget>,
     /// Predecessors' requests already answered by token: (instance, request ID) -> issued.
     /// A sender retrying an answer must not give the originator a second one. (Without a
     /// state store only; with one, the store remembers, across restarts and replicas.)
@@ -52,26 +52,29 @@ fn owner(cfg: &Config) -> String {
 
 impl Gateway {
     /// The state over `links` (work carried in memory only; see [`Gateway::keeping`]).
-    pub fn new(links: Links, resolver: Option<Arc<Resolver>>) -> Gateway {
-        let cfg = links.cfg.clone();
+    pub fn new(links: Links) -> Gateway {
+        let cfg = links.cfg();
         Gateway {
-            originators: crate::links::peer::keyed_limiter(
+            originators: ArcSwap::from_pointee(crate::links::peer::keyed_limiter(
                 cfg.policy.originator_rate,
                 cfg.policy.originator_burst,
-            ),
+            )),
             in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_in_flight)),
+            in_flight_max: Mutex::new(cfg.limits.max_in_flight),
             names: super::names::Names::default(),
-            forged: crate::budget::Budget::new(cfg.policy.failure_rate, cfg.policy.failure_burst),
+            forged: ArcSwap::from_pointee(crate::budget::Budget::new(
+                cfg.policy.failure_rate,
+                cfg.policy.failure_burst,
+            )),
             routed_by_token: Mutex::default(),
             works: super::lease::Works::new(None, owner(&cfg)),
             links: Arc::new(links),
-            resolver,
         }
     }
 
     /// The same, keeping work in `store`.
     pub fn keeping(mut self, store: Arc<crate::store::Store>) -> Gateway {
-        self.works = super::lease::Works::new(Some(store), owner(self.cfg()));
+        self.works = super::lease::Works::new(Some(store), owner(&self.cfg()));
         self
     }
 
@@ -80,9 +83,9 @@ impl Gateway {
         self.works.store()
     }
 
-    /// The configuration.
-    pub fn cfg(&self) -> &Arc<Config> {
-        &self.links.cfg
+    /// The configuration in use.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.links.cfg()
     }
 
     /// The metrics.
@@ -115,9 +118,9 @@ impl Gateway {
         self.links.assoc.count()
     }
 
-    /// The resolver, if DNS resolution is configured.
-    pub fn resolver(&self) -> Option<&Arc<Resolver>> {
-        self.resolver.as_ref()
+    /// The resolver in use, if DNS resolution is configured.
+    pub fn resolver(&self) -> Option<Arc<Resolver>> {
+        self.links.live.load().resolver.clone()
     }
 
     /// The links (tests reach the far sides' state through them).
@@ -125,39 +128,15 @@ impl Gateway {
         &self.links
     }
 
-    /// Put a reloaded configuration `new` in use, as far as it can be live (the caller,
-    /// `app::reload`, has read it from its file and checked it whole): the subscriber
-    /// directory it names, and our certificate and key if their files changed. Anything that
-    /// fails here refuses the reload whole: nothing is stored before every step has loaded.
-    /// The sections that changed otherwise are returned, in use after a restart.
-    pub fn reload_from(&self, new: &Config) -> Result<Reloaded, ReloadError> {
-        let running = self.cfg();
-        let dir = Directory::load(&new.directory)?;
-        // Our certificate and key, if their files changed (renewed). A pair that does not
-        // load yet (half written) leaves the current one in use; the directory still goes.
-        let renewed = match self.links.identity.as_ref().map(|i| i.refresh()) {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "renewed certificate files do not load yet; the current pair stays");
-                false
-            }
-            None => false,
-        };
-        let n = dir.len();
-        self.links.dir.store(Arc::new(dir));
-        self.metrics().directory_entries.set(n as i64);
-        if let Some(r) = &self.resolver {
-            // Cached routes may point where a number no longer is.
-            r.clear();
-        }
-        if renewed {
-            tracing::info!("certificate and key renewed from their files");
-            self.note_certificates();
-        }
-        Ok(Reloaded {
-            entries: n,
-            pending: changed_sections(running, new),
-        })
+    /// Give `in_flight` `max` slots: more at once; fewer as requests in flight finish (the
+    /// slots taken back are waited for, never taken from a request).
+    pub(crate) fn resize_in_flight(&self, max: usize) {
+        let mut cur = self
+            .in_flight_max
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::budget::resize(&self.in_flight, *cur, max);
+        *cur = max;
     }
 
     /// Export when every certificate the configuration names (ours, and each trust anchor)
@@ -197,59 +176,4 @@ impl Gateway {
             }
         }
     }
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reloaded {
-    /// Directory entries now in use.
-    pub entries: usize,
-    /// Sections of the configuration that changed and are in use only after a restart.
-    pub pending: Vec<&'static str>,
-}
-
-/// Why a reload was refused (what runs stays).
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The configuration file does not load.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// It loads, but what it names does not (certificates, trust anchors, keys): the next
-    /// start would fail on it.
-    #[error("{0}")]
-    Invalid(String),
-    /// The subscriber directory does not load.
-    #[error(transparent)]
-    Directory(#[from] crate::directory::DirectoryError),
-}
-
-/// The sections of `new` that differ from `old`, other than `[directory]` (which a reload
-/// puts in use; so are renewed certificate and key files, `[tls]` naming the same ones). Compared by their checked values, so comments and layout do not count.
-fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let mut v = Vec::new();
-    for (name, changed) in [
-        (
-            "[gateway]",
-            differs(&old.operator, &new.operator) || differs(&old.plan, &new.plan),
-        ),
-        ("[listen] (addresses)", differs(&old.listen, &new.listen)),
-        ("[tls]", differs(&old.tls, &new.tls)),
-        ("[core]", differs(&old.core, &new.core)),
-        ("[[peer]]", differs(&old.peers, &new.peers)),
-        ("[[route]]", differs(&old.routes, &new.routes)),
-        ("[resolver]", differs(&old.resolver, &new.resolver)),
-        ("[timeouts]", differs(&old.timeouts, &new.timeouts)),
-        ("[limits]", differs(&old.limits, &new.limits)),
-        ("[policy]", differs(&old.policy, &new.policy)),
-        ("[store]", differs(&old.store, &new.store)),
-        ("[cluster]", differs(&old.cluster, &new.cluster)),
-        ("[sip]", differs(&old.sip, &new.sip)),
-    ] {
-        if changed {
-            v.push(name);
-        }
-    }
-    v
 }

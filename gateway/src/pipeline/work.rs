@@ -646,7 +646,7 @@ fn resumed(gw: &Gateway, w: store::Work) -> Option<Job> {
     let origin = if w.origin.is_empty() {
         Origin::Core
     } else {
-        Origin::Peer(gw.links.peers.get(&w.origin)?)
+        Origin::Peer(gw.links.live.load().peers.get(&w.origin)?)
     };
     let t = decode(&gw.links, &w.request)?;
     let answer = match (&w.answer, w.answer_sent) {

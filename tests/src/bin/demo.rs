@@ -302,11 +302,7 @@ impl Demo {
             .gateway
             .as_ref()
             .context("gateway stopped")?;
-        let resolver = gw
-            .gateway
-            .resolver()
-            .cloned()
-            .context("gateway has no resolver")?;
+        let resolver = gw.gateway.resolver().context("gateway has no resolver")?;
         let trace = Trace::default();
         let decision = resolver
             .decide_uncached(target, svc, Some(&trace))

@@ -151,7 +151,7 @@ impl Links {
         if let Some(e) = self.assoc.established(domain) {
             return Ok(e);
         }
-        let deadline = deadline.min(Instant::now() + self.cfg.timeouts.association);
+        let deadline = deadline.min(Instant::now() + self.cfg().timeouts.association);
         let result = self.initiate(domain, target, namespace, deadline).await;
         if result.is_err() {
             self.assoc.abort(domain);
@@ -254,11 +254,17 @@ impl Links {
                 let claimed = state::claimed_domain(&t);
                 let opening = matches!(t.primitive, SetupPrimitive::SendSecretToken(_));
                 let source = remote.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-                let over_rate = self.assoc_bounds.sources.check_key(&source).is_err()
+                let over_rate = self
+                    .live
+                    .load()
+                    .assoc_bounds
+                    .sources
+                    .check_key(&source)
+                    .is_err()
                     || (opening
-                        && claimed
-                            .as_ref()
-                            .is_some_and(|d| self.assoc_bounds.domains.check_key(d).is_err()));
+                        && claimed.as_ref().is_some_and(|d| {
+                            self.live.load().assoc_bounds.domains.check_key(d).is_err()
+                        }));
                 if over_rate {
                     self.metrics.refused.with_label_values(&["rate"]).inc();
                     return refuse(&Failure::new(
@@ -270,7 +276,7 @@ impl Links {
                 // Only an opening step can be sent by anyone: a later one must carry a digest
                 // of the token we sent to the claimed domain, so only its replies are bounded.
                 let slot = match claimed.as_ref().filter(|_| opening) {
-                    Some(d) => match self.assoc_bounds.slot(d) {
+                    Some(d) => match self.live.load().assoc_bounds.slot(d) {
                         Some(s) => Some(s),
                         None => {
                             self.metrics.refused.with_label_values(&["overload"]).inc();
@@ -284,8 +290,8 @@ impl Links {
                     None => None,
                 };
                 let allowed = |domain: &str| match &from {
-                    SetupFrom::Core => self.cfg.operator.core_domains.iter().any(|d| d == domain),
-                    SetupFrom::Peer(certs) => match self.peers.configured(domain) {
+                    SetupFrom::Core => self.cfg().operator.core_domains.iter().any(|d| d == domain),
+                    SetupFrom::Peer(certs) => match self.live.load().peers.configured(domain) {
                         // A peer that must use mutual TLS may associate only over such a
                         // connection.
                         Some(p) if p.cfg.auth == PeerAuth::Mtls => certs
@@ -329,9 +335,10 @@ impl Links {
         let links = self.clone();
         self.drain.spawn(async move {
             let _slot = slot;
-            let within = links.cfg.timeouts.association;
+            let within = links.cfg().timeouts.association;
+            let live = links.live();
             let delivered = if to_core {
-                match &links.core {
+                match &live.core {
                     Some(core) => {
                         let body = reply.emit(NS_WV_SSP_13);
                         links.deliver(&core.target(), &reply, body, within).await
@@ -339,7 +346,7 @@ impl Links {
                     None => false,
                 }
             } else {
-                match links.peers.get(&domain) {
+                match live.peers.get(&domain) {
                     Some(peer) => {
                         let urls = links.peer_urls(&peer).await;
                         let body = reply.emit(&peer.cfg.namespace);

@@ -357,7 +357,7 @@ impl Links {
         };
         match store
             .table(IMDN_TABLE)
-            .put(id, &v, Some(self.cfg.store.max_validity))
+            .put(id, &v, Some(self.cfg().store.max_validity))
             .await
         {
             Ok(()) => true,
@@ -454,12 +454,15 @@ impl Links {
     ) -> Result<(String, String), Failure> {
         let public = {
             let dir = self.dir.load();
-            self.rw.outbound_id(&dir, core_id, PeerView::default())
+            self.live
+                .load()
+                .rw
+                .outbound_id(&dir, core_id, PeerView::default())
         };
         let uri = crate::ssp::WvId::parse(&public)
             .ok()
             .and_then(|id| id.e164())
-            .map(|n| map::our_user(n, &self.cfg.operator.public_domain))
+            .map(|n| map::our_user(n, &self.cfg().operator.public_domain))
             .ok_or_else(|| {
                 Failure::local(
                     Kind::InvalidUserId,
@@ -568,7 +571,7 @@ impl Links {
             return Err(r);
         }
         let to = map::address(&req.uri).ok_or_else(|| refuse(404, "no usable Request-URI"))?;
-        let ours = to.host.is_empty() || to.host == self.cfg.operator.public_domain;
+        let ours = to.host.is_empty() || to.host == self.cfg().operator.public_domain;
         let recipient = match (ours, to.number()) {
             (true, Some(n)) => format!("wv:+{}", n.digits()),
             _ => return Err(refuse(404, format!("{} is not a subscriber here", req.uri))),
@@ -591,7 +594,7 @@ impl Links {
             }
             return Ok(format!("wv:{user}@{}", from.host));
         };
-        let Some(r) = &self.resolver else {
+        let Some(r) = self.live().resolver.clone() else {
             return Err(refuse(
                 403,
                 format!("+{} cannot be verified: no resolver", n.digits()),

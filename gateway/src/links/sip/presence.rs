@@ -232,7 +232,7 @@ impl Links {
         out: &Outgoing,
         body_len: usize,
     ) -> Result<(Reply, SipServer), Failure> {
-        let deadline = tokio::time::Instant::now() + self.cfg.timeouts.request;
+        let deadline = tokio::time::Instant::now() + self.cfg().timeouts.request;
         let mut last = Err(Failure::local(
             Kind::Unreachable,
             format!("no SIP server for {}", target.domain),
@@ -580,7 +580,7 @@ impl Links {
         target: &SipTarget,
         r: &PresenceRequest,
     ) -> Result<Primitive, Failure> {
-        let deadline = tokio::time::Instant::now() + self.cfg.timeouts.request;
+        let deadline = tokio::time::Instant::now() + self.cfg().timeouts.request;
         let (_, watcher_uri) = self.sip_watcher(r)?;
         let presentity = Self::sip_presentity(r)?;
         let dialog = DialogIds {

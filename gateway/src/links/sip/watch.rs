@@ -237,7 +237,7 @@ impl Links {
             route: req.headers("Record-Route"),
             watcher,
             watcher_uri: format!("sip:{}@{}", from.user, from.host),
-            presentity_uri: map::our_number_uri(&presentity, &self.cfg.operator.public_domain),
+            presentity_uri: map::our_number_uri(&presentity, &self.cfg().operator.public_domain),
             presentity,
             target: contact,
             dest,
@@ -394,7 +394,11 @@ impl Links {
             n.values
                 .iter()
                 .map(|v| {
-                    let public = self.rw.outbound_id(&dir, &v.user_id, PeerView::default());
+                    let public =
+                        self.live
+                            .load()
+                            .rw
+                            .outbound_id(&dir, &v.user_id, PeerView::default());
                     (public, pidf::from_ssp(v))
                 })
                 .collect()
