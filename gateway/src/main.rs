@@ -39,8 +39,9 @@ SIGNALS:
                      with a grace period for the old ones, directory, listeners' TLS) and
                      put in use; refused whole if anything fails (what runs stays); what
                      cannot change under running sockets (listen addresses, public_domain,
-                     [store], [cluster], [sip], other cert/key files) is named, in use after
-                     a restart
+                     [store], [cluster], [sip], other cert/key files, whether the core
+                     listener speaks TLS, removing hmac_key_file) is named, in use after a
+                     restart
 
 EXIT STATUS:
     0  stopped after draining
@@ -218,8 +219,9 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify("RELOADING=1");
-                // Logged and counted by the gateway; what runs stays if it is refused.
-                let _ = running.reload();
+                // Logged and counted by the gateway; what runs stays if it is refused. Files
+                // are read and certificates parsed: this worker steps out of the async pool.
+                let _ = tokio::task::block_in_place(|| running.reload());
                 notify("READY=1\nSTATUS=serving");
             }
         }

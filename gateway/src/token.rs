@@ -211,6 +211,13 @@ impl TokenKeys {
         self
     }
 
+    /// The same keys, accepting answers for `secs` seconds (a reload that changed the
+    /// request deadline).
+    pub fn with_max_age(mut self, secs: u32) -> TokenKeys {
+        self.max_age_secs = secs;
+        self
+    }
+
     /// Retired keys that still open answers.
     pub fn retired(&self) -> usize {
         let now = now_secs();
@@ -394,12 +401,7 @@ impl TokenKeys {
     /// (at least a minute), and for as long as a kept message may be tried again (its token
     /// goes with every attempt); later ones are stale.
     pub fn load(cfg: &crate::config::Config, kept: Option<Vec<u8>>) -> Result<TokenKeys, KeyError> {
-        let request = cfg.timeouts.request.as_secs();
-        let max_age = request
-            .saturating_mul(6)
-            .max(60)
-            .max(cfg.store.max_validity.as_secs().saturating_add(request));
-        let max_age = u32::try_from(max_age).unwrap_or(u32::MAX);
+        let max_age = max_age(cfg);
         let Some(path) = &cfg.operator.hmac_key_file else {
             if !cfg.cluster.siblings.is_empty() {
                 return Err(KeyError(format!(
@@ -410,10 +412,7 @@ impl TokenKeys {
             if let Some(k) = kept {
                 return Ok(TokenKeys::new(&[k], max_age).with_replica(cfg.cluster.replica));
             }
-            tracing::warn!(
-                "no [gateway] hmac_key_file: using a random key, so answers to requests sent before a \
-                 restart, or by another replica, will be refused"
-            );
+            // Only `check` gets here: a running gateway always has the kept key.
             return Ok(TokenKeys::random(max_age));
         };
         let text = std::fs::read_to_string(path)
@@ -443,6 +442,18 @@ impl TokenKeys {
         }
         Ok(TokenKeys::new(&keys, max_age).with_replica(cfg.cluster.replica))
     }
+}
+
+/// How long answers are accepted under `cfg`, in seconds: six request deadlines (at least a
+/// minute), and as long as a kept message may be tried again (its token goes with every
+/// attempt).
+pub fn max_age(cfg: &crate::config::Config) -> u32 {
+    let request = cfg.timeouts.request.as_secs();
+    let max_age = request
+        .saturating_mul(6)
+        .max(60)
+        .max(cfg.store.max_validity.as_secs().saturating_add(request));
+    u32::try_from(max_age).unwrap_or(u32::MAX)
 }
 
 /// Strings are length-prefixed with one byte; cut at a char boundary under 256 bytes.

@@ -169,7 +169,9 @@ fn pin_images_pins_every_base_image_by_digest() {
     std::fs::write(
         &file,
         std::fs::read_to_string(&file).unwrap()
-            + "FROM docker.io/library/busybox:1@sha256:0000000000000000000000000000000000000000000000000000000000000001\n",
+            + "FROM docker.io/library/busybox:1@sha256:0000000000000000000000000000000000000000000000000000000000000001\n\
+               from --platform=linux/amd64 docker.io/library/alpine:3.20 as tools\n\
+               FROM scratch\nFROM build\nFROM $BASE\n",
     )
     .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
@@ -184,10 +186,13 @@ fn pin_images_pins_every_base_image_by_digest() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pinned = std::fs::read_to_string(&file).unwrap();
-    let froms: Vec<&str> = pinned.lines().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(froms.len(), 3, "{pinned}");
-    for l in &froms {
-        let image = l.split_whitespace().nth(1).unwrap();
+    let froms: Vec<&str> = pinned
+        .lines()
+        .filter(|l| l.to_ascii_uppercase().starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 7, "{pinned}");
+    for l in &froms[..4] {
+        let image = l.split_whitespace().find(|w| w.contains('@')).expect(l);
         let (_, digest) = image.split_once("@sha256:").expect(l);
         assert_eq!(digest.len(), 64, "{l}");
     }
@@ -201,5 +206,16 @@ fn pin_images_pins_every_base_image_by_digest() {
             .ends_with("@sha256:0000000000000000000000000000000000000000000000000000000000000001"),
         "a pinned line is left alone: {}",
         froms[2]
+    );
+    assert!(
+        froms[3].starts_with("from --platform=linux/amd64 docker.io/library/alpine:3.20@sha256:")
+            && froms[3].ends_with(" as tools"),
+        "{}",
+        froms[3]
+    );
+    assert_eq!(
+        froms[4..],
+        ["FROM scratch", "FROM build", "FROM $BASE"],
+        "left alone"
     );
 }

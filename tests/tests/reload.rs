@@ -391,10 +391,10 @@ async fn reload_trust_pins_of_a_peer_apply_with_traffic_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_token_keys_rotated_answers_to_earlier_requests_still_arrive() {
-    // Y's core answers after 600 ms, so requests are always waiting for their answers at X
+    // Y's core answers after 250 ms, so requests are always waiting for their answers at X
     // when X's token key is rotated.
     let mut ops = routed(vec![x(), y()]);
-    ops[1].answer_delay = Duration::from_millis(600);
+    ops[1].answer_delay = Duration::from_millis(250);
     let fed = Arc::new(Federation::start(ops).await);
     let key_file = fed.ops[0].config_path.with_file_name("hmac.key");
     let f = fed.clone();

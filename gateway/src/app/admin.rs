@@ -39,8 +39,13 @@ impl Admin for Ops {
         }
     }
 
-    fn reload(&self) -> Result<String, String> {
-        match self.0.reload() {
+    async fn reload(&self) -> Result<String, String> {
+        // Files are read and certificates parsed: off the runtime's workers.
+        let ctl = self.0.clone();
+        let result = tokio::task::spawn_blocking(move || ctl.reload())
+            .await
+            .map_err(|e| format!("reload did not finish: {e}\n"))?;
+        match result {
             Ok(r) if r.pending.is_empty() => Ok(format!(
                 "reloaded: {} directory entries, {} retired token keys\n",
                 r.entries, r.retired_keys

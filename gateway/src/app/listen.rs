@@ -360,8 +360,35 @@ pub struct Settings {
     pub limits: Limits,
 }
 
-/// The settings of a listener, swapped by a reload.
-pub type LiveSettings = Arc<arc_swap::ArcSwap<Settings>>;
+/// The settings of a listener, swapped by a reload, which wakes the accept loop (a listener
+/// full at its old bound takes up a higher one at once).
+pub struct SettingsSlot {
+    current: arc_swap::ArcSwap<Settings>,
+    changed: tokio::sync::Notify,
+}
+
+impl SettingsSlot {
+    /// A slot holding `s`.
+    pub fn new(s: Settings) -> SettingsSlot {
+        SettingsSlot {
+            current: arc_swap::ArcSwap::from_pointee(s),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Put `s` in use for the next connections.
+    pub fn put(&self, s: Settings) {
+        self.current.store(Arc::new(s));
+        self.changed.notify_one();
+    }
+
+    fn load(&self) -> Arc<Settings> {
+        self.current.load_full()
+    }
+}
+
+/// A listener's settings slot.
+pub type LiveSettings = Arc<SettingsSlot>;
 
 /// Serve a listener with fixed settings (see [`serve_live`]).
 pub async fn serve(
@@ -372,7 +399,7 @@ pub async fn serve(
     limits: Limits,
     on_event: Arc<dyn Fn(Event) + Send + Sync>,
 ) {
-    let settings = Arc::new(arc_swap::ArcSwap::from_pointee(Settings { tls, limits }));
+    let settings = Arc::new(SettingsSlot::new(Settings { tls, limits }));
     serve_live(listener, settings, handler, drain, on_event).await;
 }
 
@@ -386,7 +413,7 @@ pub async fn serve_live(
     drain: Drain,
     on_event: Arc<dyn Fn(Event) + Send + Sync>,
 ) {
-    let first = settings.load_full();
+    let first = settings.load();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -412,9 +439,26 @@ pub async fn serve_live(
     drop(first);
     // Every connection task, for the wait at the end.
     let conns = Drain::new();
+    // Bounds a reload changed, applied before the next connection is waited for.
+    let apply =
+        |s: &Settings, sized: &mut usize, failures: &mut (u32, u32), failing: &mut Arc<Budget>| {
+            let limits = s.limits;
+            if limits.max_connections != *sized {
+                crate::budget::resize(&slots, *sized, limits.max_connections);
+                *sized = limits.max_connections;
+            }
+            if limits.failures != *failures {
+                *failures = limits.failures;
+                *failing = Arc::new(Budget::new(failures.0, failures.1));
+            }
+        };
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = settings.changed.notified() => {
+                apply(&settings.load(), &mut sized, &mut failures, &mut failing);
+                continue;
+            }
             _ = drain.stopped() => break,
         };
         let (tcp, remote) = tokio::select! {
@@ -429,16 +473,9 @@ pub async fn serve_live(
             },
             _ = drain.stopped() => break,
         };
-        let s = settings.load_full();
+        let s = settings.load();
+        apply(&s, &mut sized, &mut failures, &mut failing);
         let limits = s.limits;
-        if limits.max_connections != sized {
-            crate::budget::resize(&slots, sized, limits.max_connections);
-            sized = limits.max_connections;
-        }
-        if limits.failures != failures {
-            failures = limits.failures;
-            failing = Arc::new(Budget::new(failures.0, failures.1));
-        }
         let ip = remote.ip().to_canonical();
         if !failing.allows(ip) {
             on_event(Event::Refused("failing-source"));

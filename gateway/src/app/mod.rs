@@ -432,6 +432,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         },
         admin_token: arc_swap::ArcSwapOption::from(admin_token(gw.cfg().as_ref())?.map(Arc::new)),
         listening: std::sync::Mutex::default(),
+        reloading: std::sync::Mutex::default(),
     });
     // What this replica's previous process held is free at once (it is gone); taken up by
     // the take-over loop below.

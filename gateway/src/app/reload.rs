@@ -18,7 +18,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 
 use super::listen::{LiveSettings, Settings};
 use super::{StartError, admin_token, listener_settings};
@@ -62,6 +62,9 @@ pub struct Control {
     pub(crate) admin_token: ArcSwapOption<String>,
     /// The listeners' settings, swapped by a reload.
     pub(crate) listening: Mutex<Vec<(Which, LiveSettings)>>,
+    /// Held for the whole of a reload: SIGHUP and `POST /reload` may come at once, and each
+    /// builds on what the one before put in use (token keys retire from the keys in use).
+    pub(crate) reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for Control {
@@ -155,16 +158,21 @@ pub(crate) fn in_use(old: &Config, new: &Config) -> (Config, Vec<&'static str>) 
     if differs(&old.sip, &new.sip) {
         pending.push("[sip]");
         cfg.sip = old.sip.clone();
+    } else if old.sip.is_some()
+        && (old.tls.trust != new.tls.trust || old.timeouts.request != new.timeouts.request)
+    {
+        // Live for SSP; the SIP translator took them when it bound its listeners.
+        pending.push("[tls] trust and [timeouts] request, as the SIP translator uses them");
     }
     (cfg, pending)
 }
 
-/// The token keys of `cfg` in place of `current`: the same when the key file is the same
-/// path with the same keys; else the file's, with `current`'s retired.
-fn keys(cfg: &Config, current: &TokenKeys) -> Result<TokenKeys, ReloadError> {
-    if cfg.operator.hmac_key_file.is_none() {
-        // The key the state store keeps (or the random one): it does not change.
-        return Ok(current.clone());
+/// The token keys of `cfg` in place of `current`: the key file's, with `current`'s keys that
+/// are no longer in it retired. Without a key file in `new` (none, or one removed: back to
+/// the state store's key at the next start), the keys stay as they are.
+fn keys(cfg: &Config, new: &Config, current: &TokenKeys) -> Result<TokenKeys, ReloadError> {
+    if new.operator.hmac_key_file.is_none() {
+        return Ok(current.clone().with_max_age(crate::token::max_age(cfg)));
     }
     let loaded = TokenKeys::load(cfg, None).map_err(|e| ReloadError::Invalid(e.to_string()))?;
     Ok(loaded.rotated_from(current))
@@ -222,6 +230,10 @@ impl Control {
     }
 
     fn try_reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let gw = &self.gw;
         let links = gw.links();
         let old = links.live();
@@ -233,7 +245,7 @@ impl Control {
 
         // Build everything before anything is put in use.
         let dir = Directory::load(&cfg.directory)?;
-        let keys = keys(&cfg, &old.keys)?;
+        let keys = keys(&cfg, &new, &old.keys)?;
         let resolver = resolver(self, &old, &cfg);
         let fresh_resolver =
             !matches!((&resolver, &old.resolver), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
@@ -295,7 +307,7 @@ impl Control {
             r.clear();
         }
         for (slot, s) in settings {
-            slot.store(Arc::new(s));
+            slot.put(s);
         }
         drop(listening);
         self.admin_token.store(token.map(Arc::new));
@@ -317,7 +329,7 @@ impl Control {
 
 /// The settings slot of a listener, registered for reloads.
 pub(crate) fn register(ctl: &Control, which: Which, s: Settings) -> LiveSettings {
-    let slot = Arc::new(ArcSwap::from_pointee(s));
+    let slot = Arc::new(super::listen::SettingsSlot::new(s));
     ctl.listening
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -352,5 +364,18 @@ mod tests {
         assert_eq!(live.limits.max_in_flight, 20, "limits are live");
         let (_, pending) = in_use(&old, &old);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_key_file_removed_waits_for_a_restart_and_does_not_block_reloads() {
+        let old = cfg("hmac_key_file = \"/nonexistent/hmac.keys\"\n");
+        let new = cfg("");
+        let (live, pending) = in_use(&old, &new);
+        assert_eq!(pending, ["[gateway] hmac_key_file removed"]);
+        let current = TokenKeys::random(60);
+        // The file is gone too: the keys in use stay, nothing is read.
+        let keys = keys(&live, &new, &current).unwrap();
+        assert_eq!(keys.instance(), current.instance());
+        assert_eq!(keys.retired(), 0);
     }
 }

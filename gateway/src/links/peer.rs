@@ -92,6 +92,9 @@ pub(crate) struct PeerTable {
     default_roots: Option<Arc<rustls::RootCertStore>>,
     peers: Mutex<HashMap<String, Arc<PeerRt>>>,
     public_domain: String,
+    /// Our session IDs towards the peers of the table this one replaced (a reload), by
+    /// domain: a peer built again, listed or found through DNS, keeps its own.
+    inherited: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for PeerTable {
@@ -112,7 +115,8 @@ fn quota(rate: u32, burst: u32) -> Quota {
 impl PeerTable {
     /// Build every configured peer now, so TLS mistakes surface at start-up (or refuse a
     /// reload). `previous`: the table in use before a reload; our session ID towards each of
-    /// its peers carries over, so a peer correlating by it sees no change.
+    /// its peers (listed or found) carries over, so a peer correlating by it sees no change.
+    /// (Their connection pools and inbound rate limiters start afresh.)
     pub(crate) fn new(
         cfg: Arc<Config>,
         identity: Option<Identity>,
@@ -123,7 +127,16 @@ impl PeerTable {
         } else {
             Some(Arc::new(tls::load_roots(&cfg.tls.trust)?))
         };
+        let inherited = previous
+            .and_then(|o| o.peers.lock().ok())
+            .map(|m| {
+                m.iter()
+                    .map(|(d, p)| (d.clone(), p.session_id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let t = PeerTable {
+            inherited,
             public_domain: cfg.operator.public_domain.clone(),
             cfg: cfg.clone(),
             identity,
@@ -131,11 +144,7 @@ impl PeerTable {
             peers: Mutex::new(HashMap::new()),
         };
         for p in &cfg.peers {
-            let mut rt = t.build(p.clone())?;
-            if let Some(old) = previous.and_then(|o| o.peers.lock().ok()?.get(&p.domain).cloned()) {
-                rt.session_id = old.session_id.clone();
-            }
-            let rt = Arc::new(rt);
+            let rt = Arc::new(t.build(p.clone())?);
             if let Ok(mut m) = t.peers.lock() {
                 m.insert(p.domain.clone(), rt);
             }
@@ -269,7 +278,9 @@ impl PeerTable {
             client,
             cert_check,
             limiter: RateLimiter::direct(quota(p.rate, p.burst)),
-            session_id: format!("gw-{:08x}@{}", rand::random::<u32>(), self.public_domain),
+            session_id: self.inherited.get(&p.domain).cloned().unwrap_or_else(|| {
+                format!("gw-{:08x}@{}", rand::random::<u32>(), self.public_domain)
+            }),
             listed: self.cfg.peers.iter().any(|q| q.domain == p.domain),
             cfg: p,
         })

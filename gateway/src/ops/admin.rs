@@ -35,7 +35,7 @@ pub(crate) trait Admin {
     /// Whether the gateway takes new requests (`Err` while draining), with a one-line summary.
     fn ready(&self) -> Result<String, String>;
     /// Reload; the summary of what was loaded, or why nothing was.
-    fn reload(&self) -> Result<String, String>;
+    fn reload(&self) -> impl Future<Output = Result<String, String>> + Send;
     /// Largest body accepted from a sibling.
     fn max_body(&self) -> usize;
     /// `POST /cluster/self`: this replica's report, for a sibling holding our key.
@@ -139,7 +139,7 @@ pub(crate) async fn handle(gw: &impl Admin, req: Request<Incoming>) -> HttpRespo
             Ok(s) => text(StatusCode::OK, s, "text/plain"),
             Err(s) => text(StatusCode::SERVICE_UNAVAILABLE, s, "text/plain"),
         },
-        (&Method::POST, "/reload") => match gw.reload() {
+        (&Method::POST, "/reload") => match gw.reload().await {
             Ok(s) => text(StatusCode::OK, s, "text/plain"),
             Err(s) => text(StatusCode::INTERNAL_SERVER_ERROR, s, "text/plain"),
         },
