@@ -22,6 +22,10 @@ pub struct Rung {
     pub cpu_us_per_req: f64,
     /// CPU time of the server process(es) per second of the run (1.0 = one CPU busy).
     pub server_cpu_util: f64,
+    /// With more than one server process: the first one's CPU time per request (µs), e.g.
+    /// gateway X's share of the outbound path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_server_cpu_us_per_req: Option<f64>,
     /// Failed requests or error answers.
     pub errors: u64,
     /// The first error seen, if any.

@@ -169,3 +169,94 @@ burst = 10000000
     std::fs::write(&config, text)?;
     Ok(GatewayFiles { config })
 }
+
+/// Start HAProxy (Debian `haproxy`) as the peer anchor: it terminates the same mutual TLS as
+/// the gateway's peer listener (`cert_dir`'s certificate and key, client certificates from
+/// `ca` required) on one thread, and forwards HTTP/1.1 keep-alive to `origin`, pinned to
+/// `cpu` when given. Its config and log go under `dir`. Ready once it accepts connections
+/// (20 s at most).
+pub async fn spawn_haproxy(
+    dir: &Path,
+    cpu: Option<&str>,
+    cert_dir: &Path,
+    ca: &Path,
+    origin: SocketAddr,
+) -> Result<Child> {
+    let pem = dir.join("haproxy.pem");
+    let mut both = std::fs::read(cert_dir.join("cert.pem"))?;
+    both.extend(std::fs::read(cert_dir.join("key.pem"))?);
+    std::fs::write(&pem, both)?;
+    let port = crate::dnslab::free_port();
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "# Written by the load ladder: HAProxy terminating mutual TLS in front of the origin.
+global
+    nbthread 1
+    maxconn 3000
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend peers
+    bind 127.0.0.1:{port} ssl crt {pem} ca-file {ca} verify required alpn http/1.1
+    default_backend core
+
+backend core
+    server origin {origin} maxconn 1000
+",
+            pem = pem.display(),
+            ca = ca.display(),
+        ),
+    )?;
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut cmd = tokio::process::Command::new("taskset");
+            cmd.arg("-c").arg(c).arg("haproxy");
+            cmd
+        }
+        None => tokio::process::Command::new("haproxy"),
+    };
+    cmd.arg("-db").arg("-f").arg(&config);
+    let log = dir.join("haproxy.log");
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut proc = cmd
+        .spawn()
+        .context("starting haproxy (Debian package haproxy)")?;
+    let pid = proc.id().context("haproxy has no PID")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(st)) = proc.try_wait() {
+            bail!(
+                "haproxy exited ({st}) before it was ready (log: {})",
+                log.display()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "haproxy did not listen within 20 s (log: {})",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // With taskset in front, the PID is taskset's until it execs haproxy: the same process.
+    Ok(Child {
+        name: "haproxy".into(),
+        pid,
+        addr,
+        _proc: proc,
+    })
+}
