@@ -46,16 +46,8 @@ async fn http_as(
     (code, body)
 }
 
-/// `/ready` says 503 as soon as a drain begins, so a load balancer or Kubernetes stops
-/// sending new traffic while answers in flight are still taken in; `/health` stays 200.
-#[tokio::test]
-async fn ready_is_503_while_draining() {
-    let dir = ssp_testbed::federation::TempDir::new("ssp-ops");
-    let cfg = Config::from_str(
-        &dir.0.join("test.toml"),
-        "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
-    )
-    .unwrap();
+/// A gateway of `cfg` with only an admin listener, on a port of loopback; its address.
+async fn with_admin(cfg: Config) -> (app::Running, std::net::SocketAddr) {
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = admin.local_addr().unwrap();
     let running = app::start(
@@ -70,6 +62,20 @@ async fn ready_is_503_while_draining() {
     )
     .await
     .unwrap();
+    (running, addr)
+}
+
+/// `/ready` says 503 as soon as a drain begins, so a load balancer or Kubernetes stops
+/// sending new traffic while answers in flight are still taken in; `/health` stays 200.
+#[tokio::test]
+async fn ready_is_503_while_draining() {
+    let dir = ssp_testbed::federation::TempDir::new("ssp-ops");
+    let cfg = Config::from_str(
+        &dir.0.join("test.toml"),
+        "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n",
+    )
+    .unwrap();
+    let (running, addr) = with_admin(cfg).await;
     let (code, body) = http(addr, "GET", "/ready").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("ready:"), "{body}");
@@ -99,20 +105,7 @@ async fn admin_reload_needs_the_bearer_token_and_wrong_methods_get_405() {
     let text = "[gateway]\npublic_domain = \"opx.example\"\ncore_domains = [\"core.opx.example\"]\ncountry_code = \"46\"\n[listen]\nadmin_token_file = \"admin.token\"\n";
     std::fs::write(&path, text).unwrap();
     let cfg = Config::load(&path).unwrap();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = admin.local_addr().unwrap();
-    let running = app::start(
-        cfg,
-        StartOptions {
-            listeners: PreBound {
-                admin: Some(admin),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (running, addr) = with_admin(cfg).await;
     let call = |m: &'static str, p: &'static str, t: Option<&'static str>| http_as(addr, m, p, t);
     let (code, body) = call("POST", "/reload", None).await;
     assert_eq!(code, 401, "{body}");

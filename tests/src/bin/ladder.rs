@@ -278,10 +278,11 @@ impl Bench {
             first_server_cpu_us_per_req: (servers.len() > 1)
                 .then(|| first_used.as_micros() as f64 / n as f64),
             errors: stats.errors,
+            unsent: stats.unsent,
             first_error: stats.first_error.clone(),
         };
         println!(
-            "  {:<34} {:<20} {:>5}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  {} errors",
+            "  {:<34} {:<20} {:>5}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  {} errors  {} unsent",
             rung.name,
             rung.shape,
             rung.load,
@@ -290,7 +291,8 @@ impl Bench {
             rung.p99_us,
             rung.cpu_us_per_req,
             rung.server_cpu_util * 100.0,
-            rung.errors
+            rung.errors,
+            rung.unsent
         );
         self.rungs.push(rung);
         stats
@@ -735,7 +737,8 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         "gateway RSS with 1,000 idle TLS connections: {rss_mb:.1} MiB (target <= 64 MB: {})",
         met(rss_mb <= 64.0 && failed == 0)
     );
-    println!("errors: {errors}");
+    let unsent: u64 = b.rungs.iter().map(|r| r.unsent).sum();
+    println!("errors: {errors}; unsent (open-loop requests past a rung's capacity): {unsent}");
     let report = json!({
         "rungs": b.rungs,
         "ratios": {

@@ -28,6 +28,8 @@ pub struct Rung {
     pub first_server_cpu_us_per_req: Option<f64>,
     /// Failed requests or error answers.
     pub errors: u64,
+    /// Open loop: requests of the schedule that could not be sent (overload).
+    pub unsent: u64,
     /// The first error seen, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -36,12 +38,21 @@ pub struct Rung {
 /// Print the table.
 pub fn print_table(rungs: &[Rung]) {
     println!(
-        "\n{:<34} {:<20} {:>5} {:>10} {:>9} {:>9} {:>11} {:>8} {:>7}",
-        "rung", "shape", "load", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "srv CPU", "errors"
+        "\n{:<34} {:<20} {:>5} {:>10} {:>9} {:>9} {:>11} {:>8} {:>7} {:>7}",
+        "rung",
+        "shape",
+        "load",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "CPU µs/req",
+        "srv CPU",
+        "errors",
+        "unsent"
     );
     for r in rungs {
         println!(
-            "{:<34} {:<20} {:>5} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>7}",
+            "{:<34} {:<20} {:>5} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>7} {:>7}",
             r.name,
             r.shape,
             r.load,
@@ -50,7 +61,8 @@ pub fn print_table(rungs: &[Rung]) {
             r.p99_us,
             r.cpu_us_per_req,
             r.server_cpu_util * 100.0,
-            r.errors
+            r.errors,
+            r.unsent
         );
     }
 }
