@@ -219,9 +219,10 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify("RELOADING=1");
-                // Logged and counted by the gateway; what runs stays if it is refused. Files
-                // are read and certificates parsed: this worker steps out of the async pool.
-                let _ = tokio::task::block_in_place(|| running.reload());
+                // Logged and counted by the gateway; what runs stays if it is refused. This
+                // loop runs on the thread of `block_on`, not on a runtime worker: the files
+                // read here hold up no request.
+                let _ = running.reload();
                 notify("READY=1\nSTATUS=serving");
             }
         }

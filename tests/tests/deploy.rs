@@ -156,10 +156,11 @@ fn pin_images_pins_every_base_image_by_digest() {
     let bin = dir.0.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let skopeo = bin.join("skopeo");
-    // Answers a digest made from the reference, so each image gets its own.
+    // `inspect --raw REF` answers a manifest naming the reference; `manifest-digest FILE`
+    // a digest made from it, so each image gets its own.
     std::fs::write(
         &skopeo,
-        "#!/bin/sh\nref=$(echo \"$4\" | sed 's|docker://||')\nprintf 'sha256:%064d\\n' \"$(printf '%s' \"$ref\" | wc -c)\"\n",
+        "#!/bin/sh\ncase \"$1\" in\n  inspect) echo \"manifest of $3\" ;;\n  manifest-digest) printf 'sha256:%064d\\n' \"$(wc -c < \"$2\")\" ;;\n  *) exit 2 ;;\nesac\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -171,7 +172,7 @@ fn pin_images_pins_every_base_image_by_digest() {
         std::fs::read_to_string(&file).unwrap()
             + "FROM docker.io/library/busybox:1@sha256:0000000000000000000000000000000000000000000000000000000000000001\n\
                from --platform=linux/amd64 docker.io/library/alpine:3.20 as tools\n\
-               FROM scratch\nFROM build\nFROM $BASE\n",
+               FROM scratch\nFROM build\nFROM $BASE\n  FROM docker.io/library/debian:bookworm\n",
     )
     .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
@@ -188,9 +189,15 @@ fn pin_images_pins_every_base_image_by_digest() {
     let pinned = std::fs::read_to_string(&file).unwrap();
     let froms: Vec<&str> = pinned
         .lines()
+        .map(str::trim_start)
         .filter(|l| l.to_ascii_uppercase().starts_with("FROM "))
         .collect();
-    assert_eq!(froms.len(), 7, "{pinned}");
+    assert_eq!(froms.len(), 8, "{pinned}");
+    assert!(
+        froms[7].starts_with("FROM docker.io/library/debian:bookworm@sha256:"),
+        "an indented FROM is pinned too: {}",
+        froms[7]
+    );
     for l in &froms[..4] {
         let image = l.split_whitespace().find(|w| w.contains('@')).expect(l);
         let (_, digest) = image.split_once("@sha256:").expect(l);
@@ -214,7 +221,7 @@ fn pin_images_pins_every_base_image_by_digest() {
         froms[3]
     );
     assert_eq!(
-        froms[4..],
+        froms[4..7],
         ["FROM scratch", "FROM build", "FROM $BASE"],
         "left alone"
     );

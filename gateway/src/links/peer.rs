@@ -127,14 +127,26 @@ impl PeerTable {
         } else {
             Some(Arc::new(tls::load_roots(&cfg.tls.trust)?))
         };
-        let inherited = previous
-            .and_then(|o| o.peers.lock().ok())
-            .map(|m| {
-                m.iter()
-                    .map(|(d, p)| (d.clone(), p.session_id.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // What the table before knew (built or inherited itself), bounded like the table.
+        let mut inherited: HashMap<String, String> = HashMap::new();
+        if let Some(o) = previous {
+            inherited.extend(o.inherited.iter().map(|(d, s)| (d.clone(), s.clone())));
+            if let Ok(m) = o.peers.lock() {
+                inherited.extend(m.iter().map(|(d, p)| (d.clone(), p.session_id.clone())));
+            }
+            let cap = cfg.peers.len() + MAX_FOUND_PEERS;
+            if inherited.len() > cap {
+                let extra: Vec<String> = inherited
+                    .keys()
+                    .filter(|d| cfg.peer(d).is_none())
+                    .take(inherited.len() - cap)
+                    .cloned()
+                    .collect();
+                for d in extra {
+                    inherited.remove(&d);
+                }
+            }
+        }
         let t = PeerTable {
             inherited,
             public_domain: cfg.operator.public_domain.clone(),

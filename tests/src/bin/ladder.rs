@@ -97,6 +97,22 @@ fn main() -> Result<ExitCode> {
     rt.block_on(ladder(opts, pinned))
 }
 
+/// HAProxy's version and the OpenSSL it was built with (its TLS costs are OpenSSL's).
+fn haproxy_version() -> String {
+    std::process::Command::new("haproxy")
+        .arg("-vv")
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines()
+                .filter(|l| l.starts_with("HAProxy version") || l.contains("OpenSSL version"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
 fn which(cmd: &str) -> bool {
     std::process::Command::new(cmd)
         .arg("--version")
@@ -420,14 +436,23 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         &log("passthrough"),
     )
     .await?;
-    let haproxy = setup::spawn_haproxy(
-        &work,
-        server_cpu,
-        &x_dir,
-        &certs.join("ca.pem"),
-        origin.addr,
-    )
-    .await?;
+    // The peer anchor: HAProxy (Debian haproxy) when installed; without it the rung is
+    // skipped and its ratio is null.
+    let haproxy = if which("haproxy") {
+        Some(
+            setup::spawn_haproxy(
+                &work,
+                server_cpu,
+                &x_dir,
+                &certs.join("ca.pem"),
+                origin.addr,
+            )
+            .await?,
+        )
+    } else {
+        eprintln!("haproxy is not installed (Debian package haproxy): the L2h rung is skipped");
+        None
+    };
     let gx = setup::write_gateway(
         &work,
         &certs,
@@ -474,10 +499,10 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         addr: passthrough.addr,
         tls: tls_to_x.clone(),
     };
-    let t_haproxy = Target {
-        addr: haproxy.addr,
+    let t_haproxy = haproxy.as_ref().map(|h| Target {
+        addr: h.addr,
         tls: tls_to_x.clone(),
-    };
+    });
     let t_gw_in = Target {
         addr: gateway_x.addr,
         tls: tls_to_x.clone(),
@@ -515,13 +540,16 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let l3 = "L3 gateway inbound";
     let lo = "gateway outbound (X -> Y)";
     let ka = "keep-alive";
-    let rungs: [(&str, &Target, &Child); 5] = [
+    let mut rungs: Vec<(&str, &Target, &Child)> = vec![
         (l0, &t_origin, &origin),
         (l1, &t_relay, &relay),
         (l2, &t_pass, &passthrough),
-        (lh, &t_haproxy, &haproxy),
-        (l3, &t_gw_in, &gateway_x),
     ];
+    if let (Some(t), Some(h)) = (&t_haproxy, &haproxy) {
+        rungs.push((lh, t, h));
+    }
+    rungs.push((l3, &t_gw_in, &gateway_x));
+    let rungs = rungs;
 
     // Memory before any load: the baseline of the idle-connection figure.
     let rss_fresh = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
@@ -529,7 +557,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     println!("\nmaximum throughput (closed loop, {CLOSED_LOOP_CONNS} connections):");
     let mut l2_max = 0.0;
     let mut l3_max = 0.0;
-    for (name, target, child) in rungs {
+    for &(name, target, child) in &rungs {
         let s = b
             .measure(
                 name,
@@ -567,7 +595,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let mut p50_at = std::collections::HashMap::new();
     for share in [25u32, 50] {
         let rate = l2_max * f64::from(share) / 100.0;
-        for (name, target, child) in rungs {
+        for &(name, target, child) in &rungs {
             let s = b
                 .measure(
                     name,
@@ -580,7 +608,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
                     &[child],
                 )
                 .await;
-            p50_at.insert((name, share), s.percentile(50.0));
+            p50_at.insert((name, share), (s.percentile(50.0), s.unsent));
         }
     }
     b.measure(
@@ -596,7 +624,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     .await;
 
     println!("\na new connection per request (closed loop; TLS rungs do a full handshake):");
-    for (name, target, child) in rungs {
+    for &(name, target, child) in &rungs {
         let shape = if target.tls.is_some() {
             "new-tls-per-request"
         } else {
@@ -634,7 +662,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         origin.addr,
         dns.addr,
     )?;
-    let both_cpus = (cpu_count() >= 2).then_some("0,1");
+    let both_cpus = (pinned && cpu_count() >= 2).then_some("0,1");
     let gateway_x2 = setup::spawn(
         &exe,
         both_cpus,
@@ -688,8 +716,12 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     print_table(&b.rungs);
     let errors: u64 = b.rungs.iter().map(|r| r.errors).sum::<u64>() + failed as u64;
     let ratio = l3_max / l2_max.max(1e-9);
-    let added_25 = i64::from(p50_at[&(l3, 25)]) - i64::from(p50_at[&(l2, 25)]);
-    let added_50 = i64::from(p50_at[&(l3, 50)]) - i64::from(p50_at[&(l2, 50)]);
+    let added = |share: u32| {
+        let ((g, gu), (p, pu)) = (p50_at[&(l3, share)], p50_at[&(l2, share)]);
+        // A median of what was sent says nothing if part of the schedule never went.
+        (i64::from(g) - i64::from(p), gu == 0 && pu == 0)
+    };
+    let ((added_25, whole_25), (added_50, _)) = (added(25), added(50));
     let rss_mb = mib(rss_idle);
     // CPU per request at maximum (keep-alive), measured side by side in this run: the
     // figures to steer by (throughput ratios move with the generator's share of the CPU).
@@ -699,7 +731,8 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
             .find(|r| r.name == name && r.shape == ka && r.load == "max")
     };
     let cpu_of = |name: &str| row(name).map_or(f64::NAN, |r| r.cpu_us_per_req);
-    let per_core = |name: &str| row(name).map_or(f64::NAN, |r| r.rps / r.server_cpu_util.max(1e-9));
+    // Requests per busy CPU-second: from CPU per request, one span for both.
+    let per_core = |name: &str| row(name).map_or(f64::NAN, |r| 1e6 / r.cpu_us_per_req.max(1e-9));
     let gw_vs_pass = cpu_of(l3) / cpu_of(l2);
     let gw_vs_haproxy = cpu_of(l3) / cpu_of(lh);
     let x_share = row(lo)
@@ -710,7 +743,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         "l3_cpu_at_most_1_33_of_l2": {"value": gw_vs_pass, "met": gw_vs_pass <= 1.33},
         "l3_cpu_goal_1_11_of_l2": {"value": gw_vs_pass, "met": gw_vs_pass <= 1.11},
         "outbound_x_cpu_at_most_1_5_of_l2": {"value": out_vs_pass, "met": out_vs_pass <= 1.5},
-        "l3_added_p50_at_25pct_at_most_50us": {"value": added_25, "met": added_25 <= 50},
+        "l3_added_p50_at_25pct_at_most_50us": {"value": added_25, "met": added_25 <= 50 && whole_25},
         "rss_with_1000_idle_tls_at_most_64mb": {"value": rss_mb, "met": rss_mb <= 64.0 && failed == 0},
         "no_errors": {"value": errors, "met": errors == 0},
     });
@@ -726,7 +759,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     println!("throughput, gateway vs pass-through (keep-alive max): {ratio:.2}");
     println!(
         "added p50 at 25% of L2 max: {added_25} µs (target <= 50 µs: {}); at 50%: {added_50} µs",
-        met(added_25 <= 50)
+        met(added_25 <= 50 && whole_25)
     );
     println!(
         "throughput per busy CPU, gateway inbound: {:.0} req/s on one CPU, {:.0} req/s on two",
@@ -765,6 +798,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
             "cpus": cpu_count(),
             "cpu_model": cpu_model(),
             "pinned": pinned,
+            "haproxy": haproxy.as_ref().map(|_| haproxy_version()),
             "mode": if opts.quick { "quick" } else { "full" },
         },
     });
