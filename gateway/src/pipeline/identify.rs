@@ -37,7 +37,7 @@ pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<Pee
                 .map(|p| p.cfg.domain.clone())
         });
         let mut found = listed.as_deref().and_then(|d| peers.get(d));
-        if found.is_none() && gw.cfg().policy.accept_unlisted_peers {
+        if found.is_none() && live.cfg.policy.accept_unlisted_peers {
             // The domain the peer claims (its session ID's, else its requestor's service),
             // accepted when its certificate names it and chains to our default anchors.
             let claimed = s
