@@ -33,6 +33,27 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(ok, "promtool check rules:\n{out}");
     let (ok, out) = promtool(&["test", "rules", "rules_test.yaml"]);
     assert!(ok, "promtool test rules:\n{out}");
+    // Every alert has a unit test in which it fires (and promtool checks its labels and
+    // annotations there).
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/rules.yaml")).unwrap();
+    let tests = std::fs::read_to_string(repo("deploy/prometheus/rules_test.yaml")).unwrap();
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    let firing: Vec<&str> = lines
+        .windows(3)
+        .filter(|w| w[2].starts_with("- exp_labels:"))
+        .filter_map(|w| w[0].strip_prefix("alertname: "))
+        .collect();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 18, "{alerts:?}");
+    for a in &alerts {
+        assert!(
+            firing.contains(a),
+            "{a}: no test in rules_test.yaml in which it fires"
+        );
+    }
 }
 
 /// The `ssp_…` metric names in `text` (recording rules, which hold a `:`, left out).
