@@ -6,6 +6,8 @@
 //! - [`dnslab`]: zones served by an in-process hickory-server or a real NSD;
 //! - [`faults`]: the fault-injection rig (gateway processes killed and restarted, counted traffic);
 //! - [`pglab`]: a PostgreSQL server started by the tests;
+//! - [`siplab`], [`sipua`], [`xmpplab`]: SIP and XMPP operators (Kamailio and sipp, Prosody
+//!   and slixmpp clients) for the translators' tests;
 //! - [`ladder`]: the load ladder (origin, relay, pass-through, load generator).
 #![allow(clippy::unwrap_used)]
 
@@ -20,3 +22,4 @@ pub mod ladder;
 pub mod pglab;
 pub mod siplab;
 pub mod sipua;
+pub mod xmpplab;

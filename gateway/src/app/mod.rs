@@ -9,6 +9,7 @@ pub mod listen;
 pub mod notify;
 mod reload;
 mod sip;
+mod xmpp;
 
 pub use reload::{Control, ReloadError, Reloaded};
 
@@ -66,6 +67,9 @@ pub enum StartError {
     /// The SIP translator cannot listen.
     #[error("{0} (check [sip] listen and tls_listen)")]
     Sip(String),
+    /// The XMPP translator cannot listen, or its TLS or secret cannot be loaded.
+    #[error("{0} (check [xmpp])")]
+    Xmpp(String),
 }
 
 /// Options the config file does not carry (tests, the demo).
@@ -464,6 +468,14 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         None => None,
     };
 
+    let xmpp_addr = match xmpp::start(&gw).await? {
+        Some((addr, task)) => {
+            tasks.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+
     if gw.links.siblings.is_some() {
         let g = gw.clone();
         let last = Arc::new(tokio::sync::Mutex::new(Vec::new()));
@@ -531,6 +543,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
         public_domain = %cfg.operator.public_domain,
         peer = %shown(peer_addr), core = %shown(core_addr), admin = %shown(admin_addr),
         sip = %shown(sip_addr),
+        xmpp = %shown(xmpp_addr),
         store = gw.store().map_or("none", |s| s.engine()),
         resumed = released,
         "gateway started"

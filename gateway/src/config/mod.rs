@@ -9,6 +9,7 @@ mod raw;
 mod schema;
 mod sip;
 mod validate;
+mod xmpp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -33,6 +33,48 @@ pub(super) struct RawConfig {
     pub(super) store: RawStore,
     #[serde(default)]
     pub(super) sip: Option<RawSip>,
+    #[serde(default)]
+    pub(super) xmpp: Option<RawXmpp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXmpp {
+    pub(super) listen: String,
+    #[serde(default)]
+    pub(super) max_stanza: Option<i64>,
+    #[serde(default)]
+    pub(super) idle: Option<String>,
+    #[serde(default)]
+    pub(super) auth_timeout: Option<String>,
+    #[serde(default)]
+    pub(super) receipt_wait: Option<String>,
+    #[serde(default)]
+    pub(super) dialback_secret_file: Option<String>,
+    #[serde(default)]
+    pub(super) trust: Vec<String>,
+    #[serde(default)]
+    pub(super) open: bool,
+    #[serde(default)]
+    pub(super) require_tls: Option<bool>,
+    #[serde(default)]
+    pub(super) allow_dialback: Option<bool>,
+    #[serde(default, rename = "peer")]
+    pub(super) peers: Vec<RawXmppPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXmppPeer {
+    pub(super) domain: String,
+    #[serde(default)]
+    pub(super) require_tls: Option<bool>,
+    #[serde(default)]
+    pub(super) allow_dialback: Option<bool>,
+    #[serde(default)]
+    pub(super) rate: Option<u32>,
+    #[serde(default)]
+    pub(super) burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -389,6 +389,72 @@ impl SipSpec {
     }
 }
 
+/// `[xmpp]`: the XMPP translator's server-to-server listener, and the policy for the XMPP
+/// domains it federates with.
+#[derive(Debug, Clone)]
+pub struct XmppSpec {
+    /// Where other XMPP servers open streams to us (the `_xmpp-server._tcp` target).
+    pub listen: std::net::SocketAddr,
+    /// The largest stanza taken or sent (bytes).
+    pub max_stanza: usize,
+    /// An outbound stream unused this long is closed.
+    pub idle: std::time::Duration,
+    /// How long a stream has to be opened and proved (either way).
+    pub auth_timeout: std::time::Duration,
+    /// How long a receipt (XEP-0184) asked for is waited for before the delivery is
+    /// reported as not confirmed.
+    pub receipt_wait: std::time::Duration,
+    /// The Server Dialback secret (XEP-0185); `None`: a random one per process (replicas
+    /// that share a domain must share the file).
+    pub dialback_secret_file: Option<std::path::PathBuf>,
+    /// What XMPP servers' certificates must chain to (else `[tls] trust`).
+    pub trust: Vec<std::path::PathBuf>,
+    /// Whether domains not listed are federated with (with the defaults below).
+    pub open: bool,
+    /// The policy of domains not listed.
+    pub defaults: XmppPolicy,
+    /// Listed domains.
+    pub peers: Vec<XmppPeerSpec>,
+}
+
+/// How a domain's streams must be secured and proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XmppPolicy {
+    /// Streams with it must run over TLS.
+    pub require_tls: bool,
+    /// It may prove its domain by Server Dialback (else only by certificate).
+    pub allow_dialback: bool,
+    /// Stanzas per second taken from it.
+    pub rate: u32,
+    /// The burst above `rate`.
+    pub burst: u32,
+}
+
+/// One `[[xmpp.peer]]`.
+#[derive(Debug, Clone)]
+pub struct XmppPeerSpec {
+    /// Its domain.
+    pub domain: String,
+    /// Its policy.
+    pub policy: XmppPolicy,
+}
+
+impl XmppSpec {
+    /// The policy for `domain`: its own, the defaults when open, else `None` (not
+    /// federated with).
+    pub fn policy(&self, domain: &str) -> Option<XmppPolicy> {
+        match self
+            .peers
+            .iter()
+            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+        {
+            Some(p) => Some(p.policy),
+            None if self.open => Some(self.defaults),
+            None => None,
+        }
+    }
+}
+
 /// `[store]`: where durable state lives and how long work is kept and retried.
 #[derive(Debug, Clone)]
 pub struct StoreSpec {
@@ -473,6 +539,8 @@ pub struct Config {
     pub store: StoreSpec,
     /// `[sip]`: the SIP/SIMPLE translator (none: SIP-only destinations are not reached).
     pub sip: Option<SipSpec>,
+    /// `[xmpp]`: the XMPP translator (none: XMPP-only destinations are not reached).
+    pub xmpp: Option<XmppSpec>,
     /// Settings that load but probably do not do what was meant (`check` prints them, `run`
     /// logs them).
     pub warnings: Vec<String>,

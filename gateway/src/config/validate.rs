@@ -87,6 +87,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
     let sip = raw
         .sip
         .map(|r| super::sip::validate(check, base, r, identity));
+    let xmpp = raw.xmpp.map(|r| super::xmpp::validate(check, base, r));
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);
@@ -158,6 +159,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
         cluster,
         store,
         sip,
+        xmpp,
     }
 }
 

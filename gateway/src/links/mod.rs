@@ -16,6 +16,7 @@ pub mod http;
 pub(crate) mod peer;
 mod pending;
 pub(crate) mod sip;
+pub(crate) mod xmpp;
 
 pub use cluster::Conflict;
 pub use peer::PeerRt;
@@ -91,6 +92,8 @@ pub enum Dest {
     LastResort(Remote),
     /// A destination reachable by SIP only: the SIP/SIMPLE translator.
     Sip(sip::SipTarget),
+    /// A destination reachable by XMPP only: the XMPP translator.
+    Xmpp(xmpp::XmppTarget),
     /// Nowhere: the requester gets this.
     Fail(Failure),
 }
@@ -105,6 +108,9 @@ pub enum Origin {
     /// A SIP operator `[[sip.peer]]` trusts, by domain (inbound through the translator;
     /// answered in its SIP transaction).
     Sip(Arc<str>),
+    /// An XMPP domain `[xmpp]` federates with, by domain (inbound through the translator;
+    /// answered by stanzas of its own).
+    Xmpp(Arc<str>),
 }
 
 impl Origin {
@@ -112,7 +118,7 @@ impl Origin {
     pub fn direction(&self) -> &'static str {
         match self {
             Origin::Core => "outbound",
-            Origin::Peer(_) | Origin::Sip(_) => "inbound",
+            Origin::Peer(_) | Origin::Sip(_) | Origin::Xmpp(_) => "inbound",
         }
     }
 
@@ -122,6 +128,7 @@ impl Origin {
         match self {
             Origin::Core | Origin::Peer(_) => "ssp",
             Origin::Sip(_) => "sip",
+            Origin::Xmpp(_) => "xmpp",
         }
     }
 
@@ -129,7 +136,7 @@ impl Origin {
     pub fn leg(&self) -> Leg {
         match self {
             Origin::Core => Leg::ToCore,
-            Origin::Peer(_) | Origin::Sip(_) => Leg::ToPeer,
+            Origin::Peer(_) | Origin::Sip(_) | Origin::Xmpp(_) => Leg::ToPeer,
         }
     }
 
@@ -138,7 +145,7 @@ impl Origin {
         match self {
             Origin::Core => "",
             Origin::Peer(p) => &p.cfg.domain,
-            Origin::Sip(d) => d,
+            Origin::Sip(d) | Origin::Xmpp(d) => d,
         }
     }
 }
@@ -278,6 +285,8 @@ pub struct Links {
     pub(crate) logs: crate::ops::logs::Sampler,
     /// The SIP/SIMPLE translator, once its listeners are bound (`[sip]`).
     pub(crate) sip: std::sync::OnceLock<sip::SipLink>,
+    /// The XMPP translator, once its listener is bound (`[xmpp]`).
+    pub(crate) xmpp: std::sync::OnceLock<xmpp::XmppLink>,
     assoc_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tap: Option<WireTap>,
 }
@@ -341,6 +350,7 @@ impl Links {
             metrics: p.metrics,
             drain: p.drain,
             sip: std::sync::OnceLock::new(),
+            xmpp: std::sync::OnceLock::new(),
             assoc_locks: std::sync::Mutex::new(HashMap::new()),
             tap: p.tap,
         })
@@ -369,6 +379,7 @@ impl Links {
             Dest::Imps(r) | Dest::LastResort(r) => self.to_peer(r, request, part).await,
             // Boxed: the SIP legs are deep futures, kept off the stack of every request.
             Dest::Sip(t) => Box::pin(self.to_sip(t, request)).await,
+            Dest::Xmpp(t) => Box::pin(self.to_xmpp(t, request)).await,
             Dest::Fail(f) => Err(f.clone()),
         }
     }
@@ -381,6 +392,7 @@ impl Links {
             Dest::Imps(r) | Dest::LastResort(r) => (Leg::ToPeer, r.domain.to_ascii_lowercase()),
             // No SSP transaction ID goes over SIP; kept work records the token all the same.
             Dest::Sip(t) => (Leg::ToPeer, t.domain.to_ascii_lowercase()),
+            Dest::Xmpp(t) => (Leg::ToPeer, t.domain.to_ascii_lowercase()),
             Dest::Fail(_) => return None,
         };
         Some(self.issue_for(leg, part, &peer))
@@ -411,7 +423,7 @@ impl Links {
                 .unwrap_or_default(),
             Origin::Peer(p) => p.cfg.mode,
             // Answered in the SIP transaction, like a synchronous sender.
-            Origin::Sip(_) => ResponseMode::Sync,
+            Origin::Sip(_) | Origin::Xmpp(_) => ResponseMode::Sync,
         }
     }
 
@@ -420,7 +432,7 @@ impl Links {
         match origin {
             Origin::Core => self.core_body(answers).1,
             Origin::Peer(p) => self.peer_body(p, answers).1,
-            Origin::Sip(_) => String::new(),
+            Origin::Sip(_) | Origin::Xmpp(_) => String::new(),
         }
     }
 
@@ -431,7 +443,7 @@ impl Links {
             Origin::Core => self.answers_to_core(answers).await,
             Origin::Peer(p) => self.answers_to_peer(p, answers).await,
             // Its answers went in its SIP transactions; there is nowhere to send more.
-            Origin::Sip(_) => false,
+            Origin::Sip(_) | Origin::Xmpp(_) => false,
         }
     }
 

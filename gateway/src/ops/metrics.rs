@@ -77,6 +77,16 @@ pub struct Metrics {
     pub sip_subscriptions: IntGauge,
     /// SIP users' presence subscriptions to our users (the gateway as notifier).
     pub sip_watches: IntGauge,
+    /// Stanzas of the XMPP translator, by direction (`out`, `in`), stanza (`message`,
+    /// `presence`, `receipt`, `iq`) and result (`sent`, `taken`, `refused`, `error`).
+    pub xmpp: IntCounterVec,
+    /// Server-to-server streams open, by direction (`in`, `out`).
+    pub xmpp_streams: IntGaugeVec,
+    /// Server-to-server streams proved, by direction and how (`sasl-external`,
+    /// `dialback`), or not (`failed`).
+    pub xmpp_proofs: IntCounterVec,
+    /// XMPP presence subscriptions: ours to XMPP users (`out`) and theirs to ours (`in`).
+    pub xmpp_subscriptions: IntGaugeVec,
     /// When each configured certificate (ours, the trust anchors) stops being valid, Unix
     /// seconds, by file and position in it.
     pub certificates: IntGaugeVec,
@@ -165,6 +175,25 @@ impl Metrics {
             "sip_watches",
             "SIP users' presence subscriptions to our users",
         );
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable_metric(name, e));
+            let _ = r.register(Box::new(g.clone()));
+            for l in ["in", "out"] {
+                g.with_label_values(&[l]).set(0);
+            }
+            g
+        };
+        let xmpp_streams = gauges(
+            "xmpp_streams",
+            "XMPP server-to-server streams open",
+            &["direction"],
+        );
+        let xmpp_subscriptions = gauges(
+            "xmpp_subscriptions",
+            "XMPP presence subscriptions (out: ours to XMPP users, in: theirs to ours)",
+            &["direction"],
+        );
         let certificates = IntGaugeVec::new(
             Opts::new(
                 "certificate_expiry_seconds",
@@ -180,6 +209,20 @@ impl Metrics {
             queue_oldest,
             sip_subscriptions,
             sip_watches,
+            xmpp_streams,
+            xmpp_subscriptions,
+            xmpp_proofs: counter(
+                &r,
+                "xmpp_stream_proofs_total",
+                "XMPP server-to-server streams proved, by direction and how",
+                &["direction", "proof"],
+            ),
+            xmpp: counter(
+                &r,
+                "xmpp_stanzas_total",
+                "Stanzas of the XMPP translator",
+                &["direction", "stanza", "result"],
+            ),
             work: counter(&r, "work_total", "Kept work, by event", &["event"]),
             reloads: counter(&r, "reloads_total", "Reloads, by result", &["result"]),
             sip: counter(

@@ -38,7 +38,7 @@ pub(crate) fn accept(gw: &Arc<Gateway>, t: Transaction, from: &Origin) -> Result
     let leg = from.leg();
     let side = match from {
         Origin::Core => Side::Core,
-        Origin::Peer(_) | Origin::Sip(_) => Side::Peer,
+        Origin::Peer(_) | Origin::Sip(_) | Origin::Xmpp(_) => Side::Peer,
     };
     let tok = match links.live.load().keys.open(&t.transaction_id) {
         Ok(tok) if tok.leg == leg && (leg == Leg::ToCore || tok.peer == from.domain()) => tok,

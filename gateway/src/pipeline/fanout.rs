@@ -192,8 +192,9 @@ async fn forward(
     // What is answered here (a failed route, a number search for a SIP operator) was not
     // handed to anyone.
     let protocol = match (dest, &request) {
-        (Dest::Fail(_), _) | (Dest::Sip(_), Primitive::SearchRequest(_)) => None,
+        (Dest::Fail(_), _) | (Dest::Sip(_) | Dest::Xmpp(_), Primitive::SearchRequest(_)) => None,
         (Dest::Sip(_), _) => Some("sip"),
+        (Dest::Xmpp(_), _) => Some("xmpp"),
         _ => Some("ssp"),
     };
     let answer = forward_part(gw, dest, request, part).await;
@@ -226,6 +227,22 @@ async fn forward_part(
                     Kind::NotSupported,
                     format!(
                         "only a search by number reaches {}, a SIP operator",
+                        t.domain
+                    ),
+                )),
+            };
+        }
+        if let (Dest::Xmpp(t), Primitive::SearchRequest(_)) = (dest, &request) {
+            // Nor has XMPP between servers: the number DNS places there is the ID to add.
+            return match canonical_search(gw, request).1 {
+                Some(n) => Ok(number_found(
+                    n,
+                    &format!("reachable by XMPP at {}; the number is the ID", t.domain),
+                )),
+                None => Err(Failure::local(
+                    Kind::NotSupported,
+                    format!(
+                        "only a search by number reaches {}, an XMPP operator",
                         t.domain
                     ),
                 )),

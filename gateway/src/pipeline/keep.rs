@@ -46,6 +46,7 @@ pub(crate) fn part_key(dest: &Dest, ids: &[String]) -> String {
         Dest::Imps(r) => format!("ssp:{}", r.domain),
         Dest::LastResort(r) => format!("last:{}", r.domain),
         Dest::Sip(t) => format!("sip:{}", t.uri),
+        Dest::Xmpp(t) => format!("xmpp:{}", t.jid),
         Dest::Fail(_) => "none".to_owned(),
     };
     let key = format!("{d}|{}", ids.join("\u{1f}"));
@@ -171,7 +172,7 @@ impl Keep<'_> {
             Some(Dest::Imps(r) | Dest::LastResort(r)) => {
                 cfg.peer(&r.domain).map_or(cfg.store.queue, |p| p.queue)
             }
-            Some(Dest::Sip(_) | Dest::Fail(_)) | None => cfg.store.queue,
+            Some(Dest::Sip(_) | Dest::Xmpp(_) | Dest::Fail(_)) | None => cfg.store.queue,
         };
         (q != Queue::Off).then_some(q)
     }

@@ -51,7 +51,7 @@ pub(crate) async fn plan(gw: &Gateway, origin: &Origin, req: &Primitive) -> Resu
     let mut plan = Plan::default();
     match origin {
         // Peers, SSP or SIP, reach our core only.
-        Origin::Peer(_) | Origin::Sip(_) => {
+        Origin::Peer(_) | Origin::Sip(_) | Origin::Xmpp(_) => {
             if route_by.is_empty() {
                 // Nothing to route by (a vendor primitive): for the core to answer.
                 plan.groups.push((Dest::Core, Vec::new()));
@@ -161,6 +161,9 @@ async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
             if d.protocol == Protocol::Sip && gw.links.sip.get().is_some() {
                 return sip_destination(&d, rb.as_str());
             }
+            if d.protocol == Protocol::Xmpp && gw.links.xmpp.get().is_some() {
+                return xmpp_destination(&d, rb.as_str());
+            }
             destination(
                 &d,
                 &cfg.operator.public_domain,
@@ -236,6 +239,41 @@ fn sip_destination(d: &Decision, what: &str) -> Dest {
         uri,
         servers,
     })
+}
+
+/// A destination DNS shows reachable by XMPP (and not by IMPS): the translator, to the JID
+/// ENUM gave (`xmpp:`, or the user of an `im:`/`pres:` URI) or the user at the domain, over
+/// the servers SRV gave.
+fn xmpp_destination(d: &Decision, what: &str) -> Dest {
+    let domain = d.domain.clone().unwrap_or_default();
+    let servers: Vec<std::net::SocketAddr> = d
+        .targets
+        .iter()
+        .flat_map(|t| {
+            t.addrs
+                .iter()
+                .map(move |a| std::net::SocketAddr::new(*a, t.port))
+        })
+        .collect();
+    if servers.is_empty() {
+        return no_route(what);
+    }
+    let jid = crate::links::xmpp::stanza::target_jid(
+        d.enum_hit.as_ref().map(|h| h.uri.as_str()),
+        what,
+        &domain,
+    );
+    match jid {
+        Some(jid) => Dest::Xmpp(crate::links::xmpp::XmppTarget {
+            domain,
+            jid,
+            servers,
+        }),
+        None => Dest::Fail(Failure::local(
+            Kind::InvalidUserId,
+            format!("{what} cannot be named as an XMPP address at {domain}"),
+        )),
+    }
 }
 
 /// The destination a DNS decision gives for `what` (a route-by value, for the status

@@ -603,7 +603,7 @@ async fn report(gw: &Arc<Gateway>, job: &mut Job, keep: &Keep<'_>, ids: Vec<Stri
             source: Source::Peering,
         }),
         // Not kept (answered in its SIP transaction): there is no report to send.
-        Origin::Sip(_) => return outcome_reached(gw, job).await,
+        Origin::Sip(_) | Origin::Xmpp(_) => return outcome_reached(gw, job).await,
     };
     let part = Part {
         origin_tid: &job.tid,

@@ -942,6 +942,25 @@ impl Resolver {
         }
     }
 
+    /// The XMPP servers of `domain` (RFC 6120 §3.2: `_xmpp-server._tcp`, after RFC 3861's
+    /// `_im._xmpp`), in the order to try; empty when DNS names none.
+    pub async fn xmpp_servers(&self, domain: &str) -> Result<Vec<std::net::SocketAddr>, Transient> {
+        let mut d = Decision::new(domain, Svc::Im);
+        self.locate(&mut d, domain, Some(Fallback::Xmpp), None)
+            .await?;
+        if d.protocol != Protocol::Xmpp {
+            return Ok(Vec::new());
+        }
+        Ok(d.targets
+            .iter()
+            .flat_map(|t| {
+                t.addrs
+                    .iter()
+                    .map(move |a| std::net::SocketAddr::new(*a, t.port))
+            })
+            .collect())
+    }
+
     /// Anti-spoofing: whether ENUM places `n` at `peer_domain`. A number ENUM does not
     /// know is placed nowhere; a DNS failure is no verdict (the caller must not take it for
     /// one: anyone able to break its own DNS could otherwise pass any number off as its own).

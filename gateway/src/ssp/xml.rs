@@ -310,6 +310,22 @@ pub enum XmlError {
     },
 }
 
+impl XmlError {
+    /// Whether it is a limit exceeded (size, depth, counts), not malformed XML.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            XmlError::BodyTooLarge(..)
+                | XmlError::TooDeep(_)
+                | XmlError::TooManyAttrs(..)
+                | XmlError::AttrTooLong(..)
+                | XmlError::TextTooLong(..)
+                | XmlError::TooManyElements(_)
+                | XmlError::TooManyTransactions(_)
+        )
+    }
+}
+
 /// The parsed document: the root element and the namespaces it declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {

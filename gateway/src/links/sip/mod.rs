@@ -639,7 +639,10 @@ fn method_label(m: &str) -> &'static str {
 }
 
 /// The content type and bytes of an SSP message (base64 content decoded).
-fn content(m: &SendMessageRequest, info: &MessageInfo) -> Result<(String, Vec<u8>), Failure> {
+pub(crate) fn content(
+    m: &SendMessageRequest,
+    info: &MessageInfo,
+) -> Result<(String, Vec<u8>), Failure> {
     let c = m
         .content
         .as_ref()

@@ -28,7 +28,7 @@ pub(crate) const CONTENT_TYPE: &str = "application/pidf+xml";
 const MAX_NOTE: usize = 1024;
 
 /// How available a user says they are, IMPS's three values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Availability {
     /// `AVAILABLE`.
     Available,
@@ -49,7 +49,7 @@ impl Availability {
 }
 
 /// One user's presence, as both sides can say it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Presence {
     /// Reachable for IM.
     pub(crate) online: bool,
