@@ -195,3 +195,217 @@ async fn uc_5_22_alt_xmpp_messages_both_ways_by_number_with_dialback() {
 async fn uc_5_22_alt_xmpp_messages_both_ways_by_number_over_tls_with_sasl_external() {
     messages_both_ways(Variant::Tls).await;
 }
+
+async fn our_user_watches_bob(variant: Variant) {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let fed = operator_x(variant, xmpp_port, s2s, "").await;
+    let prosody = prosody(&fed, variant, xmpp_port, s2s);
+    let cx = fed.ops[0].core.clone();
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    let mut bob = prosody.client(BOB, "bobpw").unwrap();
+    let bob_id = format!("wv:{BOB}");
+    let latest = |cx: &ssp_testbed::core_sim::CoreSim| cx.presence_seen("usera").last().cloned();
+
+    // SubscribeRequest → <presence type='subscribe'> to Bob (ENUM E2U+xmpp, SRV Prosody);
+    // Bob's client approves, and his presence reaches the core as a PresenceNotification.
+    let st = cx.subscribe("usera", &bob_id).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}\n{}", prosody.log());
+    bob.expect(&["subscribe", &format!("{A}@opx.example")], WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.log()));
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c).is_some_and(|p| p.online == Some(true)))
+            .await,
+        "Bob's presence reached the core: {:?}\n{}",
+        cx.presence_seen("usera"),
+        prosody.log()
+    );
+    let p = latest(&cx).unwrap();
+    assert_eq!(p.presentity, bob_id, "the presentity by number");
+    assert_eq!(p.availability, "AVAILABLE");
+    assert_eq!(
+        g.metrics()
+            .xmpp_subscriptions
+            .with_label_values(&["out"])
+            .get(),
+        1
+    );
+
+    // Bob goes away, then busy: each state once, by the mapping table.
+    bob.send(&["pres", "away", "Back soon"]);
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "Back soon"))
+            .await,
+        "{:?}",
+        cx.presence_seen("usera")
+    );
+    assert_eq!(latest(&cx).unwrap().availability, "NOT_AVAILABLE");
+    bob.send(&["pres", "dnd", "In a meeting"]);
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.availability == "DISCREET"))
+            .await,
+        "{:?}",
+        cx.presence_seen("usera")
+    );
+    assert_eq!(latest(&cx).unwrap().status_text, "In a meeting");
+    // The same state said again (Prosody repeats presence) is not passed on.
+    bob.send(&["pres", "dnd", "In a meeting"]);
+    bob.send(&["pres", "away", "Lunch"]);
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "Lunch"))
+            .await,
+        "{:?}",
+        cx.presence_seen("usera")
+    );
+    let seen = cx.presence_seen("usera");
+    for pair in seen.windows(2) {
+        assert!(
+            (&pair[0].availability, &pair[0].status_text, pair[0].online)
+                != (&pair[1].availability, &pair[1].status_text, pair[1].online),
+            "a repeated state reached the core: {seen:?}"
+        );
+    }
+
+    // GetPresenceRequest: the state the subscription last said.
+    let (st, values) = cx.get_presence("usera", &bob_id).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(values[0].status_text, "Lunch");
+
+    // UnsubscribeRequest → unsubscribe: nothing more reaches the core.
+    let st = cx.unsubscribe("usera", &bob_id).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(
+        g.metrics()
+            .xmpp_subscriptions
+            .with_label_values(&["out"])
+            .get(),
+        0
+    );
+    let before = stanzas(&fed, "in", "presence", "taken");
+    let n = cx.presence_seen("usera").len();
+    bob.send(&["pres", "", "Back"]);
+    // Bob's server no longer sends us his presence; a probe of ours would show it if the
+    // subscription were still there. What did come (if anything) was dropped.
+    bob.send(&["sub", &format!("{A}@opx.example")]);
+    assert!(
+        cx.wait_until(WAIT, |c| c
+            .watchers("usera")
+            .iter()
+            .any(|w| w.contains(BOB)))
+            .await,
+        "a later stanza from Bob got through: the stream is alive"
+    );
+    assert!(stanzas(&fed, "in", "presence", "taken") > before);
+    assert_eq!(cx.presence_seen("usera").len(), n, "nothing after the end");
+    drop(bob);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_xmpp_our_user_watches_an_xmpp_user_by_number_with_dialback() {
+    our_user_watches_bob(Variant::Dialback).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_xmpp_our_user_watches_an_xmpp_user_by_number_over_tls() {
+    our_user_watches_bob(Variant::Tls).await;
+}
+
+async fn bob_watches_our_user(variant: Variant) {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let fed = operator_x(variant, xmpp_port, s2s, "").await;
+    let prosody = prosody(&fed, variant, xmpp_port, s2s);
+    let cx = fed.ops[0].core.clone();
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    let mut bob = prosody.client(BOB, "bobpw").unwrap();
+    let ours = format!("{A}@opx.example");
+
+    // Bob subscribes to A's number: the core hears a SubscribeRequest from Bob by number,
+    // grants it, and Bob's server is told `subscribed`.
+    bob.send(&["sub", &ours]);
+    assert!(
+        cx.wait_until(WAIT, |c| c
+            .watchers("usera")
+            .iter()
+            .any(|w| w.contains(BOB)))
+            .await,
+        "Bob watches A at the core: {:?}\n{}",
+        cx.watchers("usera"),
+        prosody.log()
+    );
+    bob.expect(&["presence", &ours, "subscribed"], WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.log()));
+    assert_eq!(
+        g.metrics()
+            .xmpp_subscriptions
+            .with_label_values(&["in"])
+            .get(),
+        1
+    );
+
+    // A's new state goes to Bob as presence (DISCREET → dnd), by number, no core name.
+    cx.set_presence("usera", "DISCREET", "Busy now")
+        .await
+        .unwrap();
+    let p = bob
+        .expect(&["presence", &ours, "available", "dnd"], WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.log()));
+    assert_eq!(p[4], "Busy now");
+    // The core says NOT_AVAILABLE with OnlineStatus F: offline is `unavailable`, its text kept.
+    cx.set_presence("usera", "NOT_AVAILABLE", "Away")
+        .await
+        .unwrap();
+    let p = bob
+        .expect(&["presence", &ours, "unavailable"], WAIT)
+        .unwrap();
+    assert_eq!(p[4], "Away");
+    assert!(!bob.seen.join("\n").contains("core.opx.example"));
+
+    // Bob ends it: the core hears an UnsubscribeRequest.
+    bob.send(&["unsub", &ours]);
+    assert!(
+        cx.wait_until(WAIT, |c| !c
+            .watchers("usera")
+            .iter()
+            .any(|w| w.contains(BOB)))
+            .await,
+        "{:?}",
+        cx.watchers("usera")
+    );
+    assert_eq!(
+        g.metrics()
+            .xmpp_subscriptions
+            .with_label_values(&["in"])
+            .get(),
+        0
+    );
+    drop(bob);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_xmpp_an_xmpp_user_watches_our_user_by_number_with_dialback() {
+    bob_watches_our_user(Variant::Dialback).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_xmpp_an_xmpp_user_watches_our_user_by_number_over_tls() {
+    bob_watches_our_user(Variant::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_20_alt_xmpp_contact_added_by_number() {
+    let fed = operator_x(Variant::Dialback, free_port(), free_port(), "").await;
+    let cx = fed.ops[0].core.clone();
+    // Bob's number is placed at an XMPP operator (ENUM E2U+xmpp): XMPP has no search
+    // between servers, so the gateway answers with the number's own ID.
+    let (st, hits) = cx.search_msisdn("usera", BOB).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(
+        hits.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        [format!("wv:{BOB}")]
+    );
+    fed.shutdown().await;
+}

@@ -21,6 +21,86 @@ use crate::pipeline::{self, Gateway};
 const RECEIPT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Streams other servers may have open to us at once.
 const MAX_STREAMS: usize = 4096;
+/// Stanzas that may wait in one lane.
+const LANE: usize = 256;
+
+/// Stanzas between one pair of users are served in the order they came (a conversation's
+/// messages, a user's successive presence), each pair on a lane of its own so that pairs do
+/// not wait for each other. A lane lives while it has stanzas.
+#[derive(Default)]
+struct Lanes(
+    std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<(String, stanza::Stanza)>>>,
+);
+
+impl Lanes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, mpsc::Sender<(String, stanza::Stanza)>>,
+    > {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The lane of a stanza: its sender's and recipient's bare JIDs.
+fn lane_of(s: &stanza::Stanza) -> String {
+    let bare = |k: &str| {
+        s.attr(k)
+            .and_then(stanza::Jid::parse)
+            .map(|j| j.bare())
+            .unwrap_or_default()
+    };
+    format!("{} {}", bare("from"), bare("to"))
+}
+
+/// Hand `s` from `domain` to its lane, starting the lane if it has none.
+fn dispatch(gw: &Arc<Gateway>, lanes: &Arc<Lanes>, domain: String, s: stanza::Stanza) {
+    let key = lane_of(&s);
+    let mut all = lanes.lock();
+    let mut item = (domain, s);
+    if let Some(tx) = all.get(&key) {
+        match tx.try_send(item) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full((domain, s))) => {
+                drop(all);
+                tracing::info!(from = %domain, "XMPP lane full: stanza refused");
+                let g = gw.clone();
+                gw.drain().spawn(async move {
+                    refused(&g, &domain, &s, "wait", "resource-constraint").await;
+                });
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(back)) => item = back,
+        }
+    }
+    let (tx, mut rx) = mpsc::channel(LANE);
+    let _ = tx.try_send(item);
+    all.insert(key.clone(), tx);
+    drop(all);
+    let (g, lanes) = (gw.clone(), lanes.clone());
+    gw.drain().spawn(async move {
+        loop {
+            let next = match rx.try_recv() {
+                Ok(x) => Some(x),
+                Err(_) => {
+                    // Empty: the lane ends, unless a stanza came meanwhile (senders hand
+                    // over under the same lock, so none is left behind).
+                    let mut all = lanes.lock();
+                    match rx.try_recv() {
+                        Ok(x) => Some(x),
+                        Err(_) => {
+                            all.remove(&key);
+                            None
+                        }
+                    }
+                }
+            };
+            let Some((domain, s)) = next else { break };
+            serve(&g, domain, s).await;
+        }
+    });
+}
 
 /// Bind and serve the XMPP listener when `[xmpp]` is configured: where it listens, and the
 /// task that serves it (ends when the gateway stops).
@@ -61,6 +141,7 @@ pub(super) async fn start(
         }
     });
     let (events, mut rx) = mpsc::channel::<Event>(1024);
+    let lanes = Arc::new(Lanes::default());
     // What the streams hand over.
     let g = gw.clone();
     let drain = gw.drain().clone();
@@ -92,11 +173,7 @@ pub(super) async fn start(
                         let _ = reply.send(valid);
                     });
                 }
-                Event::Stanza { domain, stanza } => {
-                    let g2 = g.clone();
-                    g.drain()
-                        .spawn(async move { serve(&g2, domain, stanza).await });
-                }
+                Event::Stanza { domain, stanza } => dispatch(&g, &lanes, domain, stanza),
             }
         }
     });
@@ -157,21 +234,11 @@ async fn to_core(
 
 /// One stanza from `domain` (proved by its stream), to what it comes to.
 async fn serve(gw: &Arc<Gateway>, domain: String, s: stanza::Stanza) {
-    let is_error = s.attr("type") == Some("error");
     let reply_to = s.clone();
     match gw.links.take_xmpp(&domain, s).await {
         Err(r) => {
             tracing::debug!(from = %domain, condition = r.condition, why = %r.why, "XMPP stanza refused");
-            gw.metrics()
-                .xmpp
-                .with_label_values(&["in", kind(&reply_to), "refused"])
-                .inc();
-            // An error is never answered with an error (RFC 6120 §8.3.1).
-            if !is_error {
-                let ours = reply_to.attr("to").unwrap_or_default().to_owned();
-                let e = stanza::error_reply(&reply_to, &ours, r.kind, r.condition);
-                gw.links.xmpp_reply(&domain, &e, "error").await;
-            }
+            refused(gw, &domain, &reply_to, r.kind, r.condition).await;
         }
         Ok(XmppIn::Done) => {}
         Ok(XmppIn::Message {
@@ -216,6 +283,27 @@ async fn serve(gw: &Arc<Gateway>, domain: String, s: stanza::Stanza) {
             gw.links.xmpp_probe_answered(&watch, &answer).await;
         }
     }
+}
+
+/// Refuse `s` from `domain` with a stanza error (never an error with an error, RFC 6120
+/// §8.3.1), counted.
+async fn refused(
+    gw: &Arc<Gateway>,
+    domain: &str,
+    s: &stanza::Stanza,
+    kind_: &'static str,
+    condition: &'static str,
+) {
+    gw.metrics()
+        .xmpp
+        .with_label_values(&["in", kind(s), "refused"])
+        .inc();
+    if s.attr("type") == Some("error") {
+        return;
+    }
+    let ours = s.attr("to").unwrap_or_default().to_owned();
+    let e = stanza::error_reply(s, &ours, kind_, condition);
+    gw.links.xmpp_reply(domain, &e, "error").await;
 }
 
 fn kind(s: &stanza::Stanza) -> &'static str {
