@@ -246,7 +246,22 @@ VirtualHost {host}
 
     /// Log in as `user` (with `password`): a real client, ready to be driven.
     pub fn client(&self, user: &str, password: &str) -> anyhow::Result<Client> {
-        Client::start(&format!("{user}@{}", self.domain), password, self.c2s_port)
+        Client::start(
+            &format!("{user}@{}", self.domain),
+            password,
+            self.c2s_port,
+            true,
+        )
+    }
+
+    /// The same, a client that never sends the receipts asked of it.
+    pub fn client_without_receipts(&self, user: &str, password: &str) -> anyhow::Result<Client> {
+        Client::start(
+            &format!("{user}@{}", self.domain),
+            password,
+            self.c2s_port,
+            false,
+        )
     }
 }
 
@@ -279,10 +294,11 @@ pub struct Client {
 }
 
 impl Client {
-    fn start(jid: &str, password: &str, port: u16) -> anyhow::Result<Client> {
+    fn start(jid: &str, password: &str, port: u16, ack: bool) -> anyhow::Result<Client> {
         let mut child = Command::new(python())
             .arg(workspace().join("tests/xmpp/client.py"))
             .args([jid, password, "127.0.0.1", &port.to_string()])
+            .args((!ack).then_some("noack"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -379,5 +395,146 @@ impl Drop for Client {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A hand-driven server-to-server connection to the gateway, for what a real server would
+/// not send: raw bytes in, everything the gateway says collected.
+pub struct RawStream {
+    io: RawIo,
+    /// All the gateway sent so far.
+    pub got: String,
+}
+
+enum RawIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    /// Taken for the TLS upgrade.
+    Gone,
+}
+
+/// The stream header a server for `from` sends to open a stream to `to`.
+pub fn header(from: &str, to: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+         from='{from}' to='{to}' version='1.0'>"
+    )
+}
+
+impl RawStream {
+    /// Connect to the gateway's XMPP listener on `port`.
+    pub async fn connect(port: u16) -> anyhow::Result<RawStream> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        Ok(RawStream {
+            io: RawIo::Plain(tcp),
+            got: String::new(),
+        })
+    }
+
+    /// Send `s`.
+    pub async fn send(&mut self, s: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match &mut self.io {
+            RawIo::Plain(t) => t.write_all(s.as_bytes()).await?,
+            RawIo::Tls(t) => {
+                t.write_all(s.as_bytes()).await?;
+                t.flush().await?;
+            }
+            RawIo::Gone => anyhow::bail!("no connection"),
+        }
+        Ok(())
+    }
+
+    /// Read until what the gateway sent contains `needle` (true), or it closed the
+    /// connection or `within` passed (false).
+    pub async fn until(&mut self, needle: &str, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) {
+            let read = match &mut self.io {
+                RawIo::Plain(t) => tokio::time::timeout_at(deadline, t.read(&mut buf)).await,
+                RawIo::Tls(t) => tokio::time::timeout_at(deadline, t.read(&mut buf)).await,
+                RawIo::Gone => return false,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => return self.got.contains(needle),
+            }
+        }
+        true
+    }
+
+    /// Whether the gateway closed the connection within `within` (reads to the end).
+    pub async fn closed(&mut self, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = match &mut self.io {
+                RawIo::Plain(t) => tokio::time::timeout_at(deadline, t.read(&mut buf)).await,
+                RawIo::Tls(t) => tokio::time::timeout_at(deadline, t.read(&mut buf)).await,
+                RawIo::Gone => return true,
+            };
+            match read {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(n)) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Open a stream from `from`, upgrade it with STARTTLS presenting `cert_pem`/`key_pem`
+    /// (trusting `ca_pem` for the gateway's `to`), and prove `from` by SASL EXTERNAL.
+    pub async fn prove_by_certificate(
+        &mut self,
+        from: &str,
+        to: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
+        use rustls_pki_types::pem::PemObject;
+        let w = Duration::from_secs(5);
+        self.send(&header(from, to)).await?;
+        anyhow::ensure!(
+            self.until("</stream:features>", w).await,
+            "features: {}",
+            self.got
+        );
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await?;
+        anyhow::ensure!(self.until("<proceed", w).await, "proceed: {}", self.got);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls_pki_types::CertificateDer::from_pem_slice(
+            ca_pem.as_bytes(),
+        )?)?;
+        let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(
+            cert_pem.as_bytes(),
+        )?];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        let cfg = rustls::ClientConfig::builder_with_provider(ssp_gateway::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        let RawIo::Plain(tcp) = std::mem::replace(&mut self.io, RawIo::Gone) else {
+            anyhow::bail!("TLS twice");
+        };
+        let name = rustls_pki_types::ServerName::try_from(to.to_owned())?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        self.io = RawIo::Tls(Box::new(tls));
+        self.got.clear();
+        self.send(&header(from, to)).await?;
+        anyhow::ensure!(self.until("EXTERNAL", w).await, "mechanisms: {}", self.got);
+        self.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+            .await?;
+        anyhow::ensure!(self.until("<success", w).await, "success: {}", self.got);
+        self.got.clear();
+        self.send(&header(from, to)).await?;
+        anyhow::ensure!(self.until("features", w).await, "restart: {}", self.got);
+        Ok(())
     }
 }

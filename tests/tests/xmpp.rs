@@ -26,6 +26,8 @@ use ssp_testbed::xmpplab::{self, Prosody, ProsodyTls};
 
 const A: &str = "+46701234567";
 const BOB: &str = "+4915112345678";
+/// A number ENUM places at opb.example, whose user Prosody does not have.
+const NOBODY: &str = "+4915100000000";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// How Prosody's server-to-server streams are secured and proved.
@@ -41,6 +43,18 @@ enum Variant {
 /// opb.example as `variant` says, with `extra` in `[xmpp]`) and the DNS that places Bob at
 /// opb.example, whose XMPP server listens on `prosody_s2s`.
 async fn operator_x(variant: Variant, xmpp_port: u16, prosody_s2s: u16, extra: &str) -> Federation {
+    operator_x_dns(variant, xmpp_port, prosody_s2s, extra, Vec::new()).await
+}
+
+/// The same, with `records` added to the DNS (zone index, record: 0 is e164.arpa, 1 the
+/// operators' zone).
+async fn operator_x_dns(
+    variant: Variant,
+    xmpp_port: u16,
+    prosody_s2s: u16,
+    extra: &str,
+    records: Vec<(usize, String)>,
+) -> Federation {
     assert!(
         xmpplab::available() && Nsd::available(),
         "prosody, the slixmpp venv and nsd are needed (tests/run makes them)"
@@ -51,10 +65,17 @@ async fn operator_x(variant: Variant, xmpp_port: u16, prosody_s2s: u16, extra: &
         Variant::Tls => "require_tls = true\nallow_dialback = false",
     };
     x.extra_toml = format!(
-        "\n[xmpp]\nlisten = \"127.0.0.1:{xmpp_port}\"\nauth_timeout = \"5s\"\n{extra}\n\
+        "\n[xmpp]\nlisten = \"127.0.0.1:{xmpp_port}\"\n{extra}\n\
          [[xmpp.peer]]\ndomain = \"opb.example\"\n{policy}\n"
     );
-    Federation::start_dns(vec![x], DnsKind::Nsd, move |gws| zones(gws, prosody_s2s)).await
+    Federation::start_dns(vec![x], DnsKind::Nsd, move |gws| {
+        let mut z = zones(gws, prosody_s2s);
+        for (i, r) in &records {
+            z[*i].add(r);
+        }
+        z
+    })
+    .await
 }
 
 fn zones(gateways: &[(String, u16)], prosody_s2s: u16) -> Vec<Zone> {
@@ -66,6 +87,15 @@ fn zones(gateways: &[(String, u16)], prosody_s2s: u16) -> Vec<Zone> {
         10,
         "E2U+xmpp",
         &format!("xmpp:{BOB}@opb.example"),
+        60,
+    ));
+    z[0].add(&naptr(
+        NOBODY,
+        "e164.arpa",
+        100,
+        10,
+        "E2U+xmpp",
+        &format!("xmpp:{NOBODY}@opb.example"),
         60,
     ));
     z[1].add(&format!(
@@ -407,5 +437,316 @@ async fn uc_5_20_alt_xmpp_contact_added_by_number() {
         hits.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
         [format!("wv:{BOB}")]
     );
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_receipts_bounces_and_silence_become_delivery_reports() {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let fed = operator_x(Variant::Dialback, xmpp_port, s2s, "receipt_wait = \"2s\"").await;
+    let prosody = Prosody::start_on(
+        "opb.example",
+        s2s,
+        &[(BOB, "bobpw")],
+        &[("opx.example", xmpp_port)],
+        None,
+    )
+    .unwrap();
+    let cx = fed.ops[0].core.clone();
+    // Bob's phone never confirms anything.
+    let mut bob = prosody.client_without_receipts(BOB, "bobpw").unwrap();
+    let ours = format!("{A}@opx.example");
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{BOB}")], "Did you get this?", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert_eq!(
+        st.description.as_deref(),
+        Some("Sent; its delivery will be reported")
+    );
+    bob.expect(&["message", &ours, "Did you get this?"], WAIT)
+        .unwrap();
+    // No receipt within receipt_wait: reported, as not confirmed, never as delivered.
+    assert!(
+        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
+            .await,
+        "a report at the deadline"
+    );
+    let r = cx.delivery_reports("usera")[0].clone();
+    assert_ne!(r.code, 200, "{r:?}");
+    assert_eq!(r.code, 504, "{r:?}");
+
+    // A user Prosody does not have: it bounces the message (service-unavailable), and the
+    // bounce is the report (531, unknown user), not a silence.
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{NOBODY}")], "Anyone?", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "handed over: {st:?}");
+    assert!(
+        cx.wait_until(WAIT, |c| c.delivery_reports("usera").len() == 2)
+            .await,
+        "the bounce became a report\n{}",
+        prosody.log()
+    );
+    let r = cx.delivery_reports("usera")[1].clone();
+    assert_eq!(r.code, 531, "{r:?}");
+    assert_eq!(r.recipient, format!("wv:{NOBODY}"));
+    assert_eq!(stanzas(&fed, "in", "message", "error"), 1);
+    drop(bob);
+    fed.shutdown().await;
+}
+
+/// An XMPP server that takes a stream, offers dialback, and then says nothing at all: what
+/// Prosody does when it cannot dial back the sending domain (it neither validates nor
+/// bounces). How many streams it took.
+async fn silent_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let mut seen = String::new();
+                while !seen.contains("<stream:stream") {
+                    match tcp.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                        _ => return,
+                    }
+                }
+                let _ = tcp
+                    .write_all(
+                        format!(
+                            "{}<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+                            xmpplab::header("opc.example", "opx.example")
+                                .replace("version='1.0'>", "id='silent1' version='1.0'>")
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                // Read and drop everything, answer nothing.
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, taken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_a_stream_never_proved_gets_the_requester_an_error_at_its_deadline() {
+    const CAROL: &str = "+4930123456789";
+    let (silent, taken) = silent_server().await;
+    let records = vec![
+        (
+            0,
+            naptr(
+                CAROL,
+                "e164.arpa",
+                100,
+                10,
+                "E2U+xmpp",
+                &format!("xmpp:{CAROL}@opc.example"),
+                60,
+            ),
+        ),
+        (
+            1,
+            format!("_xmpp-server._tcp.opc 60 IN SRV 10 0 {silent} xmpp.opc"),
+        ),
+        (1, "xmpp.opc 60 IN A 127.0.0.1".to_owned()),
+    ];
+    let fed = operator_x_dns(
+        Variant::Dialback,
+        free_port(),
+        free_port(),
+        // Nothing waits in the queue here: the requester gets the deadline's error itself
+        // (with the default `queue = "accept"` the message is kept and tried again).
+        "[[xmpp.peer]]\ndomain = \"opc.example\"\nrequire_tls = false\nallow_dialback = true\n\
+         [store]\nqueue = \"off\"",
+        records,
+    )
+    .await;
+    let cx = fed.ops[0].core.clone();
+    let started = std::time::Instant::now();
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{CAROL}")], "Into the void", false)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        taken.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the stream was opened"
+    );
+    assert!(
+        matches!(st.code, 503 | 504),
+        "an error at the deadline, not a silent success: {st:?}"
+    );
+    // The request deadline ([timeouts] request = 4 s), not the far side, ended it.
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(stanzas(&fed, "out", "message", "sent"), 0);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_hostile_input_is_refused_and_closes_no_other_stream() {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let fed = operator_x(
+        Variant::Tls,
+        xmpp_port,
+        s2s,
+        "max_stanza = 10000\nauth_timeout = \"2s\"",
+    )
+    .await;
+    let prosody = prosody(&fed, Variant::Tls, xmpp_port, s2s);
+    let cx = fed.ops[0].core.clone();
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    let mut bob = prosody.client(BOB, "bobpw").unwrap();
+    let ours = format!("{A}@opx.example");
+    // Prosody's stream to us is up and proved.
+    bob.send(&["msg", &ours, "before"]);
+    assert_eq!(cx.message("usera", 0, WAIT).await.unwrap().text, "before");
+    let w = Duration::from_secs(5);
+    let issued = fed.ca.issue("opb.example").unwrap();
+
+    // An XML bomb: a DTD with entities, refused before anything is expanded.
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    s.send(
+        "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;'>]>",
+    )
+    .await
+    .unwrap();
+    s.send(&xmpplab::header("opb.example", "opx.example"))
+        .await
+        .unwrap();
+    assert!(s.until("restricted-xml", w).await, "{}", s.got);
+    assert!(s.closed(w).await);
+
+    // A stanza over the limit, on a proved stream.
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    s.prove_by_certificate(
+        "opb.example",
+        "opx.example",
+        fed.ca.cert_pem(),
+        &issued.cert_pem,
+        &issued.key_pem,
+    )
+    .await
+    .unwrap();
+    s.send(&format!(
+        "<message from='{BOB}@opb.example' to='{ours}'><body>{}</body></message>",
+        "x".repeat(20_000)
+    ))
+    .await
+    .unwrap();
+    assert!(s.until("policy-violation", w).await, "{}", s.got);
+    assert!(s.closed(w).await);
+
+    // A `from` outside the domain the stream proved.
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    s.prove_by_certificate(
+        "opb.example",
+        "opx.example",
+        fed.ca.cert_pem(),
+        &issued.cert_pem,
+        &issued.key_pem,
+    )
+    .await
+    .unwrap();
+    s.send(&format!(
+        "<message from='mallory@evil.example' to='{ours}'><body>spoof</body></message>"
+    ))
+    .await
+    .unwrap();
+    assert!(s.until("invalid-from", w).await, "{}", s.got);
+    assert!(s.closed(w).await);
+
+    // A certificate for another domain does not prove opb.example.
+    let other = fed.ca.issue("opz.example").unwrap();
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    let proved = s
+        .prove_by_certificate(
+            "opb.example",
+            "opx.example",
+            fed.ca.cert_pem(),
+            &other.cert_pem,
+            &other.key_pem,
+        )
+        .await;
+    assert!(proved.is_err(), "{}", s.got);
+    assert!(s.got.contains("not-authorized"), "{}", s.got);
+
+    // A stanza before the stream proved anything.
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    s.send(&xmpplab::header("opb.example", "opx.example"))
+        .await
+        .unwrap();
+    assert!(s.until("</stream:features>", w).await);
+    s.send(&format!(
+        "<message from='{BOB}@opb.example' to='{ours}'><body>unproved</body></message>"
+    ))
+    .await
+    .unwrap();
+    assert!(s.until("not-authorized", w).await, "{}", s.got);
+    assert!(s.closed(w).await);
+
+    // A stream that never proves itself is ended at auth_timeout (2 s here).
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    s.send(&xmpplab::header("opb.example", "opx.example"))
+        .await
+        .unwrap();
+    assert!(s.until("not-authorized", w).await, "{}", s.got);
+    assert!(s.closed(w).await);
+
+    // A number the sending domain does not hold (ENUM places it nowhere): refused, counted
+    // as spoofing, never delivered.
+    let mut s = xmpplab::RawStream::connect(xmpp_port).await.unwrap();
+    s.prove_by_certificate(
+        "opb.example",
+        "opx.example",
+        fed.ca.cert_pem(),
+        &issued.cert_pem,
+        &issued.key_pem,
+    )
+    .await
+    .unwrap();
+    s.send(&format!(
+        "<message from='+4930999999999@opb.example' to='{ours}' id='sp1'><body>spoofed</body></message>"
+    ))
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while Metrics::counter_value(&g.metrics().refused, &["spoofed"]) == 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        Metrics::counter_value(&g.metrics().refused, &["spoofed"]),
+        1
+    );
+    drop(s);
+
+    // Not an open relay: Bob writing to a number that is not ours gets item-not-found.
+    bob.send(&["msg", "+46700000000@opx.example", "anyone?"]);
+    bob.expect(
+        &["error", "+46700000000@opx.example", "item-not-found"],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", prosody.log()));
+
+    // None of it closed Prosody's stream: Bob's next message arrives; nothing else did.
+    bob.send(&["msg", &ours, "after"]);
+    assert_eq!(cx.message("usera", 1, WAIT).await.unwrap().text, "after");
+    assert_eq!(cx.received("usera").len(), 2, "only Bob's two messages");
+    drop(bob);
     fed.shutdown().await;
 }

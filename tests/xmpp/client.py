@@ -1,6 +1,8 @@
 """A real XMPP user for the tests: a slixmpp client driven line by line.
 
-Usage: client.py JID PASSWORD HOST PORT
+Usage: client.py JID PASSWORD HOST PORT [noack]
+
+With `noack`, receipts asked for are not sent (a user agent that never confirms).
 
 It logs in (plain c2s on loopback; the tests prove the server-to-server side, not c2s),
 sends its initial presence, prints `ready`, then obeys commands read from stdin, one per
@@ -32,18 +34,20 @@ def out(*fields):
 
 
 class User(slixmpp.ClientXMPP):
-    def __init__(self, jid, password):
+    def __init__(self, jid, password, ack=True):
         super().__init__(jid, password)
         self.enable_plaintext = True
         self.enable_starttls = False
         self.enable_direct_tls = False
-        self.register_plugin("xep_0184")  # receipts: answered automatically
+        self.register_plugin("xep_0184")  # receipts: answered automatically (unless noack)
+        self.plugin["xep_0184"].auto_ack = ack
         self.register_plugin("xep_0199")  # ping
-        self["feature_mechanisms"].unencrypted_plain = True
+        self.plugin["feature_mechanisms"].unencrypted_plain = True
         self.auto_authorize = True
         self.auto_subscribe = False
         self.add_event_handler("session_start", self.started)
         self.add_event_handler("message", self.on_message)
+        self.add_event_handler("message_error", self.on_message)
         self.add_event_handler("receipt_received", self.on_receipt)
         self.add_event_handler("presence", self.on_presence)
         self.add_event_handler("failed_auth", lambda _: (out("auth-failed"), sys.exit(2)))
@@ -107,7 +111,7 @@ class User(slixmpp.ClientXMPP):
 
 def main():
     jid, password, host, port = sys.argv[1:5]
-    u = User(jid, password)
+    u = User(jid, password, ack="noack" not in sys.argv[5:])
     u.connect(host, int(port))
     asyncio.get_event_loop().run_until_complete(u.disconnected)
 
