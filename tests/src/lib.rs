@@ -7,7 +7,8 @@
 //! - [`faults`]: the fault-injection rig (gateway processes killed and restarted, counted traffic);
 //! - [`pglab`]: a PostgreSQL server started by the tests;
 //! - [`siplab`], [`sipua`], [`xmpplab`]: SIP and XMPP operators (Kamailio and sipp, Prosody
-//!   and slixmpp clients) for the translators' tests;
+//!   and slixmpp clients) for the translators' tests; [`xmpppeer`]: an XMPP-only operator in
+//!   process, for the demo;
 //! - [`ladder`]: the load ladder (origin, relay, pass-through, load generator).
 #![allow(clippy::unwrap_used)]
 
@@ -23,3 +24,4 @@ pub mod pglab;
 pub mod siplab;
 pub mod sipua;
 pub mod xmpplab;
+pub mod xmpppeer;

@@ -21,6 +21,11 @@ fn demo_plays_every_use_case_and_exits_0() {
         "gateway X -> gateway Z  request  SendMessageRequest",
         "E2U+pres",
         "SRV _imps-server._tcp.opz.example.",
+        "alternative flows: Alice and Dave, whose operator W speaks SIP/SIMPLE only",
+        "alternative flows: Alice and Erin, whose operator V speaks XMPP only",
+        "SRV _xmpp-server._tcp.opv.example.",
+        "Alice received \"Hi Alice, Erin here\" from wv:+4940123456789",
+        "Alice sees Erin: online Some(true), NOT_AVAILABLE, \"On the train\"",
         "All use cases and the number port worked.",
     ] {
         assert!(stdout.contains(section), "missing {section:?}:\n{stdout}");

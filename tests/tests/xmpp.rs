@@ -750,3 +750,63 @@ async fn uc_5_22_alt_xmpp_hostile_input_is_refused_and_closes_no_other_stream() 
     drop(bob);
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_21_alt_xmpp_presence_resumes_after_a_gateway_restart() {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let mut fed = operator_x(Variant::Dialback, xmpp_port, s2s, "").await;
+    let prosody = prosody(&fed, Variant::Dialback, xmpp_port, s2s);
+    let cx = fed.ops[0].core.clone();
+    let mut bob = prosody.client(BOB, "bobpw").unwrap();
+    let bob_id = format!("wv:{BOB}");
+    let latest = |cx: &ssp_testbed::core_sim::CoreSim| cx.presence_seen("usera").last().cloned();
+    let st = cx.subscribe("usera", &bob_id).await.unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c).is_some_and(|p| p.online == Some(true)))
+            .await,
+        "{:?}\n{}",
+        cx.presence_seen("usera"),
+        prosody.log()
+    );
+
+    // The gateway goes down; Bob changes his state meanwhile.
+    fed.stop_gateway(0).await;
+    bob.send(&["pres", "away", "While you were out"]);
+    // Back up: the subscription comes back from the store (no new subscribe), and a probe
+    // learns what changed.
+    fed.restart_gateway(0).await;
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    assert_eq!(
+        g.metrics()
+            .xmpp_subscriptions
+            .with_label_values(&["out"])
+            .get(),
+        1
+    );
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "While you were out"))
+            .await,
+        "the state of the moment after the restart: {:?}\n{}",
+        cx.presence_seen("usera"),
+        prosody.log()
+    );
+    assert_eq!(latest(&cx).unwrap().availability, "NOT_AVAILABLE");
+    // And later changes flow as before.
+    bob.send(&["pres", "dnd", "Busy again"]);
+    assert!(
+        cx.wait_until(WAIT, |c| latest(c)
+            .is_some_and(|p| p.status_text == "Busy again"))
+            .await,
+        "{:?}",
+        cx.presence_seen("usera")
+    );
+    assert_eq!(
+        stanzas(&fed, "out", "presence", "sent"),
+        1,
+        "after the restart: the probe, no new subscribe"
+    );
+    drop(bob);
+    fed.shutdown().await;
+}

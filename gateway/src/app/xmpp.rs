@@ -130,6 +130,10 @@ pub(super) async fn start(
             "the XMPP translator was started twice".into(),
         ));
     }
+    // What our users watch may have changed while we were down.
+    let g = gw.clone();
+    gw.drain()
+        .spawn(async move { g.links.xmpp_probe_subscriptions().await });
     // Receipts that did not come in time: reported as not confirmed.
     let g = gw.clone();
     gw.drain().every(RECEIPT_TICK, move || {

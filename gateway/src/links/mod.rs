@@ -16,7 +16,7 @@ pub mod http;
 pub(crate) mod peer;
 mod pending;
 pub(crate) mod sip;
-pub(crate) mod xmpp;
+pub mod xmpp;
 
 pub use cluster::Conflict;
 pub use peer::PeerRt;

@@ -1,8 +1,9 @@
 //! The demo: a federation of three IMPS operators on loopback (core simulators, gateways from
 //! real config files, dev certificates made on the fly, an in-process DNS with ENUM and SRV),
-//! and a fourth that speaks SIP/SIMPLE only (an in-process SIP phone behind ENUM `E2U+sip`),
-//! playing the use cases 5.20, 5.21, 5.22 (`gateway/PROTOCOL.md`), 5.22's SIP alternative
-//! flow and a number port, with a trace of every SSP hop and of the DNS records that decided
+//! a fourth that speaks SIP/SIMPLE only (an in-process SIP phone behind ENUM `E2U+sip`) and a
+//! fifth that speaks XMPP only (an in-process XMPP server behind ENUM `E2U+xmpp`, federating
+//! with gateway X directly by Server Dialback), playing the use cases 5.20, 5.21, 5.22
+//! (`gateway/PROTOCOL.md`), 5.22's and 5.21's SIP and XMPP alternative flows and a number port, with a trace of every SSP hop and of the DNS records that decided
 //! each route. Exits 0 when every step did what it should.
 //!
 //! `cargo run -p ssp-testbed --bin demo [-- --keep-running]`
@@ -17,12 +18,15 @@ use ssp_testbed::core_sim::CoreSim;
 use ssp_testbed::dnslab::{Zone, free_port, naptr};
 use ssp_testbed::federation::{DnsKind, Federation, OperatorSpec, federation_zones};
 use ssp_testbed::sipua::{self, SipUa};
+use ssp_testbed::xmpppeer::{Seen, XmppServer};
 
 const A: &str = "+46701234567";
 const B: &str = "+4915112345678";
 const C: &str = "+4917600000003";
 /// Dave, at W: an operator with a SIP/SIMPLE server and no IMPS server.
 const D: &str = "+4930123456789";
+/// Erin, at V: an operator with an XMPP server and no IMPS server.
+const E: &str = "+4940123456789";
 const TTL: u32 = 60;
 const WAIT: Duration = Duration::from_secs(8);
 const X: usize = 0;
@@ -32,9 +36,9 @@ const Z: usize = 2;
 const USAGE: &str = "usage: demo [--keep-running]
 
 Starts three simulated operators (X, Y, Z) on loopback, each an IMPS core simulator behind an
-ssp-gateway, a fourth (W) with a SIP phone only, and an in-process DNS serving ENUM
-(e164.arpa) and SRV (example), and plays the use cases of gateway/PROTOCOL.md (with the SIP
-alternative flow) and a number port. --keep-running leaves everything up afterwards and prints
+ssp-gateway, a fourth (W) with a SIP phone only, a fifth (V) with an XMPP server only, and an
+in-process DNS serving ENUM (e164.arpa) and SRV (example), and plays the use cases of
+gateway/PROTOCOL.md (with the SIP and XMPP alternative flows) and a number port. --keep-running leaves everything up afterwards and prints
 how to poke at it; stop it with Ctrl-C.";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -74,12 +78,14 @@ struct Demo {
     phone: SipUa,
     /// Gateway X's SIP port.
     x_sip: u16,
+    /// V's XMPP server, where Erin is.
+    xmpp: XmppServer,
     codec: Codec,
     /// How much of the wire log has been printed.
     shown: usize,
 }
 
-fn operators(x_sip: u16) -> Vec<OperatorSpec> {
+fn operators(x_sip: u16, x_xmpp: u16) -> Vec<OperatorSpec> {
     let mut ops = vec![
         OperatorSpec::new('x', "46").user("usera", A, "Alice"),
         OperatorSpec::new('y', "49").user("userb", B, "Bob"),
@@ -90,15 +96,18 @@ fn operators(x_sip: u16) -> Vec<OperatorSpec> {
         o.static_peering = false;
     }
     // X also speaks SIP, and takes SIP messages from W's proxy (here: Dave's phone).
+    // And XMPP: V's server federates with it directly, proving itself by dialback.
     ops[0].extra_toml = format!(
-        "\n[sip]\nlisten = \"127.0.0.1:{x_sip}\"\n\n[[sip.peer]]\ndomain = \"opw.example\"\naddresses = [\"127.0.0.1\"]\n"
+        "\n[sip]\nlisten = \"127.0.0.1:{x_sip}\"\n\n[[sip.peer]]\ndomain = \"opw.example\"\naddresses = [\"127.0.0.1\"]\n\
+         \n[xmpp]\nlisten = \"127.0.0.1:{x_xmpp}\"\n\n[[xmpp.peer]]\ndomain = \"opv.example\"\nrequire_tls = false\nallow_dialback = true\n"
     );
     ops
 }
 
-/// The DNS: the IMPS operators' ENUM and SRV records, Bob at `b_at`, and Dave at W by SIP
-/// (ENUM `E2U+sip`, SRV `_sip._udp.opw.example` to his phone).
-fn zones(gateways: &[(String, u16)], b_at: &str, phone: u16) -> Vec<Zone> {
+/// The DNS: the IMPS operators' ENUM and SRV records, Bob at `b_at`, Dave at W by SIP
+/// (ENUM `E2U+sip`, SRV `_sip._udp.opw.example` to his phone) and Erin at V by XMPP (ENUM
+/// `E2U+xmpp`, SRV `_xmpp-server._tcp.opv.example` to V's server).
+fn zones(gateways: &[(String, u16)], b_at: &str, phone: u16, xmpp: u16) -> Vec<Zone> {
     let mut z = federation_zones(gateways, &numbers(b_at), TTL);
     z[0].add(&naptr(
         D,
@@ -111,6 +120,19 @@ fn zones(gateways: &[(String, u16)], b_at: &str, phone: u16) -> Vec<Zone> {
     ));
     z[1].add(&format!("_sip._udp.opw {TTL} IN SRV 10 0 {phone} sip.opw"));
     z[1].add(&format!("sip.opw {TTL} IN A 127.0.0.1"));
+    z[0].add(&naptr(
+        E,
+        "e164.arpa",
+        100,
+        10,
+        "E2U+xmpp",
+        &format!("xmpp:{E}@opv.example"),
+        TTL,
+    ));
+    z[1].add(&format!(
+        "_xmpp-server._tcp.opv {TTL} IN SRV 10 0 {xmpp} xmpp.opv"
+    ));
+    z[1].add(&format!("xmpp.opv {TTL} IN A 127.0.0.1"));
     z
 }
 
@@ -132,6 +154,7 @@ fn name(domain: &str) -> &'static str {
         "opy.example" => "Y",
         "opz.example" => "Z",
         "opw.example" => "W",
+        "opv.example" => "V",
         _ => "?",
     }
 }
@@ -146,10 +169,18 @@ impl Demo {
         );
         println!("and certificates from a development CA made just now.\n");
         let phone = SipUa::start(0).await?;
-        let x_sip = free_port();
+        let (x_sip, x_xmpp) = (free_port(), free_port());
         let port = phone.port;
-        let fed = Federation::start_dns(operators(x_sip), DnsKind::InProc, move |gws| {
-            zones(gws, "opy.example", port)
+        let xmpp = XmppServer::start(
+            "opv.example",
+            "opx.example",
+            x_xmpp,
+            "<show>away</show><status>On the train</status>",
+        )
+        .await?;
+        let xmpp_port = xmpp.port;
+        let fed = Federation::start_dns(operators(x_sip, x_xmpp), DnsKind::InProc, move |gws| {
+            zones(gws, "opy.example", port, xmpp_port)
         })
         .await;
         let dns = fed
@@ -182,12 +213,16 @@ impl Demo {
             "  W opw.example  SIP/SIMPLE only: Dave = sip:{D}@opw.example, his phone on udp 127.0.0.1:{port}; X speaks SIP on udp/tcp 127.0.0.1:{x_sip}"
         );
         println!(
+            "  V opv.example  XMPP only: Erin = xmpp:{E}@opv.example, its server on tcp 127.0.0.1:{xmpp_port}; X's gateway is opx.example's XMPP server on tcp 127.0.0.1:{x_xmpp}"
+        );
+        println!(
             "  The gateways have no peering entries and no routes: everything below is found in DNS."
         );
         Ok(Demo {
             fed,
             phone,
             x_sip,
+            xmpp,
             codec: Codec::default(),
             shown: 0,
         })
@@ -202,6 +237,7 @@ impl Demo {
         self.uc_5_21().await?;
         self.uc_5_22().await?;
         self.uc_5_22_sip().await?;
+        self.uc_5_22_xmpp().await?;
         self.porting().await?;
         Ok(())
     }
@@ -320,11 +356,19 @@ impl Demo {
             "      => {} by {}, {} (valid {} s)",
             decision.domain.as_deref().unwrap_or("-"),
             decision.protocol.as_str(),
-            if decision.protocol == ssp_gateway::resolve::Protocol::Sip {
+            if matches!(
+                decision.protocol,
+                ssp_gateway::resolve::Protocol::Sip | ssp_gateway::resolve::Protocol::Xmpp
+            ) {
+                let scheme = decision.protocol.as_str();
                 let servers: Vec<String> = decision
                     .targets
                     .iter()
-                    .flat_map(|t| t.addrs.iter().map(move |a| format!("sip {a}:{}", t.port)))
+                    .flat_map(|t| {
+                        t.addrs
+                            .iter()
+                            .map(move |a| format!("{scheme} {a}:{}", t.port))
+                    })
                     .collect();
                 servers.join(" ")
             } else {
@@ -580,7 +624,12 @@ impl Demo {
         self.fed.set_directory(Y, &y_dir);
         cz.add_user("userb", Some(B), "Bob");
         self.fed.set_directory(Z, &cz.directory_csv());
-        let zones = zones(&self.fed.gateway_ports(), "opz.example", self.phone.port);
+        let zones = zones(
+            &self.fed.gateway_ports(),
+            "opz.example",
+            self.phone.port,
+            self.xmpp.port,
+        );
         self.fed.reload_dns(&zones).await?;
         let contacts = cx.contact_entries("usera");
 
@@ -638,6 +687,83 @@ impl Demo {
         );
         self.fed.assert_topology_hidden();
         println!("   No core user ID or core domain crossed between the gateways.");
+        Ok(())
+    }
+
+    async fn uc_5_22_xmpp(&mut self) -> Result<()> {
+        let cx = self.core(X);
+        self.heading("Use cases 5.22 and 5.21, alternative flows: Alice and Erin, whose operator V speaks XMPP only");
+        self.show_dns(X, E, Svc::Im).await?;
+        self.step("Alice sends to wv:+4940123456789: ENUM says xmpp:, so X's gateway opens a server-to-server stream to V (dialback) and sends a <message>");
+        let (_, st) = cx
+            .send_message("usera", &[&wv(E)], "Hi Erin!", false)
+            .await?;
+        ensure!(st.code == 200, "send answered {}", st.code);
+        let alice = format!("{A}@opx.example");
+        ensure!(
+            self.xmpp
+                .wait_for(WAIT, |s| s.iter().any(
+                    |x| matches!(x, Seen::Message(f, b) if *f == alice && b == "Hi Erin!")
+                ))
+                .await,
+            "Erin got nothing from Alice's number: {:?}",
+            self.xmpp.seen()
+        );
+        self.show_wire().await;
+        println!("   <message> -> Erin at V: \"Hi Erin!\" from {alice}");
+
+        self.step("Erin answers: V opens its own stream to X's gateway, which checks V's dialback key with V, then takes the <message>");
+        self.xmpp
+            .send(&format!(
+                "<message from='{E}@opv.example/phone' to='{alice}' type='chat' id='e1'><body>Hi Alice, Erin here</body></message>"
+            ))
+            .await?;
+        ensure!(
+            cx.wait_until(WAIT, |c| c
+                .received("usera")
+                .iter()
+                .any(|m| m.text == "Hi Alice, Erin here"))
+                .await,
+            "Alice got nothing from Erin"
+        );
+        let back = cx
+            .received("usera")
+            .into_iter()
+            .find(|m| m.text == "Hi Alice, Erin here")
+            .context("Erin's message")?;
+        self.show_wire().await;
+        println!("   Alice received {:?} from {}", back.text, back.from);
+        ensure!(
+            back.from == wv(E),
+            "Erin is not named by her number: {}",
+            back.from
+        );
+
+        self.step("Alice watches Erin's presence: <presence type='subscribe'>; V approves and says Erin is away");
+        let st = cx.subscribe("usera", &wv(E)).await?;
+        ensure!(st.code == 200, "subscription answered {}", st.code);
+        ensure!(
+            cx.wait_until(WAIT, |c| c
+                .presence_seen("usera")
+                .iter()
+                .any(|p| p.presentity == wv(E)))
+                .await,
+            "no presence of Erin reached Alice"
+        );
+        self.show_wire().await;
+        let p = cx
+            .presence_seen("usera")
+            .into_iter()
+            .rfind(|p| p.presentity == wv(E))
+            .context("Erin's presence")?;
+        println!(
+            "   Alice sees Erin: online {:?}, {}, {:?}",
+            p.online, p.availability, p.status_text
+        );
+        ensure!(
+            p.availability == "NOT_AVAILABLE" && p.status_text == "On the train",
+            "Erin's presence mapped wrong: {p:?}"
+        );
         Ok(())
     }
 

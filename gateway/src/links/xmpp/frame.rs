@@ -11,7 +11,7 @@
 
 /// What the framer cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub enum Frame {
     /// The stream header's start tag, `<stream:stream …>` (the XML declaration dropped).
     Header(Vec<u8>),
     /// One whole top-level element.
@@ -22,7 +22,7 @@ pub(crate) enum Frame {
 
 /// Why a stream cannot be read on (each maps to a stream error, RFC 6120 §4.9.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// A stanza larger than the limit (`policy-violation`).
     #[error("a stanza of more than {0} bytes")]
     TooLarge(usize),
@@ -38,9 +38,9 @@ pub(crate) enum FrameError {
 }
 
 /// The stream framer. Bytes go in with [`Framer::push`]; frames come out of
-/// [`Framer::next`] as soon as they are whole.
+/// [`Framer::next_frame`] as soon as they are whole.
 #[derive(Debug)]
-pub(crate) struct Framer {
+pub struct Framer {
     buf: Vec<u8>,
     /// Where scanning goes on.
     pos: usize,
@@ -56,7 +56,7 @@ pub(crate) struct Framer {
 
 impl Framer {
     /// A framer for a new stream.
-    pub(crate) fn new(max_stanza: usize, max_depth: usize) -> Framer {
+    pub fn new(max_stanza: usize, max_depth: usize) -> Framer {
         Framer {
             buf: Vec::with_capacity(4096),
             pos: 0,
@@ -70,7 +70,7 @@ impl Framer {
 
     /// Start over, for a restarted stream (after STARTTLS or SASL): nothing said before
     /// counts (RFC 6120 §5.4.3.3, §6.4.6).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.buf.clear();
         self.pos = 0;
         self.start = None;
@@ -79,18 +79,18 @@ impl Framer {
     }
 
     /// Bytes read from the socket.
-    pub(crate) fn push(&mut self, data: &[u8]) {
+    pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// Bytes waiting (read but not yet framed): what must not be carried over a TLS
     /// upgrade.
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.buf.len() - self.pos.min(self.buf.len())
     }
 
     /// The next whole frame, `None` until more bytes come.
-    pub(crate) fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if self.start.is_none() {
                 // Between elements: whitespace (keepalives) is dropped, text is not allowed.
@@ -244,7 +244,7 @@ mod tests {
 
     fn all(f: &mut Framer) -> Result<Vec<Frame>, FrameError> {
         let mut out = Vec::new();
-        while let Some(x) = f.next()? {
+        while let Some(x) = f.next_frame()? {
             out.push(x);
         }
         Ok(out)
@@ -284,7 +284,7 @@ mod tests {
     fn refuses_doctype_deep_nesting_and_big_stanzas() {
         let mut f = Framer::new(100, 3);
         f.push(b"<!DOCTYPE x [<!ENTITY a 'aaaa'>]><stream:stream>");
-        assert_eq!(f.next(), Err(FrameError::Restricted));
+        assert_eq!(f.next_frame(), Err(FrameError::Restricted));
 
         let mut f = Framer::new(100, 3);
         f.push(format!("{HEADER}<a><b><c><d>").as_bytes());
@@ -316,6 +316,6 @@ mod tests {
         assert_eq!(f.pending(), 0);
         f.reset();
         f.push(HEADER.as_bytes());
-        assert!(matches!(f.next().unwrap(), Some(Frame::Header(_))));
+        assert!(matches!(f.next_frame().unwrap(), Some(Frame::Header(_))));
     }
 }

@@ -19,10 +19,10 @@
 //! Streams, their security and their proof are in `stream`; framing and the XML of stanzas
 //! in `frame` and `stanza`.
 
-pub(crate) mod frame;
+pub mod frame;
 pub(crate) mod pool;
 pub(crate) mod presence;
-pub(crate) mod stanza;
+pub mod stanza;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
@@ -1034,6 +1034,32 @@ impl Links {
             .and_then(|m| m.requestor_user())
             .unwrap_or_default();
         self.xmpp_our_user(core_id, "watcher")
+    }
+
+    /// Ask the presence of every XMPP user our users watch (`probe`, RFC 6121 §4.3): what
+    /// a started gateway does instead of subscribing again, to learn what changed while it
+    /// was down. Answers come as presence and pass on only when the state changed.
+    pub(crate) async fn xmpp_probe_subscriptions(&self) {
+        let Ok(link) = self.xmpp_link() else { return };
+        let subs = link.subs.select(|_| true);
+        if !subs.is_empty() {
+            tracing::info!(
+                subscriptions = subs.len(),
+                "XMPP subscriptions taken up: probing"
+            );
+        }
+        for s in subs {
+            let mut el = Element::new("presence");
+            el.attrs.push(("from".into(), s.watcher_jid.clone()));
+            el.attrs.push(("to".into(), s.jid.clone()));
+            el.attrs.push(("type".into(), "probe".into()));
+            if let Err(f) = self
+                .xmpp_send(link, &s.domain, &s.servers, &el, "presence")
+                .await
+            {
+                tracing::info!(to = %s.jid, error = %f, "XMPP probe not sent");
+            }
+        }
     }
 
     /// The core took `p` for subscription `key`: the same state is not sent again.

@@ -10,31 +10,31 @@
 use crate::ssp::xml::{self, Element, Limits, XmlWriter};
 
 /// The server-to-server content namespace (RFC 6120 §4.8.3).
-pub(crate) const NS_SERVER: &str = "jabber:server";
+pub const NS_SERVER: &str = "jabber:server";
 /// The client content namespace: not ours, but stanzas copied from clients may declare it.
 const NS_CLIENT: &str = "jabber:client";
 /// The streams namespace.
-pub(crate) const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 /// Server Dialback (XEP-0220).
-pub(crate) const NS_DIALBACK: &str = "jabber:server:dialback";
+pub const NS_DIALBACK: &str = "jabber:server:dialback";
 /// The dialback stream feature.
-pub(crate) const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 /// STARTTLS.
-pub(crate) const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL.
-pub(crate) const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 /// Stanza error conditions.
-pub(crate) const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 /// Stream error conditions.
-pub(crate) const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// Message delivery receipts (XEP-0184).
-pub(crate) const NS_RECEIPTS: &str = "urn:xmpp:receipts";
+pub const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 /// XMPP ping (XEP-0199).
-pub(crate) const NS_PING: &str = "urn:xmpp:ping";
+pub const NS_PING: &str = "urn:xmpp:ping";
 
 /// Why a stanza or header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum StanzaError {
+pub enum StanzaError {
     /// Not well-formed, or beyond a limit.
     #[error("{0}")]
     Xml(#[from] xml::XmlError),
@@ -44,7 +44,7 @@ pub(crate) enum StanzaError {
 }
 
 /// The limits for one stanza of at most `max` bytes: shallow and small next to an SSP body.
-pub(crate) fn limits(max: usize) -> Limits {
+pub fn limits(max: usize) -> Limits {
     Limits {
         max_body: max,
         max_depth: 16,
@@ -58,23 +58,23 @@ pub(crate) fn limits(max: usize) -> Limits {
 
 /// The stream header's attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
     /// `from` (the initiating server's domain; RFC 6120 says SHOULD).
-    pub(crate) from: Option<String>,
+    pub from: Option<String>,
     /// `to` (the domain the stream is for).
-    pub(crate) to: Option<String>,
+    pub to: Option<String>,
     /// `id` (set by the receiving side).
-    pub(crate) id: Option<String>,
+    pub id: Option<String>,
     /// Whether it says `version='1.0'` (stream features follow).
-    pub(crate) v1: bool,
+    pub v1: bool,
     /// The prefix bound to the dialback namespace, if any.
-    pub(crate) db_prefix: Option<String>,
+    pub db_prefix: Option<String>,
     /// The prefix bound to the streams namespace.
-    pub(crate) stream_prefix: String,
+    pub stream_prefix: String,
 }
 
 /// Parse the header start tag the framer cut.
-pub(crate) fn header(raw: &[u8], max: usize) -> Result<Header, StanzaError> {
+pub fn header(raw: &[u8], max: usize) -> Result<Header, StanzaError> {
     // The open start tag, closed, is a document of its own.
     let mut closed = raw.to_vec();
     if closed.last() == Some(&b'>') {
@@ -121,28 +121,28 @@ pub(crate) fn header(raw: &[u8], max: usize) -> Result<Header, StanzaError> {
 
 /// A parsed stanza (or stream-level element): its namespace and local name, and the tree.
 #[derive(Debug, Clone)]
-pub(crate) struct Stanza {
+pub struct Stanza {
     /// Its namespace.
-    pub(crate) ns: String,
+    pub ns: String,
     /// Its local name.
-    pub(crate) local: String,
+    pub local: String,
     /// The element as parsed (names as written).
-    pub(crate) el: Element,
+    pub el: Element,
 }
 
 impl Stanza {
     /// Whether it is `local` in `ns`.
-    pub(crate) fn is(&self, ns: &str, local: &str) -> bool {
+    pub fn is(&self, ns: &str, local: &str) -> bool {
         self.ns == ns && self.local == local
     }
 
     /// An attribute.
-    pub(crate) fn attr(&self, k: &str) -> Option<&str> {
+    pub fn attr(&self, k: &str) -> Option<&str> {
         self.el.attr(k)
     }
 
     /// Its first child `local` in `ns` (children inherit the stanza's namespace).
-    pub(crate) fn child(&self, ns: &str, local: &str) -> Option<&Element> {
+    pub fn child(&self, ns: &str, local: &str) -> Option<&Element> {
         self.el
             .children
             .iter()
@@ -151,13 +151,13 @@ impl Stanza {
 }
 
 /// The (namespace, local name) of child `c` of an element in `parent_ns`.
-pub(crate) fn child_name<'a>(c: &'a Element, parent_ns: &'a str) -> (&'a str, &'a str) {
+pub fn child_name<'a>(c: &'a Element, parent_ns: &'a str) -> (&'a str, &'a str) {
     let local = c.name.rsplit(':').next().unwrap_or(&c.name);
     (c.attr("xmlns").unwrap_or(parent_ns), local)
 }
 
 /// Parse one stanza the framer cut, with the prefixes `h` bound.
-pub(crate) fn parse(raw: &[u8], h: &Header, max: usize) -> Result<Stanza, StanzaError> {
+pub fn parse(raw: &[u8], h: &Header, max: usize) -> Result<Stanza, StanzaError> {
     let doc = xml::parse(raw, &limits(max), &|ns| ns == NS_SERVER || ns == NS_CLIENT)?;
     let el = doc.root;
     let (ns, local) = match el.name.split_once(':') {
@@ -182,7 +182,7 @@ pub(crate) fn parse(raw: &[u8], h: &Header, max: usize) -> Result<Stanza, Stanza
 }
 
 /// Our stream header: from our domain to `to`, with `id` when we are the receiving side.
-pub(crate) fn open(from: &str, to: Option<&str>, id: Option<&str>) -> String {
+pub fn open(from: &str, to: Option<&str>, id: Option<&str>) -> String {
     let mut w = XmlWriter::fragment();
     w.start("stream:stream");
     w.attr("xmlns", NS_SERVER);
@@ -204,7 +204,7 @@ pub(crate) fn open(from: &str, to: Option<&str>, id: Option<&str>) -> String {
 }
 
 /// A stream error with `condition`, and the stream's end (RFC 6120 §4.9).
-pub(crate) fn stream_error(condition: &str, text: &str) -> String {
+pub fn stream_error(condition: &str, text: &str) -> String {
     let mut w = XmlWriter::fragment();
     w.start("stream:error");
     w.start(condition);
@@ -223,7 +223,7 @@ pub(crate) fn stream_error(condition: &str, text: &str) -> String {
 }
 
 /// An element in namespace `ns` with attributes, as text.
-pub(crate) fn empty(name: &str, ns: &str, attrs: &[(&str, &str)]) -> String {
+pub fn empty(name: &str, ns: &str, attrs: &[(&str, &str)]) -> String {
     let mut w = XmlWriter::fragment();
     w.start(name);
     if !ns.is_empty() {
@@ -237,14 +237,14 @@ pub(crate) fn empty(name: &str, ns: &str, attrs: &[(&str, &str)]) -> String {
 }
 
 /// `el` as text.
-pub(crate) fn write(el: &Element) -> String {
+pub fn write(el: &Element) -> String {
     let mut w = XmlWriter::fragment();
     w.element(el);
     w.finish()
 }
 
 /// A child element `name` in namespace `ns`.
-pub(crate) fn ns_el(name: &'static str, ns: &'static str) -> Element {
+pub fn ns_el(name: &'static str, ns: &'static str) -> Element {
     let mut e = Element::new(name);
     e.attrs.push(("xmlns".into(), ns.to_owned()));
     e
@@ -252,12 +252,7 @@ pub(crate) fn ns_el(name: &'static str, ns: &'static str) -> Element {
 
 /// A stanza error (RFC 6120 §8.3) answering `orig` (a `message`, `presence` or `iq`), from
 /// `from`, with `condition` of `kind` (`cancel`, `wait`, `modify`, `auth`).
-pub(crate) fn error_reply(
-    orig: &Stanza,
-    from: &str,
-    kind: &str,
-    condition: &'static str,
-) -> Element {
+pub fn error_reply(orig: &Stanza, from: &str, kind: &str, condition: &'static str) -> Element {
     let mut e = Element::new(match orig.local.as_str() {
         "presence" => "presence",
         "iq" => "iq",
@@ -277,7 +272,7 @@ pub(crate) fn error_reply(
 }
 
 /// The stanza error condition of an error stanza, if it says one.
-pub(crate) fn error_condition(s: &Stanza) -> Option<String> {
+pub fn error_condition(s: &Stanza) -> Option<String> {
     let err = s.child(&s.ns, "error")?;
     err.children
         .iter()
@@ -287,18 +282,18 @@ pub(crate) fn error_condition(s: &Stanza) -> Option<String> {
 
 /// A JID cut into its parts (RFC 7622), lowercase domain; `None` if it is no JID.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Jid {
+pub struct Jid {
     /// The localpart (as on the wire, escaped).
-    pub(crate) local: Option<String>,
+    pub local: Option<String>,
     /// The domainpart.
-    pub(crate) domain: String,
+    pub domain: String,
     /// The resourcepart.
-    pub(crate) resource: Option<String>,
+    pub resource: Option<String>,
 }
 
 impl Jid {
     /// Parse `s`.
-    pub(crate) fn parse(s: &str) -> Option<Jid> {
+    pub fn parse(s: &str) -> Option<Jid> {
         if s.is_empty() || s.len() > 3071 {
             return None;
         }
@@ -331,7 +326,7 @@ impl Jid {
     }
 
     /// The bare JID (`local@domain`).
-    pub(crate) fn bare(&self) -> String {
+    pub fn bare(&self) -> String {
         match &self.local {
             Some(l) => format!("{l}@{}", self.domain),
             None => self.domain.clone(),
@@ -342,7 +337,7 @@ impl Jid {
 /// The bare JID a destination is reached at: the one ENUM's URI names (`xmpp:` per
 /// RFC 5122, or the address of an `im:`/`pres:` URI), else route-by value `what` (a
 /// `wv:` ID) at `domain`: its number (`+MSISDN@domain`) or its user name, escaped.
-pub(crate) fn target_jid(enum_uri: Option<&str>, what: &str, domain: &str) -> Option<String> {
+pub fn target_jid(enum_uri: Option<&str>, what: &str, domain: &str) -> Option<String> {
     if let Some(uri) = enum_uri {
         let (scheme, rest) = uri.split_once(':')?;
         if ["xmpp", "im", "pres"]
@@ -367,7 +362,7 @@ pub(crate) fn target_jid(enum_uri: Option<&str>, what: &str, domain: &str) -> Op
 }
 
 /// XEP-0106: escape an IMPS user name as a JID localpart.
-pub(crate) fn escape(local: &str) -> String {
+pub fn escape(local: &str) -> String {
     let mut out = String::with_capacity(local.len());
     for c in local.chars() {
         match c {
@@ -388,7 +383,7 @@ pub(crate) fn escape(local: &str) -> String {
 }
 
 /// XEP-0106: the user name an escaped localpart stands for.
-pub(crate) fn unescape(local: &str) -> String {
+pub fn unescape(local: &str) -> String {
     let mut out = String::with_capacity(local.len());
     let mut rest = local;
     while let Some(i) = rest.find('\\') {

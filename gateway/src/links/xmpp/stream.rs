@@ -232,7 +232,7 @@ impl Conn {
     /// The next frame. Cancel-safe: what was read stays in the framer.
     async fn frame(&mut self) -> Result<Frame, StreamError> {
         loop {
-            if let Some(f) = self.framer.next()? {
+            if let Some(f) = self.framer.next_frame()? {
                 return Ok(f);
             }
             let n = self.io.read(&mut self.buf).await.map_err(io)?;
