@@ -162,6 +162,22 @@ fn lab() -> Vec<Zone> {
                 "E2U+im",
                 "im:z@xmppsrv.lab.example",
             ),
+            // xmpp: to a domain with no SRV at all: its own address, port 5269; and the
+            // same domain by im: is no XMPP destination (an address says nothing).
+            n(
+                "+442079460139",
+                100,
+                10,
+                "E2U+xmpp",
+                "xmpp:z@xmppbare.lab.example",
+            ),
+            n(
+                "+442079460140",
+                100,
+                10,
+                "E2U+im",
+                "im:z@xmppbare.lab.example",
+            ),
             // RFC 3263 NAPTR to SRV.
             n(
                 "+442079460137",
@@ -192,6 +208,7 @@ fn lab() -> Vec<Zone> {
             "xmpp.xmpponly 300 IN A 127.0.0.41".into(),
             "_xmpp-server._tcp.xmppsrv 300 IN SRV 5 0 5269 xmpp.xmppsrv".into(),
             "xmpp.xmppsrv 300 IN A 127.0.0.42".into(),
+            "xmppbare 300 IN A 127.0.0.43".into(),
             // RFC 3263.
             "sip3263 300 IN NAPTR 10 10 \"s\" \"SIP+D2T\" \"\" _sip._tcp.sip3263".into(),
             "_sip._tcp.sip3263 300 IN SRV 10 0 5060 sip.sip3263".into(),
@@ -344,6 +361,22 @@ async fn every_case(ns: SocketAddr) {
         (d.protocol, hosts(&d)),
         (Protocol::Xmpp, vec!["xmpp.xmppsrv.lab.example".to_owned()])
     );
+    // xmpp: without SRV: the domain's address on 5269 (RFC 6120 §3.2.2); by im: it is not.
+    let d = decide(&r, "+442079460139", Svc::Im).await;
+    assert_eq!(d.protocol, Protocol::Xmpp);
+    assert_eq!(
+        d.targets
+            .iter()
+            .map(|t| (t.host.as_str(), t.port, t.addrs.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            "xmppbare.lab.example",
+            5269,
+            vec!["127.0.0.43".parse::<std::net::IpAddr>().unwrap()]
+        )]
+    );
+    let d = decide(&r, "+442079460140", Svc::Im).await;
+    assert_ne!(d.protocol, Protocol::Xmpp);
     // RFC 3263 NAPTR -> SRV.
     let d = decide(&r, "+442079460137", Svc::Im).await;
     assert_eq!(

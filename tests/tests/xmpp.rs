@@ -26,6 +26,9 @@ use ssp_testbed::xmpplab::{self, Prosody, ProsodyTls};
 
 const A: &str = "+46701234567";
 const BOB: &str = "+4915112345678";
+/// Carol at opb.example: ENUM names her by `im:` (any protocol); opb.example's DNS offers
+/// XMPP only (`_xmpp-server._tcp`, no IMPS server).
+const CAROL: &str = "+4915122222222";
 /// A number ENUM places at opb.example, whose user Prosody does not have.
 const NOBODY: &str = "+4915100000000";
 const WAIT: Duration = Duration::from_secs(15);
@@ -90,6 +93,15 @@ fn zones(gateways: &[(String, u16)], prosody_s2s: u16) -> Vec<Zone> {
         60,
     ));
     z[0].add(&naptr(
+        CAROL,
+        "e164.arpa",
+        100,
+        10,
+        "E2U+im",
+        &format!("im:{CAROL}@opb.example"),
+        60,
+    ));
+    z[0].add(&naptr(
         NOBODY,
         "e164.arpa",
         100,
@@ -116,7 +128,7 @@ fn prosody(fed: &Federation, variant: Variant, xmpp_port: u16, s2s_port: u16) ->
     Prosody::start_on(
         "opb.example",
         s2s_port,
-        &[(BOB, "bobpw")],
+        &[(BOB, "bobpw"), (CAROL, "carolpw")],
         &[("opx.example", xmpp_port)],
         (variant == Variant::Tls).then_some(&tls),
     )
@@ -152,6 +164,18 @@ async fn messages_both_ways(variant: Variant) {
         .expect(&["message", &ours], WAIT)
         .unwrap_or_else(|e| panic!("{e}\n{}", prosody.log()));
     assert_eq!(m[2], "Hello Bob over XMPP");
+
+    // Carol's number: ENUM says im: at opb.example, whose DNS offers XMPP and no IMPS
+    // server: the XMPP link too.
+    let mut carol = prosody.client(CAROL, "carolpw").unwrap();
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{CAROL}")], "Hello Carol", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    let m = carol.expect(&["message", &ours], WAIT).unwrap();
+    assert_eq!(m[2], "Hello Carol");
+    drop(carol);
 
     // XMPP → IMPS: Bob writes to A's number asking for a receipt; Prosody opens a stream to
     // the gateway and proves opb.example; the core hears it from wv:+MSISDN, and the
@@ -190,9 +214,9 @@ async fn messages_both_ways(variant: Variant) {
     let m = fed.ops[0].gateway.as_ref().unwrap().gateway.metrics();
     let requests = |d, p| Metrics::counter_value(&m.requests, &[d, p, "SendMessageRequest"]);
     assert_eq!(requests("inbound", "xmpp"), 1);
-    assert_eq!(requests("outbound", "ssp"), 2, "the core speaks SSP");
-    assert_eq!(Metrics::counter_value(&m.deliveries, &["xmpp", "ok"]), 2);
-    assert_eq!(stanzas(&fed, "out", "message", "sent"), 2);
+    assert_eq!(requests("outbound", "ssp"), 3, "the core speaks SSP");
+    assert_eq!(Metrics::counter_value(&m.deliveries, &["xmpp", "ok"]), 3);
+    assert_eq!(stanzas(&fed, "out", "message", "sent"), 3);
     assert_eq!(stanzas(&fed, "out", "receipt", "sent"), 1);
     assert_eq!(stanzas(&fed, "in", "receipt", "taken"), 1);
     assert_eq!(

@@ -63,6 +63,9 @@ impl Svc {
     }
 }
 
+/// The XMPP server-to-server port where a domain publishes no SRV record (RFC 6120 §3.2.2).
+const XMPP_PORT: u16 = 5269;
+
 /// How the destination is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -712,6 +715,7 @@ impl Resolver {
                     format!("_xmpp-server._tcp.{domain}"),
                 ],
             };
+            let mut declined = false;
             for name in names {
                 match self.srv_targets(&name, trace).await? {
                     Found::Targets(t, ttl) => {
@@ -727,14 +731,71 @@ impl Resolver {
                     // "." for this protocol: skip to the next protocol, no address fallback.
                     Found::NotOffered(ttl) => {
                         d.ttl = d.ttl.min(ttl);
+                        declined = true;
                         break;
                     }
                     Found::Nothing(neg) => d.ttl = d.ttl.min(neg.unwrap_or(0)),
                 }
             }
+            // RFC 6120 §3.2.2: an XMPP domain without SRV records is reached at its own
+            // address, port 5269; only where ENUM said `xmpp:` (a domain's address alone
+            // does not say it speaks XMPP).
+            if fb == Fallback::Xmpp
+                && only == Some(Fallback::Xmpp)
+                && !declined
+                && let Some((t, ttl)) = self.domain_address(domain, XMPP_PORT, trace).await?
+            {
+                d.protocol = Protocol::Xmpp;
+                d.targets = vec![t];
+                d.ttl = d.ttl.min(ttl);
+                return Ok(());
+            }
         }
         self.to_last_resort(d, trace);
         Ok(())
+    }
+
+    /// `domain`'s own addresses as a server on `port` (no SRV), and their TTL; `None` when
+    /// it has none.
+    async fn domain_address(
+        &self,
+        domain: &str,
+        port: u16,
+        trace: Option<&Trace>,
+    ) -> Result<Option<(Server, u32)>, Transient> {
+        let ns = self.main_ns();
+        tr(trace, || {
+            format!("query A/AAAA {domain}. (no SRV: port {port})")
+        });
+        match self.dns.addrs(&ns, domain).await {
+            Ok(Answer::Records(list, _)) => {
+                self.count("a", "ok");
+                let ttl = list.iter().map(|(_, t)| *t).min().unwrap_or(0);
+                for (ip, t) in &list {
+                    tr(trace, || format!("  {t} {ip}"));
+                }
+                Ok(Some((
+                    Server {
+                        host: domain.to_owned(),
+                        port,
+                        addrs: list.into_iter().map(|(ip, _)| ip).collect(),
+                        priority: 0,
+                        weight: 0,
+                    },
+                    ttl,
+                )))
+            }
+            Ok(other) => {
+                self.count("a", answer_kind(&other));
+                tr(trace, || "  no address".to_owned());
+                Ok(None)
+            }
+            Err(Failure { message: e, .. }) => {
+                self.count("a", "error");
+                tr(trace, || format!("  failed: {e}"));
+                Err(Transient(e))
+            }
+        }
     }
 
     /// RFC 3263 §4.1: SRV names from the domain's `SIPS+D2T`/`SIP+D2T`/`SIP+D2U` NAPTRs.
