@@ -112,6 +112,48 @@ fn check_names_what_is_wrong() {
     );
     std::fs::write(&cfg, &good).unwrap();
 
+    // [xmpp]: a bad value names its key and line; a section that federates with nobody is
+    // refused; a valid one passes.
+    let xmpp = "\n[xmpp]\nlisten = \"127.0.0.1:5269\"\nmax_stanza = 500\nreceipt_wait = \"soon\"\n";
+    std::fs::write(&cfg, format!("{good}{xmpp}")).unwrap();
+    let line = format!("{good}{xmpp}")
+        .lines()
+        .position(|l| l.starts_with("max_stanza"))
+        .unwrap()
+        + 1;
+    let err = failing("bad [xmpp]");
+    assert!(
+        err.contains(&format!(
+            "example.toml:{line}: xmpp.max_stanza: 500 is not within 10000..=1048576"
+        )),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg,
+        format!("{good}\n[xmpp]\nlisten = \"127.0.0.1:5269\"\nreceipt_wait = \"soon\"\n"),
+    )
+    .unwrap();
+    let err = failing("bad receipt_wait");
+    assert!(err.contains("xmpp.receipt_wait:"), "{err}");
+    std::fs::write(
+        &cfg,
+        format!("{good}\n[xmpp]\nlisten = \"127.0.0.1:5269\"\n"),
+    )
+    .unwrap();
+    let err = failing("nobody to federate with");
+    assert!(
+        err.contains("xmpp.peer: no XMPP domain is federated with"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg,
+        format!("{good}\n[xmpp]\nlisten = \"127.0.0.1:5269\"\n[[xmpp.peer]]\ndomain = \"opb.example\"\nallow_dialback = true\n"),
+    )
+    .unwrap();
+    let out = sb.check("routes/example.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    std::fs::write(&cfg, &good).unwrap();
+
     // A bad directory row: the CSV file and its line.
     let csv = sb.path("routes/directory.csv");
     let rows = std::fs::read_to_string(&csv).unwrap();

@@ -12,7 +12,7 @@
 //! as an answer is accepted, so answers to requests sent before the rotation still arrive.
 //!
 //! What cannot change under running sockets keeps running as it is, and is named as in use
-//! after a restart: listener addresses, the public domain, `[store]`, `[cluster]`, `[sip]`,
+//! after a restart: listener addresses, the public domain, `[store]`, `[cluster]`, `[sip]`, `[xmpp]`,
 //! other certificate and key files (renewed files at the same paths are taken up live),
 //! whether the core listener speaks TLS, and removing `hmac_key_file`.
 
@@ -163,6 +163,13 @@ pub(crate) fn in_use(old: &Config, new: &Config) -> (Config, Vec<&'static str>) 
     {
         // Live for SSP; the SIP translator took them when it bound its listeners.
         pending.push("[tls] trust and [timeouts] request, as the SIP translator uses them");
+    }
+    // The XMPP translator took its policy, TLS and secret when it bound its listener.
+    if differs(&old.xmpp, &new.xmpp) {
+        pending.push("[xmpp]");
+        cfg.xmpp = old.xmpp.clone();
+    } else if old.xmpp.is_some() && old.tls.trust != new.tls.trust {
+        pending.push("[tls] trust, as the XMPP translator uses it");
     }
     (cfg, pending)
 }
