@@ -706,7 +706,7 @@ impl Links {
         match r.place(n, &from.domain).await {
             Ok(()) => Ok(format!("wv:+{}", n.digits())),
             Err(crate::resolve::Unplaced::Elsewhere) => {
-                self.metrics.refused.with_label_values(&["spoofed"]).inc();
+                self.metrics.refused.with_label_values(&["spoof"]).inc();
                 Err(refuse(
                     403,
                     format!("+{} does not belong to {}", n.digits(), from.domain),
