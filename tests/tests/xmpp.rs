@@ -49,6 +49,16 @@ async fn operator_x(variant: Variant, xmpp_port: u16, prosody_s2s: u16, extra: &
     operator_x_dns(variant, xmpp_port, prosody_s2s, extra, Vec::new()).await
 }
 
+/// The same, with `peer` added to opb.example's `[[xmpp.peer]]`.
+async fn operator_x_peer(
+    variant: Variant,
+    xmpp_port: u16,
+    prosody_s2s: u16,
+    peer: &str,
+) -> Federation {
+    operator_x_full(variant, xmpp_port, prosody_s2s, "", peer, Vec::new()).await
+}
+
 /// The same, with `records` added to the DNS (zone index, record: 0 is e164.arpa, 1 the
 /// operators' zone).
 async fn operator_x_dns(
@@ -56,6 +66,19 @@ async fn operator_x_dns(
     xmpp_port: u16,
     prosody_s2s: u16,
     extra: &str,
+    records: Vec<(usize, String)>,
+) -> Federation {
+    operator_x_full(variant, xmpp_port, prosody_s2s, extra, "", records).await
+}
+
+/// Operator X with `extra` in `[xmpp]`, `peer` in opb.example's `[[xmpp.peer]]` and
+/// `records` in the DNS.
+async fn operator_x_full(
+    variant: Variant,
+    xmpp_port: u16,
+    prosody_s2s: u16,
+    extra: &str,
+    peer: &str,
     records: Vec<(usize, String)>,
 ) -> Federation {
     assert!(
@@ -69,7 +92,7 @@ async fn operator_x_dns(
     };
     x.extra_toml = format!(
         "\n[xmpp]\nlisten = \"127.0.0.1:{xmpp_port}\"\n{extra}\n\
-         [[xmpp.peer]]\ndomain = \"opb.example\"\n{policy}\n"
+         [[xmpp.peer]]\ndomain = \"opb.example\"\n{policy}\n{peer}\n"
     );
     Federation::start_dns(vec![x], DnsKind::Nsd, move |gws| {
         let mut z = zones(gws, prosody_s2s);
@@ -827,6 +850,32 @@ async fn uc_5_21_alt_xmpp_presence_resumes_after_a_gateway_restart() {
         stanzas(&fed, "out", "presence", "sent"),
         1,
         "after the restart: the probe, no new subscribe"
+    );
+    drop(bob);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_a_domain_over_its_rate_gets_resource_constraint() {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    // opb.example may send one stanza a second, with a burst of two.
+    let fed = operator_x_peer(Variant::Dialback, xmpp_port, s2s, "rate = 1\nburst = 2").await;
+    let prosody = prosody(&fed, Variant::Dialback, xmpp_port, s2s);
+    let cx = fed.ops[0].core.clone();
+    let mut bob = prosody.client(BOB, "bobpw").unwrap();
+    let ours = format!("{A}@opx.example");
+    for i in 0..5 {
+        bob.send(&["msg", &ours, &format!("burst {i}")]);
+    }
+    let err = bob
+        .expect(&["error", &ours, "resource-constraint"], WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.log()));
+    assert_eq!(err[0], "error");
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    assert!(Metrics::counter_value(&g.metrics().refused, &["rate"]) >= 1);
+    assert!(
+        cx.received("usera").len() < 5,
+        "not all of the burst got through"
     );
     drop(bob);
     fed.shutdown().await;

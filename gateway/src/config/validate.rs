@@ -87,7 +87,9 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
     let sip = raw
         .sip
         .map(|r| super::sip::validate(check, base, r, identity));
-    let xmpp = raw.xmpp.map(|r| super::xmpp::validate(check, base, r));
+    let xmpp = raw
+        .xmpp
+        .map(|r| super::xmpp::validate(check, base, r, identity));
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);

@@ -38,8 +38,14 @@ fn duration(
     }
 }
 
-/// `[xmpp]`; `base` is the config file's folder (for paths).
-pub(super) fn validate(check: &mut Check<'_>, base: &std::path::Path, r: RawXmpp) -> XmppSpec {
+/// `[xmpp]`; `base` is the config file's folder (for paths), `identity` whether `[tls] cert`
+/// and `key` are set (TLS and SASL EXTERNAL present them).
+pub(super) fn validate(
+    check: &mut Check<'_>,
+    base: &std::path::Path,
+    r: RawXmpp,
+    identity: bool,
+) -> XmppSpec {
     let path = |key: &str| vec![k("xmpp"), k(key)];
     let listen = match r.listen.parse::<std::net::SocketAddr>() {
         Ok(a) if a.port() != 0 => a,
@@ -138,6 +144,28 @@ pub(super) fn validate(check: &mut Check<'_>, base: &std::path::Path, r: RawXmpp
                 burst: p.burst.unwrap_or(rate.saturating_mul(2)),
             },
         });
+    }
+    // TLS and certificates need ours: without it only dialback over plain TCP is possible.
+    if !identity {
+        let needs = |p: &XmppPolicy| p.require_tls || !p.allow_dialback;
+        for (i, p) in peers.iter().enumerate() {
+            if needs(&p.policy) {
+                check.err(
+                    &at(&path("peer"), &[Step::Index(i), k("domain")]),
+                    format!(
+                        "{} needs TLS or a certificate proof: set [tls] cert and key, or \
+                         require_tls = false and allow_dialback = true",
+                        p.domain
+                    ),
+                );
+            }
+        }
+        if r.open && needs(&defaults) {
+            check.err(
+                &path("open"),
+                "the defaults need TLS or a certificate proof: set [tls] cert and key",
+            );
+        }
     }
     if peers.is_empty() && !r.open {
         check.err(
