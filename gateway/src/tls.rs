@@ -316,6 +316,143 @@ pub fn client_config_from(
     Ok(cfg)
 }
 
+/// Server-side TLS asking every client for a certificate and taking any (its signatures
+/// checked, its chain not): for a protocol that judges the certificate after the handshake
+/// and may be proved otherwise (XMPP: SASL EXTERNAL when it chains, else Server Dialback).
+pub fn server_config_any_client(store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(AnyCert {
+            provider: provider(),
+        }))
+        .with_cert_resolver(store);
+    Ok(cfg)
+}
+
+/// Client-side TLS for encryption only: any server certificate is taken (signatures checked),
+/// ours presented. For a protocol whose peer is proved otherwise (XMPP Server Dialback over
+/// TLS, where policy allows it).
+pub fn client_config_unverified(
+    identity: Option<Arc<CertStore>>,
+) -> Result<ClientConfig, TlsError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let mut cfg = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert {
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    if let Some(store) = identity {
+        cfg.client_auth_cert_resolver = store;
+    }
+    Ok(cfg)
+}
+
+/// Takes any certificate, checking only that the handshake is signed by its key.
+#[derive(Debug)]
+struct AnyCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl AnyCert {
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for AnyCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        <Self as ServerCertVerifier>::verify_tls12_signature(self, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        <Self as ServerCertVerifier>::verify_tls13_signature(self, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
 /// Accepts exactly the pinned certificates (signatures still checked).
 #[derive(Debug)]
 struct PinVerifier {

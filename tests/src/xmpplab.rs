@@ -68,6 +68,9 @@ pub struct ProsodyTls<'a> {
     pub cert_pem: &'a str,
     /// Its key (PEM).
     pub key_pem: &'a str,
+    /// Whether peers must prove themselves by certificate (`s2s_secure_auth`); else
+    /// dialback over TLS is taken too.
+    pub secure_auth: bool,
 }
 
 /// A running Prosody.
@@ -141,7 +144,11 @@ impl Prosody {
                         lua_str(&d.join("ca.pem").display().to_string())
                     ),
                     r#"modules_disabled = { "offline"; "c2s_timeout" }"#,
-                    "s2s_require_encryption = true\ns2s_secure_auth = true",
+                    if t.secure_auth {
+                        "s2s_require_encryption = true\ns2s_secure_auth = true"
+                    } else {
+                        "s2s_require_encryption = true\ns2s_secure_auth = false"
+                    },
                 )
             }
         };

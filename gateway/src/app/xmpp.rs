@@ -23,14 +23,32 @@ const RECEIPT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_STREAMS: usize = 4096;
 /// Stanzas that may wait in one lane.
 const LANE: usize = 256;
+/// Lanes (pairs of users with stanzas under way) at once; beyond, stanzas are refused.
+const MAX_LANES: usize = 8192;
+/// Dialback checks under way at once, for all streams (each a lookup and a connection).
+const MAX_VERIFYING: usize = 64;
+/// Refusals being sent at once; beyond, a refused stanza is dropped (counted) unanswered.
+const MAX_REFUSING: usize = 256;
 
 /// Stanzas between one pair of users are served in the order they came (a conversation's
 /// messages, a user's successive presence), each pair on a lane of its own so that pairs do
 /// not wait for each other. A lane lives while it has stanzas.
-#[derive(Default)]
-struct Lanes(
-    std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<(String, stanza::Stanza)>>>,
-);
+struct Lanes {
+    all:
+        std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<(String, stanza::Stanza)>>>,
+    /// Refusals under way (bounded: a flood of refused stanzas must not become as many
+    /// tasks).
+    refusing: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Lanes {
+    fn default() -> Lanes {
+        Lanes {
+            all: std::sync::Mutex::default(),
+            refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
+        }
+    }
+}
 
 impl Lanes {
     fn lock(
@@ -39,7 +57,30 @@ impl Lanes {
         '_,
         std::collections::HashMap<String, mpsc::Sender<(String, stanza::Stanza)>>,
     > {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.all.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuse `s` with a stanza error, on a task of its own while refusals are few;
+    /// else drop it (counted).
+    fn refuse(
+        &self,
+        gw: &Arc<Gateway>,
+        domain: String,
+        s: stanza::Stanza,
+        condition: &'static str,
+    ) {
+        let Ok(permit) = self.refusing.clone().try_acquire_owned() else {
+            gw.metrics()
+                .xmpp
+                .with_label_values(&["in", kind(&s), "refused"])
+                .inc();
+            return;
+        };
+        let g = gw.clone();
+        gw.drain().spawn(async move {
+            refused(&g, &domain, &s, "wait", condition).await;
+            drop(permit);
+        });
     }
 }
 
@@ -56,6 +97,12 @@ fn lane_of(s: &stanza::Stanza) -> String {
 
 /// Hand `s` from `domain` to its lane, starting the lane if it has none.
 fn dispatch(gw: &Arc<Gateway>, lanes: &Arc<Lanes>, domain: String, s: stanza::Stanza) {
+    // The domain's rate first: what it sends beyond it costs no lane and no request.
+    if !gw.links.xmpp_within_rate(&domain) {
+        gw.metrics().refused.with_label_values(&["rate"]).inc();
+        lanes.refuse(gw, domain, s, "resource-constraint");
+        return;
+    }
     let key = lane_of(&s);
     let mut all = lanes.lock();
     let mut item = (domain, s);
@@ -65,14 +112,18 @@ fn dispatch(gw: &Arc<Gateway>, lanes: &Arc<Lanes>, domain: String, s: stanza::St
             Err(mpsc::error::TrySendError::Full((domain, s))) => {
                 drop(all);
                 tracing::info!(from = %domain, "XMPP lane full: stanza refused");
-                let g = gw.clone();
-                gw.drain().spawn(async move {
-                    refused(&g, &domain, &s, "wait", "resource-constraint").await;
-                });
+                lanes.refuse(gw, domain, s, "resource-constraint");
                 return;
             }
             Err(mpsc::error::TrySendError::Closed(back)) => item = back,
         }
+    }
+    if all.len() >= MAX_LANES {
+        drop(all);
+        let (domain, s) = item;
+        tracing::info!(from = %domain, "{MAX_LANES} XMPP lanes busy: stanza refused");
+        lanes.refuse(gw, domain, s, "resource-constraint");
+        return;
     }
     let (tx, mut rx) = mpsc::channel(LANE);
     let _ = tx.try_send(item);
@@ -142,6 +193,9 @@ pub(super) async fn start(
             for (domain, t) in g.links.xmpp_lapsed_receipts() {
                 to_core(&g, &domain, t).await;
             }
+            if let Some(link) = g.links.xmpp.get() {
+                link.sweep();
+            }
         }
     });
     let (events, mut rx) = mpsc::channel::<Event>(1024);
@@ -149,6 +203,7 @@ pub(super) async fn start(
     // What the streams hand over.
     let g = gw.clone();
     let drain = gw.drain().clone();
+    let verifying = Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING));
     tokio::spawn(async move {
         let inbound = g.metrics().xmpp_streams.with_label_values(&["in"]);
         loop {
@@ -171,10 +226,16 @@ pub(super) async fn start(
                     key,
                     reply,
                 } => {
+                    let Ok(permit) = verifying.clone().try_acquire_owned() else {
+                        tracing::info!(from = %domain, "dialback key not checked: {MAX_VERIFYING} checks under way");
+                        let _ = reply.send(false);
+                        continue;
+                    };
                     let g = g.clone();
                     tokio::spawn(async move {
                         let valid = g.links.xmpp_verify(&domain, &id, &key).await;
                         let _ = reply.send(valid);
+                        drop(permit);
                     });
                 }
                 Event::Stanza { domain, stanza } => dispatch(&g, &lanes, domain, stanza),
@@ -183,6 +244,8 @@ pub(super) async fn start(
     });
     let g = gw.clone();
     let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+    // Streams opened to us end with `system-shutdown` when the gateway stops.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let drain = g.drain().clone();
         loop {
@@ -206,12 +269,13 @@ pub(super) async fn start(
                 continue;
             }
             let _ = tcp.set_nodelay(true);
-            let (ctx, events) = (ctx.clone(), events.clone());
+            let (ctx, events, stop) = (ctx.clone(), events.clone(), stop.clone());
             tokio::spawn(async move {
-                stream::serve(ctx, tcp, events).await;
+                stream::serve(ctx, tcp, events, stop).await;
                 drop(permit);
             });
         }
+        let _ = stop_tx.send(true);
         if let Some(link) = g.links.xmpp.get() {
             link.stop();
         }

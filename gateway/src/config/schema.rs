@@ -440,6 +440,13 @@ pub struct XmppPeerSpec {
 }
 
 impl XmppSpec {
+    /// The `[[xmpp.peer]]` of `domain`.
+    pub fn peer(&self, domain: &str) -> Option<&XmppPeerSpec> {
+        self.peers
+            .iter()
+            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+    }
+
     /// The policy for `domain`: its own, the defaults when open, else `None` (not
     /// federated with).
     pub fn policy(&self, domain: &str) -> Option<XmppPolicy> {

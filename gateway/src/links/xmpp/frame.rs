@@ -50,6 +50,11 @@ pub struct Framer {
     depth: usize,
     /// Whether the stream header was seen.
     header: bool,
+    /// How much of the unfinished token at `pos` was scanned already, and the quote open
+    /// at that point (a token arriving a byte at a time is not scanned again from its
+    /// start each time).
+    scanned: usize,
+    quote: Option<u8>,
     max_stanza: usize,
     max_depth: usize,
 }
@@ -63,6 +68,8 @@ impl Framer {
             start: None,
             depth: 0,
             header: false,
+            scanned: 0,
+            quote: None,
             max_stanza,
             max_depth,
         }
@@ -76,6 +83,8 @@ impl Framer {
         self.start = None;
         self.depth = 0;
         self.header = false;
+        self.scanned = 0;
+        self.quote = None;
     }
 
     /// Bytes read from the socket.
@@ -126,11 +135,17 @@ impl Framer {
             let Some(&second) = rest.get(1) else {
                 return self.more(start);
             };
+            // Where the search for this token's end goes on (a needle may straddle the
+            // bytes scanned already and the new ones).
+            let from = |min: usize, needle: usize| min.max(self.scanned.saturating_sub(needle - 1));
             match second {
                 b'?' => {
-                    let Some(end) = find(rest, b"?>") else {
+                    let at = from(2, 2);
+                    let Some(end) = find(&rest[at..], b"?>").map(|e| e + at) else {
+                        self.scanned = rest.len();
                         return self.more(start);
                     };
+                    self.scanned = 0;
                     self.pos += end + 2;
                     if self.depth == 0 {
                         // The XML declaration (or a processing instruction) at stream level.
@@ -139,26 +154,35 @@ impl Framer {
                 }
                 b'!' => {
                     let skip = if rest.starts_with(b"<!--") {
-                        find(&rest[4..], b"-->").map(|e| e + 4 + 3)
+                        let at = from(4, 3);
+                        find(&rest[at..], b"-->").map(|e| e + at + 3)
                     } else if rest.starts_with(b"<![CDATA[") && self.depth > 0 {
-                        find(&rest[9..], b"]]>").map(|e| e + 9 + 3)
+                        let at = from(9, 3);
+                        find(&rest[at..], b"]]>").map(|e| e + at + 3)
                     } else if b"<!--".starts_with(rest) || b"<![CDATA[".starts_with(rest) {
                         None
                     } else {
                         return Err(FrameError::Restricted);
                     };
                     let Some(n) = skip else {
+                        self.scanned = rest.len();
                         return self.more(start);
                     };
+                    self.scanned = 0;
                     self.pos += n;
                     if self.depth == 0 {
                         self.start = None;
                     }
                 }
                 b'/' => {
-                    let Some(end) = tag_end(rest) else {
-                        return self.more(start);
+                    let end = match tag_end(rest, self.scanned.max(1), self.quote) {
+                        Ok(end) => end,
+                        Err(q) => {
+                            (self.scanned, self.quote) = (rest.len(), q);
+                            return self.more(start);
+                        }
                     };
+                    (self.scanned, self.quote) = (0, None);
                     self.pos += end + 1;
                     if self.depth == 0 {
                         // The only end tag at stream level is the stream's own.
@@ -171,9 +195,14 @@ impl Framer {
                     }
                 }
                 _ => {
-                    let Some(end) = tag_end(rest) else {
-                        return self.more(start);
+                    let end = match tag_end(rest, self.scanned.max(1), self.quote) {
+                        Ok(end) => end,
+                        Err(q) => {
+                            (self.scanned, self.quote) = (rest.len(), q);
+                            return self.more(start);
+                        }
                     };
+                    (self.scanned, self.quote) = (0, None);
                     let empty = end > 0 && rest[end - 1] == b'/';
                     self.pos += end + 1;
                     if !self.header {
@@ -222,19 +251,19 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
-/// Where the tag at the start of `s` ends (its `>`), skipping quoted attribute values.
-fn tag_end(s: &[u8]) -> Option<usize> {
-    let mut quote = None;
-    for (i, &b) in s.iter().enumerate().skip(1) {
+/// Where the tag at the start of `s` ends (its `>`), skipping quoted attribute values; the
+/// scan starts at `from` with `quote` open there. Not there yet: the quote open at the end.
+fn tag_end(s: &[u8], from: usize, mut quote: Option<u8>) -> Result<usize, Option<u8>> {
+    for (i, &b) in s.iter().enumerate().skip(from) {
         match quote {
             Some(q) if b == q => quote = None,
             Some(_) => {}
             None if b == b'"' || b == b'\'' => quote = Some(b),
-            None if b == b'>' => return Some(i),
+            None if b == b'>' => return Ok(i),
             None => {}
         }
     }
-    None
+    Err(quote)
 }
 
 #[cfg(test)]
@@ -305,6 +334,32 @@ mod tests {
         let mut f = Framer::new(100, 3);
         f.push(format!("{HEADER}<a><!ENTITY x 'y'></a>").as_bytes());
         assert_eq!(all(&mut f), Err(FrameError::Restricted));
+    }
+
+    #[test]
+    fn a_token_fed_a_byte_at_a_time_is_scanned_once() {
+        // Quotes, comments and CDATA split across reads at every byte: the same frames.
+        let text = format!("{HEADER}<a x='>\"' y=\"'>\"><!-- -- > --><![CDATA[ ]] ]> ]]><b/></a>");
+        let mut f = Framer::new(100_000, 8);
+        let mut got = Vec::new();
+        for b in text.as_bytes() {
+            f.push(&[*b]);
+            got.extend(all(&mut f).unwrap());
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(matches!(&got[1], Frame::Stanza(s) if s.ends_with(b"</a>")));
+        // A long attribute a byte at a time: linear, not quadratic (this would take
+        // minutes rescanning from the start each time).
+        let mut f = Framer::new(4_000_000, 8);
+        f.push(HEADER.as_bytes());
+        assert!(matches!(f.next_frame().unwrap(), Some(Frame::Header(_))));
+        f.push(b"<message a='");
+        for _ in 0..2_000_000 {
+            f.push(b"x");
+            assert_eq!(f.next_frame().unwrap(), None);
+        }
+        f.push(b"'/>");
+        assert!(matches!(f.next_frame().unwrap(), Some(Frame::Stanza(_))));
     }
 
     #[test]

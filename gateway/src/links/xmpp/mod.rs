@@ -58,6 +58,11 @@ pub(crate) const NOT_CONFIRMED: &str = "Sent; delivery not confirmed";
 
 /// How long a domain's server list found by DNS is used before it is looked up again.
 const SERVERS_TTL: Duration = Duration::from_secs(300);
+/// Rate limiters kept for domains not listed (with `open = true`) before they are forgotten.
+const MAX_LIMITERS: usize = 4096;
+/// Resources kept per watched user (clients that log in with a new resource each time must
+/// not grow it without end).
+const MAX_RESOURCES: usize = 16;
 
 /// A destination reachable by XMPP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +144,17 @@ impl XmppLink {
             .then(|| crate::tls::load_roots(&anchors))
             .transpose()
             .map_err(e)?;
-        let (client_tls, server_tls, cert_check) = match (&identity, roots) {
+        // Streams opened to us: TLS with our certificate, any client certificate taken in
+        // the handshake and judged after it (SASL EXTERNAL: chains to `trust`, names the
+        // domain; else the stream may still prove itself by dialback).
+        let server_tls = identity
+            .as_ref()
+            .map(|id| crate::tls::server_config_any_client(id.clone()).map(Arc::new))
+            .transpose()
+            .map_err(e)?;
+        // Streams we open: the server's certificate checked against `trust`; for
+        // encryption alone where a domain may prove itself by dialback.
+        let client_tls = match (&identity, &roots) {
             (Some(id), Some(roots)) => {
                 let mut c = crate::tls::client_config_from(
                     crate::tls::ServerTrust::Roots(Arc::new(roots.clone())),
@@ -148,24 +163,17 @@ impl XmppLink {
                 )
                 .map_err(e)?;
                 c.alpn_protocols.clear();
-                let mut s = crate::tls::server_config_from(id.clone(), Some(roots.clone()), false)
-                    .map_err(e)?;
-                s.alpn_protocols.clear();
-                (
-                    Some(Arc::new(c)),
-                    Some(Arc::new(s)),
-                    Some(crate::tls::PeerCertCheck::roots(roots).map_err(e)?),
-                )
+                Some(Arc::new(c))
             }
-            (Some(id), None) => {
-                // Our certificate for STARTTLS, but no anchors to check theirs: no SASL
-                // EXTERNAL either way, and no TLS out (a certificate we cannot check).
-                let mut s = crate::tls::server_config_from(id.clone(), None, false).map_err(e)?;
-                s.alpn_protocols.clear();
-                (None, Some(Arc::new(s)), None)
-            }
-            _ => (None, None, None),
+            _ => None,
         };
+        let client_tls_any = Some(Arc::new(
+            crate::tls::client_config_unverified(identity.clone()).map_err(e)?,
+        ));
+        let cert_check = roots
+            .map(crate::tls::PeerCertCheck::roots)
+            .transpose()
+            .map_err(e)?;
         let secret = match &spec.dialback_secret_file {
             Some(f) => std::fs::read(f)
                 .map_err(|err| XmppError(format!("{}: {err}", f.display())))?
@@ -177,6 +185,7 @@ impl XmppLink {
         let ctx = Arc::new(stream::Ctx {
             domain: domain.to_ascii_lowercase(),
             client_tls,
+            client_tls_any,
             server_tls,
             cert_check,
             secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hashed.as_ref()),
@@ -248,6 +257,18 @@ impl XmppLink {
             })
             .clone();
         l.check().is_ok()
+    }
+
+    /// Forget what a far side can make grow: server lists past their time, backoffs run
+    /// out, the rate limiters of domains not listed (a new one starts with a full bucket).
+    pub(crate) fn sweep(&self) {
+        lock(&self.servers).retain(|_, (_, at)| at.elapsed() < SERVERS_TTL);
+        self.pool.sweep();
+        let policies = &self.ctx.policies;
+        let mut limits = lock(&self.limits);
+        if limits.len() > MAX_LIMITERS {
+            limits.retain(|d, _| policies.peer(d).is_some());
+        }
     }
 
     fn remember_servers(&self, domain: &str, servers: &[SocketAddr]) {
@@ -421,6 +442,11 @@ impl Links {
                 format!("the {what} cannot be named over XMPP"),
             )),
         }
+    }
+
+    /// Whether `domain` is within its stanza rate (and federated with).
+    pub(crate) fn xmpp_within_rate(&self, domain: &str) -> bool {
+        self.xmpp_link().is_ok_and(|l| l.within_rate(domain))
     }
 
     /// Write `el` to `domain` on its stream, within one request timeout.
@@ -633,13 +659,6 @@ impl Links {
             .xmpp
             .with_label_values(&["in", name, "taken"])
             .inc();
-        if !link.within_rate(domain) {
-            self.metrics.refused.with_label_values(&["rate"]).inc();
-            return Err(refuse(
-                status::UNAVAILABLE,
-                format!("rate limit for {domain} exceeded"),
-            ));
-        }
         match name {
             "message" => self.xmpp_take_message(link, domain, s).await,
             "presence" => self.xmpp_take_presence(link, domain, s).await,
@@ -1053,8 +1072,13 @@ impl Links {
             el.attrs.push(("from".into(), s.watcher_jid.clone()));
             el.attrs.push(("to".into(), s.jid.clone()));
             el.attrs.push(("type".into(), "probe".into()));
+            // Where the domain's servers are now (the stored list may be old).
+            let servers = self
+                .xmpp_servers(link, &s.domain)
+                .await
+                .unwrap_or_else(|_| s.servers.clone());
             if let Err(f) = self
-                .xmpp_send(link, &s.domain, &s.servers, &el, "presence")
+                .xmpp_send(link, &s.domain, &servers, &el, "presence")
                 .await
             {
                 tracing::info!(to = %s.jid, error = %f, "XMPP probe not sent");
@@ -1207,8 +1231,34 @@ impl Links {
                 let merged = {
                     let mut all = lock(&link.resources);
                     let r = all.entry(k.clone()).or_default();
-                    r.insert(presence::resource(&s), presence::from_stanza(&s));
-                    presence::merge(r)
+                    let (p, prio) = presence::from_stanza(&s);
+                    let res = presence::resource(&s);
+                    if p.online {
+                        if r.len() >= MAX_RESOURCES && !r.contains_key(&res) {
+                            // The lowest priority makes room.
+                            if let Some(low) = r
+                                .iter()
+                                .min_by_key(|(_, (_, prio))| *prio)
+                                .map(|(k, _)| k.clone())
+                            {
+                                r.remove(&low);
+                            }
+                        }
+                        r.insert(res, (p.clone(), prio));
+                        presence::merge(r)
+                    } else {
+                        // A resource gone is forgotten; the last one going says why.
+                        r.remove(&res);
+                        if res.is_empty() {
+                            r.clear();
+                        }
+                        if r.is_empty() {
+                            all.remove(&k);
+                            p
+                        } else {
+                            presence::merge(r)
+                        }
+                    }
                 };
                 if sub.last.as_ref() == Some(&merged) {
                     return Ok(XmppIn::Done);

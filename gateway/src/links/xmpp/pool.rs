@@ -110,7 +110,12 @@ impl Pool {
             let tx = self.stream_for(domain, servers);
             let (done, rx) = oneshot::channel();
             out.done = done;
-            match tx.send(out).await {
+            let queued = match tokio::time::timeout_at(deadline, tx.send(out)).await {
+                Ok(q) => q,
+                // The stream's queue stayed full until the deadline.
+                Err(_) => return Err(SendError::Timeout(domain.to_owned())),
+            };
+            match queued {
                 Ok(()) => {
                     return match tokio::time::timeout_at(deadline, rx).await {
                         Ok(Ok(Ok(()))) => Ok(()),
@@ -171,6 +176,15 @@ impl Pool {
     /// Close every stream (the gateway stops).
     pub(crate) fn close_all(&self) {
         self.lock().clear();
+    }
+
+    /// Forget backoffs that ran out (the map holds only domains failing now).
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (until, _, _)| *until > now);
     }
 
     /// One stream's life: opened and proved, then writing what comes until it breaks or

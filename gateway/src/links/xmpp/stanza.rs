@@ -43,15 +43,17 @@ pub enum StanzaError {
     Header(String),
 }
 
-/// The limits for one stanza of at most `max` bytes: shallow and small next to an SSP body.
+/// The limits for one stanza of at most `max` bytes. A stanza over one ends its stream
+/// (RFC 6120 §4.9.3.13), so they leave room for what servers legitimately carry (XHTML-IM
+/// bodies, a few namespaced extensions) and bound only what no real stanza needs.
 pub fn limits(max: usize) -> Limits {
     Limits {
         max_body: max,
         max_depth: 16,
-        max_attrs: 16,
+        max_attrs: 64,
         max_attr_len: 3072,
         max_text_len: max,
-        max_elements: 256,
+        max_elements: 4096,
         max_transactions: 0,
     }
 }

@@ -60,6 +60,9 @@ pub(crate) enum StreamError {
     /// Not done in time.
     #[error("{0}")]
     Timeout(String),
+    /// The TLS handshake failed (the far side's certificate, or ours).
+    #[error("{0}")]
+    Certificate(String),
     /// We refuse what the far side did, with this stream error condition.
     #[error("{condition}: {text}")]
     Refused {
@@ -162,8 +165,11 @@ pub(crate) struct Ctx {
     /// Our domain (the public domain).
     pub(crate) domain: String,
     /// TLS towards other servers (their certificates checked, ours presented), if we have
-    /// a certificate.
+    /// a certificate and anchors.
     pub(crate) client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS for encryption only (any server certificate), for domains that may prove
+    /// themselves by dialback, and for dialback checks.
+    pub(crate) client_tls_any: Option<Arc<rustls::ClientConfig>>,
     /// TLS for streams opened to us, if we have a certificate.
     pub(crate) server_tls: Option<Arc<rustls::ServerConfig>>,
     /// What a certificate presented to us must chain to, for SASL EXTERNAL.
@@ -194,6 +200,12 @@ impl Ctx {
     }
 }
 
+/// How long one write may take: a far side that stops reading must not hold a task (and
+/// its connection slot) for ever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the goodbye of a failing stream may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One stream's connection: the socket, its framer, and the far side's header.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -204,10 +216,14 @@ pub(crate) struct Conn {
     /// The certificate chain the far side presented in TLS.
     certs: Vec<CertificateDer<'static>>,
     buf: Box<[u8]>,
+    /// Our domain (a stream error needs our header before it).
+    ours: String,
+    /// Whether our header for the current stream was sent.
+    header_sent: bool,
 }
 
 impl Conn {
-    fn new(tcp: TcpStream, max: usize) -> Conn {
+    fn new(tcp: TcpStream, max: usize, ours: &str) -> Conn {
         Conn {
             io: Io::Plain(tcp),
             framer: Framer::new(max, 16),
@@ -215,7 +231,22 @@ impl Conn {
             max,
             certs: Vec::new(),
             buf: vec![0; 16 * 1024].into_boxed_slice(),
+            ours: ours.to_owned(),
+            header_sent: false,
         }
+    }
+
+    /// Send our stream header.
+    async fn send_header(&mut self, h: &str) -> Result<(), StreamError> {
+        self.write(h).await?;
+        self.header_sent = true;
+        Ok(())
+    }
+
+    /// The stream restarts (after STARTTLS or SASL): both headers anew.
+    fn restart(&mut self) {
+        self.framer.reset();
+        self.header_sent = false;
     }
 
     /// Whether the stream runs over TLS.
@@ -225,8 +256,12 @@ impl Conn {
 
     /// Write `s` whole.
     pub(crate) async fn write(&mut self, s: &str) -> Result<(), StreamError> {
-        self.io.write_all(s.as_bytes()).await.map_err(io)?;
-        self.io.flush().await.map_err(io)
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            self.io.write_all(s.as_bytes()).await.map_err(io)?;
+            self.io.flush().await.map_err(io)
+        })
+        .await
+        .map_err(|_| StreamError::Timeout("the far side does not read what we send".into()))?
     }
 
     /// The next frame. Cancel-safe: what was read stays in the framer.
@@ -277,19 +312,26 @@ impl Conn {
 
     /// End the stream with a stream error (best effort: the far side may be gone).
     pub(crate) async fn fail(&mut self, e: &StreamError) {
-        let text = e.to_string();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.write(&stanza::stream_error(e.condition(), &text)),
-        )
+        let mut text = String::new();
+        if !self.header_sent {
+            // A stream error follows a header of ours (RFC 6120 §4.9.1.2).
+            text.push_str(&stanza::open(&self.ours, None, Some("0")));
+        }
+        text.push_str(&stanza::stream_error(e.condition(), &e.to_string()));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = self.io.write_all(text.as_bytes()).await;
+            let _ = self.io.shutdown().await;
+        })
         .await;
-        let _ = self.io.shutdown().await;
     }
 
     /// End the stream cleanly.
     pub(crate) async fn close(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.write("</stream:stream>")).await;
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = self.io.write_all(b"</stream:stream>").await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
     }
 
     fn take_tcp(&mut self) -> Result<TcpStream, StreamError> {
@@ -369,9 +411,35 @@ pub(crate) async fn connect(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let mut conn = Conn::new(tcp, ctx.max_stanza);
-            match open_out(ctx, &mut conn, domain, &policy).await {
+            let mut conn = Conn::new(tcp, ctx.max_stanza, &ctx.domain);
+            // TLS with the server's certificate checked; where the domain may prove itself
+            // by dialback, TLS for encryption alone when the check fails (or cannot be
+            // made), then dialback (XEP-0220 over TLS).
+            let strict = ctx.client_tls.as_ref().or(ctx
+                .client_tls_any
+                .as_ref()
+                .filter(|_| policy.allow_dialback));
+            match open_out(ctx, &mut conn, domain, &policy, strict).await {
                 Ok(p) => return Ok((conn, p)),
+                Err(StreamError::Certificate(why))
+                    if policy.allow_dialback && ctx.client_tls.is_some() =>
+                {
+                    tracing::info!(to = domain, error = %why, "certificate not verified; TLS for encryption and dialback");
+                    let Ok(tcp) = TcpStream::connect(addr).await else {
+                        last = StreamError::Certificate(why);
+                        continue;
+                    };
+                    let mut conn = Conn::new(tcp, ctx.max_stanza, &ctx.domain);
+                    match open_out(ctx, &mut conn, domain, &policy, ctx.client_tls_any.as_ref())
+                        .await
+                    {
+                        Ok(p) => return Ok((conn, p)),
+                        Err(e) => {
+                            conn.fail(&e).await;
+                            last = e;
+                        }
+                    }
+                }
                 Err(e) => {
                     conn.fail(&e).await;
                     last = e;
@@ -395,33 +463,16 @@ async fn open_out(
     conn: &mut Conn,
     domain: &str,
     policy: &XmppPolicy,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Proof, StreamError> {
-    conn.write(&stanza::open(&ctx.domain, Some(domain), None))
+    conn.send_header(&stanza::open(&ctx.domain, Some(domain), None))
         .await?;
     conn.read_header().await?;
     let mut f = features(conn).await?;
     if f.child(NS_TLS, "starttls").is_some()
-        && let Some(tls) = &ctx.client_tls
+        && let Some(tls) = tls
     {
-        conn.write(&stanza::empty("starttls", NS_TLS, &[])).await?;
-        let answer = conn.stanza().await?;
-        if !answer.is(NS_TLS, "proceed") {
-            return Err(StreamError::Protocol(format!(
-                "STARTTLS refused by {domain}"
-            )));
-        }
-        let tcp = conn.take_tcp()?;
-        let name = ServerName::try_from(domain.to_owned())
-            .map_err(|e| StreamError::Protocol(format!("{domain}: {e}")))?;
-        let s = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| StreamError::Protocol(format!("TLS with {domain}: {e}")))?;
-        conn.io = Io::Tls(Box::new(tokio_rustls::TlsStream::Client(s)));
-        conn.framer.reset();
-        conn.write(&stanza::open(&ctx.domain, Some(domain), None))
-            .await?;
-        conn.read_header().await?;
+        starttls(ctx, conn, domain, tls).await?;
         f = features(conn).await?;
     }
     if policy.require_tls && !conn.tls() {
@@ -442,8 +493,8 @@ async fn open_out(
         conn.write(&stanza::write(&auth)).await?;
         let answer = conn.stanza().await?;
         if answer.is(NS_SASL, "success") {
-            conn.framer.reset();
-            conn.write(&stanza::open(&ctx.domain, Some(domain), None))
+            conn.restart();
+            conn.send_header(&stanza::open(&ctx.domain, Some(domain), None))
                 .await?;
             conn.read_header().await?;
             let _ = features(conn).await?;
@@ -486,6 +537,35 @@ async fn open_out(
     }
 }
 
+/// STARTTLS on `conn` with `tls`, and the stream restarted (our header sent, theirs read;
+/// the features are the caller's to read).
+async fn starttls(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    domain: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(), StreamError> {
+    conn.write(&stanza::empty("starttls", NS_TLS, &[])).await?;
+    let answer = conn.stanza().await?;
+    if !answer.is(NS_TLS, "proceed") {
+        return Err(StreamError::Protocol(format!(
+            "STARTTLS refused by {domain}"
+        )));
+    }
+    let tcp = conn.take_tcp()?;
+    let name = ServerName::try_from(domain.to_owned())
+        .map_err(|e| StreamError::Protocol(format!("{domain}: {e}")))?;
+    let s = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| StreamError::Certificate(format!("TLS with {domain}: {e}")))?;
+    conn.io = Io::Tls(Box::new(tokio_rustls::TlsStream::Client(s)));
+    conn.restart();
+    conn.send_header(&stanza::open(&ctx.domain, Some(domain), None))
+        .await?;
+    conn.read_header().await
+}
+
 /// Check, as the receiving server, the dialback `key` that `domain` gave on our stream `id`:
 /// ask its authoritative server at `servers` (XEP-0220 §2.2).
 pub(crate) async fn verify(
@@ -505,12 +585,20 @@ pub(crate) async fn verify(
                     continue;
                 }
             };
-            let mut conn = Conn::new(tcp, ctx.max_stanza);
+            let mut conn = Conn::new(tcp, ctx.max_stanza, &ctx.domain);
             let asked = async {
-                conn.write(&stanza::open(&ctx.domain, Some(domain), None))
+                conn.send_header(&stanza::open(&ctx.domain, Some(domain), None))
                     .await?;
                 conn.read_header().await?;
-                let _ = features(&mut conn).await?;
+                let f = features(&mut conn).await?;
+                // A server that wants TLS first gets it (for encryption: what is asked is
+                // only whether a key is its own).
+                if f.child(NS_TLS, "starttls").is_some()
+                    && let Some(tls) = &ctx.client_tls_any
+                {
+                    starttls(ctx, &mut conn, domain, tls).await?;
+                    let _ = features(&mut conn).await?;
+                }
                 let mut v = crate::ssp::xml::Element::new("db:verify").with_text(key);
                 v.attrs.push(("from".into(), ctx.domain.clone()));
                 v.attrs.push(("to".into(), domain.to_owned()));
@@ -567,14 +655,22 @@ pub(crate) enum Event {
 
 /// Serve a stream another server opened to us on `tcp`, until it ends, handing what it
 /// proves and sends to `events`.
-pub(crate) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, events: mpsc::Sender<Event>) {
+/// `stop` turning true ends it with `system-shutdown`.
+pub(crate) async fn serve(
+    ctx: Arc<Ctx>,
+    tcp: TcpStream,
+    events: mpsc::Sender<Event>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let _ = events.try_send(Event::Streams(1));
-    let mut conn = Conn::new(tcp, ctx.max_stanza);
+    let mut conn = Conn::new(tcp, ctx.max_stanza, &ctx.domain);
     let outcome = Inbound {
         ctx: &ctx,
         events: &events,
         authed: HashSet::new(),
+        verifying: HashSet::new(),
         id: String::new(),
+        stop,
     }
     .run(&mut conn)
     .await;
@@ -594,15 +690,23 @@ struct Inbound<'a> {
     events: &'a mpsc::Sender<Event>,
     /// The domains this stream proved.
     authed: HashSet<String>,
+    /// The domains whose dialback keys are being checked (one check each at a time).
+    verifying: HashSet<String>,
     /// Our stream ID (the one dialback keys are made for).
     id: String,
+    /// The gateway is stopping.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
+
+/// Dialback checks one stream may have under way at once: each costs a lookup and a
+/// connection to the claimed domain, so a stream must not make the gateway a reflector.
+const MAX_VERIFYING: usize = 4;
 
 impl Inbound<'_> {
     async fn run(&mut self, conn: &mut Conn) -> Result<(), StreamError> {
-        let deadline = tokio::time::Instant::now() + self.ctx.auth_timeout;
+        let mut deadline = tokio::time::Instant::now() + self.ctx.auth_timeout;
         // Dialback verdicts come back from checks that run beside the stream.
-        let (vtx, mut vrx) = mpsc::channel::<(String, bool)>(8);
+        let (mut vtx, mut vrx) = mpsc::channel::<(String, bool)>(MAX_VERIFYING);
         'restart: loop {
             let h = tokio::time::timeout_at(deadline, conn.read_header())
                 .await
@@ -613,14 +717,14 @@ impl Inbound<'_> {
                 other => {
                     // The error follows a header of ours (RFC 6120 §4.9.1.2).
                     let text = format!("the stream is for {:?}", other.unwrap_or(""));
-                    conn.write(&stanza::open(&self.ctx.domain, None, Some("0")))
+                    conn.send_header(&stanza::open(&self.ctx.domain, None, Some("0")))
                         .await?;
                     return Err(refused("host-unknown", text));
                 }
             }
             self.id = format!("{:032x}", rand::random::<u128>());
             let from = conn.header.from.clone();
-            conn.write(&stanza::open(
+            conn.send_header(&stanza::open(
                 &self.ctx.domain,
                 from.as_deref(),
                 Some(&self.id),
@@ -644,7 +748,11 @@ impl Inbound<'_> {
             loop {
                 let s = tokio::select! {
                     s = conn.stanza() => s?,
+                    _ = self.stop.changed() => {
+                        return Err(refused("system-shutdown", "the gateway is stopping"));
+                    }
                     Some((domain, valid)) = vrx.recv() => {
+                        self.verifying.remove(&domain);
                         let mut r = crate::ssp::xml::Element::new("db:result");
                         r.attrs.push(("from".into(), self.ctx.domain.clone()));
                         r.attrs.push(("to".into(), domain.clone()));
@@ -682,7 +790,11 @@ impl Inbound<'_> {
                         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                         .unwrap_or_default();
                     conn.io = Io::Tls(Box::new(tokio_rustls::TlsStream::Server(s)));
-                    conn.framer.reset();
+                    conn.restart();
+                    // Nothing learned before TLS counts after it (RFC 6120 §5.4.3.3).
+                    self.authed.clear();
+                    self.verifying.clear();
+                    (vtx, vrx) = mpsc::channel(MAX_VERIFYING);
                     continue 'restart;
                 }
                 if s.is(NS_SASL, "auth") {
@@ -692,7 +804,9 @@ impl Inbound<'_> {
                             tracing::debug!(from = %domain, "inbound XMPP stream proved by SASL EXTERNAL");
                             let _ = self.events.try_send(Event::Proved(Proof::Sasl));
                             self.authed.insert(domain);
-                            conn.framer.reset();
+                            conn.restart();
+                            // The restarted header has its own time: the proof is made.
+                            deadline = tokio::time::Instant::now() + self.ctx.auth_timeout;
                             continue 'restart;
                         }
                         Err(why) => {
@@ -787,7 +901,7 @@ impl Inbound<'_> {
     /// A dialback key given to us: checked with its domain's authoritative server, beside
     /// the stream; the verdict comes back through `verdicts`.
     async fn dialback(
-        &self,
+        &mut self,
         conn: &mut Conn,
         s: &Stanza,
         verdicts: &mpsc::Sender<(String, bool)>,
@@ -822,6 +936,17 @@ impl Inbound<'_> {
             conn.write(&stanza::write(&r.with_child(e))).await?;
             return Ok(());
         }
+        if self.authed.contains(&domain) || self.verifying.contains(&domain) {
+            // Proved already, or being checked: a repeat is not checked again.
+            return Ok(());
+        }
+        if self.verifying.len() >= MAX_VERIFYING {
+            return Err(refused(
+                "policy-violation",
+                "too many dialback checks at once on one stream",
+            ));
+        }
+        self.verifying.insert(domain.clone());
         let (tx, rx) = oneshot::channel();
         let ev = Event::Verify {
             domain: domain.clone(),
