@@ -15,6 +15,7 @@ pub(crate) mod exchange;
 pub mod http;
 pub(crate) mod peer;
 mod pending;
+pub(crate) mod sender;
 pub(crate) mod sip;
 pub mod xmpp;
 

@@ -584,34 +584,20 @@ impl Links {
     /// domain, `wv:user@domain` for a user named otherwise. A number placed elsewhere (or
     /// that DNS cannot place now) is refused: the same anti-spoofing as SSP.
     async fn sip_sender(&self, from: &SipAddress) -> Result<String, SipRefusal> {
-        let Some(n) = from.number() else {
-            let user = from.user.to_ascii_lowercase();
-            if !user
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(refuse(400, "a From user that is no IMPS user ID"));
-            }
-            return Ok(format!("wv:{user}@{}", from.host));
-        };
-        let Some(r) = self.live().resolver.clone() else {
-            return Err(refuse(
-                403,
-                format!("+{} cannot be verified: no resolver", n.digits()),
-            ));
-        };
-        match r.place(n, &from.host).await {
-            Ok(()) => Ok(format!("wv:+{}", n.digits())),
-            Err(crate::resolve::Unplaced::Elsewhere) => Err(refuse(
-                403,
-                format!("+{} does not belong to {}", n.digits(), from.host),
-            )),
-            Err(crate::resolve::Unplaced::Unverifiable(e)) => {
-                let mut r = refuse(503, format!("+{} cannot be verified now: {e}", n.digits()));
-                r.headers.push(("Retry-After", "30".into()));
-                Err(r)
-            }
-        }
+        use crate::links::sender::NoSender;
+        self.foreign_sender(from.number(), &from.user, &from.host)
+            .await
+            .map_err(|e| match e {
+                NoSender::NotAnId => refuse(400, "a From user that is no IMPS user ID"),
+                NoSender::NoResolver(_) | NoSender::Elsewhere(_) => {
+                    refuse(403, format!("{e} ({})", from.host))
+                }
+                NoSender::Unverifiable(..) => {
+                    let mut r = refuse(503, e.to_string());
+                    r.headers.push(("Retry-After", "30".into()));
+                    r
+                }
+            })
     }
 
     /// Count an answer given to an incoming SIP request.

@@ -696,6 +696,7 @@ impl Links {
     /// sending domain, `wv:user@domain` for a user named otherwise. A number placed
     /// elsewhere (or that DNS cannot place now) is refused: the same anti-spoofing as SSP.
     async fn xmpp_sender(&self, from: &Jid) -> Result<String, Refusal> {
+        use crate::links::sender::NoSender;
         let local = from
             .local
             .as_deref()
@@ -703,39 +704,15 @@ impl Links {
         let number = local
             .strip_prefix('+')
             .and_then(|d| crate::ssp::ids::E164::from_digits(d).ok());
-        let Some(n) = number else {
-            let user = stanza::unescape(local).to_ascii_lowercase();
-            if !user
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(refuse(
-                    status::INVALID_USER_ID,
-                    "a sender that is no IMPS user ID",
-                ));
-            }
-            return Ok(format!("wv:{user}@{}", from.domain));
-        };
-        let Some(r) = self.live().resolver.clone() else {
-            return Err(refuse(
-                403,
-                format!("+{} cannot be verified: no resolver", n.digits()),
-            ));
-        };
-        match r.place(n, &from.domain).await {
-            Ok(()) => Ok(format!("wv:+{}", n.digits())),
-            Err(crate::resolve::Unplaced::Elsewhere) => {
-                self.metrics.refused.with_label_values(&["spoof"]).inc();
-                Err(refuse(
-                    403,
-                    format!("+{} does not belong to {}", n.digits(), from.domain),
-                ))
-            }
-            Err(crate::resolve::Unplaced::Unverifiable(e)) => Err(refuse(
-                status::TIMEOUT,
-                format!("+{} cannot be verified now: {e}", n.digits()),
-            )),
-        }
+        self.foreign_sender(number, &stanza::unescape(local), &from.domain)
+            .await
+            .map_err(|e| match e {
+                NoSender::NotAnId => refuse(status::INVALID_USER_ID, e.to_string()),
+                NoSender::NoResolver(_) | NoSender::Elsewhere(_) => {
+                    refuse(403, format!("{e} ({})", from.domain))
+                }
+                NoSender::Unverifiable(..) => refuse(status::TIMEOUT, e.to_string()),
+            })
     }
 
     /// Our user a stanza is for, as a public ID (`wv:+MSISDN`, or a name at our domain for
@@ -905,10 +882,7 @@ impl Links {
             target.servers.clone(),
             link.owner.clone(),
         );
-        let mut el = Element::new("presence");
-        el.attrs.push(("from".into(), watcher_jid));
-        el.attrs.push(("to".into(), target.jid.clone()));
-        el.attrs.push(("type".into(), "subscribe".into()));
+        let el = presence_el(watcher_jid, target.jid.clone(), "subscribe");
         // Kept before it goes: the far side may say `subscribed` before the write returns.
         let known = link.subs.find(&sub.key).await;
         if known.is_none() {
@@ -940,10 +914,7 @@ impl Links {
         link.subs.forget(&k).await;
         lock(&link.resources).remove(&k);
         link.count(&self.metrics);
-        let mut el = Element::new("presence");
-        el.attrs.push(("from".into(), watcher_jid));
-        el.attrs.push(("to".into(), target.jid.clone()));
-        el.attrs.push(("type".into(), "unsubscribe".into()));
+        let el = presence_el(watcher_jid, target.jid.clone(), "unsubscribe");
         if let Err(f) = self
             .xmpp_send(link, &target.domain, &target.servers, &el, "presence")
             .await
@@ -1068,10 +1039,7 @@ impl Links {
             );
         }
         for s in subs {
-            let mut el = Element::new("presence");
-            el.attrs.push(("from".into(), s.watcher_jid.clone()));
-            el.attrs.push(("to".into(), s.jid.clone()));
-            el.attrs.push(("type".into(), "probe".into()));
+            let el = presence_el(s.watcher_jid.clone(), s.jid.clone(), "probe");
             // Where the domain's servers are now (the stored list may be old).
             let servers = self
                 .xmpp_servers(link, &s.domain)
@@ -1102,13 +1070,11 @@ impl Links {
     /// refused, it is forgotten and `unsubscribed` sent.
     pub(crate) async fn xmpp_watch_answered(&self, w: Watch, taken: bool) {
         let Ok(link) = self.xmpp_link() else { return };
-        let mut el = Element::new("presence");
-        el.attrs.push(("from".into(), w.presentity_jid.clone()));
-        el.attrs.push(("to".into(), w.watcher_jid.clone()));
-        el.attrs.push((
-            "type".into(),
-            if taken { "subscribed" } else { "unsubscribed" }.into(),
-        ));
+        let el = presence_el(
+            w.presentity_jid.clone(),
+            w.watcher_jid.clone(),
+            if taken { "subscribed" } else { "unsubscribed" },
+        );
         if !taken {
             link.watches.forget(&w.key).await;
         }
@@ -1317,6 +1283,15 @@ fn presentity(r: &PresenceRequest) -> Result<String, Failure> {
         .first()
         .map(|e| e.id.clone())
         .ok_or_else(|| Failure::local(Kind::Malformed, "no presentity"))
+}
+
+/// A `<presence>` of `kind` from `from` to `to`.
+fn presence_el(from: String, to: String, kind: &'static str) -> Element {
+    let mut el = Element::new("presence");
+    el.attrs.push(("from".into(), from));
+    el.attrs.push(("to".into(), to));
+    el.attrs.push(("type".into(), kind.into()));
+    el
 }
 
 fn ok() -> Primitive {
