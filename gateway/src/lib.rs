@@ -30,7 +30,7 @@ pub mod token;
 pub mod web;
 
 /// Entry points for the fuzz targets (`gateway/fuzz`) into parsers that are otherwise
-/// reached only from inside the SIP translator. Not an API.
+/// reached only from inside the SIP and XMPP translators. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
     /// A PIDF body as a NOTIFY brings it (at most `max_body` bytes): whether it is taken,
@@ -52,6 +52,69 @@ pub mod fuzzing {
     pub fn cpim(body: &[u8], max_body: usize) -> bool {
         use crate::links::sip::imdn;
         imdn::unwrap(body).is_ok_and(|c| imdn::notification(&c.body, max_body).is_ok())
+    }
+
+    /// Bytes of an XMPP stream as a far server sends them, in reads of `chunk` bytes: the
+    /// same frames whatever the reads (and no panic); each stanza parsed; presence mapped,
+    /// written back and read the same; a JID's localpart escaped and unescaped unchanged.
+    /// How many frames there were.
+    pub fn xmpp_stream(data: &[u8], chunk: usize) -> usize {
+        use crate::links::xmpp::frame::{Frame, Framer};
+        use crate::links::xmpp::{presence, stanza};
+        let frames = |step: usize| {
+            let mut f = Framer::new(16 * 1024, 16);
+            let mut out = Vec::new();
+            for c in data.chunks(step.max(1)) {
+                f.push(c);
+                loop {
+                    match f.next_frame() {
+                        Ok(Some(x)) => out.push(Ok(x)),
+                        Ok(None) => break,
+                        Err(e) => {
+                            out.push(Err(e));
+                            return out;
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let whole = frames(data.len());
+        assert_eq!(whole, frames(chunk), "frames depend on the reads");
+        let mut header = stanza::Header::default();
+        for f in whole.iter().flatten() {
+            match f {
+                Frame::Header(h) => {
+                    if let Ok(h) = stanza::header(h, 16 * 1024) {
+                        header = h;
+                    }
+                }
+                Frame::Stanza(s) => {
+                    let Ok(s) = stanza::parse(s, &header, 16 * 1024) else {
+                        continue;
+                    };
+                    if s.local == "presence" {
+                        let (p, _) = presence::from_stanza(&s);
+                        let back =
+                            stanza::write(&presence::to_stanza("a@x.example", "b@y.example", &p));
+                        let again = stanza::parse(back.as_bytes(), &header, usize::MAX)
+                            .map(|s| presence::from_stanza(&s).0);
+                        assert_eq!(
+                            again.ok().map(|q| (q.online, q.availability)),
+                            Some((p.online, p.availability))
+                        );
+                    }
+                    if let Some(j) = s.attr("from").and_then(stanza::Jid::parse)
+                        && let Some(l) = &j.local
+                    {
+                        let name = stanza::unescape(l);
+                        assert_eq!(stanza::unescape(&stanza::escape(&name)), name);
+                    }
+                }
+                Frame::End => {}
+            }
+        }
+        whole.len()
     }
 
     /// A SIP header value as the translator reads it: an address, a tag, a Contact, a

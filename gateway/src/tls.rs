@@ -536,6 +536,37 @@ pub fn cert_names_domain(cert: &CertificateDer<'_>, domain: &str) -> bool {
     ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
+/// Whether `chain` (end entity first) chains to `roots` for a server's use: between servers
+/// (XMPP) the certificate a server presents as the client of a connection is its server
+/// certificate, so either usage is taken (public CAs are dropping client-auth from server
+/// certificates).
+pub fn server_chain_ok(roots: &RootCertStore, chain: &[CertificateDer<'_>]) -> bool {
+    let Some((ee, rest)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(ee) else {
+        return false;
+    };
+    let now = UnixTime::now();
+    [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ]
+    .into_iter()
+    .any(|usage| {
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &roots.roots,
+            rest,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .is_ok()
+    })
+}
+
 /// Per-peer acceptance of a client certificate chain, applied after the handshake.
 #[derive(Debug, Clone)]
 pub enum PeerCertCheck {

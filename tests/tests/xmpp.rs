@@ -853,6 +853,19 @@ async fn uc_5_21_alt_xmpp_presence_resumes_after_a_gateway_restart() {
 
     // The gateway goes down; Bob changes his state meanwhile.
     fed.stop_gateway(0).await;
+    // Prosody saw its stream to us end (else the state could go down it as it closes).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !prosody
+        .log()
+        .contains("Outgoing s2s stream opb.example->opx.example closed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prosody's stream to us did not end\n{}",
+            prosody.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     bob.send(&["pres", "away", "While you were out"]);
     // Prosody tries to tell us, and cannot: the state is not delivered.
     let deadline = std::time::Instant::now() + WAIT;
@@ -926,6 +939,114 @@ async fn uc_5_22_alt_xmpp_a_domain_over_its_rate_gets_resource_constraint() {
     assert!(
         cx.received("usera").len() < 5,
         "not all of the burst got through"
+    );
+    drop(bob);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_a_stream_that_fails_is_tried_again_after_a_backoff() {
+    const DAN: &str = "+4930123456788";
+    let (silent, taken) = silent_server().await;
+    let records = vec![
+        (
+            0,
+            naptr(
+                DAN,
+                "e164.arpa",
+                100,
+                10,
+                "E2U+xmpp",
+                &format!("xmpp:{DAN}@opc.example"),
+                60,
+            ),
+        ),
+        (
+            1,
+            format!("_xmpp-server._tcp.opc 60 IN SRV 10 0 {silent} xmpp.opc"),
+        ),
+        (1, "xmpp.opc 60 IN A 127.0.0.1".to_owned()),
+    ];
+    let fed = operator_x_dns(
+        Variant::Dialback,
+        free_port(),
+        free_port(),
+        "auth_timeout = \"1s\"\n\
+         [[xmpp.peer]]\ndomain = \"opc.example\"\nrequire_tls = false\nallow_dialback = true\n\
+         [store]\nqueue = \"off\"",
+        records,
+    )
+    .await;
+    let cx = fed.ops[0].core.clone();
+    let dan = format!("wv:{DAN}");
+    let to = [dan.as_str()];
+    let send = || cx.send_message("usera", &to, "Hello?", false);
+    // The stream is not proved within auth_timeout: the domain is backed off (1 s first).
+    let (_, st) = send().await.unwrap();
+    assert_eq!(st.code, 503, "{st:?}");
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Within the backoff: refused at once, no new connection.
+    let started = std::time::Instant::now();
+    let (_, st) = send().await.unwrap();
+    assert_eq!(st.code, 503, "{st:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        taken.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no new connection"
+    );
+    // After it, tried again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while taken.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "never tried again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = send().await.unwrap();
+    }
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    assert!(Metrics::counter_value(&g.metrics().xmpp_proofs, &["out", "failed"]) >= 2);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_an_idle_stream_is_closed_and_opened_again_when_needed() {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let fed = operator_x(Variant::Dialback, xmpp_port, s2s, "idle = \"1s\"").await;
+    let prosody = prosody(&fed, Variant::Dialback, xmpp_port, s2s);
+    let cx = fed.ops[0].core.clone();
+    let g = fed.ops[0].gateway.as_ref().unwrap().gateway.clone();
+    let mut bob = prosody.client(BOB, "bobpw").unwrap();
+    let ours = format!("{A}@opx.example");
+    let out = || g.metrics().xmpp_streams.with_label_values(&["out"]).get();
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{BOB}")], "one", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200);
+    bob.expect(&["message", &ours, "one"], WAIT).unwrap();
+    assert_eq!(out(), 1);
+    // Unused for `idle`: closed.
+    let deadline = std::time::Instant::now() + WAIT;
+    while out() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle stream stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next message opens (and proves) a new one.
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{BOB}")], "two", false)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200);
+    bob.expect(&["message", &ours, "two"], WAIT).unwrap();
+    assert_eq!(
+        Metrics::counter_value(&g.metrics().xmpp_proofs, &["out", "dialback"]),
+        2
     );
     drop(bob);
     fed.shutdown().await;

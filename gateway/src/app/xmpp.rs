@@ -228,13 +228,13 @@ pub(super) async fn start(
                 } => {
                     let Ok(permit) = verifying.clone().try_acquire_owned() else {
                         tracing::info!(from = %domain, "dialback key not checked: {MAX_VERIFYING} checks under way");
-                        let _ = reply.send(false);
+                        let _ = reply.send(None);
                         continue;
                     };
                     let g = g.clone();
                     tokio::spawn(async move {
                         let valid = g.links.xmpp_verify(&domain, &id, &key).await;
-                        let _ = reply.send(valid);
+                        let _ = reply.send(Some(valid));
                         drop(permit);
                     });
                 }

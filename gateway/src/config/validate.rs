@@ -89,7 +89,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
         .map(|r| super::sip::validate(check, base, r, identity));
     let xmpp = raw
         .xmpp
-        .map(|r| super::xmpp::validate(check, base, r, identity));
+        .map(|r| super::xmpp::validate(check, base, r, identity, !raw.tls.trust.is_empty()));
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
     let routes = routes(check, &peers, raw.routes);

@@ -39,12 +39,14 @@ fn duration(
 }
 
 /// `[xmpp]`; `base` is the config file's folder (for paths), `identity` whether `[tls] cert`
-/// and `key` are set (TLS and SASL EXTERNAL present them).
+/// and `key` are set (TLS and SASL EXTERNAL present them), `tls_trust` whether `[tls] trust`
+/// names anchors (the default for `trust`).
 pub(super) fn validate(
     check: &mut Check<'_>,
     base: &std::path::Path,
     r: RawXmpp,
     identity: bool,
+    tls_trust: bool,
 ) -> XmppSpec {
     let path = |key: &str| vec![k("xmpp"), k(key)];
     let listen = match r.listen.parse::<std::net::SocketAddr>() {
@@ -165,6 +167,21 @@ pub(super) fn validate(
                 &path("open"),
                 "the defaults need TLS or a certificate proof: set [tls] cert and key",
             );
+        }
+    }
+    // A domain proved by certificate alone needs anchors to check certificates against.
+    if identity && !tls_trust && r.trust.is_empty() {
+        for (i, p) in peers.iter().enumerate() {
+            if !p.policy.allow_dialback {
+                check.err(
+                    &at(&path("peer"), &[Step::Index(i), k("domain")]),
+                    format!(
+                        "{} is proved by certificate only, and no anchors are set: give \
+                         [xmpp] trust or [tls] trust, or allow_dialback = true",
+                        p.domain
+                    ),
+                );
+            }
         }
     }
     if peers.is_empty() && !r.open {

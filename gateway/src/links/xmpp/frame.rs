@@ -106,15 +106,21 @@ impl Framer {
                 while self.pos < self.buf.len() && self.buf[self.pos].is_ascii_whitespace() {
                     self.pos += 1;
                 }
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-                if self.buf.is_empty() {
+                if self.pos >= self.buf.len() {
+                    self.buf.clear();
+                    self.pos = 0;
                     return Ok(None);
                 }
-                if self.buf[0] != b'<' {
+                // What was cut is dropped once it is most of the buffer, not after every
+                // stanza (many small stanzas in one read would move the rest each time).
+                if self.pos > 4096 && self.pos * 2 > self.buf.len() {
+                    self.buf.drain(..self.pos);
+                    self.pos = 0;
+                }
+                if self.buf[self.pos] != b'<' {
                     return Err(FrameError::Syntax("text outside a stanza"));
                 }
-                self.start = Some(0);
+                self.start = Some(self.pos);
             }
             let start = self.start.unwrap_or(0);
             if self.pos >= self.buf.len() {
@@ -139,6 +145,15 @@ impl Framer {
             // bytes scanned already and the new ones).
             let from = |min: usize, needle: usize| min.max(self.scanned.saturating_sub(needle - 1));
             match second {
+                b'?' if self.depth == 0 && self.header => {
+                    // RFC 6120 §11.1: no processing instructions in a stream (the XML
+                    // declaration before the header is the one allowed).
+                    return Err(FrameError::Restricted);
+                }
+                b'!' if self.depth == 0 && self.header => {
+                    // Nor comments between stanzas (they would cost a scan each, unbounded).
+                    return Err(FrameError::Restricted);
+                }
                 b'?' => {
                     let at = from(2, 2);
                     let Some(end) = find(&rest[at..], b"?>").map(|e| e + at) else {
@@ -329,6 +344,19 @@ mod tests {
         let mut f = Framer::new(100, 3);
         f.push(format!("{HEADER}hello").as_bytes());
         assert!(matches!(all(&mut f), Err(FrameError::Syntax(_))));
+
+        // Comments and processing instructions between stanzas (RFC 6120 §11.1).
+        for between in ["<!-- hi -->", "<?pi x?>"] {
+            let mut f = Framer::new(100, 3);
+            f.push(format!("{HEADER}<a/>{between}<b/>").as_bytes());
+            assert_eq!(f.next_frame().unwrap().map(|_| ()), Some(()));
+            assert_eq!(f.next_frame().unwrap().map(|_| ()), Some(()));
+            assert_eq!(f.next_frame(), Err(FrameError::Restricted), "{between}");
+        }
+        // Many small stanzas in one read: each one cut.
+        let mut f = Framer::new(100, 3);
+        f.push(format!("{HEADER}{}", "<a/>".repeat(5000)).as_bytes());
+        assert_eq!(all(&mut f).unwrap().len(), 5001);
 
         // A DOCTYPE inside a stanza too.
         let mut f = Framer::new(100, 3);

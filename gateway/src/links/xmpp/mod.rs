@@ -58,7 +58,8 @@ pub(crate) const NOT_CONFIRMED: &str = "Sent; delivery not confirmed";
 
 /// How long a domain's server list found by DNS is used before it is looked up again.
 const SERVERS_TTL: Duration = Duration::from_secs(300);
-/// Rate limiters kept for domains not listed (with `open = true`) before they are forgotten.
+/// Rate limiters (and server lists) kept for domains not listed (with `open = true`) before
+/// they are forgotten.
 const MAX_LIMITERS: usize = 4096;
 /// Resources kept per watched user (clients that log in with a new resource each time must
 /// not grow it without end).
@@ -170,10 +171,7 @@ impl XmppLink {
         let client_tls_any = Some(Arc::new(
             crate::tls::client_config_unverified(identity.clone()).map_err(e)?,
         ));
-        let cert_check = roots
-            .map(crate::tls::PeerCertCheck::roots)
-            .transpose()
-            .map_err(e)?;
+        let anchors = roots.map(Arc::new);
         let secret = match &spec.dialback_secret_file {
             Some(f) => std::fs::read(f)
                 .map_err(|err| XmppError(format!("{}: {err}", f.display())))?
@@ -187,7 +185,7 @@ impl XmppLink {
             client_tls,
             client_tls_any,
             server_tls,
-            cert_check,
+            anchors,
             secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hashed.as_ref()),
             max_stanza: spec.max_stanza,
             auth_timeout: spec.auth_timeout,
@@ -262,9 +260,15 @@ impl XmppLink {
     /// Forget what a far side can make grow: server lists past their time, backoffs run
     /// out, the rate limiters of domains not listed (a new one starts with a full bucket).
     pub(crate) fn sweep(&self) {
-        lock(&self.servers).retain(|_, (_, at)| at.elapsed() < SERVERS_TTL);
-        self.pool.sweep();
         let policies = &self.ctx.policies;
+        {
+            let mut servers = lock(&self.servers);
+            servers.retain(|_, (_, at)| at.elapsed() < SERVERS_TTL);
+            if servers.len() > MAX_LIMITERS {
+                servers.retain(|d, _| policies.peer(d).is_some());
+            }
+        }
+        self.pool.sweep();
         let mut limits = lock(&self.limits);
         if limits.len() > MAX_LIMITERS {
             limits.retain(|d, _| policies.peer(d).is_some());
@@ -935,12 +939,17 @@ impl Links {
         let (_, watcher_jid) = self.xmpp_watcher(r)?;
         let presentity = presentity(r)?;
         let k = presence::key(&watcher_jid, &target.jid);
-        let p = link
-            .subs
-            .select(|s| s.key == k)
-            .into_iter()
-            .next()
-            .and_then(|s| s.last)
+        // What its resources said last (the core may not have taken it yet), else what the
+        // core last took (after a restart), else offline.
+        let heard = lock(&link.resources).get(&k).map(presence::merge);
+        let p = heard
+            .or_else(|| {
+                link.subs
+                    .select(|s| s.key == k)
+                    .into_iter()
+                    .next()
+                    .and_then(|s| s.last)
+            })
             .unwrap_or_else(Presence::offline);
         Ok(Primitive::GetPresenceResponse(GetPresenceResponse {
             status: Some(Status::with(status::OK, "Successful")),

@@ -178,13 +178,14 @@ impl Pool {
         self.lock().clear();
     }
 
-    /// Forget backoffs that ran out (the map holds only domains failing now).
+    /// Forget the backoffs of domains that have not failed for a while (kept past their
+    /// end so that a domain failing again backs off longer each time).
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         self.backoff
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, (until, _, _)| *until > now);
+            .retain(|_, (until, _, _)| *until + MAX_BACKOFF * 2 > now);
     }
 
     /// One stream's life: opened and proved, then writing what comes until it breaks or

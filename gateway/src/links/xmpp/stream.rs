@@ -34,7 +34,6 @@ use super::stanza::{
     StanzaError,
 };
 use crate::config::XmppPolicy;
-use crate::tls::PeerCertCheck;
 
 /// Why a stream ended or could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -173,7 +172,7 @@ pub(crate) struct Ctx {
     /// TLS for streams opened to us, if we have a certificate.
     pub(crate) server_tls: Option<Arc<rustls::ServerConfig>>,
     /// What a certificate presented to us must chain to, for SASL EXTERNAL.
-    pub(crate) cert_check: Option<PeerCertCheck>,
+    pub(crate) anchors: Option<Arc<rustls::RootCertStore>>,
     /// The dialback secret's hash (XEP-0185 keys are an HMAC under it).
     pub(crate) secret: ring::hmac::Key,
     /// The largest stanza taken.
@@ -429,6 +428,7 @@ pub(crate) async fn connect(
                         last = StreamError::Certificate(why);
                         continue;
                     };
+                    let _ = tcp.set_nodelay(true);
                     let mut conn = Conn::new(tcp, ctx.max_stanza, &ctx.domain);
                     match open_out(ctx, &mut conn, domain, &policy, ctx.client_tls_any.as_ref())
                         .await
@@ -644,8 +644,8 @@ pub(crate) enum Event {
         id: String,
         /// The key.
         key: String,
-        /// Whether it is valid.
-        reply: oneshot::Sender<bool>,
+        /// Whether it is valid (`None`: it could not be checked now).
+        reply: oneshot::Sender<Option<bool>>,
     },
     /// A stream opened or closed (for the gauge): +1 or -1.
     Streams(i64),
@@ -671,6 +671,8 @@ pub(crate) async fn serve(
         verifying: HashSet::new(),
         id: String::new(),
         stop,
+        chain_ok: None,
+        auth_failures: 0,
     }
     .run(&mut conn)
     .await;
@@ -696,7 +698,14 @@ struct Inbound<'a> {
     id: String,
     /// The gateway is stopping.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Whether the certificate of this TLS session chains to our anchors (checked once).
+    chain_ok: Option<bool>,
+    /// SASL EXTERNAL attempts refused on this stream.
+    auth_failures: u8,
 }
+
+/// SASL EXTERNAL attempts refused before the stream is ended (each may cost a chain check).
+const MAX_AUTH_FAILURES: u8 = 2;
 
 /// Dialback checks one stream may have under way at once: each costs a lookup and a
 /// connection to the claimed domain, so a stream must not make the gateway a reflector.
@@ -706,7 +715,7 @@ impl Inbound<'_> {
     async fn run(&mut self, conn: &mut Conn) -> Result<(), StreamError> {
         let mut deadline = tokio::time::Instant::now() + self.ctx.auth_timeout;
         // Dialback verdicts come back from checks that run beside the stream.
-        let (mut vtx, mut vrx) = mpsc::channel::<(String, bool)>(MAX_VERIFYING);
+        let (mut vtx, mut vrx) = mpsc::channel::<(String, Option<bool>)>(MAX_VERIFYING);
         'restart: loop {
             let h = tokio::time::timeout_at(deadline, conn.read_header())
                 .await
@@ -736,7 +745,7 @@ impl Inbound<'_> {
                     if !conn.tls() && self.ctx.server_tls.is_some() {
                         f = f.with_child(stanza::ns_el("starttls", NS_TLS));
                     }
-                    if conn.tls() && !conn.certs.is_empty() {
+                    if conn.tls() && !conn.certs.is_empty() && self.ctx.anchors.is_some() {
                         f = f.with_child(stanza::ns_el("mechanisms", NS_SASL).with_child(
                             crate::ssp::xml::Element::new("mechanism").with_text("EXTERNAL"),
                         ));
@@ -756,9 +765,23 @@ impl Inbound<'_> {
                         let mut r = crate::ssp::xml::Element::new("db:result");
                         r.attrs.push(("from".into(), self.ctx.domain.clone()));
                         r.attrs.push(("to".into(), domain.clone()));
-                        r.attrs.push(("type".into(), if valid { "valid" } else { "invalid" }.into()));
+                        let kind = match valid {
+                            Some(true) => "valid",
+                            Some(false) => "invalid",
+                            // Not checked (too many checks under way): an error to try
+                            // again later, not a verdict on the key (XEP-0220 §2.4).
+                            None => "error",
+                        };
+                        r.attrs.push(("type".into(), kind.into()));
+                        if valid.is_none() {
+                            let mut e = crate::ssp::xml::Element::new("error");
+                            e.attrs.push(("type".into(), "wait".into()));
+                            r = r.with_child(
+                                e.with_child(stanza::ns_el("resource-constraint", stanza::NS_STANZAS)),
+                            );
+                        }
                         conn.write(&stanza::write(&r)).await?;
-                        if valid {
+                        if valid == Some(true) {
                             tracing::debug!(from = %domain, "inbound XMPP stream proved by dialback");
                             let _ = self.events.try_send(Event::Proved(Proof::Dialback));
                             self.authed.insert(domain);
@@ -793,6 +816,7 @@ impl Inbound<'_> {
                     conn.restart();
                     // Nothing learned before TLS counts after it (RFC 6120 §5.4.3.3).
                     self.authed.clear();
+                    self.chain_ok = None;
                     self.verifying.clear();
                     (vtx, vrx) = mpsc::channel(MAX_VERIFYING);
                     continue 'restart;
@@ -811,6 +835,10 @@ impl Inbound<'_> {
                         }
                         Err(why) => {
                             tracing::info!(why = %why, "SASL EXTERNAL refused");
+                            self.auth_failures += 1;
+                            if self.auth_failures > MAX_AUTH_FAILURES {
+                                return Err(refused("not-authorized", "SASL EXTERNAL failed"));
+                            }
                             let mut f = stanza::ns_el("failure", NS_SASL);
                             f = f.with_child(crate::ssp::xml::Element::new("not-authorized"));
                             conn.write(&stanza::write(&f)).await?;
@@ -863,7 +891,7 @@ impl Inbound<'_> {
     }
 
     /// SASL EXTERNAL: the domain the presented certificate proves, or why not.
-    fn external(&self, conn: &Conn, s: &Stanza) -> Result<String, String> {
+    fn external(&mut self, conn: &Conn, s: &Stanza) -> Result<String, String> {
         if s.attr("mechanism") != Some("EXTERNAL") {
             return Err(format!("mechanism {:?}", s.attr("mechanism")));
         }
@@ -881,19 +909,23 @@ impl Inbound<'_> {
             .or_else(|| conn.header.from.clone())
             .ok_or("no domain claimed")?
             .to_ascii_lowercase();
-        let (Some(check), Some((ee, _))) = (&self.ctx.cert_check, conn.certs.split_first()) else {
+        let (Some(anchors), Some((ee, _))) = (&self.ctx.anchors, conn.certs.split_first()) else {
             return Err("no certificate".into());
         };
-        if !check.accepts(&conn.certs) {
-            return Err(format!(
-                "{domain}'s certificate does not chain to our anchors"
-            ));
+        // The cheap checks first; the chain once per TLS session.
+        if self.ctx.policy(&domain).is_none() {
+            return Err(format!("{domain} is not federated with"));
         }
         if !crate::tls::cert_names_domain(ee, &domain) {
             return Err(format!("the certificate does not name {domain}"));
         }
-        if self.ctx.policy(&domain).is_none() {
-            return Err(format!("{domain} is not federated with"));
+        let chains = *self
+            .chain_ok
+            .get_or_insert_with(|| crate::tls::server_chain_ok(anchors, &conn.certs));
+        if !chains {
+            return Err(format!(
+                "{domain}'s certificate does not chain to our anchors"
+            ));
         }
         Ok(domain)
     }
@@ -904,7 +936,7 @@ impl Inbound<'_> {
         &mut self,
         conn: &mut Conn,
         s: &Stanza,
-        verdicts: &mpsc::Sender<(String, bool)>,
+        verdicts: &mpsc::Sender<(String, Option<bool>)>,
     ) -> Result<(), StreamError> {
         let (Some(from), Some(to)) = (s.attr("from"), s.attr("to")) else {
             return Err(refused("bad-format", "a db:result without from or to"));
@@ -959,7 +991,7 @@ impl Inbound<'_> {
         }
         let verdicts = verdicts.clone();
         tokio::spawn(async move {
-            let valid = rx.await.unwrap_or(false);
+            let valid = rx.await.unwrap_or(None);
             let _ = verdicts.send((domain, valid)).await;
         });
         Ok(())
