@@ -1,6 +1,7 @@
 //! The SIP dialogs the translator keeps (subscriptions either way), by Call-ID: in memory for
 //! this process, and in a table of the state store so that a restarted process takes up
-//! the dialogs it made.
+//! the dialogs it made. The XMPP translator keeps its subscriptions the same way, keyed by
+//! the pair of bare JIDs.
 //!
 //! Each dialog names the replica that made it: a replica takes up only its own at start and
 //! alone refreshes and numbers them; a request in a dialog of another replica (the far side
@@ -64,16 +65,16 @@ impl<T: Dialog> Dialogs<T> {
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                tracing::warn!(table, call_id = %k, error = %e, "unreadable SIP dialog dropped");
+                                tracing::warn!(table, call_id = %k, error = %e, "unreadable kept dialog or subscription dropped");
                             }
                         }
                     }
                 }
-                Err(e) => tracing::warn!(table, error = %e, "SIP dialogs not loaded"),
+                Err(e) => tracing::warn!(table, error = %e, "kept dialogs or subscriptions not loaded"),
             }
         }
         if !by_call.is_empty() {
-            tracing::info!(table, dialogs = by_call.len(), "SIP dialogs taken up");
+            tracing::info!(table, dialogs = by_call.len(), "kept dialogs or subscriptions taken up");
         }
         Dialogs {
             table,
@@ -137,7 +138,7 @@ impl<T: Dialog> Dialogs<T> {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = stored {
-            tracing::warn!(table = self.table, call_id = %key, error = %e, "SIP dialog not stored");
+            tracing::warn!(table = self.table, call_id = %key, error = %e, "dialog or subscription not stored");
         }
     }
 
@@ -166,7 +167,7 @@ impl<T: Dialog> Dialogs<T> {
         if let Some(s) = &self.store
             && let Err(e) = s.table(self.table).delete(call_id).await
         {
-            tracing::warn!(table = self.table, call_id, error = %e, "SIP dialog not removed from the store");
+            tracing::warn!(table = self.table, call_id, error = %e, "dialog or subscription not removed from the store");
         }
         gone
     }
