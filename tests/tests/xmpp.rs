@@ -1051,3 +1051,41 @@ async fn uc_5_22_alt_xmpp_an_idle_stream_is_closed_and_opened_again_when_needed(
     drop(bob);
     fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uc_5_22_alt_xmpp_a_report_awaited_survives_a_restart() {
+    let (xmpp_port, s2s) = (free_port(), free_port());
+    let mut fed = operator_x(Variant::Dialback, xmpp_port, s2s, "receipt_wait = \"3s\"").await;
+    let prosody = Prosody::start_on(
+        "opb.example",
+        s2s,
+        &[(BOB, "bobpw")],
+        &[("opx.example", xmpp_port)],
+        None,
+    )
+    .unwrap();
+    let cx = fed.ops[0].core.clone();
+    let mut bob = prosody.client_without_receipts(BOB, "bobpw").unwrap();
+    let (_, st) = cx
+        .send_message("usera", &[&format!("wv:{BOB}")], "Report me", true)
+        .await
+        .unwrap();
+    assert_eq!(st.code, 200, "{st:?}");
+    bob.expect(&["message", &format!("{A}@opx.example"), "Report me"], WAIT)
+        .unwrap();
+    // The gateway goes down while the receipt is awaited, and comes back.
+    fed.stop_gateway(0).await;
+    fed.restart_gateway(0).await;
+    // The restarted process took the awaited message up from the store: its report comes,
+    // as not confirmed, when its time runs out.
+    assert!(
+        cx.wait_until(WAIT, |c| !c.delivery_reports("usera").is_empty())
+            .await,
+        "no report after the restart"
+    );
+    let r = cx.delivery_reports("usera")[0].clone();
+    assert_eq!(r.code, 504, "{r:?}");
+    assert_eq!(r.recipient, format!("wv:{BOB}"));
+    drop(bob);
+    fed.shutdown().await;
+}

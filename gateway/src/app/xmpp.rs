@@ -190,7 +190,7 @@ pub(super) async fn start(
     gw.drain().every(RECEIPT_TICK, move || {
         let g = g.clone();
         async move {
-            for (domain, t) in g.links.xmpp_lapsed_receipts() {
+            for (domain, t) in g.links.xmpp_lapsed_receipts().await {
                 to_core(&g, &domain, t).await;
             }
             if let Some(link) = g.links.xmpp.get() {

@@ -70,11 +70,17 @@ impl<T: Dialog> Dialogs<T> {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(table, error = %e, "kept dialogs or subscriptions not loaded"),
+                Err(e) => {
+                    tracing::warn!(table, error = %e, "kept dialogs or subscriptions not loaded")
+                }
             }
         }
         if !by_call.is_empty() {
-            tracing::info!(table, dialogs = by_call.len(), "kept dialogs or subscriptions taken up");
+            tracing::info!(
+                table,
+                dialogs = by_call.len(),
+                "kept dialogs or subscriptions taken up"
+            );
         }
         Dialogs {
             table,

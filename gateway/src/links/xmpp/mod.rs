@@ -22,6 +22,7 @@
 pub mod frame;
 pub(crate) mod pool;
 pub(crate) mod presence;
+pub(crate) mod receipts;
 pub mod stanza;
 pub(crate) mod stream;
 
@@ -76,20 +77,6 @@ pub struct XmppTarget {
     pub servers: Vec<SocketAddr>,
 }
 
-/// A message sent with a receipt asked for: what its report is made of.
-#[derive(Debug, Clone)]
-struct Awaiting {
-    domain: String,
-    /// Our sender's bare JID (the receipt comes to it).
-    sender_jid: String,
-    /// Our sender's public ID.
-    sender: String,
-    /// The recipient as the core named it.
-    recipient: String,
-    message_id: Option<String>,
-    until: Instant,
-}
-
 /// The XMPP link.
 pub(crate) struct XmppLink {
     pub(crate) ctx: Arc<stream::Ctx>,
@@ -97,7 +84,7 @@ pub(crate) struct XmppLink {
     local: SocketAddr,
     owner: String,
     limits: Mutex<HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>,
-    receipts: Mutex<HashMap<String, Awaiting>>,
+    receipts: receipts::Receipts,
     subs: Dialogs<Sub>,
     watches: Dialogs<Watch>,
     /// Each watched XMPP user's resources, by subscription key.
@@ -206,10 +193,15 @@ impl XmppLink {
             ctx,
             local,
             subs: Dialogs::load(presence::SUBS, store.clone(), &owner).await,
+            receipts: receipts::Receipts::load(
+                store.clone(),
+                &owner,
+                metrics.store_errors.with_label_values(&["xmpp-receipts"]),
+            )
+            .await,
             watches: Dialogs::load(presence::WATCHES, store, &owner).await,
             owner,
             limits: Mutex::new(HashMap::new()),
-            receipts: Mutex::new(HashMap::new()),
             resources: Mutex::new(HashMap::new()),
             servers: Mutex::new(HashMap::new()),
         };
@@ -590,28 +582,35 @@ impl Links {
         if wants_report {
             el.children.push(stanza::ns_el("request", NS_RECEIPTS));
             // Kept before it goes: the receipt may come before the write is confirmed.
-            lock(&link.receipts).insert(
-                id.clone(),
-                Awaiting {
-                    domain: target.domain.clone(),
-                    sender_jid: from,
-                    sender: public,
-                    recipient: info
-                        .recipient
-                        .as_ref()
-                        .and_then(|r| r.entities.first())
-                        .map(|e| e.id.clone())
-                        .unwrap_or_default(),
-                    message_id: Some(message_id.clone()),
-                    until: Instant::now() + link.ctx.policies.receipt_wait,
-                },
-            );
+            let wait =
+                i64::try_from(link.ctx.policies.receipt_wait.as_millis()).unwrap_or(i64::MAX);
+            link.receipts
+                .keep(
+                    &id,
+                    receipts::Awaiting {
+                        domain: target.domain.clone(),
+                        sender_jid: from,
+                        sender: public,
+                        recipient: info
+                            .recipient
+                            .as_ref()
+                            .and_then(|r| r.entities.first())
+                            .map(|e| e.id.clone())
+                            .unwrap_or_default(),
+                        message_id: Some(message_id.clone()),
+                        until_ms: crate::store::now_ms().saturating_add(wait),
+                        owner: link.receipts.owner().to_owned(),
+                    },
+                )
+                .await;
         }
         let sent = self
             .xmpp_send(link, &target.domain, &target.servers, &el, "message")
             .await;
         if let Err(f) = sent {
-            lock(&link.receipts).remove(&id);
+            if wants_report {
+                link.receipts.forget(&id).await;
+            }
             return Err(f);
         }
         Ok(Primitive::SendMessageResponse(SendMessageResponse {
@@ -625,21 +624,13 @@ impl Links {
     }
 
     /// The reports of messages whose receipt did not come in time: "not confirmed".
-    pub(crate) fn xmpp_lapsed_receipts(&self) -> Vec<(String, Transaction)> {
+    pub(crate) async fn xmpp_lapsed_receipts(&self) -> Vec<(String, Transaction)> {
         let Ok(link) = self.xmpp_link() else {
             return Vec::new();
         };
-        let now = Instant::now();
-        let lapsed: Vec<Awaiting> = {
-            let mut r = lock(&link.receipts);
-            let ids: Vec<String> = r
-                .iter()
-                .filter(|(_, a)| a.until <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            ids.iter().filter_map(|k| r.remove(k)).collect()
-        };
-        lapsed
+        link.receipts
+            .lapsed()
+            .await
             .into_iter()
             .map(|a| {
                 tracing::info!(to = %a.domain, "no receipt in time: delivery reported as not confirmed");
@@ -748,19 +739,13 @@ impl Links {
         // A receipt for one of ours.
         if let Some(r) = s.child(NS_RECEIPTS, "received") {
             let id = r.attr("id").or(s.attr("id")).unwrap_or_default();
-            let a = {
-                let mut all = lock(&link.receipts);
-                match all.get(id) {
-                    Some(a)
-                        if a.domain == domain
-                            && s.attr("to").and_then(Jid::parse).map(|j| j.bare())
-                                == Some(a.sender_jid.clone()) =>
-                    {
-                        all.remove(id)
-                    }
-                    _ => None,
-                }
-            };
+            let to = s.attr("to").and_then(Jid::parse).map(|j| j.bare());
+            let a = link
+                .receipts
+                .take(id, |a| {
+                    a.domain == domain && to.as_deref() == Some(a.sender_jid.as_str())
+                })
+                .await;
             self.metrics
                 .xmpp
                 .with_label_values(&[
@@ -777,13 +762,7 @@ impl Links {
         if s.attr("type") == Some("error") {
             let id = s.attr("id").unwrap_or_default();
             let cond = stanza::error_condition(&s).unwrap_or_else(|| "undefined-condition".into());
-            let a = {
-                let mut all = lock(&link.receipts);
-                match all.get(id) {
-                    Some(a) if a.domain == domain => all.remove(id),
-                    _ => None,
-                }
-            };
+            let a = link.receipts.take(id, |a| a.domain == domain).await;
             tracing::info!(from = %from.bare(), condition = %cond, reported = a.is_some(), "XMPP message bounced");
             self.metrics
                 .xmpp
@@ -852,7 +831,7 @@ impl Links {
 }
 
 /// The `DeliveryStatusReport` of awaited message `a` for the core.
-fn report(a: Awaiting, code: u16, description: &str) -> Transaction {
+fn report(a: receipts::Awaiting, code: u16, description: &str) -> Transaction {
     let dsr = DeliveryStatusReport {
         meta: Some(MetaInfo::client(&format!("wv:@{}", a.domain), &a.recipient)),
         result: Some(Status::with(code, description)),
