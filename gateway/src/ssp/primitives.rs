@@ -25,6 +25,29 @@ pub struct SendMessageRequest {
     pub ext: Ext,
 }
 
+impl SendMessageRequest {
+    /// A plain-text message from `sender` to `recipient` with ID `message_id`, no report
+    /// asked: what a translator makes of a SIP MESSAGE or an XMPP `<message>`.
+    pub fn text(message_id: String, recipient: String, sender: String, text: String) -> Self {
+        SendMessageRequest {
+            delivery_report: Some("No".into()),
+            info: Some(MessageInfo {
+                message_id: Some(message_id),
+                content_type: Some("text/plain".into()),
+                recipient: Some(Party::user(recipient)),
+                sender: Some(Party::user(sender)),
+                ..Default::default()
+            }),
+            content: Some(ContentData {
+                content_type: Some("text/plain".into()),
+                data: text,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// `SendMessageResponse`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SendMessageResponse {

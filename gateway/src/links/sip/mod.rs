@@ -36,7 +36,7 @@ use crate::config::SipSpec;
 use crate::error::{Failure, Kind, Side};
 use crate::rewrite::PeerView;
 use crate::ssp::primitives::{SendMessageRequest, SendMessageResponse};
-use crate::ssp::{ContentData, MessageInfo, Party, Primitive, Status, Transaction, status};
+use crate::ssp::{MessageInfo, Party, Primitive, Status, Transaction, status};
 use map::SipAddress;
 use stack::{Incoming, Outgoing, Requests, Stack, Transport};
 
@@ -514,22 +514,12 @@ impl Links {
         let text =
             String::from_utf8(body.clone()).map_err(|_| refuse(400, "the text is not UTF-8"))?;
         let (domain, recipient, sender) = self.sip_parties(link, req).await?;
-        let message = SendMessageRequest {
-            delivery_report: Some("No".into()),
-            info: Some(MessageInfo {
-                message_id: Some(format!("sip-{:016x}", rand::random::<u64>())),
-                content_type: Some("text/plain".into()),
-                recipient: Some(Party::user(recipient)),
-                sender: Some(Party::user(sender)),
-                ..Default::default()
-            }),
-            content: Some(ContentData {
-                content_type: Some("text/plain".into()),
-                data: text,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let message = SendMessageRequest::text(
+            format!("sip-{:016x}", rand::random::<u64>()),
+            recipient,
+            sender,
+            text,
+        );
         let tid = format!("sip-{:016x}", rand::random::<u64>());
         Ok(Taken {
             domain,

@@ -44,9 +44,7 @@ use crate::ssp::primitives::{
     SendMessageRequest, SendMessageResponse,
 };
 use crate::ssp::xml::Element;
-use crate::ssp::{
-    ContentData, Entity, MessageInfo, MetaInfo, Party, Primitive, Status, Transaction, status,
-};
+use crate::ssp::{Entity, MessageInfo, MetaInfo, Party, Primitive, Status, Transaction, status};
 use presence::{Sub, Watch};
 use stanza::{Jid, NS_PING, NS_RECEIPTS, NS_SERVER, Stanza};
 
@@ -791,23 +789,12 @@ impl Links {
             .ok_or_else(|| refuse(400, "no usable to"))?;
         let recipient = Self::xmpp_recipient(&to, &self.cfg().operator.public_domain)?;
         let sender = self.xmpp_sender(&from).await?;
-        let text = body.text.clone();
-        let message = SendMessageRequest {
-            delivery_report: Some("No".into()),
-            info: Some(MessageInfo {
-                message_id: Some(format!("xmpp-{:016x}", rand::random::<u64>())),
-                content_type: Some("text/plain".into()),
-                recipient: Some(Party::user(recipient)),
-                sender: Some(Party::user(sender)),
-                ..Default::default()
-            }),
-            content: Some(ContentData {
-                content_type: Some("text/plain".into()),
-                data: text,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let message = SendMessageRequest::text(
+            format!("xmpp-{:016x}", rand::random::<u64>()),
+            recipient,
+            sender,
+            body.text.clone(),
+        );
         let receipt = match (s.child(NS_RECEIPTS, "request"), s.attr("id")) {
             (Some(_), Some(id)) => {
                 let mut r = Element::new("message");
