@@ -92,17 +92,7 @@ fn lua_str(s: &str) -> String {
 impl Prosody {
     /// Start Prosody for `domain` with `users` (name, password), dialing `routes` (domain,
     /// port on 127.0.0.1) for server-to-server streams; with TLS as `tls` says, else plain.
-    pub fn start(
-        domain: &str,
-        users: &[(&str, &str)],
-        routes: &[(&str, u16)],
-        tls: Option<&ProsodyTls<'_>>,
-    ) -> anyhow::Result<Prosody> {
-        Prosody::start_on(domain, free_port(), users, routes, tls)
-    }
-
-    /// The same, its server-to-server port chosen by the caller (DNS names it before
-    /// Prosody starts).
+    /// Its server-to-server port is chosen by the caller: DNS names it before Prosody starts.
     pub fn start_on(
         domain: &str,
         s2s_port: u16,
@@ -369,24 +359,6 @@ impl Client {
                 return Ok(fields);
             }
         }
-    }
-
-    /// Events that came without being waited for, that start with `prefix`, within `within`
-    /// (a bounded wait for nothing more to come, to count what did).
-    pub fn drain(&mut self, prefix: &[&str], within: Duration) -> Vec<Vec<String>> {
-        let mut got = Vec::new();
-        let deadline = Instant::now() + within;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line.clone());
-            let fields: Vec<String> = line.split('\t').map(str::to_owned).collect();
-            if fields.len() >= prefix.len() && prefix.iter().zip(&fields).all(|(p, f)| f == p) {
-                got.push(fields);
-            }
-        }
-        got
     }
 }
 

@@ -265,9 +265,18 @@ impl XmppLink {
         }
     }
 
+    /// Keep `domain`'s servers as routing found them (for answers and dialback checks).
+    /// Called for every request out: the same list is only stamped, not copied again.
     fn remember_servers(&self, domain: &str, servers: &[SocketAddr]) {
-        if !servers.is_empty() {
-            lock(&self.servers).insert(domain.to_owned(), (servers.to_vec(), Instant::now()));
+        if servers.is_empty() {
+            return;
+        }
+        let mut all = lock(&self.servers);
+        match all.get_mut(domain) {
+            Some((known, at)) if known.as_slice() == servers => *at = Instant::now(),
+            _ => {
+                all.insert(domain.to_owned(), (servers.to_vec(), Instant::now()));
+            }
         }
     }
 }
