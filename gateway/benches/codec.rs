@@ -1,4 +1,5 @@
-//! Parse + rewrite + emit of a ~1 KB outbound `SendMessageRequest`, beside quick-xml alone.
+//! Parse + rewrite + emit of a ~1 KB outbound `SendMessageRequest`, on the typed path and on
+//! the fast (splicing) path, beside quick-xml alone.
 //!
 //! Run: `cargo bench -p ssp-gateway --bench codec`. Both numbers come from the same run, so
 //! their ratio is meaningful on a noisy machine; the absolute MB/s are indicative.
@@ -9,7 +10,9 @@ use std::path::Path;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ssp_gateway::config::{DirectorySpec, IdStyle};
 use ssp_gateway::directory::Directory;
+use ssp_gateway::rewrite::Direction;
 use ssp_gateway::rewrite::{PeerView, Rewriter};
+use ssp_gateway::ssp::splice::Spliced;
 use ssp_gateway::ssp::{Codec, NS_WV_SSP_13};
 
 /// A Baraza-style outbound message of about 1 KB.
@@ -107,6 +110,19 @@ fn bench(c: &mut Criterion) {
                 s.session_id = "gw-17@opx.example".into();
             }
             rw.emit_outbound(&dir, &mut m, view, NS_WV_SSP_13)
+        })
+    });
+    // The same on the fast path: read without a typed tree, IDs rewritten in place, the
+    // primitive's bytes spliced (what the gateway does for the primitives that dominate).
+    g.bench_function("fast_parse_rewrite_emit", |b| {
+        b.iter(|| {
+            let mut s = Spliced::scan(&codec, black_box(body.as_bytes()))
+                .expect("bench message reads")
+                .expect("bench message is in the fast shape");
+            rw.rewrite_slots(&dir, s.slots(), Direction::Outbound, view);
+            let out = s.emit(NS_WV_SSP_13, "gw-17@opx.example", "gw-tid-1");
+            assert!(rw.leaks(&out).is_none());
+            out
         })
     });
     let parsed = codec.parse(body.as_bytes()).expect("bench message parses");

@@ -33,6 +33,71 @@ pub mod web;
 /// reached only from inside the SIP and XMPP translators. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
+    /// The fast path against the typed path on `body`: the same refusal, or, for what the
+    /// fast path takes, the same decisions (route-by IDs, originators, requestor, report,
+    /// answer code) and, after rewriting each way, output that parses to the typed path's
+    /// message. A body the fast path leaves alone is the typed path's. Whether the fast path
+    /// took it.
+    pub fn splice(body: &[u8]) -> bool {
+        use crate::directory::Directory;
+        use crate::rewrite::{Direction, PeerView, Rewriter};
+        use crate::ssp::splice::Spliced;
+        use crate::ssp::{Body, Codec};
+        const NS: &str = "http://www.openmobilealliance.org/DTD/IMPS-SSP1.3";
+        let codec = Codec::default();
+        let typed = codec.parse(body);
+        let fast = match Spliced::scan(&codec, body) {
+            Err(e) => {
+                let t = typed.err().map(|t| t.to_string());
+                assert_eq!(t, Some(e.to_string()), "refused for another reason");
+                return false;
+            }
+            Ok(None) => return false,
+            Ok(Some(s)) => s,
+        };
+        let Ok(typed) = typed else {
+            panic!("the fast path took what the typed path refuses: {typed:?}");
+        };
+        let Body::Session(session) = &typed.body else {
+            panic!("the fast path took an association step");
+        };
+        let p = &session.transactions[0].primitive;
+        assert_eq!(fast.kind.label(), p.label());
+        assert_eq!(fast.route_by(), p.route_by());
+        assert_eq!(fast.originators().collect::<Vec<_>>(), p.originators());
+        assert_eq!(
+            fast.requestor_user(),
+            p.meta().and_then(|m| m.requestor_user())
+        );
+        assert_eq!(fast.wants_report(), p.wants_report());
+        assert_eq!(fast.answer_code(), p.answer_code());
+        let rw = Rewriter::from_parts("opx.example", &["core.opx.example".into()], &[]);
+        let mut dir = Directory::default();
+        let _ = dir.load_csv(
+            std::path::Path::new("f.csv"),
+            "+46701234567,wv:usera@core.opx.example\n",
+        );
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            let mut f = fast.clone();
+            rw.rewrite_slots(&dir, f.slots(), direction, PeerView::default());
+            let out = f.emit(NS, "gw-1@opx.example", "gw-tid");
+            let mut t = typed.clone();
+            if let Body::Session(s) = &mut t.body {
+                s.session_id = "gw-1@opx.example".into();
+                s.transactions[0].transaction_id = "gw-tid".into();
+            }
+            rw.rewrite(&dir, &mut t, direction, PeerView::default());
+            t.namespace = Some(NS.into());
+            let again = codec.parse(out.as_bytes());
+            assert_eq!(
+                again.as_ref(),
+                Ok(&t),
+                "the fast path's output means something else"
+            );
+        }
+        true
+    }
+
     /// A PIDF body as a NOTIFY brings it (at most `max_body` bytes): whether it is taken,
     /// and if so that what it says, written back as PIDF, reads the same.
     pub fn pidf(body: &[u8], max_body: usize) -> bool {

@@ -112,6 +112,23 @@ impl Rewriter {
         }
     }
 
+    /// [`Rewriter::rewrite`] over ID slots found elsewhere (the fast path's spliced
+    /// messages): the same rule for each slot.
+    pub fn rewrite_slots<'s>(
+        &self,
+        dir: &Directory,
+        slots: impl Iterator<Item = (Slot, &'s mut String)>,
+        direction: Direction,
+        peer: PeerView<'_>,
+    ) {
+        for (slot, s) in slots {
+            match direction {
+                Direction::Outbound => self.outbound_slot(dir, slot, s, peer),
+                Direction::Inbound => self.inbound_slot(dir, slot, s, peer),
+            }
+        }
+    }
+
     /// Rewrite one ID outbound; unparseable values are left alone (the scrub still applies).
     pub fn outbound_id(&self, dir: &Directory, id: &str, peer: PeerView<'_>) -> String {
         let mut s = id.to_owned();

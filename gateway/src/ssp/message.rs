@@ -31,7 +31,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
+    pub(crate) fn parse(s: &str) -> Option<Mode> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("Request") {
             Some(Mode::Request)

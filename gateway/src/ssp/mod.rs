@@ -5,6 +5,7 @@ pub mod common;
 pub mod ids;
 pub mod message;
 pub mod primitives;
+pub mod splice;
 pub mod status;
 pub mod walk;
 pub mod xml;

@@ -336,7 +336,16 @@ fn ext(e: &mut Ext, f: &mut IdVisitor<'_>) {
     }
 }
 
-fn attr_slot(name: &str) -> Option<Slot> {
+pub(crate) fn attr_slot(name: &str) -> Option<Slot> {
+    // Every ID attribute name ends in "id": most names are ruled out by their last byte
+    // (this runs for every attribute of every message).
+    if !name
+        .as_bytes()
+        .last()
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'd'))
+    {
+        return None;
+    }
     // Vendor content may use its own prefix; match on the local part.
     let local = name.rsplit(':').next().unwrap_or(name);
     if local.eq_ignore_ascii_case("userID") {

@@ -9,6 +9,7 @@
 //! `"` quoting, and only the escapes XML requires.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
@@ -300,6 +301,9 @@ pub enum XmlError {
     /// A character XML 1.0 does not allow (control characters other than tab, LF, CR).
     #[error("character U+{0:04X} is not allowed in XML")]
     Char(u32),
+    /// A [`Sink`] stopped reading: not an error of the body (never reported to a sender).
+    #[error("reading stopped")]
+    Stopped,
     /// A well-formedness error reported by the XML reader.
     #[error("malformed XML at byte {pos}: {msg}")]
     Syntax {
@@ -347,46 +351,160 @@ pub fn parse(
     limits: &Limits,
     is_ssp_ns: IsSspNamespace<'_>,
 ) -> Result<Document, XmlError> {
+    let mut tree = Tree {
+        stack: Vec::with_capacity(8),
+        done: Vec::with_capacity(32),
+        root: None,
+    };
+    let namespace = read(text_of(body, limits)?, limits, is_ssp_ns, &mut tree)?;
+    let root = tree
+        .root
+        .ok_or_else(|| XmlError::Structure("no root element".into()))?;
+    Ok(Document { root, namespace })
+}
+
+/// One attribute of an element being read, after every check.
+#[derive(Debug)]
+pub struct Attr<'a> {
+    /// The name as written (prefix kept).
+    pub key: &'a str,
+    /// The value, entities resolved and white space normalised.
+    pub value: Cow<'a, str>,
+    /// Where the raw value sits in the body (`None` if the reader did not borrow it).
+    pub raw: Option<Range<usize>>,
+}
+
+/// A start tag that passed every check, for a [`Sink`].
+#[derive(Debug)]
+pub struct Open<'s, 'a> {
+    /// The name, with a prefix bound to an SSP namespace dropped.
+    pub name: &'s str,
+    /// Whether the name as written has a prefix (SSP or not).
+    pub prefixed: bool,
+    /// Attributes in document order; SSP namespace declarations are consumed.
+    pub attrs: &'s [Attr<'a>],
+    /// Nesting depth, the root counting as 1.
+    pub depth: usize,
+    /// The start tag's bytes in the body.
+    pub at: Range<usize>,
+    /// Whether it is an empty-element tag (`<x/>`).
+    pub empty: bool,
+}
+
+/// Character data as it is in the body, checked.
+#[derive(Debug)]
+pub struct Text<'s> {
+    /// The bytes as written (a reference: the character it stands for).
+    pub raw: &'s str,
+    /// Where they are in the body.
+    pub at: Range<usize>,
+    /// What they were.
+    pub kind: TextKind,
+}
+
+impl Text<'_> {
+    /// The characters, line ends normalised as XML 1.0 says (allocates only for a `\r`).
+    pub fn content(&self) -> Cow<'_, str> {
+        if self.kind == TextKind::Plain && self.raw.contains('\r') {
+            Cow::Owned(self.raw.replace("\r\n", "\n").replace('\r', "\n"))
+        } else {
+            Cow::Borrowed(self.raw)
+        }
+    }
+
+    /// The length of [`Text::content`], without making it.
+    fn content_len(&self) -> usize {
+        if self.kind != TextKind::Plain {
+            return self.raw.len();
+        }
+        let b = self.raw.as_bytes();
+        let crlf = memchr::memchr_iter(b'\r', b)
+            .filter(|&i| b.get(i + 1) == Some(&b'\n'))
+            .count();
+        b.len() - crlf
+    }
+}
+
+/// What a piece of character data was in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// Plain text (no references inside).
+    Plain,
+    /// A CDATA section.
+    CData,
+    /// A character or predefined entity reference.
+    Ref,
+}
+
+/// What [`read`] reports as it goes: elements that passed every limit and refusal, and their
+/// text. The element tree ([`parse`]) is one sink; the splicing fast path is another, so both
+/// refuse exactly the same input.
+pub trait Sink<'a> {
+    /// A start tag.
+    fn open(&mut self, el: Open<'_, 'a>) -> Result<(), XmlError>;
+    /// The end of the innermost open element; `end` is the byte after its end tag.
+    fn close(&mut self, end: usize) -> Result<(), XmlError>;
+    /// Character data of the innermost open element. Runs of white space before any other
+    /// text of the element are not reported.
+    fn text(&mut self, t: Text<'_>) -> Result<(), XmlError>;
+}
+
+/// `body` as text, if it is within the size limit and UTF-8 (checked in that order).
+pub fn text_of<'a>(body: &'a [u8], limits: &Limits) -> Result<&'a str, XmlError> {
     if body.len() > limits.max_body {
         return Err(XmlError::BodyTooLarge(body.len(), limits.max_body));
     }
-    let text = std::str::from_utf8(body).map_err(|_| XmlError::NotUtf8)?;
+    std::str::from_utf8(body).map_err(|_| XmlError::NotUtf8)
+}
+
+/// Read `text` (from [`text_of`]) into `sink`, enforcing `limits` and every refusal (DOCTYPE, entities, names,
+/// characters, encoding, structure). Returns the root's SSP namespace, if it declared one.
+pub fn read<'a>(
+    text: &'a str,
+    limits: &Limits,
+    is_ssp_ns: IsSspNamespace<'_>,
+    sink: &mut dyn Sink<'a>,
+) -> Result<Option<String>, XmlError> {
     // A UTF-8 byte-order mark is legal before the declaration.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut reader = Reader::from_str(text);
+    let stripped = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let base = text.len() - stripped.len();
+    let mut reader = Reader::from_str(stripped);
     let cfg = reader.config_mut();
     cfg.check_end_names = true;
     cfg.expand_empty_elements = false;
     cfg.trim_text_start = false;
     cfg.trim_text_end = false;
 
-    let mut p = Parser {
+    let mut d = Driver {
         limits,
         is_ssp_ns,
+        body: text,
         stack: Vec::with_capacity(8),
-        done: Vec::with_capacity(32),
+        attrs: Vec::with_capacity(8),
         prefixes: Vec::new(),
-        root: None,
+        root_done: false,
         namespace: None,
         elements: 0,
         transactions: 0,
     };
     loop {
+        let before = base + reader.buffer_position() as usize;
         let ev = reader.read_event().map_err(|e| XmlError::Syntax {
             pos: reader.error_position(),
             msg: e.to_string(),
         })?;
+        let at = before..base + reader.buffer_position() as usize;
         match ev {
-            Event::Start(s) => p.open(&s, false)?,
-            Event::Empty(s) => p.open(&s, true)?,
-            Event::End(_) => p.close()?,
+            Event::Start(s) => d.open(&s, false, at, sink)?,
+            Event::Empty(s) => d.open(&s, true, at, sink)?,
+            Event::End(_) => d.close(at.end, sink)?,
             Event::Text(t) => {
-                let content = t.xml10_content();
-                p.text(&content)?;
+                let raw = t.into_inner();
+                d.text(&raw, at, TextKind::Plain, sink)?;
             }
             Event::CData(c) => {
                 let raw = c.into_inner();
-                p.text(&raw)?;
+                d.text(&raw, at, TextKind::CData, sink)?;
             }
             Event::GeneralRef(r) => {
                 let ch = match r.resolve_char_ref() {
@@ -410,10 +528,10 @@ pub fn parse(
                     }
                 };
                 let mut buf = [0u8; 4];
-                p.text(ch.encode_utf8(&mut buf))?;
+                d.text(ch.encode_utf8(&mut buf), at, TextKind::Ref, sink)?;
             }
-            Event::Decl(d) => {
-                if let Some(Ok(enc)) = d.encoding() {
+            Event::Decl(decl) => {
+                if let Some(Ok(enc)) = decl.encoding() {
                     let enc = enc.into_owned();
                     if !enc.eq_ignore_ascii_case("utf-8")
                         && !enc.eq_ignore_ascii_case("utf8")
@@ -428,39 +546,44 @@ pub fn parse(
             Event::Eof => break,
         }
     }
-    if !p.stack.is_empty() {
+    if !d.stack.is_empty() {
         return Err(XmlError::Structure(
             "document ends inside an element".into(),
         ));
     }
-    let root = p
-        .root
-        .ok_or_else(|| XmlError::Structure("no root element".into()))?;
-    Ok(Document {
-        root,
-        namespace: p.namespace,
-    })
+    if !d.root_done {
+        return Err(XmlError::Structure("no root element".into()));
+    }
+    Ok(d.namespace)
 }
 
-struct Parser<'a> {
-    limits: &'a Limits,
-    is_ssp_ns: IsSspNamespace<'a>,
-    /// Open elements with the index in `done` where their children start.
-    stack: Vec<(Element, usize)>,
-    /// Closed elements waiting for their parent to close; a parent takes its children in one
-    /// exactly-sized allocation instead of growing a vector child by child.
-    done: Vec<Element>,
+/// The checks [`read`] makes, with what they need to remember.
+struct Driver<'a, 'l> {
+    limits: &'l Limits,
+    is_ssp_ns: IsSspNamespace<'l>,
+    /// The body as text, for the offsets of borrowed attribute values.
+    body: &'a str,
+    /// Open elements: where their name is in the body (for errors) and text length so far.
+    stack: Vec<(Option<Range<usize>>, usize)>,
+    /// The attributes of the element being opened (one buffer for all elements).
+    attrs: Vec<Attr<'a>>,
     /// (depth, prefix) pairs of prefixes bound to an SSP namespace, innermost last.
     prefixes: Vec<(usize, String)>,
-    root: Option<Element>,
+    root_done: bool,
     namespace: Option<String>,
     elements: usize,
     transactions: usize,
 }
 
-impl Parser<'_> {
-    fn open(&mut self, s: &BytesStart<'_>, empty: bool) -> Result<(), XmlError> {
-        if self.root.is_some() {
+impl<'a> Driver<'a, '_> {
+    fn open(
+        &mut self,
+        s: &BytesStart<'a>,
+        empty: bool,
+        at: Range<usize>,
+        sink: &mut dyn Sink<'a>,
+    ) -> Result<(), XmlError> {
+        if self.root_done {
             return Err(XmlError::Structure("content after the root element".into()));
         }
         let depth = self.stack.len() + 1;
@@ -474,21 +597,31 @@ impl Parser<'_> {
         let qname_ref = s.name();
         let qname: &str = qname_ref.as_ref();
         check_name(qname)?;
-        let mut el = Element::new("");
+        self.attrs.clear();
         let mut attrs = s.attributes();
         attrs.with_checks(true);
-        for a in attrs {
+        for (count, a) in attrs.enumerate() {
             let a = a.map_err(|e| XmlError::Syntax {
                 pos: 0,
                 msg: format!("in attributes of <{qname}>: {e}"),
             })?;
-            if el.attrs.len() >= self.limits.max_attrs {
+            if count >= self.limits.max_attrs {
                 return Err(XmlError::TooManyAttrs(
                     qname.to_owned(),
                     self.limits.max_attrs,
                 ));
             }
-            let key: &str = a.key.as_ref();
+            // The reader borrows from the body: names and values are re-sliced from it so
+            // they outlive the start tag.
+            let key: &'a str = match offset_in(self.body, a.key.0) {
+                Some(r) => &self.body[r],
+                None => {
+                    return Err(XmlError::Syntax {
+                        pos: 0,
+                        msg: format!("in attributes of <{qname}>: unexpected name"),
+                    });
+                }
+            };
             check_name(key)?;
             if a.value.len() > self.limits.max_attr_len {
                 return Err(XmlError::AttrTooLong(
@@ -496,6 +629,7 @@ impl Parser<'_> {
                     self.limits.max_attr_len,
                 ));
             }
+            let raw = offset_in(self.body, &a.value);
             let value = a
                 .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                 .map_err(|e| match e {
@@ -506,15 +640,18 @@ impl Parser<'_> {
                         pos: 0,
                         msg: format!("in attribute {key}: {other}"),
                     },
-                })?
-                .into_owned();
+                })?;
+            let value: Cow<'a, str> = match (value, &raw) {
+                (Cow::Borrowed(_), Some(r)) => Cow::Borrowed(&self.body[r.clone()]),
+                (v, _) => Cow::Owned(v.into_owned()),
+            };
             check_chars(&value)?;
             // Namespace declarations: SSP ones are consumed (the emitter writes its own);
             // others are kept as ordinary attributes so vendor content stays well-formed.
             if key == "xmlns" {
                 if (self.is_ssp_ns)(&value) {
                     if depth == 1 {
-                        self.namespace = Some(value);
+                        self.namespace = Some(value.into_owned());
                     }
                     continue;
                 }
@@ -523,40 +660,124 @@ impl Parser<'_> {
             {
                 self.prefixes.push((depth, prefix.to_owned()));
                 if depth == 1 && self.namespace.is_none() {
-                    self.namespace = Some(value);
+                    self.namespace = Some(value.into_owned());
                 }
                 continue;
             }
-            el.attrs.push((intern(key), value));
+            self.attrs.push(Attr { key, value, raw });
         }
-        el.name = match qname.split_once(':') {
+        let (name, prefixed) = match qname.split_once(':') {
             Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| p == prefix) => {
-                intern(local)
+                (local, true)
             }
-            _ => intern(qname),
+            Some(_) => (qname, true),
+            None => (qname, false),
         };
-        if el.name == "Transaction" {
+        if name == "Transaction" {
             self.transactions += 1;
             if self.transactions > self.limits.max_transactions {
                 return Err(XmlError::TooManyTransactions(self.limits.max_transactions));
             }
         }
-        self.stack.push((el, self.done.len()));
+        let end = at.end;
+        sink.open(Open {
+            name,
+            prefixed,
+            attrs: &self.attrs,
+            depth,
+            at,
+            empty,
+        })?;
+        self.stack.push((offset_in(self.body, name), 0));
         if empty {
-            self.close()?;
+            self.close(end, sink)?;
         }
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), XmlError> {
+    fn close(&mut self, end: usize, sink: &mut dyn Sink<'a>) -> Result<(), XmlError> {
         let depth = self.stack.len();
+        if self.stack.pop().is_none() {
+            return Err(XmlError::Structure("unexpected end tag".into()));
+        }
+        while self.prefixes.last().is_some_and(|(d, _)| *d == depth) {
+            self.prefixes.pop();
+        }
+        if self.stack.is_empty() {
+            self.root_done = true;
+        }
+        sink.close(end)
+    }
+
+    fn text(
+        &mut self,
+        s: &str,
+        at: Range<usize>,
+        kind: TextKind,
+        sink: &mut dyn Sink<'a>,
+    ) -> Result<(), XmlError> {
+        // Line-end normalisation neither adds nor removes a forbidden character, nor makes
+        // a blank run less blank: the raw bytes are checked.
+        check_chars(s)?;
+        let blank = s.bytes().all(|b| b.is_ascii_whitespace());
+        let t = Text { raw: s, at, kind };
+        match self.stack.last_mut() {
+            Some((name, len)) => {
+                // Whitespace-only runs before any real text are layout, not content.
+                if *len == 0 && blank {
+                    return Ok(());
+                }
+                let n = t.content_len();
+                if *len + n > self.limits.max_text_len {
+                    let name = name.clone().map_or("?", |r| &self.body[r]);
+                    return Err(XmlError::TextTooLong(
+                        name.to_owned(),
+                        self.limits.max_text_len,
+                    ));
+                }
+                *len += n;
+                sink.text(t)
+            }
+            None if blank => Ok(()),
+            None => Err(XmlError::Structure("text outside the root element".into())),
+        }
+    }
+}
+
+/// Where `part` (borrowed from `body`) starts and ends in it.
+fn offset_in(body: &str, part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= body.len()).then_some(start..end)
+}
+
+/// The element tree: the [`Sink`] behind [`parse`].
+struct Tree {
+    /// Open elements with the index in `done` where their children start.
+    stack: Vec<(Element, usize)>,
+    /// Closed elements waiting for their parent to close; a parent takes its children in one
+    /// exactly-sized allocation instead of growing a vector child by child.
+    done: Vec<Element>,
+    root: Option<Element>,
+}
+
+impl<'a> Sink<'a> for Tree {
+    fn open(&mut self, o: Open<'_, 'a>) -> Result<(), XmlError> {
+        let mut el = Element::new(intern(o.name));
+        el.attrs = o
+            .attrs
+            .iter()
+            .map(|a| (intern(a.key), a.value.to_string()))
+            .collect();
+        self.stack.push((el, self.done.len()));
+        Ok(())
+    }
+
+    fn close(&mut self, _end: usize) -> Result<(), XmlError> {
         let (mut el, first_child) = self
             .stack
             .pop()
             .ok_or_else(|| XmlError::Structure("unexpected end tag".into()))?;
-        while self.prefixes.last().is_some_and(|(d, _)| *d == depth) {
-            self.prefixes.pop();
-        }
         trim_in_place(&mut el.text);
         if self.done.len() > first_child {
             el.children = self.done.drain(first_child..).collect();
@@ -569,44 +790,38 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn text(&mut self, s: &str) -> Result<(), XmlError> {
-        check_chars(s)?;
-        match self.stack.last_mut().map(|(el, _)| el) {
-            Some(el) => {
-                // Whitespace-only runs before any real text are layout, not content.
-                if el.text.is_empty() && s.bytes().all(|b| b.is_ascii_whitespace()) {
-                    return Ok(());
-                }
-                if el.text.len() + s.len() > self.limits.max_text_len {
-                    return Err(XmlError::TextTooLong(
-                        el.name.to_string(),
-                        self.limits.max_text_len,
-                    ));
-                }
-                el.text.push_str(s);
-                Ok(())
-            }
-            None if s.bytes().all(|b| b.is_ascii_whitespace()) => Ok(()),
-            None => Err(XmlError::Structure("text outside the root element".into())),
+    fn text(&mut self, t: Text<'_>) -> Result<(), XmlError> {
+        if let Some((el, _)) = self.stack.last_mut() {
+            el.text.push_str(&t.content());
         }
+        Ok(())
     }
 }
 
 /// XML names: no whitespace, controls or markup characters, not starting with a digit,
 /// `-` or `.` (quick-xml is lenient here; our output must stay well-formed).
 fn check_name(name: &str) -> Result<(), XmlError> {
+    /// Bytes no name may hold (one table lookup per byte: this runs for every name read).
+    const BAD: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b <= b' ' as usize {
+            t[b] = true;
+            b += 1;
+        }
+        let marks = *b"<>&\"'=/!?\x7f";
+        let mut i = 0;
+        while i < marks.len() {
+            t[marks[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
     let bad_start = name
         .bytes()
         .next()
         .is_none_or(|b| b.is_ascii_digit() || b == b'-' || b == b'.');
-    let bad = name.bytes().any(|b| {
-        b <= b' '
-            || matches!(
-                b,
-                b'<' | b'>' | b'&' | b'"' | b'\'' | b'=' | b'/' | b'!' | b'?' | 0x7f
-            )
-    });
-    if bad_start || bad {
+    if bad_start || name.bytes().any(|b| BAD[b as usize]) {
         return Err(XmlError::Name(name.to_owned()));
     }
     Ok(())
@@ -659,6 +874,28 @@ impl XmlWriter {
             out,
             open: false,
             pending_ns: Some(namespace.to_owned()),
+        }
+    }
+
+    /// [`XmlWriter::document`] with room for `capacity` bytes.
+    pub fn document_sized(namespace: &str, capacity: usize) -> Self {
+        let mut w = XmlWriter::document(namespace);
+        w.out.reserve(capacity.saturating_sub(w.out.capacity()));
+        w
+    }
+
+    /// Markup copied as it is (well-formed content the caller vouches for).
+    pub fn raw(&mut self, s: &str) {
+        self.close_start();
+        self.out.push_str(s);
+    }
+
+    /// `s` escaped for an attribute value (`in_attr`) or for text, with no quotes around.
+    pub fn escaped(&mut self, s: &str, in_attr: bool) {
+        if in_attr {
+            escape_attr(&mut self.out, s);
+        } else {
+            escape_text(&mut self.out, s);
         }
     }
 

@@ -1,0 +1,573 @@
+//! The fast path's codec: the primitives that dominate traffic (`SendMessageRequest` and its
+//! response, `PresenceNotification`, `DeliveryStatusReport`, `Status`) read without building
+//! a typed tree, their IDs rewritten and the message written again by splicing the bytes of
+//! the original body.
+//!
+//! [`Spliced::scan`] reads the body through the same checks as the typed parser
+//! ([`xml::read`]: size, UTF-8, DOCTYPE, entities, depth, attributes, names, characters), so
+//! it refuses exactly what the typed path refuses. What it accepts it accepts only in the
+//! plain shape real senders use: one `Session` with one `Transaction` holding one of the
+//! primitives above, no namespace prefixes, every entity with its ID attribute, no character
+//! references. Anything else is `Ok(None)` and takes the typed path, which understands it.
+//!
+//! On the way it records the byte range of every ID slot the typed walk
+//! ([`walk`](super::walk)) would visit (`userID`, `groupID` and `serviceID` attributes, and
+//! `Domain` text), and the few values the stages decide by: the route-by IDs, the
+//! originators, the requestor, whether a report is wanted, and an answer's status code, with
+//! the same meaning as the typed accessors of the same names. Emission writes the envelope
+//! as the typed emitter does (our session, our transaction ID, the destination's namespace)
+//! and copies the primitive's bytes with each ID slot replaced: for a message in canonical
+//! form both paths give the same bytes (property tests in `gateway/tests/splice.rs`); for any other,
+//! the same message once parsed.
+
+use std::ops::Range;
+
+use super::message::{Codec, MAX_REQUEST_TID, Mode};
+use super::walk::{RouteBy, Slot, attr_slot};
+use super::xml::{self, Open, Sink, Text, TextKind, XmlError, XmlWriter};
+use crate::ssp::status;
+
+/// The primitives the fast path carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `SendMessageRequest`.
+    SendMessageRequest,
+    /// `SendMessageResponse`.
+    SendMessageResponse,
+    /// `DeliveryStatusReport`.
+    DeliveryStatusReport,
+    /// `PresenceNotification`.
+    PresenceNotification,
+    /// A bare `Status`.
+    Status,
+}
+
+impl Kind {
+    fn of(name: &str) -> Option<Kind> {
+        Some(match name {
+            "SendMessageRequest" => Kind::SendMessageRequest,
+            "SendMessageResponse" => Kind::SendMessageResponse,
+            "DeliveryStatusReport" => Kind::DeliveryStatusReport,
+            "PresenceNotification" => Kind::PresenceNotification,
+            "Status" => Kind::Status,
+            _ => return None,
+        })
+    }
+
+    /// The primitive's name, as the metric label of the typed path.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::SendMessageRequest => "SendMessageRequest",
+            Kind::SendMessageResponse => "SendMessageResponse",
+            Kind::DeliveryStatusReport => "DeliveryStatusReport",
+            Kind::PresenceNotification => "PresenceNotification",
+            Kind::Status => "Status",
+        }
+    }
+}
+
+/// One ID slot: its kind, its value (rewritten in place) and where it sits in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Id {
+    /// What the slot holds.
+    pub slot: Slot,
+    /// The value, entities resolved; what is written back.
+    pub value: String,
+    raw: Range<usize>,
+    in_attr: bool,
+}
+
+/// A message read for the fast path.
+#[derive(Debug, Clone)]
+pub struct Spliced<'a> {
+    body: &'a str,
+    /// Which primitive it holds.
+    pub kind: Kind,
+    /// Request or response.
+    pub mode: Mode,
+    /// The sender's session ID (trimmed).
+    pub session_id: String,
+    /// The sender's transaction ID (trimmed).
+    pub transaction_id: String,
+    /// The root's SSP namespace, if declared.
+    pub namespace: Option<String>,
+    /// Every ID slot of the primitive, in document order.
+    pub ids: Vec<Id>,
+    prim: Range<usize>,
+    route_by: Vec<usize>,
+    service: Option<usize>,
+    requestor_user: Option<usize>,
+    /// Originators the primitive adds after its requestor (sender, presence values).
+    originators: Vec<usize>,
+    recipient_first: Option<usize>,
+    sender_first: Option<usize>,
+    wants_report: bool,
+    code: Option<u16>,
+}
+
+impl<'a> Spliced<'a> {
+    /// Read `body` for the fast path. `Err`: refused, as the typed parser refuses it (the
+    /// typed path gives the sender its answer); `Ok(None)`: not in the fast path's shape.
+    pub fn scan(codec: &Codec, body: &'a [u8]) -> Result<Option<Spliced<'a>>, XmlError> {
+        let text = xml::text_of(body, &codec.limits)?;
+        let mut s = Scan {
+            body: text,
+            out: None,
+            stack: Vec::with_capacity(12),
+            seen: Seen::default(),
+            text_slot: None,
+        };
+        let ns = match xml::read(text, &codec.limits, &|ns| codec.is_ssp_ns(ns), &mut s) {
+            Ok(ns) => ns,
+            Err(XmlError::Stopped) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(mut out) = s.out else {
+            return Ok(None);
+        };
+        if out.prim.is_empty() || out.session_id.is_empty() {
+            return Ok(None);
+        }
+        // Free text is checked for core names by its bytes on the way out; a character
+        // reference could spell one that a byte search would not see.
+        if memchr::memmem::find(&body[out.prim.clone()], b"&#").is_some() {
+            return Ok(None);
+        }
+        out.body = s.body;
+        out.namespace = ns;
+        Ok(Some(out))
+    }
+
+    /// The route-by IDs, as [`Primitive::route_by`](super::Primitive::route_by) gives them.
+    pub fn route_by(&self) -> Vec<RouteBy> {
+        self.route_by
+            .iter()
+            .map(|&i| RouteBy::Id(self.ids[i].value.clone()))
+            .collect()
+    }
+
+    /// The IDs that must belong to the sender, as
+    /// [`Primitive::originators`](super::Primitive::originators) gives them.
+    pub fn originators(&self) -> impl Iterator<Item = &str> {
+        self.service
+            .iter()
+            .chain(&self.requestor_user)
+            .chain(&self.originators)
+            .map(|&i| self.ids[i].value.as_str())
+    }
+
+    /// The requesting user (`MetaInfo/Requestor`), if any.
+    pub fn requestor_user(&self) -> Option<&str> {
+        self.requestor_user.map(|i| self.ids[i].value.as_str())
+    }
+
+    /// The first ID of `MessageInfo/Sender` and of `MessageInfo/Recipient`.
+    pub fn sender_and_recipient(&self) -> (Option<&str>, Option<&str>) {
+        let id = |i: Option<usize>| i.map(|i| self.ids[i].value.as_str());
+        (id(self.sender_first), id(self.recipient_first))
+    }
+
+    /// Whether the sender asked for a delivery report.
+    pub fn wants_report(&self) -> bool {
+        self.wants_report
+    }
+
+    /// An answer's status code, as [`Primitive::answer_code`](super::Primitive::answer_code)
+    /// gives it.
+    pub fn answer_code(&self) -> u16 {
+        match self.kind {
+            Kind::Status | Kind::SendMessageResponse => self.code.unwrap_or(status::OK),
+            _ => status::OK,
+        }
+    }
+
+    /// Every ID slot, for rewriting in place.
+    pub fn slots(&mut self) -> impl Iterator<Item = (Slot, &mut String)> {
+        self.ids.iter_mut().map(|id| (id.slot, &mut id.value))
+    }
+
+    /// The whole body as it came.
+    pub fn body(&self) -> &'a str {
+        self.body
+    }
+
+    /// The message with `session_id` and `tid`, declaring `namespace`, the primitive's bytes
+    /// copied with every ID slot written from [`Spliced::ids`].
+    pub fn emit(&self, namespace: &str, session_id: &str, tid: &str) -> String {
+        let mut w = XmlWriter::document_sized(namespace, self.prim.len() + 256);
+        w.start("WV-SSP-Message");
+        w.start("Session");
+        w.attr("sessionID", session_id);
+        w.start("Transaction");
+        w.attr("mode", self.mode.as_str());
+        w.attr("transactionID", tid);
+        let mut last = self.prim.start;
+        for id in &self.ids {
+            w.raw(&self.body[last..id.raw.start]);
+            w.escaped(&id.value, id.in_attr);
+            last = id.raw.end;
+        }
+        w.raw(&self.body[last..self.prim.end]);
+        w.end("Transaction");
+        w.end("Session");
+        w.end("WV-SSP-Message");
+        w.finish()
+    }
+}
+
+/// Where an element sits, for the values the stages decide by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Root,
+    Session,
+    Transaction,
+    Prim,
+    Meta,
+    Requestor,
+    Info,
+    Recipient,
+    Sender,
+    Domain,
+    Other,
+}
+
+/// Typed singletons met so far (a second one would be extension content to the typed
+/// parser, which the fast path does not model).
+#[derive(Debug, Default)]
+struct Seen {
+    session: bool,
+    transaction: bool,
+    prim: bool,
+    meta: bool,
+    requestor: bool,
+    requestor_user: bool,
+    info: bool,
+    recipient: bool,
+    sender: bool,
+    sender_first: bool,
+    status: bool,
+}
+
+struct Scan<'a> {
+    body: &'a str,
+    out: Option<Spliced<'a>>,
+    stack: Vec<Ctx>,
+    seen: Seen,
+    /// The `Domain` text being read: its ID index, once seen.
+    text_slot: Option<usize>,
+}
+
+/// Entity elements and the attribute that holds their ID (`common::EntityKind`).
+fn entity_attr(name: &str) -> Option<&'static str> {
+    match name {
+        "User" | "UserID" | "VerUserID" => Some("userID"),
+        "GroupID" | "ScreenName" => Some("groupID"),
+        _ => None,
+    }
+}
+
+impl Scan<'_> {
+    fn envelope(&mut self, o: &Open<'_, '_>) -> Result<Ctx, XmlError> {
+        let stop = Err(XmlError::Stopped);
+        match (o.depth, o.name) {
+            (1, "WV-SSP-Message") if o.attrs.is_empty() => Ok(Ctx::Root),
+            (2, "Session") if !self.seen.session => {
+                self.seen.session = true;
+                let mut session = None;
+                for a in o.attrs {
+                    match a.key {
+                        "sessionID" => session = Some(a.value.trim().to_owned()),
+                        _ => return stop,
+                    }
+                }
+                let Some(session_id) = session else {
+                    return stop;
+                };
+                self.out = Some(Spliced {
+                    body: "",
+                    kind: Kind::Status,
+                    mode: Mode::Request,
+                    session_id,
+                    transaction_id: String::new(),
+                    namespace: None,
+                    ids: Vec::with_capacity(8),
+                    prim: 0..0,
+                    route_by: Vec::new(),
+                    service: None,
+                    requestor_user: None,
+                    originators: Vec::new(),
+                    recipient_first: None,
+                    sender_first: None,
+                    wants_report: false,
+                    code: None,
+                });
+                Ok(Ctx::Session)
+            }
+            (3, "Transaction") if !self.seen.transaction => {
+                self.seen.transaction = true;
+                let (mut mode, mut tid) = (None, None);
+                for a in o.attrs {
+                    match a.key {
+                        "mode" => mode = Mode::parse(&a.value),
+                        "transactionID" => tid = Some(a.value.trim()),
+                        _ => return stop,
+                    }
+                }
+                let (Some(mode), Some(tid)) = (mode, tid) else {
+                    return stop;
+                };
+                if tid.is_empty() || (mode == Mode::Request && tid.len() > MAX_REQUEST_TID) {
+                    return stop;
+                }
+                let Some(out) = self.out.as_mut() else {
+                    return stop;
+                };
+                out.mode = mode;
+                out.transaction_id = tid.to_owned();
+                Ok(Ctx::Transaction)
+            }
+            _ => stop,
+        }
+    }
+}
+
+impl<'a> Sink<'a> for Scan<'a> {
+    fn open(&mut self, o: Open<'_, 'a>) -> Result<(), XmlError> {
+        let stop = Err(XmlError::Stopped);
+        if o.prefixed {
+            return stop;
+        }
+        let parent = self.stack.last().copied();
+        if o.depth <= 3 {
+            let ctx = self.envelope(&o)?;
+            self.stack.push(ctx);
+            return Ok(());
+        }
+        let seen = &mut self.seen;
+        let Some(out) = self.out.as_mut() else {
+            return stop;
+        };
+        let ctx = match (parent, o.name) {
+            (Some(Ctx::Transaction), name) if !seen.prim => {
+                seen.prim = true;
+                let Some(kind) = Kind::of(name) else {
+                    return stop;
+                };
+                out.kind = kind;
+                out.prim = o.at.start..o.at.start;
+                Ctx::Prim
+            }
+            (Some(Ctx::Transaction) | None, _) => return stop,
+            (Some(Ctx::Domain), _) => return stop,
+            (Some(Ctx::Prim), "MetaInfo")
+                if matches!(
+                    out.kind,
+                    Kind::SendMessageRequest
+                        | Kind::DeliveryStatusReport
+                        | Kind::PresenceNotification
+                ) =>
+            {
+                if std::mem::replace(&mut seen.meta, true) {
+                    return stop;
+                }
+                Ctx::Meta
+            }
+            (Some(Ctx::Meta), "Requestor") => {
+                if std::mem::replace(&mut seen.requestor, true) {
+                    return stop;
+                }
+                Ctx::Requestor
+            }
+            (Some(Ctx::Prim), "MessageInfo")
+                if matches!(
+                    out.kind,
+                    Kind::SendMessageRequest | Kind::DeliveryStatusReport
+                ) =>
+            {
+                if std::mem::replace(&mut seen.info, true) {
+                    return stop;
+                }
+                Ctx::Info
+            }
+            (Some(Ctx::Info), "Recipient") => {
+                if std::mem::replace(&mut seen.recipient, true) {
+                    return stop;
+                }
+                Ctx::Recipient
+            }
+            (Some(Ctx::Info), "Sender") => {
+                if std::mem::replace(&mut seen.sender, true) {
+                    return stop;
+                }
+                Ctx::Sender
+            }
+            (Some(Ctx::Prim), "Status") if out.kind == Kind::SendMessageResponse => {
+                if !std::mem::replace(&mut seen.status, true) {
+                    out.code = Some(code_of(&o));
+                }
+                Ctx::Other
+            }
+            (_, "Domain") => Ctx::Domain,
+            _ => Ctx::Other,
+        };
+        if ctx == Ctx::Prim && out.kind == Kind::Status {
+            out.code = Some(code_of(&o));
+        }
+        // Every ID attribute, wherever it is (the typed walk visits vendor content too).
+        let first = out.ids.len();
+        for a in o.attrs {
+            if a.key.starts_with("xmlns") {
+                return stop;
+            }
+            if let Some(slot) = attr_slot(a.key) {
+                let Some(raw) = a.raw.clone() else {
+                    return stop;
+                };
+                out.ids.push(Id {
+                    slot,
+                    value: a.value.to_string(),
+                    raw,
+                    in_attr: true,
+                });
+            }
+        }
+        let exact = |key: &str| {
+            o.attrs.iter().position(|a| a.key == key).map(|p| {
+                // The n-th ID attribute of this element is ID `first + n`.
+                let n = o.attrs[..p]
+                    .iter()
+                    .filter(|a| attr_slot(a.key).is_some())
+                    .count();
+                first + n
+            })
+        };
+        // An entity without its ID attribute would gain an empty one on the typed path.
+        let entity = match entity_attr(o.name) {
+            Some(key) => match exact(key) {
+                Some(i) => Some(i),
+                None => return stop,
+            },
+            None => None,
+        };
+        match (ctx, parent) {
+            (Ctx::Prim, _) if out.kind == Kind::SendMessageRequest => {
+                out.wants_report = o.attrs.iter().any(|a| {
+                    a.key == "deliveryReport"
+                        && ["yes", "t", "true"]
+                            .iter()
+                            .any(|w| a.value.trim().eq_ignore_ascii_case(w))
+                });
+            }
+            (Ctx::Requestor, _) => out.service = exact("serviceID"),
+            (Ctx::Other, Some(Ctx::Requestor)) if entity.is_some() => {
+                if std::mem::replace(&mut seen.requestor_user, true) {
+                    return stop;
+                }
+                out.requestor_user = entity;
+            }
+            (Ctx::Other, Some(Ctx::Recipient)) => {
+                if let Some(i) = entity {
+                    if out.kind == Kind::SendMessageRequest {
+                        out.route_by.push(i);
+                    }
+                    if out.recipient_first.is_none() {
+                        out.recipient_first = Some(i);
+                    }
+                }
+            }
+            (Ctx::Other, Some(Ctx::Sender)) => {
+                if let Some(i) = entity
+                    && !std::mem::replace(&mut seen.sender_first, true)
+                {
+                    out.sender_first = Some(i);
+                    match out.kind {
+                        Kind::SendMessageRequest => out.originators.push(i),
+                        Kind::DeliveryStatusReport => out.route_by.push(i),
+                        _ => {}
+                    }
+                }
+            }
+            (Ctx::Other, Some(Ctx::Prim)) if out.kind == Kind::PresenceNotification => {
+                if o.name == "PresenceValue" {
+                    match exact("userID") {
+                        Some(i) => out.originators.push(i),
+                        None => return stop,
+                    }
+                } else if let Some(i) = entity
+                    && matches!(o.name, "User" | "UserID" | "VerUserID")
+                {
+                    out.route_by.push(i);
+                }
+            }
+            (Ctx::Other, _) if o.name == "PresenceValue" && exact("userID").is_none() => {
+                return stop;
+            }
+            _ => {}
+        }
+        self.stack.push(ctx);
+        Ok(())
+    }
+
+    fn close(&mut self, end: usize) -> Result<(), XmlError> {
+        let ctx = self.stack.pop();
+        if ctx == Some(Ctx::Prim)
+            && let Some(out) = self.out.as_mut()
+        {
+            out.prim.end = end;
+        }
+        if ctx == Some(Ctx::Domain) {
+            self.text_slot = None;
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, t: Text<'_>) -> Result<(), XmlError> {
+        let stop = Err(XmlError::Stopped);
+        match self.stack.last() {
+            // Inside the primitive: copied as it is, but it must stay well-formed.
+            Some(Ctx::Domain) => {
+                let Some(out) = self.out.as_mut() else {
+                    return stop;
+                };
+                // Plain text whose bytes are the value (no line ends to normalise): the
+                // trimmed value's place in the body follows from the run's.
+                if t.kind != TextKind::Plain || self.text_slot.is_some() || t.raw.contains('\r') {
+                    return stop;
+                }
+                let s = t.raw;
+                let value = s.trim();
+                if value.is_empty() {
+                    return stop;
+                }
+                let lead = s.len() - s.trim_start().len();
+                let raw = t.at.start + lead..t.at.start + lead + value.len();
+                self.text_slot = Some(out.ids.len());
+                out.ids.push(Id {
+                    slot: Slot::Domain,
+                    value: value.to_owned(),
+                    raw,
+                    in_attr: false,
+                });
+                Ok(())
+            }
+            Some(Ctx::Root | Ctx::Session | Ctx::Transaction) | None => stop,
+            Some(_) => {
+                if t.kind == TextKind::Plain
+                    && memchr::memmem::find(t.raw.as_bytes(), b"]]>").is_some()
+                {
+                    return stop;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A `Status` element's code, as the typed parser reads it (0 when missing or invalid).
+fn code_of(o: &Open<'_, '_>) -> u16 {
+    o.attrs
+        .iter()
+        .find(|a| a.key == "code")
+        .and_then(|a| a.value.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,413 @@
+//! The fast path against the typed path: for generated messages in canonical form both give
+//! the same bytes and the same decisions; what the fast path refuses the typed path refuses;
+//! what is not in the fast path's shape is left to the typed path.
+
+use proptest::prelude::*;
+
+use ssp_gateway::config::{DirectorySpec, IdStyle};
+use ssp_gateway::directory::Directory;
+use ssp_gateway::rewrite::{Direction, PeerView, Rewriter};
+use ssp_gateway::ssp::common::{
+    ContentData, DetailedResult, Entity, EntityKind, Ext, MessageInfo, MetaInfo, Party,
+    PresenceValue, Status,
+};
+use ssp_gateway::ssp::message::{Body, Codec, Message, Mode, NS_WV_SSP_13, Transaction};
+use ssp_gateway::ssp::primitives::{
+    DeliveryStatusReport, PresenceNotification, Primitive, SendMessageRequest, SendMessageResponse,
+};
+use ssp_gateway::ssp::splice::Spliced;
+use ssp_gateway::ssp::walk::Slot;
+
+const NS_PEER: &str = "http://www.openmobilealliance.org/DTD/IMPS-SSP1.3";
+
+fn ids() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just("wv:usera@core.opx.example".to_owned()),
+        Just("wv:userb@opx.example".to_owned()),
+        Just("wv:+46701234567".to_owned()),
+        Just("wv:+4915112345678".to_owned()),
+        Just("wv:+4915112345679@opy.example".to_owned()),
+        Just("wv:group1@core.opx.example".to_owned()),
+        Just("wv:@core.opx.example".to_owned()),
+        Just("wv:a&b\"<c>@opy.example".to_owned()),
+        "wv:[a-z]{1,8}@[a-z]{1,6}\\.example",
+    ]
+    .boxed()
+}
+
+fn texts() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("hello".to_owned()),
+        Just("a < b & c > d \"q\" 'a'".to_owned()),
+        Just("ünïcödé ✓".to_owned()),
+        "[a-zA-Z0-9 +/=]{1,40}",
+    ]
+    .prop_map(|s| s.trim().to_owned())
+    .boxed()
+}
+
+fn entity() -> BoxedStrategy<Entity> {
+    (
+        prop_oneof![
+            Just(EntityKind::User),
+            Just(EntityKind::UserId),
+            Just(EntityKind::GroupId),
+        ],
+        ids(),
+        proptest::option::of(texts()),
+    )
+        .prop_map(|(kind, id, name)| Entity {
+            friendly_name: name.filter(|_| kind == EntityKind::User),
+            ..Entity::new(kind, id)
+        })
+        .boxed()
+}
+
+fn meta() -> BoxedStrategy<Option<MetaInfo>> {
+    proptest::option::of(
+        (ids(), proptest::option::of(ids())).prop_map(|(svc, user)| {
+            let mut m = MetaInfo::client(&svc, "x");
+            if let Some(r) = m.requestor.as_mut() {
+                r.user = user.map(Entity::user);
+            }
+            m
+        }),
+    )
+    .boxed()
+}
+
+fn info() -> BoxedStrategy<Option<MessageInfo>> {
+    proptest::option::of(
+        (
+            proptest::collection::vec(entity(), 0..4),
+            proptest::option::of(entity()),
+            proptest::option::of("[a-f0-9]{8}"),
+        )
+            .prop_map(|(to, from, mid)| MessageInfo {
+                message_id: mid,
+                content_type: Some("text/plain".into()),
+                recipient: Some(Party {
+                    entities: to,
+                    ext: Ext::default(),
+                }),
+                sender: from.map(|e| Party {
+                    entities: vec![e],
+                    ext: Ext::default(),
+                }),
+                ..MessageInfo::default()
+            }),
+    )
+    .boxed()
+}
+
+fn status() -> BoxedStrategy<Status> {
+    (
+        prop_oneof![Just(200u16), Just(201), Just(404), Just(531)],
+        proptest::option::of(texts()),
+        proptest::collection::vec((ids(), "[a-z]{2,6}\\.example"), 0..3),
+    )
+        .prop_map(|(code, text, details)| Status {
+            description: text.filter(|t| !t.is_empty()),
+            details: details
+                .into_iter()
+                .map(|(id, domain)| {
+                    let mut d = DetailedResult::for_user(code, "why", &id);
+                    d.domains.push(domain);
+                    d
+                })
+                .collect(),
+            ..Status::new(code)
+        })
+        .boxed()
+}
+
+fn primitive() -> BoxedStrategy<(Mode, Primitive)> {
+    prop_oneof![
+        (
+            meta(),
+            info(),
+            texts(),
+            proptest::option::of(prop_oneof![Just("Yes"), Just("No")])
+        )
+            .prop_map(|(meta, info, body, dr)| (
+                Mode::Request,
+                Primitive::SendMessageRequest(SendMessageRequest {
+                    delivery_report: dr.map(str::to_owned),
+                    meta,
+                    info,
+                    content: Some(ContentData {
+                        content_type: Some("text/plain".into()),
+                        encoding: None,
+                        data: body,
+                        ext: Ext::default(),
+                    }),
+                    ext: Ext::default(),
+                })
+            )),
+        (proptest::option::of("[a-f0-9]{8}"), status()).prop_map(|(mid, st)| (
+            Mode::Response,
+            Primitive::SendMessageResponse(SendMessageResponse {
+                message_id: mid,
+                status: Some(st),
+                ext: Ext::default(),
+            })
+        )),
+        status().prop_map(|st| (Mode::Response, Primitive::Status(st))),
+        (meta(), status(), info()).prop_map(|(meta, st, info)| (
+            Mode::Request,
+            Primitive::DeliveryStatusReport(DeliveryStatusReport {
+                meta,
+                result: Some(st),
+                info,
+                delivery_time: Some("2026-12-03T10:00:00Z".into()),
+                ..DeliveryStatusReport::default()
+            })
+        )),
+        (
+            meta(),
+            proptest::collection::vec(ids(), 0..3),
+            proptest::collection::vec(ids(), 0..3)
+        )
+            .prop_map(|(meta, watchers, values)| (
+                Mode::Request,
+                Primitive::PresenceNotification(PresenceNotification {
+                    meta,
+                    watchers: watchers.into_iter().map(Entity::user).collect(),
+                    values: values
+                        .into_iter()
+                        .map(|user_id| PresenceValue {
+                            user_id,
+                            ext: Ext::default(),
+                        })
+                        .collect(),
+                    ext: Ext::default(),
+                })
+            )),
+    ]
+    .boxed()
+}
+
+fn rewriter() -> (Rewriter, Directory) {
+    let rw = Rewriter::from_parts("opx.example", &["core.opx.example".into()], &[]);
+    let mut dir = Directory::load(&DirectorySpec::default()).expect("empty directory");
+    dir.load_csv(
+        std::path::Path::new("t.csv"),
+        "+46701234567,wv:usera@core.opx.example\n",
+    )
+    .expect("directory");
+    (rw, dir)
+}
+
+/// The typed path: parse, our session and transaction ID, rewrite, emit.
+fn typed(body: &[u8], direction: Direction, tid: &str) -> (Message, String) {
+    let (rw, dir) = rewriter();
+    let mut m = Codec::default().parse(body).expect("typed parse");
+    if let Body::Session(s) = &mut m.body {
+        s.session_id = "gw-1@opx.example".into();
+        s.transactions[0].transaction_id = tid.into();
+    }
+    let view = PeerView {
+        style: IdStyle::Msisdn,
+        domain: Some("opy.example"),
+    };
+    rw.rewrite(&dir, &mut m, direction, view);
+    let out = m.emit(NS_PEER);
+    (m, out)
+}
+
+/// The fast path, the same steps.
+fn fast(body: &[u8], direction: Direction, tid: &str) -> Option<String> {
+    let (rw, dir) = rewriter();
+    let codec = Codec::default();
+    let mut s = Spliced::scan(&codec, body).expect("fast scan")?;
+    let view = PeerView {
+        style: IdStyle::Msisdn,
+        domain: Some("opy.example"),
+    };
+    rw.rewrite_slots(&dir, s.slots(), direction, view);
+    Some(s.emit(NS_PEER, "gw-1@opx.example", tid))
+}
+
+fn message(mode: Mode, p: Primitive) -> String {
+    let t = Transaction {
+        mode,
+        transaction_id: "t-1".into(),
+        primitive: p,
+        ext: Ext::default(),
+    };
+    Message::session("peer-9@opy.example", vec![t]).emit(NS_WV_SSP_13)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Canonical input: the fast path takes it, decides as the typed path, and writes the
+    /// same bytes in both directions.
+    #[test]
+    fn fast_and_typed_paths_agree_on_canonical_messages((mode, p) in primitive()) {
+        let body = message(mode, p);
+        let codec = Codec::default();
+        let s = Spliced::scan(&codec, body.as_bytes()).expect("scan").expect("fast shape");
+        let m = codec.parse(body.as_bytes()).expect("typed");
+        let prim = &m.as_session().expect("session").transactions[0].primitive;
+        prop_assert_eq!(s.kind.label(), prim.label());
+        prop_assert_eq!(s.route_by(), prim.route_by());
+        prop_assert_eq!(s.originators().collect::<Vec<_>>(), prim.originators());
+        prop_assert_eq!(s.requestor_user(), prim.meta().and_then(|m| m.requestor_user()));
+        prop_assert_eq!(s.wants_report(), prim.wants_report());
+        prop_assert_eq!(s.answer_code(), prim.answer_code());
+        for d in [Direction::Outbound, Direction::Inbound] {
+            let (_, t) = typed(body.as_bytes(), d, "gw-tid-7");
+            let f = fast(body.as_bytes(), d, "gw-tid-7").expect("fast shape");
+            prop_assert_eq!(f, t);
+        }
+    }
+
+    /// Layout the typed emitter would not write (white space, a declaration, single quotes,
+    /// comments): the fast path keeps it, and the result is the same message once parsed.
+    #[test]
+    fn fast_path_keeps_layout_and_means_the_same((mode, p) in primitive(), nl in "[ \n\t]{0,3}") {
+        let canonical = message(mode, p);
+        let body = canonical
+            .replacen("?>", &format!("?>{nl}<!-- c -->{nl}"), 1)
+            .replace("><", &format!(">{nl}<"));
+        let body = body.replace(&format!("{nl}<!-- c -->{nl}"), "<!-- c -->");
+        let f = fast(body.as_bytes(), Direction::Outbound, "x").expect("fast shape");
+        let (t, _) = typed(body.as_bytes(), Direction::Outbound, "x");
+        let again = Codec::default().parse(f.as_bytes()).expect("fast output parses");
+        let mut t = t;
+        t.namespace = Some(NS_PEER.into());
+        prop_assert_eq!(again, t);
+    }
+
+    /// Bytes near the fast path's shape: whatever the fast path refuses, the typed path
+    /// refuses with the same reason; whatever it takes, the typed path takes, decides the
+    /// same of, and writes as the same message (`fuzzing::splice`, also a fuzz target).
+    #[test]
+    fn fast_path_refuses_what_the_typed_path_refuses(
+        (mode, p) in primitive(),
+        cut in 0usize..2000,
+        insert in prop_oneof![
+            Just("<!DOCTYPE x [<!ENTITY e 'x'>]>"),
+            Just("&e;"),
+            Just("<x:y/>"),
+            Just("\u{1}"),
+            Just("<"),
+            Just("</Session>"),
+            Just("<User/>"),
+            Just("<Domain>core.opx.example</Domain>"),
+            Just("&#99;"),
+            Just("<![CDATA[]]>"),
+            Just(" userID=\"wv:z@core.opx.example\""),
+        ],
+    ) {
+        let canonical = message(mode, p);
+        let at = cut.min(canonical.len());
+        let at = (0..=at).rev().find(|&i| canonical.is_char_boundary(i)).unwrap_or(0);
+        let body = format!("{}{}{}", &canonical[..at], insert, &canonical[at..]);
+        ssp_gateway::fuzzing::splice(body.as_bytes());
+    }
+}
+
+#[test]
+fn not_in_the_fast_shape_goes_the_typed_way() {
+    let codec = Codec::default();
+    let smr = |inner: &str| {
+        format!(
+            "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s@opy.example\">\
+             <Transaction mode=\"Request\" transactionID=\"t\">{inner}</Transaction>\
+             </Session></WV-SSP-Message>"
+        )
+    };
+    for (why, body) in [
+        (
+            "two transactions",
+            smr(
+                "<SendMessageRequest/></Transaction><Transaction mode=\"Request\" transactionID=\"u\"><Status code=\"200\"/>",
+            ),
+        ),
+        ("another primitive", smr("<SearchRequest/>")),
+        (
+            "an entity without its ID",
+            smr(
+                "<SendMessageRequest><MessageInfo><Recipient><User/></Recipient></MessageInfo></SendMessageRequest>",
+            ),
+        ),
+        (
+            "a prefix",
+            smr("<SendMessageRequest xmlns:v=\"urn:v\"><v:x/></SendMessageRequest>"),
+        ),
+        (
+            "a character reference",
+            smr("<Status code=\"200\"><StatusDescription>&#99;ore</StatusDescription></Status>"),
+        ),
+        (
+            "two recipients lists",
+            smr(
+                "<SendMessageRequest><MessageInfo><Recipient/><Recipient/></MessageInfo></SendMessageRequest>",
+            ),
+        ),
+    ] {
+        assert!(
+            matches!(Spliced::scan(&codec, body.as_bytes()), Ok(None)),
+            "{why}"
+        );
+        assert!(
+            codec.parse(body.as_bytes()).is_ok(),
+            "{why}: typed takes it"
+        );
+    }
+}
+
+#[test]
+fn refusals_are_the_typed_paths() {
+    let codec = Codec::default();
+    for body in [
+        "<!DOCTYPE x [<!ENTITY e 'x'>]><WV-SSP-Message/>",
+        "<WV-SSP-Message><Session sessionID=\"&e;\"/></WV-SSP-Message>",
+        "<WV-SSP-Message>\u{1}</WV-SSP-Message>",
+        "<WV-SSP-Message><a><b></a></WV-SSP-Message>",
+    ] {
+        // Refused with the typed path's reason, or left to the typed path, which refuses.
+        let t = codec.parse(body.as_bytes()).expect_err(body);
+        match Spliced::scan(&codec, body.as_bytes()) {
+            Err(f) => assert_eq!(f.to_string(), t.to_string()),
+            Ok(f) => assert!(f.is_none(), "{body}"),
+        }
+    }
+    assert!(Spliced::scan(&codec, b"<!DOCTYPE x []><WV-SSP-Message/>").is_err());
+    let deep = format!(
+        "<WV-SSP-Message>{}{}</WV-SSP-Message>",
+        "<a>".repeat(40),
+        "</a>".repeat(40)
+    );
+    assert!(!matches!(
+        Spliced::scan(&codec, deep.as_bytes()),
+        Ok(Some(_))
+    ));
+    assert!(Spliced::scan(&codec, &[0xff, 0xfe]).is_err());
+}
+
+#[test]
+fn domain_text_and_service_ids_are_rewritten_in_place() {
+    let body = format!(
+        "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s@core.opx.example\">\
+         <Transaction mode=\"Response\" transactionID=\"t\"><Status code=\"201\">\
+         <DetailedResult code=\"531\"><UserID userID=\"wv:usera@core.opx.example\"/>\
+         <Domain> core.opx.example </Domain></DetailedResult></Status></Transaction>\
+         </Session></WV-SSP-Message>"
+    );
+    let out = fast(body.as_bytes(), Direction::Outbound, "x").expect("fast shape");
+    assert!(out.contains("<Domain> opx.example </Domain>"), "{out}");
+    assert!(out.contains("userID=\"wv:+46701234567\""), "{out}");
+    assert!(!out.contains("core.opx"), "{out}");
+    let s = Spliced::scan(&Codec::default(), body.as_bytes())
+        .expect("scan")
+        .expect("fast");
+    assert_eq!(s.answer_code(), 201);
+    assert_eq!(
+        s.ids.iter().map(|i| i.slot).collect::<Vec<_>>(),
+        [Slot::User, Slot::Domain]
+    );
+}
