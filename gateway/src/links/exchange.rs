@@ -103,7 +103,7 @@ impl Links {
         self.tap(TapDir::Out, target.label, &body);
         if acknowledged {
             return match self
-                .send_with_failover(target, &body, msg, deadline)
+                .send_with_failover(target, body.into(), msg, deadline)
                 .await?
             {
                 (s, resp) if s.is_success() => {
@@ -133,7 +133,7 @@ impl Links {
         // Register before sending: an async answer can overtake the HTTP ack.
         let (_registered, rx) = self.pending.register(issued.key());
         match self
-            .send_with_failover(target, &body, msg, deadline)
+            .send_with_failover(target, body.into(), msg, deadline)
             .await?
         {
             (http_status, resp) if http_status.is_success() => {
@@ -198,10 +198,11 @@ impl Links {
     }
 
     /// POST with failover across URLs. Returns the first HTTP answer that is not a 5xx.
+    /// `body` is shared by the attempts, not copied for each.
     pub(crate) async fn send_with_failover(
         &self,
         target: &Target<'_>,
-        body: &str,
+        body: bytes::Bytes,
         msg: &Message,
         deadline: Instant,
     ) -> Result<(StatusCode, bytes::Bytes), Failure> {
@@ -219,11 +220,7 @@ impl Links {
             if left.is_zero() {
                 break;
             }
-            match target
-                .client
-                .post(url, body.to_owned(), &headers, left)
-                .await
-            {
+            match target.client.post(url, body.clone(), &headers, left).await {
                 Ok((s, _)) if s.is_server_error() => {
                     last = format!("{url} answered HTTP {}", s.as_u16());
                     self.delivery_failed(target, "http-5xx", &last);
@@ -299,10 +296,14 @@ impl Links {
         within: Duration,
     ) -> bool {
         self.tap(TapDir::Out, target.label, &body);
+        let body = bytes::Bytes::from(body);
         let deadline = Instant::now() + within;
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
-            match self.send_with_failover(target, &body, msg, deadline).await {
+            match self
+                .send_with_failover(target, body.clone(), msg, deadline)
+                .await
+            {
                 Ok((s, _)) if s.is_success() => return true,
                 Ok((s, _)) => {
                     // A 4xx will not get better by retrying.

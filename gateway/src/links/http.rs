@@ -149,7 +149,7 @@ impl SspClient {
     pub async fn post(
         &self,
         url: &Uri,
-        body: String,
+        body: impl Into<Bytes>,
         headers: &[(&'static str, String)],
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), SendError> {
@@ -165,7 +165,7 @@ impl SspClient {
             }
         }
         let req = req
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body.into()))
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => return Err(SendError::Timeout),

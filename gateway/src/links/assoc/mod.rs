@@ -183,9 +183,13 @@ impl Links {
             let body = m.emit(namespace);
             async move {
                 self.tap(TapDir::Out, target.label, &body);
+                let body = bytes::Bytes::from(body);
                 let mut backoff = super::exchange::Backoff::new(std::time::Duration::from_secs(1));
                 loop {
-                    match self.send_with_failover(target, &body, &m, deadline).await {
+                    match self
+                        .send_with_failover(target, body.clone(), &m, deadline)
+                        .await
+                    {
                         Ok((s, _)) if s.is_success() => return Ok(()),
                         Ok((s, _)) => return Err(format!("HTTP {}", s.as_u16())),
                         Err(f) if f.kind == Kind::Timeout => return Err(f.detail.into_owned()),
