@@ -411,3 +411,49 @@ fn domain_text_and_service_ids_are_rewritten_in_place() {
         [Slot::User, Slot::Domain]
     );
 }
+
+/// What a byte search on the spliced output could not see, or what would not be XML once
+/// copied, is left to the typed path (which joins, scrubs and rewrites it).
+#[test]
+fn what_splicing_would_hide_or_break_goes_the_typed_way() {
+    let codec = Codec::default();
+    let wrap = |inner: &str| {
+        format!(
+            "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s@opy.example\">\
+             <Transaction mode=\"Request\" transactionID=\"t\">{inner}</Transaction>\
+             </Session></WV-SSP-Message>"
+        )
+    };
+    for inner in [
+        "<SendMessageRequest><ContentData>core.opx<!---->.example</ContentData></SendMessageRequest>",
+        "<SendMessageRequest><ContentData>core.opx<?x?>.example</ContentData></SendMessageRequest>",
+        "<SendMessageRequest><ContentData>core.opx<![CDATA[.example]]></ContentData></SendMessageRequest>",
+        "<SendMessageRequest><ContentData>core.opx<b/>.example</ContentData></SendMessageRequest>",
+        "<SendMessageRequest foo=\"a<b\"/>",
+        "<SendMessageRequest><!-- a -- b --></SendMessageRequest>",
+        "<Status xmlns=\"http://www.wireless-village.org/SSP1.1\" code=\"200\"/>",
+        "<Status code=\"200\"><StatusDescription userID=\"wv:a@core.opx.example\">x</StatusDescription></Status>",
+    ] {
+        let body = wrap(inner);
+        assert!(
+            matches!(Spliced::scan(&codec, body.as_bytes()), Ok(None)),
+            "{inner}"
+        );
+        assert!(codec.parse(body.as_bytes()).is_ok(), "{inner}");
+    }
+}
+
+/// Two byte-order marks (quick-xml drops the second without counting it): the offsets
+/// still point at the right bytes.
+#[test]
+fn a_second_byte_order_mark_does_not_shift_the_splices() {
+    let body = format!(
+        "\u{feff}\u{feff}<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s\">\
+         <Transaction mode=\"Response\" transactionID=\"t\"><Status code=\"200\">\
+         <DetailedResult code=\"201\"><User userID=\"wv:usera@core.opx.example\"/>\
+         <Domain>core.opx.example</Domain></DetailedResult></Status></Transaction>\
+         </Session></WV-SSP-Message>"
+    );
+    assert!(Codec::default().parse(body.as_bytes()).is_ok());
+    assert!(ssp_gateway::fuzzing::splice(body.as_bytes()));
+}

@@ -114,6 +114,7 @@ impl<'a> Spliced<'a> {
             body: text,
             out: None,
             stack: Vec::with_capacity(12),
+            mixed: Vec::with_capacity(12),
             seen: Seen::default(),
             text_slot: None,
         };
@@ -128,9 +129,19 @@ impl<'a> Spliced<'a> {
         if out.prim.is_empty() || out.session_id.is_empty() {
             return Ok(None);
         }
-        // Free text is checked for core names by its bytes on the way out; a character
-        // reference could spell one that a byte search would not see.
-        if memchr::memmem::find(&body[out.prim.clone()], b"&#").is_some() {
+        // The primitive's bytes are copied as they are, so they must be plain:
+        // - free text is checked for core names by its bytes on the way out, and a character
+        //   reference (`&#`) or text split by a comment, a processing instruction or CDATA
+        //   (`<!`, `<?`) could spell one that a byte search would not see;
+        // - comments and processing instructions may be malformed in ways the reader lets
+        //   through (`--` in a comment, a declaration in mid-document);
+        // - a namespace declaration (`xmlns`; an SSP one is consumed by the reader unseen)
+        //   would put the primitive in another namespace than the envelope we write.
+        let prim = &body[out.prim.clone()];
+        if [&b"&#"[..], b"<!", b"<?", b"xmlns"]
+            .iter()
+            .any(|n| memchr::memmem::find(prim, n).is_some())
+        {
             return Ok(None);
         }
         out.body = s.body;
@@ -228,6 +239,8 @@ enum Ctx {
     Recipient,
     Sender,
     Domain,
+    /// An element whose attributes and children the typed parser drops.
+    Leaf,
     Other,
 }
 
@@ -252,6 +265,10 @@ struct Scan<'a> {
     body: &'a str,
     out: Option<Spliced<'a>>,
     stack: Vec<Ctx>,
+    /// For each open element: bit 0, it has text; bit 1, it has a child. SSP has no mixed
+    /// content: the typed parser joins text around a child, which the spliced bytes would
+    /// keep apart (a core name split by an element would escape the byte search).
+    mixed: Vec<u8>,
     seen: Seen,
     /// The `Domain` text being read: its ID index, once seen.
     text_slot: Option<usize>,
@@ -274,7 +291,7 @@ impl Scan<'_> {
             (2, "Session") if !self.seen.session => {
                 self.seen.session = true;
                 let mut session = None;
-                for a in o.attrs {
+                for a in o.attrs.iter() {
                     match a.key {
                         "sessionID" => session = Some(a.value.trim().to_owned()),
                         _ => return stop,
@@ -306,7 +323,7 @@ impl Scan<'_> {
             (3, "Transaction") if !self.seen.transaction => {
                 self.seen.transaction = true;
                 let (mut mode, mut tid) = (None, None);
-                for a in o.attrs {
+                for a in o.attrs.iter() {
                     match a.key {
                         "mode" => mode = Mode::parse(&a.value),
                         "transactionID" => tid = Some(a.value.trim()),
@@ -338,6 +355,13 @@ impl<'a> Sink<'a> for Scan<'a> {
             return stop;
         }
         let parent = self.stack.last().copied();
+        if let Some(f) = self.mixed.last_mut() {
+            if *f & 1 != 0 {
+                return stop;
+            }
+            *f |= 2;
+        }
+        self.mixed.push(0);
         if o.depth <= 3 {
             let ctx = self.envelope(&o)?;
             self.stack.push(ctx);
@@ -358,7 +382,7 @@ impl<'a> Sink<'a> for Scan<'a> {
                 Ctx::Prim
             }
             (Some(Ctx::Transaction) | None, _) => return stop,
-            (Some(Ctx::Domain), _) => return stop,
+            (Some(Ctx::Domain | Ctx::Leaf), _) => return stop,
             (Some(Ctx::Prim), "MetaInfo")
                 if matches!(
                     out.kind,
@@ -407,7 +431,13 @@ impl<'a> Sink<'a> for Scan<'a> {
                 }
                 Ctx::Other
             }
-            (_, "Domain") => Ctx::Domain,
+            (_, "Domain") if o.attrs.is_empty() => Ctx::Domain,
+            (_, "Domain" | "StatusDescription" | "TryAgainTimeout" | "DeliveryTime") => {
+                if !o.attrs.is_empty() {
+                    return stop;
+                }
+                Ctx::Leaf
+            }
             _ => Ctx::Other,
         };
         if ctx == Ctx::Prim && out.kind == Kind::Status {
@@ -415,14 +445,18 @@ impl<'a> Sink<'a> for Scan<'a> {
         }
         // Every ID attribute, wherever it is (the typed walk visits vendor content too).
         let first = out.ids.len();
-        for a in o.attrs {
+        for a in o.attrs.iter() {
             if a.key.starts_with("xmlns") {
                 return stop;
             }
+            // A raw `<` in a value is let through by the reader but is not XML.
+            let Some(raw) = a.raw.clone() else {
+                return stop;
+            };
+            if self.body.as_bytes()[raw.clone()].contains(&b'<') {
+                return stop;
+            }
             if let Some(slot) = attr_slot(a.key) {
-                let Some(raw) = a.raw.clone() else {
-                    return stop;
-                };
                 out.ids.push(Id {
                     slot,
                     value: a.value.to_string(),
@@ -510,6 +544,7 @@ impl<'a> Sink<'a> for Scan<'a> {
 
     fn close(&mut self, end: usize) -> Result<(), XmlError> {
         let ctx = self.stack.pop();
+        self.mixed.pop();
         if ctx == Some(Ctx::Prim)
             && let Some(out) = self.out.as_mut()
         {
@@ -523,6 +558,12 @@ impl<'a> Sink<'a> for Scan<'a> {
 
     fn text(&mut self, t: Text<'_>) -> Result<(), XmlError> {
         let stop = Err(XmlError::Stopped);
+        if let Some(f) = self.mixed.last_mut() {
+            if *f & 2 != 0 {
+                return stop;
+            }
+            *f |= 1;
+        }
         match self.stack.last() {
             // Inside the primitive: copied as it is, but it must stay well-formed.
             Some(Ctx::Domain) => {

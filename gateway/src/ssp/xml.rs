@@ -382,7 +382,7 @@ pub struct Open<'s, 'a> {
     /// Whether the name as written has a prefix (SSP or not).
     pub prefixed: bool,
     /// Attributes in document order; SSP namespace declarations are consumed.
-    pub attrs: &'s [Attr<'a>],
+    pub attrs: &'s mut Vec<Attr<'a>>,
     /// Nesting depth, the root counting as 1.
     pub depth: usize,
     /// The start tag's bytes in the body.
@@ -467,7 +467,13 @@ pub fn read<'a>(
 ) -> Result<Option<String>, XmlError> {
     // A UTF-8 byte-order mark is legal before the declaration.
     let stripped = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let base = text.len() - stripped.len();
+    // quick-xml drops one more mark at the start without counting it in its positions.
+    let base = text.len() - stripped.len()
+        + if stripped.starts_with('\u{feff}') {
+            '\u{feff}'.len_utf8()
+        } else {
+            0
+        };
     let mut reader = Reader::from_str(stripped);
     let cfg = reader.config_mut();
     cfg.check_end_names = true;
@@ -600,12 +606,13 @@ impl<'a> Driver<'a, '_> {
         self.attrs.clear();
         let mut attrs = s.attributes();
         attrs.with_checks(true);
-        for (count, a) in attrs.enumerate() {
+        for a in attrs {
             let a = a.map_err(|e| XmlError::Syntax {
                 pos: 0,
                 msg: format!("in attributes of <{qname}>: {e}"),
             })?;
-            if count >= self.limits.max_attrs {
+            // Counted as kept: SSP namespace declarations, consumed, do not count.
+            if self.attrs.len() >= self.limits.max_attrs {
                 return Err(XmlError::TooManyAttrs(
                     qname.to_owned(),
                     self.limits.max_attrs,
@@ -683,7 +690,7 @@ impl<'a> Driver<'a, '_> {
         sink.open(Open {
             name,
             prefixed,
-            attrs: &self.attrs,
+            attrs: &mut self.attrs,
             depth,
             at,
             empty,
@@ -766,8 +773,8 @@ impl<'a> Sink<'a> for Tree {
         let mut el = Element::new(intern(o.name));
         el.attrs = o
             .attrs
-            .iter()
-            .map(|a| (intern(a.key), a.value.to_string()))
+            .drain(..)
+            .map(|a| (intern(a.key), a.value.into_owned()))
             .collect();
         self.stack.push((el, self.done.len()));
         Ok(())
@@ -1095,6 +1102,15 @@ mod tests {
         assert_eq!(p(bomb), Err(XmlError::Doctype));
         assert!(matches!(p("<R>&ext;</R>"), Err(XmlError::Entity(n)) if n == "ext"));
         assert!(matches!(p(r#"<R a="&ext;"/>"#), Err(XmlError::Entity(n)) if n == "ext"));
+    }
+
+    #[test]
+    fn consumed_namespace_declarations_do_not_count_as_attributes() {
+        let attrs: String = (0..32).map(|i| format!(" a{i}=\"\"")).collect();
+        let body = format!("<M xmlns=\"urn:SSP\"{attrs}/>");
+        assert_eq!(p(&body).expect("32 attributes kept").root.attrs.len(), 32);
+        let body = format!("<M xmlns=\"urn:SSP\"{attrs} b=\"\"/>");
+        assert!(matches!(p(&body), Err(XmlError::TooManyAttrs(..))));
     }
 
     #[test]
