@@ -87,6 +87,16 @@ async fn send_message_with_delivery_report_both_ways_sync_modes() {
     sy.peer_mode = "sync";
     let fed = Federation::start(vec![sx, sy]).await;
     message_both_ways(&fed).await;
+    // Synchronous senders' messages and reports went on the fast path (spliced, no typed
+    // tree), and arrived as the checks above say.
+    let fast = |i: usize, p: &str| {
+        let g = fed.ops[i].gateway.as_ref().unwrap().gateway.metrics();
+        ssp_gateway::ops::metrics::Metrics::counter_value(&g.fast_path, &[p])
+    };
+    // X: its core's message out, Y's message and report in; Y: X's message out.
+    assert_eq!(fast(0, "SendMessageRequest"), 2);
+    assert_eq!(fast(0, "DeliveryStatusReport"), 1);
+    assert_eq!(fast(1, "SendMessageRequest"), 1);
     fed.shutdown().await;
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use http::Uri;
 use tokio::time::Instant;
 
-use super::exchange::{Outgoing, Target};
+use super::exchange::{Outgoing, Target, request_headers};
 use super::http::{Connector, SspClient};
 use super::peer::Identity;
-use super::{Links, Live, Part};
+use super::{Links, Live, Outbound, Part};
 use crate::config::{Config, CoreAuth, ResponseMode};
 use crate::error::{Failure, Kind, Side};
 use crate::rewrite::{Direction, PeerView};
@@ -113,7 +113,7 @@ impl Links {
     /// Send one request part to the core (IDs rewritten to the core's) for its answer.
     pub(crate) async fn to_core(
         &self,
-        request: Primitive,
+        request: Outbound<'_, '_>,
         part: Part<'_>,
     ) -> Result<Primitive, Failure> {
         let live = self.live();
@@ -132,17 +132,27 @@ impl Links {
             Some(i) => i.clone(),
             None => self.issue_for(Leg::ToCore, part, part.origin_peer),
         };
-        let mut msg = Message::session(
-            session,
-            vec![Transaction::request(issued.tid.clone(), request)],
-        );
+        let headers = request_headers(&session, &issued.tid);
         let dir = self.dir.load();
-        live.rw
-            .rewrite(&dir, &mut msg, Direction::Inbound, core_view(&live));
+        let body = match request {
+            Outbound::Typed(request) => {
+                let mut msg = Message::session(
+                    session,
+                    vec![Transaction::request(issued.tid.clone(), request)],
+                );
+                live.rw
+                    .rewrite(&dir, &mut msg, Direction::Inbound, core_view(&live));
+                msg.emit(NS_WV_SSP_13)
+            }
+            Outbound::Spliced(s) => {
+                live.rw
+                    .rewrite_slots(&dir, s.slots(), Direction::Inbound, core_view(&live));
+                s.emit(NS_WV_SSP_13, &session, &issued.tid)
+            }
+        };
         drop(dir);
-        let body = msg.emit(NS_WV_SSP_13);
         let out = Outgoing {
-            msg: &msg,
+            headers,
             body,
             issued: &issued,
         };

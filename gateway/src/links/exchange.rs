@@ -33,11 +33,11 @@ pub struct Target<'a> {
     pub urls: &'a [Uri],
 }
 
-/// One request on its way: the message (rewritten, carrying our token), its bytes, and the
+/// One request on its way: its headers, its bytes (rewritten, carrying our token), and the
 /// token with the key its answer is awaited under.
 pub(crate) struct Outgoing<'a> {
-    /// The message.
-    pub msg: &'a Message,
+    /// The `x-wv-*` headers ([`request_headers`]).
+    pub headers: Vec<(&'static str, String)>,
     /// Its bytes.
     pub body: String,
     /// Our transaction ID and its pending key.
@@ -73,8 +73,16 @@ impl Backoff {
     }
 }
 
+/// Headers Baraza sends and reads with a request (informational; never relied on).
+pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-wv-sessionid", session.to_owned()),
+        ("x-wv-transactionid", tid.to_owned()),
+    ]
+}
+
 /// Headers Baraza sends and reads (informational; never relied on).
-fn wv_headers(msg: &Message) -> Vec<(&'static str, String)> {
+pub(crate) fn wv_headers(msg: &Message) -> Vec<(&'static str, String)> {
     match &msg.body {
         Body::Session(s) => {
             let mut h = vec![("x-wv-sessionid", s.session_id.clone())];
@@ -98,12 +106,16 @@ impl Links {
         deadline: Instant,
         acknowledged: bool,
     ) -> Result<Transaction, Failure> {
-        let Outgoing { msg, body, issued } = out;
+        let Outgoing {
+            headers,
+            body,
+            issued,
+        } = out;
         let tid = issued.tid.as_str();
         self.tap(TapDir::Out, target.label, &body);
         if acknowledged {
             return match self
-                .send_with_failover(target, body.into(), msg, deadline)
+                .send_with_failover(target, body.into(), &headers, deadline)
                 .await?
             {
                 (s, resp) if s.is_success() => {
@@ -133,7 +145,7 @@ impl Links {
         // Register before sending: an async answer can overtake the HTTP ack.
         let (_registered, rx) = self.pending.register(issued.key());
         match self
-            .send_with_failover(target, body.into(), msg, deadline)
+            .send_with_failover(target, body.into(), &headers, deadline)
             .await?
         {
             (http_status, resp) if http_status.is_success() => {
@@ -203,7 +215,7 @@ impl Links {
         &self,
         target: &Target<'_>,
         body: bytes::Bytes,
-        msg: &Message,
+        headers: &[(&'static str, String)],
         deadline: Instant,
     ) -> Result<(StatusCode, bytes::Bytes), Failure> {
         if target.urls.is_empty() {
@@ -213,14 +225,13 @@ impl Links {
                 format!("no SSP address known for {}", target.label),
             ));
         }
-        let headers = wv_headers(msg);
         let mut last = String::new();
         for url in target.urls {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match target.client.post(url, body.clone(), &headers, left).await {
+            match target.client.post(url, body.clone(), headers, left).await {
                 Ok((s, _)) if s.is_server_error() => {
                     last = format!("{url} answered HTTP {}", s.as_u16());
                     self.delivery_failed(target, "http-5xx", &last);
@@ -297,11 +308,12 @@ impl Links {
     ) -> bool {
         self.tap(TapDir::Out, target.label, &body);
         let body = bytes::Bytes::from(body);
+        let headers = wv_headers(msg);
         let deadline = Instant::now() + within;
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
             match self
-                .send_with_failover(target, body.clone(), msg, deadline)
+                .send_with_failover(target, body.clone(), &headers, deadline)
                 .await
             {
                 Ok((s, _)) if s.is_success() => return true,

@@ -34,6 +34,7 @@ use crate::error::Failure;
 use crate::ops::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::rewrite::Rewriter;
+use crate::ssp::splice::{self, Spliced};
 use crate::ssp::{Codec, Primitive, Transaction};
 use crate::tls::TlsError;
 use crate::token::{Leg, TokenKeys};
@@ -167,6 +168,35 @@ impl Issued {
     /// Its key in the pending table.
     pub(crate) fn key(&self) -> pending::Key {
         (self.instance, self.request_id)
+    }
+}
+
+/// A request on its way to an SSP far side: typed, or read by the fast path and written by
+/// splicing its bytes (`ssp::splice`).
+// The typed primitive moves on by value as it always has: boxing it would cost every
+// request an allocation to save a move.
+#[allow(clippy::large_enum_variant)]
+pub enum Outbound<'s, 'b> {
+    /// A typed primitive.
+    Typed(Primitive),
+    /// The fast path's message: its IDs are rewritten in place on the way.
+    Spliced(&'s mut Spliced<'b>),
+}
+
+impl Outbound<'_, '_> {
+    /// Whether it is a notification (presence or a delivery report), which a peer with
+    /// `notifications = "acknowledged"` never answers.
+    fn is_notification(&self) -> bool {
+        match self {
+            Outbound::Typed(p) => matches!(
+                p,
+                Primitive::PresenceNotification(_) | Primitive::DeliveryStatusReport(_)
+            ),
+            Outbound::Spliced(s) => matches!(
+                s.kind,
+                splice::Kind::PresenceNotification | splice::Kind::DeliveryStatusReport
+            ),
+        }
     }
 }
 
@@ -376,8 +406,10 @@ impl Links {
         part: Part<'_>,
     ) -> Result<Primitive, Failure> {
         match dest {
-            Dest::Core => self.to_core(request, part).await,
-            Dest::Imps(r) | Dest::LastResort(r) => self.to_peer(r, request, part).await,
+            Dest::Core => self.to_core(Outbound::Typed(request), part).await,
+            Dest::Imps(r) | Dest::LastResort(r) => {
+                self.to_peer(r, Outbound::Typed(request), part).await
+            }
             // Boxed: the SIP legs are deep futures, kept off the stack of every request.
             Dest::Sip(t) => Box::pin(self.to_sip(t, request)).await,
             Dest::Xmpp(t) => Box::pin(self.to_xmpp(t, request)).await,

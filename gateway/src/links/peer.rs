@@ -13,12 +13,12 @@ use rustls_pki_types::ServerName;
 
 use tokio::time::Instant;
 
-use super::exchange::{Outgoing, Target};
+use super::exchange::{Outgoing, Target, request_headers};
 use super::http::{Connector, SspClient};
-use super::{Links, Part, Remote};
+use super::{Links, Outbound, Part, Remote};
 use crate::config::{Config, PeerAuth, PeerSpec};
 use crate::error::{Failure, Kind, Side};
-use crate::rewrite::PeerView;
+use crate::rewrite::{Direction, PeerView};
 use crate::ssp::{Message, Primitive, Transaction};
 use crate::tls::{self, PeerCertCheck, ServerTrust, TlsError};
 use crate::token::Leg;
@@ -335,7 +335,7 @@ impl Links {
     pub(crate) async fn to_peer(
         &self,
         r: &Remote,
-        request: Primitive,
+        request: Outbound<'_, '_>,
         part: Part<'_>,
     ) -> Result<Primitive, Failure> {
         let peer = self.live.load().peers.get(&r.domain).ok_or_else(|| {
@@ -359,33 +359,61 @@ impl Links {
             self.session_towards(&peer)
         };
         let acknowledged = peer.cfg.notifications == crate::config::Notifications::Acknowledged
-            && matches!(
-                request,
-                Primitive::PresenceNotification(_) | Primitive::DeliveryStatusReport(_)
-            );
+            && request.is_notification();
         let issued = match part.issued {
             Some(i) => i.clone(),
             None => self.issue_for(Leg::ToPeer, part, &peer.cfg.domain),
         };
-        let mut msg = Message::session(
-            session,
-            vec![Transaction::request(issued.tid.clone(), request)],
-        );
-        let dir = self.dir.load();
-        let body =
-            self.live
-                .load()
-                .rw
-                .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace);
-        drop(dir);
+        let headers = request_headers(&session, &issued.tid);
+        let body = self.peer_request_body(&peer, session, &issued.tid, request)?;
         let out = Outgoing {
-            msg: &msg,
+            headers,
             body,
             issued: &issued,
         };
         self.exchange(&target, out, deadline, acknowledged)
             .await
             .map(|t| t.primitive)
+    }
+
+    /// A request's bytes for `peer`: its ID style and namespace, no core names.
+    fn peer_request_body(
+        &self,
+        peer: &PeerRt,
+        session: String,
+        tid: &str,
+        request: Outbound<'_, '_>,
+    ) -> Result<String, Failure> {
+        let live = self.live.load();
+        let dir = self.dir.load();
+        let typed = |request: Primitive| {
+            let mut msg =
+                Message::session(session.clone(), vec![Transaction::request(tid, request)]);
+            live.rw
+                .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace)
+        };
+        match request {
+            Outbound::Typed(p) => Ok(typed(p)),
+            Outbound::Spliced(s) => {
+                live.rw
+                    .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
+                let out = s.emit(&peer.cfg.namespace, &session, tid);
+                if live.rw.leaks(&out).is_none() {
+                    return Ok(out);
+                }
+                // A core name in free text: the typed path scrubs every string.
+                let msg = live.codec.parse(s.body().as_bytes()).map_err(|e| {
+                    Failure::local(Kind::Malformed, format!("fast path message: {e}"))
+                })?;
+                let Some(t) = msg.as_session().and_then(|m| m.transactions.first()) else {
+                    return Err(Failure::local(
+                        Kind::Malformed,
+                        "fast path message without a transaction",
+                    ));
+                };
+                Ok(typed(t.primitive.clone()))
+            }
+        }
     }
 
     /// Answers serialised for a peer: our session ID, its ID style and namespace, no core

@@ -24,6 +24,9 @@ pub struct Metrics {
     /// Parts of requests handed to a destination, by the protocol they went out in (`ssp`
     /// to a peer or the core, `sip` through the translator) and result (`ok`, `failed`).
     pub deliveries: IntCounterVec,
+    /// Requests relayed on the fast path (read and written by splicing, no typed tree), by
+    /// primitive; the rest of `requests` took the typed path.
+    pub fast_path: IntCounterVec,
     /// Requests being relayed now, by direction.
     pub in_flight: IntGaugeVec,
     /// Failed deliveries to a peer or the core, by destination and reason.
@@ -255,6 +258,12 @@ impl Metrics {
                 "Request parts handed to a destination",
                 &["protocol", "result"],
             ),
+            fast_path: counter(
+                &r,
+                "fast_path_total",
+                "Requests relayed on the fast path, by primitive",
+                &["primitive"],
+            ),
             latency,
             in_flight,
             delivery_failures: counter(
@@ -337,6 +346,13 @@ impl Metrics {
             }
             self.requests
                 .with_label_values(&[d, "ssp", "SendMessageRequest"]);
+        }
+        for p in [
+            "SendMessageRequest",
+            "PresenceNotification",
+            "DeliveryStatusReport",
+        ] {
+            self.fast_path.with_label_values(&[p]);
         }
         for p in ["ssp", "sip"] {
             for r in ["ok", "failed"] {

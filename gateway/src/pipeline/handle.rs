@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use super::admit;
 use super::relay::{self, metered};
 use super::state::Gateway;
-use super::{answer, fanout, identify, ingress, work};
+use super::{answer, fanout, fast, identify, ingress, work};
 use crate::config::ResponseMode;
 use crate::error::{Failure, Kind, Side};
 use crate::links::Origin;
@@ -59,7 +59,15 @@ pub async fn handle(
     {
         return refuse(&f);
     }
-    let msg = match ingress::read(gw, req, side, who).await {
+    let body = match ingress::read(gw, req, side, who).await {
+        Ok(b) => b,
+        Err(f) => return refuse(&f),
+    };
+    // What the fast path can carry whole, it does (`fast`); the rest goes on typed.
+    if let Some(answer) = fast::request(gw, listener == Listener::Core, &body, &conn).await {
+        return answer;
+    }
+    let msg = match ingress::parse(gw, &body, side, who) {
         Ok(m) => m,
         Err(f) => return refuse(&f),
     };
@@ -72,8 +80,14 @@ pub async fn handle(
 
     // 3. Identify the sender: the core, or which peer.
     let origin = match listener {
-        Listener::Core => identify::core_session(gw, &session).map(|()| Origin::Core),
-        Listener::Peer => identify::peer(gw, &session, &conn).map(Origin::Peer),
+        Listener::Core => identify::core_session(gw, &session.session_id).map(|()| Origin::Core),
+        Listener::Peer => {
+            let service = session
+                .transactions
+                .iter()
+                .find_map(|t| t.primitive.meta()?.requestor_service());
+            identify::peer(gw, &session.session_id, service, &conn).map(Origin::Peer)
+        }
     };
     let origin = match origin {
         Ok(o) => o,

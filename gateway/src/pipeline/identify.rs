@@ -9,7 +9,7 @@ use super::state::Gateway;
 use crate::config::{CoreAuth, PeerAuth};
 use crate::error::{Failure, Kind, Side};
 use crate::links::peer::PeerRt;
-use crate::ssp::{Session, WvId};
+use crate::ssp::WvId;
 use crate::tls::cert_names_domain;
 use crate::web::ConnInfo;
 
@@ -22,7 +22,14 @@ fn refused(gw: &Gateway, f: Failure) -> Failure {
 }
 
 /// Which configured peer a connection or session is.
-pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<PeerRt>, Failure> {
+/// `session_id` and `requestor_service` (the first transaction's that has one) are what the
+/// message claims.
+pub(crate) fn peer(
+    gw: &Gateway,
+    session_id: &str,
+    requestor_service: Option<&str>,
+    info: &ConnInfo,
+) -> Result<Arc<PeerRt>, Failure> {
     let live = gw.links.live();
     let peers = &live.peers;
     if let Some(certs) = info.certs.as_deref().filter(|c| !c.is_empty()) {
@@ -40,16 +47,10 @@ pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<Pee
         if found.is_none() && live.cfg.policy.accept_unlisted_peers {
             // The domain the peer claims (its session ID's, else its requestor's service),
             // accepted when its certificate names it and chains to our default anchors.
-            let claimed = s
-                .session_id
+            let claimed = session_id
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_ascii_lowercase())
-                .or_else(|| {
-                    s.transactions
-                        .iter()
-                        .find_map(|t| t.primitive.meta()?.requestor_service().map(str::to_owned))
-                        .and_then(|sid| WvId::parse(&sid).ok()?.domain)
-                });
+                .or_else(|| requestor_service.and_then(|sid| WvId::parse(sid).ok()?.domain));
             found = claimed.and_then(|d| {
                 let ok = info.memo.claimed(live.generation, &d, || {
                     cert_names_domain(&certs[0], &d)
@@ -77,7 +78,7 @@ pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<Pee
             )
         });
     }
-    let Some(domain) = gw.links.assoc.domain_of_session(&s.session_id) else {
+    let Some(domain) = gw.links.assoc.domain_of_session(session_id) else {
         return Err(refused(
             gw,
             Failure::new(
@@ -85,7 +86,7 @@ pub(crate) fn peer(gw: &Gateway, s: &Session, info: &ConnInfo) -> Result<Arc<Pee
                 Side::Peer,
                 format!(
                     "unknown or expired session {:?}: associate first or use a client certificate",
-                    s.session_id
+                    session_id
                 ),
             ),
         ));
@@ -144,14 +145,14 @@ pub(crate) fn core_associates(gw: &Gateway) -> bool {
 
 /// For a core that associates: its session must be an association with one of our core
 /// domains.
-pub(crate) fn core_session(gw: &Gateway, s: &Session) -> Result<(), Failure> {
+pub(crate) fn core_session(gw: &Gateway, session_id: &str) -> Result<(), Failure> {
     if !core_associates(gw) {
         return Ok(());
     }
     let links = &gw.links;
     if links
         .assoc
-        .domain_of_session(&s.session_id)
+        .domain_of_session(session_id)
         .is_some_and(|d| links.live.load().rw.is_own_domain(Some(&d)))
     {
         return Ok(());
@@ -161,7 +162,7 @@ pub(crate) fn core_session(gw: &Gateway, s: &Session) -> Result<(), Failure> {
         Failure::new(
             Kind::UnknownSession,
             Side::Core,
-            format!("unknown or expired session {:?}", s.session_id),
+            format!("unknown or expired session {session_id:?}"),
         ),
     ))
 }

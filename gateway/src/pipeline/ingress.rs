@@ -2,6 +2,7 @@
 //! size and XML are checked here; what fails gets its HTTP refusal from the one
 //! classification, and is counted.
 
+use bytes::Bytes;
 use http::{Method, Request};
 use hyper::body::Incoming;
 
@@ -12,13 +13,13 @@ use crate::ssp::message::RejectedTransaction;
 use crate::ssp::{Message, Mode, Primitive, Transaction};
 use crate::web::{BodyError, BodyLimits, content_length, is_ssp_content_type, read_body};
 
-/// Read and parse the POST `req` from `side` (`who` labels the wire tap).
+/// Read the body of the POST `req` from `side` (`who` labels the wire tap).
 pub(crate) async fn read(
     gw: &Gateway,
     req: Request<Incoming>,
     side: Side,
     who: &str,
-) -> Result<Message, Failure> {
+) -> Result<Bytes, Failure> {
     if req.method() != Method::POST {
         return Err(Failure::new(Kind::Method, side, "only POST carries SSP"));
     }
@@ -58,7 +59,12 @@ pub(crate) async fn read(
         gw.links
             .tap(TapDir::In, who, &String::from_utf8_lossy(&body));
     }
-    gw.links.live.load().codec.parse(&body).map_err(|e| {
+    Ok(body)
+}
+
+/// Parse a body [`read`] from `side` (`who` labels the log line of a refusal).
+pub(crate) fn parse(gw: &Gateway, body: &[u8], side: Side, who: &str) -> Result<Message, Failure> {
+    gw.links.live.load().codec.parse(body).map_err(|e| {
         crate::sampled!(
             gw.logs(),
             "message-refused",

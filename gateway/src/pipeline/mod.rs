@@ -11,6 +11,7 @@
 mod admit;
 pub(crate) mod answer;
 mod fanout;
+mod fast;
 mod handle;
 mod identify;
 mod ingress;

@@ -18,7 +18,7 @@ use crate::ssp::walk::Slot;
 use crate::ssp::{Primitive, WvId};
 
 /// Whether the peer of `domain` is addressed by ENUM names.
-fn by_enum_uri(gw: &Gateway, domain: &str) -> bool {
+pub(crate) fn by_enum_uri(gw: &Gateway, domain: &str) -> bool {
     gw.cfg()
         .peer(domain)
         .is_some_and(|p| p.address_by == AddressBy::EnumUri)

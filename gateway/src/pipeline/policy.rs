@@ -18,11 +18,23 @@ use crate::ssp::{E164, Primitive, WvId};
 
 /// Refuse `req` from `origin` if policy says so.
 pub(crate) async fn check(gw: &Gateway, origin: &Origin, req: &Primitive) -> Result<(), Failure> {
+    let requestor = req.meta().and_then(|m| m.requestor_user());
+    check_ids(gw, origin, req.originators().into_iter(), requestor).await
+}
+
+/// [`check`] on what a request names: the IDs that must belong to its sender, and the
+/// requesting user.
+pub(crate) async fn check_ids<'r>(
+    gw: &Gateway,
+    origin: &Origin,
+    originators: impl Iterator<Item = &'r str>,
+    requestor: Option<&str>,
+) -> Result<(), Failure> {
     let Origin::Peer(peer) = origin else {
         return Ok(());
     };
     let mode = gw.cfg().policy.originator_check;
-    for o in req.originators() {
+    for o in originators {
         let refusal = match originator_ok(gw, peer, o).await {
             Ok(()) => continue,
             Err(Verdict::Elsewhere) => Failure::new(
@@ -60,7 +72,7 @@ pub(crate) async fn check(gw: &Gateway, origin: &Origin, req: &Primitive) -> Res
         );
         return Err(refusal);
     }
-    if let Some(user) = req.meta().and_then(|m| m.requestor_user())
+    if let Some(user) = requestor
         && gw
             .originators
             .load()

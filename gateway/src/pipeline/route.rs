@@ -47,7 +47,17 @@ impl Plan {
 
 /// The plan for `req` from `origin`; a request that cannot be routed at all is refused.
 pub(crate) async fn plan(gw: &Gateway, origin: &Origin, req: &Primitive) -> Result<Plan, Failure> {
-    let route_by = req.route_by();
+    plan_by(gw, origin, req.route_by(), req.name(), Svc::of(req)).await
+}
+
+/// [`plan`] for a request of primitive `name` and service `svc` routed by `route_by`.
+pub(crate) async fn plan_by(
+    gw: &Gateway,
+    origin: &Origin,
+    route_by: Vec<RouteBy>,
+    name: &str,
+    svc: Svc,
+) -> Result<Plan, Failure> {
     let mut plan = Plan::default();
     match origin {
         // Peers, SSP or SIP, reach our core only.
@@ -68,7 +78,7 @@ pub(crate) async fn plan(gw: &Gateway, origin: &Origin, req: &Primitive) -> Resu
             if route_by.is_empty() {
                 return Err(Failure::local(
                     Kind::NoRoute,
-                    format!("a {} names no destination to route by", req.name()),
+                    format!("a {name} names no destination to route by"),
                 ));
             }
             if route_by.len() > MAX_ROUTE_BY {
@@ -80,7 +90,6 @@ pub(crate) async fn plan(gw: &Gateway, origin: &Origin, req: &Primitive) -> Resu
                     ),
                 ));
             }
-            let svc = Svc::of(req);
             for rb in &route_by {
                 plan.add(outward(gw, rb, svc).await, rb.as_str());
             }

@@ -103,6 +103,7 @@ pub struct Spliced<'a> {
     sender_first: Option<usize>,
     wants_report: bool,
     code: Option<u16>,
+    message_id: Option<String>,
 }
 
 impl<'a> Spliced<'a> {
@@ -176,6 +177,16 @@ impl<'a> Spliced<'a> {
     pub fn sender_and_recipient(&self) -> (Option<&str>, Option<&str>) {
         let id = |i: Option<usize>| i.map(|i| self.ids[i].value.as_str());
         (id(self.sender_first), id(self.recipient_first))
+    }
+
+    /// The requestor's `serviceID`, if any.
+    pub fn requestor_service(&self) -> Option<&str> {
+        self.service.map(|i| self.ids[i].value.as_str())
+    }
+
+    /// A `SendMessageRequest`'s `MessageInfo/@messageID` (its answer repeats it).
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
     }
 
     /// Whether the sender asked for a delivery report.
@@ -317,6 +328,7 @@ impl Scan<'_> {
                     sender_first: None,
                     wants_report: false,
                     code: None,
+                    message_id: None,
                 });
                 Ok(Ctx::Session)
             }
@@ -493,6 +505,13 @@ impl<'a> Sink<'a> for Scan<'a> {
                 });
             }
             (Ctx::Requestor, _) => out.service = exact("serviceID"),
+            (Ctx::Info, _) if out.kind == Kind::SendMessageRequest => {
+                out.message_id = o
+                    .attrs
+                    .iter()
+                    .find(|a| a.key == "messageID")
+                    .map(|a| a.value.to_string());
+            }
             (Ctx::Other, Some(Ctx::Requestor)) if entity.is_some() => {
                 if std::mem::replace(&mut seen.requestor_user, true) {
                     return stop;

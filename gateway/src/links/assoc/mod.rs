@@ -184,10 +184,11 @@ impl Links {
             async move {
                 self.tap(TapDir::Out, target.label, &body);
                 let body = bytes::Bytes::from(body);
+                let headers = super::exchange::wv_headers(&m);
                 let mut backoff = super::exchange::Backoff::new(std::time::Duration::from_secs(1));
                 loop {
                     match self
-                        .send_with_failover(target, body.clone(), &m, deadline)
+                        .send_with_failover(target, body.clone(), &headers, deadline)
                         .await
                     {
                         Ok((s, _)) if s.is_success() => return Ok(()),

@@ -1,0 +1,188 @@
+//! The fast path: a request the gateway only relays (a message, a presence notification, a
+//! delivery report, to one SSP destination) goes through the stages without a typed tree.
+//!
+//! The body is read by the splicing codec ([`Spliced`]); identify, admit, policy and route
+//! run on what it found (the same functions as the typed path, on the same values), and the
+//! request is written for its destination by splicing its own bytes with the IDs rewritten.
+//! Everything else is the typed path's, which understands it: a body the codec refuses (the
+//! typed path refuses it the same way, and counts it), one not in the codec's shape, an
+//! asynchronous sender (whose requests are kept before they are acknowledged), a peer named
+//! by ENUM URIs, a report Baraza wrote the wrong way round (normalize turns it), and a plan
+//! that splits the request, fails part of it or hands it to a translator (the typed fan-out
+//! takes over from the same plan, so nothing is decided twice).
+
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use super::relay::metered;
+use super::route::Plan;
+use super::state::Gateway;
+use super::{admit, fanout, identify, normalize, policy, route};
+use crate::config::ResponseMode;
+use crate::error::{Failure, Kind};
+use crate::links::{Dest, Origin, Outbound, Part};
+use crate::resolve::Svc;
+use crate::ssp::answer::AnswerForm;
+use crate::ssp::splice::{Kind as Fast, Spliced};
+use crate::ssp::{Mode, Primitive, Transaction, WvId};
+use crate::web::{ConnInfo, HttpResponse, refuse, respond};
+
+/// Handle the POST `body` (on the core listener when `from_core`, else the peer listener)
+/// on the fast path, or `None` for the typed path (nothing of it done yet: no metric
+/// counted, no state changed).
+pub(crate) async fn request(
+    gw: &Arc<Gateway>,
+    from_core: bool,
+    body: &[u8],
+    conn: &ConnInfo,
+) -> Option<HttpResponse> {
+    if from_core && gw.links.answer_mode(&Origin::Core) != ResponseMode::Sync {
+        return None;
+    }
+    let mut s = Spliced::scan(&gw.links.live.load().codec, body)
+        .ok()
+        .flatten()?;
+    if s.mode != Mode::Request
+        || !matches!(
+            s.kind,
+            Fast::SendMessageRequest | Fast::PresenceNotification | Fast::DeliveryStatusReport
+        )
+    {
+        return None;
+    }
+    let origin = if from_core {
+        identify::core_session(gw, &s.session_id).map(|()| Origin::Core)
+    } else {
+        identify::peer(gw, &s.session_id, s.requestor_service(), conn).map(Origin::Peer)
+    };
+    let origin = match origin {
+        Ok(o) => o,
+        Err(f) => return Some(refuse(&f)),
+    };
+    if gw.links.answer_mode(&origin) != ResponseMode::Sync || !plain(gw, &origin, &s) {
+        return None;
+    }
+    conn.authenticated();
+    if gw.drain().is_draining() {
+        return Some(refuse(&Failure::draining()));
+    }
+    let tid = s.transaction_id.clone();
+    let form = match s.kind {
+        Fast::SendMessageRequest => AnswerForm::SendMessage(s.message_id().map(str::to_owned)),
+        _ => AnswerForm::Status,
+    };
+    let svc = match s.kind {
+        Fast::PresenceNotification => Svc::Pres,
+        _ => Svc::Im,
+    };
+    let label = s.kind.label();
+    let answer = metered(gw, &origin, label, async {
+        let _slot = match admit::slot(gw, &origin) {
+            Ok(slot) => slot,
+            Err(f) => return form.answer(f.status()),
+        };
+        if let Err(f) = policy::check_ids(gw, &origin, s.originators(), s.requestor_user()).await {
+            return form.answer(f.status());
+        }
+        match route::plan_by(gw, &origin, s.route_by(), label, svc).await {
+            Ok(plan) => forward(gw, &origin, plan, &mut s, &tid, form).await,
+            Err(f) => form.answer(f.status()),
+        }
+    })
+    .await;
+    let answer = Transaction::response(tid, answer);
+    Some(respond(
+        StatusCode::OK,
+        Some(gw.links.answer_body(&origin, vec![answer])),
+    ))
+}
+
+/// Whether normalize has nothing to do for this request from `origin`.
+fn plain(gw: &Gateway, origin: &Origin, s: &Spliced<'_>) -> bool {
+    let Origin::Peer(peer) = origin else {
+        return true;
+    };
+    if normalize::by_enum_uri(gw, &peer.cfg.domain) {
+        return false;
+    }
+    if s.kind != Fast::DeliveryStatusReport {
+        return true;
+    }
+    // The rule normalize applies: a report whose sender is not ours but whose recipient is,
+    // is turned round.
+    let ours = |id: Option<&str>| {
+        id.and_then(|i| WvId::parse(i).ok())
+            .and_then(|i| i.e164())
+            .is_some_and(|n| gw.directory().is_subscriber(n))
+    };
+    let (sender, recipient) = s.sender_and_recipient();
+    ours(sender) || !ours(recipient)
+}
+
+/// Forward along `plan`: spliced to its one SSP destination, else the typed fan-out.
+async fn forward(
+    gw: &Gateway,
+    origin: &Origin,
+    mut plan: Plan,
+    s: &mut Spliced<'_>,
+    tid: &str,
+    form: AnswerForm,
+) -> Primitive {
+    let part = Part {
+        origin_tid: tid,
+        origin_peer: origin.domain(),
+        index: 0,
+        of: 1,
+        issued: None,
+    };
+    let single = plan.groups.len() == 1
+        && plan.failed.is_empty()
+        && match &plan.groups[0].0 {
+            Dest::Core => true,
+            Dest::Imps(r) | Dest::LastResort(r) => !normalize::by_enum_uri(gw, &r.domain),
+            _ => false,
+        };
+    let Some((dest, _)) = plan.groups.pop().filter(|_| single) else {
+        return match typed(gw, s) {
+            Ok(p) => {
+                fanout::run(gw, plan, p, tid, origin.domain(), None)
+                    .await
+                    .answer
+            }
+            Err(f) => form.answer(f.status()),
+        };
+    };
+    let answer = match &dest {
+        Dest::Imps(r) | Dest::LastResort(r) => {
+            gw.links.to_peer(r, Outbound::Spliced(s), part).await
+        }
+        _ => gw.links.to_core(Outbound::Spliced(s), part).await,
+    };
+    let m = gw.metrics();
+    m.deliveries
+        .with_label_values(&["ssp", if answer.is_ok() { "ok" } else { "failed" }])
+        .inc();
+    m.fast_path.with_label_values(&[s.kind.label()]).inc();
+    answer.unwrap_or_else(|f| form.answer(f.status()))
+}
+
+/// The typed primitive of a message the fast path read (its IDs as they came).
+fn typed(gw: &Gateway, s: &Spliced<'_>) -> Result<Primitive, Failure> {
+    let msg = gw
+        .links
+        .live
+        .load()
+        .codec
+        .parse(s.body().as_bytes())
+        .map_err(|e| Failure::local(Kind::Malformed, e.to_string()))?;
+    let crate::ssp::Body::Session(session) = msg.body else {
+        return Err(Failure::local(Kind::Malformed, "not a session message"));
+    };
+    session
+        .transactions
+        .into_iter()
+        .next()
+        .map(|t| t.primitive)
+        .ok_or_else(|| Failure::local(Kind::Malformed, "no transaction"))
+}
