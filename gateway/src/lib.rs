@@ -70,6 +70,31 @@ pub mod fuzzing {
             p.meta().and_then(|m| m.requestor_user())
         );
         assert_eq!(fast.wants_report(), p.wants_report());
+        assert_eq!(
+            fast.requestor_service(),
+            p.meta().and_then(|m| m.requestor_service())
+        );
+        let info = match p {
+            crate::ssp::Primitive::SendMessageRequest(r) => r.info.as_ref(),
+            crate::ssp::Primitive::DeliveryStatusReport(r) => r.info.as_ref(),
+            _ => None,
+        };
+        fn first(party: Option<&crate::ssp::Party>) -> Option<&str> {
+            party
+                .and_then(|p| p.entities.first())
+                .map(|e| e.id.as_str())
+        }
+        assert_eq!(
+            fast.sender_and_recipient(),
+            (
+                first(info.and_then(|i| i.sender.as_ref())),
+                first(info.and_then(|i| i.recipient.as_ref()))
+            )
+        );
+        if let crate::ssp::Primitive::SendMessageRequest(r) = p {
+            let mid = r.info.as_ref().and_then(|i| i.message_id.as_deref());
+            assert_eq!(fast.message_id(), mid);
+        }
         assert_eq!(fast.answer_code(), p.answer_code());
         let rw = Rewriter::from_parts("opx.example", &["core.opx.example".into()], &[]);
         let mut dir = Directory::default();

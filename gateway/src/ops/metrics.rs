@@ -24,8 +24,9 @@ pub struct Metrics {
     /// Parts of requests handed to a destination, by the protocol they went out in (`ssp`
     /// to a peer or the core, `sip` through the translator) and result (`ok`, `failed`).
     pub deliveries: IntCounterVec,
-    /// Requests relayed on the fast path (read and written by splicing, no typed tree), by
-    /// primitive; the rest of `requests` took the typed path.
+    /// Requests relayed on the fast path (decided without a typed tree and sent to their one
+    /// SSP destination; written by splicing unless a core name in free text needed the typed
+    /// scrub), by primitive. The rest of `requests` took the typed path.
     pub fast_path: IntCounterVec,
     /// Requests being relayed now, by direction.
     pub in_flight: IntGaugeVec,

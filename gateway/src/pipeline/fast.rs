@@ -143,7 +143,8 @@ async fn forward(
             Dest::Imps(r) | Dest::LastResort(r) => !normalize::by_enum_uri(gw, &r.domain),
             _ => false,
         };
-    let Some((dest, _)) = plan.groups.pop().filter(|_| single) else {
+    if !single {
+        // The typed fan-out, from the whole plan.
         return match typed(gw, s) {
             Ok(p) => {
                 fanout::run(gw, plan, p, tid, origin.domain(), None)
@@ -152,6 +153,9 @@ async fn forward(
             }
             Err(f) => form.answer(f.status()),
         };
+    }
+    let Some((dest, _)) = plan.groups.pop() else {
+        return form.answer(Failure::local(Kind::NoRoute, "no destination").status());
     };
     let answer = match &dest {
         Dest::Imps(r) | Dest::LastResort(r) => {

@@ -1,10 +1,11 @@
 //! The whole request path, top to bottom, for every listener and both directions.
 //!
 //! ```text
-//!  POST ─► ingress ─► identify ─┬─► association step ─► links::assoc
-//!                               ├─► answers ─► answer (correlate with what waits)
-//!                               └─► requests ─► admit ─► policy ─► route ─► fan-out ─► links
-//!                                                                         (forward, merge)
+//!  POST ─► ingress ─┬─► fast: a plain relay, the same stages on spliced bytes (`fast`)
+//!                   └─► parse ─► identify ─┬─► association step ─► links::assoc
+//!                                          ├─► answers ─► answer (correlate with what waits)
+//!                                          └─► requests ─► admit ─► policy ─► route ─►
+//!                                                fan-out ─► links (forward, merge)
 //!  answer ◄─ in the HTTP response (sync senders) or a POST of its own (async senders)
 //! ```
 //!

@@ -3,7 +3,9 @@
 //!
 //! ingress → identify → admit → (work: kept durably, for asynchronous senders) → relay
 //! (policy → normalize → route → fan-out: forward over the links, merge) → answer
-//! (correlation of the far sides' answers with what waits for them).
+//! (correlation of the far sides' answers with what waits for them). A plain relay (a
+//! synchronous sender's message, notification or report to one SSP destination) takes the
+//! same stages on the fast path (`fast`), its bytes spliced instead of parsed and written.
 //!
 //! Each stage is one module; they share the [`Gateway`] state and know nothing of the
 //! listeners, which only hand POSTs to [`handle`](handle::handle).
