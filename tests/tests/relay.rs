@@ -71,6 +71,22 @@ async fn message_both_ways(fed: &Federation) {
     fed.assert_topology_hidden();
 }
 
+/// X with a synchronous core (answers in the HTTP body), and both gateways' peers synchronous.
+async fn sync_federation() -> Federation {
+    let mut sx = x();
+    sx.core_mode = CoreMode::Sync;
+    sx.peer_mode = "sync";
+    let mut sy = y();
+    sy.peer_mode = "sync";
+    Federation::start(vec![sx, sy]).await
+}
+
+/// Requests of `primitive` gateway `i` relayed on the fast path.
+fn fast_path(fed: &Federation, i: usize, primitive: &str) -> u64 {
+    let g = fed.ops[i].gateway.as_ref().unwrap().gateway.metrics();
+    ssp_gateway::ops::metrics::Metrics::counter_value(&g.fast_path, &[primitive])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_message_with_delivery_report_both_ways_async() {
     let fed = Federation::start(vec![x(), y()]).await;
@@ -80,19 +96,11 @@ async fn send_message_with_delivery_report_both_ways_async() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_message_with_delivery_report_both_ways_sync_modes() {
-    let mut sx = x();
-    sx.core_mode = CoreMode::Sync;
-    sx.peer_mode = "sync";
-    let mut sy = y();
-    sy.peer_mode = "sync";
-    let fed = Federation::start(vec![sx, sy]).await;
+    let fed = sync_federation().await;
     message_both_ways(&fed).await;
     // Synchronous senders' messages and reports went on the fast path (spliced, no typed
     // tree), and arrived as the checks above say.
-    let fast = |i: usize, p: &str| {
-        let g = fed.ops[i].gateway.as_ref().unwrap().gateway.metrics();
-        ssp_gateway::ops::metrics::Metrics::counter_value(&g.fast_path, &[p])
-    };
+    let fast = |i: usize, p: &str| fast_path(&fed, i, p);
     // X: its core's message out and Y's in, and both reports (Y's in, its core's out); Y:
     // X's message out. A report is counted once its answer is back, which may be after the
     // far core has it: polled.
@@ -159,17 +167,9 @@ async fn multi_recipient_with_unknown_user_is_201_with_531() {
 /// and Y's plan with a failed part goes on to the typed fan-out whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_recipient_with_unknown_user_is_201_with_531_from_a_sync_core() {
-    let mut sx = x();
-    sx.core_mode = CoreMode::Sync;
-    sx.peer_mode = "sync";
-    let mut sy = y();
-    sy.peer_mode = "sync";
-    let fed = Federation::start(vec![sx, sy]).await;
+    let fed = sync_federation().await;
     multi_recipient_with_unknown_user(&fed).await;
-    let fast = |i: usize| {
-        let g = fed.ops[i].gateway.as_ref().unwrap().gateway.metrics();
-        ssp_gateway::ops::metrics::Metrics::counter_value(&g.fast_path, &["SendMessageRequest"])
-    };
+    let fast = |i: usize| fast_path(&fed, i, "SendMessageRequest");
     // X sends it whole to Y (both numbers are Y's): the fast path. Y delivers one and
     // refuses the other: a plan with a failed part, the typed fan-out's.
     assert_eq!(fast(0), 1, "X's single destination is the fast path's");
