@@ -386,14 +386,13 @@ impl Links {
     ) -> Result<String, Failure> {
         let live = self.live.load();
         let dir = self.dir.load();
-        let typed = |request: Primitive| {
-            let mut msg =
-                Message::session(session.clone(), vec![Transaction::request(tid, request)]);
+        let typed = |request: Primitive, session: String| {
+            let mut msg = Message::session(session, vec![Transaction::request(tid, request)]);
             live.rw
                 .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace)
         };
         match request {
-            Outbound::Typed(p) => Ok(typed(p)),
+            Outbound::Typed(p) => Ok(typed(p, session)),
             Outbound::Spliced(s) => {
                 live.rw
                     .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
@@ -402,16 +401,10 @@ impl Links {
                     return Ok(out);
                 }
                 // A core name in free text: the typed path scrubs every string.
-                let msg = live.codec.parse(s.body().as_bytes()).map_err(|e| {
-                    Failure::local(Kind::Malformed, format!("fast path message: {e}"))
-                })?;
-                let Some(t) = msg.as_session().and_then(|m| m.transactions.first()) else {
-                    return Err(Failure::local(
-                        Kind::Malformed,
-                        "fast path message without a transaction",
-                    ));
-                };
-                Ok(typed(t.primitive.clone()))
+                match s.typed(&live.codec) {
+                    Some(p) => Ok(typed(p, session)),
+                    None => Err(Failure::local(Kind::Malformed, "not readable typed")),
+                }
             }
         }
     }

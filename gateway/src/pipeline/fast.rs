@@ -145,13 +145,14 @@ async fn forward(
         };
     if !single {
         // The typed fan-out, from the whole plan.
-        return match typed(gw, s) {
-            Ok(p) => {
+        let typed = s.typed(&gw.links.live.load().codec);
+        return match typed {
+            Some(p) => {
                 fanout::run(gw, plan, p, tid, origin.domain(), None)
                     .await
                     .answer
             }
-            Err(f) => form.answer(f.status()),
+            None => form.answer(Failure::local(Kind::Malformed, "not readable typed").status()),
         };
     }
     let Some((dest, _)) = plan.groups.pop() else {
@@ -169,24 +170,4 @@ async fn forward(
         .inc();
     m.fast_path.with_label_values(&[s.kind.label()]).inc();
     answer.unwrap_or_else(|f| form.answer(f.status()))
-}
-
-/// The typed primitive of a message the fast path read (its IDs as they came).
-fn typed(gw: &Gateway, s: &Spliced<'_>) -> Result<Primitive, Failure> {
-    let msg = gw
-        .links
-        .live
-        .load()
-        .codec
-        .parse(s.body().as_bytes())
-        .map_err(|e| Failure::local(Kind::Malformed, e.to_string()))?;
-    let crate::ssp::Body::Session(session) = msg.body else {
-        return Err(Failure::local(Kind::Malformed, "not a session message"));
-    };
-    session
-        .transactions
-        .into_iter()
-        .next()
-        .map(|t| t.primitive)
-        .ok_or_else(|| Failure::local(Kind::Malformed, "no transaction"))
 }

@@ -22,7 +22,8 @@
 
 use std::ops::Range;
 
-use super::message::{Codec, MAX_REQUEST_TID, Mode};
+use super::message::{Body, Codec, MAX_REQUEST_TID, Mode};
+use super::primitives::Primitive;
 use super::walk::{RouteBy, Slot, attr_slot};
 use super::xml::{self, Open, Sink, Text, TextKind, XmlError, XmlWriter};
 use crate::ssp::status;
@@ -89,8 +90,6 @@ pub struct Spliced<'a> {
     pub session_id: String,
     /// The sender's transaction ID (trimmed).
     pub transaction_id: String,
-    /// The root's SSP namespace, if declared.
-    pub namespace: Option<String>,
     /// Every ID slot of the primitive, in document order.
     pub ids: Vec<Id>,
     prim: Range<usize>,
@@ -119,11 +118,11 @@ impl<'a> Spliced<'a> {
             seen: Seen::default(),
             text_slot: None,
         };
-        let ns = match xml::read(text, &codec.limits, &|ns| codec.is_ssp_ns(ns), &mut s) {
-            Ok(ns) => ns,
+        match xml::read(text, &codec.limits, &|ns| codec.is_ssp_ns(ns), &mut s) {
+            Ok(_) => {}
             Err(XmlError::Stopped) => return Ok(None),
             Err(e) => return Err(e),
-        };
+        }
         let Some(mut out) = s.out else {
             return Ok(None);
         };
@@ -146,7 +145,6 @@ impl<'a> Spliced<'a> {
             return Ok(None);
         }
         out.body = s.body;
-        out.namespace = ns;
         Ok(Some(out))
     }
 
@@ -206,6 +204,17 @@ impl<'a> Spliced<'a> {
     /// Every ID slot, for rewriting in place.
     pub fn slots(&mut self) -> impl Iterator<Item = (Slot, &mut String)> {
         self.ids.iter_mut().map(|id| (id.slot, &mut id.value))
+    }
+
+    /// The typed primitive of the same body (its IDs as they came), for what only the typed
+    /// path can do. `None` only if the typed parser refuses what the scan took, which the
+    /// property tests and the fuzz target rule out.
+    pub fn typed(&self, codec: &Codec) -> Option<Primitive> {
+        let msg = codec.parse(self.body.as_bytes()).ok()?;
+        let Body::Session(session) = msg.body else {
+            return None;
+        };
+        session.transactions.into_iter().next().map(|t| t.primitive)
     }
 
     /// The whole body as it came.
@@ -317,7 +326,6 @@ impl Scan<'_> {
                     mode: Mode::Request,
                     session_id,
                     transaction_id: String::new(),
-                    namespace: None,
                     ids: Vec::with_capacity(8),
                     prim: 0..0,
                     route_by: Vec::new(),
