@@ -122,7 +122,8 @@ impl Links {
         let deadline = Instant::now() + live.cfg.timeouts.request;
         let session = if self.core_associates() {
             let domain = live.rw.primary_core_domain().to_owned();
-            self.associate(&domain, &target, NS_WV_SSP_13, deadline)
+            // Boxed: the association's state would enlarge every request's future.
+            Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
                 .await?
                 .our_session
         } else {

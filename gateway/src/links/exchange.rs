@@ -113,83 +113,62 @@ impl Links {
         } = out;
         let tid = issued.tid.as_str();
         self.tap(TapDir::Out, target.label, &body);
-        if acknowledged {
-            return match self
-                .send_with_failover(target, body.into(), &headers, deadline)
-                .await?
-            {
-                (s, resp) if s.is_success() => {
-                    Ok(self.sync_answer(&resp, tid).unwrap_or_else(|| {
-                        Transaction::response(
-                            tid,
-                            Primitive::Status(Status::with(
-                                status::OK,
-                                format!("acknowledged by {}", target.label),
-                            )),
-                        )
-                    }))
-                }
-                (s, resp) => self.sync_answer(&resp, tid).ok_or_else(|| {
-                    Failure::new(
-                        Kind::Unreachable,
-                        target.side,
-                        format!(
-                            "{} refused the request with HTTP {}",
-                            target.label,
-                            s.as_u16()
-                        ),
-                    )
-                }),
-            };
-        }
-        // Register before sending: an async answer can overtake the HTTP ack.
-        let (_registered, rx) = self.pending.register(issued.key());
-        match self
+        // Register before sending: an async answer can overtake the HTTP ack. (A notification
+        // the far side only acknowledges waits for nothing.)
+        let waiting = (!acknowledged).then(|| self.pending.register(issued.key()));
+        // One send for both cases: each await point adds its state to every request's future.
+        let (http_status, resp) = self
             .send_with_failover(target, body.into(), &headers, deadline)
-            .await?
-        {
-            (http_status, resp) if http_status.is_success() => {
-                if let Some(t) = self.sync_answer(&resp, tid) {
-                    return Ok(t);
-                }
-                // Async: the answer arrives as its own POST.
-                match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(t)) => Ok(t),
-                    Ok(Err(_)) | Err(_) => {
-                        crate::sampled!(
-                            self.logs,
-                            "delivery-failed",
-                            tracing::warn!(
-                                destination = target.label,
-                                tid,
-                                "no answer before the deadline"
-                            )
-                        );
-                        self.metrics
-                            .delivery_failures
-                            .with_label_values(&[target.metric, "no-answer"])
-                            .inc();
-                        Err(Failure::new(
-                            Kind::Timeout,
-                            target.side,
-                            format!("{} did not answer within the deadline", target.label),
-                        ))
-                    }
-                }
-            }
-            (http_status, resp) => {
-                // An SSP error in an HTTP error body is still an answer for our transaction.
-                self.sync_answer(&resp, tid).ok_or_else(|| {
-                    Failure::new(
-                        Kind::Unreachable,
-                        target.side,
-                        format!(
-                            "{} refused the request with HTTP {}",
-                            target.label,
-                            http_status.as_u16()
-                        ),
+            .await?;
+        let refused = || {
+            Failure::new(
+                Kind::Unreachable,
+                target.side,
+                format!(
+                    "{} refused the request with HTTP {}",
+                    target.label,
+                    http_status.as_u16()
+                ),
+            )
+        };
+        if !http_status.is_success() {
+            // An SSP error in an HTTP error body is still an answer for our transaction.
+            return self.sync_answer(&resp, tid).ok_or_else(refused);
+        }
+        if let Some(t) = self.sync_answer(&resp, tid) {
+            return Ok(t);
+        }
+        let Some((_registered, rx)) = waiting else {
+            return Ok(Transaction::response(
+                tid,
+                Primitive::Status(Status::with(
+                    status::OK,
+                    format!("acknowledged by {}", target.label),
+                )),
+            ));
+        };
+        // Async: the answer arrives as its own POST.
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(_)) | Err(_) => {
+                crate::sampled!(
+                    self.logs,
+                    "delivery-failed",
+                    tracing::warn!(
+                        destination = target.label,
+                        tid,
+                        "no answer before the deadline"
                     )
-                })
+                );
+                self.metrics
+                    .delivery_failures
+                    .with_label_values(&[target.metric, "no-answer"])
+                    .inc();
+                Err(Failure::new(
+                    Kind::Timeout,
+                    target.side,
+                    format!("{} did not answer within the deadline", target.label),
+                ))
             }
         }
     }

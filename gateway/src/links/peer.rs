@@ -345,14 +345,16 @@ impl Links {
             )
         })?;
         let urls: Vec<Uri> = if r.urls.is_empty() {
-            self.peer_urls(&peer).await
+            // Boxed (as the association below): a resolution's state would enlarge every
+            // request's future, which is moved whole.
+            Box::pin(self.peer_urls(&peer)).await
         } else {
             r.urls.iter().filter_map(|u| u.parse().ok()).collect()
         };
         let target = peer.target(&urls);
         let deadline = Instant::now() + self.cfg().timeouts.request;
         let session = if peer.cfg.auth == PeerAuth::Association {
-            self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline)
+            Box::pin(self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline))
                 .await?
                 .our_session
         } else {

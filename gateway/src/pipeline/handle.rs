@@ -68,14 +68,30 @@ pub async fn handle(
     if let Some(answer) = fast::request(gw, listener == Listener::Core, &body, &conn).await {
         return answer;
     }
-    let msg = match ingress::parse(gw, &body, side, who) {
+    // Boxed: every request's future is built and moved whole, so the fast path's should not
+    // carry the typed path's state (tens of kilobytes with the fan-out).
+    Box::pin(typed(gw, listener, &body, &conn)).await
+}
+
+/// The typed path, from the parse of `body` to the HTTP response.
+async fn typed(
+    gw: &Arc<Gateway>,
+    listener: Listener,
+    body: &[u8],
+    conn: &Arc<ConnInfo>,
+) -> HttpResponse {
+    let (side, who) = match listener {
+        Listener::Peer => (Side::Peer, "peer-listener"),
+        Listener::Core => (Side::Core, "core"),
+    };
+    let msg = match ingress::parse(gw, body, side, who) {
         Ok(m) => m,
         Err(f) => return refuse(&f),
     };
 
     // 2. Association steps are the association's business, on either listener.
     let session = match msg.body {
-        Body::Setup(t) => return setup(gw, listener, t, &conn),
+        Body::Setup(t) => return setup(gw, listener, t, conn),
         Body::Session(s) => s,
     };
 
@@ -87,7 +103,7 @@ pub async fn handle(
                 .transactions
                 .iter()
                 .find_map(|t| t.primitive.meta()?.requestor_service());
-            identify::peer(gw, &session.session_id, service, &conn).map(Origin::Peer)
+            identify::peer(gw, &session.session_id, service, conn).map(Origin::Peer)
         }
     };
     let origin = match origin {

@@ -443,7 +443,9 @@ impl Resolver {
             return Ok(d);
         }
         self.metrics.route_cache.with_label_values(&["miss"]).inc();
-        match self.decide_uncached(target, svc, None).await {
+        // Boxed: a miss is rare, and its resolution's state would otherwise enlarge every
+        // request's future (which is moved whole).
+        match Box::pin(self.decide_uncached(target, svc, None)).await {
             Ok(d) => {
                 self.store(key, &d);
                 Ok(d)

@@ -1,7 +1,7 @@
 //! The load ladder (see `ssp_testbed::ladder`): every rung measured in one run on loopback,
 //! a table on stdout and `target/ladder.json`.
 //!
-//! `cargo run --release -p ssp-testbed --bin ladder -- [--quick] [--out FILE]`
+//! `cargo run --release -p ssp-testbed --bin ladder -- [--quick] [--out FILE] [--hold SECS]`
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use ssp_testbed::ladder::procstat;
 use ssp_testbed::ladder::report::{Rung, print_table};
 use ssp_testbed::ladder::setup::{self, Child, GatewayPorts};
 
-const USAGE: &str = "usage: ladder [--quick] [--out FILE]
+const USAGE: &str = "usage: ladder [--quick] [--out FILE] [--hold SECS]
 
 Measures, in one run on loopback, the same SSP POST through:
   L0 nothing (generator -> origin), L1 a tokio TCP relay, L2 a minimal TLS pass-through,
@@ -32,7 +32,10 @@ keep-alive and a new TLS connection per request; maximum throughput (closed loop
 at 25% and 50% of L2's maximum (open loop); the inbound rung again with the gateway on both
 CPUs; gateway RSS with 1,000 idle TLS connections. CPU per request against L2 and HAProxy
 is the figure to steer by (ratios in target/ladder.json).
---quick takes under a minute; the default takes about four. Writes target/ladder.json.";
+--quick takes under a minute; the default takes about four. Writes target/ladder.json.
+--hold SECS runs only L2, L3 and the outbound rung (keep-alive, closed loop), each for SECS
+seconds after a line naming its server PIDs, for a profiler to attach (perf record -p PID);
+it writes no report.";
 
 /// Connections of the closed-loop (maximum throughput) runs: enough that the servers, not
 /// the round-trip time, set the pace (16 left L3 latency-bound below its capacity).
@@ -45,6 +48,8 @@ const B: &str = "+4915112345678";
 struct Opts {
     quick: bool,
     out: Option<PathBuf>,
+    /// Profiling: hold each of the steering rungs this long and stop.
+    hold: Option<Duration>,
 }
 
 fn main() -> Result<ExitCode> {
@@ -55,12 +60,20 @@ fn main() -> Result<ExitCode> {
     let mut opts = Opts {
         quick: false,
         out: None,
+        hold: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--out" => opts.out = Some(it.next().context("--out needs a file")?.into()),
+            "--hold" => {
+                let secs: u64 = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .context("--hold needs a number of seconds")?;
+                opts.hold = Some(Duration::from_secs(secs));
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -228,13 +241,16 @@ fn send_message(tid: &str, session: &str, service: &str, from: &str, to: &str) -
 
 struct Bench {
     quick: bool,
+    hold: Option<Duration>,
     ticks: u64,
     rungs: Vec<Rung>,
 }
 
 impl Bench {
     fn durations(&self) -> (Duration, Duration) {
-        if self.quick {
+        if let Some(hold) = self.hold {
+            (Duration::from_millis(300), hold)
+        } else if self.quick {
             (Duration::from_millis(300), Duration::from_millis(1500))
         } else {
             (Duration::from_secs(2), Duration::from_secs(8))
@@ -530,6 +546,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
 
     let mut b = Bench {
         quick: opts.quick,
+        hold: opts.hold,
         ticks: procstat::clock_ticks(),
         rungs: Vec::new(),
     };
@@ -550,6 +567,38 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     }
     rungs.push((l3, &t_gw_in, &gateway_x));
     let rungs = rungs;
+
+    if let Some(hold) = opts.hold {
+        let steering: [(&str, &Target, Vec<&Child>, &BodyFn); 3] = [
+            (l2, &t_pass, vec![&passthrough], &inbound),
+            (l3, &t_gw_in, vec![&gateway_x], &inbound),
+            (lo, &t_gw_out, vec![&gateway_x, &gateway_y], &outbound),
+        ];
+        for (name, target, servers, body) in steering {
+            let pids: Vec<String> = servers.iter().map(|c| c.pid.to_string()).collect();
+            println!(
+                "hold: {name} for {} s from now + 0.3 s warm-up; server PIDs {}",
+                hold.as_secs(),
+                pids.join(" ")
+            );
+            b.measure(
+                name,
+                ka,
+                "max",
+                target,
+                Shape::KeepAlive,
+                None,
+                body,
+                &servers,
+            )
+            .await;
+            if let Some(first) = b.rungs.last().and_then(|r| r.first_server_cpu_us_per_req) {
+                println!("  of which the first server (gateway X): {first:.1} CPU µs/req");
+            }
+        }
+        dns.stop().await;
+        return Ok(ExitCode::SUCCESS);
+    }
 
     // Memory before any load: the baseline of the idle-connection figure.
     let rss_fresh = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
