@@ -125,6 +125,22 @@ fn bench(c: &mut Criterion) {
             out
         })
     });
+    // Its two halves: the scan, and the rewrite and splice of what it found.
+    g.bench_function("fast_scan_only", |b| {
+        b.iter(|| Spliced::scan(&codec, black_box(body.as_bytes())).map(|s| s.map(|s| s.ids.len())))
+    });
+    let scanned = Spliced::scan(&codec, body.as_bytes())
+        .expect("bench message reads")
+        .expect("bench message is in the fast shape");
+    g.bench_function("fast_rewrite_emit_only", |b| {
+        b.iter(|| {
+            let mut s = black_box(&scanned).clone();
+            rw.rewrite_slots(&dir, s.slots(), Direction::Outbound, view);
+            let out = s.emit(NS_WV_SSP_13, "gw-17@opx.example", "gw-tid-1");
+            assert!(rw.leaks(&out).is_none());
+            out
+        })
+    });
     let parsed = codec.parse(body.as_bytes()).expect("bench message parses");
     g.bench_function("emit_only", |b| {
         b.iter(|| black_box(&parsed).emit(NS_WV_SSP_13))

@@ -44,6 +44,7 @@ pub mod fuzzing {
         use crate::ssp::splice::Spliced;
         use crate::ssp::{Body, Codec};
         const NS: &str = "http://www.openmobilealliance.org/DTD/IMPS-SSP1.3";
+        plain_xml(body);
         let codec = Codec::default();
         let typed = codec.parse(body);
         let fast = match Spliced::scan(&codec, body) {
@@ -120,6 +121,69 @@ pub mod fuzzing {
                 "the fast path's output means something else"
             );
         }
+        true
+    }
+
+    /// The fast path's plain XML reader against the full one on `body`: where the plain
+    /// reader takes it, the full reader takes it too, giving a sink exactly the same events
+    /// (names, attributes with their values and places, text runs, ends) and the same
+    /// namespace. Whether the plain reader took it.
+    pub fn plain_xml(body: &[u8]) -> bool {
+        use crate::ssp::xml::{self, Open, Sink, Text, XmlError};
+        #[derive(Debug, PartialEq)]
+        enum Ev {
+            Open(
+                String,
+                bool,
+                Vec<(String, String, Option<std::ops::Range<usize>>)>,
+                usize,
+            ),
+            At(std::ops::Range<usize>, bool),
+            Close(usize),
+            Text(String, std::ops::Range<usize>, xml::TextKind),
+        }
+        #[derive(Default)]
+        struct Recorder(Vec<Ev>);
+        impl<'a> Sink<'a> for Recorder {
+            fn open(&mut self, o: Open<'_, 'a>) -> Result<(), XmlError> {
+                let attrs = o
+                    .attrs
+                    .iter()
+                    .map(|a| (a.key.to_owned(), a.value.to_string(), a.raw.clone()))
+                    .collect();
+                self.0
+                    .push(Ev::Open(o.name.to_owned(), o.prefixed, attrs, o.depth));
+                self.0.push(Ev::At(o.at, o.empty));
+                Ok(())
+            }
+            fn close(&mut self, end: usize) -> Result<(), XmlError> {
+                self.0.push(Ev::Close(end));
+                Ok(())
+            }
+            fn text(&mut self, t: Text<'_>) -> Result<(), XmlError> {
+                self.0.push(Ev::Text(t.raw.to_owned(), t.at, t.kind));
+                Ok(())
+            }
+        }
+        let codec = crate::ssp::Codec::default();
+        let is_ssp = |ns: &str| codec.is_ssp_ns(ns);
+        let Ok(text) = xml::text_of(body, &codec.limits) else {
+            return false;
+        };
+        let mut plain = Recorder::default();
+        let namespace = match xml::read_plain(text, &codec.limits, &is_ssp, &mut plain) {
+            Ok(Some(ns)) => ns,
+            Ok(None) => return false,
+            Err(e) => panic!("the recorder never stops reading, yet: {e}"),
+        };
+        let mut full = Recorder::default();
+        let read = xml::read(text, &codec.limits, &is_ssp, &mut full);
+        assert_eq!(
+            read,
+            Ok(namespace),
+            "the plain reader took what the full one does not"
+        );
+        assert_eq!(plain.0, full.0, "the plain reader gave other events");
         true
     }
 

@@ -248,6 +248,8 @@ proptest! {
     fn fast_and_typed_paths_agree_on_canonical_messages((mode, p) in primitive()) {
         let body = message(mode, p);
         let codec = Codec::default();
+        // The plain reader takes what we write, with the full reader's events.
+        prop_assert!(ssp_gateway::fuzzing::plain_xml(body.as_bytes()));
         let s = Spliced::scan(&codec, body.as_bytes()).expect("scan").expect("fast shape");
         let m = codec.parse(body.as_bytes()).expect("typed");
         let prim = &m.as_session().expect("session").transactions[0].primitive;
@@ -456,4 +458,120 @@ fn a_second_byte_order_mark_does_not_shift_the_splices() {
     );
     assert!(Codec::default().parse(body.as_bytes()).is_ok());
     assert!(ssp_gateway::fuzzing::splice(body.as_bytes()));
+}
+
+/// The plain reader (the fast path's first reader) against the full one: what it takes, it
+/// reads as the full reader does (`fuzzing::plain_xml` asserts the same events); what it
+/// declines goes to the full reader, which accepts or refuses it as before.
+#[test]
+fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
+    let doc = |decl: &str, inner: &str| {
+        format!(
+            "{decl}<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s@opy.example\">\
+             <Transaction mode=\"Request\" transactionID=\"t\">{inner}</Transaction>\
+             </Session></WV-SSP-Message>"
+        )
+    };
+    let smr = r#"<SendMessageRequest deliveryReport="Yes"><MessageInfo messageID="m&amp;1"><Recipient><User userID="wv:+4915112345678"/></Recipient></MessageInfo><ContentData>a &lt; b &amp;&amp; c &gt; d</ContentData></SendMessageRequest>"#;
+    let taken = [
+        doc("", smr),
+        doc("<?xml version=\"1.0\"?>", smr),
+        doc(
+            "<?xml version='1.0' encoding='utf-8' standalone='yes'?>\n",
+            smr,
+        ),
+        doc("<?xml version=\"1.0\" encoding=\"US-ASCII\" ?>", smr),
+        doc("", &smr.replace("<Recipient>", "\n  <Recipient >\r\n ")),
+        doc("", &smr.replace("\"Yes\"", "'Yes' x=\"a>b\" y='\"q\"'")),
+        doc(
+            "",
+            &smr.replace("<ContentData>", "<ContentData/><Other>")
+                .replace("</ContentData>", "</Other>"),
+        ),
+        // Not the fast path's shape, but plain XML all the same.
+        doc(
+            "",
+            "<GetPresenceRequest><User userID=\"wv:a@b\"/></GetPresenceRequest>",
+        ),
+        doc("", &format!("{smr}<Extra xmlns=\"urn:vendor\"/>")),
+    ];
+    for body in &taken {
+        assert!(ssp_gateway::fuzzing::plain_xml(body.as_bytes()), "{body}");
+        ssp_gateway::fuzzing::splice(body.as_bytes());
+    }
+    let declined = [
+        format!("\u{feff}{}", doc("", smr)),
+        doc("<?xml version=\"1.1\"?>", smr),
+        doc("<?xml encoding=\"UTF-8\" version=\"1.0\"?>", smr),
+        doc("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>", smr),
+        doc(" <?xml version=\"1.0\"?>", smr),
+        doc("<!-- c -->", smr),
+        doc("<?pi x?>", smr),
+        doc("<!DOCTYPE x>", smr),
+        doc(
+            "",
+            &smr.replace("<ContentData>", "<ContentData><![CDATA[x]]>"),
+        ),
+        doc("", &smr.replace("a &lt;", "a &#60;")),
+        doc("", &smr.replace("a &lt;", "a &e;")),
+        doc("", &smr.replace("a &lt;", "a & b")),
+        doc("", &smr.replace("messageID=", "messageID =")),
+        doc("", &smr.replace("messageID=", "messageID= ")),
+        doc("", &smr.replace("m&amp;1", "m\t1")),
+        doc("", &smr.replace("m&amp;1", "m\n1")),
+        doc("", &smr.replace("m&amp;1", "m<1")),
+        doc("", &smr.replace("m&amp;1", "m&#49;")),
+        doc("", &smr.replace("m&amp;1", "m&x;")),
+        doc("", &smr.replace("\"Yes\"", "\"Yes\"x=\"1\"")),
+        doc("", &smr.replace("\"Yes\"", "\"Yes\" deliveryReport=\"No\"")),
+        doc("", &smr.replace("</Recipient>", "</Recipient >")),
+        doc("", &smr.replace("</Recipient>", "</Sender>")),
+        doc(
+            "",
+            &smr.replace("<Recipient>", "<p:Recipient xmlns:p=\"urn:x\">")
+                .replace("</Recipient>", "</p:Recipient>"),
+        ),
+        doc(
+            "",
+            &smr.replace("<Recipient>", "<Récipient>")
+                .replace("</Recipient>", "</Récipient>"),
+        ),
+        doc("", &smr.replace("a &lt;", "a \u{1}")),
+        doc("", smr).replace("</WV-SSP-Message>", "</WV-SSP-Message><x/>"),
+        doc("", smr).replace("</WV-SSP-Message>", "</WV-SSP-Message>text"),
+        doc("", smr).replace("</WV-SSP-Message>", ""),
+        doc("", smr).replace("xmlns=", "xmlns=\"urn:a\" xmlns="),
+        // A limit passed (33 attributes): the full reader refuses it in its own words.
+        doc(
+            "",
+            &smr.replace(
+                "<MessageInfo",
+                &format!(
+                    "<MessageInfo{}",
+                    (0..32)
+                        .map(|i| format!(" a{i}=\"{i}\""))
+                        .collect::<String>()
+                ),
+            ),
+        ),
+    ];
+    for body in &declined {
+        assert!(!ssp_gateway::fuzzing::plain_xml(body.as_bytes()), "{body}");
+        // Declined by the plain reader, read by the full one as before.
+        ssp_gateway::fuzzing::splice(body.as_bytes());
+    }
+}
+
+/// Every Baraza capture is plain XML: the plain reader takes each, with the full reader's
+/// events.
+#[test]
+fn the_plain_reader_takes_every_baraza_capture() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/baraza");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fixtures") {
+        let body = std::fs::read(entry.expect("entry").path()).expect("fixture");
+        assert!(ssp_gateway::fuzzing::plain_xml(&body));
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} captures");
 }

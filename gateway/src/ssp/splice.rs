@@ -110,19 +110,23 @@ impl<'a> Spliced<'a> {
     /// typed path gives the sender its answer); `Ok(None)`: not in the fast path's shape.
     pub fn scan(codec: &Codec, body: &'a [u8]) -> Result<Option<Spliced<'a>>, XmlError> {
         let text = xml::text_of(body, &codec.limits)?;
-        let mut s = Scan {
-            body: text,
-            out: None,
-            stack: Vec::with_capacity(12),
-            mixed: Vec::with_capacity(12),
-            seen: Seen::default(),
-            text_slot: None,
-        };
-        match xml::read(text, &codec.limits, &|ns| codec.is_ssp_ns(ns), &mut s) {
-            Ok(_) => {}
+        let is_ssp = |ns: &str| codec.is_ssp_ns(ns);
+        // The plain reader first (what real senders write); what it declines, the full
+        // reader reads from the start, accepting or refusing it as the typed path does.
+        let mut s = Scan::new(text);
+        let plain = match xml::read_plain(text, &codec.limits, &is_ssp, &mut s) {
+            Ok(Some(_)) => true,
             Err(XmlError::Stopped) => return Ok(None),
             Err(e) => return Err(e),
-        }
+            Ok(None) => {
+                s = Scan::new(text);
+                match xml::read(text, &codec.limits, &is_ssp, &mut s) {
+                    Ok(_) => false,
+                    Err(XmlError::Stopped) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         let Some(mut out) = s.out else {
             return Ok(None);
         };
@@ -137,8 +141,14 @@ impl<'a> Spliced<'a> {
         //   through (`--` in a comment, a declaration in mid-document);
         // - a namespace declaration (`xmlns`; an SSP one is consumed by the reader unseen)
         //   would put the primitive in another namespace than the envelope we write.
+        //   The plain reader has declined the first three already.
         let prim = &body[out.prim.clone()];
-        if [&b"&#"[..], b"<!", b"<?", b"xmlns"]
+        let needles: &[&[u8]] = if plain {
+            &[b"xmlns"]
+        } else {
+            &[b"&#", b"<!", b"<?", b"xmlns"]
+        };
+        if needles
             .iter()
             .any(|n| memchr::memmem::find(prim, n).is_some())
         {
@@ -303,7 +313,18 @@ fn entity_attr(name: &str) -> Option<&'static str> {
     }
 }
 
-impl Scan<'_> {
+impl<'a> Scan<'a> {
+    fn new(body: &'a str) -> Scan<'a> {
+        Scan {
+            body,
+            out: None,
+            stack: Vec::with_capacity(12),
+            mixed: Vec::with_capacity(12),
+            seen: Seen::default(),
+            text_slot: None,
+        }
+    }
+
     fn envelope(&mut self, o: &Open<'_, '_>) -> Result<Ctx, XmlError> {
         let stop = Err(XmlError::Stopped);
         match (o.depth, o.name) {

@@ -347,7 +347,10 @@ pub(crate) fn attr_slot(name: &str) -> Option<Slot> {
         return None;
     }
     // Vendor content may use its own prefix; match on the local part.
-    let local = name.rsplit(':').next().unwrap_or(name);
+    let local = match memchr::memrchr(b':', name.as_bytes()) {
+        Some(i) => &name[i + 1..],
+        None => name,
+    };
     if local.eq_ignore_ascii_case("userID") {
         Some(Slot::User)
     } else if local.eq_ignore_ascii_case("groupID") {

@@ -14,6 +14,9 @@ use std::ops::Range;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
+mod plain;
+pub(crate) use plain::read_plain;
+
 /// An element or attribute name. Names the SSP profile knows are static (no allocation);
 /// others (vendor content) are owned.
 pub type Name = Cow<'static, str>;
@@ -589,21 +592,9 @@ impl<'a> Driver<'a, '_> {
         at: Range<usize>,
         sink: &mut dyn Sink<'a>,
     ) -> Result<(), XmlError> {
-        if self.root_done {
-            return Err(XmlError::Structure("content after the root element".into()));
-        }
-        let depth = self.stack.len() + 1;
-        if depth > self.limits.max_depth {
-            return Err(XmlError::TooDeep(self.limits.max_depth));
-        }
-        self.elements += 1;
-        if self.elements > self.limits.max_elements {
-            return Err(XmlError::TooManyElements(self.limits.max_elements));
-        }
         let qname_ref = s.name();
         let qname: &str = qname_ref.as_ref();
-        check_name(qname)?;
-        self.attrs.clear();
+        let depth = self.begin(qname)?;
         let mut attrs = s.attributes();
         attrs.with_checks(true);
         for a in attrs {
@@ -611,13 +602,6 @@ impl<'a> Driver<'a, '_> {
                 pos: 0,
                 msg: format!("in attributes of <{qname}>: {e}"),
             })?;
-            // Counted as kept: SSP namespace declarations, consumed, do not count.
-            if self.attrs.len() >= self.limits.max_attrs {
-                return Err(XmlError::TooManyAttrs(
-                    qname.to_owned(),
-                    self.limits.max_attrs,
-                ));
-            }
             // The reader borrows from the body: names and values are re-sliced from it so
             // they outlive the start tag.
             let key: &'a str = match offset_in(self.body, a.key.0) {
@@ -629,50 +613,106 @@ impl<'a> Driver<'a, '_> {
                     });
                 }
             };
-            check_name(key)?;
-            if a.value.len() > self.limits.max_attr_len {
-                return Err(XmlError::AttrTooLong(
-                    key.to_owned(),
-                    self.limits.max_attr_len,
-                ));
-            }
             let raw = offset_in(self.body, &a.value);
-            let value = a
-                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .map_err(|e| match e {
-                    quick_xml::Error::Escape(
-                        quick_xml::escape::EscapeError::UnrecognizedEntity(_, name),
-                    ) => XmlError::Entity(name),
-                    other => XmlError::Syntax {
-                        pos: 0,
-                        msg: format!("in attribute {key}: {other}"),
-                    },
-                })?;
-            let value: Cow<'a, str> = match (value, &raw) {
-                (Cow::Borrowed(_), Some(r)) => Cow::Borrowed(&self.body[r.clone()]),
-                (v, _) => Cow::Owned(v.into_owned()),
-            };
-            check_chars(&value)?;
-            // Namespace declarations: SSP ones are consumed (the emitter writes its own);
-            // others are kept as ordinary attributes so vendor content stays well-formed.
-            if key == "xmlns" {
-                if (self.is_ssp_ns)(&value) {
-                    if depth == 1 {
-                        self.namespace = Some(value.into_owned());
-                    }
-                    continue;
-                }
-            } else if let Some(prefix) = key.strip_prefix("xmlns:")
-                && (self.is_ssp_ns)(&value)
-            {
-                self.prefixes.push((depth, prefix.to_owned()));
-                if depth == 1 && self.namespace.is_none() {
+            self.attr(qname, depth, key, a.value.len(), raw.clone(), || {
+                let value = a
+                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .map_err(|e| match e {
+                        quick_xml::Error::Escape(
+                            quick_xml::escape::EscapeError::UnrecognizedEntity(_, name),
+                        ) => XmlError::Entity(name),
+                        other => XmlError::Syntax {
+                            pos: 0,
+                            msg: format!("in attribute {key}: {other}"),
+                        },
+                    })?;
+                Ok(match (value, &raw) {
+                    (Cow::Borrowed(_), Some(r)) => Cow::Borrowed(&self.body[r.clone()]),
+                    (v, _) => Cow::Owned(v.into_owned()),
+                })
+            })?;
+        }
+        self.finish(qname, depth, empty, at, sink)
+    }
+
+    /// A start tag named `qname` begins: the limits on content after the root, depth and
+    /// element count, and its name. Returns its depth.
+    fn begin(&mut self, qname: &str) -> Result<usize, XmlError> {
+        if self.root_done {
+            return Err(XmlError::Structure("content after the root element".into()));
+        }
+        let depth = self.stack.len() + 1;
+        if depth > self.limits.max_depth {
+            return Err(XmlError::TooDeep(self.limits.max_depth));
+        }
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            return Err(XmlError::TooManyElements(self.limits.max_elements));
+        }
+        check_name(qname)?;
+        self.attrs.clear();
+        Ok(depth)
+    }
+
+    /// One attribute of the element begun: its name `key`, the length of its value as
+    /// written (`raw_len`, at `raw` in the body) and its value, resolved by `value` once
+    /// the checks that need no value have passed.
+    fn attr(
+        &mut self,
+        qname: &str,
+        depth: usize,
+        key: &'a str,
+        raw_len: usize,
+        raw: Option<Range<usize>>,
+        value: impl FnOnce() -> Result<Cow<'a, str>, XmlError>,
+    ) -> Result<(), XmlError> {
+        // Counted as kept: SSP namespace declarations, consumed, do not count.
+        if self.attrs.len() >= self.limits.max_attrs {
+            return Err(XmlError::TooManyAttrs(
+                qname.to_owned(),
+                self.limits.max_attrs,
+            ));
+        }
+        check_name(key)?;
+        if raw_len > self.limits.max_attr_len {
+            return Err(XmlError::AttrTooLong(
+                key.to_owned(),
+                self.limits.max_attr_len,
+            ));
+        }
+        let value = value()?;
+        check_chars(&value)?;
+        // Namespace declarations: SSP ones are consumed (the emitter writes its own);
+        // others are kept as ordinary attributes so vendor content stays well-formed.
+        if key == "xmlns" {
+            if (self.is_ssp_ns)(&value) {
+                if depth == 1 {
                     self.namespace = Some(value.into_owned());
                 }
-                continue;
+                return Ok(());
             }
-            self.attrs.push(Attr { key, value, raw });
+        } else if let Some(prefix) = key.strip_prefix("xmlns:")
+            && (self.is_ssp_ns)(&value)
+        {
+            self.prefixes.push((depth, prefix.to_owned()));
+            if depth == 1 && self.namespace.is_none() {
+                self.namespace = Some(value.into_owned());
+            }
+            return Ok(());
         }
+        self.attrs.push(Attr { key, value, raw });
+        Ok(())
+    }
+
+    /// The start tag `qname`, its attributes read, to the sink (and its end if `empty`).
+    fn finish(
+        &mut self,
+        qname: &str,
+        depth: usize,
+        empty: bool,
+        at: Range<usize>,
+        sink: &mut dyn Sink<'a>,
+    ) -> Result<(), XmlError> {
         let (name, prefixed) = match qname.split_once(':') {
             Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| p == prefix) => {
                 (local, true)
@@ -725,8 +765,7 @@ impl<'a> Driver<'a, '_> {
     ) -> Result<(), XmlError> {
         // Line-end normalisation neither adds nor removes a forbidden character, nor makes
         // a blank run less blank: the raw bytes are checked.
-        check_chars(s)?;
-        let blank = s.bytes().all(|b| b.is_ascii_whitespace());
+        let blank = check_text(s)?;
         let t = Text { raw: s, at, kind };
         match self.stack.last_mut() {
             Some((name, len)) => {
@@ -843,6 +882,17 @@ fn check_chars(s: &str) -> Result<(), XmlError> {
         Some(b) => Err(XmlError::Char(u32::from(b))),
         None => Ok(()),
     }
+}
+
+/// [`check_chars`] and whether `s` is all white space, in one pass (this runs for every
+/// run of text read).
+fn check_text(s: &str) -> Result<bool, XmlError> {
+    // Without an early exit the test vectorises; the error path finds the byte again.
+    let forbidden = |b: u8| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r');
+    if s.bytes().fold(false, |any, b| any | forbidden(b)) {
+        check_chars(s)?;
+    }
+    Ok(s.bytes().all(|b| b.is_ascii_whitespace()))
 }
 
 fn trim_in_place(s: &mut String) {

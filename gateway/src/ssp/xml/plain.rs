@@ -1,0 +1,330 @@
+//! A reader for the plain XML that SSP senders write, for the fast path: the same events and
+//! checks as [`read`](super::read), without quick-xml's general machinery.
+//!
+//! "Plain" is what real SSP bodies look like: an optional `<?xml version="1.0" ...?>`
+//! declaration at the very start, then elements with unprefixed ASCII names, attributes
+//! written `name="value"` (or `'value'`), and text; the five predefined entities in values
+//! and text. Anything else (a byte-order mark, comments, processing instructions, CDATA,
+//! DOCTYPE, character references, prefixes, white space around `=` or in end tags, line
+//! breaks or tabs in attribute values, a raw `<` in one, duplicate attributes, malformed
+//! tags) is declined: the caller reads the body with [`read`](super::read) instead, which
+//! accepts or refuses it as it always has.
+//!
+//! Every check is the [`Driver`]'s, the same code the full reader runs: limits, names,
+//! characters, namespace declarations, the sink's events. A check that fails declines too,
+//! so the full reader reports it with its own wording. So where this reader accepts a body,
+//! a sink sees exactly the events the full reader gives it; the fuzz target `splice_ssp`
+//! and the property tests compare the two.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::{Driver, IsSspNamespace, Limits, Sink, TextKind, XmlError};
+
+/// Bytes of the names this reader takes: ASCII letters, digits, `_`, `-`, `.`, and `:` in
+/// attribute names only (the Driver then checks the name as the full reader does).
+const NAME: [bool; 256] = names(true);
+const ELEMENT_NAME: [bool; 256] = names(false);
+
+const fn names(colon: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.') || (colon && c == b':');
+        b += 1;
+    }
+    t
+}
+
+/// Why reading stopped: the body is not plain (or failed a check), or the sink stopped it.
+enum Stop {
+    Declined,
+    Sink(XmlError),
+}
+
+impl From<XmlError> for Stop {
+    /// A sink's stop is the caller's; any other error is a failed check, which the full
+    /// reader reports in its own words.
+    fn from(e: XmlError) -> Stop {
+        match e {
+            XmlError::Stopped => Stop::Sink(e),
+            _ => Stop::Declined,
+        }
+    }
+}
+
+/// Read `text` (from [`text_of`](super::text_of)) into `sink` if it is plain XML that
+/// passes every check: `Ok(Some(namespace))` as [`read`](super::read) returns it. `Ok(None)`:
+/// declined, nothing decided (read it with [`read`](super::read), with a fresh sink). `Err`:
+/// the sink stopped reading.
+pub(crate) fn read_plain<'a>(
+    text: &'a str,
+    limits: &Limits,
+    is_ssp_ns: IsSspNamespace<'_>,
+    sink: &mut dyn Sink<'a>,
+) -> Result<Option<Option<String>>, XmlError> {
+    let mut d = Driver {
+        limits,
+        is_ssp_ns,
+        body: text,
+        stack: Vec::with_capacity(8),
+        attrs: Vec::with_capacity(8),
+        prefixes: Vec::new(),
+        root_done: false,
+        namespace: None,
+        elements: 0,
+        transactions: 0,
+    };
+    match document(&mut d, text, sink) {
+        Ok(()) => Ok(Some(d.namespace)),
+        Err(Stop::Declined) => Ok(None),
+        Err(Stop::Sink(e)) => Err(e),
+    }
+}
+
+fn document<'a>(
+    d: &mut Driver<'a, '_>,
+    text: &'a str,
+    sink: &mut dyn Sink<'a>,
+) -> Result<(), Stop> {
+    let b = text.as_bytes();
+    let mut i = if b.starts_with(b"<?xml") {
+        declaration(b).ok_or(Stop::Declined)?
+    } else {
+        0
+    };
+    loop {
+        let lt = memchr::memchr(b'<', &b[i..]).map(|p| i + p);
+        let end = lt.unwrap_or(b.len());
+        if end > i {
+            characters(d, text, i..end, sink)?;
+        }
+        let Some(lt) = lt else {
+            break;
+        };
+        i = match b.get(lt + 1) {
+            Some(b'/') => end_tag(d, text, lt, sink)?,
+            Some(c) if ELEMENT_NAME[usize::from(*c)] => start_tag(d, text, lt, sink)?,
+            // Comments, CDATA, DOCTYPE, processing instructions, stray `<`.
+            _ => return Err(Stop::Declined),
+        };
+    }
+    if !d.stack.is_empty() || !d.root_done {
+        return Err(Stop::Declined);
+    }
+    Ok(())
+}
+
+/// The XML declaration at the start of `b`: `version="1.0"`, then optionally an encoding
+/// the full reader accepts and `standalone`, in that order. Returns where it ends.
+fn declaration(b: &[u8]) -> Option<usize> {
+    let end = memchr::memmem::find(b, b"?>")?;
+    let mut rest = &b[b"<?xml".len()..end];
+    let mut names: &[&[u8]] = &[b"version", b"encoding", b"standalone"];
+    let mut first = true;
+    loop {
+        let trimmed = rest.trim_ascii_start();
+        if trimmed.is_empty() {
+            break;
+        }
+        // Each pseudo-attribute follows white space.
+        if trimmed.len() == rest.len() {
+            return None;
+        }
+        let eq = memchr::memchr(b'=', trimmed)?;
+        let (name, after) = (&trimmed[..eq], &trimmed[eq + 1..]);
+        let quote = *after.first()?;
+        if quote != b'"' && quote != b'\'' {
+            return None;
+        }
+        let close = memchr::memchr(quote, &after[1..])? + 1;
+        let value = &after[1..close];
+        // In order, each at most once; version first.
+        let at = names.iter().position(|n| *n == name)?;
+        if first && at != 0 {
+            return None;
+        }
+        first = false;
+        let ok = match name {
+            b"version" => value == b"1.0",
+            b"encoding" => [&b"utf-8"[..], b"utf8", b"us-ascii"]
+                .iter()
+                .any(|e| value.eq_ignore_ascii_case(e)),
+            _ => value == b"yes" || value == b"no",
+        };
+        if !ok {
+            return None;
+        }
+        names = &names[at + 1..];
+        rest = &after[close + 1..];
+    }
+    if first {
+        return None;
+    }
+    Some(end + 2)
+}
+
+/// Character data at `at`: plain runs and the predefined entities between them, as the
+/// full reader's events.
+fn characters<'a>(
+    d: &mut Driver<'a, '_>,
+    text: &'a str,
+    at: Range<usize>,
+    sink: &mut dyn Sink<'a>,
+) -> Result<(), Stop> {
+    let b = text.as_bytes();
+    let mut from = at.start;
+    while let Some(p) = memchr::memchr(b'&', &b[from..at.end]) {
+        let amp = from + p;
+        if amp > from {
+            d.text(&text[from..amp], from..amp, TextKind::Plain, sink)?;
+        }
+        let semi = amp + memchr::memchr(b';', &b[amp..at.end]).ok_or(Stop::Declined)?;
+        let ch = predefined(&b[amp + 1..semi]).ok_or(Stop::Declined)?;
+        d.text(ch, amp..semi + 1, TextKind::Ref, sink)?;
+        from = semi + 1;
+    }
+    if at.end > from {
+        d.text(&text[from..at.end], from..at.end, TextKind::Plain, sink)?;
+    }
+    Ok(())
+}
+
+/// What a predefined entity's name stands for.
+fn predefined(name: &[u8]) -> Option<&'static str> {
+    Some(match name {
+        b"lt" => "<",
+        b"gt" => ">",
+        b"amp" => "&",
+        b"apos" => "'",
+        b"quot" => "\"",
+        _ => return None,
+    })
+}
+
+/// The end tag at `lt` (`</name>`, closing the innermost element). Returns where it ends.
+fn end_tag<'a>(
+    d: &mut Driver<'a, '_>,
+    text: &'a str,
+    lt: usize,
+    sink: &mut dyn Sink<'a>,
+) -> Result<usize, Stop> {
+    let b = text.as_bytes();
+    let start = lt + 2;
+    let gt = start + memchr::memchr(b'>', &b[start..]).ok_or(Stop::Declined)?;
+    let open = d
+        .stack
+        .last()
+        .and_then(|(name, _)| name.clone())
+        .ok_or(Stop::Declined)?;
+    if text[open] != text[start..gt] {
+        return Err(Stop::Declined);
+    }
+    d.close(gt + 1, sink)?;
+    Ok(gt + 1)
+}
+
+/// The start tag at `lt` with its attributes. Returns where it ends.
+fn start_tag<'a>(
+    d: &mut Driver<'a, '_>,
+    text: &'a str,
+    lt: usize,
+    sink: &mut dyn Sink<'a>,
+) -> Result<usize, Stop> {
+    let b = text.as_bytes();
+    // A prefix (`:`) ends the name where no tag may continue: declined below.
+    let mut j = name_end(b, lt + 1, &ELEMENT_NAME);
+    let qname = &text[lt + 1..j];
+    let depth = d.begin(qname)?;
+    let mut declared = false;
+    let empty = loop {
+        let before = j;
+        while b.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
+        }
+        match b.get(j) {
+            Some(b'>') => {
+                j += 1;
+                break false;
+            }
+            Some(b'/') if b.get(j + 1) == Some(&b'>') => {
+                j += 2;
+                break true;
+            }
+            // An attribute, after white space.
+            Some(c) if j > before && NAME[usize::from(*c)] => {}
+            _ => return Err(Stop::Declined),
+        }
+        let k = j;
+        j = name_end(b, j, &NAME);
+        let key = &text[k..j];
+        let quote = match (b.get(j), b.get(j + 1)) {
+            (Some(b'='), Some(q @ (b'"' | b'\''))) => *q,
+            _ => return Err(Stop::Declined),
+        };
+        // The value, to its closing quote, in one pass: declined at a raw `<` (not XML) or
+        // any control character (tab and line ends, which the full reader normalises, and
+        // those it refuses); an `&` is resolved below.
+        let v = j + 2;
+        let mut close = v;
+        let mut entities = false;
+        loop {
+            match b.get(close) {
+                Some(c) if *c == quote => break,
+                Some(b'&') => entities = true,
+                Some(c) if *c < 0x20 || *c == b'<' => return Err(Stop::Declined),
+                Some(_) => {}
+                None => return Err(Stop::Declined),
+            }
+            close += 1;
+        }
+        let raw = &b[v..close];
+        // Duplicates (the full reader refuses them); a consumed declaration is not kept.
+        if key.starts_with("xmlns:") {
+            return Err(Stop::Declined);
+        }
+        if key == "xmlns" {
+            if std::mem::replace(&mut declared, true) {
+                return Err(Stop::Declined);
+            }
+        } else if d.attrs.iter().any(|a| a.key == key) {
+            return Err(Stop::Declined);
+        }
+        let value = &text[v..close];
+        d.attr(qname, depth, key, raw.len(), Some(v..close), || {
+            Ok(if entities {
+                Cow::Owned(unescape(value).ok_or(XmlError::Stopped)?)
+            } else {
+                Cow::Borrowed(value)
+            })
+        })
+        .map_err(|_| Stop::Declined)?;
+        j = close + 1;
+    };
+    d.finish(qname, depth, empty, lt..j, sink)?;
+    Ok(j)
+}
+
+/// Where the name starting at `from` ends: at the first byte not in `table`.
+fn name_end(b: &[u8], from: usize, table: &[bool; 256]) -> usize {
+    let mut j = from;
+    while b.get(j).is_some_and(|c| table[usize::from(*c)]) {
+        j += 1;
+    }
+    j
+}
+
+/// `value` with the predefined entities resolved; `None` for any other reference.
+fn unescape(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let semi = rest[amp..].find(';')? + amp;
+        out.push_str(predefined(&rest.as_bytes()[amp + 1..semi])?);
+        rest = &rest[semi + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
