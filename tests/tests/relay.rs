@@ -111,6 +111,12 @@ async fn send_message_with_delivery_report_both_ways_sync_modes() {
     assert_eq!(fast(0, "SendMessageRequest"), 2);
     assert_eq!(fast(0, "DeliveryStatusReport"), 2);
     assert_eq!(fast(1, "SendMessageRequest"), 1);
+    // Answers written back by splicing: at X, the two answers to its core's requests (from
+    // Y) and its core's two answers to Y's. Y's asynchronous core answers by a POST of its
+    // own (read typed), so Y splices none.
+    assert_eq!(fast(0, "SendMessageResponse"), 2);
+    assert_eq!(fast(0, "Status"), 2);
+    assert_eq!(fast(1, "SendMessageResponse"), 0);
     fed.shutdown().await;
 }
 
@@ -173,6 +179,9 @@ async fn multi_recipient_with_unknown_user_is_201_with_531_from_a_sync_core() {
     // X sends it whole to Y (both numbers are Y's): the fast path. Y delivers one and
     // refuses the other: a plan with a failed part, the typed fan-out's.
     assert_eq!(fast(0), 1, "X's single destination is the fast path's");
+    // Y's 201 with the 531 detail (an ID inside) came back to X's core spliced, the ID
+    // rewritten: the checks above read it.
+    assert_eq!(fast_path(&fed, 0, "SendMessageResponse"), 1);
     assert_eq!(
         fast(1),
         0,

@@ -9,11 +9,12 @@ use tokio::time::Instant;
 use super::exchange::{Outgoing, Target, request_headers};
 use super::http::{Connector, SspClient};
 use super::peer::Identity;
-use super::{Links, Live, Outbound, Part};
+use super::{Links, Live, Outbound, Part, Reply};
 use crate::config::{Config, CoreAuth, ResponseMode};
 use crate::error::{Failure, Kind, Side};
 use crate::rewrite::{Direction, PeerView};
-use crate::ssp::{Message, NS_WV_SSP_13, Primitive, Transaction};
+use crate::ssp::splice::Spliced;
+use crate::ssp::{Message, NS_WV_SSP_13, Transaction};
 use crate::tls::{self, TlsError};
 use crate::token::Leg;
 
@@ -115,7 +116,7 @@ impl Links {
         &self,
         request: Outbound<'_, '_>,
         part: Part<'_>,
-    ) -> Result<Primitive, Failure> {
+    ) -> Result<Reply, Failure> {
         let live = self.live();
         let core = core_link(&live)?;
         let target = core.target();
@@ -135,6 +136,7 @@ impl Links {
         };
         let headers = request_headers(&session, &issued.tid);
         let dir = self.dir.load();
+        let mut answer_for = None;
         let body = match request {
             Outbound::Typed(request) => {
                 let mut msg = Message::session(
@@ -145,7 +147,8 @@ impl Links {
                     .rewrite(&dir, &mut msg, Direction::Inbound, core_view(&live));
                 msg.emit(NS_WV_SSP_13)
             }
-            Outbound::Spliced(s) => {
+            Outbound::Spliced(s, origin) => {
+                answer_for = Some((origin, part.origin_tid));
                 live.rw
                     .rewrite_slots(&dir, s.slots(), Direction::Inbound, core_view(&live));
                 s.emit(NS_WV_SSP_13, &session, &issued.tid)
@@ -157,9 +160,22 @@ impl Links {
             body,
             issued: &issued,
         };
-        self.exchange(&target, out, deadline, false)
+        self.exchange(&target, out, deadline, false, answer_for)
             .await
-            .map(|t| t.primitive)
+    }
+
+    /// A remote answer, read by the fast path, written for the core (see
+    /// [`Links::answer_spliced`]): IDs in core form, our session with the core.
+    pub(crate) fn core_answer_spliced(&self, s: &mut Spliced<'_>, tid: &str) -> String {
+        let live = self.live();
+        let session = match &live.core {
+            Some(c) => self.core_session(&live, c),
+            None => String::new(),
+        };
+        let dir = self.dir.load();
+        live.rw
+            .rewrite_slots(&dir, s.slots(), Direction::Inbound, core_view(&live));
+        s.emit(NS_WV_SSP_13, &session, tid)
     }
 
     /// Answers serialised for the core (IDs mapped to the core's), and the message.

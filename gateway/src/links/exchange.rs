@@ -14,8 +14,9 @@ use http::{StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::http::{SendError, SspClient};
-use super::{Issued, Links, TapDir};
+use super::{Issued, Links, Origin, Reply, TapDir};
 use crate::error::{Failure, Kind, Side};
+use crate::ssp::splice::{Kind as FastKind, Spliced};
 use crate::ssp::{Body, Message, Mode, Primitive, Status, Transaction, status};
 
 /// Where to send: a client and URLs in failover order.
@@ -105,7 +106,8 @@ impl Links {
         out: Outgoing<'_>,
         deadline: Instant,
         acknowledged: bool,
-    ) -> Result<Transaction, Failure> {
+        answer_for: Option<(&Origin, &str)>,
+    ) -> Result<Reply, Failure> {
         let Outgoing {
             headers,
             body,
@@ -131,25 +133,28 @@ impl Links {
                 ),
             )
         };
+        let typed = |t: Transaction| Reply::Typed(t.primitive);
         if !http_status.is_success() {
             // An SSP error in an HTTP error body is still an answer for our transaction.
-            return self.sync_answer(&resp, tid).ok_or_else(refused);
+            return self.sync_answer(&resp, tid).map(typed).ok_or_else(refused);
+        }
+        if let Some((origin, origin_tid)) = answer_for
+            && let Some(written) = self.splice_answer(&resp, origin, origin_tid)
+        {
+            return Ok(written);
         }
         if let Some(t) = self.sync_answer(&resp, tid) {
-            return Ok(t);
+            return Ok(typed(t));
         }
         let Some((_registered, rx)) = waiting else {
-            return Ok(Transaction::response(
-                tid,
-                Primitive::Status(Status::with(
-                    status::OK,
-                    format!("acknowledged by {}", target.label),
-                )),
-            ));
+            return Ok(Reply::Typed(Primitive::Status(Status::with(
+                status::OK,
+                format!("acknowledged by {}", target.label),
+            ))));
         };
         // Async: the answer arrives as its own POST.
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(t)) => Ok(t),
+            Ok(Ok(t)) => Ok(typed(t)),
             Ok(Err(_)) | Err(_) => {
                 crate::sampled!(
                     self.logs,
@@ -171,6 +176,30 @@ impl Links {
                 ))
             }
         }
+    }
+
+    /// If `body` holds one answer in the fast path's shape (a `SendMessageResponse` or a
+    /// `Status`, alone in its message, as [`Links::sync_answer`] would take it), that answer
+    /// written for `origin` under its transaction ID `origin_tid` by splicing its bytes.
+    fn splice_answer(&self, body: &[u8], origin: &Origin, origin_tid: &str) -> Option<Reply> {
+        if body.is_empty() {
+            return None;
+        }
+        let mut s = Spliced::scan(&self.live.load().codec, body).ok()??;
+        if s.mode != Mode::Response
+            || !matches!(s.kind, FastKind::SendMessageResponse | FastKind::Status)
+        {
+            return None;
+        }
+        let body = self.answer_spliced(origin, &mut s, origin_tid)?;
+        self.metrics
+            .fast_path
+            .with_label_values(&[s.kind.label()])
+            .inc();
+        Some(Reply::Written {
+            body,
+            code: s.answer_code(),
+        })
     }
 
     /// If `body` holds an SSP answer for `tid`, that answer.

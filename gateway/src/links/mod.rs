@@ -179,8 +179,49 @@ impl Issued {
 pub enum Outbound<'s, 'b> {
     /// A typed primitive.
     Typed(Primitive),
-    /// The fast path's message: its IDs are rewritten in place on the way.
-    Spliced(&'s mut Spliced<'b>),
+    /// The fast path's message (its IDs are rewritten in place on the way), and whom its
+    /// answer goes back to: an answer in the fast path's shape is written for them by
+    /// splicing too ([`Reply::Written`]).
+    Spliced(&'s mut Spliced<'b>, &'s Origin),
+}
+
+/// A far side's answer to one request part.
+// As with `Outbound`: the typed primitive moves by value, as it always has.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Reply {
+    /// Read typed: the answer primitive.
+    Typed(Primitive),
+    /// Read by the fast path and written for the request's origin already (spliced requests
+    /// only): the body to answer with, and the answer's status code.
+    Written {
+        /// The origin's whole answer message.
+        body: String,
+        /// Its status code (for the metrics).
+        code: u16,
+    },
+}
+
+impl Reply {
+    /// The answer primitive of a typed request (whose answer is always read typed).
+    pub fn into_primitive(self) -> Primitive {
+        match self {
+            Reply::Typed(p) => p,
+            // Only a spliced request is answered by splicing; never reached.
+            Reply::Written { .. } => Primitive::Status(crate::ssp::Status::with(
+                crate::ssp::status::INTERNAL,
+                "answer written for another request",
+            )),
+        }
+    }
+
+    /// The answer's status code.
+    pub fn answer_code(&self) -> u16 {
+        match self {
+            Reply::Typed(p) => p.answer_code(),
+            Reply::Written { code, .. } => *code,
+        }
+    }
 }
 
 impl Outbound<'_, '_> {
@@ -192,7 +233,7 @@ impl Outbound<'_, '_> {
                 p,
                 Primitive::PresenceNotification(_) | Primitive::DeliveryStatusReport(_)
             ),
-            Outbound::Spliced(s) => matches!(
+            Outbound::Spliced(s, _) => matches!(
                 s.kind,
                 splice::Kind::PresenceNotification | splice::Kind::DeliveryStatusReport
             ),
@@ -406,10 +447,14 @@ impl Links {
         part: Part<'_>,
     ) -> Result<Primitive, Failure> {
         match dest {
-            Dest::Core => self.to_core(Outbound::Typed(request), part).await,
-            Dest::Imps(r) | Dest::LastResort(r) => {
-                self.to_peer(r, Outbound::Typed(request), part).await
-            }
+            Dest::Core => self
+                .to_core(Outbound::Typed(request), part)
+                .await
+                .map(Reply::into_primitive),
+            Dest::Imps(r) | Dest::LastResort(r) => self
+                .to_peer(r, Outbound::Typed(request), part)
+                .await
+                .map(Reply::into_primitive),
             // Boxed: the SIP legs are deep futures, kept off the stack of every request.
             Dest::Sip(t) => Box::pin(self.to_sip(t, request)).await,
             Dest::Xmpp(t) => Box::pin(self.to_xmpp(t, request)).await,
@@ -461,6 +506,23 @@ impl Links {
     }
 
     /// Answers serialised for `origin`, for a synchronous HTTP response.
+    /// [`Links::answer_body`] for one answer the fast path read: its IDs rewritten for
+    /// `origin` and its bytes spliced under the origin's transaction ID `tid`. `None` where
+    /// only the typed path may write it: a core name in its text, bound for a peer (the
+    /// typed path scrubs it), or an origin that is not SSP.
+    pub(crate) fn answer_spliced(
+        &self,
+        origin: &Origin,
+        s: &mut Spliced<'_>,
+        tid: &str,
+    ) -> Option<String> {
+        match origin {
+            Origin::Core => Some(self.core_answer_spliced(s, tid)),
+            Origin::Peer(p) => self.peer_answer_spliced(p, s, tid),
+            Origin::Sip(_) | Origin::Xmpp(_) => None,
+        }
+    }
+
     pub fn answer_body(&self, origin: &Origin, answers: Vec<Transaction>) -> String {
         match origin {
             Origin::Core => self.core_body(answers).1,
@@ -523,5 +585,102 @@ pub(crate) mod tests {
             drain: Drain::new(),
         })
         .unwrap()
+    }
+
+    /// An answer the fast path writes back by splicing is, byte for byte, the one the typed
+    /// path writes (for answers in canonical form, as a far gateway writes them): IDs in a
+    /// detailed result rewritten, the origin's transaction ID, our session.
+    #[test]
+    fn a_spliced_answer_is_the_typed_one() {
+        use crate::ssp::NS_WV_SSP_13;
+        let links = links();
+        let codec = Codec::default();
+        let answers = [
+            "<SendMessageResponse messageID=\"m-1\"><Status code=\"201\">\
+             <StatusDescription>partly</StatusDescription><DetailedResult code=\"531\">\
+             <StatusDescription>Unknown user</StatusDescription>\
+             <UserID userID=\"wv:+4915199999999\"/></DetailedResult>\
+             <DetailedResult code=\"200\"><User userID=\"wv:+46701234567@opx.example\"/>\
+             </DetailedResult></Status></SendMessageResponse>",
+            "<Status code=\"200\"/>",
+            "<Status code=\"404\"><StatusDescription>gone</StatusDescription></Status>",
+        ];
+        for inner in answers {
+            let body = format!(
+                "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"y-1@opy.example\">\
+                 <Transaction mode=\"Response\" transactionID=\"gw-tid\">{inner}</Transaction>\
+                 </Session></WV-SSP-Message>"
+            );
+            // In canonical form first, as our emitter (and a far gateway) writes it.
+            let body = codec.parse(body.as_bytes()).unwrap().emit(NS_WV_SSP_13);
+            let typed = codec.parse(body.as_bytes()).unwrap();
+            let primitive = typed.as_session().unwrap().transactions[0]
+                .primitive
+                .clone();
+            let want = links.answer_body(
+                &Origin::Core,
+                vec![Transaction::response("origin-7", primitive)],
+            );
+            let mut s = Spliced::scan(&codec, body.as_bytes()).unwrap().unwrap();
+            let got = links.answer_spliced(&Origin::Core, &mut s, "origin-7");
+            assert_eq!(got.as_deref(), Some(want.as_str()), "{body}");
+        }
+        // Towards a peer: public IDs, its namespace; a core name in free text is the typed
+        // path's to scrub.
+        let peer = Origin::Peer(links.live.load().peers.get("opy.example").unwrap());
+        for (inner, spliced) in [
+            (answers[0].to_owned(), true),
+            (
+                answers[2].replace("gone", "gone from core.opx.example"),
+                false,
+            ),
+        ] {
+            let body = format!(
+                "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"core-1\">\
+                 <Transaction mode=\"Response\" transactionID=\"gw-tid\">{inner}</Transaction>\
+                 </Session></WV-SSP-Message>"
+            );
+            let body = codec.parse(body.as_bytes()).unwrap().emit(NS_WV_SSP_13);
+            let typed = codec.parse(body.as_bytes()).unwrap();
+            let primitive = typed.as_session().unwrap().transactions[0]
+                .primitive
+                .clone();
+            let want = links.answer_body(&peer, vec![Transaction::response("origin-7", primitive)]);
+            assert!(!want.contains("core.opx.example"));
+            let mut s = Spliced::scan(&codec, body.as_bytes()).unwrap().unwrap();
+            let got = links.answer_spliced(&peer, &mut s, "origin-7");
+            if spliced {
+                assert_eq!(got.as_deref(), Some(want.as_str()), "{body}");
+            } else {
+                assert_eq!(got, None, "a core name in the answer's text: {body}");
+            }
+        }
+        // Baraza's layout: the same message once parsed.
+        for name in [
+            "056_Session-Response-SendMessageResponse.xml",
+            "907_Session-Response-SendMessageResponse-201.xml",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/baraza")
+                .join(name);
+            let body = std::fs::read(path).unwrap();
+            let typed = codec.parse(&body).unwrap();
+            let primitive = typed.as_session().unwrap().transactions[0]
+                .primitive
+                .clone();
+            let want = links.answer_body(
+                &Origin::Core,
+                vec![Transaction::response("origin-7", primitive)],
+            );
+            let mut s = Spliced::scan(&codec, &body).unwrap().unwrap();
+            let got = links
+                .answer_spliced(&Origin::Core, &mut s, "origin-7")
+                .unwrap();
+            assert_eq!(
+                codec.parse(got.as_bytes()).unwrap(),
+                codec.parse(want.as_bytes()).unwrap(),
+                "{name}"
+            );
+        }
     }
 }

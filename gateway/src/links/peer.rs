@@ -15,10 +15,11 @@ use tokio::time::Instant;
 
 use super::exchange::{Outgoing, Target, request_headers};
 use super::http::{Connector, SspClient};
-use super::{Links, Outbound, Part, Remote};
+use super::{Links, Outbound, Part, Remote, Reply};
 use crate::config::{Config, PeerAuth, PeerSpec};
 use crate::error::{Failure, Kind, Side};
 use crate::rewrite::{Direction, PeerView};
+use crate::ssp::splice::Spliced;
 use crate::ssp::{Message, Primitive, Transaction};
 use crate::tls::{self, PeerCertCheck, ServerTrust, TlsError};
 use crate::token::Leg;
@@ -337,7 +338,7 @@ impl Links {
         r: &Remote,
         request: Outbound<'_, '_>,
         part: Part<'_>,
-    ) -> Result<Primitive, Failure> {
+    ) -> Result<Reply, Failure> {
         let peer = self.live.load().peers.get(&r.domain).ok_or_else(|| {
             Failure::local(
                 Kind::Unreachable,
@@ -367,15 +368,34 @@ impl Links {
             None => self.issue_for(Leg::ToPeer, part, &peer.cfg.domain),
         };
         let headers = request_headers(&session, &issued.tid);
+        let answer_for = match &request {
+            Outbound::Spliced(_, origin) => Some((*origin, part.origin_tid)),
+            Outbound::Typed(_) => None,
+        };
         let body = self.peer_request_body(&peer, session, &issued.tid, request)?;
         let out = Outgoing {
             headers,
             body,
             issued: &issued,
         };
-        self.exchange(&target, out, deadline, acknowledged)
+        self.exchange(&target, out, deadline, acknowledged, answer_for)
             .await
-            .map(|t| t.primitive)
+    }
+
+    /// A remote answer, read by the fast path, written for `peer` (see
+    /// [`Links::answer_spliced`]): its ID style and namespace, no core names.
+    pub(crate) fn peer_answer_spliced(
+        &self,
+        peer: &PeerRt,
+        s: &mut Spliced<'_>,
+        tid: &str,
+    ) -> Option<String> {
+        let live = self.live.load();
+        let dir = self.dir.load();
+        live.rw
+            .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
+        let out = s.emit(&peer.cfg.namespace, &self.session_towards(peer), tid);
+        live.rw.leaks(&out).is_none().then_some(out)
     }
 
     /// A request's bytes for `peer`: its ID style and namespace, no core names.
@@ -395,7 +415,7 @@ impl Links {
         };
         match request {
             Outbound::Typed(p) => Ok(typed(p, session)),
-            Outbound::Spliced(s) => {
+            Outbound::Spliced(s, _) => {
                 live.rw
                     .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
                 let out = s.emit(&peer.cfg.namespace, &session, tid);

@@ -262,7 +262,7 @@ impl Metrics {
             fast_path: counter(
                 &r,
                 "fast_path_total",
-                "Requests relayed on the fast path, by primitive",
+                "Requests relayed, and their answers written back, on the fast path, by primitive",
                 &["primitive"],
             ),
             latency,
@@ -352,6 +352,8 @@ impl Metrics {
             "SendMessageRequest",
             "PresenceNotification",
             "DeliveryStatusReport",
+            "SendMessageResponse",
+            "Status",
         ] {
             self.fast_path.with_label_values(&[p]);
         }

@@ -21,11 +21,11 @@ use super::state::Gateway;
 use super::{admit, fanout, identify, normalize, policy, route};
 use crate::config::ResponseMode;
 use crate::error::{Failure, Kind};
-use crate::links::{Dest, Origin, Outbound, Part};
+use crate::links::{Dest, Origin, Outbound, Part, Reply};
 use crate::resolve::Svc;
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::splice::{Kind as Fast, Spliced};
-use crate::ssp::{Mode, Primitive, Transaction, WvId};
+use crate::ssp::{Mode, Transaction, WvId};
 use crate::web::{ConnInfo, HttpResponse, refuse, respond};
 
 /// Handle the POST `body` (on the core listener when `from_core`, else the peer listener)
@@ -77,25 +77,29 @@ pub(crate) async fn request(
         _ => Svc::Im,
     };
     let label = s.kind.label();
+    let failed = |f: Failure| Reply::Typed(form.clone().answer(f.status()));
     let answer = metered(gw, &origin, label, async {
         let _slot = match admit::slot(gw, &origin) {
             Ok(slot) => slot,
-            Err(f) => return form.answer(f.status()),
+            Err(f) => return failed(f),
         };
         if let Err(f) = policy::check_ids(gw, &origin, s.originators(), s.requestor_user()).await {
-            return form.answer(f.status());
+            return failed(f);
         }
         match route::plan_by(gw, &origin, s.route_by(), label, svc).await {
-            Ok(plan) => forward(gw, &origin, plan, &mut s, &tid, form).await,
-            Err(f) => form.answer(f.status()),
+            Ok(plan) => forward(gw, &origin, plan, &mut s, &tid, &form).await,
+            Err(f) => failed(f),
         }
     })
     .await;
-    let answer = Transaction::response(tid, answer);
-    Some(respond(
-        StatusCode::OK,
-        Some(gw.links.answer_body(&origin, vec![answer])),
-    ))
+    let body = match answer {
+        // The far side's answer, spliced for the origin on the way back.
+        Reply::Written { body, .. } => body,
+        Reply::Typed(p) => gw
+            .links
+            .answer_body(&origin, vec![Transaction::response(tid, p)]),
+    };
+    Some(respond(StatusCode::OK, Some(body)))
 }
 
 /// Whether normalize has nothing to do for this request from `origin`.
@@ -127,8 +131,8 @@ async fn forward(
     mut plan: Plan,
     s: &mut Spliced<'_>,
     tid: &str,
-    form: AnswerForm,
-) -> Primitive {
+    form: &AnswerForm,
+) -> Reply {
     let part = Part {
         origin_tid: tid,
         origin_peer: origin.domain(),
@@ -146,31 +150,38 @@ async fn forward(
     if !single {
         // The typed fan-out, from the whole plan.
         let typed = s.typed(&gw.links.live.load().codec);
-        return match typed {
+        return Reply::Typed(match typed {
             Some(p) => {
                 // Boxed: the fast path's own future stays small (see `handle`).
                 Box::pin(fanout::run(gw, plan, p, tid, origin.domain(), None))
                     .await
                     .answer
             }
-            None => form.answer(Failure::local(Kind::Malformed, "not readable typed").status()),
-        };
+            None => form
+                .clone()
+                .answer(Failure::local(Kind::Malformed, "not readable typed").status()),
+        });
     }
     let Some((dest, _)) = plan.groups.pop() else {
-        return form.answer(Failure::local(Kind::NoRoute, "no destination").status());
+        return Reply::Typed(
+            form.clone()
+                .answer(Failure::local(Kind::NoRoute, "no destination").status()),
+        );
     };
     let answer = match &dest {
         Dest::Imps(r) | Dest::LastResort(r) => {
-            gw.links.to_peer(r, Outbound::Spliced(s), part).await
+            gw.links
+                .to_peer(r, Outbound::Spliced(s, origin), part)
+                .await
         }
-        _ => gw.links.to_core(Outbound::Spliced(s), part).await,
+        _ => gw.links.to_core(Outbound::Spliced(s, origin), part).await,
     };
     let m = gw.metrics();
     m.deliveries
         .with_label_values(&["ssp", if answer.is_ok() { "ok" } else { "failed" }])
         .inc();
     m.fast_path.with_label_values(&[s.kind.label()]).inc();
-    answer.unwrap_or_else(|f| form.answer(f.status()))
+    answer.unwrap_or_else(|f| Reply::Typed(form.clone().answer(f.status())))
 }
 
 #[cfg(test)]

@@ -52,19 +52,37 @@ pub(crate) async fn stages(
 }
 
 /// Count, gauge and time the handling of one request around `answer`.
-pub(crate) async fn metered(
+pub(crate) async fn metered<A: Answer>(
     gw: &Gateway,
     origin: &Origin,
     primitive: &'static str,
-    answer: impl Future<Output = Primitive>,
-) -> Primitive {
+    answer: impl Future<Output = A>,
+) -> A {
     let started = std::time::Instant::now();
     count_request(gw, origin, primitive);
     let in_flight = InFlight::new(gw, origin);
     let answer = answer.await;
     drop(in_flight);
-    count_answer(gw, origin, &answer, started.elapsed());
+    count_answer(gw, origin, answer.code(), started.elapsed());
     answer
+}
+
+/// An answer as [`metered`] counts it: a typed primitive, or one the fast path wrote.
+pub(crate) trait Answer {
+    /// Its SSP status code.
+    fn code(&self) -> u16;
+}
+
+impl Answer for Primitive {
+    fn code(&self) -> u16 {
+        self.answer_code()
+    }
+}
+
+impl Answer for crate::links::Reply {
+    fn code(&self) -> u16 {
+        self.answer_code()
+    }
 }
 
 /// Count a request taken in.
@@ -76,12 +94,7 @@ pub(crate) fn count_request(gw: &Gateway, origin: &Origin, primitive: &'static s
 }
 
 /// Count an answer given, `took` after its request came in.
-pub(crate) fn count_answer(
-    gw: &Gateway,
-    origin: &Origin,
-    answer: &Primitive,
-    took: std::time::Duration,
-) {
+pub(crate) fn count_answer(gw: &Gateway, origin: &Origin, code: u16, took: std::time::Duration) {
     let m = gw.metrics();
     let (direction, protocol) = (origin.direction(), origin.protocol());
     let mut buf = [0u8; 5];
@@ -89,7 +102,7 @@ pub(crate) fn count_answer(
         .with_label_values(&[
             direction,
             protocol,
-            crate::ops::metrics::code_label(answer.answer_code(), &mut buf),
+            crate::ops::metrics::code_label(code, &mut buf),
         ])
         .inc();
     m.latency

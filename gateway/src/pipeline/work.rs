@@ -406,7 +406,7 @@ async fn record_answer(gw: &Gateway, job: &Job, answer: &Primitive, queued: bool
 /// The final answer for the sender: counted, recorded, delivered (or put off).
 async fn answer_sender(gw: &Arc<Gateway>, job: &mut Job, answer: Primitive) {
     let took = Duration::from_millis(u64::try_from(now_ms() - job.accepted_at).unwrap_or(0));
-    relay::count_answer(gw, &job.origin, &answer, took);
+    relay::count_answer(gw, &job.origin, answer.answer_code(), took);
     if !record_answer(gw, job, &answer, false).await {
         return;
     }

@@ -124,7 +124,8 @@ fn declaration(b: &[u8]) -> Option<usize> {
     let mut names: &[&[u8]] = &[b"version", b"encoding", b"standalone"];
     let mut first = true;
     loop {
-        let trimmed = rest.trim_ascii_start();
+        let skip = rest.iter().take_while(|c| is_space(**c)).count();
+        let trimmed = &rest[skip..];
         if trimmed.is_empty() {
             break;
         }
@@ -240,7 +241,7 @@ fn start_tag<'a>(
     let mut declared = false;
     let empty = loop {
         let before = j;
-        while b.get(j).is_some_and(u8::is_ascii_whitespace) {
+        while b.get(j).is_some_and(|c| is_space(*c)) {
             j += 1;
         }
         match b.get(j) {
@@ -304,6 +305,12 @@ fn start_tag<'a>(
     };
     d.finish(qname, depth, empty, lt..j, sink)?;
     Ok(j)
+}
+
+/// XML's white space: space, tab, line feed, carriage return (not form feed, which
+/// `u8::is_ascii_whitespace` includes and XML does not).
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Where the name starting at `from` ends: at the first byte not in `table`.
