@@ -501,6 +501,14 @@ fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
     }
     let declined = [
         format!("\u{feff}{}", doc("", smr)),
+        // The SSP namespace declared below the root.
+        doc(
+            "",
+            &smr.replace(
+                "<MessageInfo",
+                &format!("<MessageInfo xmlns=\"{NS_WV_SSP_13}\""),
+            ),
+        ),
         doc("<?xml version=\"1.1\"?>", smr),
         doc("<?xml encoding=\"UTF-8\" version=\"1.0\"?>", smr),
         doc("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>", smr),

@@ -141,16 +141,13 @@ impl<'a> Spliced<'a> {
         //   through (`--` in a comment, a declaration in mid-document);
         // - a namespace declaration (`xmlns`; an SSP one is consumed by the reader unseen)
         //   would put the primitive in another namespace than the envelope we write.
-        //   The plain reader has declined the first three already.
+        // The plain reader declines all four (declarations below the root included), so
+        // what it read needs no search.
         let prim = &body[out.prim.clone()];
-        let needles: &[&[u8]] = if plain {
-            &[b"xmlns"]
-        } else {
-            &[b"&#", b"<!", b"<?", b"xmlns"]
-        };
-        if needles
-            .iter()
-            .any(|n| memchr::memmem::find(prim, n).is_some())
+        if !plain
+            && [&b"&#"[..], b"<!", b"<?", b"xmlns"]
+                .iter()
+                .any(|n| memchr::memmem::find(prim, n).is_some())
         {
             return Ok(None);
         }
@@ -294,11 +291,11 @@ struct Seen {
 struct Scan<'a> {
     body: &'a str,
     out: Option<Spliced<'a>>,
-    stack: Vec<Ctx>,
-    /// For each open element: bit 0, it has text; bit 1, it has a child. SSP has no mixed
-    /// content: the typed parser joins text around a child, which the spliced bytes would
-    /// keep apart (a core name split by an element would escape the byte search).
-    mixed: Vec<u8>,
+    /// Each open element's context, and whether it has text (bit 0) or a child (bit 1).
+    /// SSP has no mixed content: the typed parser joins text around a child, which the
+    /// spliced bytes would keep apart (a core name split by an element would escape the
+    /// byte search).
+    stack: Vec<(Ctx, u8)>,
     seen: Seen,
     /// The `Domain` text being read: its ID index, once seen.
     text_slot: Option<usize>,
@@ -319,7 +316,6 @@ impl<'a> Scan<'a> {
             body,
             out: None,
             stack: Vec::with_capacity(12),
-            mixed: Vec::with_capacity(12),
             seen: Seen::default(),
             text_slot: None,
         }
@@ -395,17 +391,16 @@ impl<'a> Sink<'a> for Scan<'a> {
         if o.prefixed {
             return stop;
         }
-        let parent = self.stack.last().copied();
-        if let Some(f) = self.mixed.last_mut() {
+        let parent = self.stack.last().map(|e| e.0);
+        if let Some((_, f)) = self.stack.last_mut() {
             if *f & 1 != 0 {
                 return stop;
             }
             *f |= 2;
         }
-        self.mixed.push(0);
         if o.depth <= 3 {
             let ctx = self.envelope(&o)?;
-            self.stack.push(ctx);
+            self.stack.push((ctx, 0));
             return Ok(());
         }
         let seen = &mut self.seen;
@@ -586,13 +581,12 @@ impl<'a> Sink<'a> for Scan<'a> {
             }
             _ => {}
         }
-        self.stack.push(ctx);
+        self.stack.push((ctx, 0));
         Ok(())
     }
 
     fn close(&mut self, end: usize) -> Result<(), XmlError> {
-        let ctx = self.stack.pop();
-        self.mixed.pop();
+        let ctx = self.stack.pop().map(|e| e.0);
         if ctx == Some(Ctx::Prim)
             && let Some(out) = self.out.as_mut()
         {
@@ -606,13 +600,13 @@ impl<'a> Sink<'a> for Scan<'a> {
 
     fn text(&mut self, t: Text<'_>) -> Result<(), XmlError> {
         let stop = Err(XmlError::Stopped);
-        if let Some(f) = self.mixed.last_mut() {
+        if let Some((_, f)) = self.stack.last_mut() {
             if *f & 2 != 0 {
                 return stop;
             }
             *f |= 1;
         }
-        match self.stack.last() {
+        match self.stack.last().map(|e| e.0) {
             // Inside the primitive: copied as it is, but it must stay well-formed.
             Some(Ctx::Domain) => {
                 let Some(out) = self.out.as_mut() else {

@@ -495,6 +495,7 @@ pub fn read<'a>(
         namespace: None,
         elements: 0,
         transactions: 0,
+        prechecked: false,
     };
     loop {
         let before = base + reader.buffer_position() as usize;
@@ -582,6 +583,9 @@ struct Driver<'a, 'l> {
     namespace: Option<String>,
     elements: usize,
     transactions: usize,
+    /// Names and attribute values were checked byte by byte by the caller (the plain
+    /// reader, which takes a stricter set of bytes than `check_name` and `check_chars`).
+    prechecked: bool,
 }
 
 impl<'a> Driver<'a, '_> {
@@ -649,7 +653,9 @@ impl<'a> Driver<'a, '_> {
         if self.elements > self.limits.max_elements {
             return Err(XmlError::TooManyElements(self.limits.max_elements));
         }
-        check_name(qname)?;
+        if !self.prechecked {
+            check_name(qname)?;
+        }
         self.attrs.clear();
         Ok(depth)
     }
@@ -673,7 +679,9 @@ impl<'a> Driver<'a, '_> {
                 self.limits.max_attrs,
             ));
         }
-        check_name(key)?;
+        if !self.prechecked {
+            check_name(key)?;
+        }
         if raw_len > self.limits.max_attr_len {
             return Err(XmlError::AttrTooLong(
                 key.to_owned(),
@@ -681,7 +689,9 @@ impl<'a> Driver<'a, '_> {
             ));
         }
         let value = value()?;
-        check_chars(&value)?;
+        if !self.prechecked {
+            check_chars(&value)?;
+        }
         // Namespace declarations: SSP ones are consumed (the emitter writes its own);
         // others are kept as ordinary attributes so vendor content stays well-formed.
         if key == "xmlns" {
@@ -713,7 +723,9 @@ impl<'a> Driver<'a, '_> {
         at: Range<usize>,
         sink: &mut dyn Sink<'a>,
     ) -> Result<(), XmlError> {
-        let (name, prefixed) = match qname.split_once(':') {
+        // A byte search: names are short, and this runs for every element.
+        let colon = qname.bytes().position(|b| b == b':');
+        let (name, prefixed) = match colon.map(|i| (&qname[..i], &qname[i + 1..])) {
             Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| p == prefix) => {
                 (local, true)
             }

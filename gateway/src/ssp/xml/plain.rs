@@ -4,8 +4,9 @@
 //! "Plain" is what real SSP bodies look like: an optional `<?xml version="1.0" ...?>`
 //! declaration at the very start, then elements with unprefixed ASCII names, attributes
 //! written `name="value"` (or `'value'`), and text; the five predefined entities in values
-//! and text. Anything else (a byte-order mark, comments, processing instructions, CDATA,
-//! DOCTYPE, character references, prefixes, white space around `=` or in end tags, line
+//! and text; the SSP namespace declared on the root only. Anything else (a byte-order
+//! mark, comments, processing instructions, CDATA, DOCTYPE, character references, prefixes,
+//! an SSP namespace declared below the root, white space around `=` or in end tags, line
 //! breaks or tabs in attribute values, a raw `<` in one, duplicate attributes, malformed
 //! tags) is declined: the caller reads the body with [`read`](super::read) instead, which
 //! accepts or refuses it as it always has.
@@ -22,7 +23,9 @@ use std::ops::Range;
 use super::{Driver, IsSspNamespace, Limits, Sink, TextKind, XmlError};
 
 /// Bytes of the names this reader takes: ASCII letters, digits, `_`, `-`, `.`, and `:` in
-/// attribute names only (the Driver then checks the name as the full reader does).
+/// attribute names only, after a letter or `_`. A stricter set than the full reader's
+/// (`check_name`), which the Driver then skips, as it skips `check_chars` on values this
+/// reader has checked for every control character.
 const NAME: [bool; 256] = names(true);
 const ELEMENT_NAME: [bool; 256] = names(false);
 
@@ -75,6 +78,7 @@ pub(crate) fn read_plain<'a>(
         namespace: None,
         elements: 0,
         transactions: 0,
+        prechecked: true,
     };
     match document(&mut d, text, sink) {
         Ok(()) => Ok(Some(d.namespace)),
@@ -105,7 +109,7 @@ fn document<'a>(
         };
         i = match b.get(lt + 1) {
             Some(b'/') => end_tag(d, text, lt, sink)?,
-            Some(c) if ELEMENT_NAME[usize::from(*c)] => start_tag(d, text, lt, sink)?,
+            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => start_tag(d, text, lt, sink)?,
             // Comments, CDATA, DOCTYPE, processing instructions, stray `<`.
             _ => return Err(Stop::Declined),
         };
@@ -254,7 +258,7 @@ fn start_tag<'a>(
                 break true;
             }
             // An attribute, after white space.
-            Some(c) if j > before && NAME[usize::from(*c)] => {}
+            Some(c) if j > before && (c.is_ascii_alphabetic() || *c == b'_') => {}
             _ => return Err(Stop::Declined),
         }
         let k = j;
@@ -282,7 +286,12 @@ fn start_tag<'a>(
         }
         let raw = &b[v..close];
         // Duplicates (the full reader refuses them); a consumed declaration is not kept.
-        if key.starts_with("xmlns:") {
+        // An SSP namespace declared below the root would be consumed unseen, where the fast
+        // path must see it (another namespace is an attribute the sink sees).
+        let value = &text[v..close];
+        if key.starts_with("xmlns:")
+            || (key == "xmlns" && depth > 1 && (entities || (d.is_ssp_ns)(value)))
+        {
             return Err(Stop::Declined);
         }
         if key == "xmlns" {
@@ -292,7 +301,6 @@ fn start_tag<'a>(
         } else if d.attrs.iter().any(|a| a.key == key) {
             return Err(Stop::Declined);
         }
-        let value = &text[v..close];
         d.attr(qname, depth, key, raw.len(), Some(v..close), || {
             Ok(if entities {
                 Cow::Owned(unescape(value).ok_or(XmlError::Stopped)?)
