@@ -345,6 +345,15 @@ fn not_in_the_fast_shape_goes_the_typed_way() {
             smr("<Status code=\"200\"><StatusDescription>&#99;ore</StatusDescription></Status>"),
         ),
         (
+            // Read by the plain reader: the scan stops on the declaration itself.
+            "another namespace declared in the primitive",
+            smr("<Status xmlns=\"urn:x\" code=\"200\"/>"),
+        ),
+        (
+            "the SSP namespace declared in the primitive",
+            smr(&format!("<Status xmlns=\"{NS_WV_SSP_13}\" code=\"200\"/>")),
+        ),
+        (
             "two recipients lists",
             smr(
                 "<SendMessageRequest><MessageInfo><Recipient/><Recipient/></MessageInfo></SendMessageRequest>",
@@ -501,6 +510,15 @@ fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
     }
     let declined = [
         format!("\u{feff}{}", doc("", smr)),
+        // Names that may not start so (the plain reader checks names itself).
+        doc(
+            "",
+            &smr.replace("<MessageInfo", "<1MessageInfo")
+                .replace("</MessageInfo>", "</1MessageInfo>"),
+        ),
+        doc("", &smr.replace(" messageID=", " -messageID=")),
+        doc("", &smr.replace(" messageID=", " .messageID=")),
+        doc("", &smr.replace(" messageID=", " 1messageID=")),
         // The SSP namespace declared below the root.
         doc(
             "",

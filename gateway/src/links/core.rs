@@ -111,7 +111,17 @@ impl Links {
         core.session.clone()
     }
 
-    /// Send one request part to the core (IDs rewritten to the core's) for its answer.
+    /// Our session ID on answers to the core (empty without a core link).
+    fn answer_session(&self, live: &Live) -> String {
+        match &live.core {
+            Some(c) => self.core_session(live, c),
+            None => String::new(),
+        }
+    }
+
+    /// Send one request part to the core (IDs rewritten to the core's) for its answer: read
+    /// typed, or (a spliced request's answer in the fast shape) written back for the
+    /// request's origin already ([`Reply`]).
     pub(crate) async fn to_core(
         &self,
         request: Outbound<'_, '_>,
@@ -168,10 +178,7 @@ impl Links {
     /// [`Links::answer_spliced`]): IDs in core form, our session with the core.
     pub(crate) fn core_answer_spliced(&self, s: &mut Spliced<'_>, tid: &str) -> String {
         let live = self.live();
-        let session = match &live.core {
-            Some(c) => self.core_session(&live, c),
-            None => String::new(),
-        };
+        let session = self.answer_session(&live);
         let dir = self.dir.load();
         live.rw
             .rewrite_slots(&dir, s.slots(), Direction::Inbound, core_view(&live));
@@ -181,10 +188,7 @@ impl Links {
     /// Answers serialised for the core (IDs mapped to the core's), and the message.
     pub(crate) fn core_body(&self, answers: Vec<Transaction>) -> (Message, String) {
         let live = self.live();
-        let session = match &live.core {
-            Some(c) => self.core_session(&live, c),
-            None => String::new(),
-        };
+        let session = self.answer_session(&live);
         let mut msg = Message::session(session, answers);
         let dir = self.dir.load();
         live.rw

@@ -100,6 +100,9 @@ impl Links {
     /// Send one request transaction (already rewritten and carrying our token `tid`) and wait
     /// for its answer until `deadline`. `acknowledged`: the far side never answers this one
     /// (a notification to a Baraza-like peer), so its HTTP acknowledgement is the outcome.
+    /// `answer_for` (a spliced request's origin and its transaction ID): a synchronous
+    /// answer in the fast shape is written back for them by splicing ([`Reply::Written`]);
+    /// anything else is read typed.
     pub(crate) async fn exchange(
         &self,
         target: &Target<'_>,

@@ -208,10 +208,13 @@ impl Reply {
         match self {
             Reply::Typed(p) => p,
             // Only a spliced request is answered by splicing; never reached.
-            Reply::Written { .. } => Primitive::Status(crate::ssp::Status::with(
-                crate::ssp::status::INTERNAL,
-                "answer written for another request",
-            )),
+            Reply::Written { .. } => {
+                debug_assert!(false, "a typed request answered by splicing");
+                Primitive::Status(crate::ssp::Status::with(
+                    crate::ssp::status::INTERNAL,
+                    "answer written for another request",
+                ))
+            }
         }
     }
 
@@ -505,7 +508,6 @@ impl Links {
         }
     }
 
-    /// Answers serialised for `origin`, for a synchronous HTTP response.
     /// [`Links::answer_body`] for one answer the fast path read: its IDs rewritten for
     /// `origin` and its bytes spliced under the origin's transaction ID `tid`. `None` where
     /// only the typed path may write it: a core name in its text, bound for a peer (the
@@ -523,6 +525,7 @@ impl Links {
         }
     }
 
+    /// Answers serialised for `origin`, for a synchronous HTTP response.
     pub fn answer_body(&self, origin: &Origin, answers: Vec<Transaction>) -> String {
         match origin {
             Origin::Core => self.core_body(answers).1,

@@ -331,8 +331,9 @@ impl Links {
         }
     }
 
-    /// Send one request part to a peer and return its answer primitive (IDs still in public
-    /// form).
+    /// Send one request part to a peer and return its answer: typed (IDs still in public
+    /// form), or (a spliced request's answer in the fast shape) written back for the
+    /// request's origin already ([`Reply`]).
     pub(crate) async fn to_peer(
         &self,
         r: &Remote,
@@ -390,11 +391,23 @@ impl Links {
         s: &mut Spliced<'_>,
         tid: &str,
     ) -> Option<String> {
+        self.splice_for(peer, s, &self.session_towards(peer), tid)
+    }
+
+    /// `s` written for `peer` by splicing: IDs rewritten outbound, its namespace, `session`
+    /// and `tid`. `None` if a core name is left in its text (the typed path scrubs it).
+    fn splice_for(
+        &self,
+        peer: &PeerRt,
+        s: &mut Spliced<'_>,
+        session: &str,
+        tid: &str,
+    ) -> Option<String> {
         let live = self.live.load();
         let dir = self.dir.load();
         live.rw
             .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
-        let out = s.emit(&peer.cfg.namespace, &self.session_towards(peer), tid);
+        let out = s.emit(&peer.cfg.namespace, session, tid);
         live.rw.leaks(&out).is_none().then_some(out)
     }
 
@@ -416,10 +429,7 @@ impl Links {
         match request {
             Outbound::Typed(p) => Ok(typed(p, session)),
             Outbound::Spliced(s, _) => {
-                live.rw
-                    .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
-                let out = s.emit(&peer.cfg.namespace, &session, tid);
-                if live.rw.leaks(&out).is_none() {
+                if let Some(out) = self.splice_for(peer, s, &session, tid) {
                     return Ok(out);
                 }
                 // A core name in free text: the typed path scrubs every string.

@@ -40,6 +40,16 @@ pub enum Listener {
     Core,
 }
 
+impl Listener {
+    /// Whose side its requests come from, and the name its refusals are logged under.
+    fn side(self) -> (Side, &'static str) {
+        match self {
+            Listener::Peer => (Side::Peer, "peer-listener"),
+            Listener::Core => (Side::Core, "core"),
+        }
+    }
+}
+
 /// One POST, from ingress to the HTTP response.
 pub async fn handle(
     gw: &Arc<Gateway>,
@@ -49,10 +59,7 @@ pub async fn handle(
 ) -> HttpResponse {
     // A handler at work (a sync sender waiting for its answer) counts for draining.
     let _work = gw.drain().track();
-    let (side, who) = match listener {
-        Listener::Peer => (Side::Peer, "peer-listener"),
-        Listener::Core => (Side::Core, "core"),
-    };
+    let (side, who) = listener.side();
 
     // 1. Ingress: the core listener serves the core only; then method, media type, size, XML.
     if listener == Listener::Core
@@ -80,10 +87,7 @@ async fn typed(
     body: &[u8],
     conn: &Arc<ConnInfo>,
 ) -> HttpResponse {
-    let (side, who) = match listener {
-        Listener::Peer => (Side::Peer, "peer-listener"),
-        Listener::Core => (Side::Core, "core"),
-    };
+    let (side, who) = listener.side();
     let msg = match ingress::parse(gw, body, side, who) {
         Ok(m) => m,
         Err(f) => return refuse(&f),

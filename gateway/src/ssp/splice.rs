@@ -5,7 +5,9 @@
 //!
 //! [`Spliced::scan`] reads the body through the same checks as the typed parser
 //! ([`xml::read`]: size, UTF-8, DOCTYPE, entities, depth, attributes, names, characters), so
-//! it refuses exactly what the typed path refuses. What it accepts it accepts only in the
+//! it refuses exactly what the typed path refuses. It reads plain XML (what real senders
+//! write) with a reader of its own first ([`xml::read_plain`], the same events where it
+//! takes a body), and anything else with the full one. What it accepts it accepts only in the
 //! plain shape real senders use: one `Session` with one `Transaction` holding one of the
 //! primitives above, no namespace prefixes, every entity with its ID attribute, no character
 //! references. Anything else is `Ok(None)` and takes the typed path, which understands it.
@@ -141,8 +143,9 @@ impl<'a> Spliced<'a> {
         //   through (`--` in a comment, a declaration in mid-document);
         // - a namespace declaration (`xmlns`; an SSP one is consumed by the reader unseen)
         //   would put the primitive in another namespace than the envelope we write.
-        // The plain reader declines all four (declarations below the root included), so
-        // what it read needs no search.
+        // The plain reader declines the first three and an SSP declaration below the root
+        // (another namespace's is an attribute the scan stopped on above), so what it read
+        // needs no search.
         let prim = &body[out.prim.clone()];
         if !plain
             && [&b"&#"[..], b"<!", b"<?", b"xmlns"]

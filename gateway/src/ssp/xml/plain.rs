@@ -11,8 +11,10 @@
 //! tags) is declined: the caller reads the body with [`read`](super::read) instead, which
 //! accepts or refuses it as it always has.
 //!
-//! Every check is the [`Driver`]'s, the same code the full reader runs: limits, names,
-//! characters, namespace declarations, the sink's events. A check that fails declines too,
+//! The checks are the [`Driver`]'s, the same code the full reader runs: limits, namespace
+//! declarations, text characters, the sink's events. Names and attribute values this reader
+//! checks byte by byte itself, against a stricter set than the Driver's (which it then
+//! skips). A check that fails declines too,
 //! so the full reader reports it with its own wording. So where this reader accepts a body,
 //! a sink sees exactly the events the full reader gives it; the fuzz target `splice_ssp`
 //! and the property tests compare the two.
