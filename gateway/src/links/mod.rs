@@ -608,18 +608,23 @@ pub(crate) mod tests {
             "<Status code=\"200\"/>",
             "<Status code=\"404\"><StatusDescription>gone</StatusDescription></Status>",
         ];
-        for inner in answers {
+        // An answer in canonical form, as our emitter (and a far gateway) writes it, and its
+        // primitive.
+        let canonical = |inner: &str| {
             let body = format!(
                 "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"y-1@opy.example\">\
                  <Transaction mode=\"Response\" transactionID=\"gw-tid\">{inner}</Transaction>\
                  </Session></WV-SSP-Message>"
             );
-            // In canonical form first, as our emitter (and a far gateway) writes it.
             let body = codec.parse(body.as_bytes()).unwrap().emit(NS_WV_SSP_13);
             let typed = codec.parse(body.as_bytes()).unwrap();
             let primitive = typed.as_session().unwrap().transactions[0]
                 .primitive
                 .clone();
+            (body, primitive)
+        };
+        for inner in answers {
+            let (body, primitive) = canonical(inner);
             let want = links.answer_body(
                 &Origin::Core,
                 vec![Transaction::response("origin-7", primitive)],
@@ -638,16 +643,7 @@ pub(crate) mod tests {
                 false,
             ),
         ] {
-            let body = format!(
-                "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"core-1\">\
-                 <Transaction mode=\"Response\" transactionID=\"gw-tid\">{inner}</Transaction>\
-                 </Session></WV-SSP-Message>"
-            );
-            let body = codec.parse(body.as_bytes()).unwrap().emit(NS_WV_SSP_13);
-            let typed = codec.parse(body.as_bytes()).unwrap();
-            let primitive = typed.as_session().unwrap().transactions[0]
-                .primitive
-                .clone();
+            let (body, primitive) = canonical(&inner);
             let want = links.answer_body(&peer, vec![Transaction::response("origin-7", primitive)]);
             assert!(!want.contains("core.opx.example"));
             let mut s = Spliced::scan(&codec, body.as_bytes()).unwrap().unwrap();

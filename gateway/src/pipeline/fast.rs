@@ -4,6 +4,8 @@
 //! The body is read by the splicing codec ([`Spliced`]); identify, admit, policy and route
 //! run on what it found (the same functions as the typed path, on the same values), and the
 //! request is written for its destination by splicing its own bytes with the IDs rewritten.
+//! The far side's synchronous answer, in the same shape, comes back written for the sender
+//! the same way ([`Reply::Written`], from the links); any other answer is read typed.
 //! Everything else is the typed path's, which understands it: a body the codec refuses (the
 //! typed path refuses it the same way, and counts it), one not in the codec's shape, an
 //! asynchronous sender (whose requests are kept before they are acknowledged), a peer named

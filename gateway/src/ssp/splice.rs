@@ -6,7 +6,7 @@
 //! [`Spliced::scan`] reads the body through the same checks as the typed parser
 //! ([`xml::read`]: size, UTF-8, DOCTYPE, entities, depth, attributes, names, characters), so
 //! it refuses exactly what the typed path refuses. It reads plain XML (what real senders
-//! write) with a reader of its own first ([`xml::read_plain`], the same events where it
+//! write) with a reader of its own first (`xml::read_plain`, the same events where it
 //! takes a body), and anything else with the full one. What it accepts it accepts only in the
 //! plain shape real senders use: one `Session` with one `Transaction` holding one of the
 //! primitives above, no namespace prefixes, every entity with its ID attribute, no character

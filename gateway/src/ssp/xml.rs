@@ -484,19 +484,7 @@ pub fn read<'a>(
     cfg.trim_text_start = false;
     cfg.trim_text_end = false;
 
-    let mut d = Driver {
-        limits,
-        is_ssp_ns,
-        body: text,
-        stack: Vec::with_capacity(8),
-        attrs: Vec::with_capacity(8),
-        prefixes: Vec::new(),
-        root_done: false,
-        namespace: None,
-        elements: 0,
-        transactions: 0,
-        prechecked: false,
-    };
+    let mut d = Driver::new(text, limits, is_ssp_ns, false);
     loop {
         let before = base + reader.buffer_position() as usize;
         let ev = reader.read_event().map_err(|e| XmlError::Syntax {
@@ -588,7 +576,28 @@ struct Driver<'a, 'l> {
     prechecked: bool,
 }
 
-impl<'a> Driver<'a, '_> {
+impl<'a, 'l> Driver<'a, 'l> {
+    fn new(
+        body: &'a str,
+        limits: &'l Limits,
+        is_ssp_ns: IsSspNamespace<'l>,
+        prechecked: bool,
+    ) -> Driver<'a, 'l> {
+        Driver {
+            limits,
+            is_ssp_ns,
+            body,
+            stack: Vec::with_capacity(8),
+            attrs: Vec::with_capacity(8),
+            prefixes: Vec::new(),
+            root_done: false,
+            namespace: None,
+            elements: 0,
+            transactions: 0,
+            prechecked,
+        }
+    }
+
     fn open(
         &mut self,
         s: &BytesStart<'a>,

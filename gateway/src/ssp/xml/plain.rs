@@ -69,19 +69,7 @@ pub(crate) fn read_plain<'a>(
     is_ssp_ns: IsSspNamespace<'_>,
     sink: &mut dyn Sink<'a>,
 ) -> Result<Option<Option<String>>, XmlError> {
-    let mut d = Driver {
-        limits,
-        is_ssp_ns,
-        body: text,
-        stack: Vec::with_capacity(8),
-        attrs: Vec::with_capacity(8),
-        prefixes: Vec::new(),
-        root_done: false,
-        namespace: None,
-        elements: 0,
-        transactions: 0,
-        prechecked: true,
-    };
+    let mut d = Driver::new(text, limits, is_ssp_ns, true);
     match document(&mut d, text, sink) {
         Ok(()) => Ok(Some(d.namespace)),
         Err(Stop::Declined) => Ok(None),
