@@ -159,9 +159,7 @@ impl Links {
             }
             Outbound::Spliced(s, origin) => {
                 answer_for = Some((origin, part.origin_tid));
-                live.rw
-                    .rewrite_slots(&dir, s.slots(), Direction::Inbound, core_view(&live));
-                s.emit(NS_WV_SSP_13, &session, &issued.tid)
+                splice_for_core(&live, &dir, s, &session, &issued.tid)
             }
         };
         drop(dir);
@@ -179,10 +177,7 @@ impl Links {
     pub(crate) fn core_answer_spliced(&self, s: &mut Spliced<'_>, tid: &str) -> String {
         let live = self.live();
         let session = self.answer_session(&live);
-        let dir = self.dir.load();
-        live.rw
-            .rewrite_slots(&dir, s.slots(), Direction::Inbound, core_view(&live));
-        s.emit(NS_WV_SSP_13, &session, tid)
+        splice_for_core(&live, &self.dir.load(), s, &session, tid)
     }
 
     /// Answers serialised for the core (IDs mapped to the core's), and the message.
@@ -211,6 +206,19 @@ fn core_link(live: &Live) -> Result<&CoreLink, Failure> {
     live.core
         .as_ref()
         .ok_or_else(|| Failure::local(Kind::Unreachable, "no [core] configured"))
+}
+
+/// `s` written for the core by splicing: IDs in core form, `session` and `tid`.
+fn splice_for_core(
+    live: &Live,
+    dir: &crate::directory::Directory,
+    s: &mut Spliced<'_>,
+    session: &str,
+    tid: &str,
+) -> String {
+    live.rw
+        .rewrite_slots(dir, s.slots(), Direction::Inbound, core_view(live));
+    s.emit(NS_WV_SSP_13, session, tid)
 }
 
 /// How the core wants IDs written (for inbound rewriting).

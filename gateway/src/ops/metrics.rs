@@ -26,7 +26,8 @@ pub struct Metrics {
     pub deliveries: IntCounterVec,
     /// Requests relayed on the fast path (decided without a typed tree and sent to their one
     /// SSP destination; written by splicing unless a core name in free text needed the typed
-    /// scrub), by primitive. The rest of `requests` took the typed path.
+    /// scrub), and far sides' answers written back to their sender by splicing, by
+    /// primitive. The rest of `requests` took the typed path.
     pub fast_path: IntCounterVec,
     /// Requests being relayed now, by direction.
     pub in_flight: IntGaugeVec,

@@ -69,7 +69,9 @@ pub(crate) async fn request(
     if gw.drain().is_draining() {
         return Some(refuse(&Failure::draining()));
     }
-    let tid = s.transaction_id.clone();
+    // Taken, not copied: the scan's copy is not read again (the request goes out under our
+    // own transaction ID).
+    let tid = std::mem::take(&mut s.transaction_id);
     let form = match s.kind {
         Fast::SendMessageRequest => AnswerForm::SendMessage(s.message_id().map(str::to_owned)),
         _ => AnswerForm::Status,
