@@ -81,16 +81,30 @@ impl Template {
         self.ranges.is_empty() || self.ranges.iter().any(|r| digits.starts_with(r.as_str()))
     }
 
-    fn core_for(&self, n: E164) -> Option<String> {
-        let d = n.digits();
-        if !self.covers(&d) {
+    /// The national part of `digits` (a number's, without `+`) if this template covers it.
+    fn national<'d>(&self, digits: &'d str) -> Option<&'d str> {
+        if !self.covers(digits) {
             return None;
         }
-        let national = d.strip_prefix(self.cc.as_str()).filter(|s| !s.is_empty())?;
-        Some(format!(
-            "{}{national}{}",
-            self.core_prefix, self.core_suffix
-        ))
+        digits
+            .strip_prefix(self.cc.as_str())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Whether the template gives `n` a core ID (asked for every request: no string built).
+    fn serves(&self, n: E164) -> bool {
+        self.national(n.written().digits()).is_some()
+    }
+
+    fn core_for(&self, n: E164) -> Option<String> {
+        let w = n.written();
+        let national = self.national(w.digits())?;
+        let mut id =
+            String::with_capacity(self.core_prefix.len() + national.len() + self.core_suffix.len());
+        id.push_str(&self.core_prefix);
+        id.push_str(national);
+        id.push_str(&self.core_suffix);
+        Some(id)
     }
 
     fn msisdn_for(&self, canonical_core: &str) -> Option<E164> {
@@ -240,8 +254,7 @@ impl Directory {
     /// Whether the number is one of ours (explicit entry, or template range and not ported out).
     pub fn is_subscriber(&self, n: E164) -> bool {
         self.by_msisdn.contains_key(&n.value())
-            || (!self.ported_out.contains(&n.value())
-                && self.templates.iter().any(|t| t.core_for(n).is_some()))
+            || (!self.ported_out.contains(&n.value()) && self.templates.iter().any(|t| t.serves(n)))
     }
 
     /// The MSISDN of a core user ID (canonical text as produced by [`WvId`]'s `Display`).

@@ -9,12 +9,13 @@
 //! emitted bytes for any core domain or host name (free text such as a `StatusDescription` of
 //! "invalid userid: nobody@core…" included) and scrubs every string if one is found.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::config::{Config, IdStyle};
 use crate::directory::Directory;
 use crate::ssp::Message;
-use crate::ssp::ids::WvId;
+use crate::ssp::ids::WvIdRef;
 use crate::ssp::walk::Slot;
 
 /// Which way a message travels.
@@ -102,45 +103,54 @@ impl Rewriter {
         direction: Direction,
         peer: PeerView<'_>,
     ) {
-        match direction {
-            Direction::Outbound => {
-                msg.visit_ids(&mut |slot, s| self.outbound_slot(dir, slot, s, peer))
+        msg.visit_ids(&mut |slot, s| {
+            if let Some(v) = self.slot(dir, slot, s, direction, peer) {
+                *s = v;
             }
-            Direction::Inbound => {
-                msg.visit_ids(&mut |slot, s| self.inbound_slot(dir, slot, s, peer))
-            }
-        }
+        })
     }
 
     /// [`Rewriter::rewrite`] over ID slots found elsewhere (the fast path's spliced
-    /// messages): the same rule for each slot.
-    pub fn rewrite_slots<'s>(
+    /// messages, which borrow what they do not change): the same rule for each slot.
+    pub fn rewrite_slots<'s, 'b: 's>(
         &self,
         dir: &Directory,
-        slots: impl Iterator<Item = (Slot, &'s mut String)>,
+        slots: impl Iterator<Item = (Slot, &'s mut Cow<'b, str>)>,
         direction: Direction,
         peer: PeerView<'_>,
     ) {
         for (slot, s) in slots {
-            match direction {
-                Direction::Outbound => self.outbound_slot(dir, slot, s, peer),
-                Direction::Inbound => self.inbound_slot(dir, slot, s, peer),
+            if let Some(v) = self.slot(dir, slot, s, direction, peer) {
+                *s = Cow::Owned(v);
             }
+        }
+    }
+
+    /// The new value of one ID slot for `direction`, `None` if it stays.
+    fn slot(
+        &self,
+        dir: &Directory,
+        slot: Slot,
+        s: &str,
+        direction: Direction,
+        peer: PeerView<'_>,
+    ) -> Option<String> {
+        match direction {
+            Direction::Outbound => self.outbound_slot(dir, slot, s, peer),
+            Direction::Inbound => self.inbound_slot(dir, slot, s, peer),
         }
     }
 
     /// Rewrite one ID outbound; unparseable values are left alone (the scrub still applies).
     pub fn outbound_id(&self, dir: &Directory, id: &str, peer: PeerView<'_>) -> String {
-        let mut s = id.to_owned();
-        self.outbound_slot(dir, Slot::User, &mut s, peer);
-        s
+        self.outbound_slot(dir, Slot::User, id, peer)
+            .unwrap_or_else(|| id.to_owned())
     }
 
     /// Rewrite one ID inbound.
     pub fn inbound_id(&self, dir: &Directory, id: &str) -> String {
-        let mut s = id.to_owned();
-        self.inbound_slot(dir, Slot::User, &mut s, PeerView::default());
-        s
+        self.inbound_slot(dir, Slot::User, id, PeerView::default())
+            .unwrap_or_else(|| id.to_owned())
     }
 
     fn msisdn_out(&self, n: crate::ssp::E164, own: bool, peer: PeerView<'_>) -> String {
@@ -149,35 +159,37 @@ impl Rewriter {
             IdStyle::MsisdnAtDomain if own => Some(self.public_domain.as_str()),
             IdStyle::MsisdnAtDomain => peer.domain,
         };
-        // Built directly: this runs for most IDs of every message.
-        let mut s = String::with_capacity(20 + host.map_or(0, |h| h.len() + 1));
-        s.push_str("wv:+");
-        let _ = write!(s, "{}", n.value());
-        if let Some(h) = host {
-            s.push('@');
-            s.push_str(h);
-        }
-        s
+        msisdn_text(n, host)
     }
 
-    fn outbound_slot(&self, dir: &Directory, slot: Slot, s: &mut String, peer: PeerView<'_>) {
+    /// The outbound value of one ID slot, `None` when it stays as it is (so an unchanged
+    /// value is never copied).
+    fn outbound_slot(
+        &self,
+        dir: &Directory,
+        slot: Slot,
+        s: &str,
+        peer: PeerView<'_>,
+    ) -> Option<String> {
         if slot == Slot::Domain {
-            if self.core_domains.iter().any(|c| s.eq_ignore_ascii_case(c)) {
-                *s = self.public_domain.clone();
-            }
-            return;
+            return self
+                .core_domains
+                .iter()
+                .any(|c| s.eq_ignore_ascii_case(c))
+                .then(|| self.public_domain.clone());
         }
-        let Ok(id) = WvId::parse(s) else { return };
+        // Read borrowed first: most IDs are numbers, which need no copy of the parts.
+        let id = WvIdRef::parse(s).ok()?;
         if let Some(n) = id.e164() {
             // A bare `wv:+MSISDN` is ours only if the directory says so.
-            let own = dir.is_subscriber(n)
-                || (id.domain.is_some() && self.is_own_domain(id.domain.as_deref()));
-            *s = self.msisdn_out(n, own, peer);
-            return;
+            let own =
+                dir.is_subscriber(n) || (id.domain.is_some() && self.is_own_domain(id.domain()));
+            return Some(self.msisdn_out(n, own, peer));
         }
-        if !self.is_own_domain(id.domain.as_deref()) {
-            return;
+        if !self.is_own_domain(id.domain()) {
+            return None;
         }
+        let id = id.into_owned();
         if id.is_user() {
             // The core may write a subscriber under any of its domains (or the public one,
             // or none); the directory holds one canonical core ID, so try each. One buffer
@@ -193,38 +205,44 @@ impl Rewriter {
                     dir.msisdn(&key)
                 });
             if let Some(n) = found {
-                *s = self.msisdn_out(n, true, peer);
-                return;
+                return Some(self.msisdn_out(n, true, peer));
             }
         }
-        *s = id.with_domain(Some(&self.public_domain)).to_string();
+        Some(id.with_domain_ref(&self.public_domain).to_string())
     }
 
-    /// `core`: how the core wants other operators' numbers (host part or not).
-    fn inbound_slot(&self, dir: &Directory, slot: Slot, s: &mut String, core: PeerView<'_>) {
+    /// The inbound value of one ID slot, `None` when it stays as it is. `core`: how the core
+    /// wants other operators' numbers (host part or not).
+    fn inbound_slot(
+        &self,
+        dir: &Directory,
+        slot: Slot,
+        s: &str,
+        core: PeerView<'_>,
+    ) -> Option<String> {
         if slot == Slot::Domain {
-            if s.eq_ignore_ascii_case(&self.public_domain) {
-                *s = self.primary_core_domain().to_owned();
-            }
-            return;
+            return s
+                .eq_ignore_ascii_case(&self.public_domain)
+                .then(|| self.primary_core_domain().to_owned());
         }
-        let Ok(id) = WvId::parse(s) else { return };
+        let id = WvIdRef::parse(s).ok()?;
         if let Some(n) = id.e164() {
-            *s = match dir.core_id(n) {
+            return Some(match dir.core_id(n) {
                 Some(core) => core,
                 // Not ours (the originator, or a number we do not serve): one stable form,
                 // with our domain as host part for cores that need one.
                 None => {
                     let host = (core.style == IdStyle::MsisdnAtDomain)
                         .then_some(self.public_domain.as_str());
-                    WvId::msisdn(n, host).to_string()
+                    msisdn_text(n, host)
                 }
-            };
-            return;
+            });
         }
-        if id.domain.as_deref() == Some(self.public_domain.as_str()) {
-            *s = id.with_domain(Some(self.primary_core_domain())).to_string();
-        }
+        (id.domain() == Some(self.public_domain.as_str())).then(|| {
+            id.into_owned()
+                .with_domain_ref(self.primary_core_domain())
+                .to_string()
+        })
     }
 
     /// Whether `text` contains any hidden name (case-insensitive).
@@ -299,6 +317,21 @@ fn find_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
     find_ignore_ascii_case(hay, needle).is_some()
+}
+
+/// `wv:+digits`, `@host` added when given: the canonical text of a number's ID, built in one
+/// allocation (this runs for most IDs of every message). `host` is a configured domain
+/// (validated and lowercase), which needs no escaping.
+fn msisdn_text(n: crate::ssp::E164, host: Option<&str>) -> String {
+    let w = n.written();
+    let mut s = String::with_capacity(3 + w.plus().len() + host.map_or(0, |h| h.len() + 1));
+    s.push_str("wv:");
+    s.push_str(w.plus());
+    if let Some(h) = host {
+        s.push('@');
+        s.push_str(h);
+    }
+    s
 }
 
 #[cfg(test)]

@@ -259,20 +259,46 @@ impl TokenKeys {
 
     /// Encode, encrypt and authenticate.
     pub fn seal(&self, t: &Token) -> String {
-        let tid = truncate(&t.origin_tid);
-        let peer = truncate(&t.peer);
+        self.seal_fields(
+            t.leg,
+            t.request_id,
+            t.part,
+            t.parts,
+            t.issued,
+            t.instance,
+            &t.origin_tid,
+            &t.peer,
+        )
+    }
+
+    /// [`TokenKeys::seal`] from borrowed fields: one buffer becomes the token, sealed in
+    /// place (this runs for every request).
+    #[allow(clippy::too_many_arguments)]
+    fn seal_fields(
+        &self,
+        leg: Leg,
+        request_id: u64,
+        part: u8,
+        parts: u8,
+        issued: u32,
+        instance: u32,
+        origin_tid: &str,
+        peer: &str,
+    ) -> String {
+        let tid = truncate(origin_tid);
+        let peer = truncate(peer);
         let mut p = Vec::with_capacity(12 + 22 + tid.len() + peer.len() + aead::MAX_TAG_LEN);
         // Room for the nonce first, so one buffer becomes the token.
         p.extend_from_slice(&[0u8; 12]);
-        p.push(match t.leg {
+        p.push(match leg {
             Leg::ToPeer => 1,
             Leg::ToCore => 2,
         });
-        p.push(t.parts);
-        p.push(t.part);
-        p.extend_from_slice(&t.issued.to_be_bytes());
-        p.extend_from_slice(&t.instance.to_be_bytes());
-        p.extend_from_slice(&t.request_id.to_be_bytes());
+        p.push(parts);
+        p.push(part);
+        p.extend_from_slice(&issued.to_be_bytes());
+        p.extend_from_slice(&instance.to_be_bytes());
+        p.extend_from_slice(&request_id.to_be_bytes());
         p.push(tid.len() as u8);
         p.extend_from_slice(tid.as_bytes());
         p.push(peer.len() as u8);
@@ -283,20 +309,15 @@ impl TokenKeys {
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&hmac::sign(&key.nonce, &p[12..]).as_ref()[..12]);
         p[..12].copy_from_slice(&nonce);
-        let mut body = p.split_off(12);
-        if key
-            .seal
-            .seal_in_place_append_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(AAD),
-                &mut body,
-            )
-            .is_err()
-        {
+        let Ok(tag) = key.seal.seal_in_place_separate_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(AAD),
+            &mut p[12..],
+        ) else {
             return String::new();
-        }
-        p.extend_from_slice(&body);
-        let mut out = String::with_capacity(3 + p.len() * 4 / 3 + 4);
+        };
+        p.extend_from_slice(tag.as_ref());
+        let mut out = String::with_capacity(3 + p.len().div_ceil(3) * 4);
         out.push_str("g2.");
         B64.encode_string(&p, &mut out);
         out
@@ -312,16 +333,16 @@ impl TokenKeys {
         origin_tid: &str,
         peer: &str,
     ) -> String {
-        self.seal(&Token {
+        self.seal_fields(
             leg,
             request_id,
             part,
             parts,
-            issued: now_secs(),
-            instance: self.instance,
-            origin_tid: origin_tid.to_owned(),
-            peer: peer.to_owned(),
-        })
+            now_secs(),
+            self.instance,
+            origin_tid,
+            peer,
+        )
     }
 
     /// Authenticate, decrypt and decode.

@@ -71,7 +71,7 @@ impl ConnInfo {
 pub struct CertMemo {
     /// The configured peer the certificate identifies, if any, under the peering table of
     /// the generation noted.
-    listed: std::sync::Mutex<Option<(u64, Option<String>)>>,
+    listed: std::sync::Mutex<Option<(u64, Option<std::sync::Arc<str>>)>>,
     /// Claimed domains (unlisted peers) and whether the certificate passed for them, under
     /// the generation noted.
     claimed: std::sync::Mutex<(u64, Vec<(String, bool)>)>,
@@ -82,14 +82,19 @@ impl CertMemo {
     /// computing it with `find` the first time (and again once a reload has changed the
     /// table: a peer whose trust was withdrawn is not one any more on connections it opened
     /// before).
-    pub fn listed(&self, generation: u64, find: impl FnOnce() -> Option<String>) -> Option<String> {
+    /// Shared, not copied: this runs for every request of the connection.
+    pub fn listed(
+        &self,
+        generation: u64,
+        find: impl FnOnce() -> Option<String>,
+    ) -> Option<std::sync::Arc<str>> {
         if let Ok(m) = self.listed.lock()
             && let Some((g, p)) = m.as_ref()
             && *g == generation
         {
             return p.clone();
         }
-        let p = find();
+        let p: Option<std::sync::Arc<str>> = find().map(Into::into);
         if let Ok(mut m) = self.listed.lock() {
             *m = Some((generation, p.clone()));
         }

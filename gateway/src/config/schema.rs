@@ -567,7 +567,8 @@ pub struct Cluster {
 impl Config {
     /// The static route of a number: the longest `[[route]]` prefix that covers it.
     pub fn route_for(&self, n: crate::ssp::E164) -> Option<&Route> {
-        let digits = n.digits();
+        let number = n.written();
+        let digits = number.digits();
         self.routes
             .iter()
             .filter(|r| digits.starts_with(r.prefix.as_str()))

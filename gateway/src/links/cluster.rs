@@ -109,7 +109,9 @@ impl Links {
             .post(
                 &url,
                 body,
-                &[(MAC_HEADER, mac)],
+                &super::http::header(MAC_HEADER, &mac)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
                 self.cfg().timeouts.connect.saturating_mul(2),
             )
             .await
@@ -172,7 +174,9 @@ impl Links {
                 .post(
                     &url,
                     body.clone(),
-                    &[(MAC_HEADER, mac.clone())],
+                    &super::http::header(MAC_HEADER, &mac)
+                        .into_iter()
+                        .collect::<Vec<_>>(),
                     self.cfg().timeouts.connect.saturating_mul(2),
                 )
                 .await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{StatusCode, Uri};
 use tokio::time::Instant;
 
-use super::http::{SendError, SspClient};
+use super::http::{Header, SendError, SspClient, header};
 use super::{Issued, Links, Origin, Reply, TapDir};
 use crate::error::{Failure, Kind, Side};
 use crate::ssp::splice::{Kind as FastKind, Spliced};
@@ -38,7 +38,7 @@ pub struct Target<'a> {
 /// token with the key its answer is awaited under.
 pub(crate) struct Outgoing<'a> {
     /// The `x-wv-*` headers ([`request_headers`]).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<Header>,
     /// Its bytes.
     pub body: String,
     /// Our transaction ID and its pending key.
@@ -75,24 +75,30 @@ impl Backoff {
 }
 
 /// Headers Baraza sends and reads with a request (informational; never relied on).
-pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("x-wv-sessionid", session.to_owned()),
-        ("x-wv-transactionid", tid.to_owned()),
+pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<Header> {
+    [
+        header("x-wv-sessionid", session),
+        header("x-wv-transactionid", tid),
     ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Headers Baraza sends and reads (informational; never relied on).
-pub(crate) fn wv_headers(msg: &Message) -> Vec<(&'static str, String)> {
+pub(crate) fn wv_headers(msg: &Message) -> Vec<Header> {
     match &msg.body {
-        Body::Session(s) => {
-            let mut h = vec![("x-wv-sessionid", s.session_id.clone())];
-            if let Some(t) = s.transactions.first() {
-                h.push(("x-wv-transactionid", t.transaction_id.clone()));
-            }
-            h
-        }
-        Body::Setup(t) => vec![("x-wv-transactionid", t.transaction_id.clone())],
+        Body::Session(s) => header("x-wv-sessionid", &s.session_id)
+            .into_iter()
+            .chain(
+                s.transactions
+                    .first()
+                    .and_then(|t| header("x-wv-transactionid", &t.transaction_id)),
+            )
+            .collect(),
+        Body::Setup(t) => header("x-wv-transactionid", &t.transaction_id)
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -157,7 +163,7 @@ impl Links {
         };
         // Async: the answer arrives as its own POST.
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(t)) => Ok(typed(t)),
+            Ok(Ok(t)) => Ok(typed(*t)),
             Ok(Err(_)) | Err(_) => {
                 crate::sampled!(
                     self.logs,
@@ -226,7 +232,7 @@ impl Links {
         &self,
         target: &Target<'_>,
         body: bytes::Bytes,
-        headers: &[(&'static str, String)],
+        headers: &[Header],
         deadline: Instant,
     ) -> Result<(StatusCode, bytes::Bytes), Failure> {
         if target.urls.is_empty() {

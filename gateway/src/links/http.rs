@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -120,6 +120,18 @@ pub enum SendError {
     Body(String),
 }
 
+/// One extra header of a POST, built once per request (not per attempt).
+pub type Header = (HeaderName, HeaderValue);
+
+/// `name: value`; `None` where `value` cannot be a header value (the extra headers are
+/// informational: such a one is left out). `name` is a lowercase constant.
+pub fn header(name: &'static str, value: &str) -> Option<Header> {
+    Some((
+        HeaderName::from_static(name),
+        HeaderValue::from_str(value).ok()?,
+    ))
+}
+
 /// A pooled keep-alive HTTP client (HTTP/2 when the server offers it over TLS).
 #[derive(Clone)]
 pub struct SspClient {
@@ -145,12 +157,12 @@ impl SspClient {
         SspClient { client, max_body }
     }
 
-    /// POST an SSP body; `headers` are extra (e.g. `x-wv-transactionid`).
+    /// POST an SSP body; `headers` are extra (e.g. `x-wv-transactionid`, see [`header`]).
     pub async fn post(
         &self,
         url: &Uri,
         body: impl Into<Bytes>,
-        headers: &[(&'static str, String)],
+        headers: &[Header],
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), SendError> {
         let mut req = Request::post(url.clone())
@@ -160,9 +172,7 @@ impl SspClient {
                 concat!("ssp-gateway/", env!("CARGO_PKG_VERSION")),
             );
         for (k, v) in headers {
-            if let Ok(v) = HeaderValue::from_str(v) {
-                req = req.header(*k, v);
-            }
+            req = req.header(k.clone(), v.clone());
         }
         let req = req
             .body(Full::new(body.into()))

@@ -167,10 +167,16 @@ impl PeerTable {
 
     /// The peer for `domain`: configured, or a default profile for a peer found through DNS.
     pub(crate) fn get(&self, domain: &str) -> Option<Arc<PeerRt>> {
-        let domain = domain.to_ascii_lowercase();
-        if let Some(p) = self.peers.lock().ok()?.get(&domain) {
+        // Looked up as given when already lowercase (as configured domains are): no copy.
+        let domain: std::borrow::Cow<'_, str> = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            domain.to_ascii_lowercase().into()
+        } else {
+            domain.into()
+        };
+        if let Some(p) = self.peers.lock().ok()?.get(domain.as_ref()) {
             return Some(p.clone());
         }
+        let domain = domain.into_owned();
         let cfg = PeerSpec {
             domain: domain.clone(),
             urls: Vec::new(),

@@ -22,7 +22,9 @@ pub(crate) type Key = (u32, u64);
 /// The table.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    map: Mutex<HashMap<Key, oneshot::Sender<Transaction>>>,
+    /// Boxed answers: the channel is allocated for every request that registers, and a
+    /// `Transaction` inline would make it a large allocation (most are never used).
+    map: Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>>>,
     next: AtomicU64,
 }
 
@@ -50,7 +52,10 @@ impl Pending {
     /// Register `id`: the receiver gets the answer, and the entry goes when the
     /// registration is dropped, however the wait ends (answered, timed out, or the waiting
     /// handler dropped because its client went away).
-    pub(crate) fn register(&self, id: Key) -> (Registration<'_>, oneshot::Receiver<Transaction>) {
+    pub(crate) fn register(
+        &self,
+        id: Key,
+    ) -> (Registration<'_>, oneshot::Receiver<Box<Transaction>>) {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, tx);
@@ -62,7 +67,7 @@ impl Pending {
     pub(crate) fn complete(&self, id: Key, answer: Transaction) -> bool {
         let tx = self.map.lock().ok().and_then(|mut m| m.remove(&id));
         match tx {
-            Some(tx) => tx.send(answer).is_ok(),
+            Some(tx) => tx.send(Box::new(answer)).is_ok(),
             None => false,
         }
     }

@@ -27,7 +27,7 @@ use crate::links::{Dest, Origin, Outbound, Part, Reply};
 use crate::resolve::Svc;
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::splice::{Kind as Fast, Spliced};
-use crate::ssp::{Mode, Transaction, WvId};
+use crate::ssp::{Mode, Transaction, WvIdRef};
 use crate::web::{ConnInfo, HttpResponse, refuse, respond};
 
 /// Handle the POST `body` (on the core listener when `from_core`, else the peer listener)
@@ -120,7 +120,7 @@ fn plain(gw: &Gateway, origin: &Origin, s: &Spliced<'_>) -> bool {
     // The rule normalize applies: a report whose sender is not ours but whose recipient is,
     // is turned round.
     let ours = |id: Option<&str>| {
-        id.and_then(|i| WvId::parse(i).ok())
+        id.and_then(|i| WvIdRef::parse(i).ok())
             .and_then(|i| i.e164())
             .is_some_and(|n| gw.directory().is_subscriber(n))
     };

@@ -14,7 +14,7 @@ use crate::error::{Failure, Kind, Side};
 use crate::links::Origin;
 use crate::links::peer::PeerRt;
 use crate::resolve::Unplaced;
-use crate::ssp::{E164, Primitive, WvId};
+use crate::ssp::{E164, Primitive, WvIdRef};
 
 /// Refuse `req` from `origin` if policy says so.
 pub(crate) async fn check(gw: &Gateway, origin: &Origin, req: &Primitive) -> Result<(), Failure> {
@@ -103,19 +103,19 @@ async fn originator_ok(gw: &Gateway, peer: &PeerRt, originator: &str) -> Result<
     if gw.cfg().policy.originator_check == OriginatorCheck::Off {
         return Ok(());
     }
-    let Ok(id) = WvId::parse(originator) else {
+    let Ok(id) = WvIdRef::parse(originator) else {
         return Err(Verdict::Elsewhere);
     };
     let domain = peer.cfg.domain.as_str();
     if let Some(n) = id.e164() {
         // wv:+MSISDN originators have no domain (or the peer's own).
-        if id.domain.as_deref().is_some_and(|d| d != domain) {
+        if id.domain().is_some_and(|d| d != domain) {
             return Err(Verdict::Elsewhere);
         }
         return number_ok(gw, n, domain).await;
     }
-    let ok = match id.domain.as_deref() {
-        Some(d) => d == domain || d.ends_with(&format!(".{domain}")),
+    let ok = match id.domain() {
+        Some(d) => d == domain || d.strip_suffix(domain).is_some_and(|sub| sub.ends_with('.')),
         // A domain-less ID from a peer cannot be attributed.
         None => false,
     };

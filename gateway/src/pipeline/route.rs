@@ -16,7 +16,7 @@ use crate::links::{Dest, Origin, Remote, Source};
 use crate::resolve::{Decision, Protocol, Svc};
 use crate::rewrite::Rewriter;
 use crate::ssp::Primitive;
-use crate::ssp::ids::{E164, NumberError, WvId};
+use crate::ssp::ids::{E164, NumberError, WvId, WvIdRef};
 use crate::ssp::walk::RouteBy;
 
 /// Route-by IDs (recipients, watched users) in one request from the core: each may cost DNS
@@ -118,12 +118,12 @@ fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
             let RouteBy::Id(s) = rb else {
                 return not_ours();
             };
-            match WvId::parse(s) {
+            match WvIdRef::parse(s) {
                 // Our users are named by number between operators; a core-local name on our
                 // public domain only where policy accepts it (`PROTOCOL.md` §6). Groups,
                 // contact lists and the service keep their names.
                 Ok(id)
-                    if id.domain.as_deref() == Some(gw.links.live.load().rw.public_domain())
+                    if id.domain() == Some(gw.links.live.load().rw.public_domain())
                         && (!id.is_user() || cfg.policy.accept_local_names) =>
                 {
                     Dest::Core
@@ -147,12 +147,17 @@ async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
     let Some(r) = gw.resolver() else {
         return no_route(rb.as_str());
     };
-    let target = match route_number(&cfg, rb) {
-        Ok(Some(n)) => format!("+{n}"),
+    // The target as text, built on the stack for a number (the cache is looked up by it).
+    let number;
+    let target: std::borrow::Cow<'_, str> = match route_number(&cfg, rb) {
+        Ok(Some(n)) => {
+            number = n.written();
+            number.plus().into()
+        }
         Ok(None) => match rb {
             // Only a host name goes to DNS: anything else (`wv:bob@+4470…`, stray
             // characters) has no route, and must not be taken for a number.
-            RouteBy::Id(s) => match WvId::parse(s)
+            RouteBy::Id(s) => match WvIdRef::parse(s)
                 .ok()
                 .and_then(|id| id.domain)
                 .filter(|d| crate::resolve::is_host_name(d))
@@ -352,7 +357,7 @@ pub(crate) fn route_number(cfg: &Config, rb: &RouteBy) -> Result<Option<E164>, F
             )),
             Err(e) => Err(Failure::local(Kind::SearchTooBroad, e.to_string())),
         },
-        RouteBy::Id(s) => match WvId::parse(s) {
+        RouteBy::Id(s) => match WvIdRef::parse(s) {
             Ok(id) => Ok(id.e164()),
             Err(e) => Err(Failure::local(Kind::InvalidUserId, e.to_string())),
         },
@@ -383,8 +388,8 @@ fn route_static(cfg: &Config, dir: &Directory, rw: &Rewriter, rb: &RouteBy) -> O
         return None;
     }
     let RouteBy::Id(s) = rb else { return None };
-    let id = WvId::parse(s).ok()?;
-    let domain = id.domain.as_deref();
+    let id = WvIdRef::parse(s).ok()?;
+    let domain = id.domain();
     if rw.is_own_domain(domain) {
         return Some(Dest::Core);
     }

@@ -238,9 +238,61 @@ fn tr(t: Option<&Trace>, s: impl FnOnce() -> String) {
 
 #[derive(Debug, Clone)]
 struct Cached {
-    decision: Decision,
+    /// Shared with every request that uses it: a hit copies no decision.
+    decision: Arc<Decision>,
     expires: Instant,
     stale_until: Instant,
+}
+
+/// The decision cache: one map per service, keyed by target, so a lookup builds no key.
+#[derive(Debug, Default)]
+struct Decisions {
+    im: HashMap<String, Cached>,
+    pres: HashMap<String, Cached>,
+}
+
+impl Decisions {
+    fn of(&self, svc: Svc) -> &HashMap<String, Cached> {
+        match svc {
+            Svc::Im => &self.im,
+            Svc::Pres => &self.pres,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.im.len() + self.pres.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Cached) -> bool) {
+        self.im.retain(|_, e| keep(e));
+        self.pres.retain(|_, e| keep(e));
+    }
+
+    fn clear(&mut self) {
+        self.im.clear();
+        self.pres.clear();
+    }
+
+    /// Make room for one more (see [`evict_some`]), from both maps in proportion.
+    fn evict_some(&mut self, cap: usize) {
+        let total = self.len();
+        if total < cap {
+            return;
+        }
+        for m in [&mut self.im, &mut self.pres] {
+            // This map's share of the cap, so each gives up its part.
+            let share = (cap * m.len()).div_ceil(total.max(1));
+            evict_some(m, share);
+        }
+    }
+
+    fn insert(&mut self, target: &str, svc: Svc, c: Cached) {
+        let m = match svc {
+            Svc::Im => &mut self.im,
+            Svc::Pres => &mut self.pres,
+        };
+        m.insert(target.to_owned(), c);
+    }
 }
 
 /// The resolver shared by the whole gateway.
@@ -252,7 +304,7 @@ pub struct Resolver {
     public_domain: String,
     /// Configured peers (domain, has URLs): the peering table is consulted before SRV.
     peering: Vec<(String, bool)>,
-    cache: Mutex<HashMap<(String, Svc), Cached>>,
+    cache: Mutex<Decisions>,
     /// Server location per SRV name (many numbers share an operator): result and expiry.
     srv_cache: Mutex<HashMap<String, (Found, Instant)>>,
     holds: Mutex<HashMap<String, Instant>>,
@@ -362,7 +414,7 @@ impl Resolver {
             clock,
             public_domain: public_domain.to_ascii_lowercase(),
             peering,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Decisions::default()),
             srv_cache: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
         }
@@ -419,12 +471,17 @@ impl Resolver {
     }
 
     /// The decision for a number or a domain, from the cache when fresh.
-    pub async fn decide(&self, target: &str, svc: Svc) -> Result<Decision, Transient> {
-        let key = (target.to_owned(), svc);
+    pub async fn decide(&self, target: &str, svc: Svc) -> Result<Arc<Decision>, Transient> {
         let now = self.clock.now();
-        // One look under the lock, copying the decision out once: the fresh one to use, or
-        // an expired one kept for serve-stale should DNS fail.
-        let (fresh, stale) = match self.cache.lock().ok().as_deref().and_then(|c| c.get(&key)) {
+        // One look under the lock, sharing the decision out: the fresh one to use, or an
+        // expired one kept for serve-stale should DNS fail.
+        let (fresh, stale) = match self
+            .cache
+            .lock()
+            .ok()
+            .as_deref()
+            .and_then(|c| c.of(svc).get(target))
+        {
             Some(c) if now < c.expires => (Some(c.decision.clone()), None),
             Some(c) if now < c.stale_until => (None, Some(c.decision.clone())),
             _ => (None, None),
@@ -438,7 +495,8 @@ impl Resolver {
             self.metrics.route_cache.with_label_values(&[kind]).inc();
             if d.targets.len() > 1 {
                 // A fresh weighted draw each time: the order must not be frozen for a TTL.
-                d.targets = reorder(d.targets);
+                let d = Arc::make_mut(&mut d);
+                d.targets = reorder(std::mem::take(&mut d.targets));
             }
             return Ok(d);
         }
@@ -447,7 +505,8 @@ impl Resolver {
         // request's future (which is moved whole).
         match Box::pin(self.decide_uncached(target, svc, None)).await {
             Ok(d) => {
-                self.store(key, &d);
+                let d = Arc::new(d);
+                self.store(target, svc, &d);
                 Ok(d)
             }
             Err(e) => match stale {
@@ -462,7 +521,7 @@ impl Resolver {
         }
     }
 
-    fn store(&self, key: (String, Svc), d: &Decision) {
+    fn store(&self, target: &str, svc: Svc, d: &Arc<Decision>) {
         let mut ttl = Duration::from_secs(u64::from(d.ttl));
         // The last resort is where a number goes when nothing was found: held like a negative
         // answer, within the same bounds (no day-long SOA minimum, no uncached zero).
@@ -481,15 +540,15 @@ impl Resolver {
                 // last-resort ones (cheap to learn again, and what a flood of made-up numbers
                 // leaves); if that is not
                 // enough, an arbitrary eighth. Routes kept for serve-stale go last.
-                c.retain(|_, e| now < e.stale_until);
+                c.retain(|e| now < e.stale_until);
                 if c.len() >= self.spec.cache_entries {
-                    c.retain(|_, e| {
+                    c.retain(|e| {
                         !matches!(e.decision.protocol, Protocol::None | Protocol::LastResort)
                     });
                 }
-                evict_some(&mut c, self.spec.cache_entries);
+                c.evict_some(self.spec.cache_entries);
             }
-            c.insert(key, entry);
+            c.insert(target, svc, entry);
         }
     }
 
@@ -1028,7 +1087,7 @@ impl Resolver {
     /// know is placed nowhere; a DNS failure is no verdict (the caller must not take it for
     /// one: anyone able to break its own DNS could otherwise pass any number off as its own).
     pub async fn place(&self, n: E164, peer_domain: &str) -> Result<(), Unplaced> {
-        match self.decide(&format!("+{n}"), Svc::Im).await {
+        match self.decide(n.written().plus(), Svc::Im).await {
             Ok(d) if d.domain.as_deref() == Some(peer_domain) => Ok(()),
             Ok(_) => Err(Unplaced::Elsewhere),
             Err(e) => Err(Unplaced::Unverifiable(e.0)),

@@ -6,6 +6,7 @@
 //! by AOSP's `ImpsAddress` and the MTK client). Output is canonical: `wv:` prefix, lowercase,
 //! and `%XX` escapes for the characters that would change the ID's structure.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A parsed and normalised `wv:` ID.
@@ -48,50 +49,7 @@ pub enum IdError {
 impl WvId {
     /// Parse and normalise.
     pub fn parse(input: &str) -> Result<WvId, IdError> {
-        let s = input.trim();
-        let s = match s.get(..3) {
-            Some(p) if p.eq_ignore_ascii_case("wv:") => &s[3..],
-            _ => s,
-        };
-        if s.is_empty() {
-            return Err(IdError::Empty);
-        }
-        // Raw spaces and control characters are refused; escaped ones (%20) are data.
-        if s.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(IdError::BadChar(input.to_owned()));
-        }
-        // Split on the raw '@' and '/' before decoding, so that an escaped %40 stays data.
-        let (local, domain) = match s.split_once('@') {
-            Some((l, d)) => {
-                if d.contains('@') {
-                    return Err(IdError::TwoAts(input.to_owned()));
-                }
-                if d.is_empty() {
-                    return Err(IdError::EmptyDomain(input.to_owned()));
-                }
-                (l, Some(d))
-            }
-            None => (s, None),
-        };
-        let (user, resource) = match local.split_once('/') {
-            Some((u, r)) => (u, Some(r)),
-            None => (local, None),
-        };
-        let user = decode(user, input)?;
-        let resource = resource.map(|r| decode(r, input)).transpose()?;
-        let domain = domain.map(|d| decode(d, input)).transpose()?;
-        if let Some(digits) = user.strip_prefix('+') {
-            if !valid_e164_digits(digits) {
-                return Err(IdError::Plus(input.to_owned()));
-            }
-        } else if user.contains('+') {
-            return Err(IdError::Plus(input.to_owned()));
-        }
-        Ok(WvId {
-            user,
-            resource,
-            domain,
-        })
+        WvIdRef::parse(input).map(WvIdRef::into_owned)
     }
 
     /// A service ID `wv:@domain`.
@@ -106,7 +64,7 @@ impl WvId {
     /// An MSISDN ID `wv:+digits`, optionally with a domain.
     pub fn msisdn(n: E164, domain: Option<&str>) -> WvId {
         WvId {
-            user: format!("+{n}"),
+            user: n.plus(),
             resource: None,
             domain: domain.map(str::to_ascii_lowercase),
         }
@@ -155,6 +113,95 @@ impl fmt::Display for WvId {
     }
 }
 
+/// A parsed and normalised `wv:` ID that borrows its parts from the input where they are
+/// already canonical (no escapes, no capitals): what the per-request checks read (a number,
+/// a domain) without copying it. [`WvId::parse`] is this, made owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WvIdRef<'a> {
+    /// As [`WvId::user`].
+    pub user: Cow<'a, str>,
+    /// As [`WvId::resource`].
+    pub resource: Option<Cow<'a, str>>,
+    /// As [`WvId::domain`].
+    pub domain: Option<Cow<'a, str>>,
+}
+
+impl<'a> WvIdRef<'a> {
+    /// Parse and normalise, with the rules and errors of [`WvId::parse`].
+    pub fn parse(input: &'a str) -> Result<WvIdRef<'a>, IdError> {
+        let s = input.trim();
+        let s = match s.get(..3) {
+            Some(p) if p.eq_ignore_ascii_case("wv:") => &s[3..],
+            _ => s,
+        };
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        // Raw spaces and control characters are refused; escaped ones (%20) are data.
+        if s.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(IdError::BadChar(input.to_owned()));
+        }
+        // Split on the raw '@' and '/' before decoding, so that an escaped %40 stays data.
+        let (local, domain) = match s.split_once('@') {
+            Some((l, d)) => {
+                if d.contains('@') {
+                    return Err(IdError::TwoAts(input.to_owned()));
+                }
+                if d.is_empty() {
+                    return Err(IdError::EmptyDomain(input.to_owned()));
+                }
+                (l, Some(d))
+            }
+            None => (s, None),
+        };
+        let (user, resource) = match local.split_once('/') {
+            Some((u, r)) => (u, Some(r)),
+            None => (local, None),
+        };
+        let user = decode(user, input)?;
+        let resource = resource.map(|r| decode(r, input)).transpose()?;
+        let domain = domain.map(|d| decode(d, input)).transpose()?;
+        if let Some(digits) = user.strip_prefix('+') {
+            if !valid_e164_digits(digits) {
+                return Err(IdError::Plus(input.to_owned()));
+            }
+        } else if user.contains('+') {
+            return Err(IdError::Plus(input.to_owned()));
+        }
+        Ok(WvIdRef {
+            user,
+            resource,
+            domain,
+        })
+    }
+
+    /// The E.164 number if the user part is `+digits`.
+    pub fn e164(&self) -> Option<E164> {
+        self.user
+            .strip_prefix('+')
+            .and_then(|d| E164::from_digits(d).ok())
+    }
+
+    /// The domain, if any.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    /// A plain user (no resource), MSISDN users included.
+    pub fn is_user(&self) -> bool {
+        !self.user.is_empty() && self.resource.is_none()
+    }
+
+    /// The owned ID.
+    pub fn into_owned(self) -> WvId {
+        WvId {
+            user: self.user.into_owned(),
+            resource: self.resource.map(Cow::into_owned),
+            domain: self.domain.map(Cow::into_owned),
+        }
+    }
+}
+
 struct DisplayWith<'a> {
     id: &'a WvId,
     domain: &'a str,
@@ -188,9 +235,16 @@ pub fn canonical(input: &str) -> String {
     }
 }
 
-fn decode(part: &str, whole: &str) -> Result<String, IdError> {
+fn decode<'a>(part: &'a str, whole: &str) -> Result<Cow<'a, str>, IdError> {
     if !part.contains('%') {
-        return Ok(lower(part));
+        // Nearly every ID on the wire is already lowercase ASCII: borrowed as it is.
+        if !part
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
+        {
+            return Ok(Cow::Borrowed(part));
+        }
+        return Ok(Cow::Owned(lower(part)));
     }
     let bytes = part.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -209,9 +263,13 @@ fn decode(part: &str, whole: &str) -> Result<String, IdError> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map(|s| lower(&s))
-        .map_err(|_| IdError::Escape(whole.to_owned()))
+    let mut out = String::from_utf8(out).map_err(|_| IdError::Escape(whole.to_owned()))?;
+    if out.is_ascii() {
+        out.make_ascii_lowercase();
+    } else {
+        out = out.to_lowercase();
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// Lowercase, with the ASCII fast path IDs nearly always take.
@@ -307,13 +365,58 @@ impl E164 {
 
     /// The digits as a string, without `+`.
     pub fn digits(self) -> String {
-        self.0.to_string()
+        self.written().digits().to_owned()
+    }
+
+    /// `+digits`, in a string allocated once.
+    pub fn plus(self) -> String {
+        self.written().plus().to_owned()
+    }
+
+    /// `+digits` and the digits, written on the stack (lookups by number build no string).
+    pub fn written(self) -> Written {
+        let mut buf = [0u8; 16];
+        let mut at = buf.len();
+        let mut v = self.0;
+        // At least one digit; at most 15 (the constructors keep v below 10^15).
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 || at == 1 {
+                break;
+            }
+        }
+        at -= 1;
+        buf[at] = b'+';
+        Written { buf, at: at as u8 }
+    }
+}
+
+/// An [`E164`] written out: `+digits` in a stack buffer.
+#[derive(Clone, Copy)]
+pub struct Written {
+    buf: [u8; 16],
+    /// Where the `+` is.
+    at: u8,
+}
+
+impl Written {
+    /// `+digits`.
+    pub fn plus(&self) -> &str {
+        // Only ASCII digits and `+` are written (see `E164::written`).
+        std::str::from_utf8(&self.buf[usize::from(self.at)..]).unwrap_or_default()
+    }
+
+    /// The digits, without `+`.
+    pub fn digits(&self) -> &str {
+        self.plus().get(1..).unwrap_or_default()
     }
 }
 
 impl fmt::Display for E164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        f.pad(self.written().digits())
     }
 }
 
@@ -480,6 +583,21 @@ mod tests {
             }
         }
 
+        /// The borrowed reading is the owned one, accepted and refused alike, and borrows
+        /// only what is already canonical.
+        #[test]
+        fn the_borrowed_parse_is_the_owned_one(s in "(wv:|WV:)?[a-zA-Z0-9._~%+/-]{0,12}(@[a-zA-Z0-9.%-]{1,12})?") {
+            let r = WvIdRef::parse(&s);
+            prop_assert_eq!(r.clone().map(WvIdRef::into_owned), WvId::parse(&s));
+            if let Ok(r) = r {
+                for part in [Some(&r.user), r.resource.as_ref(), r.domain.as_ref()].into_iter().flatten() {
+                    if let Cow::Borrowed(b) = part {
+                        prop_assert!(!b.contains('%') && !b.bytes().any(|c| c.is_ascii_uppercase()));
+                    }
+                }
+            }
+        }
+
         #[test]
         fn any_unicode_user_round_trips(user in "[^+@/]{1,10}", dom in "[a-z0-9.]{1,10}") {
             let id = WvId { user: user.to_lowercase(), resource: None, domain: Some(dom) };
@@ -492,6 +610,9 @@ mod tests {
         fn e164_round_trips(d in "[1-9][0-9]{0,14}") {
             let n = E164::from_digits(&d).unwrap();
             prop_assert_eq!(n.to_string(), d.clone());
+            prop_assert_eq!(n.plus(), format!("+{d}"));
+            let w = n.written();
+            prop_assert_eq!(w.digits(), d.as_str());
             prop_assert_eq!(E164::from_value(n.value()), Some(n));
             let id = WvId::msisdn(n, None);
             prop_assert_eq!(WvId::parse(&id.to_string()).unwrap().e164(), Some(n));

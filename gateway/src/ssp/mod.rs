@@ -14,7 +14,7 @@ pub use common::{
     ContentData, DetailedResult, Entity, EntityKind, Ext, MessageInfo, MetaInfo, Party,
     PresenceValue, Status,
 };
-pub use ids::{E164, NumberPlan, WvId};
+pub use ids::{E164, NumberPlan, WvId, WvIdRef};
 pub use message::{
     Body, Codec, Message, Mode, NS_WV_SSP_13, ParseError, Session, SetupTransaction, Transaction,
 };

@@ -22,6 +22,7 @@
 //! form both paths give the same bytes (property tests in `gateway/tests/splice.rs`); for any other,
 //! the same message once parsed.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use super::message::{Body, Codec, MAX_REQUEST_TID, Mode};
@@ -71,11 +72,12 @@ impl Kind {
 
 /// One ID slot: its kind, its value (rewritten in place) and where it sits in the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Id {
+pub struct Id<'a> {
     /// What the slot holds.
     pub slot: Slot,
-    /// The value, entities resolved; what is written back.
-    pub value: String,
+    /// The value, entities resolved; what is written back. Borrowed from the body until
+    /// it is rewritten.
+    pub value: Cow<'a, str>,
     raw: Range<usize>,
     in_attr: bool,
 }
@@ -89,11 +91,11 @@ pub struct Spliced<'a> {
     /// Request or response.
     pub mode: Mode,
     /// The sender's session ID (trimmed).
-    pub session_id: String,
+    pub session_id: Cow<'a, str>,
     /// The sender's transaction ID (trimmed).
-    pub transaction_id: String,
+    pub transaction_id: Cow<'a, str>,
     /// Every ID slot of the primitive, in document order.
-    pub ids: Vec<Id>,
+    pub ids: Vec<Id<'a>>,
     prim: Range<usize>,
     route_by: Vec<usize>,
     service: Option<usize>,
@@ -104,7 +106,7 @@ pub struct Spliced<'a> {
     sender_first: Option<usize>,
     wants_report: bool,
     code: Option<u16>,
-    message_id: Option<String>,
+    message_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> Spliced<'a> {
@@ -162,7 +164,7 @@ impl<'a> Spliced<'a> {
     pub fn route_by(&self) -> Vec<RouteBy> {
         self.route_by
             .iter()
-            .map(|&i| RouteBy::Id(self.ids[i].value.clone()))
+            .map(|&i| RouteBy::Id(self.ids[i].value.to_string()))
             .collect()
     }
 
@@ -173,23 +175,23 @@ impl<'a> Spliced<'a> {
             .iter()
             .chain(&self.requestor_user)
             .chain(&self.originators)
-            .map(|&i| self.ids[i].value.as_str())
+            .map(|&i| self.ids[i].value.as_ref())
     }
 
     /// The requesting user (`MetaInfo/Requestor`), if any.
     pub fn requestor_user(&self) -> Option<&str> {
-        self.requestor_user.map(|i| self.ids[i].value.as_str())
+        self.requestor_user.map(|i| self.ids[i].value.as_ref())
     }
 
     /// The first ID of `MessageInfo/Sender` and of `MessageInfo/Recipient`.
     pub fn sender_and_recipient(&self) -> (Option<&str>, Option<&str>) {
-        let id = |i: Option<usize>| i.map(|i| self.ids[i].value.as_str());
+        let id = |i: Option<usize>| i.map(|i| self.ids[i].value.as_ref());
         (id(self.sender_first), id(self.recipient_first))
     }
 
     /// The requestor's `serviceID`, if any.
     pub fn requestor_service(&self) -> Option<&str> {
-        self.service.map(|i| self.ids[i].value.as_str())
+        self.service.map(|i| self.ids[i].value.as_ref())
     }
 
     /// A `SendMessageRequest`'s `MessageInfo/@messageID` (its answer repeats it).
@@ -212,7 +214,7 @@ impl<'a> Spliced<'a> {
     }
 
     /// Every ID slot, for rewriting in place.
-    pub fn slots(&mut self) -> impl Iterator<Item = (Slot, &mut String)> {
+    pub fn slots(&mut self) -> impl Iterator<Item = (Slot, &mut Cow<'a, str>)> {
         self.ids.iter_mut().map(|id| (id.slot, &mut id.value))
     }
 
@@ -235,7 +237,16 @@ impl<'a> Spliced<'a> {
     /// The message with `session_id` and `tid`, declaring `namespace`, the primitive's bytes
     /// copied with every ID slot written from [`Spliced::ids`].
     pub fn emit(&self, namespace: &str, session_id: &str, tid: &str) -> String {
-        let mut w = XmlWriter::document_sized(namespace, self.prim.len() + 256);
+        // Room for the whole message, so it is written in one allocation: the envelope's
+        // markup (under 192 bytes), its values, the primitive, and what rewriting added
+        // (escapes aside, which IDs almost never need).
+        let grown: usize = self
+            .ids
+            .iter()
+            .map(|id| id.value.len().saturating_sub(id.raw.len()))
+            .sum();
+        let size = 192 + namespace.len() + session_id.len() + tid.len() + self.prim.len() + grown;
+        let mut w = XmlWriter::document_sized(namespace, size);
         w.start("WV-SSP-Message");
         w.start("Session");
         w.attr("sessionID", session_id);
@@ -324,7 +335,7 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn envelope(&mut self, o: &Open<'_, '_>) -> Result<Ctx, XmlError> {
+    fn envelope(&mut self, o: &Open<'_, 'a>) -> Result<Ctx, XmlError> {
         let stop = Err(XmlError::Stopped);
         match (o.depth, o.name) {
             (1, "WV-SSP-Message") if o.attrs.is_empty() => Ok(Ctx::Root),
@@ -333,7 +344,7 @@ impl<'a> Scan<'a> {
                 let mut session = None;
                 for a in o.attrs.iter() {
                     match a.key {
-                        "sessionID" => session = Some(a.value.trim().to_owned()),
+                        "sessionID" => session = Some(trimmed(&a.value)),
                         _ => return stop,
                     }
                 }
@@ -345,7 +356,7 @@ impl<'a> Scan<'a> {
                     kind: Kind::Status,
                     mode: Mode::Request,
                     session_id,
-                    transaction_id: String::new(),
+                    transaction_id: Cow::Borrowed(""),
                     ids: Vec::with_capacity(8),
                     prim: 0..0,
                     route_by: Vec::new(),
@@ -366,7 +377,7 @@ impl<'a> Scan<'a> {
                 for a in o.attrs.iter() {
                     match a.key {
                         "mode" => mode = Mode::parse(&a.value),
-                        "transactionID" => tid = Some(a.value.trim()),
+                        "transactionID" => tid = Some(trimmed(&a.value)),
                         _ => return stop,
                     }
                 }
@@ -380,7 +391,7 @@ impl<'a> Scan<'a> {
                     return stop;
                 };
                 out.mode = mode;
-                out.transaction_id = tid.to_owned();
+                out.transaction_id = tid;
                 Ok(Ctx::Transaction)
             }
             _ => stop,
@@ -498,7 +509,7 @@ impl<'a> Sink<'a> for Scan<'a> {
             if let Some(slot) = attr_slot(a.key) {
                 out.ids.push(Id {
                     slot,
-                    value: a.value.to_string(),
+                    value: a.value.clone(),
                     raw,
                     in_attr: true,
                 });
@@ -537,7 +548,7 @@ impl<'a> Sink<'a> for Scan<'a> {
                     .attrs
                     .iter()
                     .find(|a| a.key == "messageID")
-                    .map(|a| a.value.to_string());
+                    .map(|a| a.value.clone());
             }
             (Ctx::Other, Some(Ctx::Requestor)) if entity.is_some() => {
                 if std::mem::replace(&mut seen.requestor_user, true) {
@@ -630,7 +641,8 @@ impl<'a> Sink<'a> for Scan<'a> {
                 self.text_slot = Some(out.ids.len());
                 out.ids.push(Id {
                     slot: Slot::Domain,
-                    value: value.to_owned(),
+                    // The body's own bytes (the Text's lifetime is the reader's).
+                    value: Cow::Borrowed(&self.body[raw.clone()]),
                     raw,
                     in_attr: false,
                 });
@@ -646,6 +658,14 @@ impl<'a> Sink<'a> for Scan<'a> {
                 Ok(())
             }
         }
+    }
+}
+
+/// `v` trimmed, still borrowed from the body when it was.
+fn trimmed<'a>(v: &Cow<'a, str>) -> Cow<'a, str> {
+    match v {
+        Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+        Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
     }
 }
 

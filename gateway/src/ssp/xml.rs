@@ -363,7 +363,10 @@ pub fn parse(
     let root = tree
         .root
         .ok_or_else(|| XmlError::Structure("no root element".into()))?;
-    Ok(Document { root, namespace })
+    Ok(Document {
+        root,
+        namespace: namespace.map(Cow::into_owned),
+    })
 }
 
 /// One attribute of an element being read, after every check.
@@ -467,7 +470,7 @@ pub fn read<'a>(
     limits: &Limits,
     is_ssp_ns: IsSspNamespace<'_>,
     sink: &mut dyn Sink<'a>,
-) -> Result<Option<String>, XmlError> {
+) -> Result<Option<Cow<'a, str>>, XmlError> {
     // A UTF-8 byte-order mark is legal before the declaration.
     let stripped = text.strip_prefix('\u{feff}').unwrap_or(text);
     // quick-xml drops one more mark at the start without counting it in its positions.
@@ -566,9 +569,9 @@ struct Driver<'a, 'l> {
     /// The attributes of the element being opened (one buffer for all elements).
     attrs: Vec<Attr<'a>>,
     /// (depth, prefix) pairs of prefixes bound to an SSP namespace, innermost last.
-    prefixes: Vec<(usize, String)>,
+    prefixes: Vec<(usize, &'a str)>,
     root_done: bool,
-    namespace: Option<String>,
+    namespace: Option<Cow<'a, str>>,
     elements: usize,
     transactions: usize,
     /// Names and attribute values were checked byte by byte by the caller (the plain
@@ -706,16 +709,16 @@ impl<'a, 'l> Driver<'a, 'l> {
         if key == "xmlns" {
             if (self.is_ssp_ns)(&value) {
                 if depth == 1 {
-                    self.namespace = Some(value.into_owned());
+                    self.namespace = Some(value);
                 }
                 return Ok(());
             }
         } else if let Some(prefix) = key.strip_prefix("xmlns:")
             && (self.is_ssp_ns)(&value)
         {
-            self.prefixes.push((depth, prefix.to_owned()));
+            self.prefixes.push((depth, prefix));
             if depth == 1 && self.namespace.is_none() {
-                self.namespace = Some(value.into_owned());
+                self.namespace = Some(value);
             }
             return Ok(());
         }
@@ -735,7 +738,7 @@ impl<'a, 'l> Driver<'a, 'l> {
         // A byte search: names are short, and this runs for every element.
         let colon = qname.bytes().position(|b| b == b':');
         let (name, prefixed) = match colon.map(|i| (&qname[..i], &qname[i + 1..])) {
-            Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| p == prefix) => {
+            Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| *p == prefix) => {
                 (local, true)
             }
             Some(_) => (qname, true),
@@ -935,31 +938,31 @@ pub fn emit(root: &Element, namespace: &str) -> String {
 /// Streaming canonical XML writer. Start tags stay open until the first child or text, so
 /// empty elements come out self-closed without knowing in advance.
 #[derive(Debug)]
-pub struct XmlWriter {
+pub struct XmlWriter<'n> {
     out: String,
     /// A start tag is open (`<name attr="v"` written, `>` not yet).
     open: bool,
-    /// The namespace still to declare on the next (root) element.
-    pending_ns: Option<String>,
+    /// The namespace still to declare on the next (root) element (borrowed: the writer
+    /// lives only while one message is written).
+    pending_ns: Option<&'n str>,
 }
 
-impl XmlWriter {
+impl<'n> XmlWriter<'n> {
     /// A writer for a whole document whose root declares `namespace`.
-    pub fn document(namespace: &str) -> Self {
-        let mut out = String::with_capacity(1024);
+    pub fn document(namespace: &'n str) -> Self {
+        XmlWriter::document_sized(namespace, 1024)
+    }
+
+    /// [`XmlWriter::document`] with room for `capacity` bytes (one allocation when the
+    /// message fits).
+    pub fn document_sized(namespace: &'n str, capacity: usize) -> Self {
+        let mut out = String::with_capacity(capacity);
         out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
         XmlWriter {
             out,
             open: false,
-            pending_ns: Some(namespace.to_owned()),
+            pending_ns: Some(namespace),
         }
-    }
-
-    /// [`XmlWriter::document`] with room for `capacity` bytes.
-    pub fn document_sized(namespace: &str, capacity: usize) -> Self {
-        let mut w = XmlWriter::document(namespace);
-        w.out.reserve(capacity.saturating_sub(w.out.capacity()));
-        w
     }
 
     /// Markup copied as it is (well-formed content the caller vouches for).
@@ -1000,7 +1003,7 @@ impl XmlWriter {
         self.out.push_str(name);
         self.open = true;
         if let Some(ns) = self.pending_ns.take() {
-            self.attr("xmlns", &ns);
+            self.attr("xmlns", ns);
         }
     }
 

@@ -68,7 +68,7 @@ pub(crate) fn read_plain<'a>(
     limits: &Limits,
     is_ssp_ns: IsSspNamespace<'_>,
     sink: &mut dyn Sink<'a>,
-) -> Result<Option<Option<String>>, XmlError> {
+) -> Result<Option<Option<Cow<'a, str>>>, XmlError> {
     let mut d = Driver::new(text, limits, is_ssp_ns, true);
     match document(&mut d, text, sink) {
         Ok(()) => Ok(Some(d.namespace)),
