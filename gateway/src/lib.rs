@@ -10,6 +10,7 @@
 //! `drain`, `ops` (metrics, admin endpoints), `resolve` (DNS only), `links` (the far sides),
 //! `pipeline` (the request path, stage by stage), `app` (the service: listeners, start, stop).
 
+pub mod alloc;
 pub mod app;
 pub mod budget;
 pub mod certs;

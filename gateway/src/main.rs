@@ -1,5 +1,9 @@
 //! `ssp-gateway`: command-line entry point. Parses arguments, sets up logging and dispatches.
 
+/// The allocator, and why: `ssp_gateway::alloc`.
+#[global_allocator]
+static ALLOC: ssp_gateway::alloc::MiMalloc = ssp_gateway::alloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -352,14 +352,21 @@ impl Links {
                 format!("no TLS profile for {}", r.domain),
             )
         })?;
-        let urls: Vec<Uri> = if r.urls.is_empty() {
+        // A configured peer's own URLs, borrowed (no copy per request); else the route's or
+        // DNS-found ones.
+        let found: Vec<Uri>;
+        let urls: &[Uri] = if !r.urls.is_empty() {
+            found = r.urls.iter().filter_map(|u| u.parse().ok()).collect();
+            &found
+        } else if !peer.urls.is_empty() {
+            &peer.urls
+        } else {
             // Boxed (as the association below): a resolution's state would enlarge every
             // request's future, which is moved whole.
-            Box::pin(self.peer_urls(&peer)).await
-        } else {
-            r.urls.iter().filter_map(|u| u.parse().ok()).collect()
+            found = Box::pin(self.peer_urls(&peer)).await;
+            &found
         };
-        let target = peer.target(&urls);
+        let target = peer.target(urls);
         let deadline = Instant::now() + self.cfg().timeouts.request;
         let session = if peer.cfg.auth == PeerAuth::Association {
             Box::pin(self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline))

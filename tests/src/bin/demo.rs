@@ -8,6 +8,10 @@
 //!
 //! `cargo run -p ssp-testbed --bin demo [-- --keep-running]`
 
+/// The allocator, and why: `ssp_gateway::alloc`.
+#[global_allocator]
+static ALLOC: ssp_gateway::alloc::MiMalloc = ssp_gateway::alloc::MiMalloc;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};

@@ -3,6 +3,10 @@
 //!
 //! `cargo run --release -p ssp-testbed --bin ladder -- [--quick] [--out FILE] [--hold SECS]`
 
+/// The allocator, and why: `ssp_gateway::alloc`.
+#[global_allocator]
+static ALLOC: ssp_gateway::alloc::MiMalloc = ssp_gateway::alloc::MiMalloc;
+
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
