@@ -8,7 +8,8 @@
 //! Modules, from the bottom up: `ssp` (the message model and codec), `config`, `directory`,
 //! `rewrite`, `token`, `tls`, `error` (the one failure classification), `web` (HTTP pieces),
 //! `drain`, `ops` (metrics, admin endpoints), `resolve` (DNS only), `links` (the far sides),
-//! `pipeline` (the request path, stage by stage), `app` (the service: listeners, start, stop).
+//! `pipeline` (the request path, stage by stage), `app` (the service: listeners, start, stop);
+//! and `alloc`, the allocator the binaries declare.
 
 pub mod alloc;
 pub mod app;
