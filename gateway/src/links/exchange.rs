@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use http::{StatusCode, Uri};
+use http::{HeaderName, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::http::{Header, SendError, SspClient, header};
@@ -74,11 +74,16 @@ impl Backoff {
     }
 }
 
+/// `x-wv-sessionid`, which Baraza sends and reads.
+const X_WV_SESSIONID: HeaderName = HeaderName::from_static("x-wv-sessionid");
+/// `x-wv-transactionid`, which Baraza sends and reads.
+const X_WV_TRANSACTIONID: HeaderName = HeaderName::from_static("x-wv-transactionid");
+
 /// Headers Baraza sends and reads with a request (informational; never relied on).
 pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<Header> {
     [
-        header("x-wv-sessionid", session),
-        header("x-wv-transactionid", tid),
+        header(X_WV_SESSIONID, session),
+        header(X_WV_TRANSACTIONID, tid),
     ]
     .into_iter()
     .flatten()
@@ -88,15 +93,15 @@ pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<Header> {
 /// Headers Baraza sends and reads (informational; never relied on).
 pub(crate) fn wv_headers(msg: &Message) -> Vec<Header> {
     match &msg.body {
-        Body::Session(s) => header("x-wv-sessionid", &s.session_id)
+        Body::Session(s) => header(X_WV_SESSIONID, &s.session_id)
             .into_iter()
             .chain(
                 s.transactions
                     .first()
-                    .and_then(|t| header("x-wv-transactionid", &t.transaction_id)),
+                    .and_then(|t| header(X_WV_TRANSACTIONID, &t.transaction_id)),
             )
             .collect(),
-        Body::Setup(t) => header("x-wv-transactionid", &t.transaction_id)
+        Body::Setup(t) => header(X_WV_TRANSACTIONID, &t.transaction_id)
             .into_iter()
             .collect(),
     }

@@ -124,12 +124,10 @@ pub enum SendError {
 pub type Header = (HeaderName, HeaderValue);
 
 /// `name: value`; `None` where `value` cannot be a header value (the extra headers are
-/// informational: such a one is left out). `name` is a lowercase constant.
-pub fn header(name: &'static str, value: &str) -> Option<Header> {
-    Some((
-        HeaderName::from_static(name),
-        HeaderValue::from_str(value).ok()?,
-    ))
+/// informational: such a one is left out). Names are constants (`HeaderName::from_static`
+/// in a `const`, checked when compiled).
+pub fn header(name: HeaderName, value: &str) -> Option<Header> {
+    Some((name, HeaderValue::from_str(value).ok()?))
 }
 
 /// A pooled keep-alive HTTP client (HTTP/2 when the server offers it over TLS).

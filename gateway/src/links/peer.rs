@@ -352,8 +352,8 @@ impl Links {
                 format!("no TLS profile for {}", r.domain),
             )
         })?;
-        // A configured peer's own URLs, borrowed (no copy per request); else the route's or
-        // DNS-found ones.
+        // The route's URLs; else the configured peer's own, borrowed (no copy per request);
+        // else those DNS finds.
         let found: Vec<Uri>;
         let urls: &[Uri] = if !r.urls.is_empty() {
             found = r.urls.iter().filter_map(|u| u.parse().ok()).collect();

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use crate::web::{BodyLimits, HttpResponse, read_body};
 
 /// Header carrying the HMAC of a body sent between replicas.
-pub(crate) const MAC_HEADER: &str = "ssp-handoff-mac";
+pub(crate) const MAC_HEADER: http::HeaderName = http::HeaderName::from_static("ssp-handoff-mac");
 
 /// What the admin endpoints need of the running gateway.
 pub(crate) trait Admin {

@@ -273,17 +273,18 @@ impl Decisions {
         self.pres.clear();
     }
 
-    /// Make room for one more (see [`evict_some`]), from both maps in proportion.
+    /// Make room for one more: as many as [`evict_some`] would take from one map of both
+    /// (an eighth, or what is over the cap), taken from each in proportion to its size.
     fn evict_some(&mut self, cap: usize) {
         let total = self.len();
-        if total < cap {
+        if total < cap || total == 0 {
             return;
         }
-        for m in [&mut self.im, &mut self.pres] {
-            // This map's share of the cap, so each gives up its part.
-            let share = (cap * m.len()).div_ceil(total.max(1));
-            evict_some(m, share);
-        }
+        let need = evictions(total, cap);
+        // Rounded down for one map; the other gives the rest, which never exceeds its size.
+        let from_im = need * self.im.len() / total;
+        remove_some(&mut self.im, from_im);
+        remove_some(&mut self.pres, need - from_im);
     }
 
     fn insert(&mut self, target: &str, svc: Svc, c: Cached) {
@@ -1115,7 +1116,16 @@ fn evict_some<K: Clone + Eq + std::hash::Hash, V>(c: &mut HashMap<K, V>, cap: us
     if c.len() < cap {
         return;
     }
-    let n = (c.len() / 8).max(1 + c.len() - cap);
+    remove_some(c, evictions(c.len(), cap));
+}
+
+/// How many of `len` entries a full cache of `cap` gives up: an eighth, or what is over.
+fn evictions(len: usize, cap: usize) -> usize {
+    (len / 8).max((1 + len).saturating_sub(cap))
+}
+
+/// Remove `n` entries (or all there are), whichever come first in the map's order.
+fn remove_some<K: Clone + Eq + std::hash::Hash, V>(c: &mut HashMap<K, V>, n: usize) {
     let gone: Vec<K> = c.keys().take(n).cloned().collect();
     for k in gone {
         c.remove(&k);
@@ -1203,5 +1213,39 @@ mod tests {
         let mut small: HashMap<u32, ()> = (0..3).map(|i| (i, ())).collect();
         evict_some(&mut small, 2);
         assert_eq!(small.len(), 1, "below the cap, room for one more");
+    }
+
+    /// The decision cache (one map per service) gives up what one map would, shared in
+    /// proportion: never all, never a lone entry of the smaller map needlessly.
+    #[test]
+    fn the_decision_cache_loses_a_part_of_both_services_never_all() {
+        let entry = |svc| Cached {
+            decision: Arc::new(Decision::new("+4670000000", svc)),
+            expires: Instant::now(),
+            stale_until: Instant::now(),
+        };
+        let mut c = Decisions::default();
+        c.insert("+1", Svc::Im, entry(Svc::Im));
+        c.insert("+1", Svc::Pres, entry(Svc::Pres));
+        c.evict_some(2);
+        assert_eq!(c.len(), 1, "full at 2 of 2: one goes, not both");
+        let mut c = Decisions::default();
+        for i in 0..70 {
+            c.insert(&format!("+{i}"), Svc::Im, entry(Svc::Im));
+        }
+        for i in 0..10 {
+            c.insert(&format!("+{i}"), Svc::Pres, entry(Svc::Pres));
+        }
+        c.evict_some(100);
+        assert_eq!(c.len(), 80, "not full: untouched");
+        c.evict_some(80);
+        assert_eq!(
+            (c.im.len(), c.pres.len()),
+            (62, 8),
+            "an eighth, in proportion"
+        );
+        c.evict_some(5);
+        assert_eq!(c.len(), 4, "far over the cap: room for one more");
+        assert!(!c.im.is_empty(), "the larger map keeps its share");
     }
 }

@@ -638,11 +638,15 @@ impl<'a> Sink<'a> for Scan<'a> {
                 }
                 let lead = s.len() - s.trim_start().len();
                 let raw = t.at.start + lead..t.at.start + lead + value.len();
+                // The body's own bytes, borrowed for the message's lifetime (the Text's is
+                // the reader's): the same text, since the run is the body's bytes at `t.at`.
+                let Some(borrowed) = self.body.get(raw.clone()).filter(|b| *b == value) else {
+                    return stop;
+                };
                 self.text_slot = Some(out.ids.len());
                 out.ids.push(Id {
                     slot: Slot::Domain,
-                    // The body's own bytes (the Text's lifetime is the reader's).
-                    value: Cow::Borrowed(&self.body[raw.clone()]),
+                    value: Cow::Borrowed(borrowed),
                     raw,
                     in_attr: false,
                 });

@@ -1,0 +1,114 @@
+//! How many heap allocations the fast path's codec makes for one message: the scan, the
+//! rewrite and the splice of a 1.3 KB `SendMessageRequest` with seven ID slots, each way.
+//! Counted on this thread by `allocation-counter` (the global allocator of this test
+//! binary only). The bounds are what the code makes today: a change that copies each ID
+//! again, or grows the output buffer, fails here before it shows in the load ladder
+//! (README, Performance: allocations per request).
+
+use std::path::Path;
+
+use ssp_gateway::config::{DirectorySpec, IdStyle};
+use ssp_gateway::directory::Directory;
+use ssp_gateway::rewrite::{Direction, PeerView, Rewriter};
+use ssp_gateway::ssp::splice::Spliced;
+use ssp_gateway::ssp::{Codec, NS_WV_SSP_13};
+
+/// A Baraza-style message of about 1.3 KB: requestor, two recipients by number, a sender.
+fn message() -> String {
+    let mut m = String::from(
+        r#"<?xml version='1.0'?>
+<WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
+<Session sessionID="8@core.opx.example">
+<Transaction mode="Request" transactionID="0000000002-0">
+<SendMessageRequest deliveryReport="Yes">
+<MetaInfo clientOriginated="Yes">
+<Requestor serviceID="wv:@core.opx.example">
+<User userID="wv:usera@core.opx.example"/>
+</Requestor></MetaInfo>
+<MessageInfo messageID="8aee9981801716c039215f69def4ffad7" contentType="text/plain" contentSize="300" validity="600">
+<Recipient>
+<User userID="wv:+4915112345678"/>
+<User userID="wv:+4915112345679"/>
+</Recipient>
+<Sender>
+<User userID="wv:usera@core.opx.example" friendlyName="User A"/>
+</Sender>
+<DateTime format="iso8601">2026-11-25T12:27:59Z</DateTime>
+</MessageInfo>
+<ContentData contentType="text/plain" encoding="base64">
+"#,
+    );
+    for _ in 0..6 {
+        m.push_str("SGVsbG8gZnJvbSBvcGVyYXRvciBYLCB0aGlzIGlzIGEgdGVzdCBtZXNzYWdlIQ==\r\n");
+    }
+    m.push_str(
+        "</ContentData>\n</SendMessageRequest>\n</Transaction>\n</Session>\n</WV-SSP-Message>\n",
+    );
+    m
+}
+
+/// Scan, rewrite `direction` and splice `body`; the output's length (so nothing is
+/// optimised away).
+fn relay(codec: &Codec, rw: &Rewriter, dir: &Directory, body: &str, direction: Direction) -> usize {
+    let view = PeerView {
+        style: IdStyle::Msisdn,
+        domain: Some("opy.example"),
+    };
+    let mut s = Spliced::scan(codec, body.as_bytes())
+        .expect("the message reads")
+        .expect("the message is in the fast shape");
+    rw.rewrite_slots(dir, s.slots(), direction, view);
+    let out = s.emit(NS_WV_SSP_13, "gw-17@opx.example", "gw-tid-1");
+    // Towards a peer, the check every outbound message gets (towards the core it would
+    // find the core's own names, rightly).
+    if direction == Direction::Outbound {
+        assert!(rw.leaks(&out).is_none(), "no core name left: {out}");
+    }
+    out.len()
+}
+
+#[test]
+fn the_fast_codec_allocates_a_bounded_number_of_times_per_message() {
+    let body = message();
+    let codec = Codec::default();
+    let rw = Rewriter::from_parts("opx.example", &["core.opx.example".into()], &[]);
+    let mut dir = Directory::load(&DirectorySpec::default()).expect("empty directory");
+    dir.load_csv(
+        Path::new("alloc.csv"),
+        "+46701234567,wv:usera@core.opx.example\n",
+    )
+    .expect("directory");
+    // Warm: whatever is made once per process (lazy statics) is not per message.
+    relay(&codec, &rw, &dir, &body, Direction::Outbound);
+    relay(&codec, &rw, &dir, &body, Direction::Inbound);
+    for (direction, bound) in [
+        (Direction::Outbound, OUTBOUND),
+        (Direction::Inbound, INBOUND),
+    ] {
+        let mut len = 0;
+        let n = allocation_counter::measure(|| {
+            len = relay(&codec, &rw, &dir, &body, direction);
+        });
+        assert!(len > body.len() / 2);
+        println!(
+            "{direction:?}: {} allocations, {} bytes",
+            n.count_total, n.bytes_total
+        );
+        assert!(
+            n.count_total <= bound,
+            "{direction:?}: {} allocations per message, at most {bound} expected",
+            n.count_total
+        );
+        assert_eq!(n.count_current, 0, "nothing kept after the message");
+    }
+}
+
+/// Outbound (core to peer), 20: the scan's six buffers (the reader's element and attribute
+/// stacks, the ID list, the scan's stack, the route-by and originator lists), the output,
+/// and the rewrite's: the service ID (read owned, written with the public domain), two core
+/// names (each read owned, looked up under a key and written as a number) and two numbers
+/// written again with our rule.
+const OUTBOUND: u64 = 20;
+/// Inbound (peer to core), 9: the scan's six buffers, the output, and the two numbers the
+/// rewrite writes in the core's form; the rest stay borrowed from the body.
+const INBOUND: u64 = 9;
