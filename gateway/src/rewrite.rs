@@ -189,26 +189,25 @@ impl Rewriter {
         if !self.is_own_domain(id.domain()) {
             return None;
         }
-        let id = id.into_owned();
         if id.is_user() {
             // The core may write a subscriber under any of its domains (or the public one,
             // or none); the directory holds one canonical core ID, so try each. One buffer
             // serves all attempts.
             let mut key = String::with_capacity(s.len() + 24);
-            let own_first = id.domain.as_deref().filter(|d| *d != self.public_domain);
+            let own_first = id.domain().filter(|d| *d != self.public_domain);
             let found = own_first
                 .into_iter()
                 .chain(self.core_domains.iter().map(String::as_str))
                 .find_map(|d| {
                     key.clear();
-                    let _ = write!(key, "{}", id.with_domain_ref(d));
+                    let _ = write!(key, "{}", id.with_domain(d));
                     dir.msisdn(&key)
                 });
             if let Some(n) = found {
                 return Some(self.msisdn_out(n, true, peer));
             }
         }
-        Some(id.with_domain_ref(&self.public_domain).to_string())
+        Some(id.with_domain(&self.public_domain).to_string())
     }
 
     /// The inbound value of one ID slot, `None` when it stays as it is. `core`: how the core
@@ -238,11 +237,8 @@ impl Rewriter {
                 }
             });
         }
-        (id.domain() == Some(self.public_domain.as_str())).then(|| {
-            id.into_owned()
-                .with_domain_ref(self.primary_core_domain())
-                .to_string()
-        })
+        (id.domain() == Some(self.public_domain.as_str()))
+            .then(|| id.with_domain(self.primary_core_domain()).to_string())
     }
 
     /// Whether `text` contains any hidden name (case-insensitive).

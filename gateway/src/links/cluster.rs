@@ -109,9 +109,7 @@ impl Links {
             .post(
                 &url,
                 body,
-                &super::http::header(MAC_HEADER, &mac)
-                    .into_iter()
-                    .collect::<Vec<_>>(),
+                super::http::header(MAC_HEADER, &mac).as_slice(),
                 self.cfg().timeouts.connect.saturating_mul(2),
             )
             .await
@@ -174,9 +172,7 @@ impl Links {
                 .post(
                     &url,
                     body.clone(),
-                    &super::http::header(MAC_HEADER, &mac)
-                        .into_iter()
-                        .collect::<Vec<_>>(),
+                    super::http::header(MAC_HEADER, &mac).as_slice(),
                     self.cfg().timeouts.connect.saturating_mul(2),
                 )
                 .await;

@@ -91,25 +91,16 @@ impl WvId {
             .strip_prefix('+')
             .and_then(|d| E164::from_digits(d).ok())
     }
-
-    /// Display this ID with another domain, without copying it.
-    pub fn with_domain_ref<'a>(&'a self, domain: &'a str) -> impl fmt::Display + 'a {
-        DisplayWith { id: self, domain }
-    }
-
-    /// The same ID with another domain.
-    pub fn with_domain(&self, domain: Option<&str>) -> WvId {
-        WvId {
-            user: self.user.clone(),
-            resource: self.resource.clone(),
-            domain: domain.map(str::to_ascii_lowercase),
-        }
-    }
 }
 
 impl fmt::Display for WvId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_id(f, self, self.domain.as_deref())
+        write_id(
+            f,
+            &self.user,
+            self.resource.as_deref(),
+            self.domain.as_deref(),
+        )
     }
 }
 
@@ -192,6 +183,11 @@ impl<'a> WvIdRef<'a> {
         !self.user.is_empty() && self.resource.is_none()
     }
 
+    /// This ID with another domain, in canonical form, without copying it.
+    pub fn with_domain<'s>(&'s self, domain: &'s str) -> impl fmt::Display + 's {
+        DisplayWith { id: self, domain }
+    }
+
     /// The owned ID.
     pub fn into_owned(self) -> WvId {
         WvId {
@@ -202,21 +198,32 @@ impl<'a> WvIdRef<'a> {
     }
 }
 
-struct DisplayWith<'a> {
-    id: &'a WvId,
-    domain: &'a str,
+struct DisplayWith<'s, 'a> {
+    id: &'s WvIdRef<'a>,
+    domain: &'s str,
 }
 
-impl fmt::Display for DisplayWith<'_> {
+impl fmt::Display for DisplayWith<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_id(f, self.id, Some(self.domain))
+        write_id(
+            f,
+            &self.id.user,
+            self.id.resource.as_deref(),
+            Some(self.domain),
+        )
     }
 }
 
-fn write_id(f: &mut fmt::Formatter<'_>, id: &WvId, domain: Option<&str>) -> fmt::Result {
+/// The canonical text of an ID's parts.
+fn write_id(
+    f: &mut fmt::Formatter<'_>,
+    user: &str,
+    resource: Option<&str>,
+    domain: Option<&str>,
+) -> fmt::Result {
     f.write_str("wv:")?;
-    encode(f, &id.user, true)?;
-    if let Some(r) = &id.resource {
+    encode(f, user, true)?;
+    if let Some(r) = resource {
         f.write_str("/")?;
         encode(f, r, false)?;
     }
