@@ -287,39 +287,49 @@ impl TokenKeys {
     ) -> String {
         let tid = truncate(origin_tid);
         let peer = truncate(peer);
-        let mut p = Vec::with_capacity(12 + 22 + tid.len() + peer.len() + aead::MAX_TAG_LEN);
-        // Room for the nonce first, so one buffer becomes the token.
-        p.extend_from_slice(&[0u8; 12]);
-        p.push(match leg {
-            Leg::ToPeer => 1,
-            Leg::ToCore => 2,
-        });
-        p.push(parts);
-        p.push(part);
-        p.extend_from_slice(&issued.to_be_bytes());
-        p.extend_from_slice(&instance.to_be_bytes());
-        p.extend_from_slice(&request_id.to_be_bytes());
-        p.push(tid.len() as u8);
-        p.extend_from_slice(tid.as_bytes());
-        p.push(peer.len() as u8);
-        p.extend_from_slice(peer.as_bytes());
+        // On the stack (the fields are bounded: two strings of at most 255 bytes), so the
+        // token costs one allocation, its text. Room for the nonce first, then the
+        // plaintext, sealed in place, then the tag.
+        let mut p = [0u8; 12 + 22 + 2 * 255 + aead::MAX_TAG_LEN];
+        let mut n = 12;
+        let mut put = |bytes: &[u8]| {
+            p[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        put(&[
+            match leg {
+                Leg::ToPeer => 1,
+                Leg::ToCore => 2,
+            },
+            parts,
+            part,
+        ]);
+        put(&issued.to_be_bytes());
+        put(&instance.to_be_bytes());
+        put(&request_id.to_be_bytes());
+        put(&[tid.len() as u8]);
+        put(tid.as_bytes());
+        put(&[peer.len() as u8]);
+        put(peer.as_bytes());
         let Some(key) = self.keys.first() else {
             return String::new();
         };
         let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&hmac::sign(&key.nonce, &p[12..]).as_ref()[..12]);
+        nonce.copy_from_slice(&hmac::sign(&key.nonce, &p[12..n]).as_ref()[..12]);
         p[..12].copy_from_slice(&nonce);
         let Ok(tag) = key.seal.seal_in_place_separate_tag(
             aead::Nonce::assume_unique_for_key(nonce),
             aead::Aad::from(AAD),
-            &mut p[12..],
+            &mut p[12..n],
         ) else {
             return String::new();
         };
-        p.extend_from_slice(tag.as_ref());
-        let mut out = String::with_capacity(3 + p.len().div_ceil(3) * 4);
+        let tag = tag.as_ref();
+        p[n..n + tag.len()].copy_from_slice(tag);
+        n += tag.len();
+        let mut out = String::with_capacity(3 + n.div_ceil(3) * 4);
         out.push_str("g2.");
-        B64.encode_string(&p, &mut out);
+        B64.encode_string(&p[..n], &mut out);
         out
     }
 

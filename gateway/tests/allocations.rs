@@ -72,12 +72,13 @@ fn the_fast_codec_allocates_a_bounded_number_of_times_per_message() {
     }
 }
 
-/// Outbound (core to peer), 15: the scan's six buffers (the reader's element and attribute
-/// stacks, the ID list, the scan's stack, the route-by and originator lists), the output,
-/// and the rewrite's: the service ID written with the public domain (a string that grows
-/// once), two core names (each looked up under a key and written as a number) and two
-/// numbers written again with our rule. IDs are read borrowed, never copied to be read.
-const OUTBOUND: u64 = 15;
-/// Inbound (peer to core), 9: the scan's six buffers, the output, and the two numbers the
-/// rewrite writes in the core's form; the rest stay borrowed from the body.
-const INBOUND: u64 = 9;
+/// Outbound (core to peer), 10: the scan's one buffer (the ID list: the reader's element
+/// and attribute stacks, the scan's stack and its route-by and originator lists are inline),
+/// the output, and the rewrite's: the service ID written with the public domain (a string
+/// that grows once), two core names (each looked up under a key and written as a number)
+/// and two numbers written again with our rule. IDs are read borrowed, never copied to be
+/// read.
+const OUTBOUND: u64 = 10;
+/// Inbound (peer to core), 4: the ID list, the output, and the two numbers the rewrite
+/// writes in the core's form; the rest stay borrowed from the body.
+const INBOUND: u64 = 4;

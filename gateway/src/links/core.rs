@@ -151,7 +151,7 @@ impl Links {
             Outbound::Typed(request) => {
                 let mut msg = Message::session(
                     session,
-                    vec![Transaction::request(issued.tid.clone(), request)],
+                    vec![Transaction::request(issued.tid.clone(), *request)],
                 );
                 live.rw
                     .rewrite(&dir, &mut msg, Direction::Inbound, core_view(&live));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode, Uri};
 use tokio::time::Instant;
 
-use super::http::{Header, SendError, SspClient, header};
+use super::http::{Header, Headers, SendError, SspClient, header};
 use super::{Issued, Links, Origin, Reply, TapDir};
 use crate::error::{Failure, Kind, Side};
 use crate::ssp::splice::{Kind as FastKind, Spliced};
@@ -38,7 +38,7 @@ pub struct Target<'a> {
 /// token with the key its answer is awaited under.
 pub(crate) struct Outgoing<'a> {
     /// The `x-wv-*` headers ([`request_headers`]).
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Its bytes.
     pub body: String,
     /// Our transaction ID and its pending key.
@@ -80,7 +80,7 @@ const X_WV_SESSIONID: HeaderName = HeaderName::from_static("x-wv-sessionid");
 const X_WV_TRANSACTIONID: HeaderName = HeaderName::from_static("x-wv-transactionid");
 
 /// Headers Baraza sends and reads with a request (informational; never relied on).
-pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<Header> {
+pub(crate) fn request_headers(session: &str, tid: &str) -> Headers {
     [
         header(X_WV_SESSIONID, session),
         header(X_WV_TRANSACTIONID, tid),
@@ -91,7 +91,7 @@ pub(crate) fn request_headers(session: &str, tid: &str) -> Vec<Header> {
 }
 
 /// Headers Baraza sends and reads (informational; never relied on).
-pub(crate) fn wv_headers(msg: &Message) -> Vec<Header> {
+pub(crate) fn wv_headers(msg: &Message) -> Headers {
     match &msg.body {
         Body::Session(s) => header(X_WV_SESSIONID, &s.session_id)
             .into_iter()
@@ -248,12 +248,22 @@ impl Links {
             ));
         }
         let mut last = String::new();
-        for url in target.urls {
+        // The last attempt takes the body itself: the first clone of a body made from a
+        // `String` allocates (its buffer becomes shared), which one URL never needs.
+        let mut body = Some(body);
+        let n = target.urls.len();
+        for (i, url) in target.urls.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match target.client.post(url, body.clone(), headers, left).await {
+            let attempt = if i + 1 == n {
+                body.take()
+            } else {
+                body.clone()
+            };
+            let Some(attempt) = attempt else { break };
+            match target.client.post(url, attempt, headers, left).await {
                 Ok((s, _)) if s.is_server_error() => {
                     last = format!("{url} answered HTTP {}", s.as_u16());
                     self.delivery_failed(target, "http-5xx", &last);

@@ -123,6 +123,10 @@ pub enum SendError {
 /// One extra header of a POST, built once per request (not per attempt).
 pub type Header = (HeaderName, HeaderValue);
 
+/// The extra headers of one POST: at most the two `x-wv-*` ones, kept inline (no allocation
+/// per request for the list).
+pub type Headers = smallvec::SmallVec<[Header; 2]>;
+
 /// `name: value`; `None` where `value` cannot be a header value (the extra headers are
 /// informational: such a one is left out). Names are constants (`HeaderName::from_static`
 /// in a `const`, checked when compiled).

@@ -440,7 +440,7 @@ impl Links {
                 .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace)
         };
         match request {
-            Outbound::Typed(p) => Ok(typed(p, session)),
+            Outbound::Typed(p) => Ok(typed(*p, session)),
             Outbound::Spliced(s, _) => {
                 if let Some(out) = self.splice_for(peer, s, &session, tid) {
                     return Ok(out);

@@ -14,6 +14,7 @@
 //! peer reach our core only, and the answer goes back over the origin's link. Every request
 //! that is taken in gets exactly one answer before its deadline.
 
+use std::pin::pin;
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
@@ -184,10 +185,9 @@ async fn typed(
                     Ok(slot) => admitted.push((t, slot)),
                     Err(f) => {
                         let label = t.primitive.label();
-                        let answer = metered(gw, &origin, label, async {
-                            AnswerForm::of(&t.primitive).answer(f.status())
-                        })
-                        .await;
+                        let refusal =
+                            pin!(async { AnswerForm::of(&t.primitive).answer(f.status()) });
+                        let answer = metered(gw, &origin, label, refusal).await;
                         refused.push(Transaction::response(t.transaction_id, answer));
                         last_refusal = Some(f);
                     }
@@ -239,17 +239,19 @@ async fn request(gw: &Arc<Gateway>, origin: &Origin, t: Transaction) -> Transact
         ..
     } = t;
     let label = primitive.label();
-    let answer = metered(gw, origin, label, async {
-        // Admit: an in-flight slot and the sender's rate.
-        let _slot = match admit::slot(gw, origin) {
-            Ok(s) => s,
-            Err(f) => return AnswerForm::of(&primitive).answer(f.status()),
-        };
-        relay::stages(gw, origin, &tid, primitive, true, None)
-            .await
-            .answer
-    })
-    .await;
+    let answer = {
+        let work = pin!(async {
+            // Admit: an in-flight slot and the sender's rate.
+            let _slot = match admit::slot(gw, origin) {
+                Ok(s) => s,
+                Err(f) => return AnswerForm::of(&primitive).answer(f.status()),
+            };
+            relay::stages(gw, origin, &tid, primitive, true, None)
+                .await
+                .answer
+        });
+        metered(gw, origin, label, work).await
+    };
     Transaction::response(tid, answer)
 }
 

@@ -4,6 +4,7 @@
 //! resumed after a restart or tried again after its destination came back).
 
 use std::future::Future;
+use std::pin::Pin;
 
 use super::fanout::{self, Spread};
 use super::keep::Keep;
@@ -52,11 +53,15 @@ pub(crate) async fn stages(
 }
 
 /// Count, gauge and time the handling of one request around `answer`.
+///
+/// `answer` is pinned by the caller (`std::pin::pin!`) and borrowed: a future taken by value
+/// would be held twice in this one's state (as the argument and as what is awaited), and
+/// every request's future is moved whole; on the fast path that was 3.6 of its 7.7 KB.
 pub(crate) async fn metered<A: Answer>(
     gw: &Gateway,
     origin: &Origin,
     primitive: &'static str,
-    answer: impl Future<Output = A>,
+    answer: Pin<&mut impl Future<Output = A>>,
 ) -> A {
     let started = std::time::Instant::now();
     count_request(gw, origin, primitive);

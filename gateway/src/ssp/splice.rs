@@ -25,6 +25,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use smallvec::SmallVec;
+
 use super::message::{Body, Codec, MAX_REQUEST_TID, Mode};
 use super::primitives::Primitive;
 use super::walk::{RouteBy, Slot, attr_slot};
@@ -97,11 +99,13 @@ pub struct Spliced<'a> {
     /// Every ID slot of the primitive, in document order.
     pub ids: Vec<Id<'a>>,
     prim: Range<usize>,
-    route_by: Vec<usize>,
+    /// Indexes into `ids` (as the other lists here), inline for the usual few: a scan
+    /// allocates for its IDs only.
+    route_by: SmallVec<[usize; 4]>,
     service: Option<usize>,
     requestor_user: Option<usize>,
     /// Originators the primitive adds after its requestor (sender, presence values).
-    originators: Vec<usize>,
+    originators: SmallVec<[usize; 4]>,
     recipient_first: Option<usize>,
     sender_first: Option<usize>,
     wants_report: bool,
@@ -305,11 +309,12 @@ struct Seen {
 struct Scan<'a> {
     body: &'a str,
     out: Option<Spliced<'a>>,
-    /// Each open element's context, and whether it has text (bit 0) or a child (bit 1).
+    /// Each open element's context, and whether it has text (bit 0) or a child (bit 1);
+    /// inline to the depth of real SSP bodies.
     /// SSP has no mixed content: the typed parser joins text around a child, which the
     /// spliced bytes would keep apart (a core name split by an element would escape the
     /// byte search).
-    stack: Vec<(Ctx, u8)>,
+    stack: SmallVec<[(Ctx, u8); 16]>,
     seen: Seen,
     /// The `Domain` text being read: its ID index, once seen.
     text_slot: Option<usize>,
@@ -329,7 +334,7 @@ impl<'a> Scan<'a> {
         Scan {
             body,
             out: None,
-            stack: Vec::with_capacity(12),
+            stack: SmallVec::new(),
             seen: Seen::default(),
             text_slot: None,
         }
@@ -359,10 +364,10 @@ impl<'a> Scan<'a> {
                     transaction_id: Cow::Borrowed(""),
                     ids: Vec::with_capacity(8),
                     prim: 0..0,
-                    route_by: Vec::new(),
+                    route_by: SmallVec::new(),
                     service: None,
                     requestor_user: None,
-                    originators: Vec::new(),
+                    originators: SmallVec::new(),
                     recipient_first: None,
                     sender_first: None,
                     wants_report: false,

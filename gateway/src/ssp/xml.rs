@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
+use smallvec::SmallVec;
 
 mod plain;
 pub(crate) use plain::read_plain;
@@ -380,6 +381,9 @@ pub struct Attr<'a> {
     pub raw: Option<Range<usize>>,
 }
 
+/// The attributes of one start tag, inline up to the number real SSP elements carry.
+pub type AttrBuf<'a> = SmallVec<[Attr<'a>; 8]>;
+
 /// A start tag that passed every check, for a [`Sink`].
 #[derive(Debug)]
 pub struct Open<'s, 'a> {
@@ -388,7 +392,7 @@ pub struct Open<'s, 'a> {
     /// Whether the name as written has a prefix (SSP or not).
     pub prefixed: bool,
     /// Attributes in document order; SSP namespace declarations are consumed.
-    pub attrs: &'s mut Vec<Attr<'a>>,
+    pub attrs: &'s mut AttrBuf<'a>,
     /// Nesting depth, the root counting as 1.
     pub depth: usize,
     /// The start tag's bytes in the body.
@@ -565,9 +569,10 @@ struct Driver<'a, 'l> {
     /// The body as text, for the offsets of borrowed attribute values.
     body: &'a str,
     /// Open elements: where their name is in the body (for errors) and text length so far.
-    stack: Vec<(Option<Range<usize>>, usize)>,
+    /// Inline up to the depth of real SSP bodies, as `attrs`: a reader costs no allocation.
+    stack: SmallVec<[(Option<Range<usize>>, usize); 12]>,
     /// The attributes of the element being opened (one buffer for all elements).
-    attrs: Vec<Attr<'a>>,
+    attrs: AttrBuf<'a>,
     /// (depth, prefix) pairs of prefixes bound to an SSP namespace, innermost last.
     prefixes: Vec<(usize, &'a str)>,
     root_done: bool,
@@ -590,8 +595,8 @@ impl<'a, 'l> Driver<'a, 'l> {
             limits,
             is_ssp_ns,
             body,
-            stack: Vec::with_capacity(8),
-            attrs: Vec::with_capacity(8),
+            stack: SmallVec::new(),
+            attrs: SmallVec::new(),
             prefixes: Vec::new(),
             root_done: false,
             namespace: None,
