@@ -434,7 +434,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
             Some(_) => reload::ResolverSource::Given,
             None => reload::ResolverSource::Config(opts.clock.clone().unwrap_or(Clock::System)),
         },
-        admin_token: arc_swap::ArcSwapOption::from(admin_token(gw.cfg().as_ref())?.map(Arc::new)),
+        admin_token: arc_swap::ArcSwapOption::from(admin_token(&gw.cfg())?.map(Arc::new)),
         listening: std::sync::Mutex::default(),
         reloading: std::sync::Mutex::default(),
     });

@@ -1,6 +1,7 @@
 //! The link to our core: where requests for our subscribers go (their IDs rewritten to the
 //! core's), and where answers to the core's own requests go back.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::Uri;
@@ -131,14 +132,16 @@ impl Links {
         let core = core_link(&live)?;
         let target = core.target();
         let deadline = Instant::now() + live.cfg.timeouts.request;
-        let session = if self.core_associates() {
+        let session: Cow<'_, str> = if self.core_associates() {
             let domain = live.rw.primary_core_domain().to_owned();
             // Boxed: the association's state would enlarge every request's future.
-            Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
-                .await?
-                .our_session
+            Cow::Owned(
+                Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
+                    .await?
+                    .our_session,
+            )
         } else {
-            core.session.clone()
+            Cow::Borrowed(&core.session)
         };
         let issued = match part.issued {
             Some(i) => i.clone(),
@@ -150,7 +153,7 @@ impl Links {
         let body = match request {
             Outbound::Typed(request) => {
                 let mut msg = Message::session(
-                    session,
+                    session.into_owned(),
                     vec![Transaction::request(issued.tid.clone(), *request)],
                 );
                 live.rw
@@ -175,7 +178,7 @@ impl Links {
     /// A remote answer, read by the fast path, written for the core (see
     /// [`Links::answer_spliced`]): IDs in core form, our session with the core.
     pub(crate) fn core_answer_spliced(&self, s: &mut Spliced<'_>, tid: &str) -> String {
-        let live = self.live();
+        let live = self.live.load();
         let session = self.answer_session(&live);
         splice_for_core(&live, &self.dir.load(), s, &session, tid)
     }

@@ -244,6 +244,18 @@ impl Outbound<'_, '_> {
     }
 }
 
+/// The configuration of one live snapshot, held as long as the caller needs it (a reload
+/// in between changes what the next call sees, not this).
+pub struct CfgRef(arc_swap::Guard<Arc<Live>>);
+
+impl std::ops::Deref for CfgRef {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0.cfg
+    }
+}
+
 /// One part of a request on its way: whose it is, so that its answer can be routed back by
 /// the token alone (after a restart, by another replica).
 #[derive(Debug, Clone, Copy)]
@@ -436,9 +448,10 @@ impl Links {
         self.live.load_full()
     }
 
-    /// The configuration in use.
-    pub(crate) fn cfg(&self) -> Arc<Config> {
-        self.live.load().cfg.clone()
+    /// The configuration in use, borrowed from the live snapshot (no reference count
+    /// taken: the request path reads it a dozen times per request).
+    pub(crate) fn cfg(&self) -> CfgRef {
+        CfgRef(self.live.load())
     }
 
     /// Send one request part to `dest` and return its answer primitive (IDs in public form

@@ -3,6 +3,7 @@
 //! request part to a peer (association first when it authenticates that way), and posting
 //! answers back to it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -319,11 +320,11 @@ pub(crate) fn keyed_limiter<K: std::hash::Hash + Eq + Clone>(
 
 impl Links {
     /// Our session ID towards a peer: the association's, else the peer's default.
-    fn session_towards(&self, peer: &PeerRt) -> String {
-        self.assoc
-            .established(&peer.cfg.domain)
-            .map(|e| e.our_session)
-            .unwrap_or_else(|| peer.session_id.clone())
+    fn session_towards<'p>(&self, peer: &'p PeerRt) -> Cow<'p, str> {
+        match self.assoc.established(&peer.cfg.domain) {
+            Some(e) => Cow::Owned(e.our_session),
+            None => Cow::Borrowed(&peer.session_id),
+        }
     }
 
     /// The URLs of a peer: configured ones first, then DNS-found ones.
@@ -369,9 +370,11 @@ impl Links {
         let target = peer.target(urls);
         let deadline = Instant::now() + self.cfg().timeouts.request;
         let session = if peer.cfg.auth == PeerAuth::Association {
-            Box::pin(self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline))
-                .await?
-                .our_session
+            Cow::Owned(
+                Box::pin(self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline))
+                    .await?
+                    .our_session,
+            )
         } else {
             self.session_towards(&peer)
         };
@@ -428,14 +431,17 @@ impl Links {
     fn peer_request_body(
         &self,
         peer: &PeerRt,
-        session: String,
+        session: Cow<'_, str>,
         tid: &str,
         request: Outbound<'_, '_>,
     ) -> Result<String, Failure> {
         let live = self.live.load();
         let dir = self.dir.load();
-        let typed = |request: Primitive, session: String| {
-            let mut msg = Message::session(session, vec![Transaction::request(tid, request)]);
+        let typed = |request: Primitive, session: Cow<'_, str>| {
+            let mut msg = Message::session(
+                session.into_owned(),
+                vec![Transaction::request(tid, request)],
+            );
             live.rw
                 .emit_outbound(&dir, &mut msg, peer.view(), &peer.cfg.namespace)
         };
@@ -457,7 +463,7 @@ impl Links {
     /// Answers serialised for a peer: our session ID, its ID style and namespace, no core
     /// names; and the message.
     pub(crate) fn peer_body(&self, peer: &PeerRt, answers: Vec<Transaction>) -> (Message, String) {
-        let mut msg = Message::session(self.session_towards(peer), answers);
+        let mut msg = Message::session(self.session_towards(peer).into_owned(), answers);
         let dir = self.dir.load();
         let body =
             self.live

@@ -30,7 +30,7 @@ pub(crate) fn peer(
     requestor_service: Option<&str>,
     info: &ConnInfo,
 ) -> Result<Arc<PeerRt>, Failure> {
-    let live = gw.links.live();
+    let live = gw.links.live.load();
     let peers = &live.peers;
     if let Some(certs) = info.certs.as_deref().filter(|c| !c.is_empty()) {
         let listed = info.memo.listed(live.generation, || {

@@ -84,7 +84,7 @@ impl Gateway {
     }
 
     /// The configuration in use.
-    pub fn cfg(&self) -> Arc<Config> {
+    pub fn cfg(&self) -> crate::links::CfgRef {
         self.links.cfg()
     }
 
