@@ -147,7 +147,7 @@ impl Links {
                 ),
             )
         };
-        let typed = |t: Transaction| Reply::Typed(t.primitive);
+        let typed = |t: Transaction| Reply::typed(t.primitive);
         if !http_status.is_success() {
             // An SSP error in an HTTP error body is still an answer for our transaction.
             return self.sync_answer(&resp, tid).map(typed).ok_or_else(refused);
@@ -161,7 +161,7 @@ impl Links {
             return Ok(typed(t));
         }
         let Some((_registered, rx)) = waiting else {
-            return Ok(Reply::Typed(Primitive::Status(Status::with(
+            return Ok(Reply::typed(Primitive::Status(Status::with(
                 status::OK,
                 format!("acknowledged by {}", target.label),
             ))));

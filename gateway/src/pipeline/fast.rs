@@ -82,7 +82,7 @@ pub(crate) async fn request(
         _ => Svc::Im,
     };
     let label = s.kind.label();
-    let failed = |f: Failure| Reply::Typed(form.clone().answer(f.status()));
+    let failed = |f: Failure| Reply::typed(form.clone().answer(f.status()));
     let answer = {
         let work = pin!(async {
             let _slot = match admit::slot(gw, &origin) {
@@ -106,7 +106,7 @@ pub(crate) async fn request(
         Reply::Written { body, .. } => body,
         Reply::Typed(p) => gw
             .links
-            .answer_body(&origin, vec![Transaction::response(tid, p)]),
+            .answer_body(&origin, vec![Transaction::response(tid, *p)]),
     };
     Some(respond(StatusCode::OK, Some(body)))
 }
@@ -161,7 +161,7 @@ async fn forward(
         return Box::pin(typed(gw, origin, plan, s, tid, form)).await;
     }
     let Some((dest, _)) = plan.groups.pop() else {
-        return Reply::Typed(
+        return Reply::typed(
             form.clone()
                 .answer(Failure::local(Kind::NoRoute, "no destination").status()),
         );
@@ -179,7 +179,7 @@ async fn forward(
         .with_label_values(&["ssp", if answer.is_ok() { "ok" } else { "failed" }])
         .inc();
     m.fast_path.with_label_values(&[s.kind.label()]).inc();
-    answer.unwrap_or_else(|f| Reply::Typed(form.clone().answer(f.status())))
+    answer.unwrap_or_else(|f| Reply::typed(form.clone().answer(f.status())))
 }
 
 /// The typed fan-out, from the whole plan.
@@ -191,7 +191,7 @@ async fn typed(
     tid: &str,
     form: &AnswerForm,
 ) -> Reply {
-    Reply::Typed(match s.typed(&gw.links.live.load().codec) {
+    Reply::typed(match s.typed(&gw.links.live.load().codec) {
         Some(p) => {
             fanout::run(gw, plan, p, tid, origin.domain(), None)
                 .await

@@ -1104,8 +1104,27 @@ fn escape_attr(out: &mut String, s: &str) {
     escape_with(out, s, 2);
 }
 
+/// Whether `s` holds a byte of class `class` (as [`ESCAPE`] has them). Comparisons folded
+/// without an early exit vectorise: most values (IDs, tokens, session IDs) have nothing to
+/// escape, and a table lookup per byte cost more than writing them.
+fn needs_escape(s: &[u8], class: u8) -> bool {
+    let either = |b: u8| b == b'<' || b == b'&' || b == b'\r';
+    if class == 1 {
+        s.iter()
+            .fold(false, |any, &b| any | either(b) | (b == b'>'))
+    } else {
+        s.iter().fold(false, |any, &b| {
+            any | either(b) | (b == b'"') | (b == b'\t') | (b == b'\n')
+        })
+    }
+}
+
 /// Copy `s` to `out`, escaping the bytes of class `class`; other runs are copied whole.
 fn escape_with(out: &mut String, s: &str, class: u8) {
+    if !needs_escape(s.as_bytes(), class) {
+        out.push_str(s);
+        return;
+    }
     let mut last = 0;
     for (i, &b) in s.as_bytes().iter().enumerate() {
         if ESCAPE[b as usize] & class == 0 {
@@ -1145,6 +1164,23 @@ mod tests {
 
     fn p(s: &str) -> Result<Document, XmlError> {
         parse(s.as_bytes(), &Limits::default(), &ssp)
+    }
+
+    #[test]
+    fn the_escape_check_finds_exactly_the_bytes_of_each_class() {
+        for b in 0..=255u8 {
+            for class in [1, 2] {
+                let special = ESCAPE[b as usize] & class != 0;
+                let mut long = vec![b'a'; 100];
+                long[57] = b;
+                assert_eq!(needs_escape(&[b], class), special, "byte {b} class {class}");
+                assert_eq!(
+                    needs_escape(&long, class),
+                    special,
+                    "byte {b} class {class}"
+                );
+            }
+        }
     }
 
     #[test]
