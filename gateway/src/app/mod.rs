@@ -132,8 +132,11 @@ impl Running {
     pub async fn drain(&self) {
         let drain = self.gateway.drain();
         drain.begin();
-        let t = &self.gateway.cfg().timeouts;
-        if !drain.idle(t.drain + t.request).await {
+        let within = {
+            let t = &self.gateway.cfg().timeouts;
+            t.drain + t.request
+        };
+        if !drain.idle(within).await {
             tracing::warn!("shutdown deadline passed with requests still in flight");
         }
     }
@@ -441,7 +444,7 @@ pub async fn start(cfg: Config, mut opts: StartOptions) -> Result<Running, Start
     // What this replica's previous process held is free at once (it is gone); taken up by
     // the take-over loop below.
     let released = pipeline::release(&gw).await?;
-    let cfg = gw.cfg().clone();
+    let cfg = gw.links.live().cfg.clone();
     let drain = gw.drain().clone();
     let mut tasks = Vec::new();
     let pre = std::mem::take(&mut opts.listeners);

@@ -105,12 +105,13 @@ impl Links {
         let url = admin_url(&self.sibling_of(tok)?, "/cluster/answer")?;
         let body = Message::session("cluster", vec![t.clone()]).emit(NS_WV_SSP_13);
         let mac = self.live.load().keys.sign(body.as_bytes());
+        let within = self.cfg().timeouts.connect.saturating_mul(2);
         let result = match client
             .post(
                 &url,
                 body,
                 super::http::header(MAC_HEADER, &mac).as_slice(),
-                self.cfg().timeouts.connect.saturating_mul(2),
+                within,
             )
             .await
         {
@@ -164,16 +165,19 @@ impl Links {
         let body = report(me, self.live.load().keys.instance());
         let mac = self.live.load().keys.sign(body.as_bytes());
         let mut found = Vec::new();
-        for (i, base) in self.cfg().cluster.siblings.iter().enumerate() {
+        // A snapshot kept for the loop (it awaits each sibling): `CfgRef` is not held there.
+        let live = self.live();
+        for (i, base) in live.cfg.cluster.siblings.iter().enumerate() {
             let Some(url) = admin_url(base, "/cluster/self") else {
                 continue;
             };
+            let within = self.cfg().timeouts.connect.saturating_mul(2);
             let answer = client
                 .post(
                     &url,
                     body.clone(),
                     super::http::header(MAC_HEADER, &mac).as_slice(),
-                    self.cfg().timeouts.connect.saturating_mul(2),
+                    within,
                 )
                 .await;
             let what = match answer {

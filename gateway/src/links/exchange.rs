@@ -250,7 +250,7 @@ impl Links {
         let mut last = String::new();
         // The last attempt takes the body itself: the first clone of a body made from a
         // `String` allocates (its buffer becomes shared), which one URL never needs.
-        let mut body = Some(body);
+        let mut body = body;
         let n = target.urls.len();
         for (i, url) in target.urls.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -258,11 +258,10 @@ impl Links {
                 break;
             }
             let attempt = if i + 1 == n {
-                body.take()
+                std::mem::take(&mut body)
             } else {
                 body.clone()
             };
-            let Some(attempt) = attempt else { break };
             match target.client.post(url, attempt, headers, left).await {
                 Ok((s, _)) if s.is_server_error() => {
                     last = format!("{url} answered HTTP {}", s.as_u16());
@@ -317,9 +316,8 @@ impl Links {
         msg: &Message,
         body: String,
     ) -> bool {
-        let delivered = self
-            .deliver(target, msg, body, self.cfg().timeouts.request)
-            .await;
+        let within = self.cfg().timeouts.request;
+        let delivered = self.deliver(target, msg, body, within).await;
         if !delivered {
             self.metrics
                 .orphan_answers

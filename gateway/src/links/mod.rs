@@ -250,9 +250,15 @@ impl Outbound<'_, '_> {
     }
 }
 
-/// The configuration of one live snapshot, held as long as the caller needs it (a reload
-/// in between changes what the next call sees, not this).
-pub struct CfgRef(arc_swap::Guard<Arc<Live>>);
+/// The configuration of one live snapshot, for reading values out of it (a reload in
+/// between changes what the next call sees, not this). It is not `Send`, so the compiler
+/// keeps it from being held across an `.await` of a spawned future: a guard held long
+/// takes one of the thread's few fast slots, and loads fall back to counting references.
+/// Copy out what is needed, or take [`Links::live`] to keep a snapshot.
+pub struct CfgRef(
+    arc_swap::Guard<Arc<Live>>,
+    std::marker::PhantomData<*const ()>,
+);
 
 impl std::ops::Deref for CfgRef {
     type Target = Config;
@@ -457,7 +463,7 @@ impl Links {
     /// The configuration in use, borrowed from the live snapshot (no reference count
     /// taken: the request path reads it a dozen times per request).
     pub(crate) fn cfg(&self) -> CfgRef {
-        CfgRef(self.live.load())
+        CfgRef(self.live.load(), std::marker::PhantomData)
     }
 
     /// Send one request part to `dest` and return its answer primitive (IDs in public form

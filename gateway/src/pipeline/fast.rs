@@ -191,7 +191,9 @@ async fn typed(
     tid: &str,
     form: &AnswerForm,
 ) -> Reply {
-    Reply::typed(match s.typed(&gw.links.live.load().codec) {
+    // Read before the fan-out: the snapshot's guard is not held across its awaits.
+    let typed = s.typed(&gw.links.live.load().codec);
+    Reply::typed(match typed {
         Some(p) => {
             fanout::run(gw, plan, p, tid, origin.domain(), None)
                 .await

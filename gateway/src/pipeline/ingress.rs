@@ -29,8 +29,15 @@ pub(crate) async fn read(
             Failure::new(Kind::MediaType, side, "not an SSP media type"),
         ));
     }
-    let cfg = gw.cfg();
-    let max = cfg.limits.xml.max_body;
+    // Copied out: the configuration is not held across the read (`CfgRef`).
+    let (max, within, min_rate) = {
+        let cfg = gw.cfg();
+        (
+            cfg.limits.xml.max_body,
+            cfg.timeouts.body,
+            cfg.limits.min_body_rate,
+        )
+    };
     let too_large = |n: usize| {
         Failure::new(
             Kind::TooLarge,
@@ -44,8 +51,8 @@ pub(crate) async fn read(
     }
     let limits = BodyLimits {
         max,
-        within: cfg.timeouts.body,
-        min_rate: cfg.limits.min_body_rate,
+        within,
+        min_rate,
     };
     let body = match read_body(req.into_body(), limits).await {
         Ok(b) => b,

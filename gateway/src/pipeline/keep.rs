@@ -187,13 +187,10 @@ impl Keep<'_> {
     /// Keep the recipients a delivery report names, before it is first sent.
     pub(crate) async fn keep_report(&self, ids: &[String]) -> Result<(), Failure> {
         let value = serde_json::to_string(ids).unwrap_or_default();
+        let ttl = self.links.cfg().store.max_validity * 2;
         self.store
             .table(REPORTS)
-            .put(
-                &self.id,
-                &value,
-                Some(self.links.cfg().store.max_validity * 2),
-            )
+            .put(&self.id, &value, Some(ttl))
             .await
             .map_err(|e| store_failure(self.links, "report", e))
     }

@@ -56,7 +56,7 @@ pub(crate) async fn stages(
 ///
 /// `answer` is pinned by the caller (`std::pin::pin!`) and borrowed: a future taken by value
 /// would be held twice in this one's state (as the argument and as what is awaited), and
-/// every request's future is moved whole; on the fast path that was 3.6 of its 7.7 KB.
+/// every request's future is moved whole (on the fast path, it was half of it).
 pub(crate) async fn metered<A: Answer>(
     gw: &Gateway,
     origin: &Origin,

@@ -138,18 +138,21 @@ fn ours(gw: &Gateway, rb: &RouteBy) -> Dest {
 
 /// The core's route-by value: static routes, then DNS.
 async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
-    let cfg = gw.cfg();
-    let dir = gw.directory();
-    if let Some(d) = route_static(&cfg, &dir, &gw.links.live.load().rw, rb) {
-        return d;
-    }
-    drop(dir);
+    // The configuration is read in this block: not held across the resolution (`CfgRef`).
+    let as_number = {
+        let cfg = gw.cfg();
+        let dir = gw.directory();
+        if let Some(d) = route_static(&cfg, &dir, &gw.links.live.load().rw, rb) {
+            return d;
+        }
+        route_number(&cfg, rb)
+    };
     let Some(r) = gw.resolver() else {
         return no_route(rb.as_str());
     };
     // The target as text, built on the stack for a number (the cache is looked up by it).
     let number;
-    let target: std::borrow::Cow<'_, str> = match route_number(&cfg, rb) {
+    let target: std::borrow::Cow<'_, str> = match as_number {
         Ok(Some(n)) => {
             number = n.written();
             number.plus().into()
@@ -180,7 +183,7 @@ async fn outward(gw: &Gateway, rb: &RouteBy, svc: Svc) -> Dest {
             }
             destination(
                 &d,
-                &cfg.operator.public_domain,
+                &gw.cfg().operator.public_domain,
                 r.last_resort(),
                 rb.as_str(),
             )

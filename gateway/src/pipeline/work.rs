@@ -522,12 +522,12 @@ async fn put_off(gw: &Gateway, job: &Job) {
     let (Some(store), Some(id)) = (gw.works.store(), &job.id) else {
         return;
     };
-    let s = &gw.cfg().store;
+    let (retry_min, retry_max) = {
+        let s = &gw.cfg().store;
+        (s.retry_min, s.retry_max)
+    };
     let doublings = u32::try_from(job.attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    let mut wait = s
-        .retry_min
-        .saturating_mul(1u32 << doublings)
-        .min(s.retry_max);
+    let mut wait = retry_min.saturating_mul(1u32 << doublings).min(retry_max);
     let now = now_ms();
     if now < job.expires {
         wait = wait.min(Duration::from_millis(
@@ -683,10 +683,8 @@ pub(crate) async fn take_over(gw: &Arc<Gateway>) {
         return;
     }
     let limit = i64::try_from(free.min(256)).unwrap_or(256);
-    let taken = match store
-        .take_over(gw.works.owner(), gw.cfg().store.lease, limit)
-        .await
-    {
+    let lease = gw.cfg().store.lease;
+    let taken = match store.take_over(gw.works.owner(), lease, limit).await {
         Ok(t) => t,
         Err(e) => {
             store_failure(&gw.links, "take-over", e);
@@ -732,10 +730,8 @@ pub(crate) async fn renew(gw: &Gateway) {
         return;
     };
     let held = gw.works.held();
-    match store
-        .renew(gw.works.owner(), held, gw.cfg().store.lease)
-        .await
-    {
+    let lease = gw.cfg().store.lease;
+    match store.renew(gw.works.owner(), held, lease).await {
         Ok(lost) if !lost.is_empty() => {
             tracing::warn!(
                 n = lost.len(),
@@ -766,7 +762,8 @@ pub(crate) async fn housekeeping(gw: &Gateway) {
             store_failure(&gw.links, "depth", e);
         }
     }
-    if let Err(e) = store.purge(now_ms() - ms(gw.cfg().store.keep)).await {
+    let keep = gw.cfg().store.keep;
+    if let Err(e) = store.purge(now_ms() - ms(keep)).await {
         store_failure(&gw.links, "purge", e);
     }
 }

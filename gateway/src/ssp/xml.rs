@@ -569,7 +569,8 @@ struct Driver<'a, 'l> {
     /// The body as text, for the offsets of borrowed attribute values.
     body: &'a str,
     /// Open elements: where their name is in the body (for errors) and text length so far.
-    /// Inline up to the depth of real SSP bodies, as `attrs`: a reader costs no allocation.
+    /// Inline up to the depth of real SSP bodies, as `attrs`: reading an unprefixed body
+    /// costs no allocation here.
     stack: SmallVec<[(Option<Range<usize>>, usize); 12]>,
     /// The attributes of the element being opened (one buffer for all elements).
     attrs: AttrBuf<'a>,
@@ -1108,6 +1109,7 @@ fn escape_attr(out: &mut String, s: &str) {
 /// without an early exit vectorise: most values (IDs, tokens, session IDs) have nothing to
 /// escape, and a table lookup per byte cost more than writing them.
 fn needs_escape(s: &[u8], class: u8) -> bool {
+    debug_assert!(matches!(class, 1 | 2), "escape class {class}");
     let either = |b: u8| b == b'<' || b == b'&' || b == b'\r';
     if class == 1 {
         s.iter()

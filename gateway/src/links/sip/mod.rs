@@ -355,11 +355,8 @@ impl Links {
         let (Some(store), Ok(v)) = (&link.store, serde_json::to_string(a)) else {
             return false;
         };
-        match store
-            .table(IMDN_TABLE)
-            .put(id, &v, Some(self.cfg().store.max_validity))
-            .await
-        {
+        let ttl = self.cfg().store.max_validity;
+        match store.table(IMDN_TABLE).put(id, &v, Some(ttl)).await {
             Ok(()) => true,
             Err(e) => {
                 self.metrics
