@@ -289,8 +289,8 @@ impl TokenKeys {
         let peer = truncate(peer);
         // On the stack (the fields are bounded: two strings of at most 255 bytes), so the
         // token costs one allocation, its text. Room for the nonce first, then the
-        // plaintext, sealed in place, then the tag.
-        // leg, parts, part, issued, instance, request_id, and the two length bytes.
+        // plaintext, sealed in place, then the tag. The plaintext's fixed part: leg, parts,
+        // part, issued, instance, request_id, and the two length bytes.
         const FIXED: usize = 3 + 4 + 4 + 8 + 2;
         let mut p = [0u8; 12 + FIXED + 2 * 255 + aead::MAX_TAG_LEN];
         let mut n = 12;

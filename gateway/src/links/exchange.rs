@@ -236,7 +236,7 @@ impl Links {
     pub(crate) async fn send_with_failover(
         &self,
         target: &Target<'_>,
-        body: bytes::Bytes,
+        mut body: bytes::Bytes,
         headers: &[Header],
         deadline: Instant,
     ) -> Result<(StatusCode, bytes::Bytes), Failure> {
@@ -250,7 +250,6 @@ impl Links {
         let mut last = String::new();
         // The last attempt takes the body itself: the first clone of a body made from a
         // `String` allocates (its buffer becomes shared), which one URL never needs.
-        let mut body = body;
         let n = target.urls.len();
         for (i, url) in target.urls.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -362,7 +362,7 @@ impl<'a> Scan<'a> {
                     mode: Mode::Request,
                     session_id,
                     transaction_id: Cow::Borrowed(""),
-                    ids: Vec::with_capacity(8),
+                    ids: Vec::new(),
                     prim: 0..0,
                     route_by: SmallVec::new(),
                     service: None,
@@ -433,6 +433,11 @@ impl<'a> Sink<'a> for Scan<'a> {
                     return stop;
                 };
                 out.kind = kind;
+                // Room for a request's IDs at once (a message names about eight); an
+                // answer rarely names any, and costs no allocation for them.
+                if out.mode == Mode::Request {
+                    out.ids.reserve(8);
+                }
                 out.prim = o.at.start..o.at.start;
                 Ctx::Prim
             }
