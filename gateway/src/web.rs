@@ -152,7 +152,13 @@ pub fn is_ssp_content_type(req: &Request<Incoming>) -> bool {
     else {
         return false;
     };
-    let base = ct.split(';').next().unwrap_or("").trim();
+    // `to_str` passed, so the value is visible ASCII, spaces and tabs: ASCII trimming is
+    // the whole of it.
+    let base = match ct.bytes().position(|b| b == b';') {
+        Some(i) => &ct[..i],
+        None => ct,
+    }
+    .trim_ascii();
     base.eq_ignore_ascii_case(SSP_CONTENT_TYPE) || base.eq_ignore_ascii_case("text/xml")
 }
 

@@ -206,10 +206,7 @@ impl Links {
             return None;
         }
         let body = self.answer_spliced(origin, &mut s, origin_tid)?;
-        self.metrics
-            .fast_path
-            .with_label_values(&[s.kind.label()])
-            .inc();
+        self.metrics.count_fast_path(s.kind.label());
         Some(Reply::Written {
             body,
             code: s.answer_code(),

@@ -199,10 +199,7 @@ async fn forward(
     };
     let answer = forward_part(gw, dest, request, part).await;
     if let Some(p) = protocol {
-        gw.metrics()
-            .deliveries
-            .with_label_values(&[p, if answer.is_ok() { "ok" } else { "failed" }])
-            .inc();
+        gw.metrics().count_delivery(p, answer.is_ok());
     }
     answer
 }

@@ -166,19 +166,19 @@ async fn forward(
                 .answer(Failure::local(Kind::NoRoute, "no destination").status()),
         );
     };
+    // Boxed: the send's state (the token, the headers, the body, the HTTP exchange: 1.7 KB)
+    // would otherwise sit inline in every enclosing future, each of which is moved whole
+    // once when built (the handler's future was 3 KB, moved four times per request). One
+    // allocation instead of kilobytes of copying.
     let answer = match &dest {
         Dest::Imps(r) | Dest::LastResort(r) => {
-            gw.links
-                .to_peer(r, Outbound::Spliced(s, origin), part)
-                .await
+            Box::pin(gw.links.to_peer(r, Outbound::Spliced(s, origin), part)).await
         }
-        _ => gw.links.to_core(Outbound::Spliced(s, origin), part).await,
+        _ => Box::pin(gw.links.to_core(Outbound::Spliced(s, origin), part)).await,
     };
     let m = gw.metrics();
-    m.deliveries
-        .with_label_values(&["ssp", if answer.is_ok() { "ok" } else { "failed" }])
-        .inc();
-    m.fast_path.with_label_values(&[s.kind.label()]).inc();
+    m.count_delivery("ssp", answer.is_ok());
+    m.count_fast_path(s.kind.label());
     answer.unwrap_or_else(|f| Reply::typed(form.clone().answer(f.status())))
 }
 

@@ -93,26 +93,17 @@ impl Answer for crate::links::Reply {
 /// Count a request taken in.
 pub(crate) fn count_request(gw: &Gateway, origin: &Origin, primitive: &'static str) {
     gw.metrics()
-        .requests
-        .with_label_values(&[origin.direction(), origin.protocol(), primitive])
-        .inc();
+        .count_request(origin.direction(), origin.protocol(), primitive);
 }
 
 /// Count an answer given, `took` after its request came in.
 pub(crate) fn count_answer(gw: &Gateway, origin: &Origin, code: u16, took: std::time::Duration) {
-    let m = gw.metrics();
-    let (direction, protocol) = (origin.direction(), origin.protocol());
-    let mut buf = [0u8; 5];
-    m.answers
-        .with_label_values(&[
-            direction,
-            protocol,
-            crate::ops::metrics::code_label(code, &mut buf),
-        ])
-        .inc();
-    m.latency
-        .with_label_values(&[direction, protocol])
-        .observe(took.as_secs_f64());
+    gw.metrics().count_answer(
+        origin.direction(),
+        origin.protocol(),
+        code,
+        took.as_secs_f64(),
+    );
 }
 
 /// A request being relayed, on the in-flight gauge while it lives (a handler dropped
@@ -122,10 +113,7 @@ pub(crate) struct InFlight(prometheus::IntGauge);
 impl InFlight {
     /// On the gauge of `origin`'s direction.
     pub(crate) fn new(gw: &Gateway, origin: &Origin) -> InFlight {
-        let g = gw
-            .metrics()
-            .in_flight
-            .with_label_values(&[origin.direction()]);
+        let g = gw.metrics().in_flight(origin.direction());
         g.inc();
         InFlight(g)
     }

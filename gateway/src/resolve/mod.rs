@@ -493,7 +493,7 @@ impl Resolver {
             } else {
                 "hit"
             };
-            self.metrics.route_cache.with_label_values(&[kind]).inc();
+            self.metrics.count_route_cache(kind);
             if d.targets.len() > 1 {
                 // A fresh weighted draw each time: the order must not be frozen for a TTL.
                 let d = Arc::make_mut(&mut d);
@@ -501,7 +501,7 @@ impl Resolver {
             }
             return Ok(d);
         }
-        self.metrics.route_cache.with_label_values(&["miss"]).inc();
+        self.metrics.count_route_cache("miss");
         // Boxed: a miss is rare, and its resolution's state would otherwise enlarge every
         // request's future (which is moved whole).
         match Box::pin(self.decide_uncached(target, svc, None)).await {
@@ -513,7 +513,7 @@ impl Resolver {
             Err(e) => match stale {
                 Some(d) => {
                     // RFC 8767-style serve-stale: known destinations survive a DNS outage.
-                    self.metrics.route_cache.with_label_values(&["stale"]).inc();
+                    self.metrics.count_route_cache("stale");
                     tracing::warn!(%target, error = %e, "DNS failing: using the expired route");
                     Ok(d)
                 }
@@ -912,10 +912,7 @@ impl Resolver {
                 .ok()
                 .and_then(|c| c.get(name).filter(|(_, exp)| now < *exp).cloned())
         {
-            self.metrics
-                .route_cache
-                .with_label_values(&["srv-hit"])
-                .inc();
+            self.metrics.count_route_cache("srv-hit");
             // What is left of the TTL, not all of it: a decision built on this entry must
             // expire with it (the smallest TTL of the chain).
             let left =

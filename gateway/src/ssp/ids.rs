@@ -128,25 +128,37 @@ impl<'a> WvIdRef<'a> {
         if s.is_empty() {
             return Err(IdError::Empty);
         }
-        // Raw spaces and control characters are refused; escaped ones (%20) are data.
-        if s.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(IdError::BadChar(input.to_owned()));
+        // One pass over the bytes (this runs for every ID of every message): raw spaces and
+        // control characters are refused (escaped ones, %20, are data), and the raw '@' and
+        // '/' are found before decoding, so that an escaped %40 stays data. Control
+        // characters are C0, DEL and C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
+        let b = s.as_bytes();
+        let mut at = None;
+        let mut ats = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if c <= b' ' || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f))) {
+                return Err(IdError::BadChar(input.to_owned()));
+            }
+            if c == b'@' {
+                ats += 1;
+                at = at.or(Some(i));
+            }
         }
-        // Split on the raw '@' and '/' before decoding, so that an escaped %40 stays data.
-        let (local, domain) = match s.split_once('@') {
-            Some((l, d)) => {
-                if d.contains('@') {
+        let (local, domain) = match at {
+            Some(i) => {
+                if ats > 1 {
                     return Err(IdError::TwoAts(input.to_owned()));
                 }
+                let d = &s[i + 1..];
                 if d.is_empty() {
                     return Err(IdError::EmptyDomain(input.to_owned()));
                 }
-                (l, Some(d))
+                (&s[..i], Some(d))
             }
             None => (s, None),
         };
-        let (user, resource) = match local.split_once('/') {
-            Some((u, r)) => (u, Some(r)),
+        let (user, resource) = match local.bytes().position(|c| c == b'/') {
+            Some(i) => (&local[..i], Some(&local[i + 1..])),
             None => (local, None),
         };
         let user = decode(user, input)?;
@@ -156,7 +168,7 @@ impl<'a> WvIdRef<'a> {
             if !valid_e164_digits(digits) {
                 return Err(IdError::Plus(input.to_owned()));
             }
-        } else if user.contains('+') {
+        } else if user.bytes().any(|c| c == b'+') {
             return Err(IdError::Plus(input.to_owned()));
         }
         Ok(WvIdRef {
@@ -243,14 +255,15 @@ pub fn canonical(input: &str) -> String {
 }
 
 fn decode<'a>(part: &'a str, whole: &str) -> Result<Cow<'a, str>, IdError> {
-    if !part.contains('%') {
-        // Nearly every ID on the wire is already lowercase ASCII: borrowed as it is.
-        if !part
-            .bytes()
-            .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
-        {
-            return Ok(Cow::Borrowed(part));
-        }
+    // Nearly every ID on the wire is already lowercase ASCII without escapes: borrowed as
+    // it is, after one look at its bytes.
+    if !part
+        .bytes()
+        .any(|b| b == b'%' || b.is_ascii_uppercase() || !b.is_ascii())
+    {
+        return Ok(Cow::Borrowed(part));
+    }
+    if !part.bytes().any(|b| b == b'%') {
         return Ok(Cow::Owned(lower(part)));
     }
     let bytes = part.as_bytes();
@@ -532,6 +545,22 @@ mod tests {
         assert_eq!(md.to_string(), "wv:+4670123456@b.test");
         let bare = WvId::parse("renge").unwrap();
         assert_eq!(bare.to_string(), "wv:renge");
+    }
+
+    /// The byte-wise check refuses exactly what `char::is_control` and a space refuse,
+    /// wherever in the ID the character sits (every character up to U+3000 and the
+    /// largest ones).
+    #[test]
+    fn raw_controls_are_refused_exactly_as_chars() {
+        let chars = (0..=0x3000u32)
+            .chain(0x10_fff0..=0x10_ffff)
+            .filter_map(char::from_u32);
+        for c in chars {
+            for id in [format!("wv:a{c}b@x.example"), format!("wv:ab@x.ex{c}ample")] {
+                let refused = matches!(WvIdRef::parse(&id), Err(IdError::BadChar(_)));
+                assert_eq!(refused, c.is_control() || c == ' ', "U+{:04X}", c as u32);
+            }
+        }
     }
 
     #[test]

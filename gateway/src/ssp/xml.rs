@@ -796,6 +796,18 @@ impl<'a, 'l> Driver<'a, 'l> {
         // Line-end normalisation neither adds nor removes a forbidden character, nor makes
         // a blank run less blank: the raw bytes are checked.
         let blank = check_text(s)?;
+        self.text_checked(s, at, kind, blank, sink)
+    }
+
+    /// [`Driver::text`] for a run already checked: `blank` if it is white space only.
+    fn text_checked(
+        &mut self,
+        s: &str,
+        at: Range<usize>,
+        kind: TextKind,
+        blank: bool,
+        sink: &mut dyn Sink<'a>,
+    ) -> Result<(), XmlError> {
         let t = Text { raw: s, at, kind };
         match self.stack.last_mut() {
             Some((name, len)) => {

@@ -31,15 +31,28 @@ pub async fn spawn(
     args: &[String],
     log: &Path,
 ) -> Result<Child> {
-    let mut cmd = match cpu {
-        Some(c) => {
-            let mut cmd = tokio::process::Command::new("taskset");
-            cmd.arg("-c").arg(c).arg(exe);
-            cmd
+    // Profiling: `LADDER_WRAP="valgrind --tool=callgrind …"` runs the roles named in
+    // `LADDER_WRAP_ROLES` (comma-separated) under that command, e.g. to count instructions
+    // per request, which unlike CPU time do not move with the machine's other load.
+    let wrap: Vec<String> = match (
+        std::env::var("LADDER_WRAP"),
+        std::env::var("LADDER_WRAP_ROLES"),
+    ) {
+        (Ok(w), Ok(roles)) if roles.split(',').any(|r| r == role) => {
+            w.split_whitespace().map(str::to_owned).collect()
         }
-        None => tokio::process::Command::new(exe),
+        _ => Vec::new(),
     };
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(c) = cpu {
+        argv.extend(["taskset".into(), "-c".into(), c.into()]);
+    }
+    argv.extend(wrap.iter().map(Into::into));
+    argv.push(exe.into());
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
     cmd.arg("--role").arg(role).args(args);
+    let ready_within = Duration::from_secs(if wrap.is_empty() { 20 } else { 300 });
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     cmd.stdout(Stdio::piped())
@@ -52,11 +65,11 @@ pub async fn spawn(
     let pid = proc.id().context("child has no PID")?;
     let stdout = proc.stdout.take().context("child stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+    let line = tokio::time::timeout(ready_within, lines.next_line())
         .await
         .with_context(|| {
             format!(
-                "{role} did not get ready within 20 s (log: {})",
+                "{role} did not get ready within {ready_within:?} (log: {})",
                 log.display()
             )
         })?

@@ -169,6 +169,12 @@ fn characters<'a>(
     sink: &mut dyn Sink<'a>,
 ) -> Result<(), Stop> {
     let b = text.as_bytes();
+    // Most runs are the line breaks between tags: white space holds neither a reference
+    // nor a forbidden character, so it needs neither search nor check.
+    if b[at.clone()].iter().all(|c| is_space(*c)) {
+        let run = &text[at.clone()];
+        return Ok(d.text_checked(run, at, TextKind::Plain, true, sink)?);
+    }
     let mut from = at.start;
     while let Some(p) = memchr::memchr(b'&', &b[from..at.end]) {
         let amp = from + p;
@@ -258,23 +264,20 @@ fn start_tag<'a>(
             (Some(b'='), Some(q @ (b'"' | b'\''))) => *q,
             _ => return Err(Stop::Declined),
         };
-        // The value, to its closing quote, in one pass: declined at a raw `<` (not XML) or
-        // any control character (tab and line ends, which the full reader normalises, and
-        // those it refuses); an `&` is resolved below.
+        // The value, to its closing quote: declined at a raw `<` (not XML) or any control
+        // character (tab and line ends, which the full reader normalises, and those it
+        // refuses); an `&` is resolved below. The quote is found by a byte search, then the
+        // value is checked in one pass without an early exit, which vectorises (this runs
+        // for every attribute of every message).
         let v = j + 2;
-        let mut close = v;
-        let mut entities = false;
-        loop {
-            match b.get(close) {
-                Some(c) if *c == quote => break,
-                Some(b'&') => entities = true,
-                Some(c) if *c < 0x20 || *c == b'<' => return Err(Stop::Declined),
-                Some(_) => {}
-                None => return Err(Stop::Declined),
-            }
-            close += 1;
-        }
+        let close = v + memchr::memchr(quote, &b[v..]).ok_or(Stop::Declined)?;
         let raw = &b[v..close];
+        let (bad, entities) = raw.iter().fold((false, false), |(bad, amp), &c| {
+            (bad | (c < 0x20) | (c == b'<'), amp | (c == b'&'))
+        });
+        if bad {
+            return Err(Stop::Declined);
+        }
         // Duplicates (the full reader refuses them); a consumed declaration is not kept.
         // An SSP namespace declared below the root would be consumed unseen, where the fast
         // path must see it (another namespace is an attribute the sink sees).
