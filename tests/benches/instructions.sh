@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release/ladder}
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+ladder=
+# On any exit, the ladder and its children (those under valgrind among them) go too.
+trap 'if [ -n "$ladder" ]; then pkill -P "$ladder" 2>/dev/null; kill "$ladder" 2>/dev/null; fi; rm -rf "$out"' EXIT
 
 LADDER_WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$out/cg.%p" \
 LADDER_WRAP_ROLES=passthrough,gateway \
@@ -33,13 +35,15 @@ while kill -0 "$ladder" 2>/dev/null; do
     sleep 15
     callgrind_control -i off "$pid" >/dev/null 2>&1
     callgrind_control -d "$pid" >/dev/null 2>&1
-    dump=$(ls -t "$out"/cg."$pid".* | head -1)
+    dump=$(ls -t "$out"/cg."$pid".* 2>/dev/null | head -1)
+    [ -n "$dump" ] || { echo "no callgrind dump from PID $pid; the ladder said:" >&2; tail "$out/hold.log" >&2; exit 1; }
     mv "$dump" "$out/rung-$seen.out"
     seen=$n
   fi
   sleep 0.2
 done
 wait "$ladder"
+ladder=
 
 python3 - "$out" <<'EOF'
 import re, sys
@@ -60,6 +64,7 @@ for k, name in enumerate(names):
             if ids.get(cfn) == "ssp_gateway::web::respond":
                 calls += int(m.group(1))
             cfn = None
-    per = total / calls if calls else float("nan")
-    print(f"{name:32} {calls:7} requests  {per:9.0f} instructions per request")
+    if not calls:
+        sys.exit(f"{name}: no calls of ssp_gateway::web::respond counted")
+    print(f"{name:32} {calls:7} requests  {total / calls:9.0f} instructions per request")
 EOF

@@ -398,7 +398,8 @@ impl Metrics {
 
     /// Create the series that alerts and the dashboard divide by or compare against, at
     /// zero, so they have data before the first event (an error ratio with no error series
-    /// yet is "no data", not 0).
+    /// yet is "no data", not 0). The hot series ([`Hot`]) are created here too, so the
+    /// fast path's request primitives have their `requests` series from the start.
     fn zero(self) -> Metrics {
         for d in ["inbound", "outbound"] {
             self.in_flight.with_label_values(&[d]);

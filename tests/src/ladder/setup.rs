@@ -22,8 +22,9 @@ pub struct Child {
     _proc: tokio::process::Child,
 }
 
-/// Start `exe --role role args…`, pinned to `cpu` with taskset when given; its stderr goes to
-/// `log`. Waits (20 s at most) for its `ready ADDR` line.
+/// Start `exe --role role args…`, pinned to `cpu` with taskset when given, and under the
+/// `LADDER_WRAP` command when `LADDER_WRAP_ROLES` names the role; its stderr goes to `log`.
+/// Waits (20 s at most, 300 s wrapped) for its `ready ADDR` line.
 pub async fn spawn(
     exe: &Path,
     cpu: Option<&str>,
@@ -33,13 +34,21 @@ pub async fn spawn(
 ) -> Result<Child> {
     // Profiling: `LADDER_WRAP="valgrind --tool=callgrind …"` runs the roles named in
     // `LADDER_WRAP_ROLES` (comma-separated) under that command, e.g. to count instructions
-    // per request, which unlike CPU time do not move with the machine's other load.
+    // per request, which unlike CPU time do not move with the machine's other load. The
+    // command is split at white space (no quoting); one variable without the other is a
+    // mistake, said on stderr.
     let wrap: Vec<String> = match (
         std::env::var("LADDER_WRAP"),
         std::env::var("LADDER_WRAP_ROLES"),
     ) {
         (Ok(w), Ok(roles)) if roles.split(',').any(|r| r == role) => {
             w.split_whitespace().map(str::to_owned).collect()
+        }
+        (Ok(_), Err(_)) | (Err(_), Ok(_)) => {
+            eprintln!(
+                "ladder: LADDER_WRAP and LADDER_WRAP_ROLES go together; ignoring the one set"
+            );
+            Vec::new()
         }
         _ => Vec::new(),
     };
