@@ -496,25 +496,23 @@ impl Metrics {
 
     /// Count an answer given (`answers`) and the time it took (`request_duration_seconds`).
     pub fn count_answer(&self, direction: &str, protocol: &str, code: u16, secs: f64) {
-        if let Some((h, d)) = self.hot(direction, protocol) {
-            if code == 200 {
-                h.answers_ok[d].inc();
-            } else {
+        let hot = self.hot(direction, protocol);
+        match hot {
+            Some((h, d)) if code == 200 => h.answers_ok[d].inc(),
+            _ => {
                 let mut buf = [0u8; 5];
                 self.answers
                     .with_label_values(&[direction, protocol, code_label(code, &mut buf)])
                     .inc();
             }
-            h.latency[d].observe(secs);
-            return;
         }
-        let mut buf = [0u8; 5];
-        self.answers
-            .with_label_values(&[direction, protocol, code_label(code, &mut buf)])
-            .inc();
-        self.latency
-            .with_label_values(&[direction, protocol])
-            .observe(secs);
+        match hot {
+            Some((h, d)) => h.latency[d].observe(secs),
+            None => self
+                .latency
+                .with_label_values(&[direction, protocol])
+                .observe(secs),
+        }
     }
 
     /// The `in_flight` gauge of `direction`.
