@@ -100,32 +100,7 @@ pub fn naptr(
     )
 }
 
-/// A free port on 127.0.0.1 for both UDP and TCP (both probed, then released), for a
-/// server started later. Drawn below Linux's ephemeral range (32768-60999): a port the
-/// kernel hands out as the source of an outgoing connection (Prosody's, a client's) between
-/// the probe and the server's bind would otherwise be taken from under the test.
-pub fn free_port() -> u16 {
-    for _ in 0..10_000 {
-        let port = rand::random_range(20_000..32_000);
-        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
-            continue;
-        };
-        let Ok(addr) = tcp.local_addr() else { continue };
-        if std::net::UdpSocket::bind(addr).is_ok() {
-            return addr.port();
-        }
-    }
-    // Nothing free there: any port the kernel gives.
-    loop {
-        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = tcp.local_addr() else { continue };
-        if std::net::UdpSocket::bind(addr).is_ok() {
-            return addr.port();
-        }
-    }
-}
+pub use crate::ports::free_port;
 
 /// A name server that answers SERVFAIL to every query (UDP on loopback), as a broken
 /// delegation looks to a resolver.

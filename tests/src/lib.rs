@@ -21,6 +21,7 @@ pub mod faults;
 pub mod federation;
 pub mod ladder;
 pub mod pglab;
+pub mod ports;
 pub mod siplab;
 pub mod sipua;
 pub mod xmpplab;
