@@ -34,9 +34,18 @@ pub(crate) async fn check_ids<'r>(
         return Ok(());
     };
     let mode = gw.cfg().policy.originator_check;
+    // An ID named twice (the requestor is usually the sender too) has one verdict: one that
+    // was accepted is not checked again.
+    let mut accepted: smallvec::SmallVec<[&str; 4]> = smallvec::SmallVec::new();
     for o in originators {
+        if accepted.contains(&o) {
+            continue;
+        }
         let refusal = match originator_ok(gw, peer, o).await {
-            Ok(()) => continue,
+            Ok(()) => {
+                accepted.push(o);
+                continue;
+            }
             Err(Verdict::Elsewhere) => Failure::new(
                 Kind::Spoofed,
                 Side::Peer,

@@ -357,12 +357,21 @@ pub enum NumberError {
 impl E164 {
     /// From bare digits (no `+`).
     pub fn from_digits(d: &str) -> Result<E164, NumberError> {
-        if !valid_e164_digits(d) || d.starts_with('0') {
+        // One pass: the checks of `valid_e164_digits` and the value (this runs for every
+        // number of every message; 15 digits cannot overflow a u64).
+        let b = d.as_bytes();
+        if !(1..=15).contains(&b.len()) || b[0] == b'0' {
             return Err(NumberError::Invalid(d.to_owned()));
         }
-        d.parse::<u64>()
-            .map(E164)
-            .map_err(|_| NumberError::Invalid(d.to_owned()))
+        let mut v = 0u64;
+        for &c in b {
+            let digit = c.wrapping_sub(b'0');
+            if digit > 9 {
+                return Err(NumberError::Invalid(d.to_owned()));
+            }
+            v = v * 10 + u64::from(digit);
+        }
+        Ok(E164(v))
     }
 
     /// From `+digits` exactly (an error names the text as given, `+` included).
@@ -523,6 +532,28 @@ impl NumberPlan {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn numbers_from_digits_are_checked_as_before() {
+        for ok in ["1", "4915112345678", "999999999999999"] {
+            assert_eq!(
+                E164::from_digits(ok).unwrap().value(),
+                ok.parse::<u64>().unwrap()
+            );
+        }
+        for bad in [
+            "",
+            "0",
+            "0491",
+            "1234567890123456",
+            "12a4",
+            "+12",
+            " 12",
+            "١٢",
+        ] {
+            assert!(E164::from_digits(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_every_shape() {

@@ -121,13 +121,13 @@ impl<'a> Spliced<'a> {
         let is_ssp = |ns: &str| codec.is_ssp_ns(ns);
         // The plain reader first (what real senders write); what it declines, the full
         // reader reads from the start, accepting or refusing it as the typed path does.
-        let mut s = Scan::new(text);
+        let mut s = Scan::new(text, true);
         let plain = match xml::read_plain(text, &codec.limits, &is_ssp, &mut s) {
             Ok(Some(_)) => true,
             Err(XmlError::Stopped) => return Ok(None),
             Err(e) => return Err(e),
             Ok(None) => {
-                s = Scan::new(text);
+                s = Scan::new(text, false);
                 match xml::read(text, &codec.limits, &is_ssp, &mut s) {
                     Ok(_) => false,
                     Err(XmlError::Stopped) => return Ok(None),
@@ -318,6 +318,8 @@ struct Scan<'a> {
     seen: Seen,
     /// The `Domain` text being read: its ID index, once seen.
     text_slot: Option<usize>,
+    /// Read by the plain reader, which declines a raw `<` in an attribute value itself.
+    plain: bool,
 }
 
 /// Entity elements and the attribute that holds their ID (`common::EntityKind`).
@@ -330,13 +332,14 @@ fn entity_attr(name: &str) -> Option<&'static str> {
 }
 
 impl<'a> Scan<'a> {
-    fn new(body: &'a str) -> Scan<'a> {
+    fn new(body: &'a str, plain: bool) -> Scan<'a> {
         Scan {
             body,
             out: None,
             stack: SmallVec::new(),
             seen: Seen::default(),
             text_slot: None,
+            plain,
         }
     }
 
@@ -509,11 +512,12 @@ impl<'a> Sink<'a> for Scan<'a> {
             if a.key.starts_with("xmlns") {
                 return stop;
             }
-            // A raw `<` in a value is let through by the reader but is not XML.
+            // A raw `<` in a value is let through by the full reader but is not XML (the
+            // plain reader declines it).
             let Some(raw) = a.raw.clone() else {
                 return stop;
             };
-            if self.body.as_bytes()[raw.clone()].contains(&b'<') {
+            if !self.plain && self.body.as_bytes()[raw.clone()].contains(&b'<') {
                 return stop;
             }
             if let Some(slot) = attr_slot(a.key) {
@@ -664,15 +668,20 @@ impl<'a> Sink<'a> for Scan<'a> {
             }
             Some(Ctx::Root | Ctx::Session | Ctx::Transaction) | None => stop,
             Some(_) => {
-                if t.kind == TextKind::Plain
-                    && memchr::memmem::find(t.raw.as_bytes(), b"]]>").is_some()
-                {
+                if t.kind == TextKind::Plain && has_cdata_end(t.raw.as_bytes()) {
                     return stop;
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// Whether `text` holds `]]>` (not allowed in character data): a `>` after `]]`. Text
+/// rarely holds a `>` at all, so this is one byte search, without the set-up of a substring
+/// search.
+fn has_cdata_end(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'>', text).any(|i| i >= 2 && &text[i - 2..i] == b"]]")
 }
 
 /// `v` trimmed, still borrowed from the body when it was.
@@ -690,4 +699,26 @@ fn code_of(o: &Open<'_, '_>) -> u16 {
         .find(|a| a.key == "code")
         .and_then(|a| a.value.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdata_end_is_found_wherever_it_is() {
+        for (text, want) in [
+            ("", false),
+            (">", false),
+            ("]>", false),
+            ("]]>", true),
+            ("a]] >", false),
+            ("a > b ]]> c", true),
+            ("]]]>", true),
+            ("] ]>", false),
+        ] {
+            assert_eq!(has_cdata_end(text.as_bytes()), want, "{text:?}");
+            assert_eq!(want, text.contains("]]>"));
+        }
+    }
 }

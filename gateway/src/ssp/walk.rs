@@ -346,8 +346,9 @@ pub(crate) fn attr_slot(name: &str) -> Option<Slot> {
     {
         return None;
     }
-    // Vendor content may use its own prefix; match on the local part.
-    let local = match memchr::memrchr(b':', name.as_bytes()) {
+    // Vendor content may use its own prefix; match on the local part. Names are short: a
+    // plain backwards search costs less than `memrchr`'s set-up.
+    let local = match name.bytes().rposition(|b| b == b':') {
         Some(i) => &name[i + 1..],
         None => name,
     };

@@ -42,6 +42,19 @@ const fn names(colon: bool) -> [bool; 256] {
     t
 }
 
+/// The first `needle` in `hay`. The spans this reader searches are mostly short (the line
+/// break between two tags, an attribute value, a name), where `memchr`'s set-up costs more
+/// than the search: the first bytes are looked at one by one, the rest with `memchr`.
+#[inline]
+fn find(needle: u8, hay: &[u8]) -> Option<usize> {
+    const HEAD: usize = 16;
+    let head = hay.len().min(HEAD);
+    match hay[..head].iter().position(|&c| c == needle) {
+        Some(p) => Some(p),
+        None => memchr::memchr(needle, &hay[head..]).map(|p| head + p),
+    }
+}
+
 /// Why reading stopped: the body is not plain (or failed a check), or the sink stopped it.
 enum Stop {
     Declined,
@@ -89,7 +102,7 @@ fn document<'a>(
         0
     };
     loop {
-        let lt = memchr::memchr(b'<', &b[i..]).map(|p| i + p);
+        let lt = find(b'<', &b[i..]).map(|p| i + p);
         let end = lt.unwrap_or(b.len());
         if end > i {
             characters(d, text, i..end, sink)?;
@@ -113,7 +126,9 @@ fn document<'a>(
 /// The XML declaration at the start of `b`: `version="1.0"`, then optionally an encoding
 /// the full reader accepts and `standalone`, in that order. Returns where it ends.
 fn declaration(b: &[u8]) -> Option<usize> {
-    let end = memchr::memmem::find(b, b"?>")?;
+    // The first `?>`: the first `>` that follows a `?` (the search a longer needle would
+    // need costs more than this short declaration).
+    let end = memchr::memchr_iter(b'>', b).find(|&i| i > 0 && b[i - 1] == b'?')? - 1;
     let mut rest = &b[b"<?xml".len()..end];
     let mut names: &[&[u8]] = &[b"version", b"encoding", b"standalone"];
     let mut first = true;
@@ -176,12 +191,12 @@ fn characters<'a>(
         return Ok(d.text_checked(run, at, TextKind::Plain, true, sink)?);
     }
     let mut from = at.start;
-    while let Some(p) = memchr::memchr(b'&', &b[from..at.end]) {
+    while let Some(p) = find(b'&', &b[from..at.end]) {
         let amp = from + p;
         if amp > from {
             d.text(&text[from..amp], from..amp, TextKind::Plain, sink)?;
         }
-        let semi = amp + memchr::memchr(b';', &b[amp..at.end]).ok_or(Stop::Declined)?;
+        let semi = amp + find(b';', &b[amp..at.end]).ok_or(Stop::Declined)?;
         let ch = predefined(&b[amp + 1..semi]).ok_or(Stop::Declined)?;
         d.text(ch, amp..semi + 1, TextKind::Ref, sink)?;
         from = semi + 1;
@@ -213,7 +228,7 @@ fn end_tag<'a>(
 ) -> Result<usize, Stop> {
     let b = text.as_bytes();
     let start = lt + 2;
-    let gt = start + memchr::memchr(b'>', &b[start..]).ok_or(Stop::Declined)?;
+    let gt = start + find(b'>', &b[start..]).ok_or(Stop::Declined)?;
     let open = d
         .stack
         .last()
@@ -270,7 +285,7 @@ fn start_tag<'a>(
         // value is checked in one pass without an early exit, which vectorises (this runs
         // for every attribute of every message).
         let v = j + 2;
-        let close = v + memchr::memchr(quote, &b[v..]).ok_or(Stop::Declined)?;
+        let close = v + find(quote, &b[v..]).ok_or(Stop::Declined)?;
         let raw = &b[v..close];
         let (bad, entities) = raw.iter().fold((false, false), |(bad, amp), &c| {
             (bad | (c < 0x20) | (c == b'<'), amp | (c == b'&'))
@@ -335,4 +350,36 @@ fn unescape(value: &str) -> Option<String> {
     }
     out.push_str(rest);
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_agrees_with_memchr_on_both_sides_of_its_head() {
+        for len in 0..48 {
+            for at in 0..len {
+                let mut hay = vec![b'a'; len];
+                hay[at] = b'<';
+                assert_eq!(find(b'<', &hay), Some(at), "len {len}, at {at}");
+                if at + 1 < len {
+                    hay[at + 1] = b'<';
+                    assert_eq!(find(b'<', &hay), Some(at), "first of two, len {len}");
+                }
+            }
+            assert_eq!(find(b'<', &vec![b'a'; len]), None);
+        }
+    }
+
+    #[test]
+    fn a_declaration_ends_at_the_first_question_mark_and_angle() {
+        assert_eq!(declaration(b"<?xml version=\"1.0\"?><a/>"), Some(21));
+        let spaced = b"<?xml version=\"1.0\" encoding=\"UTF-8\" ?>";
+        assert_eq!(declaration(spaced), Some(spaced.len()));
+        // A `>` alone, or a `?` alone, does not end it.
+        assert_eq!(declaration(b"<?xml version=\"1>0\"?>"), None);
+        assert_eq!(declaration(b"<?xml version=\"1.0\"? >"), None);
+        assert_eq!(declaration(b"<?xml?>"), None);
+    }
 }
