@@ -10,7 +10,6 @@
 //! "invalid userid: nobody@core…" included) and scrubs every string if one is found.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use crate::config::{Config, IdStyle};
 use crate::directory::Directory;
@@ -200,14 +199,16 @@ impl Rewriter {
                 .chain(self.core_domains.iter().map(String::as_str))
                 .find_map(|d| {
                     key.clear();
-                    let _ = write!(key, "{}", id.with_domain(d));
+                    id.push_with_domain(&mut key, d);
                     dir.msisdn(&key)
                 });
             if let Some(n) = found {
                 return Some(self.msisdn_out(n, true, peer));
             }
         }
-        Some(id.with_domain(&self.public_domain).to_string())
+        let mut out = String::with_capacity(s.len() + self.public_domain.len());
+        id.push_with_domain(&mut out, &self.public_domain);
+        Some(out)
     }
 
     /// The inbound value of one ID slot, `None` when it stays as it is. `core`: how the core
@@ -237,8 +238,12 @@ impl Rewriter {
                 }
             });
         }
-        (id.domain() == Some(self.public_domain.as_str()))
-            .then(|| id.with_domain(self.primary_core_domain()).to_string())
+        (id.domain() == Some(self.public_domain.as_str())).then(|| {
+            let core = self.primary_core_domain();
+            let mut out = String::with_capacity(s.len() + core.len());
+            id.push_with_domain(&mut out, core);
+            out
+        })
     }
 
     /// Whether `text` contains any hidden name (case-insensitive).
@@ -297,18 +302,24 @@ impl Rewriter {
 }
 
 fn find_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    if hay.len() < needle.len() {
+    if needle.is_empty() || hay.len() < needle.len() {
         return None;
     }
     let last_start = hay.len() - needle.len();
-    // Candidates are found with SIMD on the first byte in both cases.
-    memchr::memchr2_iter(
-        first.to_ascii_lowercase(),
-        first.to_ascii_uppercase(),
-        &hay[..=last_start],
-    )
-    .find(|&i| hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest))
+    // Candidates are found with SIMD on one byte of the needle. The hidden names are domain
+    // names, and a dot is far rarer in messages (base64 has none) than a letter in either
+    // case: where the needle has one, its first dot anchors the search.
+    match needle.iter().position(|&b| b == b'.') {
+        // The dot at `k + i` in `hay` puts a candidate at `i`.
+        Some(k) => memchr::memchr_iter(b'.', &hay[k..=last_start + k])
+            .find(|&i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle)),
+        None => memchr::memchr2_iter(
+            needle[0].to_ascii_lowercase(),
+            needle[0].to_ascii_uppercase(),
+            &hay[..=last_start],
+        )
+        .find(|&i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle)),
+    }
 }
 
 fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
@@ -364,6 +375,47 @@ mod tests {
         style: IdStyle::MsisdnAtDomain,
         domain: Some("opy.example"),
     };
+
+    /// The first case-insensitive match, the slow and obvious way.
+    fn naive_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        if needle.is_empty() {
+            return None;
+        }
+        hay.windows(needle.len())
+            .position(|w| w.eq_ignore_ascii_case(needle))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_hidden_name_search_finds_the_first_match(
+            hay in "[a-cA-C.x]{0,40}",
+            needle in "[a-cA-C.]{0,6}",
+        ) {
+            proptest::prop_assert_eq!(
+                find_ignore_ascii_case(hay.as_bytes(), needle.as_bytes()),
+                naive_find(hay.as_bytes(), needle.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn the_hidden_name_search_with_and_without_a_dot() {
+        for (hay, needle, want) in [
+            ("xCORE.opx.example", "core.opx.example", Some(1)),
+            (".core.opx.examplE.", "core.opx.example", Some(1)),
+            ("core.opx.exampl", "core.opx.example", None),
+            ("a.b.c", ".c", Some(3)),
+            ("Imps01", "imps01", Some(0)),
+            ("", "a", None),
+            ("abc", "", None),
+        ] {
+            assert_eq!(
+                find_ignore_ascii_case(hay.as_bytes(), needle.as_bytes()),
+                want,
+                "{hay:?} {needle:?}"
+            );
+        }
+    }
 
     #[test]
     fn outbound_ids() {

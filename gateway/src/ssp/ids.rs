@@ -200,6 +200,12 @@ impl<'a> WvIdRef<'a> {
         DisplayWith { id: self, domain }
     }
 
+    /// [`WvIdRef::with_domain`] appended to `out`.
+    pub fn push_with_domain(&self, out: &mut String, domain: &str) {
+        // Writing to a String cannot fail.
+        let _ = write_id(out, &self.user, self.resource.as_deref(), Some(domain));
+    }
+
     /// The owned ID.
     pub fn into_owned(self) -> WvId {
         WvId {
@@ -226,9 +232,10 @@ impl fmt::Display for DisplayWith<'_, '_> {
     }
 }
 
-/// The canonical text of an ID's parts.
-fn write_id(
-    f: &mut fmt::Formatter<'_>,
+/// The canonical text of an ID's parts, to a formatter or straight into a `String` (which
+/// skips the formatter's indirection, for the per-message lookups by ID).
+fn write_id<W: fmt::Write + ?Sized>(
+    f: &mut W,
     user: &str,
     resource: Option<&str>,
     domain: Option<&str>,
@@ -301,7 +308,7 @@ fn lower(s: &str) -> String {
     }
 }
 
-fn encode(f: &mut fmt::Formatter<'_>, s: &str, is_user: bool) -> fmt::Result {
+fn encode<W: fmt::Write + ?Sized>(f: &mut W, s: &str, is_user: bool) -> fmt::Result {
     // Fast path: printable ASCII without structural characters is written as is.
     let plain = s.bytes().enumerate().all(|(i, b)| {
         (0x21..0x7f).contains(&b)
@@ -532,6 +539,23 @@ impl NumberPlan {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_id_pushed_with_a_domain_is_its_display() {
+        for text in [
+            "wv:usera@core.opx.example",
+            "wv:+4915112345678",
+            "wv:bob/~pep1.0_privatelist@b.example",
+            "wv:a%20b%40c@x.example",
+            "wv:/room@x.example",
+            "wv:J\u{fc}rgen@x.example",
+        ] {
+            let id = WvIdRef::parse(text).unwrap();
+            let mut pushed = String::from("kept:");
+            id.push_with_domain(&mut pushed, "opx.example");
+            assert_eq!(pushed, format!("kept:{}", id.with_domain("opx.example")), "{text}");
+        }
+    }
 
     #[test]
     fn numbers_from_digits_are_checked_as_before() {
