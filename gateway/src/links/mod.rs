@@ -78,7 +78,7 @@ pub struct Remote {
     /// The operator's domain (its identity).
     pub domain: String,
     /// SSP URLs in failover order (empty: the peer's configured or DNS-found ones).
-    pub urls: Vec<String>,
+    pub urls: Vec<::http::Uri>,
     /// How it was found.
     pub source: Source,
 }

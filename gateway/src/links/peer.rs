@@ -357,8 +357,7 @@ impl Links {
         // else those DNS finds.
         let found: Vec<Uri>;
         let urls: &[Uri] = if !r.urls.is_empty() {
-            found = r.urls.iter().filter_map(|u| u.parse().ok()).collect();
-            &found
+            &r.urls
         } else if !peer.urls.is_empty() {
             &peer.urls
         } else {

@@ -318,7 +318,7 @@ pub fn destination(d: &Decision, own: &str, last_resort: Option<&str>, what: &st
         )),
         Protocol::Imps => Dest::Imps(Remote {
             domain: d.domain.clone().unwrap_or_default(),
-            urls: d.urls(),
+            urls: d.uris(),
             source,
         }),
         Protocol::LastResort => match last_resort_name {

@@ -123,6 +123,36 @@ pub struct Server {
     /// SRV weight.
     #[serde(skip)]
     pub weight: u16,
+    /// The SSP URL of each address (`https://addr:port/`), made once with the server:
+    /// requests routed by the decision use them without writing and parsing them again.
+    #[serde(skip)]
+    pub uris: Vec<Uri>,
+}
+
+impl Server {
+    /// A server at `addrs`, port `port`.
+    pub fn new(host: String, port: u16, addrs: Vec<IpAddr>, priority: u16, weight: u16) -> Self {
+        let uris = addrs
+            .iter()
+            .filter_map(|a| ssp_url(*a, port).parse().ok())
+            .collect();
+        Server {
+            host,
+            port,
+            addrs,
+            priority,
+            weight,
+            uris,
+        }
+    }
+}
+
+/// `https://addr:port/`.
+fn ssp_url(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(v4) => format!("https://{v4}:{port}/"),
+        IpAddr::V6(v6) => format!("https://[{v6}]:{port}/"),
+    }
 }
 
 /// A route decision.
@@ -170,12 +200,15 @@ impl Decision {
     pub fn urls(&self) -> Vec<String> {
         self.targets
             .iter()
-            .flat_map(|t| {
-                t.addrs.iter().map(move |a| match a {
-                    IpAddr::V4(v4) => format!("https://{v4}:{}/", t.port),
-                    IpAddr::V6(v6) => format!("https://[{v6}]:{}/", t.port),
-                })
-            })
+            .flat_map(|t| t.addrs.iter().map(move |a| ssp_url(*a, t.port)))
+            .collect()
+    }
+
+    /// [`Decision::urls`], parsed (made with the servers, not per call).
+    pub fn uris(&self) -> Vec<Uri> {
+        self.targets
+            .iter()
+            .flat_map(|t| t.uris.iter().cloned())
             .collect()
     }
 }
@@ -837,13 +870,13 @@ impl Resolver {
                     tr(trace, || format!("  {t} {ip}"));
                 }
                 Ok(Some((
-                    Server {
-                        host: domain.to_owned(),
+                    Server::new(
+                        domain.to_owned(),
                         port,
-                        addrs: list.into_iter().map(|(ip, _)| ip).collect(),
-                        priority: 0,
-                        weight: 0,
-                    },
+                        list.into_iter().map(|(ip, _)| ip).collect(),
+                        0,
+                        0,
+                    ),
                     ttl,
                 )))
             }
@@ -1020,13 +1053,13 @@ impl Resolver {
                 }
             }
             if !addrs.is_empty() {
-                targets.push(Server {
-                    host: s.target.clone(),
-                    port: s.port,
+                targets.push(Server::new(
+                    s.target.clone(),
+                    s.port,
                     addrs,
-                    priority: s.priority,
-                    weight: s.weight,
-                });
+                    s.priority,
+                    s.weight,
+                ));
             }
         }
         if targets.is_empty() {
@@ -1055,9 +1088,7 @@ impl Resolver {
     /// SSP URLs of a domain (SRV), for peers found only through DNS.
     pub async fn peer_urls(&self, domain: &str) -> Vec<Uri> {
         match self.decide(domain, Svc::Im).await {
-            Ok(d) if d.protocol == Protocol::Imps => {
-                d.urls().iter().filter_map(|u| u.parse().ok()).collect()
-            }
+            Ok(d) if d.protocol == Protocol::Imps => d.uris(),
             _ => Vec::new(),
         }
     }
@@ -1181,6 +1212,30 @@ fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decisions_parsed_urls_are_its_urls_in_order() {
+        let mut d = Decision::new("opy.example", Svc::Im);
+        d.targets = vec![
+            Server::new(
+                "a.opy.example".into(),
+                8443,
+                vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
+                0,
+                0,
+            ),
+            Server::new(
+                "b.opy.example".into(),
+                443,
+                vec!["10.0.0.1".parse().unwrap()],
+                1,
+                0,
+            ),
+        ];
+        let parsed: Vec<Uri> = d.urls().iter().map(|u| u.parse().unwrap()).collect();
+        assert_eq!(d.uris(), parsed);
+        assert_eq!(d.uris()[1].to_string(), "https://[::1]:8443/");
+    }
 
     #[test]
     fn only_host_names_go_to_dns_as_domains() {

@@ -553,7 +553,11 @@ mod tests {
             let id = WvIdRef::parse(text).unwrap();
             let mut pushed = String::from("kept:");
             id.push_with_domain(&mut pushed, "opx.example");
-            assert_eq!(pushed, format!("kept:{}", id.with_domain("opx.example")), "{text}");
+            assert_eq!(
+                pushed,
+                format!("kept:{}", id.with_domain("opx.example")),
+                "{text}"
+            );
         }
     }
 
