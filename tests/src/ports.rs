@@ -4,64 +4,56 @@
 //! Probing a port and releasing it leaves a window before the server binds it. nextest runs
 //! each test in its own process, so two tests could pick the same port in that window, and a
 //! gateway that a fault test has killed leaves its port unbound until it is started again.
-//! Each port handed out is therefore claimed by a file named after it that holds the claiming
-//! process's ID; another process skips it while that process lives. Claims are never released
-//! early: a test process is short-lived, and a claim whose process has gone is taken over.
+//! Each port handed out is therefore claimed with an advisory lock (`flock`) on a file named
+//! after it, held open for the rest of the process: another process cannot take that lock
+//! while the claimant lives, and the kernel drops it when the claimant exits, however it
+//! exits, so there are no stale claims to judge or clean up.
 
+use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rustix::fs::{FlockOperation, flock};
 
 /// Ports are drawn below Linux's ephemeral range (32768-60999): a port the kernel hands out as
 /// the source of an outgoing connection (Prosody's, a client's) between the probe and the
 /// server's bind would otherwise be taken from under the test.
 const RANGE: std::ops::Range<u16> = 20_000..32_000;
 
+/// The locked claim files of this process, kept open (closing one would release its lock).
+static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
 fn claims_dir() -> PathBuf {
     std::env::temp_dir().join("ssp-testbed-ports")
 }
 
-/// Whether a claim file names a process that is still running (other than one that cannot be
-/// read, which counts as alive: better to skip a port than to share one).
-fn claim_is_live(path: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return true;
-    };
-    match text.trim().parse::<u32>() {
-        Ok(pid) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        // Written but not yet filled in by its claimant: treat as live.
-        Err(_) => true,
-    }
-}
-
-/// Claim `port` for this process. False if another live process (or this one) holds it.
+/// Claim `port` for this process: false if any process (this one included: a lock taken
+/// through another open file conflicts) holds it.
 fn claim(port: u16) -> bool {
     let dir = claims_dir();
     if std::fs::create_dir_all(&dir).is_err() {
-        // No claim directory: fall back to the probe alone.
+        // No claim directory: the probe alone decides, as before claims existed.
         return true;
     }
-    let path = dir.join(port.to_string());
-    for _ in 0..2 {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                return write!(f, "{}", std::process::id()).is_ok();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if claim_is_live(&path) {
-                    return false;
-                }
-                // Its process has gone: remove the stale claim and race for it once more
-                // (`create_new` lets exactly one claimant win).
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(_) => return true,
-        }
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return true;
+    };
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false;
     }
-    false
+    // For whoever looks at the directory: who holds the port.
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    if let Ok(mut held) = HELD.lock() {
+        held.push(file);
+    }
+    true
 }
 
 /// Whether `port` is free on 127.0.0.1 for both TCP and UDP right now.
@@ -114,15 +106,30 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_of_a_dead_process_is_taken_over() {
-        // PIDs above the kernel's maximum (4,194,304) never name a running process.
-        let port = (0..10_000)
+    fn a_port_locked_elsewhere_is_not_claimed_until_released() {
+        let port = free_port();
+        // Claimed: a second claim (another open file, as another process would make) fails.
+        assert!(!claim(port), "claimed twice");
+        // A lock held through another open file, as a live process's would be.
+        let other_port = (0..10_000)
             .map(|_| rand::random_range(RANGE))
-            .find(|p| probe(*p) && !claims_dir().join(p.to_string()).exists())
-            .expect("a free, unclaimed port");
-        std::fs::create_dir_all(claims_dir()).unwrap();
-        std::fs::write(claims_dir().join(port.to_string()), "4194305").unwrap();
-        assert!(claim(port), "stale claim taken over");
-        assert!(!claim(port), "now held by this process");
+            .find(|p| *p != port && probe(*p))
+            .expect("a free port");
+        let path = claims_dir().join(other_port.to_string());
+        let holder = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        if flock(&holder, FlockOperation::NonBlockingLockExclusive).is_err() {
+            // Another test process holds it right now: it is a claim all the same.
+            assert!(!claim(other_port));
+            return;
+        }
+        assert!(!claim(other_port), "taken from a live holder");
+        // The holder goes (as a process exiting would): the port can be claimed.
+        drop(holder);
+        assert!(claim(other_port), "claimed once released");
     }
 }
