@@ -134,11 +134,13 @@ fn declaration(b: &[u8]) -> Option<usize> {
     read_declaration(b)
 }
 
-/// Declarations [`read_declaration`] accepts, as senders write them.
-const COMMON_DECLARATIONS: [&[u8]; 4] = [
+/// Declarations [`read_declaration`] accepts, as senders write them: ours (and most
+/// senders'), Baraza's, and their near variants.
+const COMMON_DECLARATIONS: [&[u8]; 5] = [
     b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
-    b"<?xml version=\"1.0\" encoding=\"utf-8\"?>",
+    b"<?xml version='1.0'?>",
     b"<?xml version=\"1.0\"?>",
+    b"<?xml version=\"1.0\" encoding=\"utf-8\"?>",
     b"<?xml version='1.0' encoding='UTF-8'?>",
 ];
 
