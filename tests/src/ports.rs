@@ -28,23 +28,31 @@ fn claims_dir() -> PathBuf {
     std::env::temp_dir().join("ssp-testbed-ports")
 }
 
-/// Claim `port` for this process: false if any process (this one included: a lock taken
-/// through another open file conflicts) holds it.
-fn claim(port: u16) -> bool {
+/// Lock `port`'s claim file for this process: `None` if any process (this one included: a
+/// lock taken through another open file conflicts) holds it. The lock lasts as long as the
+/// file stays open.
+fn lock(port: u16) -> Option<File> {
     let dir = claims_dir();
-    if std::fs::create_dir_all(&dir).is_err() {
-        // No claim directory: the probe alone decides, as before claims existed.
-        return true;
-    }
-    let Ok(mut file) = std::fs::OpenOptions::new()
+    std::fs::create_dir_all(&dir).ok()?;
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(port.to_string()))
-    else {
-        return true;
+        .ok()?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(file)
+}
+
+/// Claim `port` for this process, if no process holds it and it is free. The lock comes
+/// first: a probe binds the port for a moment, which must never happen to a port another
+/// process holds and is about to start a server on.
+fn claim(port: u16) -> bool {
+    let Some(mut file) = lock(port) else {
+        return false;
     };
-    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+    if !probe(port) {
+        // Dropping the file releases the lock.
         return false;
     }
     // For whoever looks at the directory: who holds the port.
@@ -72,7 +80,7 @@ fn probe(port: u16) -> bool {
 pub fn free_port() -> u16 {
     for _ in 0..10_000 {
         let port = rand::random_range(RANGE);
-        if probe(port) && claim(port) {
+        if claim(port) {
             return port;
         }
     }
@@ -111,22 +119,11 @@ mod tests {
         // Claimed: a second claim (another open file, as another process would make) fails.
         assert!(!claim(port), "claimed twice");
         // A lock held through another open file, as a live process's would be.
-        let other_port = (0..10_000)
+        let (other_port, holder) = (0..10_000)
             .map(|_| rand::random_range(RANGE))
-            .find(|p| *p != port && probe(*p))
-            .expect("a free port");
-        let path = claims_dir().join(other_port.to_string());
-        let holder = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        if flock(&holder, FlockOperation::NonBlockingLockExclusive).is_err() {
-            // Another test process holds it right now: it is a claim all the same.
-            assert!(!claim(other_port));
-            return;
-        }
+            .filter(|p| *p != port)
+            .find_map(|p| lock(p).map(|f| (p, f)))
+            .expect("a port no process holds");
         assert!(!claim(other_port), "taken from a live holder");
         // The holder goes (as a process exiting would): the port can be claimed.
         drop(holder);
