@@ -132,9 +132,14 @@ impl<'a> WvIdRef<'a> {
         // control characters are refused (escaped ones, %20, are data), and the raw '@' and
         // '/' are found before decoding, so that an escaped %40 stays data. Control
         // characters are C0, DEL and C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
+        // The same pass notes the first '/' and whether any byte would need decoding (an
+        // escape, a capital, non-ASCII): where none does, which is nearly always, every part
+        // is borrowed as it is without a second look at its bytes.
         let b = s.as_bytes();
         let mut at = None;
         let mut ats = 0;
+        let mut slash = None;
+        let mut canonical = true;
         for (i, &c) in b.iter().enumerate() {
             if c <= b' ' || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f))) {
                 return Err(IdError::BadChar(input.to_owned()));
@@ -143,6 +148,10 @@ impl<'a> WvIdRef<'a> {
                 ats += 1;
                 at = at.or(Some(i));
             }
+            if c == b'/' {
+                slash = slash.or(Some(i));
+            }
+            canonical &= c != b'%' && !c.is_ascii_uppercase() && c.is_ascii();
         }
         let (local, domain) = match at {
             Some(i) => {
@@ -157,13 +166,21 @@ impl<'a> WvIdRef<'a> {
             }
             None => (s, None),
         };
-        let (user, resource) = match local.bytes().position(|c| c == b'/') {
+        // The first '/' of the local part: the first of all, if it comes before the '@'.
+        let (user, resource) = match slash.filter(|&i| i < local.len()) {
             Some(i) => (&local[..i], Some(&local[i + 1..])),
             None => (local, None),
         };
-        let user = decode(user, input)?;
-        let resource = resource.map(|r| decode(r, input)).transpose()?;
-        let domain = domain.map(|d| decode(d, input)).transpose()?;
+        let decoded = |part: &'a str| {
+            if canonical {
+                Ok(Cow::Borrowed(part))
+            } else {
+                decode(part, input)
+            }
+        };
+        let user = decoded(user)?;
+        let resource = resource.map(decoded).transpose()?;
+        let domain = domain.map(decoded).transpose()?;
         if let Some(digits) = user.strip_prefix('+') {
             if !valid_e164_digits(digits) {
                 return Err(IdError::Plus(input.to_owned()));
@@ -690,6 +707,26 @@ mod tests {
                         prop_assert!(!b.contains('%') && !b.bytes().any(|c| c.is_ascii_uppercase()));
                     }
                 }
+            }
+        }
+
+        /// The parts are those of a plain reading: split at the first '@', the local part at
+        /// its first '/', and each part decoded on its own.
+        #[test]
+        fn the_parts_are_decoded_as_each_alone(s in "(wv:)?[a-zA-Z0-9._~%+/@-]{0,14}") {
+            if let Ok(r) = WvIdRef::parse(&s) {
+                let body = s.strip_prefix("wv:").unwrap_or(&s);
+                let (local, domain) = match body.find('@') {
+                    Some(i) => (&body[..i], Some(&body[i + 1..])),
+                    None => (body, None),
+                };
+                let (user, resource) = match local.find('/') {
+                    Some(i) => (&local[..i], Some(&local[i + 1..])),
+                    None => (local, None),
+                };
+                prop_assert_eq!(&r.user, &decode(user, &s).unwrap());
+                prop_assert_eq!(r.resource, resource.map(|x| decode(x, &s).unwrap()));
+                prop_assert_eq!(r.domain, domain.map(|x| decode(x, &s).unwrap()));
             }
         }
 
