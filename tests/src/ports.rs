@@ -28,28 +28,46 @@ fn claims_dir() -> PathBuf {
     std::env::temp_dir().join("ssp-testbed-ports")
 }
 
-/// Lock `port`'s claim file for this process: `None` if any process (this one included: a
-/// lock taken through another open file conflicts) holds it. The lock lasts as long as the
-/// file stays open.
-fn lock(port: u16) -> Option<File> {
+/// What became of an attempt to lock a port's claim file.
+enum Lock {
+    /// Locked by this open file, for as long as it stays open.
+    Held(File),
+    /// Some process (this one included: a lock taken through another open file conflicts)
+    /// holds it.
+    Taken,
+    /// No claim file could be opened (say, a claims directory of another user): the probe
+    /// alone decides, as before claims existed.
+    Unavailable,
+}
+
+/// Lock `port`'s claim file for this process.
+fn lock(port: u16) -> Lock {
     let dir = claims_dir();
-    std::fs::create_dir_all(&dir).ok()?;
-    let file = std::fs::OpenOptions::new()
+    if std::fs::create_dir_all(&dir).is_err() {
+        return Lock::Unavailable;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(port.to_string()))
-        .ok()?;
-    flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
-    Some(file)
+    else {
+        return Lock::Unavailable;
+    };
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Lock::Held(file),
+        Err(_) => Lock::Taken,
+    }
 }
 
 /// Claim `port` for this process, if no process holds it and it is free. The lock comes
 /// first: a probe binds the port for a moment, which must never happen to a port another
 /// process holds and is about to start a server on.
 fn claim(port: u16) -> bool {
-    let Some(mut file) = lock(port) else {
-        return false;
+    let mut file = match lock(port) {
+        Lock::Held(file) => file,
+        Lock::Taken => return false,
+        Lock::Unavailable => return probe(port),
     };
     if !probe(port) {
         // Dropping the file releases the lock.
@@ -84,8 +102,8 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    // Nothing free there: any port the kernel gives.
-    loop {
+    // Nothing free there: any port the kernel gives (unclaimed: a last resort).
+    for _ in 0..1_000 {
         let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
             continue;
         };
@@ -94,6 +112,7 @@ pub fn free_port() -> u16 {
             return addr.port();
         }
     }
+    panic!("no free loopback port for both TCP and UDP");
 }
 
 #[cfg(test)]
@@ -122,8 +141,11 @@ mod tests {
         let (other_port, holder) = (0..10_000)
             .map(|_| rand::random_range(RANGE))
             .filter(|p| *p != port)
-            .find_map(|p| lock(p).map(|f| (p, f)))
-            .expect("a port no process holds");
+            .find_map(|p| match lock(p) {
+                Lock::Held(f) if probe(p) => Some((p, f)),
+                _ => None,
+            })
+            .expect("a free port no process holds");
         assert!(!claim(other_port), "taken from a live holder");
         // The holder goes (as a process exiting would): the port can be claimed.
         drop(holder);

@@ -713,7 +713,7 @@ mod tests {
         /// The parts are those of a plain reading: split at the first '@', the local part at
         /// its first '/', and each part decoded on its own.
         #[test]
-        fn the_parts_are_decoded_as_each_alone(s in "(wv:)?[a-zA-Z0-9._~%+/@-]{0,14}") {
+        fn the_parts_are_decoded_as_each_alone(s in "(wv:)?[a-zA-Z0-9._~%+/@ÉéßΣ-]{0,14}") {
             if let Ok(r) = WvIdRef::parse(&s) {
                 let body = s.strip_prefix("wv:").unwrap_or(&s);
                 let (local, domain) = match body.find('@') {
