@@ -306,20 +306,17 @@ fn find_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
         return None;
     }
     let last_start = hay.len() - needle.len();
-    // Candidates are found with SIMD on one byte of the needle. The hidden names are domain
-    // names, and a dot is far rarer in messages (base64 has none) than a letter in either
-    // case: where the needle has one, its first dot anchors the search.
-    match needle.iter().position(|&b| b == b'.') {
-        // The dot at `k + i` in `hay` puts a candidate at `i`.
-        Some(k) => memchr::memchr_iter(b'.', &hay[k..=last_start + k])
-            .find(|&i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle)),
-        None => memchr::memchr2_iter(
-            needle[0].to_ascii_lowercase(),
-            needle[0].to_ascii_uppercase(),
-            &hay[..=last_start],
-        )
-        .find(|&i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle)),
-    }
+    // Candidates are found with SIMD on one byte of the needle, in both cases. The hidden
+    // names are domain names, and a dot is far rarer in messages (base64 has none) than a
+    // letter: where the needle has one, its first dot anchors the search (the anchor at
+    // `k + i` in `hay` puts a candidate at `i`).
+    let k = needle.iter().position(|&b| b == b'.').unwrap_or(0);
+    let (lower, upper) = (
+        needle[k].to_ascii_lowercase(),
+        needle[k].to_ascii_uppercase(),
+    );
+    memchr::memchr2_iter(lower, upper, &hay[k..=last_start + k])
+        .find(|&i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
 }
 
 fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
