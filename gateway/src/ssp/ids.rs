@@ -9,6 +9,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::bytes;
+
 /// A parsed and normalised `wv:` ID.
 ///
 /// Shapes: user `wv:alice@d`, resource `wv:alice/list@d`, group `wv:/room@d`,
@@ -130,29 +132,15 @@ impl<'a> WvIdRef<'a> {
         }
         // One pass over the bytes (this runs for every ID of every message): raw spaces and
         // control characters are refused (escaped ones, %20, are data), and the raw '@' and
-        // '/' are found before decoding, so that an escaped %40 stays data. Control
-        // characters are C0, DEL and C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
-        // The same pass notes the first '/' and whether any byte would need decoding (an
-        // escape, a capital, non-ASCII): where none does, which is nearly always, every part
-        // is borrowed as it is without a second look at its bytes.
+        // '/' are found before decoding, so that an escaped %40 stays data. The same pass
+        // notes the first '/' and whether any byte would need decoding (an escape, a capital,
+        // non-ASCII): where none does, which is nearly always, every part is borrowed as it
+        // is without a second look at its bytes. Such an ID is read a word at a time.
         let b = s.as_bytes();
-        let mut at = None;
-        let mut ats = 0;
-        let mut slash = None;
-        let mut canonical = true;
-        for (i, &c) in b.iter().enumerate() {
-            if c <= b' ' || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f))) {
-                return Err(IdError::BadChar(input.to_owned()));
-            }
-            if c == b'@' {
-                ats += 1;
-                at = at.or(Some(i));
-            }
-            if c == b'/' {
-                slash = slash.or(Some(i));
-            }
-            canonical &= c != b'%' && !c.is_ascii_uppercase() && c.is_ascii();
-        }
+        let (at, ats, slash, canonical) = match bytes::plain_id_marks(b) {
+            Some(m) => (m.at, m.ats, m.slash, true),
+            None => careful_marks(b).ok_or_else(|| IdError::BadChar(input.to_owned()))?,
+        };
         let (local, domain) = match at {
             Some(i) => {
                 if ats > 1 {
@@ -353,6 +341,31 @@ fn encode<W: fmt::Write + ?Sized>(f: &mut W, s: &str, is_user: bool) -> fmt::Res
         last = i + c.len_utf8();
     }
     f.write_str(&s[last..])
+}
+
+/// [`WvIdRef::parse`]'s pass over an ID's bytes, one by one, for IDs that are not plain
+/// ([`bytes::plain_id_marks`]): the first '@', how many there are, the first '/', and
+/// whether no byte needs decoding. `None` at a raw space or control character: C0, DEL and
+/// C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
+fn careful_marks(b: &[u8]) -> Option<(Option<usize>, u32, Option<usize>, bool)> {
+    let mut at = None;
+    let mut ats = 0;
+    let mut slash = None;
+    let mut canonical = true;
+    for (i, &c) in b.iter().enumerate() {
+        if c <= b' ' || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f))) {
+            return None;
+        }
+        if c == b'@' {
+            ats += 1;
+            at = at.or(Some(i));
+        }
+        if c == b'/' {
+            slash = slash.or(Some(i));
+        }
+        canonical &= c != b'%' && !c.is_ascii_uppercase() && c.is_ascii();
+    }
+    Some((at, ats, slash, canonical))
 }
 
 fn valid_e164_digits(d: &str) -> bool {

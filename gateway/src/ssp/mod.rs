@@ -1,6 +1,7 @@
 //! The SSP message model: XML codec, typed envelope and primitives, user IDs, status codes.
 
 pub mod answer;
+mod bytes;
 pub mod common;
 pub mod ids;
 pub mod message;

@@ -581,7 +581,8 @@ struct Driver<'a, 'l> {
     elements: usize,
     transactions: usize,
     /// Names and attribute values were checked byte by byte by the caller (the plain
-    /// reader, which takes a stricter set of bytes than `check_name` and `check_chars`).
+    /// reader, which takes a stricter set of bytes than `check_name` and `check_chars`, and
+    /// no `:` in element names).
     prechecked: bool,
 }
 
@@ -741,8 +742,13 @@ impl<'a, 'l> Driver<'a, 'l> {
         at: Range<usize>,
         sink: &mut dyn Sink<'a>,
     ) -> Result<(), XmlError> {
-        // A byte search: names are short, and this runs for every element.
-        let colon = qname.bytes().position(|b| b == b':');
+        // A byte search: names are short, and this runs for every element. The plain
+        // reader's element names hold no `:`.
+        let colon = if self.prechecked {
+            None
+        } else {
+            qname.bytes().position(|b| b == b':')
+        };
         let (name, prefixed) = match colon.map(|i| (&qname[..i], &qname[i + 1..])) {
             Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| *p == prefix) => {
                 (local, true)
@@ -1117,19 +1123,14 @@ fn escape_attr(out: &mut String, s: &str) {
     escape_with(out, s, 2);
 }
 
-/// Whether `s` holds a byte of class `class` (as [`ESCAPE`] has them). Comparisons folded
-/// without an early exit vectorise: most values (IDs, tokens, session IDs) have nothing to
-/// escape, and a table lookup per byte cost more than writing them.
+/// Whether `s` holds a byte of class `class` (as [`ESCAPE`] has them). Most values (IDs,
+/// tokens, session IDs) have nothing to escape: a word-at-a-time search says so.
 fn needs_escape(s: &[u8], class: u8) -> bool {
     debug_assert!(matches!(class, 1 | 2), "escape class {class}");
-    let either = |b: u8| b == b'<' || b == b'&' || b == b'\r';
     if class == 1 {
-        s.iter()
-            .fold(false, |any, &b| any | either(b) | (b == b'>'))
+        super::bytes::first_of(s, [b'<', b'&', b'\r', b'>'], 0).is_some()
     } else {
-        s.iter().fold(false, |any, &b| {
-            any | either(b) | (b == b'"') | (b == b'\t') | (b == b'\n')
-        })
+        super::bytes::first_of(s, [b'<', b'&', b'\r', b'"', b'\t', b'\n'], 0).is_some()
     }
 }
 

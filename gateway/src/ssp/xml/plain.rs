@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use super::{Driver, IsSspNamespace, Limits, Sink, TextKind, XmlError};
+use crate::ssp::bytes::first_of;
 
 /// Bytes of the names this reader takes: ASCII letters, digits, `_`, `-`, `.`, and `:` in
 /// attribute names only, after a letter or `_`. A stricter set than the full reader's
@@ -102,6 +103,16 @@ fn document<'a>(
         0
     };
     loop {
+        // Layout between tags (a line break, an indent) before any other text of the
+        // element, or outside the root: the Driver drops it unreported, so it needs no
+        // search and no call.
+        let mut k = i;
+        while b.get(k).is_some_and(|c| is_space(*c)) {
+            k += 1;
+        }
+        if b.get(k) == Some(&b'<') && d.stack.last().is_none_or(|(_, len)| *len == 0) {
+            i = k;
+        }
         let lt = find(b'<', &b[i..]).map(|p| i + p);
         let end = lt.unwrap_or(b.len());
         if end > i {
@@ -248,13 +259,15 @@ fn end_tag<'a>(
 ) -> Result<usize, Stop> {
     let b = text.as_bytes();
     let start = lt + 2;
-    let gt = start + find(b'>', &b[start..]).ok_or(Stop::Declined)?;
     let open = d
         .stack
         .last()
         .and_then(|(name, _)| name.clone())
         .ok_or(Stop::Declined)?;
-    if text[open] != text[start..gt] {
+    // The open element's name, then `>`: compared in place, with no search for the `>`
+    // (a name holds no `>`, so this is "the first `>` ends a tag naming the open element").
+    let gt = start + open.len();
+    if b.get(start..gt) != Some(&b[open]) || b.get(gt) != Some(&b'>') {
         return Err(Stop::Declined);
     }
     d.close(gt + 1, sink)?;
@@ -301,18 +314,10 @@ fn start_tag<'a>(
         };
         // The value, to its closing quote: declined at a raw `<` (not XML) or any control
         // character (tab and line ends, which the full reader normalises, and those it
-        // refuses); an `&` is resolved below. The quote is found by a byte search, then the
-        // value is checked in one pass without an early exit, which vectorises (this runs
-        // for every attribute of every message).
+        // refuses); an `&` is resolved below.
         let v = j + 2;
-        let close = v + find(quote, &b[v..]).ok_or(Stop::Declined)?;
+        let (close, entities) = value_end(b, v, quote).ok_or(Stop::Declined)?;
         let raw = &b[v..close];
-        let (bad, entities) = raw.iter().fold((false, false), |(bad, amp), &c| {
-            (bad | (c < 0x20) | (c == b'<'), amp | (c == b'&'))
-        });
-        if bad {
-            return Err(Stop::Declined);
-        }
         // Duplicates (the full reader refuses them); a consumed declaration is not kept.
         // An SSP namespace declared below the root would be consumed unseen, where the fast
         // path must see it (another namespace is an attribute the sink sees).
@@ -343,6 +348,24 @@ fn start_tag<'a>(
     Ok(j)
 }
 
+/// Where the attribute value starting at `from` ends (at its closing `quote`) and whether it
+/// holds an `&`; `None` if a raw `<` or a control character comes first, or no quote does.
+/// One pass to the first byte that matters, a word at a time (this runs for every attribute
+/// of every message).
+fn value_end(b: &[u8], from: usize, quote: u8) -> Option<(usize, bool)> {
+    let mut i = from;
+    let mut entities = false;
+    loop {
+        i += first_of(b.get(i..)?, [quote, b'<', b'&'], 0x20)?;
+        match b[i] {
+            c if c == quote => return Some((i, entities)),
+            b'&' => entities = true,
+            _ => return None,
+        }
+        i += 1;
+    }
+}
+
 /// XML's white space: space, tab, line feed, carriage return (not form feed, which
 /// `u8::is_ascii_whitespace` includes and XML does not).
 fn is_space(c: u8) -> bool {
@@ -351,11 +374,11 @@ fn is_space(c: u8) -> bool {
 
 /// Where the name starting at `from` ends: at the first byte not in `table`.
 fn name_end(b: &[u8], from: usize, table: &[bool; 256]) -> usize {
-    let mut j = from;
-    while b.get(j).is_some_and(|c| table[usize::from(*c)]) {
-        j += 1;
-    }
-    j
+    let rest = b.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|c| !table[usize::from(*c)])
+        .unwrap_or(rest.len())
 }
 
 /// `value` with the predefined entities resolved; `None` for any other reference.
@@ -389,6 +412,42 @@ mod tests {
                 }
             }
             assert_eq!(find(b'<', &vec![b'a'; len]), None);
+        }
+    }
+
+    /// [`value_end`], the slow and obvious way: the first quote, then every byte before it.
+    fn naive_value_end(b: &[u8], from: usize, quote: u8) -> Option<(usize, bool)> {
+        let close = from + b[from..].iter().position(|&c| c == quote)?;
+        let raw = &b[from..close];
+        if raw.iter().any(|&c| c < 0x20 || c == b'<') {
+            return None;
+        }
+        Some((close, raw.contains(&b'&')))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_value_ends_where_the_byte_by_byte_reading_ends_it(
+            // Mostly plain bytes, with each kind of byte that matters, and bytes just
+            // either side of the ones the word test looks for (carries, high bytes).
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => proptest::prelude::Just(b'a'),
+                    1 => proptest::sample::select(
+                        b"\"'<&\x00\x01\x1f\x20\x21\t\n\r;=>%'\x7f\x80\xa2\xff".to_vec()
+                    ),
+                ],
+                0..40,
+            ),
+            from in 0usize..40,
+            double in proptest::bool::ANY,
+        ) {
+            let from = from.min(body.len());
+            let quote = if double { b'"' } else { b'\'' };
+            proptest::prop_assert_eq!(
+                value_end(&body, from, quote),
+                naive_value_end(&body, from, quote)
+            );
         }
     }
 
