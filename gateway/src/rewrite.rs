@@ -328,9 +328,11 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
 /// (validated and lowercase), which needs no escaping.
 fn msisdn_text(n: crate::ssp::E164, host: Option<&str>) -> String {
     let w = n.written();
-    let mut s = String::with_capacity(3 + w.plus().len() + host.map_or(0, |h| h.len() + 1));
+    // Read once: each reading of the digits checks them as text again.
+    let plus = w.plus();
+    let mut s = String::with_capacity(3 + plus.len() + host.map_or(0, |h| h.len() + 1));
     s.push_str("wv:");
-    s.push_str(w.plus());
+    s.push_str(plus);
     if let Some(h) = host {
         s.push('@');
         s.push_str(h);

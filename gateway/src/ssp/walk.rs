@@ -346,21 +346,23 @@ pub(crate) fn attr_slot(name: &str) -> Option<Slot> {
     {
         return None;
     }
-    // Vendor content may use its own prefix; match on the local part. Names are short: a
-    // plain backwards search costs less than `memrchr`'s set-up.
-    let local = match name.bytes().rposition(|b| b == b':') {
-        Some(i) => &name[i + 1..],
-        None => name,
-    };
-    if local.eq_ignore_ascii_case("userID") {
-        Some(Slot::User)
-    } else if local.eq_ignore_ascii_case("groupID") {
-        Some(Slot::Group)
-    } else if local.eq_ignore_ascii_case("serviceID") {
-        Some(Slot::Service)
-    } else {
-        None
-    }
+    // Vendor content may use its own prefix; match on the local part (after the last
+    // `:`): the name ends with one of the three, right after a `:` or at its start. For a
+    // name without a prefix, only the one of its length is compared byte by byte.
+    let b = name.as_bytes();
+    [
+        (&b"userid"[..], Slot::User),
+        (b"groupid", Slot::Group),
+        (b"serviceid", Slot::Service),
+    ]
+    .into_iter()
+    .find(|(want, _)| {
+        let Some(local) = b.len().checked_sub(want.len()) else {
+            return false;
+        };
+        (local == 0 || b[local - 1] == b':') && b[local..].eq_ignore_ascii_case(want)
+    })
+    .map(|(_, slot)| slot)
 }
 
 /// Generic walk over unknown content: ID attributes anywhere, and `Domain` text.
@@ -383,5 +385,37 @@ fn visit_name(name: &mut super::xml::Name, f: &mut dyn FnMut(&mut String)) {
     f(&mut s);
     if s != *name {
         *name = std::borrow::Cow::Owned(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`attr_slot`], the obvious way: the part after the last `:`, compared with each.
+    fn naive_slot(name: &str) -> Option<Slot> {
+        let local = name.rsplit(':').next().unwrap_or(name);
+        [
+            ("userID", Slot::User),
+            ("groupID", Slot::Group),
+            ("serviceID", Slot::Service),
+        ]
+        .into_iter()
+        .find(|(want, _)| local.eq_ignore_ascii_case(want))
+        .map(|(_, slot)| slot)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_id_attribute_is_known_by_its_local_part(
+            prefix in "([a-z]{0,3}:){0,2}[a-z]{0,2}",
+            local in proptest::sample::select(vec![
+                "userID", "USERid", "groupID", "serviceID", "sessionID", "userIDx", "serviceid",
+                "ID", "d", "", "ervICEID",
+            ]),
+        ) {
+            let name = format!("{prefix}{local}");
+            proptest::prop_assert_eq!(attr_slot(&name), naive_slot(&name), "{}", name);
+        }
     }
 }
