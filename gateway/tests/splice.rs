@@ -502,6 +502,15 @@ fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
             "",
             "<GetPresenceRequest><User userID=\"wv:a@b\"/></GetPresenceRequest>",
         ),
+        // Mixed content: the white space after the child is text of an element that
+        // already has some, so it is reported, not dropped as layout.
+        doc(
+            "",
+            &smr.replace(
+                "a &lt; b &amp;&amp; c &gt; d</ContentData>",
+                "x<b/>\n </ContentData>",
+            ),
+        ),
         doc("", &format!("{smr}<Extra xmlns=\"urn:vendor\"/>")),
     ];
     for body in &taken {
@@ -555,6 +564,10 @@ fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
         doc("", &smr.replace("\"Yes\"", "\"Yes\" deliveryReport=\"No\"")),
         doc("", &smr.replace("</Recipient>", "</Recipient >")),
         doc("", &smr.replace("</Recipient>", "</Sender>")),
+        // An end tag is compared in place with the open element's name.
+        doc("", &smr.replace("</Recipient>", "</RecipientX>")),
+        doc("", &smr.replace("</Recipient>", "</Recip>")),
+        doc("", smr).replace("</WV-SSP-Message>", "</WV-SSP-Message"),
         doc(
             "",
             &smr.replace("<Recipient>", "<p:Recipient xmlns:p=\"urn:x\">")

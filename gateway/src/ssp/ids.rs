@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::bytes;
+use super::swar::{HI, at_least, equal};
 
 /// A parsed and normalised `wv:` ID.
 ///
@@ -130,15 +130,21 @@ impl<'a> WvIdRef<'a> {
         if s.is_empty() {
             return Err(IdError::Empty);
         }
-        // One pass over the bytes (this runs for every ID of every message): raw spaces and
+        // A pass over the bytes (this runs for every ID of every message): raw spaces and
         // control characters are refused (escaped ones, %20, are data), and the raw '@' and
         // '/' are found before decoding, so that an escaped %40 stays data. The same pass
         // notes the first '/' and whether any byte would need decoding (an escape, a capital,
         // non-ASCII): where none does, which is nearly always, every part is borrowed as it
-        // is without a second look at its bytes. Such an ID is read a word at a time.
+        // is without a second look at its bytes. An ID of printable ASCII (nearly all) is
+        // read a word at a time; any other, byte by byte.
         let b = s.as_bytes();
-        let (at, ats, slash, canonical) = match bytes::plain_id_marks(b) {
-            Some(m) => (m.at, m.ats, m.slash, true),
+        let Marks {
+            at,
+            ats,
+            slash,
+            canonical,
+        } = match ascii_marks(b) {
+            Some(m) => m,
             None => careful_marks(b).ok_or_else(|| IdError::BadChar(input.to_owned()))?,
         };
         let (local, domain) = match at {
@@ -343,29 +349,82 @@ fn encode<W: fmt::Write + ?Sized>(f: &mut W, s: &str, is_user: bool) -> fmt::Res
     f.write_str(&s[last..])
 }
 
-/// [`WvIdRef::parse`]'s pass over an ID's bytes, one by one, for IDs that are not plain
-/// ([`bytes::plain_id_marks`]): the first '@', how many there are, the first '/', and
-/// whether no byte needs decoding. `None` at a raw space or control character: C0, DEL and
-/// C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
-fn careful_marks(b: &[u8]) -> Option<(Option<usize>, u32, Option<usize>, bool)> {
-    let mut at = None;
-    let mut ats = 0;
-    let mut slash = None;
-    let mut canonical = true;
+/// What [`WvIdRef::parse`]'s pass over an ID's bytes finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marks {
+    /// The first '@'.
+    at: Option<usize>,
+    /// How many '@' there are.
+    ats: u32,
+    /// The first '/'.
+    slash: Option<usize>,
+    /// No byte needs decoding: no '%', no capital, ASCII only.
+    canonical: bool,
+}
+
+/// [`careful_marks`] for an ID of printable ASCII (0x21 to 0x7E: nothing to refuse), eight
+/// bytes at a time; `None` for any other, which [`careful_marks`] reads.
+fn ascii_marks(b: &[u8]) -> Option<Marks> {
+    let mut m = Marks {
+        at: None,
+        ats: 0,
+        slash: None,
+        canonical: true,
+    };
+    let mut i = 0;
+    while i < b.len() {
+        let word = match b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            Some(w) => w,
+            None => {
+                // The last bytes, padded with a printable byte that marks nothing.
+                let mut w = [b'a'; 8];
+                w[..b.len() - i].copy_from_slice(&b[i..]);
+                w
+            }
+        };
+        let x = u64::from_le_bytes(word);
+        if (!at_least(x, 0x21) | at_least(x, 0x7f)) & HI != 0 {
+            return None;
+        }
+        let capital = at_least(x, b'A') & !at_least(x, b'Z' + 1);
+        m.canonical &= (capital | equal(x, b'%')) == 0;
+        let ats = equal(x, b'@');
+        if ats != 0 {
+            m.at = m.at.or(Some(i + (ats.trailing_zeros() / 8) as usize));
+            m.ats += ats.count_ones();
+        }
+        let slashes = equal(x, b'/');
+        if slashes != 0 && m.slash.is_none() {
+            m.slash = Some(i + (slashes.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    Some(m)
+}
+
+/// [`WvIdRef::parse`]'s pass over an ID's bytes, one by one. `None` at a raw space or
+/// control character: C0, DEL and C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
+fn careful_marks(b: &[u8]) -> Option<Marks> {
+    let mut m = Marks {
+        at: None,
+        ats: 0,
+        slash: None,
+        canonical: true,
+    };
     for (i, &c) in b.iter().enumerate() {
         if c <= b' ' || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f))) {
             return None;
         }
         if c == b'@' {
-            ats += 1;
-            at = at.or(Some(i));
+            m.ats += 1;
+            m.at = m.at.or(Some(i));
         }
         if c == b'/' {
-            slash = slash.or(Some(i));
+            m.slash = m.slash.or(Some(i));
         }
-        canonical &= c != b'%' && !c.is_ascii_uppercase() && c.is_ascii();
+        m.canonical &= c != b'%' && !c.is_ascii_uppercase() && c.is_ascii();
     }
-    Some((at, ats, slash, canonical))
+    Some(m)
 }
 
 fn valid_e164_digits(d: &str) -> bool {
@@ -720,6 +779,27 @@ mod tests {
                         prop_assert!(!b.contains('%') && !b.bytes().any(|c| c.is_ascii_uppercase()));
                     }
                 }
+            }
+        }
+
+        /// The word-at-a-time pass finds what the byte-by-byte one finds, wherever it reads.
+        #[test]
+        fn an_ids_marks_are_the_byte_by_byte_ones(
+            b in proptest::collection::vec(
+                prop_oneof![
+                    6 => proptest::sample::select(b"abz09+.-_~".to_vec()),
+                    2 => proptest::sample::select(b"@/".to_vec()),
+                    1 => proptest::sample::select(
+                        b"AZ[`@%\x00\x20\x21\x7e\x7f\x80\x9f\xc2\xff".to_vec()
+                    ),
+                ],
+                0..40,
+            ),
+        ) {
+            if let Some(m) = ascii_marks(&b) {
+                prop_assert_eq!(Some(m), careful_marks(&b));
+            } else {
+                prop_assert!(b.iter().any(|c| !(0x21..0x7f).contains(c)));
             }
         }
 

@@ -1,13 +1,13 @@
 //! The SSP message model: XML codec, typed envelope and primitives, user IDs, status codes.
 
 pub mod answer;
-mod bytes;
 pub mod common;
 pub mod ids;
 pub mod message;
 pub mod primitives;
 pub mod splice;
 pub mod status;
+mod swar;
 pub mod walk;
 pub mod xml;
 

@@ -744,6 +744,10 @@ impl<'a, 'l> Driver<'a, 'l> {
     ) -> Result<(), XmlError> {
         // A byte search: names are short, and this runs for every element. The plain
         // reader's element names hold no `:`.
+        debug_assert!(
+            !self.prechecked || !qname.contains(':'),
+            "the plain reader took an element name with a colon: {qname}"
+        );
         let colon = if self.prechecked {
             None
         } else {
@@ -1123,25 +1127,26 @@ fn escape_attr(out: &mut String, s: &str) {
     escape_with(out, s, 2);
 }
 
-/// Whether `s` holds a byte of class `class` (as [`ESCAPE`] has them). Most values (IDs,
-/// tokens, session IDs) have nothing to escape: a word-at-a-time search says so.
-fn needs_escape(s: &[u8], class: u8) -> bool {
+/// Where the first byte of class `class` (as [`ESCAPE`] has them) is in `s`. Most values
+/// (IDs, tokens, session IDs) have nothing to escape: a word-at-a-time search says so.
+fn first_to_escape(s: &[u8], class: u8) -> Option<usize> {
     debug_assert!(matches!(class, 1 | 2), "escape class {class}");
     if class == 1 {
-        super::bytes::first_of(s, [b'<', b'&', b'\r', b'>'], 0).is_some()
+        super::swar::first_of(s, [b'<', b'&', b'\r', b'>'], 0)
     } else {
-        super::bytes::first_of(s, [b'<', b'&', b'\r', b'"', b'\t', b'\n'], 0).is_some()
+        super::swar::first_of(s, [b'<', b'&', b'\r', b'"', b'\t', b'\n'], 0)
     }
 }
 
 /// Copy `s` to `out`, escaping the bytes of class `class`; other runs are copied whole.
 fn escape_with(out: &mut String, s: &str, class: u8) {
-    if !needs_escape(s.as_bytes(), class) {
+    let Some(first) = first_to_escape(s.as_bytes(), class) else {
         out.push_str(s);
         return;
-    }
-    let mut last = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
+    };
+    out.push_str(&s[..first]);
+    let mut last = first;
+    for (i, &b) in s.as_bytes().iter().enumerate().skip(first) {
         if ESCAPE[b as usize] & class == 0 {
             continue;
         }
@@ -1188,10 +1193,11 @@ mod tests {
                 let special = ESCAPE[b as usize] & class != 0;
                 let mut long = vec![b'a'; 100];
                 long[57] = b;
-                assert_eq!(needs_escape(&[b], class), special, "byte {b} class {class}");
+                let found = |s: &[u8]| first_to_escape(s, class);
+                assert_eq!(found(&[b]), special.then_some(0), "byte {b} class {class}");
                 assert_eq!(
-                    needs_escape(&long, class),
-                    special,
+                    found(&long),
+                    special.then_some(57),
                     "byte {b} class {class}"
                 );
             }

@@ -13,8 +13,7 @@
 //!
 //! The checks are the [`Driver`]'s, the same code the full reader runs: limits, namespace
 //! declarations, text characters, the sink's events. Names and attribute values this reader
-//! checks byte by byte itself, against a stricter set than the Driver's (which it then
-//! skips). A check that fails declines too,
+//! checks itself, against a stricter set than the Driver's (which it then skips). A check that fails declines too,
 //! so the full reader reports it with its own wording. So where this reader accepts a body,
 //! a sink sees exactly the events the full reader gives it; the fuzz target `splice_ssp`
 //! and the property tests compare the two.
@@ -23,13 +22,15 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use super::{Driver, IsSspNamespace, Limits, Sink, TextKind, XmlError};
-use crate::ssp::bytes::first_of;
+use crate::ssp::swar::first_of;
 
 /// Bytes of the names this reader takes: ASCII letters, digits, `_`, `-`, `.`, and `:` in
 /// attribute names only, after a letter or `_`. A stricter set than the full reader's
 /// (`check_name`), which the Driver then skips, as it skips `check_chars` on values this
 /// reader has checked for every control character.
 const NAME: [bool; 256] = names(true);
+/// No `:` in element names: the Driver skips its search for a prefix on what this reader
+/// takes.
 const ELEMENT_NAME: [bool; 256] = names(false);
 
 const fn names(colon: bool) -> [bool; 256] {
@@ -43,9 +44,9 @@ const fn names(colon: bool) -> [bool; 256] {
     t
 }
 
-/// The first `needle` in `hay`. The spans this reader searches are mostly short (the line
-/// break between two tags, an attribute value, a name), where `memchr`'s set-up costs more
-/// than the search: the first bytes are looked at one by one, the rest with `memchr`.
+/// The first `needle` in `hay`. The spans this reader searches this way are mostly short
+/// (the text between two tags, a reference), where `memchr`'s set-up costs more than the
+/// search: the first bytes are looked at one by one, the rest with `memchr`.
 #[inline]
 fn find(needle: u8, hay: &[u8]) -> Option<usize> {
     const HEAD: usize = 16;

@@ -1,22 +1,22 @@
-//! Word-at-a-time byte tests for the SSP codec's hottest loops: the first of a few bytes in
-//! a short span (every attribute value read, every value written), and the marks of a user
-//! ID (every ID parsed).
+//! Word-at-a-time byte tests (SWAR: SIMD within a register) for the SSP codec's hottest
+//! loops: the first of a few bytes in a short span (every attribute value read, every value
+//! written), and the classes of an ID's bytes (every ID parsed, `ids.rs`).
 //!
 //! Those spans (IDs, session and transaction IDs, namespaces) are mostly 10 to 50 bytes.
-//! There a byte-by-byte test costs five to fifteen instructions per byte, and `memchr` (one
-//! byte only) costs more to set up than the search. A 64-bit word is tested for all the
-//! bytes at once with the usual carry tricks. Two kinds are used: [`below`] may also flag
-//! a byte above a true hit, never below one, so its lowest flag is the first hit;
-//! [`at_least`] and [`equal`] keep each byte's sum inside the byte, so every flag is exact
-//! (they count and combine).
+//! There a byte-by-byte test costs five to fifteen instructions per byte, and `memchr` and
+//! its two- and three-byte forms cost more to set up than the search. A 64-bit word is
+//! tested for all the bytes at once with the usual carry tricks. Two kinds are used:
+//! [`below`]'s lowest flag is the first hit (a borrow out of a hit makes the flags above it
+//! meaningless: some false, some missing); [`at_least`] and [`equal`] keep each byte's sum
+//! inside the byte, so every flag is exact (they count and combine).
 
 /// One in each byte of a word.
 const LO: u64 = 0x0101_0101_0101_0101;
 /// The top bit of each byte of a word.
-const HI: u64 = 0x8080_8080_8080_8080;
+pub(super) const HI: u64 = 0x8080_8080_8080_8080;
 
-/// The top bit of each byte of `x` below `n` (`n` ≤ 0x80; none for 0), exact for the
-/// lowest such byte.
+/// The top bit of the first byte of `x` below `n` (`n` ≤ 0x80; none for 0) is the lowest
+/// bit set; what is set above it means nothing.
 #[inline(always)]
 fn below(x: u64, n: u8) -> u64 {
     x.wrapping_sub(LO * u64::from(n)) & !x & HI
@@ -25,66 +25,15 @@ fn below(x: u64, n: u8) -> u64 {
 /// The top bit of each byte of `x` that is at least `n` (1 ≤ `n` ≤ 0x80), exact for every
 /// byte: the low seven bits plus `0x80 - n` stay inside the byte.
 #[inline(always)]
-fn at_least(x: u64, n: u8) -> u64 {
+pub(super) fn at_least(x: u64, n: u8) -> u64 {
+    debug_assert!((1..=0x80).contains(&n), "byte bound {n}");
     ((x & !HI).wrapping_add(LO * u64::from(0x80 - n)) | x) & HI
 }
 
 /// The top bit of each byte of `x` equal to `c`, exact for every byte.
 #[inline(always)]
-fn equal(x: u64, c: u8) -> u64 {
+pub(super) fn equal(x: u64, c: u8) -> u64 {
     !at_least(x ^ (LO * u64::from(c)), 1) & HI
-}
-
-/// What the one pass over a user ID's bytes (`ids::WvIdRef::parse`) finds, when every byte
-/// is plain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IdMarks {
-    /// The first `@`.
-    pub at: Option<usize>,
-    /// How many `@` there are.
-    pub ats: u32,
-    /// The first `/`.
-    pub slash: Option<usize>,
-}
-
-/// The marks of `b`, a word at a time, if every byte is plain: printable ASCII (no space,
-/// control or DEL), no capital, no `%`. Such an ID has nothing to refuse by its bytes and
-/// nothing to decode. `None`: some byte is not plain; the careful reading decides.
-pub(crate) fn plain_id_marks(b: &[u8]) -> Option<IdMarks> {
-    let mut m = IdMarks {
-        at: None,
-        ats: 0,
-        slash: None,
-    };
-    let mut i = 0;
-    while i < b.len() {
-        let word = match b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-            Some(w) => w,
-            None => {
-                // The last bytes, padded with a plain byte that marks nothing.
-                let mut w = [b'a'; 8];
-                w[..b.len() - i].copy_from_slice(&b[i..]);
-                w
-            }
-        };
-        let x = u64::from_le_bytes(word);
-        let capital = at_least(x, b'A') & !at_least(x, b'Z' + 1);
-        let unusual = !at_least(x, 0x21) | at_least(x, 0x7f) | capital | equal(x, b'%');
-        if unusual & HI != 0 {
-            return None;
-        }
-        let ats = equal(x, b'@');
-        if ats != 0 {
-            m.at = m.at.or(Some(i + (ats.trailing_zeros() / 8) as usize));
-            m.ats += ats.count_ones();
-        }
-        let slashes = equal(x, b'/');
-        if slashes != 0 && m.slash.is_none() {
-            m.slash = Some(i + (slashes.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    Some(m)
 }
 
 /// Where the first byte of `b` that is one of `eq`, or is below `under` (≤ 0x80; 0 for
@@ -155,33 +104,7 @@ mod tests {
         }
     }
 
-    /// [`plain_id_marks`], byte by byte.
-    fn naive_marks(b: &[u8]) -> Option<IdMarks> {
-        let plain = |c: u8| (0x21..0x7f).contains(&c) && !c.is_ascii_uppercase() && c != b'%';
-        b.iter().all(|c| plain(*c)).then(|| IdMarks {
-            at: b.iter().position(|c| *c == b'@'),
-            ats: b.iter().filter(|c| **c == b'@').count() as u32,
-            slash: b.iter().position(|c| *c == b'/'),
-        })
-    }
-
     proptest::proptest! {
-        #[test]
-        fn an_ids_marks_are_the_byte_by_byte_ones(
-            b in proptest::collection::vec(
-                proptest::prop_oneof![
-                    6 => proptest::sample::select(b"abz09+.-_~".to_vec()),
-                    2 => proptest::sample::select(b"@/".to_vec()),
-                    1 => proptest::sample::select(
-                        b"AZ[`@%\x00\x20\x21\x7e\x7f\x80\xc2\xff".to_vec()
-                    ),
-                ],
-                0..40,
-            ),
-        ) {
-            proptest::prop_assert_eq!(plain_id_marks(&b), naive_marks(&b));
-        }
-
         #[test]
         fn the_first_hit_is_the_byte_by_byte_one(
             // Mostly plain bytes, with the bytes looked for and those just either side of
@@ -197,11 +120,15 @@ mod tests {
             ),
             under in proptest::sample::select(vec![0u8, 1, 0x0e, 0x20, 0x21, 0x80]),
         ) {
-            for eq in [[b'"', b'<', b'&'], [b'\'', b'\'', b'>']] {
+            // The sets the codec looks for: a value's end (either quote), and what text
+            // and attribute values escape.
+            for eq in [[b'"', b'<', b'&'], [b'\'', b'<', b'&']] {
                 proptest::prop_assert_eq!(first_of(&b, eq, under), naive(&b, eq, under));
             }
-            let six = [b'<', b'&', b'\r', b'"', b'\t', b'\n'];
-            proptest::prop_assert_eq!(first_of(&b, six, under), naive(&b, six, under));
+            let text = [b'<', b'&', b'\r', b'>'];
+            proptest::prop_assert_eq!(first_of(&b, text, under), naive(&b, text, under));
+            let attr = [b'<', b'&', b'\r', b'"', b'\t', b'\n'];
+            proptest::prop_assert_eq!(first_of(&b, attr, under), naive(&b, attr, under));
         }
     }
 }
