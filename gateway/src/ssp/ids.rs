@@ -362,15 +362,20 @@ struct Marks {
     canonical: bool,
 }
 
-/// [`careful_marks`] for an ID of printable ASCII (0x21 to 0x7E: nothing to refuse), eight
-/// bytes at a time; `None` for any other, which [`careful_marks`] reads.
-fn ascii_marks(b: &[u8]) -> Option<Marks> {
-    let mut m = Marks {
+impl Marks {
+    /// Before the first byte: nothing found, nothing to decode.
+    const START: Marks = Marks {
         at: None,
         ats: 0,
         slash: None,
         canonical: true,
     };
+}
+
+/// [`careful_marks`] for an ID of printable ASCII (0x21 to 0x7E: nothing to refuse), eight
+/// bytes at a time; `None` for any other, which [`careful_marks`] reads.
+fn ascii_marks(b: &[u8]) -> Option<Marks> {
+    let mut m = Marks::START;
     let mut i = 0;
     while i < b.len() {
         let word = match b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
@@ -405,12 +410,7 @@ fn ascii_marks(b: &[u8]) -> Option<Marks> {
 /// [`WvIdRef::parse`]'s pass over an ID's bytes, one by one. `None` at a raw space or
 /// control character: C0, DEL and C1 (U+0080..U+009F, written 0xC2 0x80..0x9F in UTF-8).
 fn careful_marks(b: &[u8]) -> Option<Marks> {
-    let mut m = Marks {
-        at: None,
-        ats: 0,
-        slash: None,
-        canonical: true,
-    };
+    let mut m = Marks::START;
     for (i, &c) in b.iter().enumerate() {
         if c <= b' ' || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f))) {
             return None;
@@ -500,17 +500,36 @@ impl E164 {
 
     /// `+digits` and the digits, written on the stack (lookups by number build no string).
     pub fn written(self) -> Written {
+        // "00" to "99": two digits per division (this runs for every number looked up or
+        // written, several times per message).
+        const PAIRS: [u8; 200] = {
+            let mut t = [0u8; 200];
+            let mut i = 0;
+            while i < 100 {
+                t[2 * i] = b'0' + (i / 10) as u8;
+                t[2 * i + 1] = b'0' + (i % 10) as u8;
+                i += 1;
+            }
+            t
+        };
         let mut buf = [0u8; 16];
         let mut at = buf.len();
         let mut v = self.0;
-        // At least one digit; at most 15 (the constructors keep v below 10^15).
-        loop {
+        // At least one digit; at most 15 (the constructors keep v below 10^15, and the
+        // bounds on `at` keep a larger value from running past the buffer).
+        while v >= 100 && at > 3 {
+            let d = (v % 100) as usize * 2;
+            v /= 100;
+            at -= 2;
+            buf[at..at + 2].copy_from_slice(&PAIRS[d..d + 2]);
+        }
+        if v >= 10 && at > 2 {
+            let d = (v % 100) as usize * 2;
+            at -= 2;
+            buf[at..at + 2].copy_from_slice(&PAIRS[d..d + 2]);
+        } else {
             at -= 1;
             buf[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 || at == 1 {
-                break;
-            }
         }
         at -= 1;
         buf[at] = b'+';

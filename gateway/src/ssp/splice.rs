@@ -322,6 +322,10 @@ struct Scan<'a> {
     plain: bool,
 }
 
+/// The ID attributes the scan looks up by their exact name: an entity's (`entity_attr`), a
+/// presence value's, a requestor's service.
+const EXACT_KEYS: [&str; 3] = ["userID", "groupID", "serviceID"];
+
 /// Entity elements and the attribute that holds their ID (`common::EntityKind`).
 fn entity_attr(name: &str) -> Option<&'static str> {
     match name {
@@ -507,7 +511,9 @@ impl<'a> Sink<'a> for Scan<'a> {
             out.code = Some(code_of(&o));
         }
         // Every ID attribute, wherever it is (the typed walk visits vendor content too).
-        let first = out.ids.len();
+        // The IDs of the attributes named exactly `userID`, `groupID` and `serviceID` are
+        // noted on the way, for the entity and requestor checks below.
+        let mut exact_ids = [None; 3];
         for a in o.attrs.iter() {
             if a.key.starts_with("xmlns") {
                 return stop;
@@ -521,6 +527,9 @@ impl<'a> Sink<'a> for Scan<'a> {
                 return stop;
             }
             if let Some(slot) = attr_slot(a.key) {
+                if let Some(k) = EXACT_KEYS.iter().position(|k| *k == a.key) {
+                    exact_ids[k] = exact_ids[k].or(Some(out.ids.len()));
+                }
                 out.ids.push(Id {
                     slot,
                     value: a.value.clone(),
@@ -529,15 +538,13 @@ impl<'a> Sink<'a> for Scan<'a> {
                 });
             }
         }
+        // The ID of the attribute named exactly `key` (one of `EXACT_KEYS`).
         let exact = |key: &str| {
-            o.attrs.iter().position(|a| a.key == key).map(|p| {
-                // The n-th ID attribute of this element is ID `first + n`.
-                let n = o.attrs[..p]
-                    .iter()
-                    .filter(|a| attr_slot(a.key).is_some())
-                    .count();
-                first + n
-            })
+            debug_assert!(EXACT_KEYS.contains(&key), "not noted: {key}");
+            EXACT_KEYS
+                .iter()
+                .position(|k| *k == key)
+                .and_then(|k| exact_ids[k])
         };
         // An entity without its ID attribute would gain an empty one on the typed path.
         let entity = match entity_attr(o.name) {

@@ -435,7 +435,7 @@ mod tests {
                 proptest::prop_oneof![
                     8 => proptest::prelude::Just(b'a'),
                     1 => proptest::sample::select(
-                        b"\"'<&\x00\x01\x1f\x20\x21\t\n\r;=>%'\x7f\x80\xa2\xff".to_vec()
+                        b"\"'<&\x00\x01\x1f\x20\x21\t\n\r;=>%\x7f\x80\xa2\xff".to_vec()
                     ),
                 ],
                 0..40,
