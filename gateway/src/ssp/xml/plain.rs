@@ -13,10 +13,10 @@
 //!
 //! The checks are the [`Driver`]'s, the same code the full reader runs: limits, namespace
 //! declarations, text characters, the sink's events. Names and attribute values this reader
-//! checks itself, against a stricter set than the Driver's (which it then skips). A check that fails declines too,
-//! so the full reader reports it with its own wording. So where this reader accepts a body,
-//! a sink sees exactly the events the full reader gives it; the fuzz target `splice_ssp`
-//! and the property tests compare the two.
+//! checks itself, against a stricter set than the Driver's (which it then skips). A check
+//! that fails declines too, so the full reader reports it with its own wording. So where
+//! this reader accepts a body, a sink sees exactly the events the full reader gives it; the
+//! fuzz target `splice_ssp` and the property tests compare the two.
 
 use std::borrow::Cow;
 use std::ops::Range;
