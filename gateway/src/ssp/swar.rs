@@ -59,6 +59,22 @@ pub(super) fn first_of<const N: usize>(b: &[u8], eq: [u8; N], under: u8) -> Opti
         .map(|p| i + p)
 }
 
+/// Test input for the word tests and their callers: up to 40 bytes, mostly plain, with the
+/// bytes the searches look for and those just either side of them (where a carry could
+/// mislead a word test), and high bytes.
+#[cfg(test)]
+pub(super) fn spiky_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        proptest::prop_oneof![
+            6 => proptest::prelude::Just(b'a'),
+            1 => proptest::sample::select(
+                b"\"'<&\x00\x01\x1f\x20\x21\t\n\r;=>%\x7f\x80\xa2\xff".to_vec()
+            ),
+        ],
+        0..40,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,17 +123,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn the_first_hit_is_the_byte_by_byte_one(
-            // Mostly plain bytes, with the bytes looked for and those just either side of
-            // them, where a carry could mislead the word test.
-            b in proptest::collection::vec(
-                proptest::prop_oneof![
-                    6 => proptest::prelude::Just(b'a'),
-                    1 => proptest::sample::select(
-                        b"\"'<&\x00\x01\x1f\x20\x21\t\n\r;=>%\x7f\x80\xa2\xff".to_vec()
-                    ),
-                ],
-                0..40,
-            ),
+            b in spiky_bytes(),
             under in proptest::sample::select(vec![0u8, 1, 0x0e, 0x20, 0x21, 0x80]),
         ) {
             // The sets the codec looks for: a value's end (either quote), and what text

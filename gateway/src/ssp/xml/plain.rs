@@ -429,17 +429,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn a_value_ends_where_the_byte_by_byte_reading_ends_it(
-            // Mostly plain bytes, with each kind of byte that matters, and bytes just
-            // either side of the ones the word test looks for (carries, high bytes).
-            body in proptest::collection::vec(
-                proptest::prop_oneof![
-                    8 => proptest::prelude::Just(b'a'),
-                    1 => proptest::sample::select(
-                        b"\"'<&\x00\x01\x1f\x20\x21\t\n\r;=>%\x7f\x80\xa2\xff".to_vec()
-                    ),
-                ],
-                0..40,
-            ),
+            body in crate::ssp::swar::spiky_bytes(),
             from in 0usize..40,
             double in proptest::bool::ANY,
         ) {
