@@ -1,6 +1,7 @@
 //! Word-at-a-time byte tests (SWAR: SIMD within a register) for the SSP codec's hottest
 //! loops: the first of a few bytes in a short span (every attribute value read, every value
-//! written), and the classes of an ID's bytes (every ID parsed, `ids.rs`).
+//! written), the classes of an ID's bytes (every ID parsed, `ids.rs`), and the letters of
+//! a name (every element and attribute name the plain reader reads).
 //!
 //! Those spans (IDs, session and transaction IDs, namespaces) are mostly 10 to 50 bytes.
 //! There a byte-by-byte test costs five to fifteen instructions per byte, and `memchr` and
@@ -34,6 +35,14 @@ pub(super) fn at_least(x: u64, n: u8) -> u64 {
 #[inline(always)]
 pub(super) fn equal(x: u64, c: u8) -> u64 {
     !at_least(x ^ (LO * u64::from(c)), 1) & HI
+}
+
+/// The top bit of each byte of `x` that is not an ASCII letter, exact for every byte: a
+/// letter with its case bit set is `a` to `z`, and no other byte is.
+#[inline(always)]
+pub(super) fn not_letter(x: u64) -> u64 {
+    let folded = x | (LO * 0x20);
+    !(at_least(folded, b'a') & !at_least(folded, b'z' + 1)) & HI
 }
 
 /// Where the first byte of `b` that is one of `eq`, or is below `under` (≤ 0x80; 0 for
@@ -115,6 +124,11 @@ mod tests {
                     for e in [b'@', b'/', b'%', 0] {
                         assert_eq!(flag(equal(x, e)), c == e, "{c} == {e} at {place}");
                     }
+                    assert_eq!(
+                        flag(not_letter(x)),
+                        !c.is_ascii_alphabetic(),
+                        "{c} a letter at {place}"
+                    );
                 }
             }
         }

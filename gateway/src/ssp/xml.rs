@@ -491,7 +491,7 @@ pub fn read<'a>(
     cfg.trim_text_start = false;
     cfg.trim_text_end = false;
 
-    let mut d = Driver::new(text, limits, is_ssp_ns, false);
+    let mut d = Driver::new(text, limits, is_ssp_ns);
     loop {
         let before = base + reader.buffer_position() as usize;
         let ev = reader.read_event().map_err(|e| XmlError::Syntax {
@@ -580,19 +580,10 @@ struct Driver<'a, 'l> {
     namespace: Option<Cow<'a, str>>,
     elements: usize,
     transactions: usize,
-    /// Names and attribute values were checked byte by byte by the caller (the plain
-    /// reader, which takes a stricter set of bytes than `check_name` and `check_chars`, and
-    /// no `:` in element names).
-    prechecked: bool,
 }
 
 impl<'a, 'l> Driver<'a, 'l> {
-    fn new(
-        body: &'a str,
-        limits: &'l Limits,
-        is_ssp_ns: IsSspNamespace<'l>,
-        prechecked: bool,
-    ) -> Driver<'a, 'l> {
+    fn new(body: &'a str, limits: &'l Limits, is_ssp_ns: IsSspNamespace<'l>) -> Driver<'a, 'l> {
         Driver {
             limits,
             is_ssp_ns,
@@ -604,7 +595,6 @@ impl<'a, 'l> Driver<'a, 'l> {
             namespace: None,
             elements: 0,
             transactions: 0,
-            prechecked,
         }
     }
 
@@ -672,9 +662,7 @@ impl<'a, 'l> Driver<'a, 'l> {
         if self.elements > self.limits.max_elements {
             return Err(XmlError::TooManyElements(self.limits.max_elements));
         }
-        if !self.prechecked {
-            check_name(qname)?;
-        }
+        check_name(qname)?;
         self.attrs.clear();
         Ok(depth)
     }
@@ -698,9 +686,7 @@ impl<'a, 'l> Driver<'a, 'l> {
                 self.limits.max_attrs,
             ));
         }
-        if !self.prechecked {
-            check_name(key)?;
-        }
+        check_name(key)?;
         if raw_len > self.limits.max_attr_len {
             return Err(XmlError::AttrTooLong(
                 key.to_owned(),
@@ -708,9 +694,7 @@ impl<'a, 'l> Driver<'a, 'l> {
             ));
         }
         let value = value()?;
-        if !self.prechecked {
-            check_chars(&value)?;
-        }
+        check_chars(&value)?;
         // Namespace declarations: SSP ones are consumed (the emitter writes its own);
         // others are kept as ordinary attributes so vendor content stays well-formed.
         if key == "xmlns" {
@@ -742,17 +726,8 @@ impl<'a, 'l> Driver<'a, 'l> {
         at: Range<usize>,
         sink: &mut dyn Sink<'a>,
     ) -> Result<(), XmlError> {
-        // A byte search: names are short, and this runs for every element. The plain
-        // reader's element names hold no `:`.
-        debug_assert!(
-            !self.prechecked || !qname.contains(':'),
-            "the plain reader took an element name with a colon: {qname}"
-        );
-        let colon = if self.prechecked {
-            None
-        } else {
-            qname.bytes().position(|b| b == b':')
-        };
+        // A byte search: names are short, and this runs for every element.
+        let colon = qname.bytes().position(|b| b == b':');
         let (name, prefixed) = match colon.map(|i| (&qname[..i], &qname[i + 1..])) {
             Some((prefix, local)) if self.prefixes.iter().any(|(_, p)| *p == prefix) => {
                 (local, true)
@@ -806,18 +781,6 @@ impl<'a, 'l> Driver<'a, 'l> {
         // Line-end normalisation neither adds nor removes a forbidden character, nor makes
         // a blank run less blank: the raw bytes are checked.
         let blank = check_text(s)?;
-        self.text_checked(s, at, kind, blank, sink)
-    }
-
-    /// [`Driver::text`] for a run already checked: `blank` if it is white space only.
-    fn text_checked(
-        &mut self,
-        s: &str,
-        at: Range<usize>,
-        kind: TextKind,
-        blank: bool,
-        sink: &mut dyn Sink<'a>,
-    ) -> Result<(), XmlError> {
         let t = Text { raw: s, at, kind };
         match self.stack.last_mut() {
             Some((name, len)) => {
