@@ -1090,14 +1090,19 @@ fn escape_attr(out: &mut String, s: &str) {
     escape_with(out, s, 2);
 }
 
-/// Where the first byte of class `class` (as [`ESCAPE`] has them) is in `s`. Most values
-/// (IDs, tokens, session IDs) have nothing to escape: a word-at-a-time search says so.
+/// Where escaping may begin in `s` for class `class` (as [`ESCAPE`] has them): no byte
+/// before it is special. Most values (IDs, tokens, session IDs) have nothing to escape: a
+/// word-at-a-time search says so. It stops at the special bytes and at the control
+/// characters around them (one bound tests those, where a byte each costs more); the caller
+/// copies what is not special.
 fn first_to_escape(s: &[u8], class: u8) -> Option<usize> {
     debug_assert!(matches!(class, 1 | 2), "escape class {class}");
     if class == 1 {
-        super::swar::first_of(s, [b'<', b'&', b'\r', b'>'], 0)
+        // `\r`, and tab and line feed with it.
+        super::swar::first_of(s, [b'<', b'&', b'>'], b'\r' + 1)
     } else {
-        super::swar::first_of(s, [b'<', b'&', b'\r', b'"', b'\t', b'\n'], 0)
+        // Tab, line feed and `\r`.
+        super::swar::first_of(s, [b'<', b'&', b'"'], 0x20)
     }
 }
 
@@ -1150,19 +1155,51 @@ mod tests {
     }
 
     #[test]
-    fn the_escape_check_finds_exactly_the_bytes_of_each_class() {
+    fn the_escape_check_stops_at_every_special_byte_and_only_at_controls_besides() {
         for b in 0..=255u8 {
             for class in [1, 2] {
                 let special = ESCAPE[b as usize] & class != 0;
                 let mut long = vec![b'a'; 100];
                 long[57] = b;
                 let found = |s: &[u8]| first_to_escape(s, class);
-                assert_eq!(found(&[b]), special.then_some(0), "byte {b} class {class}");
-                assert_eq!(
-                    found(&long),
-                    special.then_some(57),
-                    "byte {b} class {class}"
-                );
+                if special {
+                    assert_eq!(found(&[b]), Some(0), "byte {b} class {class}");
+                    assert_eq!(found(&long), Some(57), "byte {b} class {class}");
+                } else if b >= 0x20 {
+                    assert_eq!(found(&[b]), None, "byte {b} class {class}");
+                    assert_eq!(found(&long), None, "byte {b} class {class}");
+                }
+            }
+        }
+    }
+
+    /// [`escape_with`], byte by byte.
+    fn naive_escape(s: &str, class: u8) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            let special = c.is_ascii() && ESCAPE[c as usize] & class != 0;
+            match c {
+                '<' if special => out.push_str("&lt;"),
+                '>' if special => out.push_str("&gt;"),
+                '&' if special => out.push_str("&amp;"),
+                '"' if special => out.push_str("&quot;"),
+                '\t' if special => out.push_str("&#9;"),
+                '\n' if special => out.push_str("&#10;"),
+                '\r' if special => out.push_str("&#13;"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaping_is_the_byte_by_byte_escaping(b in crate::ssp::swar::spiky_bytes()) {
+            let s = String::from_utf8_lossy(&b);
+            for class in [1, 2] {
+                let mut out = String::new();
+                escape_with(&mut out, &s, class);
+                proptest::prop_assert_eq!(out, naive_escape(&s, class));
             }
         }
     }
