@@ -152,13 +152,20 @@ impl Rewriter {
             .unwrap_or_else(|| id.to_owned())
     }
 
-    fn msisdn_out(&self, n: crate::ssp::E164, own: bool, peer: PeerView<'_>) -> String {
+    /// Number `n` as `peer` writes it (`own`: one of ours), `None` where `s` is that already.
+    fn msisdn_out(
+        &self,
+        n: crate::ssp::E164,
+        own: bool,
+        peer: PeerView<'_>,
+        s: &str,
+    ) -> Option<String> {
         let host = match peer.style {
             IdStyle::Msisdn => None,
             IdStyle::MsisdnAtDomain if own => Some(self.public_domain.as_str()),
             IdStyle::MsisdnAtDomain => peer.domain,
         };
-        msisdn_text(n, host)
+        msisdn_slot(n, host, s)
     }
 
     /// The outbound value of one ID slot, `None` when it stays as it is (so an unchanged
@@ -183,7 +190,7 @@ impl Rewriter {
             // A bare `wv:+MSISDN` is ours only if the directory says so.
             let own =
                 dir.is_subscriber(n) || (id.domain.is_some() && self.is_own_domain(id.domain()));
-            return Some(self.msisdn_out(n, own, peer));
+            return self.msisdn_out(n, own, peer, s);
         }
         if !self.is_own_domain(id.domain()) {
             return None;
@@ -203,7 +210,7 @@ impl Rewriter {
                     dir.msisdn(&key)
                 });
             if let Some(n) = found {
-                return Some(self.msisdn_out(n, true, peer));
+                return self.msisdn_out(n, true, peer, s);
             }
         }
         let mut out = String::with_capacity(s.len() + self.public_domain.len());
@@ -227,16 +234,16 @@ impl Rewriter {
         }
         let id = WvIdRef::parse(s).ok()?;
         if let Some(n) = id.e164() {
-            return Some(match dir.core_id(n) {
-                Some(core) => core,
+            return match dir.core_id(n) {
+                Some(core) => Some(core),
                 // Not ours (the originator, or a number we do not serve): one stable form,
                 // with our domain as host part for cores that need one.
                 None => {
                     let host = (core.style == IdStyle::MsisdnAtDomain)
                         .then_some(self.public_domain.as_str());
-                    msisdn_text(n, host)
+                    msisdn_slot(n, host, s)
                 }
-            });
+            };
         }
         (id.domain() == Some(self.public_domain.as_str())).then(|| {
             let core = self.primary_core_domain();
@@ -323,13 +330,25 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
     find_ignore_ascii_case(hay, needle).is_some()
 }
 
-/// `wv:+digits`, `@host` added when given: the canonical text of a number's ID, built in one
-/// allocation (this runs for most IDs of every message). `host` is a configured domain
+/// The slot's new value for number `n`: `wv:+digits`, `@host` added when given (the
+/// canonical text of a number's ID), or `None` where `s` is exactly that already (most
+/// numbers arrive canonical: nothing to build or copy). `host` is a configured domain
 /// (validated and lowercase), which needs no escaping.
-fn msisdn_text(n: crate::ssp::E164, host: Option<&str>) -> String {
+fn msisdn_slot(n: crate::ssp::E164, host: Option<&str>, s: &str) -> Option<String> {
     let w = n.written();
     // Read once: each reading of the digits checks them as text again.
     let plus = w.plus();
+    let rest = s.strip_prefix("wv:").and_then(|r| r.strip_prefix(plus));
+    let canonical = match host {
+        None => rest == Some(""),
+        Some(h) => rest.and_then(|r| r.strip_prefix('@')) == Some(h),
+    };
+    (!canonical).then(|| msisdn_text(plus, host))
+}
+
+/// `wv:` and `plus`, then `@host` when given, in one allocation (this runs for most IDs of
+/// every message).
+fn msisdn_text(plus: &str, host: Option<&str>) -> String {
     let mut s = String::with_capacity(3 + plus.len() + host.map_or(0, |h| h.len() + 1));
     s.push_str("wv:");
     s.push_str(plus);
