@@ -436,6 +436,65 @@ mod tests {
     }
 
     #[test]
+    fn a_number_in_its_canonical_form_is_kept_as_it_came() {
+        let (rw, dir) = setup();
+        let at_domain = PeerView {
+            style: IdStyle::MsisdnAtDomain,
+            domain: Some("opy.example"),
+        };
+        for (direction, peer, value, want) in [
+            // A foreign number, canonical for the core (no host part) and not.
+            (
+                Direction::Inbound,
+                PeerView::default(),
+                "wv:+4915112345678",
+                None,
+            ),
+            (
+                Direction::Inbound,
+                PeerView::default(),
+                "WV:+4915112345678",
+                Some("wv:+4915112345678"),
+            ),
+            (
+                Direction::Inbound,
+                PeerView::default(),
+                "wv:+4915112345678@opx.example",
+                Some("wv:+4915112345678"),
+            ),
+            // Towards a peer that wants host parts: its own number with its domain.
+            (
+                Direction::Outbound,
+                at_domain,
+                "wv:+4915112345678@opy.example",
+                None,
+            ),
+            (
+                Direction::Outbound,
+                at_domain,
+                "wv:+4915112345678",
+                Some("wv:+4915112345678@opy.example"),
+            ),
+            (
+                Direction::Outbound,
+                PeerView::default(),
+                "wv:+4915112345678",
+                None,
+            ),
+        ] {
+            let mut v = Cow::Borrowed(value);
+            rw.rewrite_slots(&dir, std::iter::once((Slot::User, &mut v)), direction, peer);
+            match want {
+                None => assert!(
+                    matches!(v, Cow::Borrowed(b) if b == value),
+                    "{value}: {v:?}"
+                ),
+                Some(w) => assert_eq!(v, w, "{value}"),
+            }
+        }
+    }
+
+    #[test]
     fn outbound_ids() {
         let (rw, dir) = setup();
         let v = PeerView::default();
