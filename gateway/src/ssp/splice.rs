@@ -30,7 +30,7 @@ use smallvec::SmallVec;
 use super::message::{Body, Codec, MAX_REQUEST_TID, Mode};
 use super::primitives::Primitive;
 use super::walk::{RouteBy, Slot, attr_slot};
-use super::xml::{self, Open, Sink, Text, TextKind, XmlError, XmlWriter};
+use super::xml::{self, Open, Sink, Text, TextKind, XmlError};
 use crate::ssp::status;
 
 /// The primitives the fast path carries.
@@ -250,24 +250,27 @@ impl<'a> Spliced<'a> {
             .map(|id| id.value.len().saturating_sub(id.raw.len()))
             .sum();
         let size = 192 + namespace.len() + session_id.len() + tid.len() + self.prim.len() + grown;
-        let mut w = XmlWriter::document_sized(namespace, size);
-        w.start("WV-SSP-Message");
-        w.start("Session");
-        w.attr("sessionID", session_id);
-        w.start("Transaction");
-        w.attr("mode", self.mode.as_str());
-        w.attr("transactionID", tid);
+        // The envelope as the typed emitter writes it (`XmlWriter`: the declaration, then
+        // no white space), its fixed parts each in one piece.
+        let mut out = String::with_capacity(size);
+        out.push_str(r#"<?xml version="1.0" encoding="UTF-8"?><WV-SSP-Message xmlns=""#);
+        xml::escape_into(&mut out, namespace, true);
+        out.push_str(r#""><Session sessionID=""#);
+        xml::escape_into(&mut out, session_id, true);
+        out.push_str(r#""><Transaction mode=""#);
+        out.push_str(self.mode.as_str());
+        out.push_str(r#"" transactionID=""#);
+        xml::escape_into(&mut out, tid, true);
+        out.push_str(r#"">"#);
         let mut last = self.prim.start;
         for id in &self.ids {
-            w.raw(&self.body[last..id.raw.start]);
-            w.escaped(&id.value, id.in_attr);
+            out.push_str(&self.body[last..id.raw.start]);
+            xml::escape_into(&mut out, &id.value, id.in_attr);
             last = id.raw.end;
         }
-        w.raw(&self.body[last..self.prim.end]);
-        w.end("Transaction");
-        w.end("Session");
-        w.end("WV-SSP-Message");
-        w.finish()
+        out.push_str(&self.body[last..self.prim.end]);
+        out.push_str("</Transaction></Session></WV-SSP-Message>");
+        out
     }
 }
 

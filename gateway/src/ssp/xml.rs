@@ -941,33 +941,12 @@ pub struct XmlWriter<'n> {
 impl<'n> XmlWriter<'n> {
     /// A writer for a whole document whose root declares `namespace`.
     pub fn document(namespace: &'n str) -> Self {
-        XmlWriter::document_sized(namespace, 1024)
-    }
-
-    /// [`XmlWriter::document`] with room for `capacity` bytes (one allocation when the
-    /// message fits).
-    pub fn document_sized(namespace: &'n str, capacity: usize) -> Self {
-        let mut out = String::with_capacity(capacity);
+        let mut out = String::with_capacity(1024);
         out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
         XmlWriter {
             out,
             open: false,
             pending_ns: Some(namespace),
-        }
-    }
-
-    /// Markup copied as it is (well-formed content the caller vouches for).
-    pub fn raw(&mut self, s: &str) {
-        self.close_start();
-        self.out.push_str(s);
-    }
-
-    /// `s` escaped for an attribute value (`in_attr`) or for text, with no quotes around.
-    pub fn escaped(&mut self, s: &str, in_attr: bool) {
-        if in_attr {
-            escape_attr(&mut self.out, s);
-        } else {
-            escape_text(&mut self.out, s);
         }
     }
 
@@ -1081,6 +1060,13 @@ const ESCAPE: [u8; 256] = {
     t[b'\n' as usize] = 2;
     t
 };
+
+/// `s` escaped onto `out`, for an attribute value (`in_attr`, with no quotes around) or
+/// for text, as [`XmlWriter`] escapes them: for writers of their own (the splicing codec,
+/// which writes the envelope as `XmlWriter` does and copies the rest).
+pub(crate) fn escape_into(out: &mut String, s: &str, in_attr: bool) {
+    escape_with(out, s, if in_attr { 2 } else { 1 });
+}
 
 fn escape_text(out: &mut String, s: &str) {
     escape_with(out, s, 1);
