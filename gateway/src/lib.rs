@@ -131,6 +131,12 @@ pub mod fuzzing {
     /// (names, attributes with their values and places, text runs, ends) and the same
     /// namespace. Whether the plain reader took it.
     pub fn plain_xml(body: &[u8]) -> bool {
+        plain_xml_within(body, &crate::ssp::xml::Limits::default())
+    }
+
+    /// [`plain_xml`] under `limits`: the plain reader makes the limit checks itself, and
+    /// must decline wherever the full reader refuses a body for one.
+    pub fn plain_xml_within(body: &[u8], limits: &crate::ssp::xml::Limits) -> bool {
         use crate::ssp::xml::{self, Open, Sink, Text, XmlError};
         #[derive(Debug, PartialEq)]
         enum Ev {
@@ -169,17 +175,17 @@ pub mod fuzzing {
         }
         let codec = crate::ssp::Codec::default();
         let is_ssp = |ns: &str| codec.is_ssp_ns(ns);
-        let Ok(text) = xml::text_of(body, &codec.limits) else {
+        let Ok(text) = xml::text_of(body, limits) else {
             return false;
         };
         let mut plain = Recorder::default();
-        let namespace = match xml::read_plain(text, &codec.limits, &is_ssp, &mut plain) {
+        let namespace = match xml::read_plain(text, limits, &is_ssp, &mut plain) {
             Ok(Some(ns)) => ns,
             Ok(None) => return false,
             Err(e) => panic!("the recorder never stops reading, yet: {e}"),
         };
         let mut full = Recorder::default();
-        let read = xml::read(text, &codec.limits, &is_ssp, &mut full);
+        let read = xml::read(text, limits, &is_ssp, &mut full);
         assert_eq!(
             read,
             Ok(namespace),

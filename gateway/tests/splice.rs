@@ -17,6 +17,7 @@ use ssp_gateway::ssp::primitives::{
 };
 use ssp_gateway::ssp::splice::Spliced;
 use ssp_gateway::ssp::walk::Slot;
+use ssp_gateway::ssp::xml::Limits;
 
 const NS_PEER: &str = "http://www.openmobilealliance.org/DTD/IMPS-SSP1.3";
 
@@ -605,15 +606,85 @@ fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
 }
 
 /// Every Baraza capture is plain XML: the plain reader takes each, with the full reader's
-/// events.
+/// events. Under tight limits it declines each capture the full reader refuses for one,
+/// and takes the rest with the same events (`plain_xml_within` asserts both).
 #[test]
 fn the_plain_reader_takes_every_baraza_capture() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/baraza");
     let mut n = 0;
+    let (mut taken, mut declined) = (0, 0);
     for entry in std::fs::read_dir(&dir).expect("fixtures") {
         let body = std::fs::read(entry.expect("entry").path()).expect("fixture");
         assert!(ssp_gateway::fuzzing::plain_xml(&body));
+        for limits in tight_limits() {
+            if ssp_gateway::fuzzing::plain_xml_within(&body, &limits) {
+                taken += 1;
+            } else {
+                declined += 1;
+            }
+        }
         n += 1;
     }
     assert!(n >= 10, "only {n} captures");
+    // Both sides of the limits were reached.
+    assert!(
+        taken > 0 && declined > 0,
+        "{taken} taken, {declined} declined"
+    );
+}
+
+/// Limits, each tight in one respect, around the sizes of real bodies.
+fn tight_limits() -> Vec<Limits> {
+    let base = Limits::default();
+    let mut out = Vec::new();
+    for n in [
+        0usize, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987,
+    ] {
+        out.extend([
+            Limits {
+                max_depth: n,
+                ..base
+            },
+            Limits {
+                max_elements: n,
+                ..base
+            },
+            Limits {
+                max_attrs: n,
+                ..base
+            },
+            Limits {
+                max_attr_len: n,
+                ..base
+            },
+            Limits {
+                max_text_len: n,
+                ..base
+            },
+            Limits {
+                max_transactions: n,
+                ..base
+            },
+            Limits {
+                max_body: n * 4,
+                ..base
+            },
+        ]);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The plain reader makes the full reader's limit checks itself: under each tight
+    /// limit it declines what the full reader refuses and takes the rest with the same
+    /// events.
+    #[test]
+    fn the_plain_reader_keeps_every_limit((mode, p) in primitive()) {
+        let body = message(mode, p);
+        for limits in tight_limits() {
+            ssp_gateway::fuzzing::plain_xml_within(body.as_bytes(), &limits);
+        }
+    }
 }

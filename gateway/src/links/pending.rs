@@ -19,10 +19,11 @@ use crate::ssp::Transaction;
 /// What an entry is found by: the issuing process's instance and the request ID.
 pub(crate) type Key = (u32, u64);
 
-/// How the table hashes: foldhash, seeded per process. Only this process inserts keys (its
-/// own request IDs); an answer's key comes out of a sealed token and only looks one up, so
-/// SipHash's resistance to crafted keys buys nothing (it was about 400 instructions of every
-/// relayed request, registered and removed).
+/// How the table hashes: foldhash, seeded per process. Keys are inserted only for work this
+/// gateway sends: its own request IDs, or those a replica issued for work resumed from the
+/// store. An answer's key comes out of a sealed token and only looks one up. No peer chooses
+/// a key, so SipHash's resistance to crafted keys buys nothing (it was about 400
+/// instructions of every relayed request, registered and removed).
 type Hasher = foldhash::fast::RandomState;
 
 /// The table.

@@ -253,7 +253,8 @@ impl<'a> Spliced<'a> {
         // The envelope as the typed emitter writes it (`XmlWriter`: the declaration, then
         // no white space), its fixed parts each in one piece.
         let mut out = String::with_capacity(size);
-        out.push_str(r#"<?xml version="1.0" encoding="UTF-8"?><WV-SSP-Message xmlns=""#);
+        out.push_str(xml::DECLARATION);
+        out.push_str(r#"<WV-SSP-Message xmlns=""#);
         xml::escape_into(&mut out, namespace, true);
         out.push_str(r#""><Session sessionID=""#);
         xml::escape_into(&mut out, session_id, true);

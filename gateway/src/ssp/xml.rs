@@ -926,6 +926,9 @@ pub fn emit(root: &Element, namespace: &str) -> String {
     w.finish()
 }
 
+/// The XML declaration every message we write starts with.
+pub(crate) const DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
 /// Streaming canonical XML writer. Start tags stay open until the first child or text, so
 /// empty elements come out self-closed without knowing in advance.
 #[derive(Debug)]
@@ -942,7 +945,7 @@ impl<'n> XmlWriter<'n> {
     /// A writer for a whole document whose root declares `namespace`.
     pub fn document(namespace: &'n str) -> Self {
         let mut out = String::with_capacity(1024);
-        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+        out.push_str(DECLARATION);
         XmlWriter {
             out,
             open: false,

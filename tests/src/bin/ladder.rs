@@ -325,7 +325,7 @@ impl Bench {
             first_error: stats.first_error.clone(),
         };
         println!(
-            "  {:<34} {:<20} {:>5}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  {} errors  {} unsent",
+            "  {:<34} {:<20} {:>6}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  {} errors  {} unsent",
             rung.name,
             rung.shape,
             rung.load,
@@ -342,7 +342,6 @@ impl Bench {
     }
 }
 
-/// CPUs of the machine (not of this process: it is pinned to one).
 /// The load label of the steering rungs' `round` (the first is the ladder's own maximum).
 fn round_load(round: usize) -> String {
     if round == 1 {
@@ -352,9 +351,10 @@ fn round_load(round: usize) -> String {
     }
 }
 
-/// The median of `v` (NaN for none; a missing rung's NaN sorts last).
+/// The median of the ratios in `v` that were measured (a missing rung's is NaN; NaN if
+/// none was).
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -363,6 +363,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// CPUs of the machine (not of this process: it is pinned to one).
 fn cpu_count() -> usize {
     std::fs::read_to_string("/proc/cpuinfo")
         .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
@@ -968,8 +969,10 @@ mod tests {
         assert_eq!(median(&[1.2]), 1.2);
         assert_eq!(median(&[1.0, 2.0]), 1.5);
         assert!(median(&[]).is_nan());
-        // A round whose rung is missing (NaN) does not pass for the smallest.
-        assert_eq!(median(&[f64::NAN, 1.3, 1.4]), 1.4);
+        // A round whose rung is missing (NaN, of either sign) is left out.
+        assert_eq!(median(&[f64::NAN, 1.3, 1.4]), 1.35);
+        assert_eq!(median(&[-f64::NAN, 1.3, 1.4, 1.5]), 1.4);
+        assert!(median(&[f64::NAN]).is_nan());
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub struct Rung {
     pub name: String,
     /// `keep-alive` or `new-tls-per-request` / `new-tcp-per-request`.
     pub shape: String,
-    /// `max` (closed loop) or the open-loop rate as a share of L2's maximum (`25%`).
+    /// `max` (closed loop; `max r2`, `max r3` for the steering rungs' later rounds) or the
+    /// open-loop rate as a share of L2's maximum (`25%`).
     pub load: String,
     /// Good answers per second.
     pub rps: f64,
@@ -38,7 +39,7 @@ pub struct Rung {
 /// Print the table.
 pub fn print_table(rungs: &[Rung]) {
     println!(
-        "\n{:<34} {:<20} {:>5} {:>10} {:>9} {:>9} {:>11} {:>8} {:>7} {:>7}",
+        "\n{:<34} {:<20} {:>6} {:>10} {:>9} {:>9} {:>11} {:>8} {:>7} {:>7}",
         "rung",
         "shape",
         "load",
@@ -52,7 +53,7 @@ pub fn print_table(rungs: &[Rung]) {
     );
     for r in rungs {
         println!(
-            "{:<34} {:<20} {:>5} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>7} {:>7}",
+            "{:<34} {:<20} {:>6} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>7} {:>7}",
             r.name,
             r.shape,
             r.load,
