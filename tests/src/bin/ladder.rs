@@ -268,6 +268,29 @@ impl Bench {
         }
     }
 
+    /// [`Bench::measure`] at maximum throughput, keep-alive (closed loop): the shape of the
+    /// rungs the CPU targets read.
+    async fn at_max(
+        &mut self,
+        name: &str,
+        load_label: &str,
+        target: &Target,
+        body: &BodyFn,
+        servers: &[&Child],
+    ) -> Stats {
+        self.measure(
+            name,
+            "keep-alive",
+            load_label,
+            target,
+            Shape::KeepAlive,
+            None,
+            body,
+            servers,
+        )
+        .await
+    }
+
     /// Warm up, then measure `target` with `shape` at `rate` (None: closed loop), charging the
     /// CPU time of `servers` to the requests.
     #[allow(clippy::too_many_arguments)]
@@ -613,17 +636,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
                 hold.as_secs(),
                 pids.join(" ")
             );
-            b.measure(
-                name,
-                ka,
-                "max",
-                target,
-                Shape::KeepAlive,
-                None,
-                body,
-                &servers,
-            )
-            .await;
+            b.at_max(name, "max", target, body, &servers).await;
             if let Some(first) = b.rungs.last().and_then(|r| r.first_server_cpu_us_per_req) {
                 println!("  of which the first server (gateway X): {first:.1} CPU µs/req");
             }
@@ -639,18 +652,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let mut l2_max = 0.0;
     let mut l3_max = 0.0;
     for &(name, target, child) in &rungs {
-        let s = b
-            .measure(
-                name,
-                ka,
-                "max",
-                target,
-                Shape::KeepAlive,
-                None,
-                &inbound,
-                &[child],
-            )
-            .await;
+        let s = b.at_max(name, "max", target, &inbound, &[child]).await;
         if name == l2 {
             l2_max = s.rps();
         }
@@ -659,16 +661,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         }
     }
     let out_max = b
-        .measure(
-            lo,
-            ka,
-            "max",
-            &t_gw_out,
-            Shape::KeepAlive,
-            None,
-            &outbound,
-            &[&gateway_x, &gateway_y],
-        )
+        .at_max(lo, "max", &t_gw_out, &outbound, &[&gateway_x, &gateway_y])
         .await
         .rps();
 
@@ -683,29 +676,10 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     for round in 2..=rounds {
         let load = round_load(round);
         for &(name, target, child) in rungs.iter().filter(|r| [l2, lh, l3].contains(&r.0)) {
-            b.measure(
-                name,
-                ka,
-                &load,
-                target,
-                Shape::KeepAlive,
-                None,
-                &inbound,
-                &[child],
-            )
-            .await;
+            b.at_max(name, &load, target, &inbound, &[child]).await;
         }
-        b.measure(
-            lo,
-            ka,
-            &load,
-            &t_gw_out,
-            Shape::KeepAlive,
-            None,
-            &outbound,
-            &[&gateway_x, &gateway_y],
-        )
-        .await;
+        b.at_max(lo, &load, &t_gw_out, &outbound, &[&gateway_x, &gateway_y])
+            .await;
     }
 
     println!("\nlatency at fixed shares of L2's maximum ({l2_max:.0} req/s; open loop):");
@@ -797,17 +771,8 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         both_cpus.unwrap_or("any")
     );
     let l3_two = "L3 gateway inbound (2 CPUs)";
-    b.measure(
-        l3_two,
-        ka,
-        "max",
-        &t_gw_in2,
-        Shape::KeepAlive,
-        None,
-        &inbound,
-        &[&gateway_x2],
-    )
-    .await;
+    b.at_max(l3_two, "max", &t_gw_in2, &inbound, &[&gateway_x2])
+        .await;
     drop(gateway_x2);
 
     println!("\ngateway memory with 1,000 idle peer TLS connections:");
