@@ -37,7 +37,7 @@ at 25% and 50% of L2's maximum (open loop); the inbound rung again with the gate
 CPUs; gateway RSS with 1,000 idle TLS connections. CPU per request against L2 and HAProxy
 is the figure to steer by (ratios in target/ladder.json; without --quick, the median of
 three alternating rounds of the keep-alive maximum rungs).
---quick takes under a minute; the default takes about six. Writes target/ladder.json.
+--quick takes under a minute; the default takes about five. Writes target/ladder.json.
 --hold SECS runs only L2, L3 and the outbound rung (keep-alive, closed loop), each for SECS
 seconds after a line naming its server PIDs, for a profiler to attach (perf record -p PID);
 it writes no report.";
