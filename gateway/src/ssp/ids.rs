@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::swar::{HI, at_least, equal};
+use super::swar::{HI, at_least, between, equal};
 
 /// A parsed and normalised `wv:` ID.
 ///
@@ -391,7 +391,7 @@ fn ascii_marks(b: &[u8]) -> Option<Marks> {
         if (!at_least(x, 0x21) | at_least(x, 0x7f)) & HI != 0 {
             return None;
         }
-        let capital = at_least(x, b'A') & !at_least(x, b'Z' + 1);
+        let capital = between(x, b'A', b'Z');
         m.canonical &= (capital | equal(x, b'%')) == 0;
         let ats = equal(x, b'@');
         if ats != 0 {

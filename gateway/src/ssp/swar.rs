@@ -37,12 +37,18 @@ pub(super) fn equal(x: u64, c: u8) -> u64 {
     !at_least(x ^ (LO * u64::from(c)), 1) & HI
 }
 
+/// The top bit of each byte of `x` from `lo` to `hi` (1 ≤ `lo` ≤ `hi` < 0x80), exact for
+/// every byte.
+#[inline(always)]
+pub(super) fn between(x: u64, lo: u8, hi: u8) -> u64 {
+    at_least(x, lo) & !at_least(x, hi + 1)
+}
+
 /// The top bit of each byte of `x` that is not an ASCII letter, exact for every byte: a
 /// letter with its case bit set is `a` to `z`, and no other byte is.
 #[inline(always)]
 pub(super) fn not_letter(x: u64) -> u64 {
-    let folded = x | (LO * 0x20);
-    !(at_least(folded, b'a') & !at_least(folded, b'z' + 1)) & HI
+    !between(x | (LO * 0x20), b'a', b'z') & HI
 }
 
 /// Where the first byte of `b` that is one of `eq`, or is below `under` (≤ 0x80; 0 for
@@ -121,6 +127,11 @@ mod tests {
                     for n in [1u8, 0x21, b'A', b'Z' + 1, 0x7f, 0x80] {
                         assert_eq!(flag(at_least(x, n)), c >= n, "{c} >= {n} at {place}");
                     }
+                    assert_eq!(
+                        flag(between(x, b'A', b'Z')),
+                        c.is_ascii_uppercase(),
+                        "{c} at {place}"
+                    );
                     for e in [b'@', b'/', b'%', 0] {
                         assert_eq!(flag(equal(x, e)), c == e, "{c} == {e} at {place}");
                     }

@@ -986,7 +986,7 @@ impl<'n> XmlWriter<'n> {
         self.out.push(' ');
         self.out.push_str(k);
         self.out.push_str("=\"");
-        escape_attr(&mut self.out, v);
+        escape_into(&mut self.out, v, true);
         self.out.push('"');
     }
 
@@ -1010,7 +1010,7 @@ impl<'n> XmlWriter<'n> {
             return;
         }
         self.close_start();
-        escape_text(&mut self.out, t);
+        escape_into(&mut self.out, t, false);
     }
 
     /// Close the current element.
@@ -1065,18 +1065,10 @@ const ESCAPE: [u8; 256] = {
 };
 
 /// `s` escaped onto `out`, for an attribute value (`in_attr`, with no quotes around) or
-/// for text, as [`XmlWriter`] escapes them: for writers of their own (the splicing codec,
-/// which writes the envelope as `XmlWriter` does and copies the rest).
+/// for text: what [`XmlWriter`] writes, and the splicing codec, which writes the envelope
+/// as `XmlWriter` does and copies the rest.
 pub(crate) fn escape_into(out: &mut String, s: &str, in_attr: bool) {
     escape_with(out, s, if in_attr { 2 } else { 1 });
-}
-
-fn escape_text(out: &mut String, s: &str) {
-    escape_with(out, s, 1);
-}
-
-fn escape_attr(out: &mut String, s: &str) {
-    escape_with(out, s, 2);
 }
 
 /// Where escaping may begin in `s` for class `class` (as [`ESCAPE`] has them): no byte
