@@ -1,8 +1,8 @@
 //! Profiling driver (callgrind) for the fast path's reader: [`Spliced::scan`] of the codec
 //! benchmark's ~1.3 KB Baraza-style `SendMessageRequest` (`tests/common/mod.rs`) and of a
-//! core's `SendMessageResponse`, N times each.
+//! core's `SendMessageResponse` (to a request under one of our tokens), N times each (or only one of them: `request`, `answer`).
 //! `cargo build --release --example scan_loop`, then
-//! `valgrind --tool=callgrind target/release/examples/scan_loop 10000`.
+//! `valgrind --tool=callgrind target/release/examples/scan_loop 10000 [request|answer]`.
 use ssp_gateway::ssp::Codec;
 use ssp_gateway::ssp::splice::Spliced;
 
@@ -12,7 +12,7 @@ mod common;
 const ANSWER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <WV-SSP-Message xmlns="http://www.openmobilealliance.org/DTD/WV-SSP1.3">
 <Session sessionID="core-1">
-<Transaction mode="Response" transactionID="t-000000001">
+<Transaction mode="Response" transactionID="g2.sVb0QmW3xY7nQ2pE5rT8uK1zL4oA6dF9gH2jC5vB8nM1qW4eR7tY0uI3oP6aS9dF2gH5jK8lZ1xC4vB7nM0qW3eR6t">
 <SendMessageResponse>
 <Status code="200"/>
 <MessageID>8aee9981801716c039215f69def4ffad7</MessageID>
@@ -29,9 +29,18 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
+    let only = std::env::args().nth(2);
+    let bodies: Vec<&[u8]> = [
+        ("request", request.as_bytes()),
+        ("answer", ANSWER.as_bytes()),
+    ]
+    .into_iter()
+    .filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name))
+    .map(|(_, body)| body)
+    .collect();
     let mut ids = 0;
     for _ in 0..n {
-        for body in [request.as_bytes(), ANSWER.as_bytes()] {
+        for &body in &bodies {
             if let Ok(Some(s)) = Spliced::scan(&codec, std::hint::black_box(body)) {
                 ids += s.ids.len() + 1;
             }

@@ -26,6 +26,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::{aead, hkdf, hmac};
 
+/// The plaintext's fixed part: leg, parts, part, issued, instance, request_id, and the two
+/// length bytes.
+const FIXED: usize = 3 + 4 + 4 + 8 + 2;
+/// The longest sealed token, before base64: nonce, plaintext (two strings of at most 255
+/// bytes), tag.
+const SEALED_MAX: usize = 12 + FIXED + 2 * 255 + aead::MAX_TAG_LEN;
+
 /// Which way the tokened request went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leg {
@@ -289,10 +296,8 @@ impl TokenKeys {
         let peer = truncate(peer);
         // On the stack (the fields are bounded: two strings of at most 255 bytes), so the
         // token costs one allocation, its text. Room for the nonce first, then the
-        // plaintext, sealed in place, then the tag. The plaintext's fixed part: leg, parts,
-        // part, issued, instance, request_id, and the two length bytes.
-        const FIXED: usize = 3 + 4 + 4 + 8 + 2;
-        let mut p = [0u8; 12 + FIXED + 2 * 255 + aead::MAX_TAG_LEN];
+        // plaintext, sealed in place, then the tag.
+        let mut p = [0u8; SEALED_MAX];
         let mut n = 12;
         let mut put = |bytes: &[u8]| {
             p[n..n + bytes.len()].copy_from_slice(bytes);
@@ -359,38 +364,44 @@ impl TokenKeys {
 
     /// Authenticate, decrypt and decode.
     pub fn open(&self, s: &str) -> Result<Token, TokenError> {
-        let p = match (s.strip_prefix("g2."), s.strip_prefix("g1.")) {
+        // Authentic once opened, so malformed content can only be our own bug; still no
+        // panics.
+        let t = match (s.strip_prefix("g2."), s.strip_prefix("g1.")) {
             (Some(rest), _) => self.open_sealed(rest)?,
-            (None, Some(rest)) => self.open_signed(rest)?,
+            (None, Some(rest)) => decode(&self.open_signed(rest)?).ok_or(TokenError::Foreign)?,
             _ => return Err(TokenError::Foreign),
         };
-        // Authentic from here on, so malformed content can only be our own bug; still no panics.
-        let t = decode(&p).ok_or(TokenError::Foreign)?;
         if now_secs().saturating_sub(t.issued) > self.max_age_secs {
             return Err(TokenError::Expired);
         }
         Ok(t)
     }
 
-    /// The plaintext of a `g2.` token.
-    fn open_sealed(&self, rest: &str) -> Result<Vec<u8>, TokenError> {
-        let raw = B64.decode(rest).map_err(|_| TokenError::Foreign)?;
-        if raw.len() < 12 + aead::MAX_TAG_LEN {
-            return Err(TokenError::Foreign);
-        }
-        let (nonce, sealed) = raw.split_at(12);
+    /// The content of a `g2.` token, opened on the stack (this runs for every answer): a
+    /// token longer than any we seal is not ours.
+    fn open_sealed(&self, rest: &str) -> Result<Token, TokenError> {
+        // Room for the decoder's estimate, which may exceed the decoded length by two.
+        let mut raw = [0u8; SEALED_MAX + 2];
+        let len = B64
+            .decode_slice(rest, &mut raw)
+            .map_err(|_| TokenError::Foreign)?;
+        let (nonce, sealed) = raw[..len]
+            .split_at_checked(12)
+            .filter(|(_, sealed)| sealed.len() >= aead::MAX_TAG_LEN)
+            .ok_or(TokenError::Foreign)?;
         let mut n = [0u8; 12];
         n.copy_from_slice(nonce);
+        let mut buf = [0u8; SEALED_MAX];
+        let buf = buf.get_mut(..sealed.len()).ok_or(TokenError::Foreign)?;
         for k in self.opening() {
-            let mut buf = sealed.to_vec();
+            // A failed attempt leaves the buffer unspecified: each key opens a fresh copy.
+            buf.copy_from_slice(sealed);
             if let Ok(plain) = k.seal.open_in_place(
                 aead::Nonce::assume_unique_for_key(n),
                 aead::Aad::from(AAD),
-                &mut buf,
+                buf,
             ) {
-                let len = plain.len();
-                buf.truncate(len);
-                return Ok(buf);
+                return decode(plain).ok_or(TokenError::Foreign);
             }
         }
         Err(TokenError::BadMac)
@@ -664,6 +675,14 @@ mod tests {
         assert_eq!(k.open("g1.!!!.???"), Err(TokenError::Foreign));
         assert_eq!(k.open("g2.!!!"), Err(TokenError::Foreign));
         assert_eq!(k.open("g2.AAAA"), Err(TokenError::Foreign));
+        // Longer than any token we seal (opened on the stack): not ours, whatever it holds.
+        let long = format!("g2.{}", B64.encode([7u8; SEALED_MAX + 3]));
+        assert_eq!(k.open(&long), Err(TokenError::Foreign));
+        // The longest we seal still opens.
+        let (tid, peer) = ("t".repeat(255), "p".repeat(255));
+        let longest = k.issue(Leg::ToCore, 3, 0, 1, &tid, &peer);
+        let t = k.open(&longest).unwrap();
+        assert_eq!((t.origin_tid, t.peer), (tid, peer));
         let old = k.seal(&Token {
             leg: Leg::ToPeer,
             request_id: 1,

@@ -597,11 +597,57 @@ fn the_plain_reader_takes_plain_xml_and_declines_the_rest() {
                 ),
             ),
         ),
+        // Nested deeper than the plain reader holds inline (16; the limit is 32).
+        doc(
+            "",
+            &smr.replace(
+                "<ContentData>",
+                &format!("{}<ContentData>", "<V>".repeat(14)),
+            )
+            .replace(
+                "</ContentData>",
+                &format!("</ContentData>{}", "</V>".repeat(14)),
+            ),
+        ),
     ];
     for body in &declined {
         assert!(!ssp_gateway::fuzzing::plain_xml(body.as_bytes()), "{body}");
         // Declined by the plain reader, read by the full one as before.
         ssp_gateway::fuzzing::splice(body.as_bytes());
+    }
+}
+
+/// A body nested deeper than the fast path's readers hold inline, and within the limit: the
+/// typed path reads it (none of it is lost); one level shallower, the fast path does.
+#[test]
+fn a_body_nested_past_the_inline_stacks_goes_the_typed_way() {
+    let codec = Codec::default();
+    let body = |n: usize| {
+        format!(
+            "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s@opy.example\">\
+             <Transaction mode=\"Request\" transactionID=\"t\"><SendMessageRequest>\
+             <MessageInfo><Recipient><User userID=\"wv:+4915112345678\"/></Recipient>\
+             </MessageInfo>{}x{}</SendMessageRequest></Transaction></Session></WV-SSP-Message>",
+            "<V>".repeat(n),
+            "</V>".repeat(n)
+        )
+    };
+    // Depth 4 (the primitive) + 12 vendor levels = 16, the stacks' capacity.
+    let fits = body(12);
+    assert!(matches!(
+        Spliced::scan(&codec, fits.as_bytes()),
+        Ok(Some(_))
+    ));
+    assert!(ssp_gateway::fuzzing::plain_xml(fits.as_bytes()));
+    for n in [13, 20, 28] {
+        let deeper = body(n);
+        assert!(!ssp_gateway::fuzzing::plain_xml(deeper.as_bytes()), "{n}");
+        assert!(
+            matches!(Spliced::scan(&codec, deeper.as_bytes()), Ok(None)),
+            "{n}"
+        );
+        assert!(codec.parse(deeper.as_bytes()).is_ok(), "{n}");
+        ssp_gateway::fuzzing::splice(deeper.as_bytes());
     }
 }
 

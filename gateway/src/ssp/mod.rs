@@ -6,6 +6,7 @@ pub mod ids;
 pub mod message;
 pub mod primitives;
 pub mod splice;
+mod stack;
 pub mod status;
 mod swar;
 pub mod walk;

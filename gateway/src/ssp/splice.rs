@@ -29,6 +29,7 @@ use smallvec::SmallVec;
 
 use super::message::{Body, Codec, MAX_REQUEST_TID, Mode};
 use super::primitives::Primitive;
+use super::stack::{DEPTH, Stack};
 use super::walk::{RouteBy, Slot, attr_slot};
 use super::xml::{self, Open, Sink, Text, TextKind, XmlError};
 use crate::ssp::status;
@@ -276,7 +277,7 @@ impl<'a> Spliced<'a> {
 }
 
 /// Where an element sits, for the values the stages decide by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Ctx {
     Root,
     Session,
@@ -290,6 +291,7 @@ enum Ctx {
     Domain,
     /// An element whose attributes and children the typed parser drops.
     Leaf,
+    #[default]
     Other,
 }
 
@@ -314,11 +316,11 @@ struct Scan<'a> {
     body: &'a str,
     out: Option<Spliced<'a>>,
     /// Each open element's context, and whether it has text (bit 0) or a child (bit 1);
-    /// inline to the depth of real SSP bodies.
+    /// inline to the depth of real SSP bodies (a deeper body is left to the typed path).
     /// SSP has no mixed content: the typed parser joins text around a child, which the
     /// spliced bytes would keep apart (a core name split by an element would escape the
     /// byte search).
-    stack: SmallVec<[(Ctx, u8); 16]>,
+    stack: Stack<(Ctx, u8), DEPTH>,
     seen: Seen,
     /// The `Domain` text being read: its ID index, once seen.
     text_slot: Option<usize>,
@@ -344,7 +346,7 @@ impl<'a> Scan<'a> {
         Scan {
             body,
             out: None,
-            stack: SmallVec::new(),
+            stack: Stack::new(),
             seen: Seen::default(),
             text_slot: None,
             plain,
@@ -430,8 +432,11 @@ impl<'a> Sink<'a> for Scan<'a> {
         }
         if o.depth <= 3 {
             let ctx = self.envelope(&o)?;
-            self.stack.push((ctx, 0));
-            return Ok(());
+            return if self.stack.push((ctx, 0)) {
+                Ok(())
+            } else {
+                stop
+            };
         }
         let seen = &mut self.seen;
         let Some(out) = self.out.as_mut() else {
@@ -620,7 +625,9 @@ impl<'a> Sink<'a> for Scan<'a> {
             }
             _ => {}
         }
-        self.stack.push((ctx, 0));
+        if !self.stack.push((ctx, 0)) {
+            return stop;
+        }
         Ok(())
     }
 

@@ -30,6 +30,7 @@ use std::ops::Range;
 use smallvec::SmallVec;
 
 use super::{Attr, AttrBuf, IsSspNamespace, Limits, Open, Sink, Text, TextKind, XmlError};
+use crate::ssp::stack::{DEPTH, Stack};
 use crate::ssp::swar::{first_of, not_letter};
 
 /// Bytes of the names this reader takes: ASCII letters, digits, `_`, `-`, `.`, and `:` in
@@ -82,7 +83,7 @@ pub(crate) fn read_plain<'a, S: Sink<'a> + ?Sized>(
         b: text.as_bytes(),
         limits,
         is_ssp_ns,
-        stack: SmallVec::new(),
+        stack: Stack::new(),
         attrs: SmallVec::new(),
         elements: 0,
         transactions: 0,
@@ -98,7 +99,7 @@ pub(crate) fn read_plain<'a, S: Sink<'a> + ?Sized>(
 
 /// An open element: where its name is, and how much text it has had (the limit on text
 /// counts it; before any, a white-space run is layout).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Elem {
     name: usize,
     len: usize,
@@ -111,8 +112,8 @@ struct Reader<'a, 'l> {
     b: &'a [u8],
     limits: &'l Limits,
     is_ssp_ns: IsSspNamespace<'l>,
-    /// Open elements, inline to the depth of real SSP bodies.
-    stack: SmallVec<[Elem; 16]>,
+    /// Open elements, inline: a body nested deeper than real SSP bodies is declined.
+    stack: Stack<Elem, DEPTH>,
     /// The attributes of the element being opened (one buffer for all elements).
     attrs: AttrBuf<'a>,
     elements: usize,
@@ -372,12 +373,12 @@ impl<'a> Reader<'a, '_> {
         })?;
         if empty {
             self.closed(j, sink)?;
-        } else {
-            self.stack.push(Elem {
-                name: lt + 1,
-                len: qname.len(),
-                text: 0,
-            });
+        } else if !self.stack.push(Elem {
+            name: lt + 1,
+            len: qname.len(),
+            text: 0,
+        }) {
+            return Err(Stop::Declined);
         }
         Ok(j)
     }
