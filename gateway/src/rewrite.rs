@@ -11,11 +11,17 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 use crate::config::{Config, IdStyle};
 use crate::directory::Directory;
 use crate::ssp::Message;
 use crate::ssp::ids::WvIdRef;
 use crate::ssp::walk::Slot;
+
+/// A slot [`Rewriter::rewrite_slots`] has done: its kind, its text as it came (where that
+/// was borrowed from the body) and its value now.
+type Rewritten<'s, 'b> = (Slot, Option<&'b str>, &'s mut Cow<'b, str>);
 
 /// Which way a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +117,11 @@ impl Rewriter {
 
     /// [`Rewriter::rewrite`] over ID slots found elsewhere (the fast path's spliced
     /// messages, which borrow what they do not change): the same rule for each slot.
+    ///
+    /// A message names one user more than once (the requestor is nearly always the
+    /// sender too): a slot whose kind and text, as they came, match an earlier one's gets
+    /// that one's result without a second parse and lookup. The rule depends on nothing
+    /// else (one directory, one direction, one peer), so the result is the same.
     pub fn rewrite_slots<'s, 'b: 's>(
         &self,
         dir: &Directory,
@@ -118,9 +129,31 @@ impl Rewriter {
         direction: Direction,
         peer: PeerView<'_>,
     ) {
+        // Each slot, with its text as it came where that is borrowed from the body (an
+        // unescaped one is rare and simply rewritten again).
+        let mut done: SmallVec<[Rewritten<'s, 'b>; 8]> = SmallVec::new();
         for (slot, s) in slots {
-            if let Some(v) = self.slot(dir, slot, s, direction, peer) {
-                *s = Cow::Owned(v);
+            let came = match s {
+                Cow::Borrowed(b) => Some(*b),
+                Cow::Owned(_) => None,
+            };
+            let earlier = came.and_then(|c| {
+                done.iter()
+                    .find(|(k, d, _)| *k == slot && *d == Some(c))
+                    .map(|(_, _, v)| Cow::clone(v))
+            });
+            match earlier {
+                Some(v) => *s = v,
+                None => {
+                    if let Some(v) = self.slot(dir, slot, s, direction, peer) {
+                        *s = Cow::Owned(v);
+                    }
+                }
+            }
+            // The first eight are remembered (inline): a message naming more users is
+            // rare, and its later slots are simply rewritten.
+            if done.len() < done.inline_size() {
+                done.push((slot, came, s));
             }
         }
     }
@@ -413,6 +446,42 @@ mod tests {
                 find_ignore_ascii_case(hay.as_bytes(), needle.as_bytes()),
                 naive_find(hay.as_bytes(), needle.as_bytes())
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Slots rewritten together (where a repeated one takes the earlier one's result)
+        /// read as each rewritten alone, in both directions, whether a value came borrowed
+        /// or owned, past the eight remembered.
+        #[test]
+        fn repeated_slots_are_rewritten_as_each_alone(
+            picks in proptest::collection::vec((0usize..8, 0usize..4, proptest::bool::ANY), 0..12),
+            outbound: bool,
+        ) {
+            let (rw, dir) = setup();
+            let values = [
+                "wv:usera@core.opx.example", "wv:+46701234567", "wv:+4915112345678@opy.example",
+                "wv:userb@core.opx.example", "wv:+46701234568@opx.example", "wv:friends@opy.example",
+                // A domain reads differently as a `Domain` slot than as an ID.
+                "opx.example", "core.opx.example",
+            ];
+            let kinds = [Slot::User, Slot::Group, Slot::Service, Slot::Domain];
+            let (direction, peer) = if outbound {
+                (Direction::Outbound, BARAZA)
+            } else {
+                (Direction::Inbound, PeerView::default())
+            };
+            let fresh = |i: usize, owned: bool| {
+                if owned { Cow::Owned(values[i].to_owned()) } else { Cow::Borrowed(values[i]) }
+            };
+            let mut together: Vec<(Slot, Cow<'_, str>)> =
+                picks.iter().map(|&(v, k, o)| (kinds[k], fresh(v, o))).collect();
+            rw.rewrite_slots(&dir, together.iter_mut().map(|(k, v)| (*k, v)), direction, peer);
+            for (&(v, k, o), (_, got)) in picks.iter().zip(&together) {
+                let mut alone = fresh(v, o);
+                rw.rewrite_slots(&dir, std::iter::once((kinds[k], &mut alone)), direction, peer);
+                proptest::prop_assert_eq!(got, &alone, "{} as {:?}", values[v], kinds[k]);
+            }
         }
     }
 

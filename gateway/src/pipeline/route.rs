@@ -34,12 +34,13 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn add(&mut self, dest: Dest, id: &str) {
+    /// `id` (moved in: the route-by list is not read again) goes to `dest`.
+    fn add(&mut self, dest: Dest, id: String) {
         match dest {
-            Dest::Fail(f) => self.failed.push((id.to_owned(), f)),
+            Dest::Fail(f) => self.failed.push((id, f)),
             d => match self.groups.iter_mut().find(|(g, _)| *g == d) {
-                Some((_, ids)) => ids.push(id.to_owned()),
-                None => self.groups.push((d, vec![id.to_owned()])),
+                Some((_, ids)) => ids.push(id),
+                None => self.groups.push((d, vec![id])),
             },
         }
     }
@@ -67,8 +68,8 @@ pub(crate) async fn plan_by(
                 plan.groups.push((Dest::Core, Vec::new()));
                 return Ok(plan);
             }
-            for rb in &route_by {
-                plan.add(ours(gw, rb), rb.as_str());
+            for rb in route_by {
+                plan.add(ours(gw, &rb), rb.into_string());
             }
             if !plan.failed.is_empty() {
                 gw.metrics().refused.with_label_values(&["relay"]).inc();
@@ -90,8 +91,8 @@ pub(crate) async fn plan_by(
                     ),
                 ));
             }
-            for rb in &route_by {
-                plan.add(outward(gw, rb, svc).await, rb.as_str());
+            for rb in route_by {
+                plan.add(outward(gw, &rb, svc).await, rb.into_string());
             }
         }
     }

@@ -44,6 +44,13 @@ impl RouteBy {
             RouteBy::Id(s) | RouteBy::SearchNumber(s) => s,
         }
     }
+
+    /// The text, moved out.
+    pub fn into_string(self) -> String {
+        match self {
+            RouteBy::Id(s) | RouteBy::SearchNumber(s) => s,
+        }
+    }
 }
 
 fn entity_ids(es: &[Entity]) -> impl Iterator<Item = &str> {
