@@ -579,17 +579,29 @@ impl Conn {
             .serve_connection(TokioIo::new(io), svc)
             .into_owned();
         tokio::pin!(conn);
+        // The drain's stop and the watchdog's timer are made once per connection, not per
+        // turn of the loop: every wake of this task (each read, each answer) polls every
+        // branch, and a phase change turns the loop up to three times per request. The
+        // timer is moved only when the watchdog must look earlier than it would (or it
+        // has fired, or a close is under way): looking early is harmless (the verdict is
+        // taken again), so on a busy connection it is moved about once per deadline, not
+        // per request.
+        let stopped = self.drain.stopped();
+        tokio::pin!(stopped);
+        let timer = tokio::time::sleep_until(Instant::now() + self.limits.header);
+        tokio::pin!(timer);
         // Once a close is asked for: the time by which the connection is dropped anyway.
         let mut closing: Option<Instant> = None;
         loop {
+            let now = Instant::now();
             let wake = match closing {
                 Some(t) => t,
-                None => match phase.verdict(Instant::now(), &self.limits) {
+                None => match phase.verdict(now, &self.limits) {
                     Verdict::Wait(t) => t,
                     Verdict::Close(why) => {
                         (self.on_event)(Event::Closed(why));
                         conn.as_mut().graceful_shutdown();
-                        let t = Instant::now() + GRACE;
+                        let t = now + GRACE;
                         closing = Some(t);
                         t
                     }
@@ -599,6 +611,11 @@ impl Conn {
                     }
                 },
             };
+            let due = timer.deadline();
+            // Closing, the timer's firing ends the connection: then it must be exact.
+            if wake < due || due <= now || (closing.is_some() && wake != due) {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -606,13 +623,13 @@ impl Conn {
                     }
                     return;
                 }
-                _ = tokio::time::sleep_until(wake) => {
+                () = timer.as_mut() => {
                     if closing.is_some() {
                         return;
                     }
                 }
-                _ = phase.changed.notified(), if closing.is_none() => {}
-                _ = self.drain.stopped(), if closing.is_none() => {
+                () = phase.changed.notified(), if closing.is_none() => {}
+                () = stopped.as_mut(), if closing.is_none() => {
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now() + self.limits.drain);
                 }
