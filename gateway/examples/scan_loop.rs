@@ -1,6 +1,7 @@
 //! Profiling driver (callgrind) for the fast path's reader: [`Spliced::scan`] of the codec
 //! benchmark's ~1.3 KB Baraza-style `SendMessageRequest` (`tests/common/mod.rs`) and of a
-//! core's `SendMessageResponse` (to a request under one of our tokens), N times each (or only one of them: `request`, `answer`).
+//! core's `SendMessageResponse` (to a request under one of our tokens), N times each, or
+//! only one of them (`request`, `answer`).
 //! `cargo build --release --example scan_loop`, then
 //! `valgrind --tool=callgrind target/release/examples/scan_loop 10000 [request|answer]`.
 use ssp_gateway::ssp::Codec;

@@ -151,7 +151,7 @@ impl Rewriter {
                 }
             }
             // The first eight are remembered (inline): a message naming more users is
-            // rare, and its later slots are simply rewritten.
+            // rare, and its later slots are looked up among those but not remembered.
             if done.len() < done.inline_size() {
                 done.push((slot, came, s));
             }

@@ -380,11 +380,15 @@ impl TokenKeys {
     /// The content of a `g2.` token, opened on the stack (this runs for every answer): a
     /// token longer than any we seal is not ours.
     fn open_sealed(&self, rest: &str) -> Result<Token, TokenError> {
-        // Room for the decoder's estimate, which may exceed the decoded length by two.
+        // Two bytes of slack, so that a decoder checking its room by an estimate never
+        // turns away the longest token we seal; anything longer than that is not ours.
         let mut raw = [0u8; SEALED_MAX + 2];
         let len = B64
             .decode_slice(rest, &mut raw)
             .map_err(|_| TokenError::Foreign)?;
+        if len > SEALED_MAX {
+            return Err(TokenError::Foreign);
+        }
         let (nonce, sealed) = raw[..len]
             .split_at_checked(12)
             .filter(|(_, sealed)| sealed.len() >= aead::MAX_TAG_LEN)
@@ -676,8 +680,10 @@ mod tests {
         assert_eq!(k.open("g2.!!!"), Err(TokenError::Foreign));
         assert_eq!(k.open("g2.AAAA"), Err(TokenError::Foreign));
         // Longer than any token we seal (opened on the stack): not ours, whatever it holds.
-        let long = format!("g2.{}", B64.encode([7u8; SEALED_MAX + 3]));
-        assert_eq!(k.open(&long), Err(TokenError::Foreign));
+        for over in [1, 2, 3, 600] {
+            let long = format!("g2.{}", B64.encode(vec![7u8; SEALED_MAX + over]));
+            assert_eq!(k.open(&long), Err(TokenError::Foreign), "{over}");
+        }
         // The longest we seal still opens.
         let (tid, peer) = ("t".repeat(255), "p".repeat(255));
         let longest = k.issue(Leg::ToCore, 3, 0, 1, &tid, &peer);

@@ -632,23 +632,36 @@ fn a_body_nested_past_the_inline_stacks_goes_the_typed_way() {
             "</V>".repeat(n)
         )
     };
-    // Depth 4 (the primitive) + 12 vendor levels = 16, the stacks' capacity.
+    // Depth 4 (the primitive) + 12 vendor levels = 16, the stacks' capacity: the fast path
+    // takes it, and what it writes reads as the typed path's.
     let fits = body(12);
     assert!(matches!(
         Spliced::scan(&codec, fits.as_bytes()),
         Ok(Some(_))
     ));
     assert!(ssp_gateway::fuzzing::plain_xml(fits.as_bytes()));
-    for n in [13, 20, 28] {
-        let deeper = body(n);
-        assert!(!ssp_gateway::fuzzing::plain_xml(deeper.as_bytes()), "{n}");
+    assert!(ssp_gateway::fuzzing::splice(fits.as_bytes()));
+    // Deeper: elements with content; an empty element at the 17th level (which the plain
+    // reader takes, pushing nothing for it, and the scan does not); and a comment before
+    // the nesting, so that the full reader reads it and the scan's own stack refuses.
+    let deeper = [13, 20, 28].map(body).into_iter().chain([
+        body(12).replace("x</V>", "<V/>x</V>"),
+        body(13).replace("<SendMessageRequest>", "<SendMessageRequest><!-- c -->"),
+    ]);
+    for (i, deeper) in deeper.enumerate() {
         assert!(
             matches!(Spliced::scan(&codec, deeper.as_bytes()), Ok(None)),
-            "{n}"
+            "{i}"
         );
-        assert!(codec.parse(deeper.as_bytes()).is_ok(), "{n}");
-        ssp_gateway::fuzzing::splice(deeper.as_bytes());
+        assert!(codec.parse(deeper.as_bytes()).is_ok(), "{i}");
+        assert!(!ssp_gateway::fuzzing::splice(deeper.as_bytes()), "{i}");
     }
+    for n in [13, 20, 28] {
+        assert!(!ssp_gateway::fuzzing::plain_xml(body(n).as_bytes()), "{n}");
+    }
+    assert!(ssp_gateway::fuzzing::plain_xml(
+        body(12).replace("x</V>", "<V/>x</V>").as_bytes()
+    ));
 }
 
 /// Every Baraza capture is plain XML: the plain reader takes each, with the full reader's

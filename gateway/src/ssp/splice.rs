@@ -10,7 +10,8 @@
 //! takes a body), and anything else with the full one. What it accepts it accepts only in the
 //! plain shape real senders use: one `Session` with one `Transaction` holding one of the
 //! primitives above, no namespace prefixes, every entity with its ID attribute, no character
-//! references. Anything else is `Ok(None)` and takes the typed path, which understands it.
+//! references, nested at most 16 deep (`ssp/stack.rs`). Anything else is `Ok(None)` and
+//! takes the typed path, which understands it.
 //!
 //! On the way it records the byte range of every ID slot the typed walk
 //! ([`walk`](super::walk)) would visit (`userID`, `groupID` and `serviceID` attributes, and
@@ -291,6 +292,7 @@ enum Ctx {
     Domain,
     /// An element whose attributes and children the typed parser drops.
     Leaf,
+    /// Also the default, which only fills the scan stack's unused places.
     #[default]
     Other,
 }

@@ -8,8 +8,9 @@
 //! mark, comments, processing instructions, CDATA, DOCTYPE, character references, prefixes,
 //! an SSP namespace declared below the root, white space around `=` or in end tags, line
 //! breaks or tabs in attribute values, a raw `<` in one, duplicate attributes, malformed
-//! tags) is declined: the caller reads the body with [`read`](super::read) instead, which
-//! accepts or refuses it as it always has.
+//! tags, nesting deeper than the 16 levels held inline by `ssp/stack.rs`) is declined: the
+//! caller reads the body with [`read`](super::read) instead, which accepts or refuses it as
+//! it always has.
 //!
 //! It makes the full reader's checks in a single pass of its own, with no call per element
 //! into the full reader's `Driver`: content after the root, depth, element count, attribute
@@ -99,6 +100,7 @@ pub(crate) fn read_plain<'a, S: Sink<'a> + ?Sized>(
 
 /// An open element: where its name is, and how much text it has had (the limit on text
 /// counts it; before any, a white-space run is layout).
+/// `Default` only fills the stack's unused places.
 #[derive(Clone, Copy, Default)]
 struct Elem {
     name: usize,
