@@ -15,12 +15,17 @@
 //! byte is the process's `[cluster] replica` index, so a replica can hand an answer to the one
 //! that is waiting for it.
 //!
-//! The nonce is the first 12 bytes of an HMAC of the plaintext under a second key (a
-//! synthetic IV): the plaintext holds a request ID unique to the process and a random
-//! instance, so a nonce is never used twice with one key, whatever the number of tokens, and
-//! it tells nothing of the plaintext. Both keys are derived from the configured secret with
-//! HKDF-SHA256. Tokens of the earlier `g1.` form (HMAC only) are still opened, so that answers
-//! to requests sent before an upgrade arrive.
+//! The nonce is 12 random bytes, drawn for each token from the thread's CSPRNG (`rand`'s
+//! ChaCha generator, seeded and reseeded from the operating system): it tells nothing of the
+//! plaintext, nor how many tokens came before it (a counter would tell a peer our traffic).
+//! Two tokens under one key share a nonce with probability about n²/2⁹⁷ for n tokens: for
+//! 2³² tokens, the limit NIST SP 800-38D sets for random nonces, 2⁻³³. Operators rotate the
+//! key file well before that (key rotation, above). Releases before this one derived the
+//! nonce from an HMAC of the plaintext, which has the same bound and costs two SHA-256 blocks
+//! per request; opening never looked at how a nonce was made, so tokens of either kind open
+//! in both. The AEAD key is derived from the configured secret with HKDF-SHA256. Tokens of
+//! the earlier `g1.` form (HMAC only) are still opened, so that answers to requests sent
+//! before an upgrade arrive.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -105,8 +110,6 @@ struct Keys {
     mac: hmac::Key,
     /// Seals tokens.
     seal: std::sync::Arc<aead::LessSafeKey>,
-    /// Makes their nonces.
-    nonce: hmac::Key,
 }
 
 /// The length of the HKDF output the AEAD key is made from.
@@ -122,13 +125,10 @@ impl Keys {
     fn derive(secret: &[u8]) -> Keys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ssp-gateway token v2").extract(secret);
         let mut seal = [0u8; 32];
-        let mut nonce = [0u8; 32];
         // Expanding 32 bytes from HKDF-SHA256 cannot fail (the limit is 255 blocks).
         if prk
             .expand(&[b"seal"], Len(32))
             .and_then(|okm| okm.fill(&mut seal))
-            .and_then(|()| prk.expand(&[b"nonce"], Len(32)))
-            .and_then(|okm| okm.fill(&mut nonce))
             .is_err()
         {
             unreachable_key();
@@ -143,7 +143,6 @@ impl Keys {
             until: None,
             mac: hmac::Key::new(hmac::HMAC_SHA256, secret),
             seal: std::sync::Arc::new(seal),
-            nonce: hmac::Key::new(hmac::HMAC_SHA256, &nonce),
         }
     }
 }
@@ -165,6 +164,13 @@ impl std::fmt::Debug for TokenKeys {
             .field("max_age_secs", &self.max_age_secs)
             .finish()
     }
+}
+
+/// A token's nonce: random (see the module's notes on why, and on the bound).
+fn fresh_nonce() -> [u8; 12] {
+    let mut n = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut n);
+    n
 }
 
 fn now_secs() -> u32 {
@@ -267,6 +273,7 @@ impl TokenKeys {
     /// Encode, encrypt and authenticate.
     pub fn seal(&self, t: &Token) -> String {
         self.seal_fields(
+            fresh_nonce(),
             t.leg,
             t.request_id,
             t.part,
@@ -278,11 +285,12 @@ impl TokenKeys {
         )
     }
 
-    /// [`TokenKeys::seal`] from borrowed fields: one buffer becomes the token, sealed in
-    /// place (this runs for every request).
+    /// [`TokenKeys::seal`] from borrowed fields, under `nonce`: one buffer becomes the
+    /// token, sealed in place (this runs for every request).
     #[allow(clippy::too_many_arguments)]
     fn seal_fields(
         &self,
+        nonce: [u8; 12],
         leg: Leg,
         request_id: u64,
         part: u8,
@@ -321,8 +329,6 @@ impl TokenKeys {
         let Some(key) = self.keys.first() else {
             return String::new();
         };
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&hmac::sign(&key.nonce, &p[12..n]).as_ref()[..12]);
         p[..12].copy_from_slice(&nonce);
         let Ok(tag) = key.seal.seal_in_place_separate_tag(
             aead::Nonce::assume_unique_for_key(nonce),
@@ -351,6 +357,7 @@ impl TokenKeys {
         peer: &str,
     ) -> String {
         self.seal_fields(
+            fresh_nonce(),
             leg,
             request_id,
             part,
@@ -576,21 +583,54 @@ mod tests {
         TokenKeys::new(&[b"0123456789abcdef0123456789abcdef".to_vec()], 3600)
     }
 
-    /// A fixed token's text, as the releases before this one sealed it (known answer: the
-    /// nonce comes from the plaintext, so sealing is deterministic). A change to the layout
-    /// or the sealing would strand the answers to requests in flight across an upgrade.
+    /// Fixed tokens, as earlier releases sealed them (known answers): they open to their
+    /// fields, and sealing those fields under the same nonce gives the same text. A change
+    /// to the layout or the sealing would strand the answers to requests in flight across an
+    /// upgrade. (Those releases derived the nonce from the plaintext; it is random now, and
+    /// opening never depended on how it was made.)
     #[test]
-    fn a_fixed_token_seals_to_the_text_it_always_had() {
+    fn fixed_tokens_open_and_seal_as_they_always_did() {
         let long = "x".repeat(300);
         let cases = [
             ("bt-msg-1", "b.test", KAT_SHORT),
             (long.as_str(), long.as_str(), KAT_LONG),
         ];
+        let k = keys();
         for (tid, peer, want) in cases {
-            let got =
-                keys().seal_fields(Leg::ToCore, 42, 1, 3, 1_800_000_000, 0x0102_0304, tid, peer);
+            let rest = want.strip_prefix("g2.").unwrap();
+            let t = k.open_sealed(rest).unwrap();
+            let (tid, peer) = (&tid[..tid.len().min(255)], &peer[..peer.len().min(255)]);
+            assert_eq!(
+                (t.leg, t.request_id, t.part, t.parts, t.issued, t.instance),
+                (Leg::ToCore, 42, 1, 3, 1_800_000_000, 0x0102_0304)
+            );
+            assert_eq!((t.origin_tid.as_str(), t.peer.as_str()), (tid, peer));
+            let mut nonce = [0u8; 12];
+            nonce.copy_from_slice(&B64.decode(rest).unwrap()[..12]);
+            let got = k.seal_fields(
+                nonce,
+                Leg::ToCore,
+                42,
+                1,
+                3,
+                1_800_000_000,
+                0x0102_0304,
+                tid,
+                peer,
+            );
             assert_eq!(got, want, "sealed {tid:?} / {peer:?}");
         }
+    }
+
+    /// Each token has a nonce of its own, even for the same fields issued at once.
+    #[test]
+    fn the_same_fields_seal_under_fresh_nonces() {
+        let k = keys();
+        let a = k.issue(Leg::ToCore, 7, 0, 1, "t", "p");
+        let b = k.issue(Leg::ToCore, 7, 0, 1, "t", "p");
+        let nonce = |s: &str| B64.decode(&s[3..]).unwrap()[..12].to_vec();
+        assert_ne!(nonce(&a), nonce(&b));
+        assert_eq!(k.open(&a).unwrap(), k.open(&b).unwrap());
     }
 
     #[test]
