@@ -172,48 +172,53 @@ impl<'a> Reader<'a, '_> {
         let b = self.b;
         let mut run = from;
         let mut i = from;
-        let mut cr = false;
+        // Line ends written `\r\n` in the run: XML reads each as one character.
+        let mut crlf = 0;
         loop {
             let at = first_of(&b[i..], [b'<', b'&'], 0x20).map_or(b.len(), |p| i + p);
             match b.get(at) {
                 None | Some(b'<') => {
-                    self.run(run..at, cr, TextKind::Plain, sink)?;
+                    self.run(run..at, crlf, sink)?;
                     return Ok(at);
                 }
                 Some(b'&') => {
-                    self.run(run..at, cr, TextKind::Plain, sink)?;
+                    self.run(run..at, crlf, sink)?;
                     let (ch, len) = predefined(&b[at + 1..]).ok_or(Stop::Declined)?;
                     let end = at + 1 + len;
                     self.run_of(ch, at..end, TextKind::Ref, sink)?;
-                    (run, i, cr) = (end, end, false);
+                    (run, i, crlf) = (end, end, 0);
                 }
                 // Tab and line ends are text (a carriage return is counted as XML
-                // normalises it); any other control character is refused by the full reader.
+                // normalises it, as `Text::content_len` does: a `\n` never ends a run, so a
+                // `\r\n` is never split); any other control character is refused by the
+                // full reader.
                 Some(b'\t' | b'\n') => i = at + 1,
-                Some(b'\r') => (i, cr) = (at + 1, true),
+                Some(b'\r') => {
+                    crlf += usize::from(b.get(at + 1) == Some(&b'\n'));
+                    i = at + 1;
+                }
                 Some(_) => return Err(Stop::Declined),
             }
         }
     }
 
-    /// The plain run at `at` (holding a carriage return if `cr`), unless empty.
+    /// The plain run at `at` (holding `crlf` line ends written `\r\n`), unless empty.
     fn run<S: Sink<'a> + ?Sized>(
         &mut self,
         at: Range<usize>,
-        cr: bool,
-        kind: TextKind,
+        crlf: usize,
         sink: &mut S,
     ) -> Result<(), Stop> {
         if at.is_empty() {
             return Ok(());
         }
         let s = &self.text[at.clone()];
-        if !cr {
-            return self.run_of(s, at, kind, sink);
-        }
-        let t = Text { raw: s, at, kind };
-        let n = t.content_len();
-        self.report(t, n, sink)
+        let t = Text {
+            raw: s,
+            at,
+            kind: TextKind::Plain,
+        };
+        self.report(t, s.len() - crlf, sink)
     }
 
     /// Text `s` (its own content) at `at`.
