@@ -9,8 +9,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::swar::{HI, at_least, between, equal};
-
 /// A parsed and normalised `wv:` ID.
 ///
 /// Shapes: user `wv:alice@d`, resource `wv:alice/list@d`, group `wv:/room@d`,
@@ -122,9 +120,19 @@ pub struct WvIdRef<'a> {
 impl<'a> WvIdRef<'a> {
     /// Parse and normalise, with the rules and errors of [`WvId::parse`].
     pub fn parse(input: &'a str) -> Result<WvIdRef<'a>, IdError> {
-        let s = input.trim();
-        let s = match s.get(..3) {
-            Some(p) if p.eq_ignore_ascii_case("wv:") => &s[3..],
+        // White space is trimmed, where an end could be white space at all (an ID of
+        // printable ASCII, nearly all, cannot).
+        let printable = |c: Option<&u8>| c.is_some_and(|c| (0x21..=0x7e).contains(c));
+        let b = input.as_bytes();
+        let s = if printable(b.first()) && printable(b.last()) {
+            input
+        } else {
+            input.trim()
+        };
+        let s = match s.as_bytes() {
+            [w, v, b':', ..] if w.eq_ignore_ascii_case(&b'w') && v.eq_ignore_ascii_case(&b'v') => {
+                &s[3..]
+            }
             _ => s,
         };
         if s.is_empty() {
@@ -136,7 +144,7 @@ impl<'a> WvIdRef<'a> {
         // notes the first '/' and whether any byte would need decoding (an escape, a capital,
         // non-ASCII): where none does, which is nearly always, every part is borrowed as it
         // is without a second look at its bytes. An ID of printable ASCII (nearly all) is
-        // read a word at a time; any other, byte by byte.
+        // read 16 bytes at a time; any other, byte by byte.
         let b = s.as_bytes();
         let Marks {
             at,
@@ -372,39 +380,60 @@ impl Marks {
     };
 }
 
-/// [`careful_marks`] for an ID of printable ASCII (0x21 to 0x7E: nothing to refuse), eight
+/// [`careful_marks`] for an ID of printable ASCII (0x21 to 0x7E: nothing to refuse), 16
 /// bytes at a time; `None` for any other, which [`careful_marks`] reads.
 fn ascii_marks(b: &[u8]) -> Option<Marks> {
     let mut m = Marks::START;
-    let mut i = 0;
-    while i < b.len() {
-        let word = match b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-            Some(w) => w,
-            None => {
-                // The last bytes, padded with a printable byte that marks nothing.
-                let mut w = [b'a'; 8];
-                w[..b.len() - i].copy_from_slice(&b[i..]);
-                w
-            }
-        };
-        let x = u64::from_le_bytes(word);
-        if (!at_least(x, 0x21) | at_least(x, 0x7f)) & HI != 0 {
+    for (k, chunk) in b.chunks(16).enumerate() {
+        // The last bytes padded with a printable byte that marks nothing.
+        let mut block = [b'a'; 16];
+        block[..chunk.len()].copy_from_slice(chunk);
+        let f = block_marks(&block);
+        if f.refused != 0 {
             return None;
         }
-        let capital = between(x, b'A', b'Z');
-        m.canonical &= (capital | equal(x, b'%')) == 0;
-        let ats = equal(x, b'@');
-        if ats != 0 {
-            m.at = m.at.or(Some(i + (ats.trailing_zeros() / 8) as usize));
-            m.ats += ats.count_ones();
+        m.canonical &= f.decoded == 0;
+        let at = |flags: u128| 16 * k + (flags.trailing_zeros() / 8) as usize;
+        if f.at != 0 {
+            m.at = m.at.or(Some(at(f.at)));
+            m.ats += f.at.count_ones() / 8;
         }
-        let slashes = equal(x, b'/');
-        if slashes != 0 && m.slash.is_none() {
-            m.slash = Some(i + (slashes.trailing_zeros() / 8) as usize);
+        if f.slash != 0 && m.slash.is_none() {
+            m.slash = Some(at(f.slash));
         }
-        i += 8;
     }
     Some(m)
+}
+
+/// Per-byte flags of a 16-byte block (0xff where the byte is one, else 0), each a `u128`.
+struct BlockMarks {
+    /// Not printable ASCII.
+    refused: u128,
+    /// A capital or `%`: the part must be decoded.
+    decoded: u128,
+    at: u128,
+    slash: u128,
+}
+
+/// [`ascii_marks`]' tests of one block, written byte by byte with no branch so that the
+/// compiler makes them vector compares (as `swar.rs`'s `block_hits`): every ID of every
+/// message is read this way, and most are one or two blocks.
+#[inline(always)]
+fn block_marks(block: &[u8; 16]) -> BlockMarks {
+    let (mut refused, mut decoded, mut at, mut slash) =
+        ([0u8; 16], [0u8; 16], [0u8; 16], [0u8; 16]);
+    for (i, &c) in block.iter().enumerate() {
+        refused[i] = u8::from(!(0x21..=0x7e).contains(&c)).wrapping_neg();
+        decoded[i] = u8::from(c.is_ascii_uppercase() | (c == b'%')).wrapping_neg();
+        at[i] = u8::from(c == b'@').wrapping_neg();
+        slash[i] = u8::from(c == b'/').wrapping_neg();
+    }
+    BlockMarks {
+        refused: u128::from_le_bytes(refused),
+        decoded: u128::from_le_bytes(decoded),
+        at: u128::from_le_bytes(at),
+        slash: u128::from_le_bytes(slash),
+    }
 }
 
 /// [`WvIdRef::parse`]'s pass over an ID's bytes, one by one. `None` at a raw space or
@@ -648,6 +677,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// White space around an ID, ASCII or not, is not part of it; a prefix is taken in any
+    /// case, and only as the first three bytes.
+    #[test]
+    fn white_space_around_an_id_and_its_prefix() {
+        for (text, want) in [
+            (" wv:+4915112345678\t", "wv:+4915112345678"),
+            ("\u{a0}wv:a@b.example\u{2003}", "wv:a@b.example"),
+            ("\nWV:a@b.example", "wv:a@b.example"),
+            ("wV:a@b.example\u{3000}", "wv:a@b.example"),
+            ("a@b.example", "wv:a@b.example"),
+        ] {
+            assert_eq!(WvId::parse(text).unwrap().to_string(), want, "{text:?}");
+        }
+        // Not a prefix: "wv" then a colon elsewhere, or a character past it.
+        assert_eq!(WvId::parse("wv\u{e9}:a").unwrap().user, "wv\u{e9}:a");
+        assert!(WvId::parse(" \u{a0} ").is_err());
+    }
+
     #[test]
     fn an_id_pushed_with_a_domain_is_its_display() {
         for text in [
@@ -801,7 +848,7 @@ mod tests {
             }
         }
 
-        /// The word-at-a-time pass finds what the byte-by-byte one finds, wherever it reads.
+        /// The block pass finds what the byte-by-byte one finds, wherever it reads.
         #[test]
         fn an_ids_marks_are_the_byte_by_byte_ones(
             b in proptest::collection::vec(

@@ -1,20 +1,22 @@
-//! Word-at-a-time byte tests (SWAR: SIMD within a register) for the SSP codec's hottest
-//! loops: the first of a few bytes in a short span (every attribute value read, every value
-//! written), the classes of an ID's bytes (every ID parsed, `ids.rs`), and the letters of
-//! a name (every element and attribute name the plain reader reads).
+//! Byte tests many at a time for the SSP codec's hottest loops: the first of a few bytes in
+//! a span (every attribute value and text run read, every value written) and the letters of
+//! a name (every element and attribute name the plain reader reads). `ids.rs` tests an ID's
+//! bytes the same way as [`first_of`]'s blocks.
 //!
 //! Those spans (IDs, session and transaction IDs, namespaces) are mostly 10 to 50 bytes.
 //! There a byte-by-byte test costs five to fifteen instructions per byte, and `memchr` and
-//! its two- and three-byte forms cost more to set up than the search. A 64-bit word is
-//! tested for all the bytes at once with the usual carry tricks. Two kinds are used:
-//! [`below`]'s lowest flag is the first hit (a borrow out of a hit makes the flags above it
-//! meaningless: some false, some missing); [`at_least`] and [`equal`] keep each byte's sum
-//! inside the byte, so every flag is exact (they count and combine).
+//! its two- and three-byte forms cost more to set up than the search. Two ways are used:
+//! - 16 bytes at a time, written as branch-free byte tests that the compiler makes vector
+//!   compares (`block_hits`);
+//! - a 64-bit word at a time with the usual carry tricks (SWAR: SIMD within a register), for
+//!   what is left of a span after its blocks, and for names. [`below`]'s lowest flag is the
+//!   first hit (a borrow out of a hit makes the flags above it meaningless: some false, some
+//!   missing); [`at_least`] keeps each byte's sum inside the byte, so every flag is exact.
 
 /// One in each byte of a word.
 const LO: u64 = 0x0101_0101_0101_0101;
 /// The top bit of each byte of a word.
-pub(super) const HI: u64 = 0x8080_8080_8080_8080;
+const HI: u64 = 0x8080_8080_8080_8080;
 
 /// The top bit of the first byte of `x` below `n` (`n` ≤ 0x80; none for 0) is the lowest
 /// bit set; what is set above it means nothing.
@@ -26,21 +28,15 @@ fn below(x: u64, n: u8) -> u64 {
 /// The top bit of each byte of `x` that is at least `n` (1 ≤ `n` ≤ 0x80), exact for every
 /// byte: the low seven bits plus `0x80 - n` stay inside the byte.
 #[inline(always)]
-pub(super) fn at_least(x: u64, n: u8) -> u64 {
+fn at_least(x: u64, n: u8) -> u64 {
     debug_assert!((1..=0x80).contains(&n), "byte bound {n}");
     ((x & !HI).wrapping_add(LO * u64::from(0x80 - n)) | x) & HI
-}
-
-/// The top bit of each byte of `x` equal to `c`, exact for every byte.
-#[inline(always)]
-pub(super) fn equal(x: u64, c: u8) -> u64 {
-    !at_least(x ^ (LO * u64::from(c)), 1) & HI
 }
 
 /// The top bit of each byte of `x` from `lo` to `hi` (1 ≤ `lo` ≤ `hi` < 0x80), exact for
 /// every byte.
 #[inline(always)]
-pub(super) fn between(x: u64, lo: u8, hi: u8) -> u64 {
+fn between(x: u64, lo: u8, hi: u8) -> u64 {
     at_least(x, lo) & !at_least(x, hi + 1)
 }
 
@@ -158,9 +154,6 @@ mod tests {
                         c.is_ascii_uppercase(),
                         "{c} at {place}"
                     );
-                    for e in [b'@', b'/', b'%', 0] {
-                        assert_eq!(flag(equal(x, e)), c == e, "{c} == {e} at {place}");
-                    }
                     assert_eq!(
                         flag(not_letter(x)),
                         !c.is_ascii_alphabetic(),
