@@ -673,6 +673,32 @@ fn a_body_nested_past_the_inline_stacks_goes_the_typed_way() {
     ));
 }
 
+/// A tag with more attributes than the plain reader holds inline (8) is read by the full
+/// reader, and the fast path still takes the body, writing what the typed path writes.
+#[test]
+fn a_tag_with_more_attributes_than_held_inline_goes_to_the_full_reader() {
+    let codec = Codec::default();
+    let body = |n: usize| {
+        let attrs: String = (0..n).map(|i| format!(" a{i}=\"v\"")).collect();
+        format!(
+            "<WV-SSP-Message xmlns=\"{NS_WV_SSP_13}\"><Session sessionID=\"s@opy.example\">\
+             <Transaction mode=\"Request\" transactionID=\"t\"><SendMessageRequest>\
+             <MessageInfo><Recipient><User userID=\"wv:+4915112345678\"/></Recipient>\
+             </MessageInfo><V{attrs}/></SendMessageRequest></Transaction></Session>\
+             </WV-SSP-Message>"
+        )
+    };
+    for (n, plain) in [(8, true), (9, false), (32, false)] {
+        let b = body(n);
+        assert_eq!(ssp_gateway::fuzzing::plain_xml(b.as_bytes()), plain, "{n}");
+        assert!(
+            matches!(Spliced::scan(&codec, b.as_bytes()), Ok(Some(_))),
+            "{n}"
+        );
+        assert!(ssp_gateway::fuzzing::splice(b.as_bytes()), "{n}");
+    }
+}
+
 /// Every Baraza capture is plain XML: the plain reader takes each, with the full reader's
 /// events. Under tight limits it declines each capture the full reader refuses for one,
 /// and takes the rest with the same events (`plain_xml_within` asserts both).

@@ -370,8 +370,9 @@ pub fn parse(
     })
 }
 
-/// One attribute of an element being read, after every check.
-#[derive(Debug)]
+/// One attribute of an element being read, after every check. (`Default`, an empty one,
+/// only fills buffers: a sink takes values out with `std::mem::take`.)
+#[derive(Debug, Default)]
 pub struct Attr<'a> {
     /// The name as written (prefix kept).
     pub key: &'a str,
@@ -391,8 +392,9 @@ pub struct Open<'s, 'a> {
     pub name: &'s str,
     /// Whether the name as written has a prefix (SSP or not).
     pub prefixed: bool,
-    /// Attributes in document order; SSP namespace declarations are consumed.
-    pub attrs: &'s mut AttrBuf<'a>,
+    /// Attributes in document order; SSP namespace declarations are consumed. A sink may
+    /// take their values (each reader refills its buffer for the next tag).
+    pub attrs: &'s mut [Attr<'a>],
     /// Nesting depth, the root counting as 1.
     pub depth: usize,
     /// The start tag's bytes in the body.
@@ -745,7 +747,7 @@ impl<'a, 'l> Driver<'a, 'l> {
         sink.open(Open {
             name,
             prefixed,
-            attrs: &mut self.attrs,
+            attrs: &mut self.attrs[..],
             depth,
             at,
             empty,
@@ -827,8 +829,8 @@ impl<'a> Sink<'a> for Tree {
         let mut el = Element::new(intern(o.name));
         el.attrs = o
             .attrs
-            .drain(..)
-            .map(|a| (intern(a.key), a.value.into_owned()))
+            .iter_mut()
+            .map(|a| (intern(a.key), std::mem::take(&mut a.value).into_owned()))
             .collect();
         self.stack.push((el, self.done.len()));
         Ok(())

@@ -8,9 +8,9 @@
 //! mark, comments, processing instructions, CDATA, DOCTYPE, character references, prefixes,
 //! an SSP namespace declared below the root, white space around `=` or in end tags, line
 //! breaks or tabs in attribute values, a raw `<` in one, duplicate attributes, malformed
-//! tags, nesting deeper than the 16 levels held inline by `ssp/stack.rs`) is declined: the
-//! caller reads the body with [`read`](super::read) instead, which accepts or refuses it as
-//! it always has.
+//! tags, nesting deeper than the 16 levels held inline by `ssp/stack.rs`, a tag with more
+//! than the 8 attributes held inline) is declined: the caller reads the body with
+//! [`read`](super::read) instead, which accepts or refuses it as it always has.
 //!
 //! It makes the full reader's checks in a single pass of its own, with no call per element
 //! into the full reader's `Driver`: content after the root, depth, element count, attribute
@@ -28,9 +28,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use smallvec::SmallVec;
-
-use super::{Attr, AttrBuf, IsSspNamespace, Limits, Open, Sink, Text, TextKind, XmlError};
+use super::{Attr, IsSspNamespace, Limits, Open, Sink, Text, TextKind, XmlError};
 use crate::ssp::stack::{DEPTH, Stack};
 use crate::ssp::swar::{first_of, not_letter};
 
@@ -85,7 +83,7 @@ pub(crate) fn read_plain<'a, S: Sink<'a> + ?Sized>(
         limits,
         is_ssp_ns,
         stack: Stack::new(),
-        attrs: SmallVec::new(),
+        attrs: Attrs::new(),
         elements: 0,
         transactions: 0,
         root_done: false,
@@ -108,6 +106,51 @@ struct Elem {
     text: usize,
 }
 
+/// The attributes a tag may have here: more is not a real SSP element (the full reader,
+/// which keeps up to `Limits::max_attrs`, reads such a body).
+const ATTRS: usize = 8;
+
+/// The attributes of the tag being read, inline: a `SmallVec` asked on every push and read
+/// whether it had moved to the heap. Entries past `len` are those of earlier tags, kept
+/// until overwritten.
+struct Attrs<'a> {
+    items: [Attr<'a>; ATTRS],
+    len: usize,
+}
+
+impl<'a> Attrs<'a> {
+    fn new() -> Self {
+        Attrs {
+            items: Default::default(),
+            len: 0,
+        }
+    }
+
+    /// Add `a`; `false` (and nothing added) when the buffer is full.
+    #[must_use]
+    #[inline(always)]
+    fn push(&mut self, a: Attr<'a>) -> bool {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = a;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The attributes of the tag being read.
+    fn kept(&self) -> &[Attr<'a>] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+
+    /// The same, for the sink.
+    fn kept_mut(&mut self) -> &mut [Attr<'a>] {
+        self.items.get_mut(..self.len).unwrap_or_default()
+    }
+}
+
 /// The reader's state: what the full reader's `Driver` keeps, for the same checks.
 struct Reader<'a, 'l> {
     text: &'a str,
@@ -117,7 +160,7 @@ struct Reader<'a, 'l> {
     /// Open elements, inline: a body nested deeper than real SSP bodies is declined.
     stack: Stack<Elem, DEPTH>,
     /// The attributes of the element being opened (one buffer for all elements).
-    attrs: AttrBuf<'a>,
+    attrs: Attrs<'a>,
     elements: usize,
     transactions: usize,
     root_done: bool,
@@ -297,7 +340,7 @@ impl<'a> Reader<'a, '_> {
         if self.root_done || depth > limits.max_depth || self.elements > limits.max_elements {
             return Err(Stop::Declined);
         }
-        self.attrs.clear();
+        self.attrs.len = 0;
         let mut declared = false;
         let empty = loop {
             let before = j;
@@ -332,7 +375,7 @@ impl<'a> Reader<'a, '_> {
             j = close + 1;
             let value = &text[v..close];
             // Kept attributes are counted and limited (a consumed declaration is not).
-            if self.attrs.len() >= limits.max_attrs || value.len() > limits.max_attr_len {
+            if self.attrs.len >= limits.max_attrs || value.len() > limits.max_attr_len {
                 return Err(Stop::Declined);
             }
             // Duplicates (the full reader refuses them); a consumed declaration is not kept.
@@ -344,7 +387,7 @@ impl<'a> Reader<'a, '_> {
                 {
                     return Err(Stop::Declined);
                 }
-            } else if key.starts_with("xmlns:") || self.attrs.iter().any(|a| a.key == key) {
+            } else if key.starts_with("xmlns:") || self.attrs.kept().iter().any(|a| a.key == key) {
                 return Err(Stop::Declined);
             }
             let value = if entities {
@@ -358,11 +401,13 @@ impl<'a> Reader<'a, '_> {
                 self.namespace = Some(value);
                 continue;
             }
-            self.attrs.push(Attr {
+            if !self.attrs.push(Attr {
                 key,
                 value,
                 raw: Some(v..close),
-            });
+            }) {
+                return Err(Stop::Declined);
+            }
         };
         if qname == "Transaction" {
             self.transactions += 1;
@@ -373,7 +418,7 @@ impl<'a> Reader<'a, '_> {
         sink.open(Open {
             name: qname,
             prefixed: false,
-            attrs: &mut self.attrs,
+            attrs: self.attrs.kept_mut(),
             depth,
             at: lt..j,
             empty,
