@@ -120,6 +120,51 @@ pub struct WvIdRef<'a> {
 impl<'a> WvIdRef<'a> {
     /// Parse and normalise, with the rules and errors of [`WvId::parse`].
     pub fn parse(input: &'a str) -> Result<WvIdRef<'a>, IdError> {
+        match Self::common(input) {
+            Some(id) => Ok(id),
+            None => Self::parse_any(input),
+        }
+    }
+
+    /// The two forms nearly every ID of a message takes, read at a glance (an inbound
+    /// message's IDs are parsed six times in all, by the policy, the route and the
+    /// rewrite): `wv:+digits` (1 to 15) and `wv:@host` (lower-case letters, digits, `.` and
+    /// `-`). Each reads as [`WvIdRef::parse_any`] reads it, borrowed (a property test
+    /// compares the two); `None` for anything else.
+    fn common(input: &'a str) -> Option<WvIdRef<'a>> {
+        let b = input.as_bytes();
+        let (&[w, v, b':', mark], rest) = b.split_first_chunk::<4>()? else {
+            return None;
+        };
+        if !(w.eq_ignore_ascii_case(&b'w') && v.eq_ignore_ascii_case(&b'v')) {
+            return None;
+        }
+        let part = input.get(4..)?;
+        match mark {
+            b'+' if (1..=15).contains(&rest.len()) && rest.iter().all(u8::is_ascii_digit) => {
+                Some(WvIdRef {
+                    user: Cow::Borrowed(input.get(3..)?),
+                    resource: None,
+                    domain: None,
+                })
+            }
+            b'@' if !rest.is_empty()
+                && rest
+                    .iter()
+                    .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-')) =>
+            {
+                Some(WvIdRef {
+                    user: Cow::Borrowed(""),
+                    resource: None,
+                    domain: Some(Cow::Borrowed(part)),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// [`WvIdRef::parse`] of any input.
+    fn parse_any(input: &'a str) -> Result<WvIdRef<'a>, IdError> {
         // White space is trimmed, where an end could be white space at all (an ID of
         // printable ASCII, nearly all, cannot).
         let printable = |c: Option<&u8>| c.is_some_and(|c| (0x21..=0x7e).contains(c));
@@ -830,6 +875,46 @@ mod tests {
                 let again = WvId::parse(&c).expect("canonical form parses");
                 prop_assert_eq!(&again, &id);
                 prop_assert_eq!(again.to_string(), c);
+            }
+        }
+
+        /// The common forms, read at a glance, read as the general parse reads them; and
+        /// inputs near them (capitals, other bytes, 16 digits and more, white space) are
+        /// read by the general parse.
+        #[test]
+        fn the_common_forms_read_as_any_other(
+            lead in proptest::sample::select(vec!["", " ", "\t"]),
+            prefix in proptest::sample::select(vec!["wv:", "WV:", "wV:", "wv", "w:", "wv;", ""]),
+            mark in proptest::sample::select(vec!["+", "@", "", "-", "%2B"]),
+            rest in proptest::collection::vec(
+                prop_oneof![
+                    8 => proptest::sample::select(b"0123456789abcxyz.-".to_vec()),
+                    1 => proptest::sample::select(b"AZ_%@/+ \x7f".to_vec()),
+                ],
+                0..20,
+            ),
+            trail in proptest::sample::select(vec!["", " ", "\n"]),
+        ) {
+            let s = format!("{lead}{prefix}{mark}{}{trail}", String::from_utf8(rest).unwrap());
+            match WvIdRef::common(&s) {
+                Some(c) => prop_assert_eq!(Ok(c), WvIdRef::parse_any(&s), "{:?}", s),
+                None => prop_assert_eq!(WvIdRef::parse(&s), WvIdRef::parse_any(&s), "{:?}", s),
+            }
+        }
+
+        #[test]
+        fn the_common_forms_are_taken_at_a_glance(
+            digits in "[0-9]{1,15}",
+            host in "[a-z0-9.-]{1,20}",
+        ) {
+            for s in [format!("wv:+{digits}"), format!("WV:+{digits}"), format!("wv:@{host}")] {
+                prop_assert!(WvIdRef::common(&s).is_some(), "{}", s);
+                prop_assert_eq!(WvIdRef::parse(&s), WvIdRef::parse_any(&s));
+            }
+            // Past 15 digits, or none, or an empty host: not taken, and refused.
+            for s in [format!("wv:+{digits}{}", "1".repeat(16 - digits.len())), "wv:+".into(), "wv:@".into()] {
+                prop_assert!(WvIdRef::common(&s).is_none(), "{}", s);
+                prop_assert!(WvIdRef::parse(&s).is_err(), "{}", s);
             }
         }
 
