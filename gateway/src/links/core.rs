@@ -4,10 +4,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 use tokio::time::Instant;
 
-use super::exchange::{Outgoing, Target, request_headers};
+use super::exchange::{Outgoing, Target, request_headers, session_value};
 use super::http::{Connector, SspClient};
 use super::peer::Identity;
 use super::{Links, Live, Outbound, Part, Reply};
@@ -29,6 +29,8 @@ pub(crate) struct CoreLink {
     pub mode: ResponseMode,
     /// Our session ID towards a core that does not associate.
     session: String,
+    /// The same as a header value, made once.
+    session_header: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for CoreLink {
@@ -70,6 +72,7 @@ impl CoreLink {
             None => None,
         };
         let t = &cfg.timeouts;
+        let session = format!("ssp-gateway@{}", cfg.operator.public_domain);
         Ok(Some(CoreLink {
             urls: vec![uri],
             client: SspClient::new(
@@ -78,7 +81,8 @@ impl CoreLink {
                 cfg.limits.xml.max_body,
             ),
             mode: c.mode,
-            session: format!("ssp-gateway@{}", cfg.operator.public_domain),
+            session_header: session_value(&session),
+            session,
         }))
     }
 
@@ -132,22 +136,22 @@ impl Links {
         let core = core_link(&live)?;
         let target = core.target();
         let deadline = Instant::now() + live.cfg.timeouts.request;
-        let session: Cow<'_, str> = if self.core_associates() {
+        let (session, session_header): (Cow<'_, str>, _) = if self.core_associates() {
             let domain = live.rw.primary_core_domain().to_owned();
             // Boxed: the association's state would enlarge every request's future.
-            Cow::Owned(
-                Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
-                    .await?
-                    .our_session,
-            )
+            let ours = Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
+                .await?
+                .our_session;
+            let header = session_value(&ours);
+            (Cow::Owned(ours), header)
         } else {
-            Cow::Borrowed(&core.session)
+            (Cow::Borrowed(&core.session), core.session_header.clone())
         };
         let issued = match part.issued {
             Some(i) => i.clone(),
             None => self.issue_for(Leg::ToCore, part, part.origin_peer),
         };
-        let headers = request_headers(&session, &issued.tid);
+        let headers = request_headers(session_header, &issued.tid);
         let dir = self.dir.load();
         let mut answer_for = None;
         let body = match request {

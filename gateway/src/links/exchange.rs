@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::http::{Header, Headers, SendError, SspClient, header};
@@ -80,14 +80,20 @@ const X_WV_SESSIONID: HeaderName = HeaderName::from_static("x-wv-sessionid");
 const X_WV_TRANSACTIONID: HeaderName = HeaderName::from_static("x-wv-transactionid");
 
 /// Headers Baraza sends and reads with a request (informational; never relied on).
-pub(crate) fn request_headers(session: &str, tid: &str) -> Headers {
+pub(crate) fn request_headers(session: Option<HeaderValue>, tid: &str) -> Headers {
     [
-        header(X_WV_SESSIONID, session),
+        session.map(|v| (X_WV_SESSIONID, v)),
         header(X_WV_TRANSACTIONID, tid),
     ]
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The `x-wv-sessionid` value of a link's own session ID, made once with the link (a
+/// clone shares its bytes: no copy or check per request); `None` where it cannot be one.
+pub(crate) fn session_value(session: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(session).ok()
 }
 
 /// Headers Baraza sends and reads (informational; never relied on).
@@ -379,6 +385,28 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every request carries our session (its value made once per link) and our transaction
+    /// ID; one that cannot be a header value is left out, not sent broken.
+    #[test]
+    fn the_wv_headers_carry_the_session_and_the_transaction() {
+        let session = session_value("ssp-gateway@opx.example");
+        let h = request_headers(session.clone(), "g2.abc");
+        let pairs: Vec<_> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-wv-sessionid", "ssp-gateway@opx.example"),
+                ("x-wv-transactionid", "g2.abc")
+            ]
+        );
+        assert_eq!(session_value("bad\nvalue"), None);
+        let h = request_headers(session_value("bad\nvalue"), "t\r");
+        assert!(h.is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_to_its_cap_and_stops_at_the_deadline() {

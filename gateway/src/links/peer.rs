@@ -9,12 +9,12 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use http::Uri;
+use http::{HeaderValue, Uri};
 use rustls_pki_types::ServerName;
 
 use tokio::time::Instant;
 
-use super::exchange::{Outgoing, Target, request_headers};
+use super::exchange::{Outgoing, Target, request_headers, session_value};
 use super::http::{Connector, SspClient};
 use super::{Links, Outbound, Part, Remote, Reply};
 use crate::config::{Config, PeerAuth, PeerSpec};
@@ -39,6 +39,8 @@ pub struct PeerRt {
     pub limiter: DefaultDirectRateLimiter,
     /// Our session ID towards it when no association exists (mutual TLS peers).
     pub session_id: String,
+    /// The same as a header value, made once.
+    session_header: Option<HeaderValue>,
     /// Listed as a `[[peer]]` (else found only through DNS).
     pub listed: bool,
 }
@@ -293,14 +295,17 @@ impl PeerTable {
             }
         };
         let urls = p.urls.iter().filter_map(|u| u.parse().ok()).collect();
+        let session_id =
+            self.inherited.get(&p.domain).cloned().unwrap_or_else(|| {
+                format!("gw-{:08x}@{}", rand::random::<u32>(), self.public_domain)
+            });
         Ok(PeerRt {
             urls,
             client,
             cert_check,
             limiter: RateLimiter::direct(quota(p.rate, p.burst)),
-            session_id: self.inherited.get(&p.domain).cloned().unwrap_or_else(|| {
-                format!("gw-{:08x}@{}", rand::random::<u32>(), self.public_domain)
-            }),
+            session_header: session_value(&session_id),
+            session_id,
             listed: self.cfg.peers.iter().any(|q| q.domain == p.domain),
             cfg: p,
         })
@@ -324,6 +329,17 @@ impl Links {
         match self.assoc.established(&peer.cfg.domain) {
             Some(e) => Cow::Owned(e.our_session),
             None => Cow::Borrowed(&peer.session_id),
+        }
+    }
+
+    /// [`Links::session_towards`], and its `x-wv-sessionid` value.
+    fn session_and_header<'p>(&self, peer: &'p PeerRt) -> (Cow<'p, str>, Option<HeaderValue>) {
+        match self.assoc.established(&peer.cfg.domain) {
+            Some(e) => {
+                let header = session_value(&e.our_session);
+                (Cow::Owned(e.our_session), header)
+            }
+            None => (Cow::Borrowed(&peer.session_id), peer.session_header.clone()),
         }
     }
 
@@ -368,14 +384,15 @@ impl Links {
         };
         let target = peer.target(urls);
         let deadline = Instant::now() + self.cfg().timeouts.request;
-        let session = if peer.cfg.auth == PeerAuth::Association {
-            Cow::Owned(
+        let (session, session_header) = if peer.cfg.auth == PeerAuth::Association {
+            let ours =
                 Box::pin(self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline))
                     .await?
-                    .our_session,
-            )
+                    .our_session;
+            let header = session_value(&ours);
+            (Cow::Owned(ours), header)
         } else {
-            self.session_towards(&peer)
+            self.session_and_header(&peer)
         };
         let acknowledged = peer.cfg.notifications == crate::config::Notifications::Acknowledged
             && request.is_notification();
@@ -383,7 +400,7 @@ impl Links {
             Some(i) => i.clone(),
             None => self.issue_for(Leg::ToPeer, part, &peer.cfg.domain),
         };
-        let headers = request_headers(&session, &issued.tid);
+        let headers = request_headers(session_header, &issued.tid);
         let answer_for = match &request {
             Outbound::Spliced(_, origin) => Some((*origin, part.origin_tid)),
             Outbound::Typed(_) => None,
