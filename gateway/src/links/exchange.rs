@@ -255,8 +255,9 @@ impl Links {
         // `String` allocates (its buffer becomes shared), which one URL never needs.
         let n = target.urls.len();
         for (i, url) in target.urls.iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // A later URL only while time is left. The first is always tried: a deadline
+            // already past times it out at once (and the clock is not read per request).
+            if i > 0 && Instant::now() >= deadline {
                 break;
             }
             let attempt = if i + 1 == n {
@@ -264,7 +265,7 @@ impl Links {
             } else {
                 body.clone()
             };
-            match target.client.post(url, attempt, headers, left).await {
+            match target.client.post_by(url, attempt, headers, deadline).await {
                 Ok((s, _)) if s.is_server_error() => {
                     last = format!("{url} answered HTTP {}", s.as_u16());
                     self.delivery_failed(target, "http-5xx", &last);

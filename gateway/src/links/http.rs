@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::web::{SSP_CONTENT_TYPE, Stream};
@@ -166,12 +167,26 @@ impl SspClient {
     }
 
     /// POST an SSP body; `headers` are extra (e.g. `x-wv-transactionid`, see [`header`]).
+    /// The answer, its body included, must be in within `timeout`.
     pub async fn post(
         &self,
         url: &Uri,
         body: impl Into<Bytes>,
         headers: &[Header],
         timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), SendError> {
+        self.post_by(url, body, headers, Instant::now() + timeout)
+            .await
+    }
+
+    /// [`SspClient::post`], the answer in by `deadline`: the relay's attempts share their
+    /// request's deadline, and no clock is read here.
+    pub async fn post_by(
+        &self,
+        url: &Uri,
+        body: impl Into<Bytes>,
+        headers: &[Header],
+        deadline: Instant,
     ) -> Result<(StatusCode, Bytes), SendError> {
         // Built in place rather than through `Request::builder`, which moves the whole
         // request at every header (this runs for every request).
@@ -185,7 +200,7 @@ impl SspClient {
         for (k, v) in headers {
             h.append(k.clone(), v.clone());
         }
-        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) => {
                 // hyper-util reports connect failures as "connect" errors: nothing was sent.
@@ -198,8 +213,8 @@ impl SspClient {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        let body = tokio::time::timeout(
-            timeout,
+        let body = tokio::time::timeout_at(
+            deadline,
             Limited::new(resp.into_body(), self.max_body).collect(),
         )
         .await

@@ -343,6 +343,9 @@ fn ext(e: &mut Ext, f: &mut IdVisitor<'_>) {
     }
 }
 
+/// The ID slot of an attribute named `name`, if it holds an ID. (Inlined: the fast path's
+/// scan asks for every attribute of every request and answer.)
+#[inline]
 pub(crate) fn attr_slot(name: &str) -> Option<Slot> {
     // Every ID attribute name ends in "id": most names are ruled out by their last byte
     // (this runs for every attribute of every message).
