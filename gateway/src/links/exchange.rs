@@ -255,9 +255,9 @@ impl Links {
         // `String` allocates (its buffer becomes shared), which one URL never needs.
         let n = target.urls.len();
         for (i, url) in target.urls.iter().enumerate() {
-            // A later URL only while time is left. The first is always tried: a deadline
-            // already past times it out at once (and the clock is not read per request).
-            if i > 0 && Instant::now() >= deadline {
+            // Only while time is left: nothing is sent past the deadline (an association
+            // may have taken it all), where the answer could no longer be waited for.
+            if Instant::now() >= deadline {
                 break;
             }
             let attempt = if i + 1 == n {

@@ -180,7 +180,8 @@ impl SspClient {
     }
 
     /// [`SspClient::post`], the answer in by `deadline`: the relay's attempts share their
-    /// request's deadline, and no clock is read here.
+    /// request's deadline, and no clock is read here (a timeout reads one to make its
+    /// deadline).
     pub async fn post_by(
         &self,
         url: &Uri,
