@@ -21,7 +21,7 @@
 //! Two tokens under one key share a nonce with probability about n²/2⁹⁷ for n tokens: for
 //! 2³² tokens, the limit NIST SP 800-38D sets for random nonces, 2⁻³³. That budget is per
 //! key and counts every token sealed under it by every replica sharing it: the README
-//! ("Answers and correlation") says when to rotate; the key the store keeps when there is
+//! (Operations, "Service", on token keys) says when to rotate; the key the store keeps when there is
 //! no key file is never rotated. Releases before this one derived the
 //! nonce from an HMAC of the plaintext, which has the same bound and costs two SHA-256 blocks
 //! per request; opening never looked at how a nonce was made, so tokens of either kind open

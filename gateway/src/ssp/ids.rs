@@ -133,12 +133,10 @@ impl<'a> WvIdRef<'a> {
     /// compares the two); `None` for anything else.
     fn common(input: &'a str) -> Option<WvIdRef<'a>> {
         let b = input.as_bytes();
-        let (&[w, v, b':', mark], rest) = b.split_first_chunk::<4>()? else {
-            return None;
-        };
-        if !(w.eq_ignore_ascii_case(&b'w') && v.eq_ignore_ascii_case(&b'v')) {
+        if !has_wv_prefix(b) {
             return None;
         }
+        let (&[.., mark], rest) = b.split_first_chunk::<4>()?;
         let part = input.get(4..)?;
         match mark {
             b'+' if (1..=15).contains(&rest.len()) && rest.iter().all(u8::is_ascii_digit) => {
@@ -174,11 +172,11 @@ impl<'a> WvIdRef<'a> {
         } else {
             input.trim()
         };
-        let s = match s.as_bytes() {
-            [w, v, b':', ..] if w.eq_ignore_ascii_case(&b'w') && v.eq_ignore_ascii_case(&b'v') => {
-                &s[3..]
-            }
-            _ => s,
+        // Byte 2 is `:` when there is a prefix, so byte 3 starts a character.
+        let s = if has_wv_prefix(s.as_bytes()) {
+            &s[3..]
+        } else {
+            s
         };
         if s.is_empty() {
             return Err(IdError::Empty);
@@ -400,6 +398,11 @@ fn encode<W: fmt::Write + ?Sized>(f: &mut W, s: &str, is_user: bool) -> fmt::Res
         last = i + c.len_utf8();
     }
     f.write_str(&s[last..])
+}
+
+/// Whether `b` starts with the `wv:` prefix, in any case.
+fn has_wv_prefix(b: &[u8]) -> bool {
+    matches!(b, [w, v, b':', ..] if w.eq_ignore_ascii_case(&b'w') && v.eq_ignore_ascii_case(&b'v'))
 }
 
 /// What [`WvIdRef::parse`]'s pass over an ID's bytes finds.
