@@ -1,7 +1,7 @@
 //! The load ladder (see `ssp_testbed::ladder`): every rung measured in one run on loopback,
 //! a table on stdout and `target/ladder.json`.
 //!
-//! `cargo run --release -p ssp-testbed --bin ladder -- [--quick] [--out FILE] [--hold SECS]`
+//! `cargo run --release -p ssp-testbed --bin ladder -- [--quick] [--rounds N] [--out FILE] [--hold SECS]`
 
 /// The allocator, and why: `ssp_gateway::alloc`.
 #[global_allocator]
@@ -26,18 +26,20 @@ use ssp_testbed::ladder::procstat;
 use ssp_testbed::ladder::report::{Rung, print_table};
 use ssp_testbed::ladder::setup::{self, Child, GatewayPorts};
 
-const USAGE: &str = "usage: ladder [--quick] [--out FILE] [--hold SECS]
+const USAGE: &str = "usage: ladder [--quick] [--rounds N] [--out FILE] [--hold SECS]
 
 Measures, in one run on loopback, the same SSP POST through:
   L0 nothing (generator -> origin), L1 a tokio TCP relay, L2 a minimal TLS pass-through,
   L2h HAProxy terminating the same mutual TLS (Debian haproxy), L3 the gateway's inbound
   path, and the outbound path (core -> gateway X -> gateway Y);
 keep-alive and a new TLS connection per request; maximum throughput (closed loop) and latency
-at 25% and 50% of L2's maximum (open loop); the inbound rung again with the gateway on both
-CPUs; gateway RSS with 1,000 idle TLS connections. CPU per request against L2 and HAProxy
-is the figure to steer by (ratios in target/ladder.json; without --quick, the median of
-three alternating rounds of the keep-alive maximum rungs).
---quick takes under a minute; the default takes about five. Writes target/ladder.json.
+at 25% and 50% of L2's maximum (open loop); the pass-through and the inbound rung again
+with the server free to use both CPUs (throughput per busy CPU on one CPU and on two);
+gateway RSS with 1,000 idle TLS connections. CPU per request against L2 and HAProxy is the
+figure to steer by (ratios in target/ladder.json; without --quick, the median of five
+alternating rounds of the keep-alive maximum rungs).
+--quick takes under a minute; the default takes about eleven. Writes target/ladder.json.
+--rounds N measures the rounds' rungs N times (default 5; 1 with --quick).
 --hold SECS runs only L2, L3 and the outbound rung (keep-alive, closed loop), each for SECS
 seconds after a line naming its server PIDs, for a profiler to attach (perf record -p PID);
 it writes no report.";
@@ -46,11 +48,13 @@ it writes no report.";
 /// the round-trip time, set the pace (16 left L3 latency-bound below its capacity).
 const CLOSED_LOOP_CONNS: usize = 64;
 
-/// Rounds of the steering rungs (L2, L2h, L3 and outbound at maximum, keep-alive) in a full
-/// run. CPU per request moves from minute to minute on a shared VM, by more than the targets'
-/// margins (README, "How far one run can be trusted"): each ratio is the median of its
-/// rounds', every rung of a round measured within the same minute.
-const STEERING_ROUNDS: usize = 3;
+/// Rounds of the steering rungs (L2, L2h, L3 and outbound at maximum, keep-alive, and the
+/// pass-through and gateway on two CPUs) in a full run. CPU per request moves from minute to
+/// minute on a shared VM, by more than the targets' margins (README, "How far one run can be
+/// trusted"): each ratio is the median of its rounds', every rung of a round measured within
+/// the same minute. Five, not three: single rounds of one run read 1.24 to 1.41 for L3 / L2,
+/// and a median of three still moved by more than the target's margin from run to run.
+const STEERING_ROUNDS: usize = 5;
 
 /// Subscriber A at X and B at Y.
 const A: &str = "+46701234567";
@@ -61,6 +65,8 @@ struct Opts {
     out: Option<PathBuf>,
     /// Profiling: hold each of the steering rungs this long and stop.
     hold: Option<Duration>,
+    /// Rounds of the steering rungs, when not the mode's own.
+    rounds: Option<usize>,
 }
 
 fn main() -> Result<ExitCode> {
@@ -72,6 +78,7 @@ fn main() -> Result<ExitCode> {
         quick: false,
         out: None,
         hold: None,
+        rounds: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -84,6 +91,14 @@ fn main() -> Result<ExitCode> {
                     .and_then(|s| s.parse().ok())
                     .context("--hold needs a number of seconds")?;
                 opts.hold = Some(Duration::from_secs(secs));
+            }
+            "--rounds" => {
+                let n: usize = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|n| (1..=50).contains(n))
+                    .context("--rounds needs a number from 1 to 50")?;
+                opts.rounds = Some(n);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -490,20 +505,21 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     )
     .await?;
     let x_dir = certs.join("opx.example");
+    let passthrough_args = [
+        "--cert".into(),
+        x_dir.join("cert.pem").display().to_string(),
+        "--key".into(),
+        x_dir.join("key.pem").display().to_string(),
+        "--ca".into(),
+        certs.join("ca.pem").display().to_string(),
+        "--to".into(),
+        format!("http://{}/", origin.addr),
+    ];
     let passthrough = setup::spawn(
         &exe,
         server_cpu,
         "passthrough",
-        &[
-            "--cert".into(),
-            x_dir.join("cert.pem").display().to_string(),
-            "--key".into(),
-            x_dir.join("key.pem").display().to_string(),
-            "--ca".into(),
-            certs.join("ca.pem").display().to_string(),
-            "--to".into(),
-            format!("http://{}/", origin.addr),
-        ],
+        &passthrough_args,
         &log("passthrough"),
     )
     .await?;
@@ -563,6 +579,54 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     )
     .await?;
 
+    // How it scales: the pass-through and the gateway again, each free to use both CPUs (the
+    // generator shares them), measured in every round beside their one-CPU selves. The
+    // pass-through is the control: what it loses per busy CPU on two CPUs is the machine's
+    // (the generator's competition, sibling hyperthreads); the gateway's own cost of running
+    // on two is what it loses beyond that.
+    let scale_dir = work.join("scale");
+    std::fs::create_dir_all(&scale_dir)?;
+    let x2_ports = GatewayPorts {
+        peer: free_port(),
+        core: free_port(),
+    };
+    let gx2 = setup::write_gateway(
+        &scale_dir,
+        &certs,
+        "opx.example",
+        "46",
+        (A, "usera"),
+        "opy.example",
+        &x2_ports,
+        origin.addr,
+        dns.addr,
+    )?;
+    let both_cpus = (pinned && cpu_count() >= 2).then_some("0,1");
+    let gateway_x2 = setup::spawn(
+        &exe,
+        both_cpus,
+        "gateway",
+        &["--config".into(), gx2.config.display().to_string()],
+        &log("gateway-x-2cpu"),
+    )
+    .await?;
+    let passthrough2 = setup::spawn(
+        &exe,
+        both_cpus,
+        "passthrough",
+        &passthrough_args,
+        &log("passthrough-2cpu"),
+    )
+    .await?;
+    let t_gw_in2 = Target {
+        addr: gateway_x2.addr,
+        tls: tls_to_x.clone(),
+    };
+    let t_pass2 = Target {
+        addr: passthrough2.addr,
+        tls: tls_to_x.clone(),
+    };
+
     let plain = |addr| Target { addr, tls: None };
     let t_origin = plain(origin.addr);
     let t_relay = plain(relay.addr);
@@ -611,6 +675,8 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let lh = "L2h HAProxy TLS termination";
     let l3 = "L3 gateway inbound";
     let lo = "gateway outbound (X -> Y)";
+    let l2_two = "L2 TLS pass-through (2 CPUs)";
+    let l3_two = "L3 gateway inbound (2 CPUs)";
     let ka = "keep-alive";
     let mut rungs: Vec<(&str, &Target, &Child)> = vec![
         (l0, &t_origin, &origin),
@@ -664,9 +730,22 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         .at_max(lo, "max", &t_gw_out, &outbound, &[&gateway_x, &gateway_y])
         .await
         .rps();
+    let scaling_rungs = [
+        (l2_two, &t_pass2, &passthrough2),
+        (l3_two, &t_gw_in2, &gateway_x2),
+    ];
+    println!(
+        "  (how it scales: the servers free to use CPUs {})",
+        both_cpus.unwrap_or("any")
+    );
+    for (name, target, child) in scaling_rungs {
+        b.at_max(name, "max", target, &inbound, &[child]).await;
+    }
 
     // The steering rungs again, alternating, for the median of the rounds' ratios.
-    let rounds = if opts.quick { 1 } else { STEERING_ROUNDS };
+    let rounds = opts
+        .rounds
+        .unwrap_or(if opts.quick { 1 } else { STEERING_ROUNDS });
     if rounds > 1 {
         println!(
             "\nthe steering rungs again ({} more rounds, alternating):",
@@ -680,7 +759,11 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         }
         b.at_max(lo, &load, &t_gw_out, &outbound, &[&gateway_x, &gateway_y])
             .await;
+        for (name, target, child) in scaling_rungs {
+            b.at_max(name, &load, target, &inbound, &[child]).await;
+        }
     }
+    drop((gateway_x2, passthrough2));
 
     println!("\nlatency at fixed shares of L2's maximum ({l2_max:.0} req/s; open loop):");
     let mut p50_at = std::collections::HashMap::new();
@@ -734,47 +817,6 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         .await;
     }
 
-    // How it scales: the same inbound rung with a gateway free to use both CPUs (the
-    // generator shares them), against the one pinned to one CPU.
-    let scale_dir = work.join("scale");
-    std::fs::create_dir_all(&scale_dir)?;
-    let x2_ports = GatewayPorts {
-        peer: free_port(),
-        core: free_port(),
-    };
-    let gx2 = setup::write_gateway(
-        &scale_dir,
-        &certs,
-        "opx.example",
-        "46",
-        (A, "usera"),
-        "opy.example",
-        &x2_ports,
-        origin.addr,
-        dns.addr,
-    )?;
-    let both_cpus = (pinned && cpu_count() >= 2).then_some("0,1");
-    let gateway_x2 = setup::spawn(
-        &exe,
-        both_cpus,
-        "gateway",
-        &["--config".into(), gx2.config.display().to_string()],
-        &log("gateway-x-2cpu"),
-    )
-    .await?;
-    let t_gw_in2 = Target {
-        addr: gateway_x2.addr,
-        tls: tls_to_x.clone(),
-    };
-    println!(
-        "\nhow it scales (closed loop, the gateway on CPUs {}):",
-        both_cpus.unwrap_or("any")
-    );
-    let l3_two = "L3 gateway inbound (2 CPUs)";
-    b.at_max(l3_two, "max", &t_gw_in2, &inbound, &[&gateway_x2])
-        .await;
-    drop(gateway_x2);
-
     println!("\ngateway memory with 1,000 idle peer TLS connections:");
     let rss_before = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
     println!(
@@ -813,10 +855,15 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
             .iter()
             .find(|r| r.name == name && r.shape == ka && r.load == load)
     };
-    let row = |name: &str| row_in(name, 1);
     let cpu_in = |name: &str, round| row_in(name, round).map_or(f64::NAN, |r| r.cpu_us_per_req);
-    // Requests per busy CPU-second: from CPU per request, one span for both.
-    let per_core = |name: &str| row(name).map_or(f64::NAN, |r| 1e6 / r.cpu_us_per_req.max(1e-9));
+    // Requests per busy CPU-second (from CPU per request, one span for both), each the
+    // median of the rounds'.
+    let per_core_rounds = |name: &str| {
+        (1..=rounds)
+            .map(|k| 1e6 / cpu_in(name, k).max(1e-9))
+            .collect::<Vec<f64>>()
+    };
+    let per_core = |name: &str| median(&per_core_rounds(name));
     // Each round's ratios (its rungs measured within the same minute), then their medians.
     let per_round = |f: &dyn Fn(usize) -> f64| (1..=rounds).map(f).collect::<Vec<f64>>();
     let gw_vs_pass_rounds = per_round(&|k| cpu_in(l3, k) / cpu_in(l2, k));
@@ -830,6 +877,21 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let gw_vs_pass = median(&gw_vs_pass_rounds);
     let gw_vs_haproxy = median(&gw_vs_haproxy_rounds);
     let out_vs_pass = median(&out_vs_pass_rounds);
+    // What each keeps per busy CPU on two CPUs of its figure on one, round by round, and the
+    // gateway's against the pass-through's (1.0: it scales as well as the control).
+    let kept_rounds = |two: &str, one: &str| per_round(&|k| cpu_in(one, k) / cpu_in(two, k));
+    let l2_kept_rounds = kept_rounds(l2_two, l2);
+    let l3_kept_rounds = kept_rounds(l3_two, l3);
+    let l3_vs_l2_kept_rounds: Vec<f64> = l3_kept_rounds
+        .iter()
+        .zip(&l2_kept_rounds)
+        .map(|(g, p)| g / p)
+        .collect();
+    let (l2_kept, l3_kept, l3_vs_l2_kept) = (
+        median(&l2_kept_rounds),
+        median(&l3_kept_rounds),
+        median(&l3_vs_l2_kept_rounds),
+    );
     let targets = json!({
         "l3_cpu_at_most_1_33_of_l2": {"value": gw_vs_pass, "met": gw_vs_pass <= 1.33},
         "l3_cpu_goal_1_11_of_l2": {"value": gw_vs_pass, "met": gw_vs_pass <= 1.11},
@@ -867,9 +929,14 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         met(added_25 <= 50 && whole_25)
     );
     println!(
-        "throughput per busy CPU, gateway inbound: {:.0} req/s on one CPU, {:.0} req/s on two",
+        "throughput per busy CPU, one CPU -> two: pass-through {:.0} -> {:.0} req/s (kept {l2_kept:.2}; rounds {}), gateway inbound {:.0} -> {:.0} req/s (kept {l3_kept:.2}; rounds {}); gateway's against the pass-through's: {l3_vs_l2_kept:.2} (rounds {})",
+        per_core(l2),
+        per_core(l2_two),
+        listed(&l2_kept_rounds),
         per_core(l3),
-        per_core(l3_two)
+        per_core(l3_two),
+        listed(&l3_kept_rounds),
+        listed(&l3_vs_l2_kept_rounds)
     );
     println!(
         "gateway RSS with 1,000 idle TLS connections: {rss_mb:.1} MiB (target <= 64 MB: {})",
@@ -894,9 +961,21 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
                 "outbound_cpu_vs_passthrough": out_vs_pass_rounds,
             },
         },
+        // Requests per busy CPU-second, medians of the rounds'; "kept" is two CPUs' figure
+        // over one's, and the last ratio the gateway's kept over the pass-through's.
         "scaling": {
             "gateway_rps_per_busy_cpu_one_cpu": per_core(l3),
             "gateway_rps_per_busy_cpu_two_cpus": per_core(l3_two),
+            "passthrough_rps_per_busy_cpu_one_cpu": per_core(l2),
+            "passthrough_rps_per_busy_cpu_two_cpus": per_core(l2_two),
+            "passthrough_kept_on_two_cpus": l2_kept,
+            "gateway_kept_on_two_cpus": l3_kept,
+            "gateway_kept_vs_passthrough_kept": l3_vs_l2_kept,
+            "rounds": {
+                "passthrough_kept_on_two_cpus": l2_kept_rounds,
+                "gateway_kept_on_two_cpus": l3_kept_rounds,
+                "gateway_kept_vs_passthrough_kept": l3_vs_l2_kept_rounds,
+            },
         },
         "memory": {
             "gateway_rss_bytes_started": rss_fresh,
