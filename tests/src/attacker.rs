@@ -30,11 +30,9 @@ pub async fn tcp_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStrea
 pub fn tls_client(ca: &DevCa, identity: Option<&str>) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let _ = roots.add(ca.cert_der());
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots));
+    let b = rustls::ClientConfig::builder_with_provider(ssp_gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots));
     let Ok(b) = b else {
         panic!("TLS client configuration");
     };

@@ -263,12 +263,10 @@ pub async fn tls_request(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der()).ok()?;
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .ok()?
-    .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(ssp_gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots);
     let cfg = match identity {
         Some(domain) => {
             let issued = ca.issue(domain).ok()?;

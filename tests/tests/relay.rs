@@ -907,13 +907,11 @@ async fn presented(fed: &Federation, i: usize) -> String {
         .to_owned();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(fed.ca.cert_der()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(ssp_gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(fed.ops[i].spec.domain.clone()).unwrap();
     let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))

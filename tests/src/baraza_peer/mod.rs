@@ -161,7 +161,7 @@ impl BarazaPeer {
         if domain.is_empty() || domain.contains(['@', '/', ' ']) {
             bail!("invalid domain {:?}", cfg.domain);
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = ssp_gateway::tls::provider();
         let ck = rcgen::generate_simple_self_signed(vec![format!("imps.{domain}"), domain.clone()])
             .context("generating the certificate")?;
         let cert_der = ck.cert.der().to_vec();

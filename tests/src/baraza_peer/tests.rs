@@ -534,7 +534,7 @@ async fn two_peers_associate_and_message_both_ways() {
 // -- a raw TLS client playing a Python-like peer (x.test), as in the captures --
 
 async fn raw_connect(p: &BarazaPeer) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ssp_gateway::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(p.cert_der())).unwrap();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
