@@ -341,10 +341,17 @@ impl Bench {
         };
         let before = cpu(servers);
         let first_before = cpu(&servers[..1]);
+        let host_before = procstat::host_times();
         let began = std::time::Instant::now();
         let stats = loadgen::run(target, &load, body.clone()).await;
         let used = cpu(servers).saturating_sub(before);
         let first_used = cpu(&servers[..1]).saturating_sub(first_before);
+        let host_steal = procstat::host_times().zip(host_before).and_then(
+            |((steal, total), (steal0, total0))| {
+                let all = total.checked_sub(total0).filter(|&t| t > 0)?;
+                Some(steal.saturating_sub(steal0) as f64 / all as f64)
+            },
+        );
         let elapsed = began.elapsed();
         let n = stats.done_total.max(1);
         let rung = Rung {
@@ -358,12 +365,13 @@ impl Bench {
             server_cpu_util: used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
             first_server_cpu_us_per_req: (servers.len() > 1)
                 .then(|| first_used.as_micros() as f64 / n as f64),
+            host_steal,
             errors: stats.errors,
             unsent: stats.unsent,
             first_error: stats.first_error.clone(),
         };
         println!(
-            "  {:<34} {:<20} {:>6}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  {} errors  {} unsent",
+            "  {:<34} {:<20} {:>6}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  steal {:>4.1}%  {} errors  {} unsent",
             rung.name,
             rung.shape,
             rung.load,
@@ -372,6 +380,7 @@ impl Bench {
             rung.p99_us,
             rung.cpu_us_per_req,
             rung.server_cpu_util * 100.0,
+            rung.host_steal.unwrap_or(f64::NAN) * 100.0,
             rung.errors,
             rung.unsent
         );

@@ -26,6 +26,26 @@ pub fn cpu_time(pid: u32, ticks: u64) -> Option<Duration> {
     Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
 }
 
+/// The machine's CPU time so far, all CPUs together, in clock ticks: (stolen, total).
+/// Stolen time is what the hypervisor gave other guests while this one had work; a round
+/// measured while it is high is not comparable with one where it is not.
+pub fn host_times() -> Option<(u64, u64)> {
+    parse_host_times(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// [`host_times`] from the text of `/proc/stat`: its `cpu` line's fields are user, nice,
+/// system, idle, iowait, irq, softirq, steal, then guest times already counted in user.
+fn parse_host_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (v.len() == 8).then(|| (v[7], v.iter().sum()))
+}
+
 /// Resident set size in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -49,5 +69,16 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu_time(me, clock_ticks()).is_some());
         assert!(rss_bytes(me).unwrap() > 1 << 20);
+        let (steal, total) = host_times().unwrap();
+        assert!(steal <= total && total > 0);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let stat = "cpu  100 2 30 400 5 0 6 7 9 0\ncpu0 50 1 15 200 2 0 3 4 0 0\n";
+        assert_eq!(parse_host_times(stat), Some((7, 550)));
+        // Kernels before 2.6.11 had no steal field: nothing to say.
+        assert_eq!(parse_host_times("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_host_times("intr 5\n"), None);
     }
 }

@@ -27,6 +27,10 @@ pub struct Rung {
     /// gateway X's share of the outbound path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_server_cpu_us_per_req: Option<f64>,
+    /// The share of the machine's CPU time the hypervisor gave other guests during the
+    /// measurement (`/proc/stat` steal), when the kernel reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_steal: Option<f64>,
     /// Failed requests or error answers.
     pub errors: u64,
     /// Open loop: requests of the schedule that could not be sent (overload).
@@ -39,7 +43,7 @@ pub struct Rung {
 /// Print the table.
 pub fn print_table(rungs: &[Rung]) {
     println!(
-        "\n{:<34} {:<20} {:>6} {:>10} {:>9} {:>9} {:>11} {:>8} {:>7} {:>7}",
+        "\n{:<34} {:<20} {:>6} {:>10} {:>9} {:>9} {:>11} {:>8} {:>6} {:>7} {:>7}",
         "rung",
         "shape",
         "load",
@@ -48,12 +52,13 @@ pub fn print_table(rungs: &[Rung]) {
         "p99 µs",
         "CPU µs/req",
         "srv CPU",
+        "steal",
         "errors",
         "unsent"
     );
     for r in rungs {
         println!(
-            "{:<34} {:<20} {:>6} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>7} {:>7}",
+            "{:<34} {:<20} {:>6} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>5.1}% {:>7} {:>7}",
             r.name,
             r.shape,
             r.load,
@@ -62,6 +67,7 @@ pub fn print_table(rungs: &[Rung]) {
             r.p99_us,
             r.cpu_us_per_req,
             r.server_cpu_util * 100.0,
+            r.host_steal.unwrap_or(f64::NAN) * 100.0,
             r.errors,
             r.unsent
         );
