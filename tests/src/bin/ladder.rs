@@ -23,7 +23,7 @@ use ssp_testbed::dnslab::{InProcDns, free_port};
 use ssp_testbed::federation::federation_zones;
 use ssp_testbed::ladder::loadgen::{self, BodyFn, Load, Shape, Stats, Target};
 use ssp_testbed::ladder::procstat;
-use ssp_testbed::ladder::report::{Rung, print_table};
+use ssp_testbed::ladder::report::{self, Rung, print_table};
 use ssp_testbed::ladder::setup::{self, Child, GatewayPorts};
 
 const USAGE: &str = "usage: ladder [--quick] [--rounds N] [--out FILE] [--hold SECS]
@@ -38,8 +38,8 @@ with the server free to use both CPUs (throughput per busy CPU on one CPU and on
 gateway RSS with 1,000 idle TLS connections. CPU per request against L2 and HAProxy is the
 figure to steer by (ratios in target/ladder.json; without --quick, the median of five
 alternating rounds of the keep-alive maximum rungs).
---quick takes under a minute; the default takes about eleven. Writes target/ladder.json.
---rounds N measures the rounds' rungs N times (default 5; 1 with --quick).
+--quick takes under a minute; the default takes about ten. Writes target/ladder.json.
+--rounds N measures the rounds' rungs N times (default 5; 1 with --quick; not with --hold).
 --hold SECS runs only L2, L3 and the outbound rung (keep-alive, closed loop), each for SECS
 seconds after a line naming its server PIDs, for a profiler to attach (perf record -p PID);
 it writes no report.";
@@ -106,6 +106,9 @@ fn main() -> Result<ExitCode> {
             }
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
+    }
+    if opts.hold.is_some() && opts.rounds.is_some() {
+        bail!("--hold measures each rung once: --rounds does not apply\n\n{USAGE}");
     }
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if std::env::var_os("LADDER_PINNED").is_none() {
@@ -371,7 +374,7 @@ impl Bench {
             first_error: stats.first_error.clone(),
         };
         println!(
-            "  {:<34} {:<20} {:>6}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  steal {:>4.1}%  {} errors  {} unsent",
+            "  {:<34} {:<20} {:>6}  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>6.1} CPU µs/req  server CPU {:>3.0}%  steal {:>5}  {} errors  {} unsent",
             rung.name,
             rung.shape,
             rung.load,
@@ -380,7 +383,7 @@ impl Bench {
             rung.p99_us,
             rung.cpu_us_per_req,
             rung.server_cpu_util * 100.0,
-            rung.host_steal.unwrap_or(f64::NAN) * 100.0,
+            report::percent(rung.host_steal),
             rung.errors,
             rung.unsent
         );
@@ -571,70 +574,8 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
         origin.addr,
         dns.addr,
     )?;
-    let gateway_x = setup::spawn(
-        &exe,
-        server_cpu,
-        "gateway",
-        &["--config".into(), gx.config.display().to_string()],
-        &log("gateway-x"),
-    )
-    .await?;
-    let gateway_y = setup::spawn(
-        &exe,
-        server_cpu,
-        "gateway",
-        &["--config".into(), gy.config.display().to_string()],
-        &log("gateway-y"),
-    )
-    .await?;
-
-    // How it scales: the pass-through and the gateway again, each free to use both CPUs (the
-    // generator shares them), measured in every round beside their one-CPU selves. The
-    // pass-through is the control: what it loses per busy CPU on two CPUs is the machine's
-    // (the generator's competition, sibling hyperthreads); the gateway's own cost of running
-    // on two is what it loses beyond that.
-    let scale_dir = work.join("scale");
-    std::fs::create_dir_all(&scale_dir)?;
-    let x2_ports = GatewayPorts {
-        peer: free_port(),
-        core: free_port(),
-    };
-    let gx2 = setup::write_gateway(
-        &scale_dir,
-        &certs,
-        "opx.example",
-        "46",
-        (A, "usera"),
-        "opy.example",
-        &x2_ports,
-        origin.addr,
-        dns.addr,
-    )?;
-    let both_cpus = (pinned && cpu_count() >= 2).then_some("0,1");
-    let gateway_x2 = setup::spawn(
-        &exe,
-        both_cpus,
-        "gateway",
-        &["--config".into(), gx2.config.display().to_string()],
-        &log("gateway-x-2cpu"),
-    )
-    .await?;
-    let passthrough2 = setup::spawn(
-        &exe,
-        both_cpus,
-        "passthrough",
-        &passthrough_args,
-        &log("passthrough-2cpu"),
-    )
-    .await?;
-    let t_gw_in2 = Target {
-        addr: gateway_x2.addr,
-        tls: tls_to_x.clone(),
-    };
-    let t_pass2 = Target {
-        addr: passthrough2.addr,
-        tls: tls_to_x.clone(),
-    };
+    let gateway_x = setup::spawn_gateway(&exe, server_cpu, &gx, &log("gateway-x")).await?;
+    let gateway_y = setup::spawn_gateway(&exe, server_cpu, &gy, &log("gateway-y")).await?;
 
     let plain = |addr| Target { addr, tls: None };
     let t_origin = plain(origin.addr);
@@ -722,6 +663,47 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
 
     // Memory before any load: the baseline of the idle-connection figure.
     let rss_fresh = procstat::rss_bytes(gateway_x.pid).unwrap_or(0);
+
+    // How it scales: the pass-through and the gateway again, each free to use both CPUs (the
+    // generator shares them), measured in every round beside their one-CPU selves. The
+    // pass-through is the control: what it loses per busy CPU on two CPUs is the machine's
+    // (the generator's competition, sibling hyperthreads); the gateway's own cost of running
+    // on two is what it loses beyond that.
+    let scale_dir = work.join("scale");
+    std::fs::create_dir_all(&scale_dir)?;
+    let x2_ports = GatewayPorts {
+        peer: free_port(),
+        core: free_port(),
+    };
+    let gx2 = setup::write_gateway(
+        &scale_dir,
+        &certs,
+        "opx.example",
+        "46",
+        (A, "usera"),
+        "opy.example",
+        &x2_ports,
+        origin.addr,
+        dns.addr,
+    )?;
+    let both_cpus = (pinned && cpu_count() >= 2).then_some("0,1");
+    let gateway_x2 = setup::spawn_gateway(&exe, both_cpus, &gx2, &log("gateway-x-2cpu")).await?;
+    let passthrough2 = setup::spawn(
+        &exe,
+        both_cpus,
+        "passthrough",
+        &passthrough_args,
+        &log("passthrough-2cpu"),
+    )
+    .await?;
+    let t_gw_in2 = Target {
+        addr: gateway_x2.addr,
+        tls: tls_to_x.clone(),
+    };
+    let t_pass2 = Target {
+        addr: passthrough2.addr,
+        tls: tls_to_x.clone(),
+    };
 
     println!("\nmaximum throughput (closed loop, {CLOSED_LOOP_CONNS} connections):");
     let mut l2_max = 0.0;
@@ -867,9 +849,12 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let cpu_in = |name: &str, round| row_in(name, round).map_or(f64::NAN, |r| r.cpu_us_per_req);
     // Requests per busy CPU-second (from CPU per request, one span for both), each the
     // median of the rounds'.
+    // A rung missing (or with no CPU counted: its server gone) gives NaN, which the medians
+    // leave out, not a huge figure that would stand in for a measurement.
+    let measured = |cpu: f64| if cpu > 0.0 { cpu } else { f64::NAN };
     let per_core_rounds = |name: &str| {
         (1..=rounds)
-            .map(|k| 1e6 / cpu_in(name, k).max(1e-9))
+            .map(|k| 1e6 / measured(cpu_in(name, k)))
             .collect::<Vec<f64>>()
     };
     let per_core = |name: &str| median(&per_core_rounds(name));
@@ -888,7 +873,8 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
     let out_vs_pass = median(&out_vs_pass_rounds);
     // What each keeps per busy CPU on two CPUs of its figure on one, round by round, and the
     // gateway's against the pass-through's (1.0: it scales as well as the control).
-    let kept_rounds = |two: &str, one: &str| per_round(&|k| cpu_in(one, k) / cpu_in(two, k));
+    let kept_rounds =
+        |two: &str, one: &str| per_round(&|k| measured(cpu_in(one, k)) / measured(cpu_in(two, k)));
     let l2_kept_rounds = kept_rounds(l2_two, l2);
     let l3_kept_rounds = kept_rounds(l3_two, l3);
     let l3_vs_l2_kept_rounds: Vec<f64> = l3_kept_rounds
@@ -999,6 +985,7 @@ async fn ladder(opts: Opts, pinned: bool) -> Result<ExitCode> {
             "pinned": pinned,
             "haproxy": haproxy.as_ref().map(|_| haproxy_version()),
             "mode": if opts.quick { "quick" } else { "full" },
+            "rounds": rounds,
         },
     });
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)

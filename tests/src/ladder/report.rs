@@ -40,6 +40,11 @@ pub struct Rung {
     pub first_error: Option<String>,
 }
 
+/// A share as a percentage with one decimal, or `-` where nothing was measured.
+pub fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "-".to_owned(), |s| format!("{:.1}%", s * 100.0))
+}
+
 /// Print the table.
 pub fn print_table(rungs: &[Rung]) {
     println!(
@@ -58,7 +63,7 @@ pub fn print_table(rungs: &[Rung]) {
     );
     for r in rungs {
         println!(
-            "{:<34} {:<20} {:>6} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>5.1}% {:>7} {:>7}",
+            "{:<34} {:<20} {:>6} {:>10.0} {:>9} {:>9} {:>11.1} {:>7.0}% {:>6} {:>7} {:>7}",
             r.name,
             r.shape,
             r.load,
@@ -67,7 +72,7 @@ pub fn print_table(rungs: &[Rung]) {
             r.p99_us,
             r.cpu_us_per_req,
             r.server_cpu_util * 100.0,
-            r.host_steal.unwrap_or(f64::NAN) * 100.0,
+            percent(r.host_steal),
             r.errors,
             r.unsent
         );

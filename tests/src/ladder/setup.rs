@@ -98,6 +98,17 @@ pub async fn spawn(
     })
 }
 
+/// [`spawn`] the ladder's `gateway` role with the config `files` wrote.
+pub async fn spawn_gateway(
+    exe: &Path,
+    cpu: Option<&str>,
+    files: &GatewayFiles,
+    log: &Path,
+) -> Result<Child> {
+    let args = ["--config".into(), files.config.display().to_string()];
+    spawn(exe, cpu, "gateway", &args, log).await
+}
+
 /// Ports and addresses a gateway config needs.
 pub struct GatewayPorts {
     /// Peer-facing listener.
