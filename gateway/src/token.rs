@@ -21,11 +21,10 @@
 //! Two tokens under one key share a nonce with probability about n²/2⁹⁷ for n tokens: for
 //! 2³² tokens, the limit NIST SP 800-38D sets for random nonces, 2⁻³³. That budget is per
 //! key and counts every token sealed under it by every replica sharing it: the README
-//! (Operations, "Service", on token keys) says when to rotate; the key the store keeps when there is
-//! no key file is never rotated. Releases before this one derived the
-//! nonce from an HMAC of the plaintext, which has the same bound and costs two SHA-256 blocks
-//! per request; opening never looked at how a nonce was made, so tokens of either kind open
-//! in both. The AEAD key is derived from the configured secret with HKDF-SHA256. Tokens of
+//! (Operations, "Service", on token keys) says when to rotate; the key the store keeps when
+//! there is no key file is never rotated. Releases before this one derived the nonce from an
+//! HMAC of the plaintext, which has the same bound and costs two SHA-256 blocks per request;
+//! opening never looked at how a nonce was made, so tokens of either kind open in both. The AEAD key is derived from the configured secret with HKDF-SHA256. Tokens of
 //! the earlier `g1.` form (HMAC only) are still opened, so that answers to requests sent
 //! before an upgrade arrive.
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Uri};
 use tokio::time::Instant;
 
-use super::exchange::{Outgoing, Target, request_headers, session_value};
+use super::exchange::{Outgoing, Target, owned_session, request_headers, session_value};
 use super::http::{Connector, SspClient};
 use super::peer::Identity;
 use super::{Links, Live, Outbound, Part, Reply};
@@ -139,11 +139,11 @@ impl Links {
         let (session, session_header): (Cow<'_, str>, _) = if self.core_associates() {
             let domain = live.rw.primary_core_domain().to_owned();
             // Boxed: the association's state would enlarge every request's future.
-            let ours = Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
-                .await?
-                .our_session;
-            let header = session_value(&ours);
-            (Cow::Owned(ours), header)
+            owned_session(
+                Box::pin(self.associate(&domain, &target, NS_WV_SSP_13, deadline))
+                    .await?
+                    .our_session,
+            )
         } else {
             (Cow::Borrowed(&core.session), core.session_header.clone())
         };

@@ -8,6 +8,7 @@
 //! nothing that was accepted is dropped. Messages that need no SSP answer (answers, the
 //! association's steps) are retried with one [`Backoff`] until their deadline.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
@@ -94,6 +95,12 @@ pub(crate) fn request_headers(session: Option<HeaderValue>, tid: &str) -> Header
 /// clone shares its bytes: no copy or check per request); `None` where it cannot be one.
 pub(crate) fn session_value(session: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(session).ok()
+}
+
+/// A session ID made for this request (an association's), with its header value.
+pub(crate) fn owned_session<'a>(session: String) -> (Cow<'a, str>, Option<HeaderValue>) {
+    let header = session_value(&session);
+    (Cow::Owned(session), header)
 }
 
 /// Headers Baraza sends and reads (informational; never relied on).

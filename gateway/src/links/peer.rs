@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 
 use tokio::time::Instant;
 
-use super::exchange::{Outgoing, Target, request_headers, session_value};
+use super::exchange::{Outgoing, Target, owned_session, request_headers, session_value};
 use super::http::{Connector, SspClient};
 use super::{Links, Outbound, Part, Remote, Reply};
 use crate::config::{Config, PeerAuth, PeerSpec};
@@ -332,14 +332,12 @@ impl Links {
         }
     }
 
-    /// [`Links::session_towards`], and its `x-wv-sessionid` value.
+    /// [`Links::session_towards`], and its `x-wv-sessionid` value (the peer's own, made
+    /// once, unless an association's session stands in for it).
     fn session_and_header<'p>(&self, peer: &'p PeerRt) -> (Cow<'p, str>, Option<HeaderValue>) {
-        match self.assoc.established(&peer.cfg.domain) {
-            Some(e) => {
-                let header = session_value(&e.our_session);
-                (Cow::Owned(e.our_session), header)
-            }
-            None => (Cow::Borrowed(&peer.session_id), peer.session_header.clone()),
+        match self.session_towards(peer) {
+            Cow::Borrowed(own) => (Cow::Borrowed(own), peer.session_header.clone()),
+            Cow::Owned(assoc) => owned_session(assoc),
         }
     }
 
@@ -385,12 +383,11 @@ impl Links {
         let target = peer.target(urls);
         let deadline = Instant::now() + self.cfg().timeouts.request;
         let (session, session_header) = if peer.cfg.auth == PeerAuth::Association {
-            let ours =
+            owned_session(
                 Box::pin(self.associate(&peer.cfg.domain, &target, &peer.cfg.namespace, deadline))
                     .await?
-                    .our_session;
-            let header = session_value(&ours);
-            (Cow::Owned(ours), header)
+                    .our_session,
+            )
         } else {
             self.session_and_header(&peer)
         };
