@@ -247,3 +247,40 @@ async fn a_transaction_id_reused_for_another_request_is_another_request() {
     assert_eq!(texts, ["before the restart", "after the restart"]);
     fed.shutdown().await;
 }
+
+/// A message the peer refuses for now (an SSP 503: here over its per-originator rate; in the
+/// field also while its DNS cannot verify the originator) waits and is sent again, like one
+/// whose peer cannot be reached: its sender hears the outcome, never the 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_peer_refuses_for_now_waits_and_arrives() {
+    let mut slow = y();
+    slow.extra_toml
+        .push_str("[policy]\noriginator_rate = 1\noriginator_burst = 1\n");
+    let fed = Federation::start(vec![x("queue = \"hold\"\n"), slow]).await;
+    let (cx, cy) = (fed.ops[0].core.clone(), fed.ops[1].core.clone());
+    let sends: Vec<_> = (0..3)
+        .map(|n| {
+            let cx = cx.clone();
+            tokio::spawn(async move {
+                cx.send_message("usera", &[&format!("wv:{B}")], &format!("burst {n}"), false)
+                    .await
+            })
+        })
+        .collect();
+    for s in sends {
+        let (_mid, st) = s.await.unwrap().unwrap();
+        assert_eq!(st.code, 200, "{st:?}");
+    }
+    let yg = &fed.ops[1].gateway.as_ref().unwrap().gateway;
+    let refused = Metrics::counter_value(&yg.metrics().refused, &["rate"]);
+    assert!(refused >= 1, "Y refused some over its rate: {refused}");
+    assert!(work_events(&fed, 0, "retried") >= 1, "X tried again");
+    let mut texts: Vec<String> = cy.received("userb").into_iter().map(|m| m.text).collect();
+    texts.sort();
+    assert_eq!(
+        texts,
+        ["burst 0", "burst 1", "burst 2"],
+        "each delivered once"
+    );
+    fed.shutdown().await;
+}

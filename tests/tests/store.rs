@@ -128,6 +128,33 @@ async fn contract(s: &Store) {
     let parts = s.parts(&id).await.unwrap();
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].token, "g2.abc", "the first token stays");
+    // A part the far side refused for now is forgotten (only by its holder): its next
+    // attempt records a new token.
+    s.sent_part("r0", &id, part("ssp:opw.example|wv:+2", "g2.refused", 45))
+        .await
+        .unwrap()
+        .unwrap();
+    s.forget_part("r1", &id, "ssp:opw.example|wv:+2")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.parts(&id).await.unwrap().len(),
+        3,
+        "not forgotten by another"
+    );
+    s.forget_part("r0", &id, "ssp:opw.example|wv:+2")
+        .await
+        .unwrap();
+    let next = s
+        .sent_part("r0", &id, part("ssp:opw.example|wv:+2", "g2.next", 46))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.token, "g2.next", "a new token after the refusal");
+    s.forget_part("r0", &id, "ssp:opw.example|wv:+2")
+        .await
+        .unwrap();
+    assert_eq!(s.parts(&id).await.unwrap().len(), 2);
     // An answer to a part's token nobody waits for is recorded on the part, once.
     assert_eq!(
         s.claim(7, 42, "<part answer/>".into()).await.unwrap(),

@@ -174,6 +174,16 @@ async fn kept(
         // The answer may have reached another replica, or come after the wait here ended,
         // and been recorded on the work.
         Err(f) if f.kind == crate::error::Kind::Timeout => k.recheck(&key).await.ok_or(f),
+        // "Try again later" from the far side, for a part that may wait: it waits, and goes
+        // next time as a new request (a far side that keeps its answers would give this one
+        // its 503 again, and a second answer to one token is dropped here).
+        Ok(a) => match k.try_later(dest, &a) {
+            Some(f) => {
+                k.forget(&key).await;
+                Err(f)
+            }
+            None => Ok(a),
+        },
         other => other,
     };
     if record && let Ok(a) = &answer {

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use crate::config::Queue;
-use crate::error::{Failure, Kind, Retry};
+use crate::error::{Failure, Kind, Retry, Side};
 use crate::links::{Dest, Issued, Links, Part};
-use crate::ssp::{Body, Message, NS_WV_SSP_13, Primitive, Transaction};
+use crate::ssp::{Body, Message, NS_WV_SSP_13, Primitive, Transaction, status};
 use crate::store::{SentPart, Store, StoreError};
 
 /// A transaction as stored, and the transaction back.
@@ -157,6 +157,41 @@ impl Keep<'_> {
         let (xml, _) = encode(Transaction::response("part", answer.clone()));
         if let Err(e) = self.store.part_answered(&self.id, key, xml).await {
             store_failure(self.links, "part-answer", e);
+        }
+    }
+
+    /// An SSP destination's answer that refuses the whole part for now (503: the far side
+    /// overloaded, over a rate, or unable to verify the originator while its DNS is down),
+    /// as the failure the part waits on, when it may wait: the far side acted on nothing, so
+    /// the part is sent again later like one whose destination could not be reached.
+    /// `None`: the answer is the outcome.
+    pub(crate) fn try_later(&self, dest: &Dest, answer: &Primitive) -> Option<Failure> {
+        let (side, label) = match dest {
+            Dest::Core => (Side::Core, "the core"),
+            Dest::Imps(r) | Dest::LastResort(r) => (Side::Peer, r.domain.as_str()),
+            Dest::Sip(_) | Dest::Xmpp(_) | Dest::Fail(_) => return None,
+        };
+        let st = answer.answer_status()?;
+        if st.code != status::UNAVAILABLE {
+            return None;
+        }
+        let f = Failure::new(
+            Kind::Unreachable,
+            side,
+            format!(
+                "{label} answered 503: {}",
+                st.description.as_deref().unwrap_or("service unavailable")
+            ),
+        );
+        self.waits(Some(dest), &f).is_some().then_some(f)
+    }
+
+    /// Forget the token part `key` went with, so that its next attempt is a new request. A
+    /// store failure is logged; the part goes again with its old token then, and is answered
+    /// 503 again by a far side that keeps answers, until the store is back.
+    pub(crate) async fn forget(&self, key: &str) {
+        if let Err(e) = self.store.forget_part(self.owner, &self.id, key).await {
+            store_failure(self.links, "forget-part", e);
         }
     }
 

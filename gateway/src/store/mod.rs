@@ -343,6 +343,13 @@ impl Store {
         dispatch!(self, s => s.part_answered(id.to_owned(), key.to_owned(), answer).await)
     }
 
+    /// Forget the token unanswered part `key` of work `id` went with (the far side refused it
+    /// for now and acted on nothing), so that its next attempt is a new request with a new
+    /// token; only while `owner` holds the work.
+    pub async fn forget_part(&self, owner: &str, id: &str, key: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.forget_part(owner.to_owned(), id.to_owned(), key.to_owned()).await)
+    }
+
     /// An answer to the token (`instance`, `request_id`) that nobody here waited for:
     /// recorded on the part of kept work that was sent with it, if any.
     pub async fn claim(

@@ -334,6 +334,25 @@ impl Postgres {
         .await
     }
 
+    pub(super) async fn forget_part(
+        &self,
+        owner: String,
+        id: String,
+        key: String,
+    ) -> Result<(), StoreError> {
+        self.with(async |c| {
+            c.execute(
+                "DELETE FROM parts WHERE work_id = $1 AND key = $2 AND answer IS NULL
+                   AND EXISTS (SELECT 1 FROM work
+                               WHERE id = $1 AND owner = $3 AND done_at IS NULL)",
+                &[&id, &key, &owner],
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
     pub(super) async fn claim(
         &self,
         instance: i64,

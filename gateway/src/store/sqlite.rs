@@ -379,6 +379,24 @@ impl Sqlite {
         .await
     }
 
+    pub(super) async fn forget_part(
+        &self,
+        owner: String,
+        id: String,
+        key: String,
+    ) -> Result<(), StoreError> {
+        self.call(move |t| {
+            t.execute(
+                "DELETE FROM parts WHERE work_id = ?1 AND key = ?2 AND answer IS NULL
+                   AND EXISTS (SELECT 1 FROM work
+                               WHERE id = ?1 AND owner = ?3 AND done_at IS NULL)",
+                params![id, key, owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn claim(
         &self,
         instance: i64,
