@@ -32,6 +32,12 @@ pub enum Mode {
 
 impl Mode {
     pub(crate) fn parse(s: &str) -> Option<Mode> {
+        // As written, almost always: no trimming nor case folding to do.
+        match s {
+            "Request" => return Some(Mode::Request),
+            "Response" => return Some(Mode::Response),
+            _ => {}
+        }
         let s = s.trim();
         if s.eq_ignore_ascii_case("Request") {
             Some(Mode::Request)

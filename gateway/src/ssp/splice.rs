@@ -706,6 +706,14 @@ fn has_cdata_end(text: &[u8]) -> bool {
 
 /// `v` trimmed, still borrowed from the body when it was.
 fn trimmed<'a>(v: &Cow<'a, str>) -> Cow<'a, str> {
+    // Nothing to trim when both ends are visible ASCII (`str::trim` decodes a character at
+    // each end to find out; every white-space character is ASCII or starts above it).
+    if let (Some(first), Some(last)) = (v.as_bytes().first(), v.as_bytes().last())
+        && first.is_ascii_graphic()
+        && last.is_ascii_graphic()
+    {
+        return v.clone();
+    }
     match v {
         Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
         Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
