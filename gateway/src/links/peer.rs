@@ -94,6 +94,10 @@ pub(crate) struct PeerTable {
     cfg: Arc<Config>,
     identity: Option<Identity>,
     default_roots: Option<Arc<rustls::RootCertStore>>,
+    /// The configured peers, built with the table and never changed after: read by every
+    /// request without a lock (one for all would be taken by every thread for every request).
+    listed: HashMap<String, Arc<PeerRt>>,
+    /// Peers found through DNS, built when first needed.
     peers: Mutex<HashMap<String, Arc<PeerRt>>>,
     public_domain: String,
     /// Our session IDs towards the peers of the table this one replaced (a reload), by
@@ -135,6 +139,11 @@ impl PeerTable {
         let mut inherited: HashMap<String, String> = HashMap::new();
         if let Some(o) = previous {
             inherited.extend(o.inherited.iter().map(|(d, s)| (d.clone(), s.clone())));
+            inherited.extend(
+                o.listed
+                    .iter()
+                    .map(|(d, p)| (d.clone(), p.session_id.clone())),
+            );
             if let Ok(m) = o.peers.lock() {
                 inherited.extend(m.iter().map(|(d, p)| (d.clone(), p.session_id.clone())));
             }
@@ -151,7 +160,8 @@ impl PeerTable {
                 }
             }
         }
-        let t = PeerTable {
+        let mut t = PeerTable {
+            listed: HashMap::new(),
             inherited,
             public_domain: cfg.operator.public_domain.clone(),
             cfg: cfg.clone(),
@@ -161,9 +171,7 @@ impl PeerTable {
         };
         for p in &cfg.peers {
             let rt = Arc::new(t.build(p.clone())?);
-            if let Ok(mut m) = t.peers.lock() {
-                m.insert(p.domain.clone(), rt);
-            }
+            t.listed.insert(p.domain.clone(), rt);
         }
         Ok(t)
     }
@@ -176,6 +184,9 @@ impl PeerTable {
         } else {
             domain.into()
         };
+        if let Some(p) = self.listed.get(domain.as_ref()) {
+            return Some(p.clone());
+        }
         if let Some(p) = self.peers.lock().ok()?.get(domain.as_ref()) {
             return Some(p.clone());
         }
@@ -203,9 +214,9 @@ impl PeerTable {
                 if let Ok(mut m) = self.peers.lock() {
                     // Peers found through DNS (or claimed under a wildcard certificate) are
                     // kept for their connection pools, but not without bound: past the cap
-                    // one of them (never a configured one) makes room.
-                    if m.len() >= self.cfg.peers.len() + MAX_FOUND_PEERS {
-                        let victim = m.keys().find(|d| self.cfg.peer(d).is_none()).cloned();
+                    // one of them makes room.
+                    if m.len() >= MAX_FOUND_PEERS {
+                        let victim = m.keys().next().cloned();
                         if let Some(v) = victim {
                             m.remove(&v);
                         }
@@ -229,15 +240,7 @@ impl PeerTable {
 
     /// All configured peers.
     pub(crate) fn all(&self) -> Vec<Arc<PeerRt>> {
-        self.peers
-            .lock()
-            .map(|m| {
-                m.values()
-                    .filter(|p| self.cfg.peer(&p.cfg.domain).is_some())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.listed.values().cloned().collect()
     }
 
     /// The union of every trust anchor a peer certificate may chain to (for the listener).

@@ -26,14 +26,27 @@ pub(crate) type Key = (u32, u64);
 /// instructions of every relayed request, registered and removed).
 type Hasher = foldhash::fast::RandomState;
 
-/// The table.
+/// The table, in shards by request ID: every relayed request registers and removes an
+/// entry, on whichever thread runs it, and one lock for all would be taken by every thread
+/// for every request (consecutive request IDs fall in different shards).
 #[derive(Debug)]
 pub(crate) struct Pending {
-    /// Boxed answers: the channel is allocated for every request that registers, and a
-    /// `Transaction` inline would make it a large allocation (most are never used).
-    map: Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>, Hasher>>,
+    shards: [Shard; SHARDS],
     next: AtomicU64,
 }
+
+/// Shards of the table: more than the threads that contend for it.
+const SHARDS: usize = 16;
+
+/// One shard, on a cache line of its own (two shards on one line would bounce it between
+/// the threads that use them).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Shard(
+    /// Boxed answers: the channel is allocated for every request that registers, and a
+    /// `Transaction` inline would make it a large allocation (most are never used).
+    Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>, Hasher>>,
+);
 
 impl Default for Pending {
     fn default() -> Self {
@@ -46,9 +59,14 @@ impl Pending {
     pub(crate) fn new() -> Pending {
         let start = rand::random::<u64>() >> 8;
         Pending {
-            map: Mutex::new(HashMap::default()),
+            shards: Default::default(),
             next: AtomicU64::new(start),
         }
+    }
+
+    /// The shard of `id`.
+    fn shard(&self, id: Key) -> &Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>, Hasher>> {
+        &self.shards[(id.1 % SHARDS as u64) as usize].0
     }
 
     /// A fresh request ID.
@@ -64,7 +82,7 @@ impl Pending {
         id: Key,
     ) -> (Registration<'_>, oneshot::Receiver<Box<Transaction>>) {
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut m) = self.map.lock() {
+        if let Ok(mut m) = self.shard(id).lock() {
             m.insert(id, tx);
         }
         (Registration { pending: self, id }, rx)
@@ -72,7 +90,7 @@ impl Pending {
 
     /// Deliver the answer for `id`; false if nobody waits for it (any more).
     pub(crate) fn complete(&self, id: Key, answer: Transaction) -> bool {
-        let tx = self.map.lock().ok().and_then(|mut m| m.remove(&id));
+        let tx = self.shard(id).lock().ok().and_then(|mut m| m.remove(&id));
         match tx {
             Some(tx) => tx.send(Box::new(answer)).is_ok(),
             None => false,
@@ -81,14 +99,17 @@ impl Pending {
 
     /// Forget `id` (the waiter gave up).
     fn remove(&self, id: Key) {
-        if let Ok(mut m) = self.map.lock() {
+        if let Ok(mut m) = self.shard(id).lock() {
             m.remove(&id);
         }
     }
 
     /// Entries waiting now.
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.shards
+            .iter()
+            .map(|s| s.0.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
     }
 }
 
@@ -136,6 +157,16 @@ mod tests {
         assert_eq!(p.len(), 1);
         drop(wait);
         assert_eq!(p.len(), 0);
-        assert!(!p.complete(id, t), "a late answer finds nothing");
+        assert!(!p.complete(id, t.clone()), "a late answer finds nothing");
+        // Entries in every shard (consecutive IDs, more than the shards) are counted, found
+        // and removed.
+        let ids: Vec<Key> = (0..3 * SHARDS).map(|_| (1, p.next_id())).collect();
+        let regs: Vec<_> = ids.iter().map(|id| p.register(*id)).collect();
+        assert_eq!(p.len(), ids.len());
+        for (id, (_, rx)) in ids.iter().zip(regs) {
+            assert!(p.complete(*id, t.clone()));
+            assert!(rx.await.is_ok());
+        }
+        assert_eq!(p.len(), 0);
     }
 }
