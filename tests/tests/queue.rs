@@ -250,7 +250,8 @@ async fn a_transaction_id_reused_for_another_request_is_another_request() {
 
 /// A message the peer refuses for now (an SSP 503: here over its per-originator rate; in the
 /// field also while its DNS cannot verify the originator) waits and is sent again, like one
-/// whose peer cannot be reached: its sender hears the outcome, never the 503.
+/// whose peer cannot be reached, under the same transaction ID: the peer takes the resend of
+/// what it answered 503 up again as work. Its sender hears the outcome, never the 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_peer_refuses_for_now_waits_and_arrives() {
     let mut slow = y();
@@ -275,6 +276,20 @@ async fn a_message_the_peer_refuses_for_now_waits_and_arrives() {
     let refused = Metrics::counter_value(&yg.metrics().refused, &["rate"]);
     assert!(refused >= 1, "Y refused some over its rate: {refused}");
     assert!(work_events(&fed, 0, "retried") >= 1, "X tried again");
+    assert!(
+        work_events(&fed, 1, "reopened") >= 1,
+        "Y took the resends up again"
+    );
+    assert_eq!(
+        work_events(&fed, 0, "kept"),
+        3,
+        "one piece of work per message at X"
+    );
+    assert_eq!(
+        work_events(&fed, 1, "kept"),
+        3,
+        "and at Y: a resend is no new work"
+    );
     let mut texts: Vec<String> = cy.received("userb").into_iter().map(|m| m.text).collect();
     texts.sort();
     assert_eq!(

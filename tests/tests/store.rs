@@ -128,33 +128,45 @@ async fn contract(s: &Store) {
     let parts = s.parts(&id).await.unwrap();
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].token, "g2.abc", "the first token stays");
-    // A part the far side refused for now is forgotten (only by its holder): its next
-    // attempt records a new token.
+    // A part's recorded "try again later" is forgotten (only by its holder); its token
+    // stays, and a later answer to it is recorded again.
     s.sent_part("r0", &id, part("ssp:opw.example|wv:+2", "g2.refused", 45))
         .await
         .unwrap()
         .unwrap();
-    s.forget_part("r1", &id, "ssp:opw.example|wv:+2")
+    assert_eq!(
+        s.claim(7, 45, "<503/>".into()).await.unwrap(),
+        Claim::Recorded(id.clone())
+    );
+    s.unanswer_part("r1", &id, "ssp:opw.example|wv:+2")
         .await
         .unwrap();
+    let answer_of = |parts: Vec<SentPart>| {
+        parts
+            .into_iter()
+            .find(|p| p.key == "ssp:opw.example|wv:+2")
+            .and_then(|p| p.answer)
+    };
     assert_eq!(
-        s.parts(&id).await.unwrap().len(),
-        3,
+        answer_of(s.parts(&id).await.unwrap()).as_deref(),
+        Some("<503/>"),
         "not forgotten by another"
     );
-    s.forget_part("r0", &id, "ssp:opw.example|wv:+2")
+    s.unanswer_part("r0", &id, "ssp:opw.example|wv:+2")
         .await
         .unwrap();
-    let next = s
-        .sent_part("r0", &id, part("ssp:opw.example|wv:+2", "g2.next", 46))
+    assert_eq!(answer_of(s.parts(&id).await.unwrap()), None);
+    assert_eq!(
+        s.claim(7, 45, "<200/>".into()).await.unwrap(),
+        Claim::Recorded(id.clone()),
+        "the next answer to the same token is recorded"
+    );
+    let again = s
+        .sent_part("r0", &id, part("ssp:opw.example|wv:+2", "g2.other", 46))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(next.token, "g2.next", "a new token after the refusal");
-    s.forget_part("r0", &id, "ssp:opw.example|wv:+2")
-        .await
-        .unwrap();
-    assert_eq!(s.parts(&id).await.unwrap().len(), 2);
+    assert_eq!(again.token, "g2.refused", "the token stays");
     // An answer to a part's token nobody waits for is recorded on the part, once.
     assert_eq!(
         s.claim(7, 42, "<part answer/>".into()).await.unwrap(),
@@ -296,6 +308,35 @@ async fn contract(s: &Store) {
     // The first value set stays.
     assert_eq!(s.kv_init("gateway", "k", "one").await.unwrap(), "one");
     assert_eq!(s.kv_init("gateway", "k", "two").await.unwrap(), "one");
+    // Work that ended (answered, delivered) is taken up again when asked, once: by the
+    // replica that asks, with nothing of its answer left; work in hand is not.
+    let Put::New(w) = s
+        .put_work(work("opy.example", "t-503"), "r0", LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    assert!(!s.reopen(&w, "r1", LEASE, 1, 2).await.unwrap(), "in hand");
+    assert!(s.answered("r0", &w, "<503/>".into(), false).await.unwrap());
+    assert!(s.delivered("r0", &w, false, None).await.unwrap());
+    assert!(s.reopen(&w, "r1", LEASE, 1, 2).await.unwrap(), "ended");
+    assert!(!s.reopen(&w, "r1", LEASE, 1, 2).await.unwrap(), "once");
+    assert_eq!(
+        s.put_work(work("opy.example", "t-503"), "r0", LEASE)
+            .await
+            .unwrap(),
+        Put::Known {
+            id: w.clone(),
+            answer: None,
+            same: true,
+            done: false
+        }
+    );
+    assert!(
+        s.done("r1", &w).await.unwrap(),
+        "held by the replica that took it up"
+    );
 }
 
 #[tokio::test]

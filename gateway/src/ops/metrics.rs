@@ -455,6 +455,7 @@ impl Metrics {
         for e in [
             "kept",
             "resent",
+            "reopened",
             "resumed",
             "retried",
             "accepted",

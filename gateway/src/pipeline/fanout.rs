@@ -163,7 +163,11 @@ async fn kept(
     };
     let key = super::keep::part_key(dest, ids);
     if let Some(a) = k.stored(&key) {
-        return Ok(a);
+        // Recorded while nobody waited: a "try again later" is not an outcome.
+        return match k.recorded_try_later(&key, dest, &a).await {
+            Some(f) => Err(f),
+            None => Ok(a),
+        };
     }
     let issued = k.token(&key, dest, part).await?;
     let p = Part {
@@ -173,17 +177,15 @@ async fn kept(
     let answer = match forward(gw, dest, request, p).await {
         // The answer may have reached another replica, or come after the wait here ended,
         // and been recorded on the work.
-        Err(f) if f.kind == crate::error::Kind::Timeout => k.recheck(&key).await.ok_or(f),
-        // "Try again later" from the far side, for a part that may wait: it waits, and goes
-        // next time as a new request (a far side that keeps its answers would give this one
-        // its 503 again, and a second answer to one token is dropped here).
-        Ok(a) => match k.try_later(dest, &a) {
-            Some(f) => {
-                k.forget(&key).await;
-                Err(f)
-            }
-            None => Ok(a),
+        Err(f) if f.kind == crate::error::Kind::Timeout => match k.recheck(&key).await {
+            Some(a) => match k.recorded_try_later(&key, dest, &a).await {
+                Some(f) => Err(f),
+                None => Ok(a),
+            },
+            None => Err(f),
         },
+        // "Try again later" from the far side, for a part that may wait: it waits.
+        Ok(a) => k.try_later(dest, &a).map_or(Ok(a), Err),
         other => other,
     };
     if record && let Ok(a) = &answer {

@@ -162,9 +162,10 @@ impl Keep<'_> {
 
     /// An SSP destination's answer that refuses the whole part for now (503: the far side
     /// overloaded, over a rate, or unable to verify the originator while its DNS is down),
-    /// as the failure the part waits on, when it may wait: the far side acted on nothing, so
-    /// the part is sent again later like one whose destination could not be reached.
-    /// `None`: the answer is the outcome.
+    /// as the failure the part waits on, when it may wait: the part is sent again later, like
+    /// one whose destination could not be reached, with the token it first went with (a
+    /// far side that keeps its work takes the resend up again, `work::keep_one`; one that
+    /// does not knows it by its transaction ID). `None`: the answer is the outcome.
     pub(crate) fn try_later(&self, dest: &Dest, answer: &Primitive) -> Option<Failure> {
         let (side, label) = match dest {
             Dest::Core => (Side::Core, "the core"),
@@ -186,13 +187,22 @@ impl Keep<'_> {
         self.waits(Some(dest), &f).is_some().then_some(f)
     }
 
-    /// Forget the token part `key` went with, so that its next attempt is a new request. A
-    /// store failure is logged; the part goes again with its old token then, and is answered
-    /// 503 again by a far side that keeps answers, until the store is back.
-    pub(crate) async fn forget(&self, key: &str) {
-        if let Err(e) = self.store.forget_part(self.owner, &self.id, key).await {
-            store_failure(self.links, "forget-part", e);
+    /// A recorded answer of part `key` that says "try again later" (see [`Keep::try_later`]),
+    /// as the failure the part waits on, the record forgotten so that the part is sent
+    /// again (with its token: the far side takes a resend of what it answered 503 as work
+    /// to do again, `work::keep_one`). `None`: the answer is the outcome. A store failure
+    /// is logged; the next attempt finds the answer again and tries once more.
+    pub(crate) async fn recorded_try_later(
+        &self,
+        key: &str,
+        dest: &Dest,
+        answer: &Primitive,
+    ) -> Option<Failure> {
+        let f = self.try_later(dest, answer)?;
+        if let Err(e) = self.store.unanswer_part(self.owner, &self.id, key).await {
+            store_failure(self.links, "part-answer", e);
         }
+        Some(f)
     }
 
     /// Whether a part that failed with `f` towards `dest` (`None`: no destination found yet)

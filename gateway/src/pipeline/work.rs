@@ -40,6 +40,7 @@ use crate::links::exchange::Backoff;
 use crate::links::{Dest, Origin, Part, Remote, Source};
 use crate::ssp::answer::AnswerForm;
 use crate::ssp::primitives::DeliveryStatusReport;
+use crate::ssp::status::UNAVAILABLE;
 use crate::ssp::{Entity, Primitive, Transaction};
 use crate::store::{self, Claim, NewWork, Put, Store, StoreError, ms, now_ms};
 
@@ -73,6 +74,8 @@ struct Job {
 enum Kept {
     /// New work.
     New(Box<Job>),
+    /// A resend of work answered "try again later": taken up again.
+    Reopened(Box<Job>),
     /// A resend of work answered before: its answer, to deliver again.
     Answered(Box<Transaction>),
     /// A resend of work still in hand.
@@ -149,6 +152,10 @@ pub(crate) async fn take_in(
                 event(gw, "kept");
                 start(gw, *job, Some(slot));
             }
+            Ok(Kept::Reopened(job)) => {
+                event(gw, "reopened");
+                start(gw, *job, Some(slot));
+            }
             Ok(Kept::Answered(answer)) => {
                 event(gw, "resent");
                 let (g, o) = (gw.clone(), origin.clone());
@@ -222,6 +229,31 @@ async fn keep_one(
     }
     match put.map_err(|e| store_failure(&gw.links, "keep", e))? {
         Put::New(id) => Ok(Kept::New(Box::new(job(Some(id), origin, t, now, expires)))),
+        // Sent again after its sender was told to try again later (503: over a rate, DNS
+        // that could not verify the originator, a destination away with `queue = "off"`):
+        // taken up again, as new work under its key, its parts keeping their tokens (so the
+        // far side knows a resend of what it got before).
+        Put::Known {
+            id,
+            answer: Some(a),
+            same: true,
+            done: true,
+        } if decode(&gw.links, &a).is_some_and(|a| a.primitive.answer_code() == UNAVAILABLE) => {
+            let reopened = store
+                .reopen(&id, owner, lease, deadline, expires)
+                .await
+                .map_err(|e| store_failure(&gw.links, "keep", e))?;
+            if reopened {
+                return Ok(Kept::Reopened(Box::new(job(
+                    Some(id),
+                    origin,
+                    t,
+                    now,
+                    expires,
+                ))));
+            }
+            Ok(Kept::InHand)
+        }
         Put::Known {
             answer: Some(a), ..
         } => Ok(decode(&gw.links, &a).map_or(Kept::InHand, |t| Kept::Answered(Box::new(t)))),

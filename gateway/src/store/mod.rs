@@ -343,11 +343,26 @@ impl Store {
         dispatch!(self, s => s.part_answered(id.to_owned(), key.to_owned(), answer).await)
     }
 
-    /// Forget the token unanswered part `key` of work `id` went with (the far side refused it
-    /// for now and acted on nothing), so that its next attempt is a new request with a new
-    /// token; only while `owner` holds the work.
-    pub async fn forget_part(&self, owner: &str, id: &str, key: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.forget_part(owner.to_owned(), id.to_owned(), key.to_owned()).await)
+    /// Forget the answer recorded for part `key` of work `id` (a "try again later" from its
+    /// destination, which came while nobody waited for it): the part is sent again, with
+    /// the token it first went with. Only while `owner` holds the work.
+    pub async fn unanswer_part(&self, owner: &str, id: &str, key: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unanswer_part(owner.to_owned(), id.to_owned(), key.to_owned()).await)
+    }
+
+    /// Take up again, for `owner`, work `id` that ended with an answer its sender was told
+    /// to try again later on (503) and that the sender sent again: accepted now, due at
+    /// `deadline`, tried until `expires`, its parts (their tokens) kept. False: it has not
+    /// ended (it is in someone's hands) or is gone.
+    pub async fn reopen(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+        deadline: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.reopen(id.to_owned(), owner.to_owned(), now_ms(), ms(lease), deadline, expires).await)
     }
 
     /// An answer to the token (`instance`, `request_id`) that nobody here waited for:

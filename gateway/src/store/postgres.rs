@@ -334,7 +334,7 @@ impl Postgres {
         .await
     }
 
-    pub(super) async fn forget_part(
+    pub(super) async fn unanswer_part(
         &self,
         owner: String,
         id: String,
@@ -342,13 +342,39 @@ impl Postgres {
     ) -> Result<(), StoreError> {
         self.with(async |c| {
             c.execute(
-                "DELETE FROM parts WHERE work_id = $1 AND key = $2 AND answer IS NULL
+                "UPDATE parts SET answer = NULL WHERE work_id = $1 AND key = $2
                    AND EXISTS (SELECT 1 FROM work
                                WHERE id = $1 AND owner = $3 AND done_at IS NULL)",
                 &[&id, &key, &owner],
             )
             .await
             .map(|_| ())
+        })
+        .await
+    }
+
+    pub(super) async fn reopen(
+        &self,
+        id: String,
+        owner: String,
+        now: i64,
+        lease: i64,
+        deadline: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(async |c| {
+            c.execute(
+                &format!(
+                    "UPDATE work SET done_at = NULL, answer = NULL, answer_sent = NULL,
+                         queued = 0, forwarded_at = NULL, attempts = 0, accepted_at = $1,
+                         deadline = $2, expires = $3, next_at = $1, owner = $4,
+                         lease_until = {NOW} + $5
+                     WHERE id = $6 AND done_at IS NOT NULL"
+                ),
+                &[&now, &deadline, &expires, &owner, &lease, &id],
+            )
+            .await
+            .map(|n| n == 1)
         })
         .await
     }
