@@ -80,8 +80,8 @@ const PAD: u8 = 0xff;
 /// [`first_of`]'s test of 16 bytes at once: each byte of the result is 0xff where `block`'s
 /// byte is a hit, else 0. Written byte by byte with no branch, so that the compiler makes
 /// it vector compares (SSE2 on x86-64, which every x86-64 has; NEON on ARM): about one
-/// instruction per byte, where the word test above takes three for three needles. Spans of
-/// 16 bytes and more (namespaces, tokens, message text) go this way.
+/// instruction per byte, where a word test with carry tricks takes three for three needles.
+/// Every span searched goes this way, its end padded when it is shorter than a block.
 #[inline(always)]
 fn block_hits<const N: usize>(block: &[u8; 16], eq: [u8; N], under: u8) -> u128 {
     let mut hits = [0u8; 16];
@@ -95,9 +95,9 @@ fn block_hits<const N: usize>(block: &[u8; 16], eq: [u8; N], under: u8) -> u128 
     u128::from_le_bytes(hits)
 }
 
-/// Test input for the word tests and their callers: up to 40 bytes, mostly plain, with the
-/// bytes the searches look for and those just either side of them (where a carry could
-/// mislead a word test), and high bytes.
+/// Test input for the searches and the word tests: up to 40 bytes (short spans, whole
+/// blocks and longer), mostly plain, with the bytes the searches look for and those just
+/// either side of them (where a carry could mislead a word test), and high bytes.
 #[cfg(test)]
 pub(super) fn spiky_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
     proptest::collection::vec(

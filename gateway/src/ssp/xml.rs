@@ -1075,7 +1075,7 @@ pub(crate) fn escape_into(out: &mut String, s: &str, in_attr: bool) {
 
 /// Where escaping may begin in `s` for class `class` (as [`ESCAPE`] has them): no byte
 /// before it is special. Most values (IDs, tokens, session IDs) have nothing to escape: a
-/// word-at-a-time search says so. It stops at the special bytes and at the control
+/// search 16 bytes at a time says so. It stops at the special bytes and at the control
 /// characters around them (one bound tests those, where a byte each costs more); the caller
 /// copies what is not special.
 fn first_to_escape(s: &[u8], class: u8) -> Option<usize> {

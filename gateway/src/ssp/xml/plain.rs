@@ -23,7 +23,7 @@
 //! (`fuzzing::plain_xml`).
 //!
 //! The hot spans are read many bytes at a time (`ssp/swar.rs`): attribute values and text
-//! 16 bytes at a time, then a word; names a word at a time. This reader runs for every
+//! 16 bytes at a time; names a word at a time. This reader runs for every
 //! request and answer on the fast path.
 
 use std::borrow::Cow;
