@@ -161,6 +161,10 @@ async fn contract(s: &Store) {
         Claim::Recorded(id.clone()),
         "the next answer to the same token is recorded"
     );
+    assert_eq!(
+        answer_of(s.parts(&id).await.unwrap()).as_deref(),
+        Some("<200/>")
+    );
     let again = s
         .sent_part("r0", &id, part("ssp:opw.example|wv:+2", "g2.other", 46))
         .await
@@ -318,10 +322,20 @@ async fn contract(s: &Store) {
         panic!("new")
     };
     assert!(!s.reopen(&w, "r1", LEASE, 1, 2).await.unwrap(), "in hand");
+    s.sent_part("r0", &w, part("ssp:opw.example|wv:+3", "g2.kept", 47))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(s.answered("r0", &w, "<503/>".into(), false).await.unwrap());
     assert!(s.delivered("r0", &w, false, None).await.unwrap());
     assert!(s.reopen(&w, "r1", LEASE, 1, 2).await.unwrap(), "ended");
     assert!(!s.reopen(&w, "r1", LEASE, 1, 2).await.unwrap(), "once");
+    let kept = s.parts(&w).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|p| p.token.as_str()).collect::<Vec<_>>(),
+        ["g2.kept"],
+        "its parts keep their tokens"
+    );
     assert_eq!(
         s.put_work(work("opy.example", "t-503"), "r0", LEASE)
             .await

@@ -162,7 +162,9 @@ async fn kept(
         return forward(gw, dest, request, part).await;
     };
     let key = super::keep::part_key(dest, ids);
-    if let Some(a) = k.stored(&key) {
+    if let Some(a) = k.stored(&key)
+        && !k.resend_now(&key, &a).await
+    {
         // Recorded while nobody waited: a "try again later" is not an outcome.
         return match k.recorded_try_later(&key, dest, &a).await {
             Some(f) => Err(f),

@@ -90,6 +90,9 @@ pub(crate) struct Keep<'a> {
     pub(crate) parts: Vec<SentPart>,
     /// The request may wait (a message or report, within its validity).
     pub(crate) may_wait: bool,
+    /// The first attempt since the request was taken in, or taken up again after a
+    /// "try again later" (a part's recorded 503 is then no outcome: it is sent again).
+    pub(crate) fresh: bool,
 }
 
 impl Keep<'_> {
@@ -160,17 +163,19 @@ impl Keep<'_> {
         }
     }
 
-    /// An SSP destination's answer that refuses the whole part for now (503: the far side
+    /// An SSP peer's answer that refuses the whole part for now (503: the far side
     /// overloaded, over a rate, or unable to verify the originator while its DNS is down),
     /// as the failure the part waits on, when it may wait: the part is sent again later, like
     /// one whose destination could not be reached, with the token it first went with (a
     /// far side that keeps its work takes the resend up again, `work::keep_one`; one that
     /// does not knows it by its transaction ID). `None`: the answer is the outcome.
     pub(crate) fn try_later(&self, dest: &Dest, answer: &Primitive) -> Option<Failure> {
-        let (side, label) = match dest {
-            Dest::Core => (Side::Core, "the core"),
-            Dest::Imps(r) | Dest::LastResort(r) => (Side::Peer, r.domain.as_str()),
-            Dest::Sip(_) | Dest::Xmpp(_) | Dest::Fail(_) => return None,
+        // Peers only: a gateway takes a resend of what it answered 503 up again (PROTOCOL.md
+        // §10); a core may well answer a resend with the answer it gave, and its 503 stays
+        // the outcome, as it always was.
+        let label = match dest {
+            Dest::Imps(r) | Dest::LastResort(r) => r.domain.as_str(),
+            Dest::Core | Dest::Sip(_) | Dest::Xmpp(_) | Dest::Fail(_) => return None,
         };
         let st = answer.answer_status()?;
         if st.code != status::UNAVAILABLE {
@@ -178,7 +183,7 @@ impl Keep<'_> {
         }
         let f = Failure::new(
             Kind::Unreachable,
-            side,
+            Side::Peer,
             format!(
                 "{label} answered 503: {}",
                 st.description.as_deref().unwrap_or("service unavailable")
@@ -199,10 +204,27 @@ impl Keep<'_> {
         answer: &Primitive,
     ) -> Option<Failure> {
         let f = self.try_later(dest, answer)?;
+        self.unanswer(key).await;
+        Some(f)
+    }
+
+    /// Whether part `key`'s recorded answer is a 503 to send again now: the request was
+    /// just taken up again after a "try again later", and that answer is its cause or came
+    /// with it (forgotten here; the part goes again with its token).
+    pub(crate) async fn resend_now(&self, key: &str, answer: &Primitive) -> bool {
+        if !self.fresh || answer.answer_code() != status::UNAVAILABLE {
+            return false;
+        }
+        self.unanswer(key).await;
+        true
+    }
+
+    /// Forget part `key`'s recorded answer (a store failure is logged; the next attempt
+    /// finds the answer again and decides once more).
+    async fn unanswer(&self, key: &str) {
         if let Err(e) = self.store.unanswer_part(self.owner, &self.id, key).await {
             store_failure(self.links, "part-answer", e);
         }
-        Some(f)
     }
 
     /// Whether a part that failed with `f` towards `dest` (`None`: no destination found yet)

@@ -203,7 +203,7 @@ async fn keep_one(
 ) -> Result<Kept, Failure> {
     let (xml, t) = encode(t);
     let (deadline, expires) = times(gw, &t.primitive, now);
-    let new = NewWork {
+    let mut new = NewWork {
         origin: origin.domain().to_owned(),
         origin_tid: t.transaction_id.clone(),
         request: xml,
@@ -221,11 +221,11 @@ async fn keep_one(
             .map(|b| format!("{b:02x}"))
             .collect();
         tracing::info!(origin = %new.origin, tid = %new.origin_tid, "transaction ID reused for another request");
-        let again = NewWork {
+        new = NewWork {
             origin_tid: format!("{}#{tag}", new.origin_tid),
             ..new
         };
-        put = store.put_work(again, owner, lease).await;
+        put = store.put_work(new.clone(), owner, lease).await;
     }
     match put.map_err(|e| store_failure(&gw.links, "keep", e))? {
         Put::New(id) => Ok(Kept::New(Box::new(job(Some(id), origin, t, now, expires)))),
@@ -252,7 +252,12 @@ async fn keep_one(
                     expires,
                 ))));
             }
-            Ok(Kept::InHand)
+            // Taken up by another resend just now (in hand), or purged meanwhile: kept anew.
+            match store.put_work(new, owner, lease).await {
+                Ok(Put::New(id)) => Ok(Kept::New(Box::new(job(Some(id), origin, t, now, expires)))),
+                Ok(_) => Ok(Kept::InHand),
+                Err(e) => Err(store_failure(&gw.links, "keep", e)),
+            }
         }
         Put::Known {
             answer: Some(a), ..
@@ -326,6 +331,7 @@ async fn carry(gw: &Arc<Gateway>, mut job: Job) {
                 id: id.clone(),
                 parts,
                 may_wait: may_wait(&job.request) && now_ms() < job.expires,
+                fresh: job.fresh,
             }),
             // Its lease runs out and it is taken up again.
             Err(e) => {
