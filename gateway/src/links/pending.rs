@@ -42,11 +42,11 @@ const SHARDS: usize = 16;
 /// the threads that use them).
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Shard(
-    /// Boxed answers: the channel is allocated for every request that registers, and a
-    /// `Transaction` inline would make it a large allocation (most are never used).
-    Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>, Hasher>>,
-);
+struct Shard(Map);
+
+/// Boxed answers: the channel is allocated for every request that registers, and a
+/// `Transaction` inline would make it a large allocation (most are never used).
+type Map = Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>, Hasher>>;
 
 impl Default for Pending {
     fn default() -> Self {
@@ -65,7 +65,7 @@ impl Pending {
     }
 
     /// The shard of `id`.
-    fn shard(&self, id: Key) -> &Mutex<HashMap<Key, oneshot::Sender<Box<Transaction>>, Hasher>> {
+    fn shard(&self, id: Key) -> &Map {
         &self.shards[(id.1 % SHARDS as u64) as usize].0
     }
 
