@@ -203,15 +203,11 @@ impl BodyLimits {
     }
 }
 
-/// The `Content-Length` a request declares, if any.
+/// The `Content-Length` a request declares, if any: as hyper read it (it refuses a request
+/// whose length is malformed or given twice differently), so no header is looked up and
+/// parsed again per request.
 pub fn content_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers()
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    hyper::body::Body::size_hint(req.body()).exact()
 }
 
 /// Read a whole request body within `limits`: more than `max` bytes are refused without

@@ -439,8 +439,19 @@ impl Links {
         let dir = self.dir.load();
         live.rw
             .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
-        let out = s.emit(&peer.cfg.namespace, session, tid);
-        live.rw.leaks(&out).is_none().then_some(out)
+        let (out, prim) = s.emit_parts(&peer.cfg.namespace, session, tid);
+        // What came from elsewhere is checked: the primitive as written (its IDs rewritten)
+        // and the session and transaction IDs. The rest is our markup and the peer's
+        // configured namespace, which both paths write as they are (the typed path's scrub
+        // reaches values only), so looking at them could only send the message the typed
+        // way to the same bytes. A hidden name is a domain name, which holds none of the
+        // bytes escaping changes, so the unescaped IDs say what their escaped form would.
+        let rw = &live.rw;
+        let clean = out
+            .get(prim)
+            .is_some_and(|p| rw.leaks(p).is_none() && rw.leaks(session).is_none())
+            && rw.leaks(tid).is_none();
+        clean.then_some(out)
     }
 
     /// A request's bytes for `peer`: its ID style and namespace, no core names.

@@ -28,7 +28,7 @@ use std::ops::Range;
 
 use smallvec::SmallVec;
 
-use super::message::{Body, Codec, MAX_REQUEST_TID, Mode};
+use super::message::{Body, Codec, MAX_REQUEST_TID, Mode, NS_WV_SSP_13};
 use super::primitives::Primitive;
 use super::stack::{DEPTH, Stack};
 use super::walk::{RouteBy, Slot, attr_slot};
@@ -243,6 +243,18 @@ impl<'a> Spliced<'a> {
     /// The message with `session_id` and `tid`, declaring `namespace`, the primitive's bytes
     /// copied with every ID slot written from [`Spliced::ids`].
     pub fn emit(&self, namespace: &str, session_id: &str, tid: &str) -> String {
+        self.emit_parts(namespace, session_id, tid).0
+    }
+
+    /// [`Spliced::emit`], and where the primitive is in what it wrote: the only part whose
+    /// text came from the far side apart from `session_id` and `tid` (the rest is markup
+    /// and the configured `namespace`), which is what a check of the text looks at.
+    pub fn emit_parts(
+        &self,
+        namespace: &str,
+        session_id: &str,
+        tid: &str,
+    ) -> (String, Range<usize>) {
         // Room for the whole message, so it is written in one allocation: the envelope's
         // markup (under 192 bytes), its values, the primitive, and what rewriting added
         // (escapes aside, which IDs almost never need).
@@ -257,7 +269,13 @@ impl<'a> Spliced<'a> {
         let mut out = String::with_capacity(size);
         out.push_str(xml::DECLARATION);
         out.push_str(r#"<WV-SSP-Message xmlns=""#);
-        xml::escape_into(&mut out, namespace, true);
+        // The namespace almost every side uses (the default of every link) has nothing to
+        // escape: known without a look at its bytes.
+        if namespace == NS_WV_SSP_13 {
+            out.push_str(NS_WV_SSP_13);
+        } else {
+            xml::escape_into(&mut out, namespace, true);
+        }
         out.push_str(r#""><Session sessionID=""#);
         xml::escape_into(&mut out, session_id, true);
         out.push_str(r#""><Transaction mode=""#);
@@ -265,6 +283,7 @@ impl<'a> Spliced<'a> {
         out.push_str(r#"" transactionID=""#);
         xml::escape_into(&mut out, tid, true);
         out.push_str(r#"">"#);
+        let start = out.len();
         let mut last = self.prim.start;
         for id in &self.ids {
             out.push_str(&self.body[last..id.raw.start]);
@@ -272,8 +291,9 @@ impl<'a> Spliced<'a> {
             last = id.raw.end;
         }
         out.push_str(&self.body[last..self.prim.end]);
+        let prim = start..out.len();
         out.push_str("</Transaction></Session></WV-SSP-Message>");
-        out
+        (out, prim)
     }
 }
 
