@@ -96,7 +96,9 @@ pub(crate) struct PeerTable {
     default_roots: Option<Arc<rustls::RootCertStore>>,
     /// The configured peers, built with the table and never changed after: read by every
     /// request without a lock (one for all would be taken by every thread for every request).
-    listed: HashMap<String, Arc<PeerRt>>,
+    /// Hashed with foldhash, seeded per process: its keys are the configuration's, and a
+    /// peer's domain only looks them up (as the directory's maps, `directory.rs`).
+    listed: HashMap<String, Arc<PeerRt>, foldhash::fast::RandomState>,
     /// Peers found through DNS, built when first needed.
     peers: Mutex<HashMap<String, Arc<PeerRt>>>,
     public_domain: String,
@@ -161,7 +163,7 @@ impl PeerTable {
             }
         }
         let mut t = PeerTable {
-            listed: HashMap::new(),
+            listed: HashMap::default(),
             inherited,
             public_domain: cfg.operator.public_domain.clone(),
             cfg: cfg.clone(),

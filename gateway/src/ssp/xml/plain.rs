@@ -238,10 +238,13 @@ impl<'a> Reader<'a, '_> {
                 // `\r\n` is never split); any other control character is refused by the
                 // full reader.
                 Some(b'\t' | b'\n') => i = at + 1,
-                Some(b'\r') => {
-                    crlf += usize::from(b.get(at + 1) == Some(&b'\n'));
-                    i = at + 1;
+                // A `\r\n` is passed over whole: one search per line of a base64 body,
+                // not two.
+                Some(b'\r') if b.get(at + 1) == Some(&b'\n') => {
+                    crlf += 1;
+                    i = at + 2;
                 }
+                Some(b'\r') => i = at + 1,
                 Some(_) => return Err(Stop::Declined),
             }
         }
