@@ -203,9 +203,10 @@ impl BodyLimits {
     }
 }
 
-/// The `Content-Length` a request declares, if any: as hyper read it (it refuses a request
-/// whose length is malformed or given twice differently), so no header is looked up and
-/// parsed again per request.
+/// The length a request's body is known to have, if any: its `Content-Length` as hyper read
+/// it (hyper, or h2, refuses a request whose length is malformed or given twice
+/// differently), or 0 for a request without a body; `None` for a chunked one. No header is
+/// looked up and parsed again per request.
 pub fn content_length(req: &Request<Incoming>) -> Option<u64> {
     hyper::body::Body::size_hint(req.body()).exact()
 }

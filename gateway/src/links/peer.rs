@@ -443,17 +443,16 @@ impl Links {
             .rewrite_slots(&dir, s.slots(), Direction::Outbound, peer.view());
         let (out, prim) = s.emit_parts(&peer.cfg.namespace, session, tid);
         // What came from elsewhere is checked: the primitive as written (its IDs rewritten)
-        // and the session and transaction IDs. The rest is our markup and the peer's
-        // configured namespace, which both paths write as they are (the typed path's scrub
-        // reaches values only), so looking at them could only send the message the typed
-        // way to the same bytes. A hidden name is a domain name, which holds none of the
-        // bytes escaping changes, so the unescaped IDs say what their escaped form would.
+        // and the session and transaction IDs. The rest is fixed markup and the peer's
+        // configured namespace: a hit there is nothing the typed path could take out (it
+        // writes the namespace as configured, and scrubbing the markup's names would only
+        // break the message), so it would only send the message the typed way. A hidden
+        // name is a validated domain name: no match spans two of these pieces (each
+        // boundary is a `"`, `<` or `>`), and one in an ID as given is one in its escaped
+        // form (escaping changes no byte a domain name holds).
         let rw = &live.rw;
-        let clean = out
-            .get(prim)
-            .is_some_and(|p| rw.leaks(p).is_none() && rw.leaks(session).is_none())
-            && rw.leaks(tid).is_none();
-        clean.then_some(out)
+        let prim_clean = out.get(prim).is_some_and(|p| rw.leaks(p).is_none());
+        (prim_clean && rw.leaks(session).is_none() && rw.leaks(tid).is_none()).then_some(out)
     }
 
     /// A request's bytes for `peer`: its ID style and namespace, no core names.
