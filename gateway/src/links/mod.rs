@@ -679,6 +679,15 @@ pub(crate) mod tests {
                 assert_eq!(got, None, "a core name in the answer's text: {body}");
             }
         }
+        // The check reads the primitive and the IDs the envelope is written with, not only
+        // the primitive: a core name in the sender's transaction ID is found too.
+        let (body, _) = canonical(answers[1]);
+        let mut s = Spliced::scan(&codec, body.as_bytes()).unwrap().unwrap();
+        assert!(links.answer_spliced(&peer, &mut s, "origin-7").is_some());
+        assert_eq!(
+            links.answer_spliced(&peer, &mut s, "t-7.core.opx.example"),
+            None
+        );
         // Baraza's layout: the same message once parsed.
         for name in [
             "056_Session-Response-SendMessageResponse.xml",
