@@ -166,10 +166,10 @@ async fn kept(
         && !k.resend_now(&key, &a).await
     {
         // Recorded while nobody waited: a "try again later" is not an outcome.
-        return match k.recorded_try_later(&key, dest, &a).await {
-            Some(f) => Err(f),
-            None => Ok(a),
-        };
+        return k
+            .recorded_try_later(&key, dest, &a)
+            .await
+            .map_or(Ok(a), Err);
     }
     let issued = k.token(&key, dest, part).await?;
     let p = Part {
@@ -180,10 +180,10 @@ async fn kept(
         // The answer may have reached another replica, or come after the wait here ended,
         // and been recorded on the work.
         Err(f) if f.kind == crate::error::Kind::Timeout => match k.recheck(&key).await {
-            Some(a) => match k.recorded_try_later(&key, dest, &a).await {
-                Some(f) => Err(f),
-                None => Ok(a),
-            },
+            Some(a) => k
+                .recorded_try_later(&key, dest, &a)
+                .await
+                .map_or(Ok(a), Err),
             None => Err(f),
         },
         // "Try again later" from the far side, for a part that may wait: it waits.
