@@ -351,15 +351,61 @@ struct Scan<'a> {
 }
 
 /// The ID attributes the scan looks up by their exact name: an entity's (`entity_attr`), a
-/// presence value's, a requestor's service.
+/// presence value's, a requestor's service. [`Key::of`] gives each its place here (the
+/// test of `Key::of` reads it).
+#[cfg(test)]
 const EXACT_KEYS: [&str; 3] = ["userID", "groupID", "serviceID"];
 
-/// Entity elements and the attribute that holds their ID (`common::EntityKind`).
-fn entity_attr(name: &str) -> Option<&'static str> {
+/// Entity elements and the place in `EXACT_KEYS` of the attribute that holds their ID
+/// (`common::EntityKind`).
+fn entity_attr(name: &str) -> Option<usize> {
     match name {
-        "User" | "UserID" | "VerUserID" => Some("userID"),
-        "GroupID" | "ScreenName" => Some("groupID"),
+        "User" | "UserID" | "VerUserID" => Some(0),
+        "GroupID" | "ScreenName" => Some(1),
         _ => None,
+    }
+}
+
+/// What an attribute's name means to the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// An ID attribute ([`attr_slot`]), and its place among `userID`, `groupID` and
+    /// `serviceID` (0, 1, 2: `EXACT_KEYS`) if it is named exactly as one of them.
+    Id(Slot, Option<usize>),
+    /// A namespace declaration (`xmlns`, `xmlns:…`).
+    Xmlns,
+    /// `deliveryReport`.
+    DeliveryReport,
+    /// `messageID`.
+    MessageId,
+    /// `code`.
+    Code,
+    /// Anything else.
+    Other,
+}
+
+impl Key {
+    /// The meaning of the attribute named `key`. The names SSP bodies carry are told apart
+    /// by their length first, so each costs one comparison; the rest are the general tests.
+    /// (This runs for every attribute of every request and answer.)
+    #[inline]
+    fn of(key: &str) -> Key {
+        match key.len() {
+            4 if key == "code" => return Key::Code,
+            6 if key == "userID" => return Key::Id(Slot::User, Some(0)),
+            7 if key == "groupID" => return Key::Id(Slot::Group, Some(1)),
+            9 if key == "serviceID" => return Key::Id(Slot::Service, Some(2)),
+            9 if key == "messageID" => return Key::MessageId,
+            14 if key == "deliveryReport" => return Key::DeliveryReport,
+            _ => {}
+        }
+        if key.starts_with("xmlns") {
+            Key::Xmlns
+        } else if let Some(slot) = attr_slot(key) {
+            Key::Id(slot, None)
+        } else {
+            Key::Other
+        }
     }
 }
 
@@ -464,6 +510,7 @@ impl<'a> Sink<'a> for Scan<'a> {
         let Some(out) = self.out.as_mut() else {
             return stop;
         };
+        let mut wants_code = false;
         let ctx = match (parent, o.name) {
             (Some(Ctx::Transaction), name) if !seen.prim => {
                 seen.prim = true;
@@ -524,9 +571,8 @@ impl<'a> Sink<'a> for Scan<'a> {
                 Ctx::Sender
             }
             (Some(Ctx::Prim), "Status") if out.kind == Kind::SendMessageResponse => {
-                if !std::mem::replace(&mut seen.status, true) {
-                    out.code = Some(code_of(&o));
-                }
+                // The code of the first `Status` is the answer's.
+                wants_code = !std::mem::replace(&mut seen.status, true);
                 Ctx::Other
             }
             (_, "Domain") if o.attrs.is_empty() => Ctx::Domain,
@@ -538,15 +584,18 @@ impl<'a> Sink<'a> for Scan<'a> {
             }
             _ => Ctx::Other,
         };
-        if ctx == Ctx::Prim && out.kind == Kind::Status {
-            out.code = Some(code_of(&o));
-        }
-        // Every ID attribute, wherever it is (the typed walk visits vendor content too).
-        // The IDs of the attributes named exactly `userID`, `groupID` and `serviceID` are
-        // noted on the way, for the entity and requestor checks below.
-        let mut exact_ids = [None; 3];
+        // A bare `Status`'s code is the answer's.
+        wants_code |= ctx == Ctx::Prim && out.kind == Kind::Status;
+        // Every ID attribute, wherever it is (the typed walk visits vendor content too),
+        // and the few others the stages read: each name told apart once ([`Key::of`]).
+        // The IDs of the attributes named exactly `userID`, `groupID` and `serviceID`
+        // are noted on the way (in that order), for the entity and requestor
+        // checks below. Both readers refuse a duplicate attribute, so each is met once.
+        let mut exact_ids: [Option<usize>; 3] = [None; 3];
+        let (mut report, mut message_id, mut code) = (false, None, None);
         for a in o.attrs.iter() {
-            if a.key.starts_with("xmlns") {
+            let key = Key::of(a.key);
+            if key == Key::Xmlns {
                 return stop;
             }
             // A raw `<` in a value is let through by the full reader but is not XML (the
@@ -557,50 +606,46 @@ impl<'a> Sink<'a> for Scan<'a> {
             if !self.plain && self.body.as_bytes()[raw.clone()].contains(&b'<') {
                 return stop;
             }
-            if let Some(slot) = attr_slot(a.key) {
-                if let Some(k) = EXACT_KEYS.iter().position(|k| *k == a.key) {
-                    exact_ids[k] = exact_ids[k].or(Some(out.ids.len()));
+            match key {
+                Key::Id(slot, exact) => {
+                    if let Some(k) = exact {
+                        exact_ids[k] = exact_ids[k].or(Some(out.ids.len()));
+                    }
+                    out.ids.push(Id {
+                        slot,
+                        value: a.value.clone(),
+                        raw,
+                        in_attr: true,
+                    });
                 }
-                out.ids.push(Id {
-                    slot,
-                    value: a.value.clone(),
-                    raw,
-                    in_attr: true,
-                });
+                Key::DeliveryReport => {
+                    report |= ["yes", "t", "true"]
+                        .iter()
+                        .any(|w| a.value.trim().eq_ignore_ascii_case(w));
+                }
+                Key::MessageId => message_id = message_id.or(Some(&a.value)),
+                Key::Code => code = code.or(Some(&a.value)),
+                Key::Xmlns | Key::Other => {}
             }
         }
-        // The ID of the attribute named exactly `key` (one of `EXACT_KEYS`).
-        let exact = |key: &str| {
-            debug_assert!(EXACT_KEYS.contains(&key), "not noted: {key}");
-            EXACT_KEYS
-                .iter()
-                .position(|k| *k == key)
-                .and_then(|k| exact_ids[k])
-        };
+        if wants_code {
+            // As the typed parser reads it: 0 when missing or invalid.
+            out.code = Some(code.and_then(|v| v.trim().parse().ok()).unwrap_or(0));
+        }
         // An entity without its ID attribute would gain an empty one on the typed path.
         let entity = match entity_attr(o.name) {
-            Some(key) => match exact(key) {
+            Some(k) => match exact_ids[k] {
                 Some(i) => Some(i),
                 None => return stop,
             },
             None => None,
         };
+        let [user_id, _, service_id] = exact_ids;
         match (ctx, parent) {
-            (Ctx::Prim, _) if out.kind == Kind::SendMessageRequest => {
-                out.wants_report = o.attrs.iter().any(|a| {
-                    a.key == "deliveryReport"
-                        && ["yes", "t", "true"]
-                            .iter()
-                            .any(|w| a.value.trim().eq_ignore_ascii_case(w))
-                });
-            }
-            (Ctx::Requestor, _) => out.service = exact("serviceID"),
+            (Ctx::Prim, _) if out.kind == Kind::SendMessageRequest => out.wants_report = report,
+            (Ctx::Requestor, _) => out.service = service_id,
             (Ctx::Info, _) if out.kind == Kind::SendMessageRequest => {
-                out.message_id = o
-                    .attrs
-                    .iter()
-                    .find(|a| a.key == "messageID")
-                    .map(|a| a.value.clone());
+                out.message_id = message_id.cloned();
             }
             (Ctx::Other, Some(Ctx::Requestor)) if entity.is_some() => {
                 if std::mem::replace(&mut seen.requestor_user, true) {
@@ -632,7 +677,7 @@ impl<'a> Sink<'a> for Scan<'a> {
             }
             (Ctx::Other, Some(Ctx::Prim)) if out.kind == Kind::PresenceNotification => {
                 if o.name == "PresenceValue" {
-                    match exact("userID") {
+                    match user_id {
                         Some(i) => out.originators.push(i),
                         None => return stop,
                     }
@@ -642,7 +687,7 @@ impl<'a> Sink<'a> for Scan<'a> {
                     out.route_by.push(i);
                 }
             }
-            (Ctx::Other, _) if o.name == "PresenceValue" && exact("userID").is_none() => {
+            (Ctx::Other, _) if o.name == "PresenceValue" && user_id.is_none() => {
                 return stop;
             }
             _ => {}
@@ -740,18 +785,44 @@ fn trimmed<'a>(v: &Cow<'a, str>) -> Cow<'a, str> {
     }
 }
 
-/// A `Status` element's code, as the typed parser reads it (0 when missing or invalid).
-fn code_of(o: &Open<'_, '_>) -> u16 {
-    o.attrs
-        .iter()
-        .find(|a| a.key == "code")
-        .and_then(|a| a.value.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
+
+    /// [`Key::of`], the obvious way: each test in turn, as the scan made them before the
+    /// names were told apart once.
+    fn naive_key(key: &str) -> Key {
+        if key.starts_with("xmlns") {
+            return Key::Xmlns;
+        }
+        if let Some(slot) = attr_slot(key) {
+            return Key::Id(slot, EXACT_KEYS.iter().position(|k| *k == key));
+        }
+        match key {
+            "deliveryReport" => Key::DeliveryReport,
+            "messageID" => Key::MessageId,
+            "code" => Key::Code,
+            _ => Key::Other,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_attribute_name_means_what_each_test_in_turn_says(
+            key in proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    "userID", "groupID", "serviceID", "messageID", "deliveryReport", "code",
+                    "UserID", "userid", "x:userID", "vendor:serviceid", "xmlns", "xmlns:x",
+                    "sessionID", "transactionID", "mode", "id", "ID", "d", "", "codes",
+                    "contentType", "friendlyName", "xmlnsuserID", "a:groupID",
+                ]).prop_map(|k: &str| k.to_owned()),
+                "[a-zA-Z:]{0,16}",
+            ],
+        ) {
+            proptest::prop_assert_eq!(Key::of(&key), naive_key(&key), "{}", key);
+        }
+    }
 
     #[test]
     fn cdata_end_is_found_wherever_it_is() {
