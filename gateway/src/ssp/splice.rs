@@ -350,9 +350,9 @@ struct Scan<'a> {
     plain: bool,
 }
 
-/// The ID attributes the scan looks up by their exact name: an entity's (`entity_attr`), a
-/// presence value's, a requestor's service. [`Key::of`] gives each its place here (the
-/// test of `Key::of` reads it).
+/// The ID attributes the scan needs by their exact name (an entity's, a presence value's, a
+/// requestor's service), in the order of the places [`Key::of`] and `entity_attr` give
+/// them; the tests hold both to it.
 #[cfg(test)]
 const EXACT_KEYS: [&str; 3] = ["userID", "groupID", "serviceID"];
 
@@ -386,7 +386,8 @@ enum Key {
 
 impl Key {
     /// The meaning of the attribute named `key`. The names SSP bodies carry are told apart
-    /// by their length first, so each costs one comparison; the rest are the general tests.
+    /// by their length first, so each costs one or two comparisons; the rest are the
+    /// general tests.
     /// (This runs for every attribute of every request and answer.)
     #[inline]
     fn of(key: &str) -> Key {
@@ -590,7 +591,8 @@ impl<'a> Sink<'a> for Scan<'a> {
         // and the few others the stages read: each name told apart once ([`Key::of`]).
         // The IDs of the attributes named exactly `userID`, `groupID` and `serviceID`
         // are noted on the way (in that order), for the entity and requestor
-        // checks below. Both readers refuse a duplicate attribute, so each is met once.
+        // checks below. A duplicate attribute is refused (the plain reader declines it, the
+        // full one refuses it), so each is met once.
         let mut exact_ids: [Option<usize>; 3] = [None; 3];
         let (mut report, mut message_id, mut code) = (false, None, None);
         for a in o.attrs.iter() {
@@ -816,12 +818,32 @@ mod tests {
                     "UserID", "userid", "x:userID", "vendor:serviceid", "xmlns", "xmlns:x",
                     "sessionID", "transactionID", "mode", "id", "ID", "d", "", "codes",
                     "contentType", "friendlyName", "xmlnsuserID", "a:groupID",
+                    "xmlns:userID", "xmlns:serviceID",
                 ]).prop_map(|k: &str| k.to_owned()),
                 "[a-zA-Z:]{0,16}",
             ],
         ) {
             proptest::prop_assert_eq!(Key::of(&key), naive_key(&key), "{}", key);
         }
+    }
+
+    #[test]
+    fn an_entity_names_its_id_attribute_by_the_place_key_of_gives_it() {
+        for (element, attr) in [
+            ("User", "userID"),
+            ("UserID", "userID"),
+            ("VerUserID", "userID"),
+            ("GroupID", "groupID"),
+            ("ScreenName", "groupID"),
+        ] {
+            let place = entity_attr(element);
+            assert_eq!(place.map(|k| EXACT_KEYS[k]), Some(attr), "{element}");
+            assert!(
+                matches!(Key::of(attr), Key::Id(_, p) if p == place),
+                "{element}"
+            );
+        }
+        assert_eq!(entity_attr("Sender"), None);
     }
 
     #[test]
