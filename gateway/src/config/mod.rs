@@ -182,6 +182,55 @@ mod tests {
     }
 
     #[test]
+    fn a_core_name_that_ssp_markup_holds_is_refused() {
+        // Hidden wherever it occurs, such a name would be "hidden" in the gateway's own
+        // markup too: with `response` a core host, a scrubbed message's `mode="Response"`
+        // was rewritten and its transaction dropped.
+        for (list, name, word) in [
+            ("core_hosts", "response", "LoginResponse"),
+            ("core_hosts", "SSP", "WV-SSP-Message"),
+            ("core_domains", "wv", "WV-SSP-Message"),
+            ("core_domains", "yes", "Yes"),
+            (
+                "core_domains",
+                "openmobilealliance.org",
+                "http://www.openmobilealliance.org",
+            ),
+            ("core_domains", "vendor.example", "urn:vendor.example:ssp"),
+            // A namespace a peer may use: `imps` alone would be scrubbed out of it.
+            ("core_hosts", "imps", "IMPS-SSP1.3"),
+        ] {
+            let src = MIN.replace(
+                "core_domains = [\"core.opx.example\"]\n",
+                &format!(
+                    "core_domains = [\"core.opx.example\"]\nextra_namespaces = \
+                     [\"urn:vendor.example:ssp\"]\n{list} = [\"core.opx.example\", \"{name}\"]\n"
+                ),
+            );
+            // `core_domains` given twice is a TOML error: put the list under test once.
+            let src = if list == "core_domains" {
+                src.replacen("core_domains = [\"core.opx.example\"]\n", "", 1)
+            } else {
+                src
+            };
+            let e = load(&src).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some(&*format!("gateway.{list}[1]")),
+                "{e}"
+            );
+            assert!(e.message.contains("SSP's own markup"), "{e}");
+            assert!(e.message.contains(word), "{name}: {e}");
+        }
+        // A single-label name in no markup is the operator's business.
+        let src = MIN.replace(
+            "country_code",
+            "core_hosts = [\"imps01\", \"imps01.dc1.opx.internal\"]\ncountry_code",
+        );
+        assert!(load(&src).is_ok());
+    }
+
+    #[test]
     fn unknown_key_names_line() {
         let e = load(&format!("{MIN}publik_domain = \"x\"\n")).unwrap_err();
         assert_eq!(e.line, Some(5));

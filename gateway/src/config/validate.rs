@@ -10,6 +10,8 @@ use super::raw::*;
 use super::schema::*;
 use super::{Check, at, domain, k, parse_duration, valid_domain};
 use crate::ssp::ids::{E164, NumberPlan, WvId};
+use crate::ssp::message::ACCEPTED_NAMESPACES;
+use crate::ssp::xml;
 
 fn digits(check: &mut Check<'_>, path: &[Step], s: &str, what: &str) -> String {
     let d = s.trim_start_matches('+');
@@ -207,8 +209,30 @@ fn operator(check: &mut Check<'_>, base: &Path, g: RawGateway) -> (Operator, Num
             "international prefix",
         );
     }
+    let core_hosts = list(check, "core_hosts", &g.core_hosts);
+    // The rewriter hides every core domain and host wherever it occurs in a message bound
+    // for a peer: one that the gateway's own markup holds would be "hidden" there too.
+    let namespaces: Vec<&str> = ACCEPTED_NAMESPACES
+        .iter()
+        .copied()
+        .chain(g.extra_namespaces.iter().map(String::as_str))
+        .collect();
+    for (name, list) in [("core_domains", &core_domains), ("core_hosts", &core_hosts)] {
+        for (i, d) in list.iter().enumerate() {
+            if let Some(word) = xml::markup_holding(d, &namespaces) {
+                check.err(
+                    &at(&key(name), &[Step::Index(i)]),
+                    format!(
+                        "{d:?} occurs in SSP's own markup ({word:?}): core names are hidden \
+                         wherever they occur in a message bound for a peer, so the gateway's \
+                         markup would be rewritten too; give the core's full domain name"
+                    ),
+                );
+            }
+        }
+    }
     let operator = Operator {
-        core_hosts: list(check, "core_hosts", &g.core_hosts),
+        core_hosts,
         public_domain,
         core_domains,
         extra_namespaces: g.extra_namespaces,

@@ -121,6 +121,27 @@ const KNOWN_NAMES: &[&str] = &[
     "url",
 ];
 
+/// Values the typed emitter writes from its own model rather than copying them from input:
+/// the two modes, and the defaults of `clientOriginated` and `deliveryReport`.
+const MODEL_VALUES: &[&str] = &["Request", "Response", "Yes", "No"];
+
+/// The first piece of the SSP markup the gateway writes itself that holds `name`, ASCII case
+/// ignored: the profile's element and attribute names, the values the emitter writes from
+/// its model, the XML declaration, and `namespaces`. The topology scrub hides a core name
+/// wherever it occurs, names and values alike; a core name found here would make it rewrite
+/// the gateway's own markup (a `mode` rewritten is a transaction lost), so the configuration
+/// refuses one. Run at configuration time only.
+pub fn markup_holding<'n>(name: &str, namespaces: &[&'n str]) -> Option<&'n str> {
+    let name = name.to_ascii_lowercase();
+    KNOWN_NAMES
+        .iter()
+        .chain(MODEL_VALUES)
+        .chain([&DECLARATION])
+        .copied()
+        .chain(namespaces.iter().copied())
+        .find(|w| w.to_ascii_lowercase().contains(&name))
+}
+
 /// Slot of a name in the intern table: a cheap hash of length and three bytes.
 fn name_slot(s: &str) -> usize {
     let b = s.as_bytes();
