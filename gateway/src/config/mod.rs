@@ -199,6 +199,10 @@ mod tests {
             ("core_domains", "vendor.example", "urn:vendor.example:ssp"),
             // A namespace a peer may use: `imps` alone would be scrubbed out of it.
             ("core_hosts", "imps", "IMPS-SSP1.3"),
+            // A group primitive's name, a value written from the model, a status code.
+            ("core_hosts", "join", "JoinGroupRequest"),
+            ("core_hosts", "plain", "text/plain"),
+            ("core_hosts", "200", "a number"),
         ] {
             let src = MIN.replace(
                 "core_domains = [\"core.opx.example\"]\n",
@@ -222,6 +226,15 @@ mod tests {
             assert!(e.message.contains("SSP's own markup"), "{e}");
             assert!(e.message.contains(word), "{name}: {e}");
         }
+        // The namespace a peer is written in is the gateway's markup too.
+        let e = load(&format!(
+            "{MIN}core_hosts = [\"peer.example\"]\n\n[[peer]]\ndomain = \"b.example\"\n\
+             urls = [\"https://b.example/ssp\"]\nnamespace = \"urn:peer.example:ssp\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.core_hosts[0]"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("urn:peer.example:ssp"), "{e}");
         // A single-label name in no markup is the operator's business.
         let src = MIN.replace(
             "country_code",

@@ -11,6 +11,7 @@ use super::schema::*;
 use super::{Check, at, domain, k, parse_duration, valid_domain};
 use crate::ssp::ids::{E164, NumberPlan, WvId};
 use crate::ssp::message::ACCEPTED_NAMESPACES;
+use crate::ssp::primitives::GROUP_PRIMITIVES;
 use crate::ssp::xml;
 
 fn digits(check: &mut Check<'_>, path: &[Step], s: &str, what: &str) -> String {
@@ -94,6 +95,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, check: &mut Check<'_>) -> Co
         .map(|r| super::xmpp::validate(check, base, r, identity, !raw.tls.trust.is_empty()));
     let directory = directory(check, base, raw.directory);
     let peers = peers(check, base, &operator, store.queue, raw.peers);
+    core_names_clear_of_markup(check, &operator, &peers);
     let routes = routes(check, &peers, raw.routes);
     let listen = listen(check, base, &raw.listen);
     let tls = TlsSpec {
@@ -210,27 +212,6 @@ fn operator(check: &mut Check<'_>, base: &Path, g: RawGateway) -> (Operator, Num
         );
     }
     let core_hosts = list(check, "core_hosts", &g.core_hosts);
-    // The rewriter hides every core domain and host wherever it occurs in a message bound
-    // for a peer: one that the gateway's own markup holds would be "hidden" there too.
-    let namespaces: Vec<&str> = ACCEPTED_NAMESPACES
-        .iter()
-        .copied()
-        .chain(g.extra_namespaces.iter().map(String::as_str))
-        .collect();
-    for (name, list) in [("core_domains", &core_domains), ("core_hosts", &core_hosts)] {
-        for (i, d) in list.iter().enumerate() {
-            if let Some(word) = xml::markup_holding(d, &namespaces) {
-                check.err(
-                    &at(&key(name), &[Step::Index(i)]),
-                    format!(
-                        "{d:?} occurs in SSP's own markup ({word:?}): core names are hidden \
-                         wherever they occur in a message bound for a peer, so the gateway's \
-                         markup would be rewritten too; give the core's full domain name"
-                    ),
-                );
-            }
-        }
-    }
     let operator = Operator {
         core_hosts,
         public_domain,
@@ -242,6 +223,38 @@ fn operator(check: &mut Check<'_>, base: &Path, g: RawGateway) -> (Operator, Num
             .map(|p| Config::resolve_path(base, p)),
     };
     (operator, plan)
+}
+
+/// The rewriter hides every core domain and host wherever it occurs in a message bound for
+/// a peer, names and values alike: one that the gateway's own markup holds (the profile's
+/// names, the group primitives' among them, its model values, and every namespace it
+/// accepts or writes: the built-in ones, `extra_namespaces`, each peer's) would be
+/// "hidden" there too, and the message broken.
+fn core_names_clear_of_markup(check: &mut Check<'_>, operator: &Operator, peers: &[PeerSpec]) {
+    let more: Vec<&str> = ACCEPTED_NAMESPACES
+        .iter()
+        .chain(GROUP_PRIMITIVES)
+        .copied()
+        .chain(operator.extra_namespaces.iter().map(String::as_str))
+        .chain(peers.iter().map(|p| p.namespace.as_str()))
+        .collect();
+    for (name, list) in [
+        ("core_domains", &operator.core_domains),
+        ("core_hosts", &operator.core_hosts),
+    ] {
+        for (i, d) in list.iter().enumerate() {
+            if let Some(word) = xml::markup_holding(d, &more) {
+                check.err(
+                    &[k("gateway"), k(name), Step::Index(i)],
+                    format!(
+                        "{d:?} occurs in SSP's own markup ({word}): core names are hidden \
+                         wherever they occur in a message bound for a peer, so the gateway's \
+                         markup would be rewritten too; use a longer, fully qualified name"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// `[directory]`: the file and the templates.

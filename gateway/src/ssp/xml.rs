@@ -122,24 +122,31 @@ const KNOWN_NAMES: &[&str] = &[
 ];
 
 /// Values the typed emitter writes from its own model rather than copying them from input:
-/// the two modes, and the defaults of `clientOriginated` and `deliveryReport`.
-const MODEL_VALUES: &[&str] = &["Request", "Response", "Yes", "No"];
+/// the two modes, the defaults of `clientOriginated`, `deliveryReport` and `contentType`,
+/// and a merged search's completion flag.
+const MODEL_VALUES: &[&str] = &["Request", "Response", "Yes", "No", "text/plain", "T"];
 
-/// The first piece of the SSP markup the gateway writes itself that holds `name`, ASCII case
-/// ignored: the profile's element and attribute names, the values the emitter writes from
-/// its model, the XML declaration, and `namespaces`. The topology scrub hides a core name
-/// wherever it occurs, names and values alike; a core name found here would make it rewrite
-/// the gateway's own markup (a `mode` rewritten is a transaction lost), so the configuration
-/// refuses one. Run at configuration time only.
-pub fn markup_holding<'n>(name: &str, namespaces: &[&'n str]) -> Option<&'n str> {
+/// Where the SSP markup the gateway writes itself holds `name`, ASCII case ignored (as the
+/// topology scrub compares), described for an error message: the profile's element and
+/// attribute names, the values the emitter writes from its model, the XML declaration,
+/// `more` (what else it writes that this module does not name: namespaces, the group
+/// primitives' names), and numbers (status codes, counts and sizes are written from the
+/// model). The topology scrub hides a core name wherever it occurs, names and values alike;
+/// a core name found here would make it rewrite the gateway's own markup (a `mode`
+/// rewritten is a transaction lost), so the configuration refuses one. Run at
+/// configuration time only.
+pub fn markup_holding(name: &str, more: &[&str]) -> Option<String> {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+        return Some("a number, as status codes, counts and sizes are".to_owned());
+    }
     let name = name.to_ascii_lowercase();
     KNOWN_NAMES
         .iter()
         .chain(MODEL_VALUES)
         .chain([&DECLARATION])
-        .copied()
-        .chain(namespaces.iter().copied())
+        .chain(more)
         .find(|w| w.to_ascii_lowercase().contains(&name))
+        .map(|w| format!("{w:?}"))
 }
 
 /// Slot of a name in the intern table: a cheap hash of length and three bytes.
