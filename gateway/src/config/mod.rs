@@ -204,19 +204,19 @@ mod tests {
             ("core_hosts", "plain", "text/plain"),
             ("core_hosts", "200", "a number"),
         ] {
-            let src = MIN.replace(
-                "core_domains = [\"core.opx.example\"]\n",
-                &format!(
-                    "core_domains = [\"core.opx.example\"]\nextra_namespaces = \
-                     [\"urn:vendor.example:ssp\"]\n{list} = [\"core.opx.example\", \"{name}\"]\n"
-                ),
-            );
-            // `core_domains` given twice is a TOML error: put the list under test once.
-            let src = if list == "core_domains" {
-                src.replacen("core_domains = [\"core.opx.example\"]\n", "", 1)
+            // The name under test second in its list; the vendor namespace accepted.
+            let lists = if list == "core_domains" {
+                format!("core_domains = [\"core.opx.example\", \"{name}\"]")
             } else {
-                src
+                format!(
+                    "core_domains = [\"core.opx.example\"]\n\
+                     {list} = [\"imps01.opx.internal\", \"{name}\"]"
+                )
             };
+            let src = MIN.replace(
+                "core_domains = [\"core.opx.example\"]",
+                &format!("{lists}\nextra_namespaces = [\"urn:vendor.example:ssp\"]"),
+            );
             let e = load(&src).unwrap_err();
             assert_eq!(
                 e.key.as_deref(),
