@@ -94,9 +94,17 @@ fn bench(c: &mut Criterion) {
             out
         })
     });
-    // Its two halves: the scan, and the rewrite and splice of what it found.
+    // Its two halves: the scan, and the rewrite and splice of what it found. The scan of a
+    // body of a shape it has read (every request after a sender's first), and the scan of
+    // one it has not (`scan_fresh`, which also makes the shape).
     g.bench_function("fast_scan_only", |b| {
         b.iter(|| Spliced::scan(&codec, black_box(body.as_bytes())).map(|s| s.map(|s| s.ids.len())))
+    });
+    g.bench_function("fast_scan_fresh", |b| {
+        b.iter(|| {
+            Spliced::scan_fresh(&codec, black_box(body.as_bytes()))
+                .map(|(s, shape)| (s.map(|s| s.ids.len()), shape.is_some()))
+        })
     });
     let scanned = Spliced::scan(&codec, body.as_bytes())
         .expect("bench message reads")
@@ -144,6 +152,12 @@ fn bench(c: &mut Criterion) {
                 .expect("bench answer reads")
                 .expect("bench answer is in the fast shape")
                 .answer_code()
+        })
+    });
+    g.bench_function("fast_scan_answer_fresh", |b| {
+        b.iter(|| {
+            Spliced::scan_fresh(&codec, black_box(answer.as_bytes()))
+                .map(|(s, shape)| (s.map(|s| s.answer_code()), shape.is_some()))
         })
     });
     g.finish();

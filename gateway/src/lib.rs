@@ -48,6 +48,7 @@ pub mod fuzzing {
         const NS: &str = "http://www.openmobilealliance.org/DTD/IMPS-SSP1.3";
         plain_xml(body);
         let codec = Codec::default();
+        shapes(&codec, body);
         let typed = codec.parse(body);
         let fast = match Spliced::scan(&codec, body) {
             Err(e) => {
@@ -124,6 +125,61 @@ pub mod fuzzing {
             );
         }
         true
+    }
+
+    /// Reading by shape (`ssp/shape.rs`) against the scan on `body`: the scan with the shapes
+    /// this thread keeps (those of earlier inputs) gives what a fresh scan gives; the shape
+    /// made of `body` reads it as the scan did; and the shapes of the usual messages (the
+    /// load ladder's request, the core's answer) read it, if at all, as the scan does.
+    fn shapes(codec: &crate::ssp::Codec, body: &[u8]) {
+        use crate::ssp::splice::Spliced;
+        use crate::ssp::splice::shape::Shape;
+        static USUAL: std::sync::OnceLock<Vec<Shape>> = std::sync::OnceLock::new();
+        let fresh = Spliced::scan_fresh(codec, body);
+        let kept = Spliced::scan(codec, body);
+        match (&kept, &fresh) {
+            (Ok(k), Ok((f, _))) => assert_eq!(k, f, "a kept shape read it otherwise"),
+            (k, f) => assert_eq!(
+                k.as_ref().err().map(ToString::to_string),
+                f.as_ref().err().map(ToString::to_string),
+                "refused otherwise with the shapes kept"
+            ),
+        }
+        let Ok((fresh, shape)) = fresh else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(body) else {
+            return;
+        };
+        if let Some(shape) = shape {
+            assert_eq!(shape.read(text).as_ref(), fresh.as_ref(), "its own shape");
+        }
+        let usual = USUAL.get_or_init(|| {
+            [
+                crate::ssp::splice::shape::USUAL_REQUEST,
+                crate::ssp::splice::shape::USUAL_ANSWER,
+            ]
+            .iter()
+            .filter_map(|m| Spliced::scan_fresh(codec, m.as_bytes()).ok()?.1)
+            .collect()
+        });
+        assert_eq!(usual.len(), 2, "the usual messages make shapes");
+        // The input as a message, and as the values of a usual message's holes (split at
+        // each `|`): the fuzzer's bytes reach every check a hole is read with.
+        let fills: Vec<&str> = text.split('|').collect();
+        for shape in usual {
+            if let Some(read) = shape.read(text) {
+                assert_eq!(Some(&read), fresh.as_ref(), "a usual message's shape");
+            }
+            let filled = shape.refilled(&fills);
+            if let Some(read) = shape.read(&filled) {
+                let fresh = Spliced::scan_fresh(codec, filled.as_bytes());
+                match fresh {
+                    Ok((Some(s), _)) => assert_eq!(read, s, "a usual message refilled"),
+                    other => panic!("a shape took what the scan gives {other:?}: {filled:?}"),
+                }
+            }
+        }
     }
 
     /// The fast path's plain XML reader against the full one on `body`: where the plain

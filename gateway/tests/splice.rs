@@ -16,6 +16,7 @@ use ssp_gateway::ssp::primitives::{
     DeliveryStatusReport, PresenceNotification, Primitive, SendMessageRequest, SendMessageResponse,
 };
 use ssp_gateway::ssp::splice::Spliced;
+use ssp_gateway::ssp::splice::shape::Shape;
 use ssp_gateway::ssp::walk::Slot;
 use ssp_gateway::ssp::xml::Limits;
 
@@ -780,5 +781,238 @@ proptest! {
         for limits in tight_limits() {
             ssp_gateway::fuzzing::plain_xml_within(body.as_bytes(), &limits);
         }
+    }
+}
+
+/// What a shape reads of `body` is what the scan reads of it: a body it takes is one the scan
+/// takes, with the same result. Whether it took it.
+fn shape_reads_as_the_scan(codec: &Codec, shape: &Shape, body: &str) -> bool {
+    let Some(read) = shape.read(body) else {
+        return false;
+    };
+    match Spliced::scan_fresh(codec, body.as_bytes()) {
+        Ok((Some(scanned), _)) => assert_eq!(read, scanned, "{body}"),
+        other => panic!("a shape took what the scan gives {other:?}: {body}"),
+    }
+    true
+}
+
+/// What a hole may be filled with: plain values, and every byte and pattern the checks of a
+/// hole look at (quotes, `<`, `&`, references, control characters, line ends, white space,
+/// `]]>`, markup, non-ASCII, nothing, and lengths around the limits).
+fn fillers() -> BoxedStrategy<String> {
+    prop_oneof![
+        2 => "[a-zA-Z0-9.@:+-]{1,12}",
+        2 => proptest::sample::select(vec![
+            "", " ", "\n", "\t", "\r\n", "\r", " x ", "\r\nx", "x\ry", "x\u{1}y", "\u{7f}",
+            "a\"b", "a'b", "a<b", "a>b", "a&amp;b", "a&b", "&lt;", "]]>", "x]]>y", "]]",
+            "ünï ✓", "wv:usera@core.opx.example", " wv:+46701234567 ", "</Domain>", "<x/>",
+            "/>", "\">", "' x='y", "core.opx.example",
+        ])
+        .prop_map(str::to_owned),
+        1 => "[a-f0-9]{40,80}",
+    ]
+    .boxed()
+}
+
+/// A shape made of a generated message (with some layout, as senders write it), under
+/// `limits`: the message, the scan's result and the shape. `None` if no shape is made of it.
+fn shaped(
+    mode: Mode,
+    p: Primitive,
+    nl: &str,
+    codec: &Codec,
+) -> Option<(String, Spliced<'static>, Shape)> {
+    let body = message(mode, p).replace("><", &format!(">{nl}<"));
+    let body: &'static str = Box::leak(body.into_boxed_str());
+    let (scanned, shape) = Spliced::scan_fresh(codec, body.as_bytes()).ok()?;
+    Some((body.to_owned(), scanned?, shape?))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A shape reads the body it was made of as the scan did; with its holes filled with
+    /// other values, and with bytes added, dropped or changed anywhere, it reads a body
+    /// only as the scan reads it (or leaves it to the scan). Plain values in every hole it
+    /// always takes: the test would fail if it declined everything.
+    #[test]
+    fn a_shape_reads_only_what_the_scan_reads_the_same_way(
+        (mode, p) in primitive(),
+        nl in "[ \n]{0,2}",
+        tight in proptest::option::of(prop_oneof![
+            Just(Limits { max_attr_len: 32, ..Limits::default() }),
+            Just(Limits { max_text_len: 40, ..Limits::default() }),
+        ]),
+        plain in proptest::collection::vec("[a-zA-Z0-9.@:+-]{1,10}", 1..8),
+        fills in proptest::collection::vec(fillers(), 1..12),
+        edits in proptest::collection::vec(
+            (0usize..1500, 0u8..3, proptest::sample::select(
+                vec!['"', '\'', '<', '>', '&', '/', ' ', '\n', '=', 'a', 'Z', ';', '\u{1}', 'é']
+            )),
+            1..4,
+        ),
+    ) {
+        let codec = Codec { limits: tight.unwrap_or_default(), ..Codec::default() };
+        // Messages with an entity make no shape (a shape holds none): nothing to test.
+        let Some((body, scanned, shape)) = shaped(mode, p, &nl, &codec) else {
+            return Ok(());
+        };
+        prop_assert_eq!(shape.read(&body), Some(scanned));
+        let none: [&str; 0] = [];
+        prop_assert_eq!(shape.refilled(&none), body);
+        let other = shape.refilled(&plain);
+        prop_assert!(shape_reads_as_the_scan(&codec, &shape, &other), "{}", other);
+        let other = shape.refilled(&fills);
+        shape_reads_as_the_scan(&codec, &shape, &other);
+        let mut edited = other;
+        for (at, op, c) in edits {
+            let at = at.min(edited.len());
+            let at = (0..=at).rev().find(|&i| edited.is_char_boundary(i)).unwrap_or(0);
+            match op {
+                0 => edited.insert(at, c),
+                _ if at == edited.len() => {}
+                1 => {
+                    edited.remove(at);
+                }
+                _ => {
+                    edited.remove(at);
+                    edited.insert(at, c);
+                }
+            }
+            shape_reads_as_the_scan(&codec, &shape, &edited);
+        }
+    }
+
+    /// A shape made of one message reads another only as the scan reads it: messages of
+    /// the same shape (the same primitive and fixed values, other IDs) it takes.
+    #[test]
+    fn a_shape_reads_another_message_only_as_the_scan_reads_it(
+        (m1, p1) in primitive(),
+        (m2, p2) in primitive(),
+    ) {
+        let codec = Codec::default();
+        let Some((_, _, shape)) = shaped(m1, p1, "\n", &codec) else {
+            return Ok(());
+        };
+        let other = message(m2, p2).replace("><", ">\n<");
+        shape_reads_as_the_scan(&codec, &shape, &other);
+    }
+}
+
+/// The shape of the load ladder's request (`tests/src/bin/ladder.rs`) reads the next one with
+/// other IDs, transaction and text, and not one with another primitive, another fixed value
+/// or an entity in a hole; `Spliced::scan` keeps shapes per thread and reads by them.
+#[test]
+fn a_shape_takes_the_next_message_of_a_sender() {
+    let request = |tid: &str, from: &str, text: &str, report: &str| {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<WV-SSP-Message xmlns=\"http://www.openmobilealliance.org/DTD/WV-SSP1.3\">\n\
+<Session sessionID=\"s-1\">\n<Transaction mode=\"Request\" transactionID=\"{tid}\">\n\
+<SendMessageRequest deliveryReport=\"{report}\">\n<MetaInfo clientOriginated=\"Yes\">\n\
+<Requestor serviceID=\"wv:@opy.example\">\n<User userID=\"{from}\"/>\n</Requestor></MetaInfo>\n\
+<MessageInfo messageID=\"m-{tid}\" contentType=\"text/plain\">\n<Recipient>\n\
+<User userID=\"wv:+46701234567\"/>\n</Recipient>\n<Sender>\n<User userID=\"{from}\"/>\n\
+</Sender>\n</MessageInfo>\n<ContentData contentType=\"text/plain\">{text}</ContentData>\n\
+</SendMessageRequest>\n</Transaction>\n</Session>\n</WV-SSP-Message>\n"
+        )
+    };
+    let codec = Codec::default();
+    let first = request("t1", "wv:+4915112345678", "hello", "No");
+    let (scanned, shape) = Spliced::scan_fresh(&codec, first.as_bytes()).expect("scan");
+    let shape = shape.expect("a shape of the request");
+    assert_eq!(shape.read(&first), scanned);
+    // The next request: other IDs, transaction, message ID and text.
+    let next = request(
+        "t-200",
+        "wv:+4915112345679",
+        "SGVsbG8=\r\nSGVsbG8=\r\n",
+        "No",
+    );
+    assert!(shape_reads_as_the_scan(&codec, &shape, &next));
+    let s = shape.read(&next).expect("read");
+    assert_eq!(s.transaction_id, "t-200");
+    // A request's transaction ID of the longest length allowed (255 bytes), and one with
+    // spaces at its ends, trimmed as the scan trims them.
+    for tid in ["t".repeat(255), " t-9 ".to_owned()] {
+        assert!(shape_reads_as_the_scan(
+            &codec,
+            &shape,
+            &request(&tid, "wv:+1", "x", "No")
+        ));
+    }
+    assert_eq!(s.message_id(), Some("m-t-200"));
+    assert_eq!(s.requestor_user(), Some("wv:+4915112345679"));
+    // Another fixed value, an entity, a control character, an empty transaction: the scan's.
+    for other in [
+        request("t2", "wv:+4915112345679", "hello", "Yes"),
+        request("t2", "wv:a&amp;b@opy.example", "hello", "No"),
+        request("t2", "wv:+4915112345679", "a &amp; b", "No"),
+        request("t2", "wv:+4915112345679", "a \u{1} b", "No"),
+        request("t2", "wv:+4915112345679", "  \n ", "No"),
+        request(" ", "wv:+4915112345679", "hello", "No"),
+        request(&"t".repeat(256), "wv:+4915112345679", "hello", "No"),
+    ] {
+        assert!(shape.read(&other).is_none(), "{other}");
+    }
+    // Under tighter limits, a value or a text the limit refuses is the scan's.
+    let tight = Codec {
+        limits: Limits {
+            max_attr_len: 50,
+            max_text_len: 10,
+            ..Limits::default()
+        },
+        ..Codec::default()
+    };
+    let (_, shape) = Spliced::scan_fresh(&tight, first.as_bytes()).expect("scan");
+    let shape = shape.expect("a shape under tight limits");
+    assert!(shape_reads_as_the_scan(
+        &tight,
+        &shape,
+        &request("t3", "wv:+1234", "1234567890", "No")
+    ));
+    for other in [
+        request(
+            "t3",
+            &format!("wv:{}@opy.example", "a".repeat(40)),
+            "hello",
+            "No",
+        ),
+        request("t3", "wv:+1234", "12345678901", "No"),
+    ] {
+        assert!(shape.read(&other).is_none(), "{other}");
+    }
+    // `Spliced::scan` keeps it: the same result either way, on this thread and another.
+    for body in [&first, &next] {
+        let (fresh, _) = Spliced::scan_fresh(&codec, body.as_bytes()).expect("scan");
+        assert_eq!(Spliced::scan(&codec, body.as_bytes()).expect("scan"), fresh);
+    }
+}
+
+/// A `Domain`'s text is a hole read as the scan reads it: trimmed, and left to the scan when
+/// it holds a carriage return or nothing.
+#[test]
+fn a_shape_reads_a_domain_as_the_scan_does() {
+    let answer = |domain: &str| {
+        format!(
+            "<WV-SSP-Message xmlns=\"http://www.openmobilealliance.org/DTD/WV-SSP1.3\">\
+<Session sessionID=\"s\"><Transaction mode=\"Response\" transactionID=\"t\">\
+<Status code=\"201\"><DetailedResult code=\"531\"><Domain>{domain}</Domain>\
+</DetailedResult></Status></Transaction></Session></WV-SSP-Message>"
+        )
+    };
+    let codec = Codec::default();
+    let first = answer("core.opx.example");
+    let (_, shape) = Spliced::scan_fresh(&codec, first.as_bytes()).expect("scan");
+    let shape = shape.expect("a shape of the answer");
+    let other = answer(" opy.example\n");
+    assert!(shape_reads_as_the_scan(&codec, &shape, &other));
+    let s = shape.read(&other).expect("read");
+    assert_eq!(s.ids.len(), 1);
+    assert_eq!(s.ids[0].slot, Slot::Domain);
+    assert_eq!(s.ids[0].value, "opy.example");
+    for other in ["x\ry", "x\r\ny", " ", ""] {
+        assert!(shape.read(&answer(other)).is_none(), "{other:?}");
     }
 }

@@ -35,6 +35,10 @@ use super::walk::{RouteBy, Slot, attr_slot};
 use super::xml::{self, Open, Sink, Text, TextKind, XmlError};
 use crate::ssp::status;
 
+pub mod shape;
+
+use shape::{Hole, Role, Shape};
+
 /// The primitives the fast path carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -87,7 +91,7 @@ pub struct Id<'a> {
 }
 
 /// A message read for the fast path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Spliced<'a> {
     body: &'a str,
     /// Which primitive it holds.
@@ -120,28 +124,57 @@ impl<'a> Spliced<'a> {
     /// typed path gives the sender its answer); `Ok(None)`: not in the fast path's shape.
     pub fn scan(codec: &Codec, body: &'a [u8]) -> Result<Option<Spliced<'a>>, XmlError> {
         let text = xml::text_of(body, &codec.limits)?;
+        // A body of a shape this thread read lately is taken by difference with it; any
+        // other is scanned, and its shape kept (`ssp/shape.rs`).
+        if let Some(s) = shape::read_kept(codec, text) {
+            return Ok(Some(s));
+        }
+        let (out, shape) = Self::scan_text(codec, text)?;
+        if let Some(shape) = shape {
+            shape::keep(codec, shape);
+        }
+        Ok(out)
+    }
+
+    /// [`Spliced::scan`] without the shapes this thread keeps, and the shape of `body` if
+    /// one can be made of it (for the tests and the fuzz target, which hold
+    /// [`Shape::read`] to this).
+    #[doc(hidden)]
+    pub fn scan_fresh(
+        codec: &Codec,
+        body: &'a [u8],
+    ) -> Result<(Option<Spliced<'a>>, Option<Shape>), XmlError> {
+        Self::scan_text(codec, xml::text_of(body, &codec.limits)?)
+    }
+
+    /// The scan of `text`, a body within the size limit and UTF-8, and its shape if the plain
+    /// reader took it and one can be made of it.
+    fn scan_text(
+        codec: &Codec,
+        text: &'a str,
+    ) -> Result<(Option<Spliced<'a>>, Option<Shape>), XmlError> {
         let is_ssp = |ns: &str| codec.is_ssp_ns(ns);
         // The plain reader first (what real senders write); what it declines, the full
         // reader reads from the start, accepting or refusing it as the typed path does.
         let mut s = Scan::new(text, true);
         let plain = match xml::read_plain(text, &codec.limits, &is_ssp, &mut s) {
             Ok(Some(_)) => true,
-            Err(XmlError::Stopped) => return Ok(None),
+            Err(XmlError::Stopped) => return Ok((None, None)),
             Err(e) => return Err(e),
             Ok(None) => {
                 s = Scan::new(text, false);
                 match xml::read(text, &codec.limits, &is_ssp, &mut s) {
                     Ok(_) => false,
-                    Err(XmlError::Stopped) => return Ok(None),
+                    Err(XmlError::Stopped) => return Ok((None, None)),
                     Err(e) => return Err(e),
                 }
             }
         };
         let Some(mut out) = s.out else {
-            return Ok(None);
+            return Ok((None, None));
         };
         if out.prim.is_empty() || out.session_id.is_empty() {
-            return Ok(None);
+            return Ok((None, None));
         }
         // The primitive's bytes are copied as they are, so they must be plain:
         // - free text is checked for core names by its bytes on the way out, and a character
@@ -154,16 +187,20 @@ impl<'a> Spliced<'a> {
         // The plain reader declines the first three and an SSP declaration below the root
         // (another namespace's is an attribute the scan stopped on above), so what it read
         // needs no search.
-        let prim = &body[out.prim.clone()];
+        let prim = &text.as_bytes()[out.prim.clone()];
         if !plain
             && [&b"&#"[..], b"<!", b"<?", b"xmlns"]
                 .iter()
                 .any(|n| memchr::memmem::find(prim, n).is_some())
         {
-            return Ok(None);
+            return Ok((None, None));
         }
         out.body = s.body;
-        Ok(Some(out))
+        let shape = match (plain, &s.holes) {
+            (true, Some(holes)) => Shape::new(&codec.limits, text, &out, holes),
+            _ => None,
+        };
+        Ok((Some(out), shape))
     }
 
     /// The route-by IDs, as [`Primitive::route_by`](super::Primitive::route_by) gives them.
@@ -348,6 +385,10 @@ struct Scan<'a> {
     text_slot: Option<usize>,
     /// Read by the plain reader, which declines a raw `<` in an attribute value itself.
     plain: bool,
+    /// The values met so far that vary from message to message, for the body's shape
+    /// (`ssp/shape.rs`); `None` when read by the full reader, or once a value held an
+    /// entity (a shape holds none).
+    holes: Option<Vec<Hole>>,
 }
 
 /// The ID attributes the scan needs by their exact name (an entity's, a presence value's, a
@@ -419,6 +460,7 @@ impl<'a> Scan<'a> {
             seen: Seen::default(),
             text_slot: None,
             plain,
+            holes: plain.then(|| Vec::with_capacity(48)),
         }
     }
 
@@ -431,7 +473,10 @@ impl<'a> Scan<'a> {
                 let mut session = None;
                 for a in o.attrs.iter() {
                     match a.key {
-                        "sessionID" => session = Some(trimmed(&a.value)),
+                        "sessionID" => {
+                            note(&mut self.holes, a, Role::Session);
+                            session = Some(trimmed(&a.value));
+                        }
                         _ => return stop,
                     }
                 }
@@ -464,7 +509,10 @@ impl<'a> Scan<'a> {
                 for a in o.attrs.iter() {
                     match a.key {
                         "mode" => mode = Mode::parse(&a.value),
-                        "transactionID" => tid = Some(trimmed(&a.value)),
+                        "transactionID" => {
+                            note(&mut self.holes, a, Role::Transaction);
+                            tid = Some(trimmed(&a.value));
+                        }
                         _ => return stop,
                     }
                 }
@@ -608,6 +656,16 @@ impl<'a> Sink<'a> for Scan<'a> {
             if !self.plain && self.body.as_bytes()[raw.clone()].contains(&b'<') {
                 return stop;
             }
+            // The values that vary from message to message are the shape's holes; the
+            // others the scan decides by (`deliveryReport`, `code`) are fixed bytes of it.
+            match key {
+                Key::Id(..) => note(&mut self.holes, a, Role::Id(out.ids.len())),
+                Key::MessageId if ctx == Ctx::Info && out.kind == Kind::SendMessageRequest => {
+                    note(&mut self.holes, a, Role::MessageId);
+                }
+                Key::MessageId | Key::Other => note(&mut self.holes, a, Role::Opaque),
+                Key::DeliveryReport | Key::Code | Key::Xmlns => {}
+            }
             match key {
                 Key::Id(slot, exact) => {
                     if let Some(k) = exact {
@@ -745,6 +803,13 @@ impl<'a> Sink<'a> for Scan<'a> {
                     return stop;
                 };
                 self.text_slot = Some(out.ids.len());
+                if let Some(holes) = self.holes.as_mut() {
+                    holes.push(Hole {
+                        at: t.at.clone(),
+                        attr: false,
+                        role: Role::Domain(out.ids.len()),
+                    });
+                }
                 out.ids.push(Id {
                     slot: Slot::Domain,
                     value: Cow::Borrowed(borrowed),
@@ -758,8 +823,35 @@ impl<'a> Sink<'a> for Scan<'a> {
                 if t.kind == TextKind::Plain && has_cdata_end(t.raw.as_bytes()) {
                     return stop;
                 }
+                // A text's hole; a reference splits it, and a shape holds none.
+                if t.kind == TextKind::Plain {
+                    if let Some(holes) = self.holes.as_mut() {
+                        holes.push(Hole {
+                            at: t.at,
+                            attr: false,
+                            role: Role::Opaque,
+                        });
+                    }
+                } else {
+                    self.holes = None;
+                }
                 Ok(())
             }
+        }
+    }
+}
+
+/// Note attribute `a`'s value as a hole of the body's shape, holding `role`; a value with an
+/// entity (no longer the body's bytes) means there is no shape.
+fn note(holes: &mut Option<Vec<Hole>>, a: &xml::Attr<'_>, role: Role) {
+    if let Some(list) = holes {
+        match (&a.value, &a.raw) {
+            (Cow::Borrowed(_), Some(at)) => list.push(Hole {
+                at: at.clone(),
+                attr: true,
+                role,
+            }),
+            _ => *holes = None,
         }
     }
 }

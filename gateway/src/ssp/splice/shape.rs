@@ -1,0 +1,447 @@
+//! A message's shape, for reading the fast path's bodies by difference.
+//!
+//! A sender's software writes every message of a kind the same way: the same declaration,
+//! tags, attribute order, layout and fixed values (`mode`, `deliveryReport`, a status
+//! `code`); what changes from one message to the next is the values that name things (the
+//! session, the transaction, the IDs, the message ID, vendor attributes) and the text. A
+//! [`Shape`] is a body the fast path's scan accepted (`splice::Spliced::scan`, with the
+//! plain reader), cut at those values (its *holes*): the fixed bytes between them, what each
+//! hole meant to the scan, and the scan's result with the holes' values taken out.
+//!
+//! [`Shape::read`] takes a body of the same shape without reading it as XML: it compares
+//! each run of fixed bytes with the shape's, finds each hole's end as the plain reader finds
+//! it (an attribute value to its quote, text to the next `<`), and makes of each hole the
+//! checks the reader and the scan would make of it there: no `<`, `&` or control character
+//! in a value, and not longer than the limit; text with no `&` or control character but tab
+//! and line ends, not blank, within the limit, with no `]]>`; a `Domain` as the scan takes it;
+//! a session and transaction ID not empty once trimmed, a request's not too long. Every
+//! other decision the reader and the scan make depends on the fixed bytes alone, which were
+//! checked when the shape was made, under the same limits and namespaces (a shape is kept
+//! for one [`Codec`]'s). So a body [`Shape::read`] takes is one the scan takes, with the
+//! same result; anything else (a different shape, an entity, a value the checks doubt) is
+//! not taken, and the caller scans it. Refusals are always the scan's, never the shape's.
+//!
+//! The property tests in `gateway/tests/splice.rs` and the fuzz target `splice_ssp`
+//! (`fuzzing::splice`) hold [`Shape::read`] to the scan on messages of a shape with their
+//! values changed, bytes added, dropped or changed, and on messages of other shapes.
+//!
+//! Each thread keeps the shapes of the last few bodies it scanned ([`read_kept`], [`keep`]):
+//! real traffic is a few shapes per sender (a request, its answer), and a body of another
+//! shape costs one failed comparison per kept shape, most ending in the first few dozen
+//! bytes, before it is scanned.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::{Id, Spliced, trimmed};
+use crate::ssp::message::{Codec, MAX_REQUEST_TID, Mode};
+use crate::ssp::swar::first_of;
+use crate::ssp::xml::{self, Limits};
+
+/// A request as the load ladder sends it (`tests/src/bin/ladder.rs`, shortened), for the fuzz
+/// target's shapes (`fuzzing::splice`) and their seeds.
+#[doc(hidden)]
+pub const USUAL_REQUEST: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>
+<WV-SSP-Message xmlns=\"http://www.openmobilealliance.org/DTD/WV-SSP1.3\">
+<Session sessionID=\"peer-1@opy.example\">
+<Transaction mode=\"Request\" transactionID=\"t-1\">
+<SendMessageRequest deliveryReport=\"No\">
+<MetaInfo clientOriginated=\"Yes\">
+<Requestor serviceID=\"wv:@opy.example\">
+<User userID=\"wv:+4915112345678\"/>
+</Requestor></MetaInfo>
+<MessageInfo messageID=\"8aee9981\" contentType=\"text/plain\" contentSize=\"5\">
+<Recipient>
+<User userID=\"wv:+46701234567\"/>
+</Recipient>
+<Sender>
+<User userID=\"wv:+4915112345678\" friendlyName=\"Load\"/>
+</Sender>
+<DateTime format=\"iso8601\">2026-11-25T12:27:59Z</DateTime>
+</MessageInfo>
+<ContentData contentType=\"text/plain\" encoding=\"base64\">
+SGVsbG8=\r
+</ContentData>
+</SendMessageRequest>
+</Transaction>
+</Session>
+</WV-SSP-Message>
+";
+
+/// A core's answer as the load ladder's origin writes it (`tests/src/ladder/origin.rs`).
+#[doc(hidden)]
+pub const USUAL_ANSWER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><WV-SSP-Message \
+xmlns=\"http://www.openmobilealliance.org/DTD/WV-SSP1.3\"><Session sessionID=\"core-1\">\
+<Transaction mode=\"Response\" transactionID=\"g1.0123456789abcdef\"><SendMessageResponse>\
+<Status code=\"200\"/><MessageID>m1</MessageID></SendMessageResponse></Transaction></Session>\
+</WV-SSP-Message>";
+
+/// What a hole held, to the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// A value the scan only passes over (a vendor attribute, a message's text).
+    Opaque,
+    /// `Session/@sessionID`.
+    Session,
+    /// `Transaction/@transactionID`.
+    Transaction,
+    /// An ID attribute: the place of its slot among the scan's IDs.
+    Id(usize),
+    /// `MessageInfo/@messageID` of a `SendMessageRequest`.
+    MessageId,
+    /// A `Domain`'s text: the place of its slot among the scan's IDs.
+    Domain(usize),
+}
+
+/// A hole as the scan met it: where its raw bytes are, whether it is an attribute value
+/// (or text), and what it held.
+#[derive(Debug, Clone)]
+pub(super) struct Hole {
+    pub(super) at: Range<usize>,
+    pub(super) attr: bool,
+    pub(super) role: Role,
+}
+
+/// A hole as a shape keeps it: the fixed bytes before it, then how it ends and what it held.
+#[derive(Debug, Clone)]
+struct Piece {
+    /// The fixed bytes before the hole, in the shape's body.
+    fixed: Range<usize>,
+    /// An attribute value's quote; `None` for text, which ends at the next `<`.
+    quote: Option<u8>,
+    role: Role,
+}
+
+/// Holes a shape may have: more is not a message real senders write over and over.
+const MAX_HOLES: usize = 64;
+/// The longest body kept as a shape (each thread keeps [`KEEP`] of them).
+const MAX_BODY: usize = 16 * 1024;
+/// Shapes each thread keeps.
+const KEEP: usize = 4;
+
+/// A body the scan accepted, cut at its holes (see the module's header).
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// The limits the body was read under, which the holes are checked against.
+    limits: Limits,
+    body: Box<str>,
+    pieces: Vec<Piece>,
+    /// The fixed bytes after the last hole.
+    tail: Range<usize>,
+    /// The scan's result, its holes' values taken out (empty, at `0..0`).
+    skeleton: Spliced<'static>,
+    /// Where the primitive starts and ends: the piece whose fixed bytes hold its first byte
+    /// (and its last), and the offset in them (`pieces.len()` is the tail).
+    prim_start: (usize, usize),
+    prim_end: (usize, usize),
+}
+
+impl Shape {
+    /// The shape of `body`, which the scan read with the plain reader into `spliced`,
+    /// meeting `holes` in document order (the scan keeps none once a value held an entity).
+    /// `None` where a shape would not be sound or not worth keeping: too many holes, a long
+    /// body, or a result some hole does not account for.
+    pub(super) fn new(
+        limits: &Limits,
+        body: &str,
+        spliced: &Spliced<'_>,
+        holes: &[Hole],
+    ) -> Option<Shape> {
+        if holes.len() > MAX_HOLES || body.len() > MAX_BODY {
+            return None;
+        }
+        let b = body.as_bytes();
+        let mut pieces = Vec::with_capacity(holes.len());
+        let mut last = 0;
+        // Every ID the scan found, the session, the transaction and the message ID must
+        // come from a hole, or the skeleton would keep a value of this body.
+        let mut filled = vec![false; spliced.ids.len()];
+        let (mut session, mut transaction, mut message_id) = (false, false, false);
+        for h in holes {
+            if h.at.start < last || h.at.end > b.len() {
+                return None;
+            }
+            let quote = if h.attr {
+                Some(*b.get(h.at.end)?).filter(|q| matches!(q, b'"' | b'\''))
+            } else {
+                None
+            };
+            if h.attr && quote.is_none() {
+                return None;
+            }
+            match h.role {
+                Role::Id(i) | Role::Domain(i) => *filled.get_mut(i)? = true,
+                Role::Session => session = true,
+                Role::Transaction => transaction = true,
+                Role::MessageId => message_id = true,
+                Role::Opaque => {}
+            }
+            pieces.push(Piece {
+                fixed: last..h.at.start,
+                quote,
+                role: h.role,
+            });
+            last = h.at.end;
+        }
+        if !filled.iter().all(|f| *f)
+            || !session
+            || !transaction
+            || message_id != spliced.message_id.is_some()
+        {
+            return None;
+        }
+        let tail = last..b.len();
+        // The primitive's first byte (its `<`) and last (its end tag's `>`) are fixed bytes.
+        let place = |p: usize| -> Option<(usize, usize)> {
+            pieces
+                .iter()
+                .map(|x: &Piece| &x.fixed)
+                .chain([&tail])
+                .position(|r| r.contains(&p))
+                .map(|k| {
+                    let start = pieces.get(k).map_or(tail.start, |x| x.fixed.start);
+                    (k, p - start)
+                })
+        };
+        let prim_start = place(spliced.prim.start)?;
+        let (k, off) = place(spliced.prim.end.checked_sub(1)?)?;
+        Some(Shape {
+            limits: *limits,
+            body: body.into(),
+            pieces,
+            tail,
+            skeleton: spliced.skeleton(),
+            prim_start,
+            prim_end: (k, off + 1),
+        })
+    }
+
+    /// `text` read by difference with this shape: what the scan would give for it, if it
+    /// is of this shape and every hole passes the checks made of it there; `None` if not
+    /// (the caller scans it).
+    pub fn read<'a>(&self, text: &'a str) -> Option<Spliced<'a>> {
+        let limits = &self.limits;
+        let b = text.as_bytes();
+        let own = self.body.as_bytes();
+        // First where each hole ends, without building anything: most bodies of another
+        // shape stop here, in the first fixed bytes that differ.
+        let mut ends: smallvec::SmallVec<[usize; MAX_HOLES]> = smallvec::SmallVec::new();
+        let mut at = 0;
+        for p in &self.pieces {
+            let fixed = &own[p.fixed.clone()];
+            if b.get(at..at + fixed.len())? != fixed {
+                return None;
+            }
+            at += fixed.len();
+            let end = match p.quote {
+                Some(q) => {
+                    let (close, entities) = xml::value_end(b, at, q)?;
+                    if entities || close - at > limits.max_attr_len {
+                        return None;
+                    }
+                    close
+                }
+                None => text_end(b, at, limits)?,
+            };
+            ends.push(end);
+            at = end;
+        }
+        let tail = &own[self.tail.clone()];
+        if b.get(at..)? != tail {
+            return None;
+        }
+        // Then the values, into the skeleton.
+        let mut out: Spliced<'a> = self.skeleton.clone();
+        out.body = text;
+        let mut at = 0;
+        let mut prim = 0..0;
+        for (k, (p, &end)) in self.pieces.iter().zip(&ends).enumerate() {
+            if k == self.prim_start.0 {
+                prim.start = at + self.prim_start.1;
+            }
+            if k == self.prim_end.0 {
+                prim.end = at + self.prim_end.1;
+            }
+            at += p.fixed.len();
+            let raw = at..end;
+            let value = text.get(raw.clone())?;
+            match p.role {
+                Role::Opaque => {}
+                Role::Session => {
+                    out.session_id = trimmed(&Cow::Borrowed(value));
+                    if out.session_id.is_empty() {
+                        return None;
+                    }
+                }
+                Role::Transaction => {
+                    let tid = trimmed(&Cow::Borrowed(value));
+                    if tid.is_empty() || (out.mode == Mode::Request && tid.len() > MAX_REQUEST_TID)
+                    {
+                        return None;
+                    }
+                    out.transaction_id = tid;
+                }
+                Role::MessageId => out.message_id = Some(Cow::Borrowed(value)),
+                Role::Id(i) => {
+                    let id = out.ids.get_mut(i)?;
+                    id.value = Cow::Borrowed(value);
+                    id.raw = raw;
+                }
+                Role::Domain(i) => {
+                    // As the scan takes a `Domain`: no carriage return, trimmed, not empty.
+                    let trimmed = value.trim();
+                    if value.contains('\r') || trimmed.is_empty() {
+                        return None;
+                    }
+                    let lead = value.len() - value.trim_start().len();
+                    let id = out.ids.get_mut(i)?;
+                    id.raw = raw.start + lead..raw.start + lead + trimmed.len();
+                    id.value = Cow::Borrowed(trimmed);
+                }
+            }
+            at = end;
+        }
+        if self.prim_start.0 == self.pieces.len() {
+            prim.start = at + self.prim_start.1;
+        }
+        if self.prim_end.0 == self.pieces.len() {
+            prim.end = at + self.prim_end.1;
+        }
+        out.prim = prim;
+        Some(out)
+    }
+
+    /// The body this shape was made from with its holes filled from `fills` in turn (for
+    /// the tests and the fuzz target, which hold [`Shape::read`] to the scan on it).
+    #[doc(hidden)]
+    pub fn refilled<S: AsRef<str>>(&self, fills: &[S]) -> String {
+        let mut out = String::with_capacity(self.body.len());
+        let mut fill = fills.iter().map(AsRef::as_ref).cycle();
+        for (k, p) in self.pieces.iter().enumerate() {
+            out.push_str(&self.body[p.fixed.clone()]);
+            let end = self
+                .pieces
+                .get(k + 1)
+                .map_or(self.tail.start, |n| n.fixed.start);
+            out.push_str(fill.next().unwrap_or(&self.body[p.fixed.end..end]));
+        }
+        out.push_str(&self.body[self.tail.clone()]);
+        out
+    }
+}
+
+/// Where the text hole at `from` ends (its next `<`), if it is text the reader would report
+/// whole and the scan take as it is: no `&` (a shape holds no entity), no control character
+/// but tab and line ends, not blank (a blank run before a tag is layout, not reported),
+/// within `max_text_len` with each `\r\n` counted as one character, as XML reads it, and no
+/// `]]>` (refused in text the scan copies; a `Domain` holding one is left to the scan too).
+/// One search, as the plain reader's, with `>` among what it stops at: text rarely holds one.
+fn text_end(b: &[u8], from: usize, limits: &Limits) -> Option<usize> {
+    let (mut i, mut crlf) = (from, 0);
+    loop {
+        let at = i + first_of(b.get(i..)?, [b'<', b'&', b'>'], 0x20)?;
+        match b[at] {
+            b'<' => {
+                let blank = b[from..at]
+                    .iter()
+                    .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
+                return (!blank && at - from - crlf <= limits.max_text_len).then_some(at);
+            }
+            b'>' if at >= from + 2 && &b[at - 2..at] == b"]]" => return None,
+            b'>' | b'\t' | b'\n' => i = at + 1,
+            b'\r' if b.get(at + 1) == Some(&b'\n') => {
+                crlf += 1;
+                i = at + 2;
+            }
+            b'\r' => i = at + 1,
+            _ => return None,
+        }
+    }
+}
+
+impl Spliced<'_> {
+    /// This result with every value that came from a hole taken out: what a shape keeps.
+    fn skeleton(&self) -> Spliced<'static> {
+        let empty = || Cow::Borrowed("");
+        Spliced {
+            body: "",
+            kind: self.kind,
+            mode: self.mode,
+            session_id: empty(),
+            transaction_id: empty(),
+            ids: self
+                .ids
+                .iter()
+                .map(|id| Id {
+                    slot: id.slot,
+                    value: empty(),
+                    raw: 0..0,
+                    in_attr: id.in_attr,
+                })
+                .collect(),
+            prim: 0..0,
+            route_by: self.route_by.clone(),
+            service: self.service,
+            requestor_user: self.requestor_user,
+            originators: self.originators.clone(),
+            recipient_first: self.recipient_first,
+            sender_first: self.sender_first,
+            wants_report: self.wants_report,
+            code: self.code,
+            message_id: self.message_id.as_ref().map(|_| empty()),
+        }
+    }
+}
+
+/// The shapes one thread keeps, most recently read first, for one codec's limits and
+/// namespaces (a shape's checks were made under them).
+#[derive(Default)]
+struct Kept {
+    codec: Option<(Limits, Vec<String>)>,
+    shapes: Vec<Shape>,
+}
+
+thread_local! {
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
+
+/// `text` read by one of the shapes this thread keeps for `codec`, if one takes it.
+pub(super) fn read_kept<'a>(codec: &Codec, text: &'a str) -> Option<Spliced<'a>> {
+    KEPT.with(|kept| {
+        let mut kept = kept.try_borrow_mut().ok()?;
+        match &kept.codec {
+            Some((limits, extra))
+                if *limits == codec.limits && *extra == codec.extra_namespaces => {}
+            _ => return None,
+        }
+        let (k, out) = kept
+            .shapes
+            .iter()
+            .enumerate()
+            .find_map(|(k, s)| s.read(text).map(|out| (k, out)))?;
+        // The most recently read first: a sender's next message is most likely its shape.
+        kept.shapes[..=k].rotate_right(1);
+        Some(out)
+    })
+}
+
+/// Keep `shape` (of a body scanned under `codec`) on this thread, dropping the least
+/// recently read if it keeps [`KEEP`] already.
+pub(super) fn keep(codec: &Codec, shape: Shape) {
+    KEPT.with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return;
+        };
+        let same = matches!(&kept.codec, Some((limits, extra))
+            if *limits == codec.limits && *extra == codec.extra_namespaces);
+        if !same {
+            kept.codec = Some((codec.limits, codec.extra_namespaces.clone()));
+            kept.shapes.clear();
+        }
+        if kept.shapes.len() >= KEEP {
+            kept.shapes.pop();
+        }
+        kept.shapes.insert(0, shape);
+    });
+}
