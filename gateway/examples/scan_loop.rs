@@ -1,9 +1,12 @@
 //! Profiling driver (callgrind) for the fast path's reader: [`Spliced::scan`] of the codec
 //! benchmark's ~1.3 KB Baraza-style `SendMessageRequest` (`tests/common/mod.rs`) and of a
 //! core's `SendMessageResponse` (to a request under one of our tokens), N times each, or
-//! only one of them (`request`, `answer`).
+//! only one of them (`request`, `answer`; `both` for both). Each scan after the first reads
+//! the body by its shape (`ssp/splice/shape.rs`), as the gateway reads a sender's messages;
+//! with `fresh`, each is scanned afresh (and its shape made), as a body of a new shape is.
 //! `cargo build --release --example scan_loop`, then
-//! `valgrind --tool=callgrind target/release/examples/scan_loop 10000 [request|answer]`.
+//! `valgrind --tool=callgrind target/release/examples/scan_loop 10000 [request|answer|both]
+//! [fresh]`.
 use ssp_gateway::ssp::Codec;
 use ssp_gateway::ssp::splice::Spliced;
 
@@ -30,7 +33,8 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let only = std::env::args().nth(2);
+    let only = std::env::args().nth(2).filter(|o| o != "both");
+    let fresh = std::env::args().nth(3).is_some_and(|f| f == "fresh");
     let bodies: Vec<&[u8]> = [
         ("request", request.as_bytes()),
         ("answer", ANSWER.as_bytes()),
@@ -42,7 +46,13 @@ fn main() {
     let mut ids = 0;
     for _ in 0..n {
         for &body in &bodies {
-            if let Ok(Some(s)) = Spliced::scan(&codec, std::hint::black_box(body)) {
+            let body = std::hint::black_box(body);
+            let scanned = if fresh {
+                Spliced::scan_fresh(&codec, body).map(|(s, _)| s)
+            } else {
+                Spliced::scan(&codec, body)
+            };
+            if let Ok(Some(s)) = scanned {
                 ids += s.ids.len() + 1;
             }
         }

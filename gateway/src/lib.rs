@@ -127,14 +127,26 @@ pub mod fuzzing {
         true
     }
 
-    /// Reading by shape (`ssp/shape.rs`) against the scan on `body`: the scan with the shapes
-    /// this thread keeps (those of earlier inputs) gives what a fresh scan gives; the shape
-    /// made of `body` reads it as the scan did; and the shapes of the usual messages (the
-    /// load ladder's request, the core's answer) read it, if at all, as the scan does.
+    /// Reading by shape (`ssp/splice/shape.rs`) against the scan on `body`: the scan with
+    /// the shapes this thread keeps (those of earlier inputs) gives what a fresh scan gives;
+    /// the shape made of `body` reads it as the scan did; the shapes of the usual messages
+    /// (the load ladder's request, the core's answer) read it, if at all, as the scan does;
+    /// and so they read those messages with their holes filled from `body` (split at each
+    /// `|`), so the fuzzer's bytes reach every check a hole is read with.
     fn shapes(codec: &crate::ssp::Codec, body: &[u8]) {
         use crate::ssp::splice::Spliced;
-        use crate::ssp::splice::shape::Shape;
+        use crate::ssp::splice::shape::{Shape, USUAL_ANSWER, USUAL_REQUEST};
         static USUAL: std::sync::OnceLock<Vec<Shape>> = std::sync::OnceLock::new();
+        /// What a shape read of `text`, against the fresh scan of it.
+        fn as_scanned(codec: &crate::ssp::Codec, read: Option<Spliced<'_>>, text: &str) {
+            let Some(read) = read else {
+                return;
+            };
+            match Spliced::scan_fresh(codec, text.as_bytes()) {
+                Ok((Some(s), _)) => assert_eq!(read, s, "a shape read it otherwise"),
+                other => panic!("a shape took what the scan gives {other:?}: {text:?}"),
+            }
+        }
         let fresh = Spliced::scan_fresh(codec, body);
         let kept = Spliced::scan(codec, body);
         match (&kept, &fresh) {
@@ -145,40 +157,26 @@ pub mod fuzzing {
                 "refused otherwise with the shapes kept"
             ),
         }
-        let Ok((fresh, shape)) = fresh else {
-            return;
-        };
-        let Ok(text) = std::str::from_utf8(body) else {
-            return;
-        };
-        if let Some(shape) = shape {
+        if let Ok((fresh, Some(shape))) = &fresh
+            && let Ok(text) = std::str::from_utf8(body)
+        {
             assert_eq!(shape.read(text).as_ref(), fresh.as_ref(), "its own shape");
         }
         let usual = USUAL.get_or_init(|| {
-            [
-                crate::ssp::splice::shape::USUAL_REQUEST,
-                crate::ssp::splice::shape::USUAL_ANSWER,
-            ]
-            .iter()
-            .filter_map(|m| Spliced::scan_fresh(codec, m.as_bytes()).ok()?.1)
-            .collect()
+            [USUAL_REQUEST, USUAL_ANSWER]
+                .iter()
+                .filter_map(|m| Spliced::scan_fresh(codec, m.as_bytes()).ok()?.1)
+                .collect()
         });
         assert_eq!(usual.len(), 2, "the usual messages make shapes");
-        // The input as a message, and as the values of a usual message's holes (split at
-        // each `|`): the fuzzer's bytes reach every check a hole is read with.
+        let Ok(text) = std::str::from_utf8(body) else {
+            return;
+        };
         let fills: Vec<&str> = text.split('|').collect();
         for shape in usual {
-            if let Some(read) = shape.read(text) {
-                assert_eq!(Some(&read), fresh.as_ref(), "a usual message's shape");
-            }
+            as_scanned(codec, shape.read(text), text);
             let filled = shape.refilled(&fills);
-            if let Some(read) = shape.read(&filled) {
-                let fresh = Spliced::scan_fresh(codec, filled.as_bytes());
-                match fresh {
-                    Ok((Some(s), _)) => assert_eq!(read, s, "a usual message refilled"),
-                    other => panic!("a shape took what the scan gives {other:?}: {filled:?}"),
-                }
-            }
+            as_scanned(codec, shape.read(&filled), &filled);
         }
     }
 

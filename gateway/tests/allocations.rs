@@ -82,3 +82,27 @@ const OUTBOUND: u64 = 10;
 /// Inbound (peer to core), 4: the ID list, the output, and the two numbers the rewrite
 /// writes in the core's form; the rest stay borrowed from the body.
 const INBOUND: u64 = 4;
+
+/// A body of a shape not read before is scanned and its shape made (`ssp/splice/shape.rs`):
+/// 7 allocations, the scan's ID list, the holes it noted, and the shape's (its fixed bytes,
+/// which `Box<str>` fits to their length, its pieces, the check that every ID came from a
+/// hole, and its skeleton's ID list). A sender pays this once per shape, not per message.
+#[test]
+fn a_new_shape_costs_a_bounded_number_of_allocations() {
+    let body = message();
+    let codec = Codec::default();
+    let warm = Spliced::scan_fresh(&codec, body.as_bytes()).expect("the message reads");
+    assert!(warm.1.is_some(), "a shape is made of it");
+    let n = allocation_counter::measure(|| {
+        let (s, shape) = Spliced::scan_fresh(&codec, body.as_bytes()).expect("the message reads");
+        assert!(s.is_some() && shape.is_some());
+    });
+    println!("{} allocations, {} bytes", n.count_total, n.bytes_total);
+    assert!(
+        n.count_total <= NEW_SHAPE,
+        "{} allocations per new shape, at most {NEW_SHAPE} expected",
+        n.count_total
+    );
+}
+
+const NEW_SHAPE: u64 = 7;

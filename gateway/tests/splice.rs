@@ -815,15 +815,21 @@ fn fillers() -> BoxedStrategy<String> {
     .boxed()
 }
 
-/// A shape made of a generated message (with some layout, as senders write it), under
-/// `limits`: the message, the scan's result and the shape. `None` if no shape is made of it.
+/// A shape made of a generated message (with layout `nl` between tags, and its attributes
+/// in single quotes if `single`, as some senders write them), under `codec`: the message,
+/// the scan's result and the shape. `None` if no shape is made of it.
 fn shaped(
     mode: Mode,
     p: Primitive,
     nl: &str,
+    single: bool,
     codec: &Codec,
 ) -> Option<(String, Spliced<'static>, Shape)> {
-    let body = message(mode, p).replace("><", &format!(">{nl}<"));
+    let mut body = message(mode, p).replace("><", &format!(">{nl}<"));
+    if single {
+        // A value holding a `'` no longer parses: no shape, and nothing to test.
+        body = body.replace('"', "'");
+    }
     let body: &'static str = Box::leak(body.into_boxed_str());
     let (scanned, shape) = Spliced::scan_fresh(codec, body.as_bytes()).ok()?;
     Some((body.to_owned(), scanned?, shape?))
@@ -839,7 +845,8 @@ proptest! {
     #[test]
     fn a_shape_reads_only_what_the_scan_reads_the_same_way(
         (mode, p) in primitive(),
-        nl in "[ \n]{0,2}",
+        nl in "( |\n|\r\n){0,2}",
+        single in proptest::bool::weighted(0.25),
         tight in proptest::option::of(prop_oneof![
             Just(Limits { max_attr_len: 32, ..Limits::default() }),
             Just(Limits { max_text_len: 40, ..Limits::default() }),
@@ -855,12 +862,10 @@ proptest! {
     ) {
         let codec = Codec { limits: tight.unwrap_or_default(), ..Codec::default() };
         // Messages with an entity make no shape (a shape holds none): nothing to test.
-        let Some((body, scanned, shape)) = shaped(mode, p, &nl, &codec) else {
+        let Some((body, scanned, shape)) = shaped(mode, p, &nl, single, &codec) else {
             return Ok(());
         };
         prop_assert_eq!(shape.read(&body), Some(scanned));
-        let none: [&str; 0] = [];
-        prop_assert_eq!(shape.refilled(&none), body);
         let other = shape.refilled(&plain);
         prop_assert!(shape_reads_as_the_scan(&codec, &shape, &other), "{}", other);
         let other = shape.refilled(&fills);
@@ -884,15 +889,15 @@ proptest! {
         }
     }
 
-    /// A shape made of one message reads another only as the scan reads it: messages of
-    /// the same shape (the same primitive and fixed values, other IDs) it takes.
+    /// A shape made of one message reads another only as the scan reads it (most are of
+    /// another shape, and left to the scan; those of the same one are compared).
     #[test]
     fn a_shape_reads_another_message_only_as_the_scan_reads_it(
         (m1, p1) in primitive(),
         (m2, p2) in primitive(),
     ) {
         let codec = Codec::default();
-        let Some((_, _, shape)) = shaped(m1, p1, "\n", &codec) else {
+        let Some((_, _, shape)) = shaped(m1, p1, "\n", false, &codec) else {
             return Ok(());
         };
         let other = message(m2, p2).replace("><", ">\n<");
@@ -983,7 +988,8 @@ fn a_shape_takes_the_next_message_of_a_sender() {
     ] {
         assert!(shape.read(&other).is_none(), "{other}");
     }
-    // `Spliced::scan` keeps it: the same result either way, on this thread and another.
+    // `Spliced::scan`, which keeps shapes on this thread, gives what a fresh scan gives
+    // (that it reads by them: `shape::tests` in the crate).
     for body in [&first, &next] {
         let (fresh, _) = Spliced::scan_fresh(&codec, body.as_bytes()).expect("scan");
         assert_eq!(Spliced::scan(&codec, body.as_bytes()).expect("scan"), fresh);

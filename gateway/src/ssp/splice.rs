@@ -125,7 +125,7 @@ impl<'a> Spliced<'a> {
     pub fn scan(codec: &Codec, body: &'a [u8]) -> Result<Option<Spliced<'a>>, XmlError> {
         let text = xml::text_of(body, &codec.limits)?;
         // A body of a shape this thread read lately is taken by difference with it; any
-        // other is scanned, and its shape kept (`ssp/shape.rs`).
+        // other is scanned, and its shape kept (`ssp/splice/shape.rs`).
         if let Some(s) = shape::read_kept(codec, text) {
             return Ok(Some(s));
         }
@@ -386,7 +386,7 @@ struct Scan<'a> {
     /// Read by the plain reader, which declines a raw `<` in an attribute value itself.
     plain: bool,
     /// The values met so far that vary from message to message, for the body's shape
-    /// (`ssp/shape.rs`); `None` when read by the full reader, or once a value held an
+    /// (`ssp/splice/shape.rs`); `None` when read by the full reader, or once a value held an
     /// entity (a shape holds none).
     holes: Option<Vec<Hole>>,
 }

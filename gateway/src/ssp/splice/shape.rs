@@ -27,8 +27,10 @@
 //!
 //! Each thread keeps the shapes of the last few bodies it scanned ([`read_kept`], [`keep`]):
 //! real traffic is a few shapes per sender (a request, its answer), and a body of another
-//! shape costs one failed comparison per kept shape, most ending in the first few dozen
-//! bytes, before it is scanned.
+//! shape costs one failed comparison per kept shape before it is scanned, most ending
+//! within the envelope (a request and an answer part at `mode`, about 150 bytes in), and
+//! then the shape made of it. A shape keeps the fixed bytes only: nothing of a message's
+//! IDs or text stays in memory once it is relayed.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -40,7 +42,7 @@ use crate::ssp::swar::first_of;
 use crate::ssp::xml::{self, Limits};
 
 /// A request as the load ladder sends it (`tests/src/bin/ladder.rs`, shortened), for the fuzz
-/// target's shapes (`fuzzing::splice`) and their seeds.
+/// target's shapes (`fuzzing::splice`).
 #[doc(hidden)]
 pub const USUAL_REQUEST: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>
 <WV-SSP-Message xmlns=\"http://www.openmobilealliance.org/DTD/WV-SSP1.3\">
@@ -106,7 +108,7 @@ pub(super) struct Hole {
 /// A hole as a shape keeps it: the fixed bytes before it, then how it ends and what it held.
 #[derive(Debug, Clone)]
 struct Piece {
-    /// The fixed bytes before the hole, in the shape's body.
+    /// The fixed bytes before the hole, in [`Shape::fixed`].
     fixed: Range<usize>,
     /// An attribute value's quote; `None` for text, which ends at the next `<`.
     quote: Option<u8>,
@@ -125,7 +127,9 @@ const KEEP: usize = 4;
 pub struct Shape {
     /// The limits the body was read under, which the holes are checked against.
     limits: Limits,
-    body: Box<str>,
+    /// The body's fixed bytes, one run after another: nothing of its holes (the IDs and
+    /// the text of a message) is kept.
+    fixed: Box<str>,
     pieces: Vec<Piece>,
     /// The fixed bytes after the last hole.
     tail: Range<usize>,
@@ -153,12 +157,25 @@ impl Shape {
         }
         let b = body.as_bytes();
         let mut pieces = Vec::with_capacity(holes.len());
+        let mut fixed = String::with_capacity(body.len());
         let mut last = 0;
         // Every ID the scan found, the session, the transaction and the message ID must
         // come from a hole, or the skeleton would keep a value of this body.
         let mut filled = vec![false; spliced.ids.len()];
         let (mut session, mut transaction, mut message_id) = (false, false, false);
-        for h in holes {
+        // Where the primitive's first byte (its `<`) and last (its end tag's `>`) are:
+        // both in fixed bytes.
+        let (first, end) = (spliced.prim.start, spliced.prim.end.checked_sub(1)?);
+        let (mut prim_start, mut prim_end) = (None, None);
+        let mut place = |k: usize, run: Range<usize>| {
+            if run.contains(&first) {
+                prim_start = Some((k, first - run.start));
+            }
+            if run.contains(&end) {
+                prim_end = Some((k, end + 1 - run.start));
+            }
+        };
+        for (k, h) in holes.iter().enumerate() {
             if h.at.start < last || h.at.end > b.len() {
                 return None;
             }
@@ -177,8 +194,11 @@ impl Shape {
                 Role::MessageId => message_id = true,
                 Role::Opaque => {}
             }
+            place(k, last..h.at.start);
+            let from = fixed.len();
+            fixed.push_str(body.get(last..h.at.start)?);
             pieces.push(Piece {
-                fixed: last..h.at.start,
+                fixed: from..fixed.len(),
                 quote,
                 role: h.role,
             });
@@ -191,29 +211,17 @@ impl Shape {
         {
             return None;
         }
-        let tail = last..b.len();
-        // The primitive's first byte (its `<`) and last (its end tag's `>`) are fixed bytes.
-        let place = |p: usize| -> Option<(usize, usize)> {
-            pieces
-                .iter()
-                .map(|x: &Piece| &x.fixed)
-                .chain([&tail])
-                .position(|r| r.contains(&p))
-                .map(|k| {
-                    let start = pieces.get(k).map_or(tail.start, |x| x.fixed.start);
-                    (k, p - start)
-                })
-        };
-        let prim_start = place(spliced.prim.start)?;
-        let (k, off) = place(spliced.prim.end.checked_sub(1)?)?;
+        place(pieces.len(), last..b.len());
+        let from = fixed.len();
+        fixed.push_str(body.get(last..)?);
         Some(Shape {
             limits: *limits,
-            body: body.into(),
+            fixed: fixed.into(),
             pieces,
-            tail,
+            tail: from..b.len() - last + from,
             skeleton: spliced.skeleton(),
-            prim_start,
-            prim_end: (k, off + 1),
+            prim_start: prim_start?,
+            prim_end: prim_end?,
         })
     }
 
@@ -223,7 +231,7 @@ impl Shape {
     pub fn read<'a>(&self, text: &'a str) -> Option<Spliced<'a>> {
         let limits = &self.limits;
         let b = text.as_bytes();
-        let own = self.body.as_bytes();
+        let own = self.fixed.as_bytes();
         // First where each hole ends, without building anything: most bodies of another
         // shape stop here, in the first fixed bytes that differ.
         let mut ends: smallvec::SmallVec<[usize; MAX_HOLES]> = smallvec::SmallVec::new();
@@ -242,7 +250,7 @@ impl Shape {
                     }
                     close
                 }
-                None => text_end(b, at, limits)?,
+                None => text_end(b, at, limits, !matches!(p.role, Role::Domain(_)))?,
             };
             ends.push(end);
             at = end;
@@ -312,21 +320,17 @@ impl Shape {
         Some(out)
     }
 
-    /// The body this shape was made from with its holes filled from `fills` in turn (for
-    /// the tests and the fuzz target, which hold [`Shape::read`] to the scan on it).
+    /// A body of this shape with its holes filled from `fills` in turn (empty if there are
+    /// none), for the tests and the fuzz target, which hold [`Shape::read`] to the scan on it.
     #[doc(hidden)]
     pub fn refilled<S: AsRef<str>>(&self, fills: &[S]) -> String {
-        let mut out = String::with_capacity(self.body.len());
+        let mut out = String::with_capacity(self.fixed.len());
         let mut fill = fills.iter().map(AsRef::as_ref).cycle();
-        for (k, p) in self.pieces.iter().enumerate() {
-            out.push_str(&self.body[p.fixed.clone()]);
-            let end = self
-                .pieces
-                .get(k + 1)
-                .map_or(self.tail.start, |n| n.fixed.start);
-            out.push_str(fill.next().unwrap_or(&self.body[p.fixed.end..end]));
+        for p in &self.pieces {
+            out.push_str(&self.fixed[p.fixed.clone()]);
+            out.push_str(fill.next().unwrap_or_default());
         }
-        out.push_str(&self.body[self.tail.clone()]);
+        out.push_str(&self.fixed[self.tail.clone()]);
         out
     }
 }
@@ -334,10 +338,11 @@ impl Shape {
 /// Where the text hole at `from` ends (its next `<`), if it is text the reader would report
 /// whole and the scan take as it is: no `&` (a shape holds no entity), no control character
 /// but tab and line ends, not blank (a blank run before a tag is layout, not reported),
-/// within `max_text_len` with each `\r\n` counted as one character, as XML reads it, and no
-/// `]]>` (refused in text the scan copies; a `Domain` holding one is left to the scan too).
-/// One search, as the plain reader's, with `>` among what it stops at: text rarely holds one.
-fn text_end(b: &[u8], from: usize, limits: &Limits) -> Option<usize> {
+/// within `max_text_len` with each `\r\n` counted as one character, as XML reads it, and,
+/// if `copied` (the text is copied as it is, not a `Domain` the scan rewrites), no `]]>`,
+/// as the scan refuses it there. One search, as the plain reader's, with `>` among what it
+/// stops at: text rarely holds one.
+fn text_end(b: &[u8], from: usize, limits: &Limits, copied: bool) -> Option<usize> {
     let (mut i, mut crlf) = (from, 0);
     loop {
         let at = i + first_of(b.get(i..)?, [b'<', b'&', b'>'], 0x20)?;
@@ -348,7 +353,7 @@ fn text_end(b: &[u8], from: usize, limits: &Limits) -> Option<usize> {
                     .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
                 return (!blank && at - from - crlf <= limits.max_text_len).then_some(at);
             }
-            b'>' if at >= from + 2 && &b[at - 2..at] == b"]]" => return None,
+            b'>' if copied && at >= from + 2 && &b[at - 2..at] == b"]]" => return None,
             b'>' | b'\t' | b'\n' => i = at + 1,
             b'\r' if b.get(at + 1) == Some(&b'\n') => {
                 crlf += 1;
@@ -444,4 +449,106 @@ pub(super) fn keep(codec: &Codec, shape: Shape) {
         }
         kept.shapes.insert(0, shape);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The core's answer with status `code`: one shape per code (a fixed value).
+    fn answer(code: u16, tid: &str) -> String {
+        format!(
+            "<WV-SSP-Message><Session sessionID=\"core-1\"><Transaction mode=\"Response\" \
+             transactionID=\"{tid}\"><SendMessageResponse><Status code=\"{code}\"/>\
+             <MessageID>m1</MessageID></SendMessageResponse></Transaction></Session>\
+             </WV-SSP-Message>"
+        )
+    }
+
+    fn scan(codec: &Codec, body: &str) {
+        assert!(
+            matches!(Spliced::scan(codec, body.as_bytes()), Ok(Some(_))),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_thread_reads_by_the_shapes_it_kept_for_the_same_codec_only() {
+        let codec = Codec::default();
+        let other = Codec {
+            limits: Limits {
+                max_depth: 20,
+                ..Limits::default()
+            },
+            ..Codec::default()
+        };
+        let with_ns = Codec {
+            extra_namespaces: vec!["urn:x".into()],
+            ..Codec::default()
+        };
+        assert!(read_kept(&codec, &answer(200, "t2")).is_none());
+        scan(&codec, &answer(200, "t1"));
+        let next = answer(200, "t2");
+        let read = read_kept(&codec, &next).expect("kept");
+        assert_eq!(read.transaction_id, "t2");
+        assert_eq!(
+            Some(read),
+            Spliced::scan_fresh(&codec, next.as_bytes())
+                .expect("scan")
+                .0
+        );
+        // Not for other limits or namespaces; and a scan under them drops it.
+        assert!(read_kept(&other, &next).is_none());
+        assert!(read_kept(&with_ns, &next).is_none());
+        scan(&with_ns, &answer(200, "t3"));
+        assert!(read_kept(&codec, &next).is_none());
+        assert!(read_kept(&with_ns, &next).is_some());
+    }
+
+    #[test]
+    fn a_thread_keeps_the_most_recently_read_shapes() {
+        let codec = Codec::default();
+        let codes = [200u16, 201, 404, 500, 531, 900];
+        for code in &codes[..5] {
+            scan(&codec, &answer(*code, "a"));
+        }
+        // Five shapes made, four kept: the first made went.
+        assert!(read_kept(&codec, &answer(200, "b")).is_none());
+        for code in &codes[1..5] {
+            assert!(read_kept(&codec, &answer(*code, "b")).is_some(), "{code}");
+        }
+        // Read last, 201 is now the most recent; 404 the least, which the next shape
+        // made drops.
+        assert!(read_kept(&codec, &answer(201, "c")).is_some());
+        scan(&codec, &answer(900, "a"));
+        assert!(read_kept(&codec, &answer(404, "b")).is_none());
+        for code in [201, 500, 531, 900] {
+            assert!(read_kept(&codec, &answer(code, "b")).is_some(), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_shape_keeps_no_value_of_the_body_it_was_made_of() {
+        let codec = Codec::default();
+        let body = answer(200, "secret-tid").replace("m1", "secret-message-id");
+        let (_, shape) = Spliced::scan_fresh(&codec, body.as_bytes()).expect("scan");
+        let shape = shape.expect("shape");
+        assert!(!shape.fixed.contains("secret"), "{}", shape.fixed);
+        assert!(!format!("{:?}", shape.skeleton).contains("secret"));
+        assert_eq!(
+            shape.refilled(&["core-1", "secret-tid", "secret-message-id"]),
+            body
+        );
+    }
+
+    #[test]
+    fn a_domain_holding_a_cdata_end_is_read_as_the_scan_reads_it() {
+        let codec = Codec::default();
+        let body = "<WV-SSP-Message><Session sessionID=\"s\"><Transaction mode=\"Response\" \
+                    transactionID=\"t\"><Status><Domain>]]></Domain></Status></Transaction>\
+                    </Session></WV-SSP-Message>";
+        let (fresh, shape) = Spliced::scan_fresh(&codec, body.as_bytes()).expect("scan");
+        assert!(fresh.is_some());
+        assert_eq!(shape.expect("shape").read(body), fresh);
+    }
 }
