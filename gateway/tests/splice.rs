@@ -977,7 +977,14 @@ fn a_shape_takes_the_next_message_of_a_sender() {
         &shape,
         &request("t3", "wv:+1234", "1234567890", "No")
     ));
+    // A `\r\n` counts as one character: 11 bytes are 10 characters here.
+    assert!(shape_reads_as_the_scan(
+        &tight,
+        &shape,
+        &request("t3", "wv:+1", "123456789\r\n", "No")
+    ));
     for other in [
+        request("t3", "wv:+1", "1234567890\r\n", "No"),
         request(
             "t3",
             &format!("wv:{}@opy.example", "a".repeat(40)),

@@ -47,11 +47,24 @@ pub(super) fn not_letter(x: u64) -> u64 {
 /// byte by byte cost about four times as much.)
 #[inline(always)]
 pub(super) fn first_of<const N: usize>(b: &[u8], eq: [u8; N], under: u8) -> Option<usize> {
+    first_of_but(b, eq, under, [])
+}
+
+/// [`first_of`], where the bytes below `under` that are one of `but` are no hit: text's
+/// tab and line ends among the control characters, so that a search of text does not
+/// stop at every line.
+#[inline(always)]
+pub(super) fn first_of_but<const N: usize, const M: usize>(
+    b: &[u8],
+    eq: [u8; N],
+    under: u8,
+    but: [u8; M],
+) -> Option<usize> {
     debug_assert!(under <= 0x80, "byte bound {under}");
     debug_assert!(!eq.contains(&PAD), "the padding byte is a needle");
     let mut i = 0;
     while let Some(block) = b.get(i..i + 16).and_then(|w| <&[u8; 16]>::try_from(w).ok()) {
-        let hits = block_hits(block, eq, under);
+        let hits = block_hits(block, eq, under, but);
         if hits != 0 {
             return Some(i + (hits.trailing_zeros() / 8) as usize);
         }
@@ -63,12 +76,12 @@ pub(super) fn first_of<const N: usize>(b: &[u8], eq: [u8; N], under: u8) -> Opti
     let (at, hits) = match b.len().checked_sub(16) {
         Some(last) => {
             let block = <&[u8; 16]>::try_from(&b[last..]).ok()?;
-            (last, block_hits(block, eq, under))
+            (last, block_hits(block, eq, under, but))
         }
         None => {
             let mut block = [PAD; 16];
             block[..b.len()].copy_from_slice(b);
-            (0, block_hits(&block, eq, under))
+            (0, block_hits(&block, eq, under, but))
         }
     };
     (hits != 0).then(|| at + (hits.trailing_zeros() / 8) as usize)
@@ -83,10 +96,18 @@ const PAD: u8 = 0xff;
 /// instruction per byte, where a word test with carry tricks takes three for three needles.
 /// Every span searched goes this way, its end padded when it is shorter than a block.
 #[inline(always)]
-fn block_hits<const N: usize>(block: &[u8; 16], eq: [u8; N], under: u8) -> u128 {
+fn block_hits<const N: usize, const M: usize>(
+    block: &[u8; 16],
+    eq: [u8; N],
+    under: u8,
+    but: [u8; M],
+) -> u128 {
     let mut hits = [0u8; 16];
     for (h, &x) in hits.iter_mut().zip(block) {
         let mut hit = x < under;
+        for a in but {
+            hit &= x != a;
+        }
         for e in eq {
             hit |= x == e;
         }
@@ -183,6 +204,12 @@ mod tests {
             // Text runs (the plain reader).
             let run = [b'<', b'&'];
             proptest::prop_assert_eq!(first_of(&b, run, under), naive(&b, run, under));
+            // Text read by a shape: tab and line ends are no hit.
+            let but = [b'\t', b'\n', b'\r'];
+            proptest::prop_assert_eq!(
+                first_of_but(&b, text, under, but),
+                b.iter().position(|c| (*c < under && !but.contains(c)) || text.contains(c))
+            );
         }
     }
 }

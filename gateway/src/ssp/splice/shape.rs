@@ -38,8 +38,8 @@ use std::ops::Range;
 
 use super::{Id, Spliced, trimmed};
 use crate::ssp::message::{Codec, MAX_REQUEST_TID, Mode};
-use crate::ssp::swar::first_of;
-use crate::ssp::xml::{self, Limits};
+use crate::ssp::swar::{first_of, first_of_but};
+use crate::ssp::xml::Limits;
 
 /// A request as the load ladder sends it (`tests/src/bin/ladder.rs`, shortened), for the fuzz
 /// target's shapes (`fuzzing::splice`).
@@ -243,13 +243,7 @@ impl Shape {
             }
             at += fixed.len();
             let end = match p.quote {
-                Some(q) => {
-                    let (close, entities) = xml::value_end(b, at, q)?;
-                    if entities || close - at > limits.max_attr_len {
-                        return None;
-                    }
-                    close
-                }
+                Some(q) => value_end(b, at, q, limits)?,
                 None => text_end(b, at, limits, !matches!(p.role, Role::Domain(_)))?,
             };
             ends.push(end);
@@ -335,31 +329,46 @@ impl Shape {
     }
 }
 
+/// Where the attribute value hole at `from` ends (its closing `quote`), if the plain reader
+/// would take it as it is: no `<` or control character (as `xml::value_end`), no `&` (a
+/// shape holds no entity), and within `max_attr_len`. One search, inlined here: the
+/// reader's own continues past an `&`, which a shape never does.
+#[inline(always)]
+fn value_end(b: &[u8], from: usize, quote: u8, limits: &Limits) -> Option<usize> {
+    let at = from + first_of(b.get(from..)?, [quote, b'<', b'&'], 0x20)?;
+    (b[at] == quote && at - from <= limits.max_attr_len).then_some(at)
+}
+
 /// Where the text hole at `from` ends (its next `<`), if it is text the reader would report
 /// whole and the scan take as it is: no `&` (a shape holds no entity), no control character
 /// but tab and line ends, not blank (a blank run before a tag is layout, not reported),
 /// within `max_text_len` with each `\r\n` counted as one character, as XML reads it, and,
 /// if `copied` (the text is copied as it is, not a `Domain` the scan rewrites), no `]]>`,
-/// as the scan refuses it there. One search, as the plain reader's, with `>` among what it
-/// stops at: text rarely holds one.
+/// as the scan refuses it there. One search over the whole run, with `>` among what it
+/// stops at (text rarely holds one) and line ends not: the `\r\n`s are counted only for a
+/// run longer than the limit, the one place they matter.
 fn text_end(b: &[u8], from: usize, limits: &Limits, copied: bool) -> Option<usize> {
-    let (mut i, mut crlf) = (from, 0);
+    let mut i = from;
     loop {
-        let at = i + first_of(b.get(i..)?, [b'<', b'&', b'>'], 0x20)?;
+        let at = i + first_of_but(b.get(i..)?, [b'<', b'&', b'>'], 0x20, [b'\t', b'\n', b'\r'])?;
         match b[at] {
             b'<' => {
-                let blank = b[from..at]
+                let run = &b[from..at];
+                if run
                     .iter()
-                    .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
-                return (!blank && at - from - crlf <= limits.max_text_len).then_some(at);
+                    .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+                {
+                    return None;
+                }
+                let len = if run.len() > limits.max_text_len {
+                    run.len() - run.windows(2).filter(|w| w == b"\r\n").count()
+                } else {
+                    run.len()
+                };
+                return (len <= limits.max_text_len).then_some(at);
             }
             b'>' if copied && at >= from + 2 && &b[at - 2..at] == b"]]" => return None,
-            b'>' | b'\t' | b'\n' => i = at + 1,
-            b'\r' if b.get(at + 1) == Some(&b'\n') => {
-                crlf += 1;
-                i = at + 2;
-            }
-            b'\r' => i = at + 1,
+            b'>' => i = at + 1,
             _ => return None,
         }
     }

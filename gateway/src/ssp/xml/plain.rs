@@ -532,7 +532,7 @@ fn read_declaration(b: &[u8]) -> Option<usize> {
 /// holds an `&`; `None` if a raw `<` or a control character comes first, or no quote does.
 /// One pass to the first byte that matters, many bytes at a time (this runs for every
 /// attribute of every message).
-pub(crate) fn value_end(b: &[u8], from: usize, quote: u8) -> Option<(usize, bool)> {
+fn value_end(b: &[u8], from: usize, quote: u8) -> Option<(usize, bool)> {
     let mut i = from;
     let mut entities = false;
     loop {
