@@ -3,10 +3,13 @@
 //! core's `SendMessageResponse` (to a request under one of our tokens), N times each, or
 //! only one of them (`request`, `answer`; `both` for both). Each scan after the first reads
 //! the body by its shape (`ssp/splice/shape.rs`), as the gateway reads a sender's messages;
-//! with `fresh`, each is scanned afresh (and its shape made), as a body of a new shape is.
+//! with `fresh`, each is scanned afresh (and its shape made), as a body of a new shape is;
+//! with `varied`, each comes in 16 shapes in turn (its layout after the declaration), more
+//! than a thread keeps, so none is read by its shape: what a sender that never writes the
+//! same shape twice costs.
 //! `cargo build --release --example scan_loop`, then
 //! `valgrind --tool=callgrind target/release/examples/scan_loop 10000 [request|answer|both]
-//! [fresh]`.
+//! [fresh|varied]`.
 use ssp_gateway::ssp::Codec;
 use ssp_gateway::ssp::splice::Spliced;
 
@@ -34,19 +37,31 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     let only = std::env::args().nth(2).filter(|o| o != "both");
-    let fresh = std::env::args().nth(3).is_some_and(|f| f == "fresh");
-    let bodies: Vec<&[u8]> = [
+    let mode = std::env::args().nth(3);
+    let fresh = mode.as_deref() == Some("fresh");
+    let shapes = if mode.as_deref() == Some("varied") {
+        16
+    } else {
+        1
+    };
+    let bodies: Vec<Vec<u8>> = [
         ("request", request.as_bytes()),
         ("answer", ANSWER.as_bytes()),
     ]
     .into_iter()
     .filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name))
-    .map(|(_, body)| body)
+    .flat_map(|(_, body)| {
+        (0..shapes).map(move |k| {
+            let text = String::from_utf8_lossy(body);
+            text.replacen("?>", &format!("?>{}", " ".repeat(k)), 1)
+                .into_bytes()
+        })
+    })
     .collect();
     let mut ids = 0;
-    for _ in 0..n {
-        for &body in &bodies {
-            let body = std::hint::black_box(body);
+    for _ in 0..n / shapes {
+        for body in &bodies {
+            let body = std::hint::black_box(body.as_slice());
             let scanned = if fresh {
                 Spliced::scan_fresh(&codec, body).map(|(s, _)| s)
             } else {

@@ -126,10 +126,11 @@ impl<'a> Spliced<'a> {
         let text = xml::text_of(body, &codec.limits)?;
         // A body of a shape this thread read lately is taken by difference with it; any
         // other is scanned, and its shape kept (`ssp/splice/shape.rs`).
-        if let Some(s) = shape::read_kept(codec, text) {
-            return Ok(Some(s));
-        }
-        let (out, shape) = Self::scan_text(codec, text)?;
+        let make = match shape::read_kept(codec, text) {
+            Ok(s) => return Ok(Some(s)),
+            Err(make) => make,
+        };
+        let (out, shape) = Self::scan_text(codec, text, make)?;
         if let Some(shape) = shape {
             shape::keep(codec, shape);
         }
@@ -144,25 +145,26 @@ impl<'a> Spliced<'a> {
         codec: &Codec,
         body: &'a [u8],
     ) -> Result<(Option<Spliced<'a>>, Option<Shape>), XmlError> {
-        Self::scan_text(codec, xml::text_of(body, &codec.limits)?)
+        Self::scan_text(codec, xml::text_of(body, &codec.limits)?, true)
     }
 
-    /// The scan of `text`, a body within the size limit and UTF-8, and its shape if the plain
-    /// reader took it and one can be made of it.
+    /// The scan of `text`, a body within the size limit and UTF-8, and, if `make`, its shape
+    /// if the plain reader took it and one can be made of it.
     fn scan_text(
         codec: &Codec,
         text: &'a str,
+        make: bool,
     ) -> Result<(Option<Spliced<'a>>, Option<Shape>), XmlError> {
         let is_ssp = |ns: &str| codec.is_ssp_ns(ns);
         // The plain reader first (what real senders write); what it declines, the full
         // reader reads from the start, accepting or refusing it as the typed path does.
-        let mut s = Scan::new(text, true);
+        let mut s = Scan::new(text, true, make);
         let plain = match xml::read_plain(text, &codec.limits, &is_ssp, &mut s) {
             Ok(Some(_)) => true,
             Err(XmlError::Stopped) => return Ok((None, None)),
             Err(e) => return Err(e),
             Ok(None) => {
-                s = Scan::new(text, false);
+                s = Scan::new(text, false, false);
                 match xml::read(text, &codec.limits, &is_ssp, &mut s) {
                     Ok(_) => false,
                     Err(XmlError::Stopped) => return Ok((None, None)),
@@ -452,7 +454,8 @@ impl Key {
 }
 
 impl<'a> Scan<'a> {
-    fn new(body: &'a str, plain: bool) -> Scan<'a> {
+    /// A scan of `body`, read by the plain reader if `plain`, noting its holes if `shape`.
+    fn new(body: &'a str, plain: bool, shape: bool) -> Scan<'a> {
         Scan {
             body,
             out: None,
@@ -460,7 +463,7 @@ impl<'a> Scan<'a> {
             seen: Seen::default(),
             text_slot: None,
             plain,
-            holes: plain.then(|| Vec::with_capacity(48)),
+            holes: (plain && shape).then(|| Vec::with_capacity(48)),
         }
     }
 

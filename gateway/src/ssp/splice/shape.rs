@@ -29,8 +29,10 @@
 //! real traffic is a few shapes per sender (a request, its answer), and a body of another
 //! shape costs one failed comparison per kept shape before it is scanned, most ending
 //! within the envelope (a request and an answer part at `mode`, about 150 bytes in), and
-//! then the shape made of it. A shape keeps the fixed bytes only: nothing of a message's
-//! IDs or text stays in memory once it is relayed.
+//! then the shape made of it. A thread whose bodies seldom share a shape holds back (it
+//! tries two shapes, and makes the shape of one body in sixteen: [`MISSES`]), so such
+//! traffic costs about what the scan alone did. A shape keeps the fixed bytes only: nothing
+//! of a message's IDs or text stays in memory once it is relayed.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -128,8 +130,9 @@ pub struct Shape {
     /// The limits the body was read under, which the holes are checked against.
     limits: Limits,
     /// The body's fixed bytes, one run after another: nothing of its holes (the IDs and
-    /// the text of a message) is kept.
-    fixed: Box<str>,
+    /// the text of a message) is kept. (Not fitted to its length: a copy that would cost
+    /// on every shape made, for at most the body's size per shape.)
+    fixed: String,
     pieces: Vec<Piece>,
     /// The fixed bytes after the last hole.
     tail: Range<usize>,
@@ -161,7 +164,8 @@ impl Shape {
         let mut last = 0;
         // Every ID the scan found, the session, the transaction and the message ID must
         // come from a hole, or the skeleton would keep a value of this body.
-        let mut filled = vec![false; spliced.ids.len()];
+        let mut filled: smallvec::SmallVec<[bool; 32]> =
+            smallvec::smallvec![false; spliced.ids.len()];
         let (mut session, mut transaction, mut message_id) = (false, false, false);
         // Where the primitive's first byte (its `<`) and last (its end tag's `>`) are:
         // both in fixed bytes.
@@ -216,7 +220,7 @@ impl Shape {
         fixed.push_str(body.get(last..)?);
         Some(Shape {
             limits: *limits,
-            fixed: fixed.into(),
+            fixed,
             pieces,
             tail: from..b.len() - last + from,
             skeleton: spliced.skeleton(),
@@ -409,34 +413,69 @@ impl Spliced<'_> {
 }
 
 /// The shapes one thread keeps, most recently read first, for one codec's limits and
-/// namespaces (a shape's checks were made under them).
+/// namespaces (a shape's checks were made under them), and a count of the bodies none of
+/// them took: up by one for each, down by [`HIT`] for each body one took, at most [`CAP`].
 #[derive(Default)]
 struct Kept {
     codec: Option<(Limits, Vec<String>)>,
     shapes: Vec<Shape>,
+    misses: u32,
+    /// Bodies no shape took, counted without bound, to choose one in [`SPARSE`].
+    missed: u32,
 }
+
+/// The count of misses from which a thread holds back: it tries only its two most recent
+/// shapes (a request's and an answer's), and makes the shape of one body in [`SPARSE`].
+/// Traffic whose messages seldom share a shape would otherwise pay on every body for
+/// shapes never read, and for comparisons with each of them.
+const MISSES: u32 = 8;
+/// While holding back, one body in this many has its shape made.
+const SPARSE: u32 = 16;
+/// What a body read by a shape takes off the count: a thread whose bodies are mostly read
+/// by their shapes stays under [`MISSES`], one whose bodies seldom are stays over it.
+const HIT: u32 = 4;
+/// The most the count reaches: a thread whose traffic turns to shapes it keeps stops
+/// holding back within `CAP / HIT` bodies read.
+const CAP: u32 = 64;
 
 thread_local! {
     static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
 }
 
-/// `text` read by one of the shapes this thread keeps for `codec`, if one takes it.
-pub(super) fn read_kept<'a>(codec: &Codec, text: &'a str) -> Option<Spliced<'a>> {
+/// `text` read by one of the shapes this thread keeps for `codec`: `Ok` if one took it;
+/// `Err(make)` if none did, `make` saying whether the scan should make its shape (seldom
+/// while the thread is holding back, see [`MISSES`]).
+pub(super) fn read_kept<'a>(codec: &Codec, text: &'a str) -> Result<Spliced<'a>, bool> {
     KEPT.with(|kept| {
-        let mut kept = kept.try_borrow_mut().ok()?;
-        match &kept.codec {
-            Some((limits, extra))
-                if *limits == codec.limits && *extra == codec.extra_namespaces => {}
-            _ => return None,
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return Err(false);
+        };
+        let same = matches!(&kept.codec, Some((limits, extra))
+            if *limits == codec.limits && *extra == codec.extra_namespaces);
+        let tried = if kept.misses >= MISSES { 2 } else { KEEP };
+        let read = same
+            .then(|| {
+                kept.shapes
+                    .iter()
+                    .take(tried)
+                    .enumerate()
+                    .find_map(|(k, s)| s.read(text).map(|out| (k, out)))
+            })
+            .flatten();
+        match read {
+            Some((k, out)) => {
+                // The most recently read first: a sender's next message is most likely of
+                // its shape.
+                kept.shapes[..=k].rotate_right(1);
+                kept.misses = kept.misses.saturating_sub(HIT);
+                Ok(out)
+            }
+            None => {
+                kept.misses = (kept.misses + 1).min(CAP);
+                kept.missed = kept.missed.wrapping_add(1);
+                Err(kept.misses < MISSES || kept.missed % SPARSE == 0)
+            }
         }
-        let (k, out) = kept
-            .shapes
-            .iter()
-            .enumerate()
-            .find_map(|(k, s)| s.read(text).map(|out| (k, out)))?;
-        // The most recently read first: a sender's next message is most likely its shape.
-        kept.shapes[..=k].rotate_right(1);
-        Some(out)
     })
 }
 
@@ -495,7 +534,7 @@ mod tests {
             extra_namespaces: vec!["urn:x".into()],
             ..Codec::default()
         };
-        assert!(read_kept(&codec, &answer(200, "t2")).is_none());
+        assert!(read_kept(&codec, &answer(200, "t2")).is_err());
         scan(&codec, &answer(200, "t1"));
         let next = answer(200, "t2");
         let read = read_kept(&codec, &next).expect("kept");
@@ -507,11 +546,11 @@ mod tests {
                 .0
         );
         // Not for other limits or namespaces; and a scan under them drops it.
-        assert!(read_kept(&other, &next).is_none());
-        assert!(read_kept(&with_ns, &next).is_none());
+        assert!(read_kept(&other, &next).is_err());
+        assert!(read_kept(&with_ns, &next).is_err());
         scan(&with_ns, &answer(200, "t3"));
-        assert!(read_kept(&codec, &next).is_none());
-        assert!(read_kept(&with_ns, &next).is_some());
+        assert!(read_kept(&codec, &next).is_err());
+        assert!(read_kept(&with_ns, &next).is_ok());
     }
 
     #[test]
@@ -522,18 +561,66 @@ mod tests {
             scan(&codec, &answer(*code, "a"));
         }
         // Five shapes made, four kept: the first made went.
-        assert!(read_kept(&codec, &answer(200, "b")).is_none());
+        assert!(read_kept(&codec, &answer(200, "b")).is_err());
         for code in &codes[1..5] {
-            assert!(read_kept(&codec, &answer(*code, "b")).is_some(), "{code}");
+            assert!(read_kept(&codec, &answer(*code, "b")).is_ok(), "{code}");
         }
         // Read last, 201 is now the most recent; 404 the least, which the next shape
         // made drops.
-        assert!(read_kept(&codec, &answer(201, "c")).is_some());
+        assert!(read_kept(&codec, &answer(201, "c")).is_ok());
         scan(&codec, &answer(900, "a"));
-        assert!(read_kept(&codec, &answer(404, "b")).is_none());
+        assert!(read_kept(&codec, &answer(404, "b")).is_err());
         for code in [201, 500, 531, 900] {
-            assert!(read_kept(&codec, &answer(code, "b")).is_some(), "{code}");
+            assert!(read_kept(&codec, &answer(code, "b")).is_ok(), "{code}");
         }
+    }
+
+    /// Read `body` as `Spliced::scan` does, by this thread's shapes or by the scan, whose
+    /// shape is kept when `read_kept` says to make it. Whether a shape read it, and whether
+    /// one was made.
+    fn read_or_scan(codec: &Codec, body: &str) -> (bool, bool) {
+        match read_kept(codec, body) {
+            Ok(_) => (true, false),
+            Err(make) => {
+                let (s, shape) = Spliced::scan_text(codec, body, make).expect("scan");
+                assert!(s.is_some(), "{body}");
+                if let Some(shape) = shape {
+                    keep(codec, shape);
+                }
+                (false, make)
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_whose_bodies_seldom_share_a_shape_holds_back() {
+        let codec = Codec::default();
+        // Sixteen shapes in turn (the status code is a fixed value): more than a thread
+        // keeps, so none is read while kept.
+        let (mut reads, mut made) = (0, 0);
+        for i in 0..128u16 {
+            let (read, make) = read_or_scan(&codec, &answer(300 + i % 16, "t"));
+            reads += usize::from(read);
+            made += usize::from(make);
+        }
+        // The first seven misses make shapes, then one in sixteen (the sparse shapes are
+        // read when their body comes round again: each takes a little off the count).
+        assert!(made <= 7 + 2 * 128 / 16, "{made} shapes made");
+        let held = KEPT.with(|k| k.borrow().misses);
+        assert!(held >= MISSES, "holding back: {held} misses");
+        // A sender's messages of one shape: read again within a sparse round, and the
+        // thread stops holding back within `CAP / HIT` of them.
+        let mut first_read = None;
+        for i in 0..(SPARSE + CAP / HIT + 1) {
+            if read_or_scan(&codec, &answer(200, "s")).0 && first_read.is_none() {
+                first_read = Some(i);
+            }
+        }
+        assert!(
+            first_read.is_some_and(|i| i <= SPARSE),
+            "{first_read:?} ({reads} before)"
+        );
+        assert!(KEPT.with(|k| k.borrow().misses) < MISSES);
     }
 
     #[test]
