@@ -11,7 +11,9 @@
 //! plain shape real senders use: one `Session` with one `Transaction` holding one of the
 //! primitives above, no namespace prefixes, every entity with its ID attribute, no character
 //! references, nested at most 16 deep (`ssp/stack.rs`). Anything else is `Ok(None)` and
-//! takes the typed path, which understands it.
+//! takes the typed path, which understands it. A body of the shape of one it read before on
+//! the same thread (the same fixed bytes, other values) it reads by difference with that
+//! one, with the same checks of what differs and the same result ([`shape`]).
 //!
 //! On the way it records the byte range of every ID slot the typed walk
 //! ([`walk`](super::walk)) would visit (`userID`, `groupID` and `serviceID` attributes, and
