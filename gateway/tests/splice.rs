@@ -15,8 +15,8 @@ use ssp_gateway::ssp::message::{Body, Codec, Message, Mode, NS_WV_SSP_13, Transa
 use ssp_gateway::ssp::primitives::{
     DeliveryStatusReport, PresenceNotification, Primitive, SendMessageRequest, SendMessageResponse,
 };
-use ssp_gateway::ssp::splice::Spliced;
 use ssp_gateway::ssp::splice::shape::Shape;
+use ssp_gateway::ssp::splice::{Read, Spliced};
 use ssp_gateway::ssp::walk::Slot;
 use ssp_gateway::ssp::xml::Limits;
 
@@ -995,6 +995,23 @@ fn a_shape_takes_the_next_message_of_a_sender() {
     ] {
         assert!(shape.read(&other).is_none(), "{other}");
     }
+    // `scan_read` says how it read a body: the first of a shape by the scan, the next by
+    // the shape (under a codec this thread has kept no shape for yet).
+    let other = Codec {
+        limits: Limits {
+            max_depth: 31,
+            ..Limits::default()
+        },
+        ..Codec::default()
+    };
+    let how = |body: &str| {
+        Spliced::scan_read(&other, body.as_bytes())
+            .expect("scan")
+            .map(|(_, read)| read)
+    };
+    assert_eq!(how(&first), Some(Read::Scan));
+    assert_eq!(how(&next), Some(Read::Shape));
+    assert_eq!(how(&next.replace("\n", "\r\n")), Some(Read::Scan));
     // `Spliced::scan`, which keeps shapes on this thread, gives what a fresh scan gives
     // (that it reads by them: `shape::tests` in the crate).
     for body in [&first, &next] {

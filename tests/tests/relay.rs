@@ -117,6 +117,27 @@ async fn send_message_with_delivery_report_both_ways_sync_modes() {
     assert_eq!(fast(0, "SendMessageResponse"), 2);
     assert_eq!(fast(0, "Status"), 2);
     assert_eq!(fast(1, "SendMessageResponse"), 0);
+    // Every body the fast path took was read, by a shape kept from an earlier body or by
+    // the scan, and counted so (`ssp_fast_path_reads_total`); the first of each shape on a
+    // thread by the scan.
+    let reads = |i: usize, how: &str| {
+        let g = fed.ops[i].gateway.as_ref().unwrap().gateway.metrics();
+        ssp_gateway::ops::metrics::Metrics::counter_value(&g.fast_reads, &[how])
+    };
+    let taken: u64 = [
+        "SendMessageRequest",
+        "DeliveryStatusReport",
+        "SendMessageResponse",
+        "Status",
+    ]
+    .iter()
+    .map(|p| fast(0, p))
+    .sum();
+    assert!(reads(0, "scan") >= 1);
+    assert!(
+        reads(0, "scan") + reads(0, "shape") >= taken,
+        "{taken} taken"
+    );
     fed.shutdown().await;
 }
 

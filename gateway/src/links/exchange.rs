@@ -212,7 +212,8 @@ impl Links {
         if body.is_empty() {
             return None;
         }
-        let mut s = Spliced::scan(&self.live.load().codec, body).ok()??;
+        let (mut s, read) = Spliced::scan_read(&self.live.load().codec, body).ok()??;
+        self.metrics.count_fast_read(read.label());
         if s.mode != Mode::Response
             || !matches!(s.kind, FastKind::SendMessageResponse | FastKind::Status)
         {

@@ -31,6 +31,10 @@ pub struct Metrics {
     /// scrub), and far sides' answers written back to their sender by splicing, by
     /// primitive. The rest of `requests` took the typed path.
     pub fast_path: IntCounterVec,
+    /// Bodies the fast path read (requests and the far sides' answers), by how: `shape`, by
+    /// the shape of a body read before on the same thread, or `scan`, by the XML scan. A
+    /// sender that repeats its messages' shapes is read mostly by `shape`.
+    pub fast_reads: IntCounterVec,
     /// Requests being relayed now, by direction.
     pub in_flight: IntGaugeVec,
     /// Failed deliveries to a peer or the core, by destination and reason.
@@ -121,6 +125,8 @@ struct Hot {
     deliveries: [IntCounter; 2],
     /// `fast_path`, by [`FAST_PRIMITIVES`].
     fast_path: [IntCounter; 5],
+    /// `fast_reads`, by [`FAST_READS`].
+    fast_reads: [IntCounter; 2],
     /// `route_cache`, by [`ROUTE_CACHE`].
     route_cache: [IntCounter; 4],
 }
@@ -138,6 +144,7 @@ const FAST_PRIMITIVES: [&str; 5] = [
     "SendMessageResponse",
     "Status",
 ];
+const FAST_READS: [&str; 2] = ["shape", "scan"];
 const ROUTE_CACHE: [&str; 4] = ["hit", "miss", "stale", "negative"];
 
 /// Where `label` is in `set`.
@@ -155,6 +162,7 @@ impl Hot {
             in_flight: DIRECTIONS.map(|d| m.in_flight.with_label_values(&[d])),
             deliveries: ["ok", "failed"].map(|r| m.deliveries.with_label_values(&["ssp", r])),
             fast_path: FAST_PRIMITIVES.map(|p| m.fast_path.with_label_values(&[p])),
+            fast_reads: FAST_READS.map(|r| m.fast_reads.with_label_values(&[r])),
             route_cache: ROUTE_CACHE.map(|r| m.route_cache.with_label_values(&[r])),
         }
     }
@@ -327,6 +335,12 @@ impl Metrics {
                 "Requests relayed, and their answers written back, on the fast path, by primitive",
                 &["primitive"],
             ),
+            fast_reads: counter(
+                &r,
+                "fast_path_reads_total",
+                "Bodies the fast path read, by the shape of an earlier one or by the XML scan",
+                &["read"],
+            ),
             latency,
             in_flight,
             delivery_failures: counter(
@@ -420,6 +434,9 @@ impl Metrics {
             "Status",
         ] {
             self.fast_path.with_label_values(&[p]);
+        }
+        for r in FAST_READS {
+            self.fast_reads.with_label_values(&[r]);
         }
         for p in ["ssp", "sip"] {
             for r in ["ok", "failed"] {
@@ -541,6 +558,14 @@ impl Metrics {
         }
     }
 
+    /// Count a body the fast path read, `read` saying how (`fast_reads`).
+    pub fn count_fast_read(&self, read: &str) {
+        match self.hot.as_deref().zip(index(&FAST_READS, read)) {
+            Some((h, i)) => h.fast_reads[i].inc(),
+            None => self.fast_reads.with_label_values(&[read]).inc(),
+        }
+    }
+
     /// Count a route cache lookup (`route_cache`).
     pub fn count_route_cache(&self, result: &str) {
         match self.hot.as_deref().zip(index(&ROUTE_CACHE, result)) {
@@ -656,6 +681,10 @@ mod tests {
         for p in ["Status", "SendMessageRequest", "Other"] {
             m.count_fast_path(p);
             assert_eq!(m.fast_path.with_label_values(&[p]).get(), 1, "{p}");
+        }
+        for r in super::FAST_READS {
+            m.count_fast_read(r);
+            assert_eq!(m.fast_reads.with_label_values(&[r]).get(), 1, "{r}");
         }
         for r in ["hit", "negative", "srv-hit"] {
             m.count_route_cache(r);

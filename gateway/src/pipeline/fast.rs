@@ -43,9 +43,10 @@ pub(crate) async fn request(
     if from_core && gw.links.answer_mode(&Origin::Core) != ResponseMode::Sync {
         return None;
     }
-    let mut s = Spliced::scan(&gw.links.live.load().codec, body)
+    let (mut s, read) = Spliced::scan_read(&gw.links.live.load().codec, body)
         .ok()
         .flatten()?;
+    gw.metrics().count_fast_read(read.label());
     if s.mode != Mode::Request
         || !matches!(
             s.kind,

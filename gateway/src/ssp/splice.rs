@@ -80,6 +80,25 @@ impl Kind {
     }
 }
 
+/// How [`Spliced::scan_read`] read a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// By the shape of a body read before on this thread ([`shape`]).
+    Shape,
+    /// By the scan (the plain reader, or the full one).
+    Scan,
+}
+
+impl Read {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Read::Shape => "shape",
+            Read::Scan => "scan",
+        }
+    }
+}
+
 /// One ID slot: its kind, its value (rewritten in place) and where it sits in the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Id<'a> {
@@ -125,18 +144,26 @@ impl<'a> Spliced<'a> {
     /// Read `body` for the fast path. `Err`: refused, as the typed parser refuses it (the
     /// typed path gives the sender its answer); `Ok(None)`: not in the fast path's shape.
     pub fn scan(codec: &Codec, body: &'a [u8]) -> Result<Option<Spliced<'a>>, XmlError> {
+        Ok(Self::scan_read(codec, body)?.map(|(s, _)| s))
+    }
+
+    /// [`Spliced::scan`], and how the body was read (for `ssp_fast_path_reads_total`).
+    pub fn scan_read(
+        codec: &Codec,
+        body: &'a [u8],
+    ) -> Result<Option<(Spliced<'a>, Read)>, XmlError> {
         let text = xml::text_of(body, &codec.limits)?;
         // A body of a shape this thread read lately is taken by difference with it; any
         // other is scanned, and its shape kept (`ssp/splice/shape.rs`).
         let make = match shape::read_kept(codec, text) {
-            Ok(s) => return Ok(Some(s)),
+            Ok(s) => return Ok(Some((s, Read::Shape))),
             Err(make) => make,
         };
         let (out, shape) = Self::scan_text(codec, text, make)?;
         if let Some(shape) = shape {
             shape::keep(codec, shape);
         }
-        Ok(out)
+        Ok(out.map(|s| (s, Read::Scan)))
     }
 
     /// [`Spliced::scan`] without the shapes this thread keeps, and the shape of `body` if
