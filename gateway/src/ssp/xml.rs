@@ -16,7 +16,7 @@ use quick_xml::reader::Reader;
 use smallvec::SmallVec;
 
 mod plain;
-pub(crate) use plain::read_plain;
+pub(crate) use plain::{is_space, read_plain};
 
 /// An element or attribute name. Names the SSP profile knows are static (no allocation);
 /// others (vendor content) are owned.

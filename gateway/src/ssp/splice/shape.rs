@@ -41,7 +41,7 @@ use std::ops::Range;
 use super::{Id, Spliced, trimmed};
 use crate::ssp::message::{Codec, MAX_REQUEST_TID, Mode};
 use crate::ssp::swar::{first_of, first_of_but};
-use crate::ssp::xml::Limits;
+use crate::ssp::xml::{self, Limits};
 
 /// A request as the load ladder sends it (`tests/src/bin/ladder.rs`, shortened), for the fuzz
 /// target's shapes (`fuzzing::splice`).
@@ -358,10 +358,7 @@ fn text_end(b: &[u8], from: usize, limits: &Limits, copied: bool) -> Option<usiz
         match b[at] {
             b'<' => {
                 let run = &b[from..at];
-                if run
-                    .iter()
-                    .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-                {
+                if run.iter().all(|c| xml::is_space(*c)) {
                     return None;
                 }
                 let len = if run.len() > limits.max_text_len {
@@ -438,6 +435,14 @@ const HIT: u32 = 4;
 /// holding back within `CAP / HIT` bodies read.
 const CAP: u32 = 64;
 
+impl Kept {
+    /// Whether the shapes kept were made under `codec`'s limits and namespaces.
+    fn serves(&self, codec: &Codec) -> bool {
+        matches!(&self.codec, Some((limits, extra))
+            if *limits == codec.limits && *extra == codec.extra_namespaces)
+    }
+}
+
 thread_local! {
     static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
 }
@@ -450,8 +455,7 @@ pub(super) fn read_kept<'a>(codec: &Codec, text: &'a str) -> Result<Spliced<'a>,
         let Ok(mut kept) = kept.try_borrow_mut() else {
             return Err(false);
         };
-        let same = matches!(&kept.codec, Some((limits, extra))
-            if *limits == codec.limits && *extra == codec.extra_namespaces);
+        let same = kept.serves(codec);
         let tried = if kept.misses >= MISSES { 2 } else { KEEP };
         let read = same
             .then(|| {
@@ -486,9 +490,7 @@ pub(super) fn keep(codec: &Codec, shape: Shape) {
         let Ok(mut kept) = kept.try_borrow_mut() else {
             return;
         };
-        let same = matches!(&kept.codec, Some((limits, extra))
-            if *limits == codec.limits && *extra == codec.extra_namespaces);
-        if !same {
+        if !kept.serves(codec) {
             kept.codec = Some((codec.limits, codec.extra_namespaces.clone()));
             kept.shapes.clear();
         }

@@ -548,7 +548,7 @@ fn value_end(b: &[u8], from: usize, quote: u8) -> Option<(usize, bool)> {
 
 /// XML's white space: space, tab, line feed, carriage return (not form feed, which
 /// `u8::is_ascii_whitespace` includes and XML does not).
-fn is_space(c: u8) -> bool {
+pub(crate) fn is_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
